@@ -1,0 +1,61 @@
+"""Random access: a map-style dataset over the split's image objects, one read per sample.
+
+The order comes from a sampler (``RandomSampler`` for training), so consecutive reads hit
+unrelated objects: the access pattern of a classic PyTorch ``Dataset`` + ``DataLoader``.
+Annotations were parsed before the epoch (see :mod:`pipelines.voc`); each ``__getitem__`` reads
+exactly one object, the encoded image.
+"""
+
+from __future__ import annotations
+
+import time
+
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from pipelines.records import DetectionRecord
+from pipelines.samples import make_sample
+from pipelines.storage import Storage
+
+
+class MapStyleDetectionDataset(Dataset):
+    """``dataset[i]`` reads record ``i``'s image from storage and returns a sample dict.
+
+    Args:
+        storage: where the images live.
+        records: one per image, in split order.
+        transform: see :func:`pipelines.samples.detection_transform`.
+        class_to_index: class name → label id (1-based; 0 is the background).
+
+    Raises (from ``__getitem__``):
+        pipelines.storage.StorageError: the image cannot be read (the message names it).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        records: list[DetectionRecord],
+        transform: v2.Compose,
+        class_to_index: dict[str, int],
+    ):
+        self.storage = storage
+        self.records = records
+        self.transform = transform
+        self.class_to_index = class_to_index
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        start = time.perf_counter()
+        data = self.storage.read(record.image_key)
+        read_s = time.perf_counter() - start
+        return make_sample(
+            record,
+            data,
+            nbytes=len(data),
+            read_s=read_s,
+            transform=self.transform,
+            class_to_index=self.class_to_index,
+        )

@@ -1,0 +1,131 @@
+"""From encoded bytes to training tensors: decode, transform, batch.
+
+A *sample* is the dict every access pattern yields, one per image::
+
+    {"id": str, "image": float32 [3, H, W] in [0, 1] or None,
+     "target": {"boxes": tv_tensors.BoundingBoxes float32 [N, 4] (XYXY pixels), "labels": int64 [N]},
+     "nbytes": int,      # bytes read from storage for this sample
+     "read_s": float,    # seconds spent in storage reads for this sample
+     "error": str | None}
+
+A sample whose image cannot be decoded has ``image=None`` and ``error`` set; :func:`collate`
+drops it from the batch and counts it, so a corrupt JPEG costs one sample, not the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+from pipelines.records import DatasetError, DetectionRecord
+
+
+def detection_transform(train: bool, image_size: int) -> v2.Compose:
+    """The torchvision ``transforms.v2`` pipeline applied to every detection sample.
+
+    Args:
+        train: add a random horizontal flip (p=0.5).
+        image_size: resize so that the shorter side is ``image_size`` pixels (aspect kept).
+
+    The pipeline takes and returns ``(tv_tensors.Image uint8 [3, H, W], target dict)`` with the
+    boxes as ``tv_tensors.BoundingBoxes``, so v2 resizes and flips boxes with the image; it ends
+    with float32 images scaled to [0, 1].
+    """
+    steps: list = [v2.Resize(image_size, antialias=True)]
+    if train:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
+def decode(data: bytes) -> tv_tensors.Image:
+    """Decode JPEG or PNG bytes into a ``tv_tensors.Image`` (uint8 ``[3, H, W]``, RGB).
+
+    Raises:
+        ValueError: the bytes are not a decodable JPEG/PNG image.
+    """
+    if not data:
+        raise ValueError("empty file")
+    try:
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return tv_tensors.Image(decode_image(raw, mode=ImageReadMode.RGB))
+    except RuntimeError as exc:
+        raise ValueError(f"not a decodable JPEG/PNG image ({str(exc).splitlines()[0]})") from None
+
+
+def make_sample(
+    record: DetectionRecord,
+    data: bytes,
+    *,
+    nbytes: int,
+    read_s: float,
+    transform: v2.Compose,
+    class_to_index: dict[str, int],
+) -> dict:
+    """Decode and transform one image with its boxes into a sample dict (see module doc).
+
+    Raises:
+        DatasetError: a box label is not one of the configured classes.
+    """
+    sample = {"id": record.id, "nbytes": nbytes, "read_s": read_s, "image": None, "error": None}
+    try:
+        labels = torch.tensor([class_to_index[name] for name in record.labels], dtype=torch.int64)
+    except KeyError as exc:
+        raise DatasetError(
+            f"image {record.id}: class {exc.args[0]!r} is not one of the configured classes "
+            f"{sorted(class_to_index)}; add it to dataset.classes"
+        ) from None
+    try:
+        image = decode(data)
+    except ValueError as exc:
+        sample["error"] = f"{record.image_key}: {exc}"
+        return sample
+    boxes = tv_tensors.BoundingBoxes(
+        torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
+        format="XYXY",
+        canvas_size=tuple(image.shape[-2:]),
+    )
+    image, target = transform(image, {"boxes": boxes, "labels": labels})
+    sample["image"] = image
+    sample["target"] = target
+    return sample
+
+
+@dataclass
+class Batch:
+    """A batch as the training loop sees it.
+
+    Attributes:
+        images: float32 ``[3, H, W]`` tensors (sizes may differ).
+        targets: one ``{"boxes", "labels"}`` dict per image.
+        ids: image ids, in batch order.
+        nbytes: bytes read from storage for the batch, including skipped samples.
+        read_s: seconds spent in storage reads, summed over the batch's samples.
+        errors: ``(id, message)`` of samples that were skipped (corrupt image).
+    """
+
+    images: list[torch.Tensor] = field(default_factory=list)
+    targets: list[dict] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    nbytes: int = 0
+    read_s: float = 0.0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def collate(samples: list[dict]) -> Batch:
+    """DataLoader ``collate_fn``: keep images as a list (detection models take lists)."""
+    batch = Batch()
+    for sample in samples:
+        batch.nbytes += sample["nbytes"]
+        batch.read_s += sample["read_s"]
+        if sample["error"] is not None:
+            batch.errors.append((sample["id"], sample["error"]))
+            continue
+        batch.images.append(sample["image"])
+        batch.targets.append(sample["target"])
+        batch.ids.append(sample["id"])
+    return batch

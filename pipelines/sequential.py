@@ -1,0 +1,101 @@
+"""Sequential access: an iterable-style dataset that streams WebDataset shards front to back.
+
+One epoch: the shard order is shuffled with a seed shared by all DataLoader workers, worker
+``w`` of ``W`` takes shards ``w, w+W, w+2W...``, streams each one (one sequential read per shard)
+and passes the samples through a shuffle buffer before decoding them. Every sample of the split
+is therefore read exactly once per epoch, whatever the number of workers. This is WebDataset's
+``shardlist → split_by_worker → tarfile_samples → shuffle → decode`` pipeline, with the shards
+opened through :class:`pipelines.storage.Storage`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator
+
+from torch.utils.data import IterableDataset, get_worker_info
+from torchvision.transforms import v2
+from webdataset.filters import shuffle as shuffle_stage
+
+from pipelines.records import DetectionRecord
+from pipelines.samples import make_sample
+from pipelines.shards import IMAGE_EXTENSIONS, ShardInfo, iter_shard
+from pipelines.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class ShardedDetectionStream(IterableDataset):
+    """Iterable-style dataset over a list of shards; yields sample dicts (see pipelines.samples).
+
+    Args:
+        storage: where the shards live.
+        shards: the shards of one split (from the manifest).
+        transform: see :func:`pipelines.samples.detection_transform`.
+        class_to_index: class name → label id (1-based; 0 is the background).
+        shuffle: shuffle shard order and samples (a training epoch) or keep the written order.
+        shuffle_buffer: samples held in the shuffle buffer (per worker); more mixes better and
+            holds more encoded images in memory.
+        seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        shards: list[ShardInfo],
+        transform: v2.Compose,
+        class_to_index: dict[str, int],
+        *,
+        shuffle: bool,
+        shuffle_buffer: int,
+        seed: int,
+    ):
+        self.storage = storage
+        self.shards = shards
+        self.transform = transform
+        self.class_to_index = class_to_index
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in one epoch (all shards)."""
+        return sum(s.samples for s in self.shards)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch's shuffle; call before creating the DataLoader iterator."""
+        self.epoch = epoch
+
+    def worker_shards(self, worker_id: int, num_workers: int) -> list[ShardInfo]:
+        """The shards worker ``worker_id`` of ``num_workers`` reads this epoch, in order."""
+        shards = list(self.shards)
+        if self.shuffle:
+            random.Random(f"{self.seed}-{self.epoch}").shuffle(shards)
+        return shards[worker_id::num_workers]
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
+        if self.shuffle and self.shuffle_buffer > 1:
+            rng = random.Random(f"{self.seed}-{self.epoch}-{worker_id}")
+            samples = shuffle_stage(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(samples)
+        for raw, nbytes, read_s in samples:
+            ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
+            record = DetectionRecord.from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
+            yield make_sample(
+                record,
+                raw[ext],
+                nbytes=nbytes,
+                read_s=read_s,
+                transform=self.transform,
+                class_to_index=self.class_to_index,
+            )
+
+    def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int, float]]:
+        for shard in shards:
+            yield from iter_shard(self.storage, shard)

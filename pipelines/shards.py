@@ -1,0 +1,217 @@
+"""WebDataset tar shards: write a split into shards, read a shard back front to back.
+
+Shard layout (the WebDataset convention, https://github.com/webdataset/webdataset): a POSIX tar
+whose members are grouped into samples by basename. Each sample here is
+``<n>.jpg`` (or ``.png``; the original image bytes, unchanged) and ``<n>.json`` (the annotation:
+:meth:`pipelines.records.DetectionRecord.to_json`), where ``<n>`` is the sample's zero-padded
+position in the split. A ``manifest.json`` beside the shards lists each shard with its size in
+bytes, its sample count and its image ids; it is written last, so a manifest means a complete set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.writer import TarWriter
+
+from pipelines.records import DetectionRecord
+from pipelines.storage import CountingReader, Storage, StorageError
+
+MANIFEST = "manifest.json"
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+
+
+class ShardError(Exception):
+    """A shard is truncated, corrupt or inconsistent with its manifest; the message names it."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as the manifest describes it.
+
+    Attributes:
+        key: storage key of the tar file.
+        bytes: its size in bytes.
+        samples: number of samples in it.
+        ids: the image ids of those samples, in tar order.
+    """
+
+    key: str
+    bytes: int
+    samples: int
+    ids: tuple[str, ...]
+
+
+def write_shards(
+    storage: Storage,
+    records: list[DetectionRecord],
+    prefix: str,
+    *,
+    target_bytes: int,
+    on_shard: Callable[[ShardInfo], None] | None = None,
+) -> list[ShardInfo]:
+    """Write ``records`` (in order) into tar shards of about ``target_bytes`` each.
+
+    Each shard is written to a local temporary file and handed to ``storage.put_file`` only when
+    complete, so a reader never sees a partial shard; the manifest is written last. A shard
+    closes before the sample that would take it past ``target_bytes``; a sample larger than the
+    target gets a shard of its own. The output is deterministic: same records, same bytes.
+
+    Args:
+        storage: reads the images and receives the shards.
+        records: the split's records; their images are read from ``storage``.
+        prefix: key prefix of the shards, e.g. ``shards/train``.
+        target_bytes: target shard size in bytes (10^6 bytes = 1 MB).
+        on_shard: called with each shard once it is in place (progress reporting).
+
+    Returns:
+        The shards written, in order.
+
+    Raises:
+        pipelines.storage.StorageError: an image cannot be read (message names it).
+        ValueError: ``target_bytes`` is not positive or ``records`` is empty.
+    """
+    if target_bytes <= 0:
+        raise ValueError(f"{target_bytes=} must be positive")
+    if not records:
+        raise ValueError("no records to write")
+    shards: list[ShardInfo] = []
+    tmpdir = tempfile.mkdtemp(prefix="shards-")
+    writer, tmp_path, ids, size = None, "", [], 0
+
+    def finish() -> None:
+        writer.close()
+        key = f"{prefix}/{os.path.basename(prefix)}-{len(shards):06d}.tar"
+        info = ShardInfo(key=key, bytes=os.path.getsize(tmp_path), samples=len(ids), ids=tuple(ids))
+        storage.put_file(key, tmp_path)
+        shards.append(info)
+        if on_shard is not None:
+            on_shard(info)
+
+    try:
+        for position, record in enumerate(records):
+            image = storage.read(record.image_key)
+            annotation = json.dumps(record.to_json(), sort_keys=True).encode("utf-8")
+            entry = _tar_entry_bytes(len(image)) + _tar_entry_bytes(len(annotation))
+            if writer is not None and _tar_file_bytes(size + entry) > target_bytes:
+                finish()
+                writer = None
+            if writer is None:
+                tmp_path = os.path.join(tmpdir, f"{len(shards):06d}.tar")
+                writer = TarWriter(tmp_path, encoder=False, mtime=0, user="", group="")
+                ids, size = [], 1024  # a tar ends with two 512-byte zero blocks
+            writer.write(
+                {"__key__": f"{position:09d}", _extension(record.image_key): image, "json": annotation}
+            )
+            ids.append(record.id)
+            size += entry
+        finish()
+        manifest = {"shards": [asdict(s) for s in shards], "target_bytes": target_bytes}
+        storage.write(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=1).encode("utf-8"))
+    finally:
+        for name in os.listdir(tmpdir):
+            os.unlink(os.path.join(tmpdir, name))
+        os.rmdir(tmpdir)
+    return shards
+
+
+def read_manifest(storage: Storage, prefix: str) -> tuple[list[ShardInfo], int] | None:
+    """The shards listed in ``<prefix>/manifest.json`` and their target size in bytes.
+
+    Returns:
+        ``None`` when there is no manifest (the shards were never completely written).
+
+    Raises:
+        ShardError: the manifest exists but does not parse.
+    """
+    key = f"{prefix}/{MANIFEST}"
+    if not storage.exists(key):
+        return None
+    try:
+        data = json.loads(storage.read(key))
+        shards = [
+            ShardInfo(key=s["key"], bytes=int(s["bytes"]), samples=int(s["samples"]), ids=tuple(s["ids"]))
+            for s in data["shards"]
+        ]
+        return shards, int(data["target_bytes"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ShardError(
+            f"{storage.describe(key)} is not a valid shard manifest ({exc}); delete "
+            f"{storage.describe(prefix)} and the shards are written again on next use"
+        ) from None
+
+
+def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, float]]:
+    """Stream one shard front to back and yield its samples.
+
+    Memory is bounded by one tar member (one image) plus read buffers: the shard is never held
+    whole. Bytes are counted at the storage stream, tar headers and padding included, so the
+    ``nbytes`` of all samples of a shard add up to the bytes actually read from storage.
+
+    Yields:
+        ``(sample, nbytes, read_s)``: ``sample`` maps ``"__key__"``, an image extension and
+        ``"json"`` to bytes; ``nbytes`` (bytes) and ``read_s`` (seconds) are the storage reads
+        since the previous sample (a sample is attributed the reads that completed it).
+
+    Raises:
+        ShardError: the tar is truncated or corrupt, a sample lacks its image or annotation,
+            or the shard holds fewer samples than its manifest says.
+        pipelines.storage.StorageError: the shard cannot be opened.
+    """
+    where = storage.describe(shard.key)
+    stream = CountingReader(storage.open(shard.key))
+    count, seen_bytes, seen_s = 0, 0, 0.0
+    pending = None
+    try:
+        files = tar_file_iterator(stream)
+        for sample in group_by_keys({**f, "__url__": where} for f in files):
+            if "json" not in sample or not any(ext in sample for ext in IMAGE_EXTENSIONS):
+                raise ShardError(
+                    f"shard {where}: sample {sample['__key__']!r} lacks its image or its .json "
+                    "annotation; this is not a shard written by this tool"
+                )
+            if pending is not None:
+                yield pending
+            count += 1
+            pending = (sample, stream.nbytes - seen_bytes, stream.read_s - seen_s)
+            seen_bytes, seen_s = stream.nbytes, stream.read_s
+        while stream.read(1 << 20):  # the tar's end blocks and record padding are read too
+            pass
+    except (tarfile.TarError, EOFError, ValueError, OSError, StorageError) as exc:
+        raise ShardError(
+            f"shard {where} is truncated or corrupt after {count} of {shard.samples} samples "
+            f"({exc}); write it again (delete the shard folder, it is rebuilt on next use)"
+        ) from None
+    finally:
+        stream.close()
+    if count != shard.samples:
+        raise ShardError(
+            f"shard {where} is truncated: it holds {count} samples, its manifest says "
+            f"{shard.samples}; delete the shard folder, it is rebuilt on next use"
+        )
+    if pending is not None:
+        sample, nbytes, read_s = pending
+        yield sample, nbytes + stream.nbytes - seen_bytes, read_s + stream.read_s - seen_s
+
+
+def _tar_entry_bytes(size: int) -> int:
+    """Bytes a member of ``size`` bytes takes in a tar: a 512-byte header + data padded to 512."""
+    return 512 + (size + 511) // 512 * 512
+
+
+def _tar_file_bytes(content: int) -> int:
+    """Size of a tar file whose headers, data and end blocks take ``content`` bytes: tarfile pads
+    the file to a whole number of 10240-byte records (``tarfile.RECORDSIZE``)."""
+    return (content + tarfile.RECORDSIZE - 1) // tarfile.RECORDSIZE * tarfile.RECORDSIZE
+
+
+def _extension(key: str) -> str:
+    """The image extension used as the member suffix (``jpg``, ``png``)."""
+    ext = key.rsplit(".", 1)[-1].lower()
+    return ext if ext in IMAGE_EXTENSIONS else "jpg"

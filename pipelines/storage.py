@@ -1,0 +1,192 @@
+"""Storage: the one interface through which every byte of the dataset is read.
+
+Datasets and pipelines only ever hold a :class:`Storage`; they do not know whether it is a
+directory or an object store. Keys are ``/``-separated paths relative to the storage root
+(a directory here; a bucket + prefix for S3).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class StorageError(Exception):
+    """A read or write failed for a reason the user can act on; the message names the key."""
+
+
+class Storage(Protocol):
+    """What the data path needs from a storage back end.
+
+    Implementations must be picklable (DataLoader workers receive a copy) and open any
+    connection lazily, once per process.
+    """
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield every key under ``prefix`` in lexicographic order."""
+        ...
+
+    def size(self, key: str) -> int:
+        """Size of the object in bytes. Raises :class:`StorageError` when missing."""
+        ...
+
+    def read(self, key: str) -> bytes:
+        """Read a whole object. Raises :class:`StorageError` when missing or unreadable."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """Open an object for streaming, front to back, with bounded memory."""
+        ...
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes from byte offset ``start`` (fewer at the end of the object)."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether an object exists at ``key``."""
+        ...
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write an object atomically: readers see the old object, or the whole new one."""
+        ...
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """Store a local file at ``key`` atomically (the local file may be moved)."""
+        ...
+
+    def describe(self, key: str = "") -> str:
+        """Where ``key`` lives, for messages: a path or URI. Never contains credentials."""
+        ...
+
+
+class FileSystemStorage:
+    """A directory on a local or network filesystem (NFS, Lustre, a mounted volume).
+
+    Args:
+        root: the directory that keys are relative to.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"FileSystemStorage({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield the keys of all regular files under ``prefix``, sorted.
+
+        Raises:
+            StorageError: the prefix is not a directory under the root.
+        """
+        base = self._path(prefix)
+        if not base.is_dir():
+            raise StorageError(f"{base} is not a directory: check the dataset root in the config")
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in sorted(filenames):
+                yield name if rel == "." else f"{rel}/{name}"
+
+    def size(self, key: str) -> int:
+        """Size of the file in bytes."""
+        try:
+            return self._path(key).stat().st_size
+        except OSError as exc:
+            raise StorageError(f"cannot stat {self._path(key)}: {exc.strerror}") from exc
+
+    def read(self, key: str) -> bytes:
+        """Read the whole file: one ``open`` + ``read`` call."""
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+
+    def open(self, key: str) -> BinaryIO:
+        """Open the file for buffered streaming reads."""
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise StorageError(f"cannot open {self._path(key)}: {exc.strerror}") from exc
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at offset ``start``."""
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(length)
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+
+    def exists(self, key: str) -> bool:
+        """Whether a regular file exists at ``key``."""
+        return self._path(key).is_file()
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write ``data`` to a temporary file beside the target, then rename it into place."""
+        atomic_write_bytes(self._path(key), data)
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """Move a finished local file to ``key`` (rename; copy + rename across filesystems)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except OSError:
+            with open(path, "rb") as f:
+                atomic_write_bytes(target, f.read())
+            os.unlink(path)
+
+    def describe(self, key: str = "") -> str:
+        """The file's path."""
+        return str(self._path(key))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+
+    A crash leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class CountingReader:
+    """Wrap a binary stream and count the bytes and seconds spent in its ``read`` calls.
+
+    ``nbytes`` (bytes) and ``read_s`` (seconds, ``time.perf_counter``) only grow; callers take
+    differences to attribute reads to samples.
+    """
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.nbytes = 0
+        self.read_s = 0.0
+
+    def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes (all when ``n < 0``) from the wrapped stream."""
+        start = time.perf_counter()
+        data = self.stream.read(n)
+        self.read_s += time.perf_counter() - start
+        self.nbytes += len(data)
+        return data
+
+    def close(self) -> None:
+        """Close the wrapped stream."""
+        self.stream.close()

@@ -1,0 +1,1 @@
+"""Training and measurement: configuration, the epoch loop, timing, outputs."""

@@ -1,0 +1,226 @@
+"""Run configuration: one YAML file per task, overridden by Make variables and CLI flags.
+
+Every key has a default, a type and a one-line description (:func:`describe_keys` prints them;
+the README's table is the same list). Unknown keys and invalid values raise :class:`ConfigError`
+naming the key and what is allowed. The resolved configuration is saved with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration key is unknown or its value is invalid; the message names the key."""
+
+
+def opt(default: Any, help: str, *, kind: type, choices: tuple = (), minimum=None, nullable=False):
+    """Declare a configuration key: its default, type, allowed values and description."""
+    meta = {"help": help, "kind": kind, "choices": choices, "minimum": minimum, "nullable": nullable}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where the dataset lives."""
+
+    type: str = opt("fs", "storage back end: fs (a directory) or s3", kind=str, choices=("fs",))
+    root: str = opt("data/bccd", "fs: the dataset directory", kind=str)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which images and labels to read."""
+
+    format: str = opt("voc", "annotation format", kind=str, choices=("voc",))
+    train_split: str = opt("train", "split trained on (ImageSets/Main/<name>.txt)", kind=str)
+    eval_split: str = opt("test", "split evaluated after each epoch (mAP)", kind=str)
+    classes: list = opt(
+        [], "class names in label order (label 1, 2, ...); empty: sorted names found in training",
+        kind=list,
+    )
+    limit: int | None = opt(
+        None, "use only the first N images of each split (quick runs); null: all",
+        kind=int, minimum=1, nullable=True,
+    )
+    shards_prefix: str = opt("shards", "where sequential access keeps its tar shards", kind=str)
+    shard_size_mb: float = opt(1.0, "target shard size in MB (10^6 bytes)", kind=float, minimum=0.001)
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """How the training loop reads the data."""
+
+    mode: str = opt(
+        "sequential", "random: map-style, one read per sample; sequential: stream tar shards",
+        kind=str, choices=("random", "sequential"),
+    )
+    shuffle: bool = opt(True, "shuffle training samples (sampler, or shard order + buffer)", kind=bool)
+    shuffle_buffer: int = opt(64, "sequential: samples in each worker's shuffle buffer", kind=int, minimum=1)
+    on_corrupt: str = opt(
+        "skip", "an undecodable image: skip it and count it, or stop the run",
+        kind=str, choices=("skip", "stop"),
+    )
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """torch DataLoader settings."""
+
+    batch_size: int = opt(4, "images per training step", kind=int, minimum=1)
+    num_workers: int = opt(2, "DataLoader worker processes (0: read in the main process)", kind=int, minimum=0)
+    prefetch_factor: int = opt(2, "batches each worker reads ahead", kind=int, minimum=1)
+    persistent_workers: bool = opt(False, "keep workers alive between epochs", kind=bool)
+    pin_memory: bool = opt(False, "pin host memory for faster copies to a GPU", kind=bool)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The detector."""
+
+    arch: str = opt(
+        "fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision detector",
+        kind=str, choices=("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn"),
+    )
+    pretrained: bool = opt(
+        True, "start from torchvision's COCO weights when cached or downloadable", kind=bool
+    )
+    image_size: int = opt(320, "resize images so the shorter side has this many pixels", kind=int, minimum=32)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation."""
+
+    epochs: int = opt(10, "training epochs", kind=int, minimum=1)
+    lr: float = opt(0.001, "peak learning rate (one-cycle schedule)", kind=float, minimum=0.0)
+    optimizer: str = opt("adamw", "optimizer", kind=str, choices=("adamw", "sgd"))
+    momentum: float = opt(0.9, "sgd: momentum", kind=float, minimum=0.0)
+    weight_decay: float = opt(0.0001, "weight decay", kind=float, minimum=0.0)
+    seed: int = opt(0, "seed for model init, sampler and shuffles", kind=int)
+    device: str = opt("auto", "auto (cuda when available), cpu or cuda", kind=str, choices=("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results go."""
+
+    dir: str = opt("outputs/detection", "output directory (model, metrics, log, checkpoint)", kind=str)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    task: str = opt("detection", "task", kind=str, choices=("detection",))
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        """The configuration as plain dicts and lists (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config file and apply ``section.key=value`` overrides on top.
+
+    Args:
+        path: YAML file; ``None`` starts from the defaults.
+        overrides: strings like ``train.epochs=3``; values are parsed as YAML scalars.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, or invalid value (the key is named).
+    """
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        *sections, leaf = key.strip().split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {section} is not a section")
+        node[leaf] = yaml.safe_load(value) if value.strip() else None
+    return _build(Config, data, "")
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+            f"{', '.join(fields)}"
+        )
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            values[name] = _build(f.default_factory, data[name], f"{prefix}{name}.")
+        else:
+            values[name] = _check(f"{prefix}{name}", data[name], f.metadata)
+    return cls(**values)
+
+
+def _check(key: str, value: Any, meta) -> Any:
+    kind, choices, minimum = meta["kind"], meta["choices"], meta["minimum"]
+    if value is None:
+        if meta["nullable"]:
+            return None
+        raise ConfigError(f"{key} must be set ({meta['help']})")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        value = value.lower() in ("true", "1")
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r} ({meta['help']})")
+    if choices and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}; got {value!r}")
+    if kind is list:
+        if not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{key} must be a list of names; got {value!r}")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{key} lists a name twice: {value!r}")
+    return value
+
+
+def describe_keys(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """``(key, default, description)`` for every configuration key, in declaration order."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            rows.extend(describe_keys(f.default_factory, f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        meta = f.metadata
+        allowed = f" ({' | '.join(meta['choices'])})" if meta["choices"] else ""
+        rows.append((f"{prefix}{f.name}", default, meta["help"] + allowed))
+    return rows

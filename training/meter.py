@@ -1,0 +1,87 @@
+"""One place where time and bytes are measured: data wait vs compute, per step and per epoch.
+
+Definitions (the README's "Metrics" section repeats them):
+
+- ``data_wait_s``: seconds the training loop blocked in ``next(loader)`` waiting for a batch
+  (the *data stall*).
+- ``compute_s``: seconds from receiving a batch to the end of its optimizer step, device work
+  included (CUDA is synchronised before the clock stops).
+- ``wall_s``: seconds from asking for the first batch to the end of the last step.
+- ``au``: accelerator utilisation, ``compute_s / wall_s``, as MLPerf Storage defines it
+  (MLPerf Storage rules, "accelerator utilization"); 1.0 means storage never stalled training.
+- ``bytes_read``: bytes actually read from storage for the epoch's samples (shards: tar headers
+  and padding included).
+- ``read_s``: seconds spent inside storage read calls, summed over all readers (DataLoader
+  workers read in parallel, so it can exceed ``wall_s``).
+- ``read_mbps``: ``bytes_read / read_s / 1e6``: MB/s (10^6 bytes) of one reader.
+- ``throughput_mbps``: ``bytes_read / wall_s / 1e6``: MB/s delivered to training.
+- ``samples_per_s``: ``samples / wall_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepRecord:
+    """One training step: sizes in bytes, times in seconds."""
+
+    epoch: int
+    step: int
+    samples: int
+    skipped: int
+    bytes_read: int
+    read_s: float
+    data_wait_s: float
+    compute_s: float
+    loss: float
+
+
+@dataclass
+class EpochMeter:
+    """Accumulates :class:`StepRecord` s of one epoch and derives the epoch's figures."""
+
+    epoch: int
+    steps: list[StepRecord] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    def add(self, record: StepRecord) -> None:
+        """Record one step."""
+        self.steps.append(record)
+
+    def finish(self) -> None:
+        """Stop the epoch's wall clock."""
+        self.finished = time.perf_counter()
+
+    def summary(self) -> dict:
+        """The epoch's totals and rates (units in the key names; see the module doc)."""
+        wall = (self.finished or time.perf_counter()) - self.started
+        samples = sum(s.samples for s in self.steps)
+        nbytes = sum(s.bytes_read for s in self.steps)
+        read_s = sum(s.read_s for s in self.steps)
+        compute = sum(s.compute_s for s in self.steps)
+        losses = [s.loss for s in self.steps if s.samples]
+        return {
+            "epoch": self.epoch,
+            "steps": len(self.steps),
+            "samples": samples,
+            "skipped": sum(s.skipped for s in self.steps),
+            "bytes_read": nbytes,
+            "read_s": read_s,
+            "data_wait_s": sum(s.data_wait_s for s in self.steps),
+            "compute_s": compute,
+            "wall_s": wall,
+            "read_mbps": _ratio(nbytes, read_s) / 1e6,
+            "throughput_mbps": _ratio(nbytes, wall) / 1e6,
+            "samples_per_s": _ratio(samples, wall),
+            "au": _ratio(compute, wall),
+            "loss": sum(losses) / len(losses) if losses else math.nan,
+        }
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan

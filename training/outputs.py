@@ -1,0 +1,51 @@
+"""Run outputs: atomic writes of CSV, JSON, YAML and torch files, and the run's log file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipelines.storage import atomic_write_bytes
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Write ``rows`` as CSV with a header, atomically; floats keep 6 significant digits."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def write_yaml(path: Path, data) -> None:
+    """Write ``data`` as YAML, atomically."""
+    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
+
+
+def save_torch(path: Path, obj) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def attach_log_file(path: Path) -> logging.Handler:
+    """Send the project's log records (INFO and up) to ``path`` (appending) and return the handler."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler

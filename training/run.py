@@ -1,0 +1,225 @@
+"""A whole training run: data, loaders, model, epochs, measurements and outputs.
+
+``run(cfg)`` is what ``make train`` executes (through ``scripts/train.py``). Outputs, in
+``cfg.output.dir``: ``config.yaml`` (resolved settings), ``metrics.csv`` (one row per epoch),
+``steps.csv`` (one row per step), ``benchmark.log``, ``model.pt`` (state_dict),
+``model.json`` + ``index_to_name.json`` (what serving needs to rebuild the model) and
+``checkpoint.pt`` (what ``--resume`` continues from).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from models.detector import build_detector, build_pretrained_detector
+from pipelines.loaders import LoaderSettings, build_loader, ensure_shards, shard_prefix
+from pipelines.records import BoxCounts, DatasetError, DetectionRecord
+from pipelines.samples import detection_transform
+from pipelines.storage import FileSystemStorage, Storage
+from pipelines.voc import load_voc_split
+from training.config import Config
+from training.engine import evaluate, train_one_epoch
+from training.outputs import attach_log_file, save_torch, write_csv, write_json, write_yaml
+
+log = logging.getLogger(__name__)
+
+METRICS_COLUMNS = [
+    "epoch", "task", "access", "storage", "samples", "skipped", "boxes_dropped", "bytes_read",
+    "read_s", "data_wait_s", "compute_s", "wall_s", "read_mbps", "throughput_mbps",
+    "samples_per_s", "au", "loss", "lr", "map_50", "map", "eval_s",
+]
+STEP_COLUMNS = [
+    "epoch", "step", "samples", "skipped", "bytes_read", "read_s", "data_wait_s", "compute_s", "loss",
+]
+
+
+def open_storage(cfg: Config) -> Storage:
+    """The storage back end the config names."""
+    return FileSystemStorage(cfg.storage.root)
+
+
+def load_split(storage: Storage, cfg: Config, split: str) -> tuple[list[DetectionRecord], BoxCounts]:
+    """Records of one split in the configured format, limited to ``dataset.limit`` images."""
+    return load_voc_split(storage, split, cfg.dataset.limit)
+
+
+def class_names(cfg: Config, records: list[DetectionRecord]) -> list[str]:
+    """Configured classes, or the sorted class names found in ``records``."""
+    if cfg.dataset.classes:
+        return list(cfg.dataset.classes)
+    names = sorted({name for r in records for name in r.labels})
+    if not names:
+        raise DatasetError("the training split has no boxes: nothing to learn")
+    return names
+
+
+def pick_device(setting: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is cuda but no CUDA device is available; use auto or cpu")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    """Linear warm-up to the peak LR, then cosine decay to 0 at ``total_steps`` (SGDR shape,
+    Loshchilov & Hutter 2017, without restarts). Steps past the end stay at 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def run(cfg: Config, *, resume: bool = False) -> dict:
+    """Train and evaluate as configured; write all outputs; return the last epoch's metrics row.
+
+    Raises:
+        DatasetError, pipelines.storage.StorageError, pipelines.shards.ShardError,
+        training.engine.TrainingError: with a message for the user (the CLI prints it).
+    """
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_handler = attach_log_file(out / "benchmark.log")
+    try:
+        return _run(cfg, out, resume)
+    finally:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
+
+
+def _run(cfg: Config, out: Path, resume: bool) -> dict:
+    log.info("config: %s", cfg.to_dict())
+    write_yaml(out / "config.yaml", cfg.to_dict())
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    storage = open_storage(cfg)
+
+    train_records, train_counts = load_split(storage, cfg, cfg.dataset.train_split)
+    eval_records, eval_counts = load_split(storage, cfg, cfg.dataset.eval_split)
+    for split, counts in ((cfg.dataset.train_split, train_counts), (cfg.dataset.eval_split, eval_counts)):
+        log.info("split %s: %d boxes kept, %d clipped to the image, %d degenerate dropped",
+                 split, counts.kept, counts.clipped, counts.dropped)
+        for where in counts.dropped_where:
+            log.info("dropped degenerate box: %s", where)
+    classes = class_names(cfg, train_records)
+    class_to_index = {name: i + 1 for i, name in enumerate(classes)}
+
+    settings = LoaderSettings(
+        batch_size=cfg.loader.batch_size,
+        num_workers=cfg.loader.num_workers,
+        prefetch_factor=cfg.loader.prefetch_factor,
+        persistent_workers=cfg.loader.persistent_workers,
+        pin_memory=cfg.loader.pin_memory,
+    )
+    loaders = {}
+    for name, records, train in ((cfg.dataset.train_split, train_records, True),
+                                 (cfg.dataset.eval_split, eval_records, False)):
+        shards = None
+        if cfg.access.mode == "sequential":
+            prefix = shard_prefix(cfg.dataset.shards_prefix, name, cfg.dataset.limit)
+            shards, written = ensure_shards(
+                storage, records, prefix, target_bytes=int(cfg.dataset.shard_size_mb * 1e6),
+                on_shard=lambda s: log.info("wrote shard %s (%d bytes, %d samples)", storage.describe(s.key), s.bytes, s.samples),
+            )
+            log.info("%s shards for split %s in %s: %d shards, %d bytes",
+                     "wrote" if written else "reusing", name, storage.describe(prefix), len(shards), sum(s.bytes for s in shards))
+        loaders[train] = build_loader(
+            storage, records, access=cfg.access.mode,
+            transform=detection_transform(train, cfg.model.image_size),
+            class_to_index=class_to_index, settings=settings,
+            shuffle=train and cfg.access.shuffle, seed=cfg.train.seed,
+            shards=shards, shuffle_buffer=cfg.access.shuffle_buffer,
+        )
+    train_loader, eval_loader = loaders[True], loaders[False]
+
+    num_classes = len(classes) + 1
+    if cfg.model.pretrained:
+        model, frozen_bn = build_pretrained_detector(cfg.model.arch, num_classes)
+    else:
+        model, frozen_bn = build_detector(cfg.model.arch, num_classes), False
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.train.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                    weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = math.ceil(train_loader.num_samples / cfg.loader.batch_size)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, warmup_steps=min(100, max(1, total_steps // 10)))
+    )
+
+    rows: list[dict] = []
+    steps: list[dict] = []
+    first_epoch = 1
+    checkpoint_path = out / "checkpoint.pt"
+    if resume:
+        if not checkpoint_path.exists():
+            raise DatasetError(f"--resume: no checkpoint at {checkpoint_path}; train without --resume first")
+        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        rows, steps = ckpt["metrics"], ckpt["steps"]
+        first_epoch = ckpt["epoch"] + 1
+        log.info("resuming from %s after epoch %d", checkpoint_path, ckpt["epoch"])
+        if first_epoch > cfg.train.epochs:
+            log.info("nothing to do: checkpoint is at epoch %d of %d", ckpt["epoch"], cfg.train.epochs)
+
+    write_json(out / "index_to_name.json", {"0": "__background__", **{str(i): n for n, i in class_to_index.items()}})
+    write_json(out / "model.json", {
+        "task": cfg.task, "arch": cfg.model.arch, "num_classes": num_classes, "frozen_bn": frozen_bn,
+        "image_size": cfg.model.image_size,
+    })
+
+    for epoch in range(first_epoch, cfg.train.epochs + 1):
+        train_loader.set_epoch(epoch)
+        meter = train_one_epoch(
+            model, optimizer, scheduler, train_loader.loader, device, epoch,
+            num_samples=train_loader.num_samples, on_corrupt=cfg.access.on_corrupt,
+        )
+        eval_loader.set_epoch(epoch)
+        quality = evaluate(model, eval_loader.loader, device, num_samples=eval_loader.num_samples)
+        row = {
+            **meter.summary(), "task": cfg.task, "access": cfg.access.mode, "storage": cfg.storage.type,
+            "boxes_dropped": train_counts.dropped, "lr": optimizer.param_groups[0]["lr"], **quality,
+        }
+        rows.append(row)
+        steps.extend(vars(s) for s in meter.steps)
+        log.info(
+            "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, delivered %.2f MB/s, "
+            "data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, mAP@0.5 %.4f, mAP@[.5:.95] %.4f",
+            epoch, row["samples"], row["skipped"], row["samples_per_s"], row["read_mbps"],
+            row["throughput_mbps"], row["data_wait_s"], row["compute_s"], row["au"], row["loss"],
+            row["map_50"], row["map"],
+        )
+        write_csv(out / "metrics.csv", rows, METRICS_COLUMNS)
+        write_csv(out / "steps.csv", steps, STEP_COLUMNS)
+        save_torch(out / "model.pt", model.state_dict())
+        save_torch(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": cfg.to_dict(),
+            "metrics": rows, "steps": steps,
+        })
+    if not rows:
+        raise DatasetError("no epoch ran")
+    last = rows[-1]
+    log.info(
+        "summary: %s %s on %s, epoch %d: mAP@0.5 %.3f, mAP@[.5:.95] %.3f, %.1f samples/s, "
+        "%.2f MB/s delivered (%.2f MB/s per reader), AU %.3f; outputs in %s",
+        cfg.task, cfg.access.mode, cfg.storage.type, last["epoch"], last["map_50"], last["map"],
+        last["samples_per_s"], last["throughput_mbps"], last["read_mbps"], last["au"], out,
+    )
+    return last
