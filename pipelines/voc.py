@@ -28,7 +28,7 @@ def read_split_ids(storage: Storage, split: str) -> list[str]:
     except StorageError:
         raise DatasetError(
             f"split {split!r} not found: {storage.describe(key)} is missing; "
-            f"available splits: {available_splits(storage) or 'none'}"
+            f"available splits: {', '.join(available_splits(storage)) or 'none'}"
         ) from None
     ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:

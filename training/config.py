@@ -100,7 +100,7 @@ class TrainConfig:
     """The optimisation."""
 
     epochs: int = opt(10, "training epochs", kind=int, minimum=1)
-    lr: float = opt(0.001, "peak learning rate (one-cycle schedule)", kind=float, minimum=0.0)
+    lr: float = opt(0.001, "peak learning rate (linear warm-up, then cosine decay)", kind=float, minimum=0.0)
     optimizer: str = opt("adamw", "optimizer", kind=str, choices=("adamw", "sgd"))
     momentum: float = opt(0.9, "sgd: momentum", kind=float, minimum=0.0)
     weight_decay: float = opt(0.0001, "weight decay", kind=float, minimum=0.0)
@@ -196,6 +196,11 @@ def _check(key: str, value: Any, meta) -> Any:
         raise ConfigError(f"{key} must be set ({meta['help']})")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            value = kind(value)  # YAML reads 5e-4 (no dot) as a string
+        except ValueError:
+            pass
     if kind is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
         value = value.lower() in ("true", "1")
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):

@@ -1,0 +1,72 @@
+# dss-ai-benchmark: train on data from storage while measuring it, then ship the model.
+#   make train TASK=detection ACCESS=sequential    (or ACCESS=random)
+#   make archive && make serve                     then: curl -T img.jpg http://127.0.0.1:8080/predictions/detector
+#   make stop
+#   make test
+# Every target builds the environment first when it is missing (make setup).
+
+SHELL := /bin/bash
+PY := .venv/bin/python
+READY := .venv/.ready
+
+TASK ?= detection
+CONFIG ?= configs/$(TASK).yaml
+OUT ?= outputs/$(TASK)
+MODEL_STORE ?= model_store
+# Optional overrides; empty means "as in the config file".
+ACCESS ?=
+EPOCHS ?=
+BATCH_SIZE ?=
+WORKERS ?=
+LR ?=
+LIMIT ?=
+SPLIT ?=
+ARGS ?=
+
+flag = $(if $(strip $(2)),--$(1) $(strip $(2)))
+TRAIN_FLAGS = --config $(CONFIG) --out $(OUT) $(call flag,access,$(ACCESS)) $(call flag,epochs,$(EPOCHS)) \
+	$(call flag,batch-size,$(BATCH_SIZE)) $(call flag,workers,$(WORKERS)) $(call flag,lr,$(LR)) \
+	$(call flag,limit,$(LIMIT)) $(ARGS)
+
+.PHONY: setup train resume shards archive serve stop status test test-unit lint clean help
+
+help:
+	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+
+$(READY): pyproject.toml uv.lock scripts/setup.sh
+	@bash scripts/setup.sh
+
+setup: $(READY)
+
+train: $(READY)
+	$(PY) -m scripts.train $(TRAIN_FLAGS)
+
+resume: $(READY)
+	$(PY) -m scripts.train $(TRAIN_FLAGS) --resume
+
+shards: $(READY)
+	$(PY) -m scripts.write_shards --config $(CONFIG) $(call flag,split,$(SPLIT)) $(call flag,limit,$(LIMIT))
+
+archive: $(READY)
+	$(PY) -m scripts.archive --out $(OUT) --model-store $(MODEL_STORE)
+
+serve: $(READY)
+	$(PY) -m scripts.serve start --model-store $(MODEL_STORE)
+
+stop: $(READY)
+	$(PY) -m scripts.serve stop
+
+status: $(READY)
+	$(PY) -m scripts.serve status
+
+test: $(READY)
+	$(PY) -m pytest
+
+test-unit: $(READY)
+	$(PY) -m pytest -m "not integration"
+
+lint: $(READY)
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+clean:
+	rm -rf outputs $(MODEL_STORE) serve/run data/*/shards

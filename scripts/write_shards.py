@@ -1,0 +1,68 @@
+"""Write a split of the dataset into WebDataset tar shards and print them with their sizes.
+
+    python -m scripts.write_shards --split train --shard-size-mb 1
+    make shards SPLIT=train
+
+Shards go under ``<dataset.shards_prefix>/<split>`` of the dataset's storage (``-first<N>`` is
+appended with ``--limit N``), which is where sequential access looks for them. Existing shards
+of the same images are reused, never overwritten; delete the folder to write them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipelines.loaders import ensure_shards, shard_prefix
+from pipelines.records import DatasetError
+from pipelines.shards import ShardError
+from pipelines.storage import StorageError
+from training.config import ConfigError, load_config
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/detection.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--split", default=None, help="split to write (default: dataset.train_split)")
+    parser.add_argument("--shard-size-mb", type=float, default=None, help="overrides dataset.shard_size_mb (MB = 10^6 bytes)")
+    parser.add_argument("--limit", default=None, help="overrides dataset.limit")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write (or find) the shards and print one line per shard; user errors return 2."""
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    overrides = list(args.set)
+    if args.shard_size_mb is not None:
+        overrides.append(f"dataset.shard_size_mb={args.shard_size_mb}")
+    if args.limit not in (None, ""):
+        overrides.append(f"dataset.limit={args.limit}")
+    try:
+        cfg = load_config(args.config, overrides)
+        from training.run import load_split, open_storage
+
+        storage = open_storage(cfg)
+        split = args.split or cfg.dataset.train_split
+        records, _ = load_split(storage, cfg, split)
+        prefix = shard_prefix(cfg.dataset.shards_prefix, split, cfg.dataset.limit)
+        shards, written = ensure_shards(
+            storage, records, prefix, target_bytes=int(cfg.dataset.shard_size_mb * 1e6),
+            on_shard=lambda s: print(f"wrote {storage.describe(s.key)}  {s.bytes / 1e6:.2f} MB  {s.samples} samples", flush=True),
+        )
+    except (ConfigError, DatasetError, StorageError, ShardError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not written:
+        for s in shards:
+            print(f"exists {storage.describe(s.key)}  {s.bytes / 1e6:.2f} MB  {s.samples} samples")
+    total = sum(s.bytes for s in shards)
+    print(f"{len(shards)} shards, {sum(s.samples for s in shards)} samples, {total / 1e6:.2f} MB in {storage.describe(prefix)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Both access patterns read every image of the split exactly once per epoch."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from pipelines.loaders import LoaderSettings, build_loader, ensure_shards
+from pipelines.samples import detection_transform
+from pipelines.storage import FileSystemStorage
+from pipelines.voc import load_voc_split, read_split_ids
+
+CLASSES = {"RBC": 1, "WBC": 2, "Platelets": 3}
+
+
+def epoch_ids(voc_root, access, *, workers, epoch=1, shuffle=True):
+    storage = FileSystemStorage(voc_root)
+    records, _ = load_voc_split(storage, "train")
+    shards = None
+    if access == "sequential":
+        shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=60_000)
+        assert len(shards) >= 3
+    loader = build_loader(
+        storage, records, access=access, transform=detection_transform(True, 64),
+        class_to_index=CLASSES, settings=LoaderSettings(batch_size=3, num_workers=workers),
+        shuffle=shuffle, seed=0, shards=shards, shuffle_buffer=4,
+    )
+    loader.set_epoch(epoch)
+    ids, nbytes = [], 0
+    for batch in loader.loader:
+        ids.extend(batch.ids)
+        nbytes += batch.nbytes
+        assert not batch.errors
+    return ids, nbytes, loader.num_samples
+
+
+@pytest.mark.parametrize("access", ["random", "sequential"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_epoch_covers_exactly_the_split(voc_root, access, workers):
+    ids, nbytes, num_samples = epoch_ids(voc_root, access, workers=workers)
+    split = read_split_ids(FileSystemStorage(voc_root), "train")
+    assert Counter(ids) == Counter(split)  # each id once: none skipped, none twice
+    assert num_samples == len(split)
+    assert nbytes > 0
+
+
+def test_both_access_modes_read_the_same_samples(voc_root):
+    random_ids, random_bytes, _ = epoch_ids(voc_root, "random", workers=2)
+    sequential_ids, sequential_bytes, _ = epoch_ids(voc_root, "sequential", workers=2)
+    assert sorted(random_ids) == sorted(sequential_ids)
+    split = read_split_ids(FileSystemStorage(voc_root), "train")
+    jpeg_bytes = sum((voc_root / "JPEGImages" / f"{i}.jpg").stat().st_size for i in split)
+    assert random_bytes == jpeg_bytes  # one read per image, nothing else
+    shard_bytes = sum(p.stat().st_size for p in (voc_root / "shards" / "train").glob("*.tar"))
+    assert sequential_bytes == shard_bytes  # whole shards, front to back
+
+
+@pytest.mark.parametrize("access", ["random", "sequential"])
+def test_shuffle_changes_with_the_epoch_and_repeats_with_the_seed(voc_root, access):
+    first, _, _ = epoch_ids(voc_root, access, workers=0, epoch=1)
+    again, _, _ = epoch_ids(voc_root, access, workers=0, epoch=1)
+    second, _, _ = epoch_ids(voc_root, access, workers=0, epoch=2)
+    assert first == again
+    assert first != second
+
+
+def test_without_shuffle_sequential_reads_in_written_order(voc_root):
+    ids, _, _ = epoch_ids(voc_root, "sequential", workers=0, shuffle=False)
+    assert ids == read_split_ids(FileSystemStorage(voc_root), "train")

@@ -1,0 +1,67 @@
+"""Configuration: defaults, overrides, and refusals that name the key and the allowed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.config import ConfigError, describe_keys, load_config
+from tests.conftest import REPO
+
+
+def test_shipped_detection_config_loads():
+    cfg = load_config(REPO / "configs" / "detection.yaml")
+    assert cfg.task == "detection"
+    assert cfg.access.mode == "sequential"
+    assert cfg.model.arch == "fasterrcnn_mobilenet_v3_large_320_fpn"
+
+
+def test_overrides_are_typed_and_win_over_the_file():
+    cfg = load_config(REPO / "configs" / "detection.yaml",
+                      ["train.epochs=7", "train.lr=5e-4", "dataset.limit=20", "access.mode=random",
+                       "loader.pin_memory=true"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.dataset.limit) == (7, 5e-4, 20)
+    assert cfg.access.mode == "random" and cfg.loader.pin_memory is True
+
+
+def test_empty_override_means_null_where_allowed():
+    assert load_config(None, ["dataset.limit="]).dataset.limit is None
+
+
+def test_unknown_key_is_named_with_the_allowed_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"^unknown key train\.epoch; allowed keys in train: epochs, lr, "):
+        load_config(path)
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match=r"^unknown key trainer; allowed keys: task, storage, "):
+        load_config(None, ["trainer.epochs=3"])
+
+
+def test_invalid_choice_lists_the_allowed_values():
+    with pytest.raises(ConfigError, match=r"^access\.mode must be one of random, sequential; got 'sideways'$"):
+        load_config(None, ["access.mode=sideways"])
+
+
+def test_wrong_type_and_range_are_refused():
+    with pytest.raises(ConfigError, match=r"^train\.epochs must be int, got 'many'"):
+        load_config(None, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"^loader\.batch_size must be >= 1; got 0$"):
+        load_config(None, ["loader.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"^train\.epochs must be int, got True"):
+        load_config(None, ["train.epochs=true"])
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"^config file {path} is not valid YAML"):
+        load_config(path)
+
+
+def test_every_key_has_a_description():
+    rows = describe_keys()
+    assert len(rows) > 20
+    assert all(help_text for _, _, help_text in rows)
+    assert ("access.mode" in [k for k, _, _ in rows]) and ("train.epochs" in [k for k, _, _ in rows])
