@@ -177,11 +177,22 @@ def test_bad_body_in_a_batch_gets_its_own_400(handler: DetectorHandler, model_di
         ({}, "empty request body"),
         ({"body": b""}, "empty request body"),
         ({"body": {"image": "x"}}, "JSON body is not an image"),
+        ({"not an image": b"", "x": b""}, "only form fields"),
         ({"body": "not base64!"}, "not base64"),
         ({"body": b"GIF89a" + bytes(64)}, "not a decodable image"),
-        ({"body": jpeg_bytes()[:200]}, "could not decode"),
+        ({"body": jpeg_bytes()[:2000]}, "could not decode the JPEG image: Image is incomplete"),
+        ({"body": png_bytes()[:2000]}, "could not decode the PNG image"),
     ],
-    ids=["no-body", "empty", "json", "text", "garbage-gif", "truncated-jpeg"],
+    ids=[
+        "no-body",
+        "empty",
+        "json",
+        "form",
+        "text",
+        "garbage-gif",
+        "truncated-jpeg",
+        "truncated-png",
+    ],
 )
 def test_each_bad_body_is_explained(handler: DetectorHandler, model_dir: Path, row, expected):
     context = FakeContext(model_dir)
@@ -199,10 +210,11 @@ def test_unsupported_format_is_refused(handler: DetectorHandler, model_dir: Path
     assert "unsupported image format BMP" in response["error"]
 
 
-def test_base64_text_body_is_decoded(handler: DetectorHandler, model_dir: Path):
+def test_base64_text_and_other_multipart_names_are_accepted(handler: DetectorHandler, model_dir):
     text = base64.b64encode(jpeg_bytes()).decode("ascii")
-    (dets,) = handler.handle([{"body": text}], FakeContext(model_dir))
-    assert_detections(dets, 640, 480)
+    batch = [{"body": text}, {"file": jpeg_bytes()}]
+    for dets in handler.handle(batch, FakeContext(model_dir)):
+        assert_detections(dets, 640, 480)
 
 
 def test_knobs_come_from_the_model_yaml(model_dir: Path):

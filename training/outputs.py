@@ -42,10 +42,28 @@ def save_torch(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+#: Loggers of the project's packages; their INFO records go to the run's log file.
+PROJECT_LOGGERS = ("pipelines", "training", "models")
+
+
 def attach_log_file(path: Path) -> logging.Handler:
-    """Send the project's log records (INFO and up) to ``path`` (appending) and return the handler."""
+    """Send the project's log records (INFO and up) to ``path`` (appending).
+
+    Returns the handler; pass it to :func:`detach_log_file` when the run ends.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
     return handler
+
+
+def detach_log_file(handler: logging.Handler) -> None:
+    """Undo :func:`attach_log_file` and close the file."""
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()

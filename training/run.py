@@ -24,7 +24,7 @@ from pipelines.storage import FileSystemStorage, Storage
 from pipelines.voc import load_voc_split
 from training.config import Config
 from training.engine import evaluate, train_one_epoch
-from training.outputs import attach_log_file, save_torch, write_csv, write_json, write_yaml
+from training.outputs import attach_log_file, detach_log_file, save_torch, write_csv, write_json, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
     try:
         return _run(cfg, out, resume)
     finally:
-        logging.getLogger().removeHandler(log_handler)
-        log_handler.close()
+        detach_log_file(log_handler)
 
 
 def _run(cfg: Config, out: Path, resume: bool) -> dict:

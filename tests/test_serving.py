@@ -1,0 +1,249 @@
+"""Archive and serve a detector with the real ``torch-model-archiver`` and TorchServe.
+
+The integration tests start TorchServe on free loopback ports with a runtime dir (config, logs,
+TMPDIR with its pid file) under pytest's tmp dir, so they can run next to a user's server; the
+server is always stopped at teardown. The first tests are fast checks of the same modules
+without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import torch
+
+from models.detector import build_detector
+from scripts import archive as archive_cli
+from scripts import serve as serve_cli
+from serve.archive import ArchiveError, build_archive, check_training_output
+from serve.runtime import (
+    BASE_CONFIG,
+    RuntimeDir,
+    ServeError,
+    derive_properties,
+    free_ports,
+    list_models,
+    listeners_from_properties,
+    read_properties,
+    running_pid,
+    start_server,
+    stop_server,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+JPEG = REPO / "data" / "bccd" / "JPEGImages" / "BloodImage_00007.jpg"
+ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
+LABELS = {"0": "__background__", "1": "Platelets", "2": "RBC", "3": "WBC"}
+PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+
+
+def write_untrained_output(out: Path) -> Path:
+    """Write what a training run leaves in OUT, from an untrained model."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(build_detector(ARCH, num_classes=4).state_dict(), out / "model.pt")
+    (out / "index_to_name.json").write_text(json.dumps(LABELS))
+    spec = {"task": "detection", "arch": ARCH, "num_classes": 4, "frozen_bn": False}
+    (out / "model.json").write_text(json.dumps(spec))
+    return out
+
+
+# ---------------------------------------------------------------------- without a server
+
+
+def test_archive_names_the_missing_file_and_the_fix(tmp_path: Path, capsys):
+    out = write_untrained_output(tmp_path / "out")
+    (out / "model.json").unlink()
+    with pytest.raises(ArchiveError, match=r"model\.json is missing: run `make train` first"):
+        check_training_output(out)
+    code = archive_cli.main(["--out", str(out), "--model-store", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "make train" in err and "Traceback" not in err
+    assert not (tmp_path / "store" / "detector.mar").exists()
+
+
+def test_serve_start_without_archives_says_make_archive(tmp_path: Path, capsys):
+    (tmp_path / "store").mkdir()
+    with pytest.raises(ServeError, match="make archive"):
+        list_models(tmp_path / "store")
+    argv = ["start", "--model-store", str(tmp_path / "store"), "--runtime-dir", str(tmp_path)]
+    assert serve_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "make archive" in err
+
+
+def test_stop_and_status_without_a_server(tmp_path: Path, capsys):
+    assert serve_cli.main(["stop", "--runtime-dir", str(tmp_path)]) == 0
+    assert "nothing to stop" in capsys.readouterr().out
+    assert serve_cli.main(["status", "--runtime-dir", str(tmp_path)]) == 3
+
+
+def test_derived_config_loopback_and_public(tmp_path: Path):
+    base = read_properties(BASE_CONFIG)
+    listeners = listeners_from_properties(base)
+    assert listeners.all_loopback, "the repo config must bind loopback only"
+    assert base["disable_token_authorization"] == "true"
+    assert base["enable_model_api"] == "false"
+
+    store = tmp_path / "model store"
+    local = derive_properties(base, listeners.override(inference=9001), store)
+    assert local["inference_address"] == "http://127.0.0.1:9001"
+    assert local["disable_token_authorization"] == "true"
+    assert "model_store" not in local and "load_models" not in local
+    # allowed_urls: Java regex for exactly the store's archives, backslashes doubled for
+    # the properties format.
+    regex = local["allowed_urls"].replace("\\\\", "\\")
+    assert re.fullmatch(regex, f"file://{store.resolve()}/detector.mar")
+    assert not re.fullmatch(regex, "file:///etc/detector.mar")
+    assert not re.fullmatch(regex, "https://example.com/detector.mar")
+
+    public = derive_properties(base, listeners.override(host="0.0.0.0"), store)
+    assert "disable_token_authorization" not in public  # token authorization on
+    assert public["grpc_inference_address"] == "0.0.0.0"
+    forced = derive_properties(base, listeners, store, token_auth=True)
+    assert "disable_token_authorization" not in forced
+
+
+# ---------------------------------------------------------------------- with TorchServe
+
+
+@pytest.fixture(scope="module")
+def trained_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training output dir (model.pt, index_to_name.json, model.json) to archive and serve.
+
+    For now an untrained model; to be replaced by a real 1-epoch training run.
+    """
+    return write_untrained_output(tmp_path_factory.mktemp("train") / "out")
+
+
+@pytest.fixture(scope="module")
+def served(trained_out: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Archive ``trained_out`` like ``scripts/archive.py`` and serve it on free ports.
+
+    Yields the ``ServerInfo``; the server is stopped at teardown, also when a test failed.
+    """
+    root = tmp_path_factory.mktemp("serving")
+    store = root / "model_store"
+    archive = build_archive(trained_out, store, "detector")
+    assert archive == store / "detector.mar" and archive.stat().st_size > 1_000_000
+    assert [p.name for p in store.iterdir()] == ["detector.mar"]  # no staging dir left
+    runtime = root / "run"
+    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+    try:
+        try:
+            info = start_server(store, runtime, ports=ports, timeout_s=240, log=lambda _: None)
+        except ServeError as exc:
+            pytest.fail(f"{exc}\n{exc.details}")
+        yield info
+    finally:
+        stop_server(runtime)
+    assert running_pid(runtime) is None
+    assert not psutil.pid_exists(info.pid) or psutil.Process(info.pid).status() == "zombie"
+
+
+@pytest.fixture()
+def http() -> requests.Session:
+    """HTTP session that ignores proxy settings (the server is on loopback)."""
+    with requests.Session() as session:
+        session.trust_env = False
+        yield session
+
+
+def worker_pids(http: requests.Session, info) -> list[int]:
+    """Pids of the model's workers, all of which must be READY."""
+    response = http.get(f"{info.management_url}/models/detector", timeout=10)
+    response.raise_for_status()
+    workers = response.json()[0]["workers"]
+    assert workers and all(w["status"] == "READY" for w in workers), workers
+    return [w["pid"] for w in workers]
+
+
+def predict(http: requests.Session, info, body: bytes, content_type: str = "image/jpeg"):
+    """POST one body to the detector's prediction URL."""
+    return http.post(
+        info.prediction_url("detector"),
+        data=body,
+        headers={"Content-Type": content_type},
+        timeout=60,
+    )
+
+
+def assert_detection_list(response: requests.Response) -> list:
+    """200 with the object-detector JSON convention (the list may be empty for a weak model)."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    dets = response.json()
+    assert isinstance(dets, list)
+    for det in dets:
+        (label,) = set(det) - {"score"}
+        assert label in {"Platelets", "RBC", "WBC"}
+        x1, y1, x2, y2 = det[label]
+        assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 480
+        assert 0.5 <= det["score"] <= 1.0
+    return dets
+
+
+@pytest.mark.integration
+def test_served_model_answers_refuses_bad_input_and_keeps_working(served, http):
+    rt = RuntimeDir(Path(served.runtime_dir))
+    assert rt.pid_file.is_file()  # TorchServe's pid file is private to this runtime dir
+    assert http.get(f"{served.inference_url}/ping", timeout=10).json() == {"status": "Healthy"}
+    before = worker_pids(http, served)
+
+    assert_detection_list(predict(http, served, JPEG.read_bytes()))
+
+    bad = predict(http, served, b"not an image", "application/octet-stream")
+    assert 400 <= bad.status_code < 500
+    assert "not a decodable image" in bad.json()["error"]
+
+    assert_detection_list(predict(http, served, JPEG.read_bytes()))
+    assert worker_pids(http, served) == before  # the same worker, never restarted
+
+
+@pytest.mark.integration
+def test_concurrent_requests_each_get_their_own_answer(served, http):
+    bodies = [JPEG.read_bytes(), b"", JPEG.read_bytes(), b"GIF89a-not-really"]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: predict(http, served, body), bodies))
+    assert_detection_list(responses[0])
+    assert_detection_list(responses[2])
+    assert responses[1].status_code == 400 and "empty request body" in responses[1].json()["error"]
+    assert responses[3].status_code == 400 and "error" in responses[3].json()
+
+
+@pytest.mark.integration
+def test_status_and_config_of_the_running_server(served, capsys):
+    assert serve_cli.main(["status", "--runtime-dir", served.runtime_dir]) == 0
+    out = capsys.readouterr().out
+    assert f"detector: READY  POST {served.prediction_url('detector')}" in out
+    config = read_properties(RuntimeDir(Path(served.runtime_dir)).config)
+    assert config["inference_address"] == served.inference_url
+    assert config["disable_token_authorization"] == "true"  # loopback only
+
+
+@pytest.mark.integration
+def test_second_start_in_the_same_runtime_dir_is_refused(served):
+    store = Path(served.runtime_dir).parent / "model_store"
+    with pytest.raises(ServeError, match="already runs"):
+        start_server(store, served.runtime_dir, log=lambda _: None)
+    assert running_pid(served.runtime_dir) == served.pid  # and the running one is untouched
+
+
+def test_failed_archiver_keeps_the_old_archive_and_no_staging_dir(tmp_path: Path, monkeypatch):
+    out = write_untrained_output(tmp_path / "out")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "detector.mar").write_bytes(b"previous archive")
+    monkeypatch.setattr("serve.archive.find_model_archiver", lambda: shutil.which("false"))
+    with pytest.raises(ArchiveError, match=r"torch-model-archiver failed \(exit 1\)"):
+        build_archive(out, store)
+    assert [p.name for p in store.iterdir()] == ["detector.mar"]
+    assert (store / "detector.mar").read_bytes() == b"previous archive"
