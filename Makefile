@@ -57,7 +57,7 @@ stop: $(READY)
 	$(PY) -m scripts.serve stop
 
 status: $(READY)
-	$(PY) -m scripts.serve status
+	-@$(PY) -m scripts.serve status
 
 test: $(READY)
 	$(PY) -m pytest

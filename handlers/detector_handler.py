@@ -27,6 +27,7 @@ import importlib.util
 import io
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 
 #: Image formats accepted in a request body, as PIL names them.
 ACCEPTED_FORMATS = ("JPEG", "PNG")
+#: Source location torchvision's decoders put in front of their error messages.
+_DECODER_LOCATION = re.compile(r"^[\w()]+, \S+:\d+, ")
+#: How to send an image, for error messages.
+_CURL_HINT = "e.g. curl -T image.jpg URL"
 
 
 class DetectorHandler(BaseHandler):
@@ -171,7 +176,8 @@ class DetectorHandler(BaseHandler):
 
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
-            metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+            elapsed_ms = round((time.perf_counter() - start) * 1000, 2)
+            metrics.add_time("HandlerTime", elapsed_ms, None, "ms")
         return responses
 
     def preprocess(
@@ -244,24 +250,37 @@ def request_body(row: Any) -> bytes:
     """Extract the image bytes of one request.
 
     Args:
-        row: TorchServe's dict for one request; the body is under ``"data"`` (multipart field)
-            or ``"body"`` (raw body). A str value (``text/*`` body) is read as base64.
+        row: TorchServe's dict for one request; the body is under ``"data"`` (multipart field
+            ``data``) or ``"body"`` (raw body); a multipart upload with a single field of
+            another name is accepted too. A str value (``text/*`` body) is read as base64.
 
     Returns:
         The raw image bytes.
 
     Raises:
-        ValueError: no body, an empty body, a JSON body, or text that is not base64.
+        ValueError: no body, an empty body, a JSON body, text that is not base64, or form
+            fields without an image (what ``curl --data-binary`` sends without a Content-Type).
     """
     body = None
-    if isinstance(row, dict):
+    if isinstance(row, bytes | bytearray | str):
+        body = row
+    elif isinstance(row, dict):
         body = row.get("data")
         if body is None:
             body = row.get("body")
-    elif isinstance(row, bytes | bytearray):
-        body = row
+        if body is None and len(row) == 1:
+            (only,) = row.values()
+            if isinstance(only, bytes | bytearray) and only:
+                body = only
+        if body is None and row:
+            raise ValueError(
+                "no image in the request, only form fields: send the image bytes with a "
+                f"Content-Type such as image/jpeg ({_CURL_HINT}) or as multipart field 'data'"
+            )
     if body is None or (isinstance(body, bytes | bytearray | str) and len(body) == 0):
-        raise ValueError("empty request body: POST the bytes of a JPEG or PNG image")
+        raise ValueError(
+            f"empty request body: POST the bytes of a JPEG or PNG image ({_CURL_HINT})"
+        )
     if isinstance(body, bytes | bytearray):
         return bytes(body)
     if isinstance(body, str):
@@ -269,13 +288,9 @@ def request_body(row: Any) -> bytes:
             return base64.b64decode("".join(body.split()), validate=True)
         except (binascii.Error, ValueError):
             raise ValueError(
-                "text body is not base64: POST the image bytes (e.g. curl --data-binary "
-                "@image.jpg) or base64 text"
+                f"text body is not base64: send the image bytes ({_CURL_HINT}) or base64 text"
             ) from None
-    raise ValueError(
-        "JSON body is not an image: POST the bytes of a JPEG or PNG image "
-        "(e.g. curl --data-binary @image.jpg)"
-    )
+    raise ValueError(f"JSON body is not an image: POST the bytes of a JPEG or PNG ({_CURL_HINT})")
 
 
 def decode_request_image(body: bytes, *, max_pixels: int) -> torch.Tensor:
@@ -312,7 +327,8 @@ def decode_request_image(body: bytes, *, max_pixels: int) -> torch.Tensor:
         )
     except RuntimeError as exc:
         first_line = (str(exc).splitlines() or ["decoder error"])[0]
-        raise ValueError(f"could not decode the {fmt} image: {first_line}") from None
+        reason = _DECODER_LOCATION.sub("", first_line)  # drop "decode_jpeg, /src/x.cpp:167, "
+        raise ValueError(f"could not decode the {fmt} image: {reason}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -327,7 +343,7 @@ def _read_model_spec(path: Path) -> dict[str, Any]:
     """Read and check ``model.json``: a detection spec with ``arch`` and ``num_classes``."""
     spec = _read_json(path)
     if spec.get("task", "detection") != "detection":
-        raise ValueError(f"model.json says task={spec.get('task')!r}; this handler serves detection")
+        raise ValueError(f"model.json says task={spec['task']!r}; this handler serves detection")
     missing = [key for key in ("arch", "num_classes") if key not in spec]
     if missing:
         raise ValueError(f"model.json lacks {', '.join(missing)}: {spec}")

@@ -33,7 +33,7 @@ ARCHITECTURES = {
 }
 
 
-def build_detector(arch: str, num_classes: int, *, frozen_bn: bool = False) -> nn.Module:
+def build_detector(arch: str, num_classes: int, *, frozen_bn: bool = False, **options) -> nn.Module:
     """Build an untrained Faster R-CNN; never downloads anything.
 
     Args:
@@ -42,6 +42,8 @@ def build_detector(arch: str, num_classes: int, *, frozen_bn: bool = False) -> n
         frozen_bn: replace every ``BatchNorm2d`` by ``FrozenBatchNorm2d``, the layout torchvision
             uses when it starts from pretrained weights. A state_dict saved from such a model only
             loads into a model built with ``frozen_bn=True``.
+        **options: keyword arguments of torchvision's ``FasterRCNN`` (e.g. the training-time
+            sampling knobs ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``).
 
     Returns:
         The model. In eval mode it takes a list of float images ``[3, H, W]`` in [0, 1] and returns
@@ -56,17 +58,20 @@ def build_detector(arch: str, num_classes: int, *, frozen_bn: bool = False) -> n
     if num_classes < 2:
         raise ValueError(f"{num_classes=} must count the background and at least one class")
     builder, _ = ARCHITECTURES[arch]
-    model = builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **options)
     if frozen_bn:
         _freeze_batchnorm(model)
     return model
 
 
-def build_pretrained_detector(arch: str, num_classes: int) -> tuple[nn.Module, bool]:
+def build_pretrained_detector(arch: str, num_classes: int, **options) -> tuple[nn.Module, bool]:
     """Build a detector from torchvision's COCO weights when they are cached or downloadable.
 
     The box predictor is replaced by a fresh one for ``num_classes``. When the weights cannot be
     had (no network, no cache) a one-line warning is logged and an untrained model is returned.
+
+    Args:
+        arch, num_classes, options: as for :func:`build_detector`.
 
     Returns:
         ``(model, pretrained)`` where ``pretrained`` says whether COCO weights were loaded; it is
@@ -75,7 +80,7 @@ def build_pretrained_detector(arch: str, num_classes: int) -> tuple[nn.Module, b
     builder, weights = ARCHITECTURES[arch]
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     try:
-        model = builder(weights=weights)
+        model = builder(weights=weights, **options)
     except Exception as exc:  # noqa: BLE001 - any download failure means: train from scratch
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         log.warning(
@@ -85,14 +90,14 @@ def build_pretrained_detector(arch: str, num_classes: int) -> tuple[nn.Module, b
             cached,
             first_line,
         )
-        return build_detector(arch, num_classes), False
+        return build_detector(arch, num_classes, **options), False
     in_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
     return model, True
 
 
 def _freeze_batchnorm(module: nn.Module) -> None:
-    """Swap each ``nn.BatchNorm2d`` child for a ``FrozenBatchNorm2d`` with the same eps, in place."""
+    """Swap every ``nn.BatchNorm2d`` for a ``FrozenBatchNorm2d`` with the same eps, in place."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             setattr(module, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))

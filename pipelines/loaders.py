@@ -85,9 +85,13 @@ def build_loader(
     if access == "random":
         dataset = MapStyleDetectionDataset(storage, records, transform, class_to_index)
         generator = torch.Generator()
-        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        sampler = (
+            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        )
         loader = DataLoader(dataset, sampler=sampler, **kwargs)
-        return EpochLoader(loader, len(dataset), lambda epoch: generator.manual_seed(seed * 100_003 + epoch))
+        return EpochLoader(
+            loader, len(dataset), lambda epoch: generator.manual_seed(seed * 100_003 + epoch)
+        )
     if access == "sequential":
         if shards is None:
             raise ValueError("sequential access needs the split's shards (see ensure_shards)")
@@ -95,11 +99,18 @@ def build_loader(
             log.warning(
                 "%d shards for %d DataLoader workers: %d workers will have nothing to read; "
                 "lower dataset.shard_size_mb for more shards",
-                len(shards), settings.num_workers, settings.num_workers - len(shards),
+                len(shards),
+                settings.num_workers,
+                settings.num_workers - len(shards),
             )
         stream = ShardedDetectionStream(
-            storage, shards, transform, class_to_index,
-            shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed,
+            storage,
+            shards,
+            transform,
+            class_to_index,
+            shuffle=shuffle,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
         )
         return EpochLoader(DataLoader(stream, **kwargs), stream.num_samples, stream.set_epoch)
     raise ValueError(f"unknown access mode {access!r}; choose random or sequential")
@@ -124,7 +135,9 @@ def ensure_shards(
     """
     found = read_manifest(storage, prefix)
     if found is None:
-        return write_shards(storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard), True
+        return write_shards(
+            storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
+        ), True
     shards, written_target = found
     have = [i for s in shards for i in s.ids]
     want = [r.id for r in records]
@@ -137,7 +150,10 @@ def ensure_shards(
     if written_target != target_bytes:
         log.warning(
             "reusing shards in %s written with a %d-byte target (config asks %d); delete the "
-            "folder to write them again", storage.describe(prefix), written_target, target_bytes,
+            "folder to write them again",
+            storage.describe(prefix),
+            written_target,
+            target_bytes,
         )
     return shards, False
 

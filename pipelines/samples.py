@@ -3,7 +3,8 @@
 A *sample* is the dict every access pattern yields, one per image::
 
     {"id": str, "image": float32 [3, H, W] in [0, 1] or None,
-     "target": {"boxes": tv_tensors.BoundingBoxes float32 [N, 4] (XYXY pixels), "labels": int64 [N]},
+     "target": {"boxes": tv_tensors.BoundingBoxes float32 [N, 4] (XYXY pixels),
+                "labels": int64 [N]},
      "nbytes": int,      # bytes read from storage for this sample
      "read_s": float,    # seconds spent in storage reads for this sample
      "error": str | None}

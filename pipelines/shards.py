@@ -107,7 +107,11 @@ def write_shards(
                 writer = TarWriter(tmp_path, encoder=False, mtime=0, user="", group="")
                 ids, size = [], 1024  # a tar ends with two 512-byte zero blocks
             writer.write(
-                {"__key__": f"{position:09d}", _extension(record.image_key): image, "json": annotation}
+                {
+                    "__key__": f"{position:09d}",
+                    _extension(record.image_key): image,
+                    "json": annotation,
+                }
             )
             ids.append(record.id)
             size += entry
@@ -136,7 +140,9 @@ def read_manifest(storage: Storage, prefix: str) -> tuple[list[ShardInfo], int] 
     try:
         data = json.loads(storage.read(key))
         shards = [
-            ShardInfo(key=s["key"], bytes=int(s["bytes"]), samples=int(s["samples"]), ids=tuple(s["ids"]))
+            ShardInfo(
+                key=s["key"], bytes=int(s["bytes"]), samples=int(s["samples"]), ids=tuple(s["ids"])
+            )
             for s in data["shards"]
         ]
         return shards, int(data["target_bytes"])

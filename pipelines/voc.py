@@ -84,7 +84,9 @@ def parse_voc_xml(data: bytes, source: str) -> tuple[int, int, list, list[str], 
         if not name:
             raise DatasetError(f"{source}: <object> #{index} has no <name>")
         try:
-            box = tuple(float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            box = tuple(
+                float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")
+            )
         except (TypeError, ValueError):
             raise DatasetError(
                 f"{source}: <object> #{index} ({name}) has a missing or non-numeric "

@@ -19,15 +19,26 @@ from serve.archive import ArchiveError, build_archive, human_size
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, build the archive, print where it is; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.archive", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/detection"),
-                        help="training output dir (model.pt, index_to_name.json, model.json)")
-    parser.add_argument("--model-store", type=Path, default=Path("model_store"),
-                        help="dir the archive is written to (created if missing)")
-    parser.add_argument("--name", default="detector",
-                        help="model name: NAME.mar, served at /predictions/NAME")
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.archive", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/detection"),
+        help="training output dir (model.pt, index_to_name.json, model.json)",
+    )
+    parser.add_argument(
+        "--model-store",
+        type=Path,
+        default=Path("model_store"),
+        help="dir the archive is written to (created if missing)",
+    )
+    parser.add_argument(
+        "--name", default="detector", help="model name: NAME.mar, served at /predictions/NAME"
+    )
     parser.add_argument("--version", default="1.0", help="model version in the archive manifest")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     try:
         path = build_archive(args.out, args.model_store, args.name, version=args.version)
     except ArchiveError as exc:

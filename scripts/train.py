@@ -35,13 +35,26 @@ FLAG_KEYS = {
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command's flags; each overrides one config key (shown in its help)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/detection.yaml", help="YAML config file (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", default="configs/detection.yaml", help="YAML config file (default: %(default)s)"
+    )
     for flag, key in FLAG_KEYS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"overrides {key}")
-    parser.add_argument("--no-pretrained", action="store_true", help="overrides model.pretrained=false")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set access.shuffle_buffer=128 (repeatable)")
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"overrides {key}"
+        )
+    parser.add_argument(
+        "--no-pretrained", action="store_true", help="overrides model.pretrained=false"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set access.shuffle_buffer=128 (repeatable)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     return parser
 
@@ -50,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the config, run training; user errors print one line and return 2."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) not in (None, "")]
+    overrides = [
+        f"{key}={getattr(args, flag)}"
+        for flag, key in FLAG_KEYS.items()
+        if getattr(args, flag) not in (None, "")
+    ]
     if args.no_pretrained:
         overrides.append("model.pretrained=false")
     overrides.extend(args.set)

@@ -23,12 +23,25 @@ from training.config import ConfigError, load_config
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command's flags."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/detection.yaml", help="YAML config (default: %(default)s)")
-    parser.add_argument("--split", default=None, help="split to write (default: dataset.train_split)")
-    parser.add_argument("--shard-size-mb", type=float, default=None, help="overrides dataset.shard_size_mb (MB = 10^6 bytes)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", default="configs/detection.yaml", help="YAML config (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--split", default=None, help="split to write (default: dataset.train_split)"
+    )
+    parser.add_argument(
+        "--shard-size-mb",
+        type=float,
+        default=None,
+        help="overrides dataset.shard_size_mb (MB = 10^6 bytes)",
+    )
     parser.add_argument("--limit", default=None, help="overrides dataset.limit")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
+    )
     return parser
 
 
@@ -50,8 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         records, _ = load_split(storage, cfg, split)
         prefix = shard_prefix(cfg.dataset.shards_prefix, split, cfg.dataset.limit)
         shards, written = ensure_shards(
-            storage, records, prefix, target_bytes=int(cfg.dataset.shard_size_mb * 1e6),
-            on_shard=lambda s: print(f"wrote {storage.describe(s.key)}  {s.bytes / 1e6:.2f} MB  {s.samples} samples", flush=True),
+            storage,
+            records,
+            prefix,
+            target_bytes=int(cfg.dataset.shard_size_mb * 1e6),
+            on_shard=lambda s: print(
+                f"wrote {storage.describe(s.key)}  {s.bytes / 1e6:.2f} MB  {s.samples} samples",
+                flush=True,
+            ),
         )
     except (ConfigError, DatasetError, StorageError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -60,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         for s in shards:
             print(f"exists {storage.describe(s.key)}  {s.bytes / 1e6:.2f} MB  {s.samples} samples")
     total = sum(s.bytes for s in shards)
-    print(f"{len(shards)} shards, {sum(s.samples for s in shards)} samples, {total / 1e6:.2f} MB in {storage.describe(prefix)}")
+    print(
+        f"{len(shards)} shards, {sum(s.samples for s in shards)} samples, "
+        f"{total / 1e6:.2f} MB in {storage.describe(prefix)}"
+    )
     return 0
 
 

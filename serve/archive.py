@@ -62,7 +62,9 @@ def check_training_output(out: Path) -> dict:
         spec = json.loads((out / "model.json").read_text(encoding="utf-8"))
         labels = json.loads((out / "index_to_name.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"{out} holds an unreadable JSON file ({exc}): run `make train` again")
+        raise ArchiveError(
+            f"{out} holds an unreadable JSON file ({exc}): run `make train` again"
+        ) from None
     if not isinstance(spec, dict) or spec.get("task", "detection") != "detection":
         raise ArchiveError(f"{out / 'model.json'} does not describe a detection model: {spec}")
     missing = [key for key in ("arch", "num_classes") if key not in spec]

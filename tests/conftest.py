@@ -12,7 +12,7 @@ BCCD = REPO / "data" / "bccd"
 
 
 def make_voc_subset(dest: Path, splits: dict[str, int]) -> Path:
-    """Copy the first ``n`` ids of each BCCD split (images, annotations, split files) to ``dest``."""
+    """Copy the first ``n`` ids of each BCCD split (images, annotations, split file) to ``dest``."""
     (dest / "ImageSets" / "Main").mkdir(parents=True)
     (dest / "Annotations").mkdir()
     (dest / "JPEGImages").mkdir()

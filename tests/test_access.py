@@ -22,9 +22,16 @@ def epoch_ids(voc_root, access, *, workers, epoch=1, shuffle=True):
         shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=60_000)
         assert len(shards) >= 3
     loader = build_loader(
-        storage, records, access=access, transform=detection_transform(True, 64),
-        class_to_index=CLASSES, settings=LoaderSettings(batch_size=3, num_workers=workers),
-        shuffle=shuffle, seed=0, shards=shards, shuffle_buffer=4,
+        storage,
+        records,
+        access=access,
+        transform=detection_transform(True, 64),
+        class_to_index=CLASSES,
+        settings=LoaderSettings(batch_size=3, num_workers=workers),
+        shuffle=shuffle,
+        seed=0,
+        shards=shards,
+        shuffle_buffer=4,
     )
     loader.set_epoch(epoch)
     ids, nbytes = [], 0

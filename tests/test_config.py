@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.config import ConfigError, describe_keys, load_config
 from tests.conftest import REPO
+from training.config import ConfigError, describe_keys, load_config
 
 
 def test_shipped_detection_config_loads():
@@ -16,9 +16,16 @@ def test_shipped_detection_config_loads():
 
 
 def test_overrides_are_typed_and_win_over_the_file():
-    cfg = load_config(REPO / "configs" / "detection.yaml",
-                      ["train.epochs=7", "train.lr=5e-4", "dataset.limit=20", "access.mode=random",
-                       "loader.pin_memory=true"])
+    cfg = load_config(
+        REPO / "configs" / "detection.yaml",
+        [
+            "train.epochs=7",
+            "train.lr=5e-4",
+            "dataset.limit=20",
+            "access.mode=random",
+            "loader.pin_memory=true",
+        ],
+    )
     assert (cfg.train.epochs, cfg.train.lr, cfg.dataset.limit) == (7, 5e-4, 20)
     assert cfg.access.mode == "random" and cfg.loader.pin_memory is True
 
@@ -30,7 +37,9 @@ def test_empty_override_means_null_where_allowed():
 def test_unknown_key_is_named_with_the_allowed_keys(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epoch: 3\n")
-    with pytest.raises(ConfigError, match=r"^unknown key train\.epoch; allowed keys in train: epochs, lr, "):
+    with pytest.raises(
+        ConfigError, match=r"^unknown key train\.epoch; allowed keys in train: epochs, lr, "
+    ):
         load_config(path)
 
 
@@ -40,7 +49,9 @@ def test_unknown_section_is_named():
 
 
 def test_invalid_choice_lists_the_allowed_values():
-    with pytest.raises(ConfigError, match=r"^access\.mode must be one of random, sequential; got 'sideways'$"):
+    with pytest.raises(
+        ConfigError, match=r"^access\.mode must be one of random, sequential; got 'sideways'$"
+    ):
         load_config(None, ["access.mode=sideways"])
 
 
@@ -64,4 +75,6 @@ def test_every_key_has_a_description():
     rows = describe_keys()
     assert len(rows) > 20
     assert all(help_text for _, _, help_text in rows)
-    assert ("access.mode" in [k for k, _, _ in rows]) and ("train.epochs" in [k for k, _, _ in rows])
+    assert ("access.mode" in [k for k, _, _ in rows]) and (
+        "train.epochs" in [k for k, _, _ in rows]
+    )

@@ -1,4 +1,4 @@
-"""Decoding and transforms: boxes follow the image through resize and flip; bad images are counted."""
+"""Decoding and transforms: boxes follow the image through resize and flip; bad images count."""
 
 from __future__ import annotations
 
@@ -29,8 +29,14 @@ RECORD = DetectionRecord("x", "x.png", ((20.0, 30.0, 60.0, 90.0),), ("cell",), 2
 @pytest.mark.parametrize("seed", range(6))  # p=0.5 flip: both branches are taken
 def test_box_covers_the_same_pixels_after_resize_and_flip(seed):
     torch.manual_seed(seed)
-    sample = make_sample(RECORD, white_box_jpeg(), nbytes=1, read_s=0.0,
-                         transform=detection_transform(True, 50), class_to_index={"cell": 1})
+    sample = make_sample(
+        RECORD,
+        white_box_jpeg(),
+        nbytes=1,
+        read_s=0.0,
+        transform=detection_transform(True, 50),
+        class_to_index={"cell": 1},
+    )
     image, boxes = sample["image"], sample["target"]["boxes"]
     assert image.shape == (3, 50, 100) and image.dtype == torch.float32
     x1, y1, x2, y2 = boxes[0].round().int().tolist()
@@ -46,8 +52,14 @@ def test_flip_is_applied_to_image_and_box_together():
     flips = set()
     for seed in range(10):
         torch.manual_seed(seed)
-        sample = make_sample(RECORD, white_box_jpeg(), nbytes=1, read_s=0.0,
-                             transform=detection_transform(True, 100), class_to_index={"cell": 1})
+        sample = make_sample(
+            RECORD,
+            white_box_jpeg(),
+            nbytes=1,
+            read_s=0.0,
+            transform=detection_transform(True, 100),
+            class_to_index={"cell": 1},
+        )
         x1 = int(sample["target"]["boxes"][0, 0].round())
         assert x1 in (20, 140)  # original, or mirrored: 200 - 60
         assert sample["image"][:, 50, x1 + 2].min() > 0.9
@@ -66,9 +78,17 @@ def test_decode_accepts_jpeg_and_png_and_refuses_other_bytes():
 
 
 def test_unknown_class_is_refused_with_the_image_named():
-    with pytest.raises(DatasetError, match=r"image x: class 'cell' is not one of the configured classes"):
-        make_sample(RECORD, white_box_jpeg(), nbytes=1, read_s=0.0,
-                    transform=detection_transform(False, 50), class_to_index={"RBC": 1})
+    with pytest.raises(
+        DatasetError, match=r"image x: class 'cell' is not one of the configured classes"
+    ):
+        make_sample(
+            RECORD,
+            white_box_jpeg(),
+            nbytes=1,
+            read_s=0.0,
+            transform=detection_transform(False, 50),
+            class_to_index={"RBC": 1},
+        )
 
 
 def test_corrupt_jpeg_is_skipped_and_counted_not_fatal(voc_root):
@@ -76,10 +96,13 @@ def test_corrupt_jpeg_is_skipped_and_counted_not_fatal(voc_root):
     records, _ = load_voc_split(storage, "train", limit=3)
     victim = voc_root / records[1].image_key
     victim.write_bytes(victim.read_bytes()[:200])  # a truncated JPEG
-    dataset = MapStyleDetectionDataset(storage, records, detection_transform(False, 64),
-                                       {"RBC": 1, "WBC": 2, "Platelets": 3})
+    dataset = MapStyleDetectionDataset(
+        storage, records, detection_transform(False, 64), {"RBC": 1, "WBC": 2, "Platelets": 3}
+    )
     batch = collate([dataset[i] for i in range(3)])
     assert batch.ids == [records[0].id, records[2].id]
     assert [i for i, _ in batch.errors] == [records[1].id]
     assert records[1].image_key in batch.errors[0][1]
-    assert batch.nbytes == sum(storage.size(r.image_key) for r in records)  # the bad read counts too
+    assert batch.nbytes == sum(
+        storage.size(r.image_key) for r in records
+    )  # the bad read counts too

@@ -82,7 +82,9 @@ def test_shard_cut_at_a_member_boundary_is_caught_by_the_manifest_count(split, v
         members = tar.getmembers()
     cut = members[4].offset  # the start of the third sample's image header
     path.write_bytes(path.read_bytes()[:cut])
-    with pytest.raises(ShardError, match=rf"shard {path} is truncated: it holds 2 samples, its manifest says 12"):
+    with pytest.raises(
+        ShardError, match=rf"shard {path} is truncated: it holds 2 samples, its manifest says 12"
+    ):
         list(iter_shard(storage, shards[0]))
 
 

@@ -21,19 +21,42 @@ def read_rows(path):
 
 
 def train(voc_root, out, *extra):
-    return train_main([
-        "--data", str(voc_root), "--out", str(out), "--limit", "4", "--epochs", "1",
-        "--batch-size", "2", "--workers", "0", "--no-pretrained", "--set", "model.image_size=160",
-        *extra,
-    ])
+    return train_main(
+        [
+            "--data",
+            str(voc_root),
+            "--out",
+            str(out),
+            "--limit",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--no-pretrained",
+            "--set",
+            "model.image_size=160",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("access", ["random", "sequential"])
 def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_path, access):
     out = tmp_path / "out"
     assert train(voc_root, out, "--access", access) == 0
-    for name in ("model.pt", "index_to_name.json", "model.json", "metrics.csv", "steps.csv",
-                 "benchmark.log", "checkpoint.pt", "config.yaml"):
+    for name in (
+        "model.pt",
+        "index_to_name.json",
+        "model.json",
+        "metrics.csv",
+        "steps.csv",
+        "benchmark.log",
+        "checkpoint.pt",
+        "config.yaml",
+    ):
         assert (out / name).is_file(), name
     rows = read_rows(out / "metrics.csv")
     assert len(rows) == 1 and list(rows[0]) == METRICS_COLUMNS
@@ -42,9 +65,13 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
     assert row["samples"] == 4 and row["skipped"] == 0
     if access == "random":
         ids = (voc_root / "ImageSets/Main/train.txt").read_text().split()[:4]
-        assert row["bytes_read"] == sum((voc_root / f"JPEGImages/{i}.jpg").stat().st_size for i in ids)
+        assert row["bytes_read"] == sum(
+            (voc_root / f"JPEGImages/{i}.jpg").stat().st_size for i in ids
+        )
     else:
-        assert row["bytes_read"] == sum(p.stat().st_size for p in (voc_root / "shards/train-first4").glob("*.tar"))
+        assert row["bytes_read"] == sum(
+            p.stat().st_size for p in (voc_root / "shards/train-first4").glob("*.tar")
+        )
     assert row["read_mbps"] == pytest.approx(row["bytes_read"] / row["read_s"] / 1e6, rel=1e-3)
     assert row["au"] == pytest.approx(row["compute_s"] / row["wall_s"], rel=1e-3)
     assert 0 < row["au"] <= 1
@@ -53,7 +80,11 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
     steps = read_rows(out / "steps.csv")
     assert sum(int(s["bytes_read"]) for s in steps) == row["bytes_read"]
     assert json.loads((out / "index_to_name.json").read_text()) == {
-        "0": "__background__", "1": "RBC", "2": "WBC", "3": "Platelets"}
+        "0": "__background__",
+        "1": "RBC",
+        "2": "WBC",
+        "3": "Platelets",
+    }
     info = json.loads((out / "model.json").read_text())
     model = build_detector(info["arch"], info["num_classes"], frozen_bn=info["frozen_bn"])
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))  # state_dict only
@@ -71,7 +102,8 @@ def test_resume_continues_from_the_checkpoint(voc_root, tmp_path):
 def test_user_errors_print_one_line_and_exit_2(voc_root, tmp_path, capsys):
     assert train(voc_root, tmp_path / "o", "--access", "diagonal") == 2
     assert capsys.readouterr().err.strip() == (
-        "error: access.mode must be one of random, sequential; got 'diagonal'")
+        "error: access.mode must be one of random, sequential; got 'diagonal'"
+    )
     assert train(tmp_path / "nowhere", tmp_path / "o") == 2
     assert "split 'train' not found" in capsys.readouterr().err
     assert train(voc_root, tmp_path / "fresh", "--resume") == 2

@@ -70,17 +70,23 @@ def test_malformed_xml_names_file_and_line():
 
 def test_non_numeric_coordinate_is_refused():
     bad = XML.replace(b"<xmin>-5</xmin>", b"<xmin>left</xmin>")
-    with pytest.raises(DatasetError, match=r"x\.xml: <object> #0 \(cell\) has a missing or non-numeric"):
+    with pytest.raises(
+        DatasetError, match=r"x\.xml: <object> #0 \(cell\) has a missing or non-numeric"
+    ):
         parse_voc_xml(bad, "x.xml")
 
 
 def test_missing_split_lists_the_available_ones(voc_root):
-    with pytest.raises(DatasetError, match=r"split 'val' not found: .* available splits: test, train"):
+    with pytest.raises(
+        DatasetError, match=r"split 'val' not found: .* available splits: test, train"
+    ):
         read_split_ids(FileSystemStorage(voc_root), "val")
 
 
 def test_missing_annotation_names_the_file(voc_root):
     victim = read_split_ids(FileSystemStorage(voc_root), "train")[2]
     (voc_root / "Annotations" / f"{victim}.xml").unlink()
-    with pytest.raises(DatasetError, match=rf"annotation missing for image '{victim}'.*{victim}\.xml"):
+    with pytest.raises(
+        DatasetError, match=rf"annotation missing for image '{victim}'.*{victim}\.xml"
+    ):
         load_voc_split(FileSystemStorage(voc_root), "train")

@@ -21,7 +21,13 @@ class ConfigError(Exception):
 
 def opt(default: Any, help: str, *, kind: type, choices: tuple = (), minimum=None, nullable=False):
     """Declare a configuration key: its default, type, allowed values and description."""
-    meta = {"help": help, "kind": kind, "choices": choices, "minimum": minimum, "nullable": nullable}
+    meta = {
+        "help": help,
+        "kind": kind,
+        "choices": choices,
+        "minimum": minimum,
+        "nullable": nullable,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -31,7 +37,12 @@ def opt(default: Any, help: str, *, kind: type, choices: tuple = (), minimum=Non
 class StorageConfig:
     """Where the dataset lives."""
 
-    type: str = opt("fs", "storage back end: fs (a directory) or s3", kind=str, choices=("fs",))
+    type: str = opt(
+        "fs",
+        "storage back end; fs: a directory (local disk, NFS, a mounted volume)",
+        kind=str,
+        choices=("fs",),
+    )
     root: str = opt("data/bccd", "fs: the dataset directory", kind=str)
 
 
@@ -43,15 +54,21 @@ class DatasetConfig:
     train_split: str = opt("train", "split trained on (ImageSets/Main/<name>.txt)", kind=str)
     eval_split: str = opt("test", "split evaluated after each epoch (mAP)", kind=str)
     classes: list = opt(
-        [], "class names in label order (label 1, 2, ...); empty: sorted names found in training",
+        [],
+        "class names in label order (label 1, 2, ...); empty: sorted names found in training",
         kind=list,
     )
     limit: int | None = opt(
-        None, "use only the first N images of each split (quick runs); null: all",
-        kind=int, minimum=1, nullable=True,
+        None,
+        "use only the first N images of each split (quick runs); null: all",
+        kind=int,
+        minimum=1,
+        nullable=True,
     )
     shards_prefix: str = opt("shards", "where sequential access keeps its tar shards", kind=str)
-    shard_size_mb: float = opt(1.0, "target shard size in MB (10^6 bytes)", kind=float, minimum=0.001)
+    shard_size_mb: float = opt(
+        1.0, "target shard size in MB (10^6 bytes)", kind=float, minimum=0.001
+    )
 
 
 @dataclass(frozen=True)
@@ -59,14 +76,22 @@ class AccessConfig:
     """How the training loop reads the data."""
 
     mode: str = opt(
-        "sequential", "random: map-style, one read per sample; sequential: stream tar shards",
-        kind=str, choices=("random", "sequential"),
+        "sequential",
+        "random: map-style, one read per sample; sequential: stream tar shards",
+        kind=str,
+        choices=("random", "sequential"),
     )
-    shuffle: bool = opt(True, "shuffle training samples (sampler, or shard order + buffer)", kind=bool)
-    shuffle_buffer: int = opt(64, "sequential: samples in each worker's shuffle buffer", kind=int, minimum=1)
+    shuffle: bool = opt(
+        True, "shuffle training samples (sampler, or shard order + buffer)", kind=bool
+    )
+    shuffle_buffer: int = opt(
+        64, "sequential: samples in each worker's shuffle buffer", kind=int, minimum=1
+    )
     on_corrupt: str = opt(
-        "skip", "an undecodable image: skip it and count it, or stop the run",
-        kind=str, choices=("skip", "stop"),
+        "skip",
+        "an undecodable image: skip it and count it, or stop the run",
+        kind=str,
+        choices=("skip", "stop"),
     )
 
 
@@ -75,7 +100,9 @@ class LoaderConfig:
     """torch DataLoader settings."""
 
     batch_size: int = opt(4, "images per training step", kind=int, minimum=1)
-    num_workers: int = opt(2, "DataLoader worker processes (0: read in the main process)", kind=int, minimum=0)
+    num_workers: int = opt(
+        2, "DataLoader worker processes (0: read in the main process)", kind=int, minimum=0
+    )
     prefetch_factor: int = opt(2, "batches each worker reads ahead", kind=int, minimum=1)
     persistent_workers: bool = opt(False, "keep workers alive between epochs", kind=bool)
     pin_memory: bool = opt(False, "pin host memory for faster copies to a GPU", kind=bool)
@@ -86,33 +113,58 @@ class ModelConfig:
     """The detector."""
 
     arch: str = opt(
-        "fasterrcnn_mobilenet_v3_large_320_fpn", "torchvision detector",
-        kind=str, choices=("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn"),
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "torchvision detector",
+        kind=str,
+        choices=("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn"),
     )
     pretrained: bool = opt(
         True, "start from torchvision's COCO weights when cached or downloadable", kind=bool
     )
-    image_size: int = opt(320, "resize images so the shorter side has this many pixels", kind=int, minimum=32)
+    image_size: int = opt(
+        320, "resize images so the shorter side has this many pixels", kind=int, minimum=32
+    )
+    rpn_pre_nms_top_n_train: int = opt(
+        1000,
+        "training: RPN proposals kept before NMS, per FPN level (torchvision: 2000)",
+        kind=int,
+        minimum=1,
+    )
+    rpn_post_nms_top_n_train: int = opt(
+        500, "training: RPN proposals kept after NMS (torchvision: 2000)", kind=int, minimum=1
+    )
+    box_batch_size_per_image: int = opt(
+        128,
+        "training: RoIs sampled per image for the box head (torchvision: 512)",
+        kind=int,
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimisation."""
 
-    epochs: int = opt(10, "training epochs", kind=int, minimum=1)
-    lr: float = opt(0.001, "peak learning rate (linear warm-up, then cosine decay)", kind=float, minimum=0.0)
+    epochs: int = opt(8, "training epochs", kind=int, minimum=1)
+    lr: float = opt(
+        0.001, "peak learning rate (linear warm-up, then cosine decay)", kind=float, minimum=0.0
+    )
     optimizer: str = opt("adamw", "optimizer", kind=str, choices=("adamw", "sgd"))
     momentum: float = opt(0.9, "sgd: momentum", kind=float, minimum=0.0)
     weight_decay: float = opt(0.0001, "weight decay", kind=float, minimum=0.0)
     seed: int = opt(0, "seed for model init, sampler and shuffles", kind=int)
-    device: str = opt("auto", "auto (cuda when available), cpu or cuda", kind=str, choices=("auto", "cpu", "cuda"))
+    device: str = opt(
+        "auto", "auto (cuda when available), cpu or cuda", kind=str, choices=("auto", "cpu", "cuda")
+    )
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     """Where results go."""
 
-    dir: str = opt("outputs/detection", "output directory (model, metrics, log, checkpoint)", kind=str)
+    dir: str = opt(
+        "outputs/detection", "output directory (model, metrics, log, checkpoint)", kind=str
+    )
 
 
 @dataclass(frozen=True)
@@ -173,15 +225,17 @@ def _build(cls, data: Any, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        where = f" in {prefix.rstrip('.')}" if prefix else ""
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
-            f"{', '.join(fields)}"
+            f"unknown key {prefix}{unknown[0]}; allowed keys{where}: {', '.join(fields)}"
         )
     values = {}
     for name, f in fields.items():
         if name not in data:
             continue
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+        if dataclasses.is_dataclass(
+            f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        ):
             values[name] = _build(f.default_factory, data[name], f"{prefix}{name}.")
         else:
             values[name] = _check(f"{prefix}{name}", data[name], f.metadata)
@@ -221,7 +275,9 @@ def describe_keys(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
     """``(key, default, description)`` for every configuration key, in declaration order."""
     rows = []
     for f in dataclasses.fields(cls):
-        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(
+            f.default_factory
+        ):
             rows.extend(describe_keys(f.default_factory, f"{prefix}{f.name}."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -67,13 +67,18 @@ def train_one_epoch(
             got = time.perf_counter()
             for image_id, message in batch.errors:
                 if on_corrupt == "stop":
-                    raise TrainingError(f"corrupt image {message} (id {image_id}); "
-                                        "fix or remove it, or set access.on_corrupt=skip")
+                    raise TrainingError(
+                        f"corrupt image {message} (id {image_id}); "
+                        "fix or remove it, or set access.on_corrupt=skip"
+                    )
                 log.warning("skipped corrupt image %s", message)
             loss_value = math.nan
             if batch.images:
                 images = [img.to(device, non_blocking=True) for img in batch.images]
-                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets]
+                targets = [
+                    {k: v.to(device, non_blocking=True) for k, v in t.items()}
+                    for t in batch.targets
+                ]
                 losses = model(images, targets)
                 loss = sum(losses.values())
                 loss_value = loss.item()
@@ -134,10 +139,17 @@ def evaluate(
             continue
         outputs = model([img.to(device) for img in batch.images])
         preds = [{k: v.cpu() for k, v in o.items()} for o in outputs]
-        targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]} for t in batch.targets]
+        targets = [
+            {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]}
+            for t in batch.targets
+        ]
         metric.update(preds, targets)
         samples += len(batch.images)
-    result = metric.compute() if samples else {"map_50": torch.tensor(math.nan), "map": torch.tensor(math.nan)}
+    result = (
+        metric.compute()
+        if samples
+        else {"map_50": torch.tensor(math.nan), "map": torch.tensor(math.nan)}
+    )
     return {
         "map_50": float(result["map_50"]),
         "map": float(result["map"]),

@@ -24,17 +24,50 @@ from pipelines.storage import FileSystemStorage, Storage
 from pipelines.voc import load_voc_split
 from training.config import Config
 from training.engine import evaluate, train_one_epoch
-from training.outputs import attach_log_file, detach_log_file, save_torch, write_csv, write_json, write_yaml
+from training.outputs import (
+    attach_log_file,
+    detach_log_file,
+    save_torch,
+    write_csv,
+    write_json,
+    write_yaml,
+)
 
 log = logging.getLogger(__name__)
 
 METRICS_COLUMNS = [
-    "epoch", "task", "access", "storage", "samples", "skipped", "boxes_dropped", "bytes_read",
-    "read_s", "data_wait_s", "compute_s", "wall_s", "read_mbps", "throughput_mbps",
-    "samples_per_s", "au", "loss", "lr", "map_50", "map", "eval_s",
+    "epoch",
+    "task",
+    "access",
+    "storage",
+    "samples",
+    "skipped",
+    "boxes_dropped",
+    "bytes_read",
+    "read_s",
+    "data_wait_s",
+    "compute_s",
+    "wall_s",
+    "read_mbps",
+    "throughput_mbps",
+    "samples_per_s",
+    "au",
+    "loss",
+    "lr",
+    "map_50",
+    "map",
+    "eval_s",
 ]
 STEP_COLUMNS = [
-    "epoch", "step", "samples", "skipped", "bytes_read", "read_s", "data_wait_s", "compute_s", "loss",
+    "epoch",
+    "step",
+    "samples",
+    "skipped",
+    "bytes_read",
+    "read_s",
+    "data_wait_s",
+    "compute_s",
+    "loss",
 ]
 
 
@@ -43,7 +76,9 @@ def open_storage(cfg: Config) -> Storage:
     return FileSystemStorage(cfg.storage.root)
 
 
-def load_split(storage: Storage, cfg: Config, split: str) -> tuple[list[DetectionRecord], BoxCounts]:
+def load_split(
+    storage: Storage, cfg: Config, split: str
+) -> tuple[list[DetectionRecord], BoxCounts]:
     """Records of one split in the configured format, limited to ``dataset.limit`` images."""
     return load_voc_split(storage, split, cfg.dataset.limit)
 
@@ -106,9 +141,17 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
 
     train_records, train_counts = load_split(storage, cfg, cfg.dataset.train_split)
     eval_records, eval_counts = load_split(storage, cfg, cfg.dataset.eval_split)
-    for split, counts in ((cfg.dataset.train_split, train_counts), (cfg.dataset.eval_split, eval_counts)):
-        log.info("split %s: %d boxes kept, %d clipped to the image, %d degenerate dropped",
-                 split, counts.kept, counts.clipped, counts.dropped)
+    for split, counts in (
+        (cfg.dataset.train_split, train_counts),
+        (cfg.dataset.eval_split, eval_counts),
+    ):
+        log.info(
+            "split %s: %d boxes kept, %d clipped to the image, %d degenerate dropped",
+            split,
+            counts.kept,
+            counts.clipped,
+            counts.dropped,
+        )
         for where in counts.dropped_where:
             log.info("dropped degenerate box: %s", where)
     classes = class_names(cfg, train_records)
@@ -122,38 +165,68 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         pin_memory=cfg.loader.pin_memory,
     )
     loaders = {}
-    for name, records, train in ((cfg.dataset.train_split, train_records, True),
-                                 (cfg.dataset.eval_split, eval_records, False)):
+    for name, records, train in (
+        (cfg.dataset.train_split, train_records, True),
+        (cfg.dataset.eval_split, eval_records, False),
+    ):
         shards = None
         if cfg.access.mode == "sequential":
             prefix = shard_prefix(cfg.dataset.shards_prefix, name, cfg.dataset.limit)
             shards, written = ensure_shards(
-                storage, records, prefix, target_bytes=int(cfg.dataset.shard_size_mb * 1e6),
-                on_shard=lambda s: log.info("wrote shard %s (%d bytes, %d samples)", storage.describe(s.key), s.bytes, s.samples),
+                storage,
+                records,
+                prefix,
+                target_bytes=int(cfg.dataset.shard_size_mb * 1e6),
+                on_shard=lambda s: log.info(
+                    "wrote shard %s (%d bytes, %d samples)",
+                    storage.describe(s.key),
+                    s.bytes,
+                    s.samples,
+                ),
             )
-            log.info("%s shards for split %s in %s: %d shards, %d bytes",
-                     "wrote" if written else "reusing", name, storage.describe(prefix), len(shards), sum(s.bytes for s in shards))
+            log.info(
+                "%s shards for split %s in %s: %d shards, %d bytes",
+                "wrote" if written else "reusing",
+                name,
+                storage.describe(prefix),
+                len(shards),
+                sum(s.bytes for s in shards),
+            )
         loaders[train] = build_loader(
-            storage, records, access=cfg.access.mode,
+            storage,
+            records,
+            access=cfg.access.mode,
             transform=detection_transform(train, cfg.model.image_size),
-            class_to_index=class_to_index, settings=settings,
-            shuffle=train and cfg.access.shuffle, seed=cfg.train.seed,
-            shards=shards, shuffle_buffer=cfg.access.shuffle_buffer,
+            class_to_index=class_to_index,
+            settings=settings,
+            shuffle=train and cfg.access.shuffle,
+            seed=cfg.train.seed,
+            shards=shards,
+            shuffle_buffer=cfg.access.shuffle_buffer,
         )
     train_loader, eval_loader = loaders[True], loaders[False]
 
     num_classes = len(classes) + 1
+    sampling = {
+        "rpn_pre_nms_top_n_train": cfg.model.rpn_pre_nms_top_n_train,
+        "rpn_post_nms_top_n_train": cfg.model.rpn_post_nms_top_n_train,
+        "box_batch_size_per_image": cfg.model.box_batch_size_per_image,
+    }
     if cfg.model.pretrained:
-        model, frozen_bn = build_pretrained_detector(cfg.model.arch, num_classes)
+        model, frozen_bn = build_pretrained_detector(cfg.model.arch, num_classes, **sampling)
     else:
-        model, frozen_bn = build_detector(cfg.model.arch, num_classes), False
+        model, frozen_bn = build_detector(cfg.model.arch, num_classes, **sampling), False
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.train.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                    weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.SGD(
+            params,
+            lr=cfg.train.lr,
+            momentum=cfg.train.momentum,
+            weight_decay=cfg.train.weight_decay,
+        )
     steps_per_epoch = math.ceil(train_loader.num_samples / cfg.loader.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -166,7 +239,9 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     checkpoint_path = out / "checkpoint.pt"
     if resume:
         if not checkpoint_path.exists():
-            raise DatasetError(f"--resume: no checkpoint at {checkpoint_path}; train without --resume first")
+            raise DatasetError(
+                f"--resume: no checkpoint at {checkpoint_path}; train without --resume first"
+            )
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -175,50 +250,98 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         first_epoch = ckpt["epoch"] + 1
         log.info("resuming from %s after epoch %d", checkpoint_path, ckpt["epoch"])
         if first_epoch > cfg.train.epochs:
-            log.info("nothing to do: checkpoint is at epoch %d of %d", ckpt["epoch"], cfg.train.epochs)
+            log.info(
+                "nothing to do: checkpoint is at epoch %d of %d", ckpt["epoch"], cfg.train.epochs
+            )
 
-    write_json(out / "index_to_name.json", {"0": "__background__", **{str(i): n for n, i in class_to_index.items()}})
-    write_json(out / "model.json", {
-        "task": cfg.task, "arch": cfg.model.arch, "num_classes": num_classes, "frozen_bn": frozen_bn,
-        "image_size": cfg.model.image_size,
-    })
+    write_json(
+        out / "index_to_name.json",
+        {"0": "__background__", **{str(i): n for n, i in class_to_index.items()}},
+    )
+    write_json(
+        out / "model.json",
+        {
+            "task": cfg.task,
+            "arch": cfg.model.arch,
+            "num_classes": num_classes,
+            "frozen_bn": frozen_bn,
+            "image_size": cfg.model.image_size,
+        },
+    )
 
     for epoch in range(first_epoch, cfg.train.epochs + 1):
         train_loader.set_epoch(epoch)
         meter = train_one_epoch(
-            model, optimizer, scheduler, train_loader.loader, device, epoch,
-            num_samples=train_loader.num_samples, on_corrupt=cfg.access.on_corrupt,
+            model,
+            optimizer,
+            scheduler,
+            train_loader.loader,
+            device,
+            epoch,
+            num_samples=train_loader.num_samples,
+            on_corrupt=cfg.access.on_corrupt,
         )
         eval_loader.set_epoch(epoch)
         quality = evaluate(model, eval_loader.loader, device, num_samples=eval_loader.num_samples)
         row = {
-            **meter.summary(), "task": cfg.task, "access": cfg.access.mode, "storage": cfg.storage.type,
-            "boxes_dropped": train_counts.dropped, "lr": optimizer.param_groups[0]["lr"], **quality,
+            **meter.summary(),
+            "task": cfg.task,
+            "access": cfg.access.mode,
+            "storage": cfg.storage.type,
+            "boxes_dropped": train_counts.dropped,
+            "lr": optimizer.param_groups[0]["lr"],
+            **quality,
         }
         rows.append(row)
         steps.extend(vars(s) for s in meter.steps)
         log.info(
-            "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, delivered %.2f MB/s, "
-            "data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, mAP@0.5 %.4f, mAP@[.5:.95] %.4f",
-            epoch, row["samples"], row["skipped"], row["samples_per_s"], row["read_mbps"],
-            row["throughput_mbps"], row["data_wait_s"], row["compute_s"], row["au"], row["loss"],
-            row["map_50"], row["map"],
+            "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, "
+            "delivered %.2f MB/s, data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, "
+            "mAP@0.5 %.4f, mAP@[.5:.95] %.4f",
+            epoch,
+            row["samples"],
+            row["skipped"],
+            row["samples_per_s"],
+            row["read_mbps"],
+            row["throughput_mbps"],
+            row["data_wait_s"],
+            row["compute_s"],
+            row["au"],
+            row["loss"],
+            row["map_50"],
+            row["map"],
         )
         write_csv(out / "metrics.csv", rows, METRICS_COLUMNS)
         write_csv(out / "steps.csv", steps, STEP_COLUMNS)
         save_torch(out / "model.pt", model.state_dict())
-        save_torch(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": cfg.to_dict(),
-            "metrics": rows, "steps": steps,
-        })
+        save_torch(
+            checkpoint_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "args": cfg.to_dict(),
+                "metrics": rows,
+                "steps": steps,
+            },
+        )
     if not rows:
         raise DatasetError("no epoch ran")
     last = rows[-1]
     log.info(
         "summary: %s %s on %s, epoch %d: mAP@0.5 %.3f, mAP@[.5:.95] %.3f, %.1f samples/s, "
         "%.2f MB/s delivered (%.2f MB/s per reader), AU %.3f; outputs in %s",
-        cfg.task, cfg.access.mode, cfg.storage.type, last["epoch"], last["map_50"], last["map"],
-        last["samples_per_s"], last["throughput_mbps"], last["read_mbps"], last["au"], out,
+        cfg.task,
+        cfg.access.mode,
+        cfg.storage.type,
+        last["epoch"],
+        last["map_50"],
+        last["map"],
+        last["samples_per_s"],
+        last["throughput_mbps"],
+        last["read_mbps"],
+        last["au"],
+        out,
     )
     return last
