@@ -14,7 +14,6 @@ import argparse
 import logging
 import sys
 
-from pipelines.loaders import ensure_shards, shard_prefix
 from pipelines.records import DatasetError
 from pipelines.shards import ShardError
 from pipelines.storage import StorageError
@@ -56,17 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"dataset.limit={args.limit}")
     try:
         cfg = load_config(args.config, overrides)
-        from training.run import load_split, open_storage
+        from training.run import load_split, open_storage, split_shards
 
         storage = open_storage(cfg)
         split = args.split or cfg.dataset.train_split
         records, _ = load_split(storage, cfg, split)
-        prefix = shard_prefix(cfg.dataset.shards_prefix, split, cfg.dataset.limit)
-        shards, written = ensure_shards(
+        prefix, shards, written = split_shards(
             storage,
+            cfg,
+            split,
             records,
-            prefix,
-            target_bytes=int(cfg.dataset.shard_size_mb * 1e6),
             on_shard=lambda s: print(
                 f"wrote {storage.describe(s.key)}  {s.bytes / 1e6:.2f} MB  {s.samples} samples",
                 flush=True,

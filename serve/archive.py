@@ -14,9 +14,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from serve.runtime import find_tool
 
 #: Repository root (this file is ``serve/archive.py``).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,17 +77,14 @@ def check_training_output(out: Path) -> dict:
 
 
 def find_model_archiver() -> str:
-    """Locate ``torch-model-archiver``: next to this interpreter first, then on PATH.
+    """Locate ``torch-model-archiver`` (see :func:`serve.runtime.find_tool`).
 
     Raises:
         ArchiveError: not installed.
     """
-    beside = Path(sys.executable).parent / "torch-model-archiver"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("torch-model-archiver")
+    found = find_tool("torch-model-archiver")
     if found is None:
-        raise ArchiveError("torch-model-archiver not found: run `uv sync` (it is a dependency)")
+        raise ArchiveError("torch-model-archiver not found: run `make setup` (it is a dependency)")
     return found
 
 

@@ -377,18 +377,24 @@ def check_java() -> str:
     return version
 
 
+def find_tool(name: str) -> str | None:
+    """Locate a console script of the environment (``torchserve``, ``torch-model-archiver``):
+    next to this interpreter first, then on PATH; None when it is not installed."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    return shutil.which(name)
+
+
 def find_torchserve() -> str:
-    """Locate the ``torchserve`` launcher: next to this interpreter first, then on PATH.
+    """Locate the ``torchserve`` launcher.
 
     Raises:
         ServeError: not installed.
     """
-    beside = Path(sys.executable).parent / "torchserve"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("torchserve")
+    found = find_tool("torchserve")
     if found is None:
-        raise ServeError("torchserve not found: run `uv sync` (it is a dependency)")
+        raise ServeError("torchserve not found: run `make setup` (it is a dependency)")
     return found
 
 

@@ -124,6 +124,9 @@ def evaluate(
 ) -> dict:
     """mAP of the model on a split, with torchmetrics' ``MeanAveragePrecision`` (COCO protocol).
 
+    Args:
+        num_samples: images in the split (for the progress bar only).
+
     Returns:
         ``{"map_50": mAP@0.5, "map": mAP@[.5:.95], "eval_samples": n, "eval_skipped": k,
         "eval_s": seconds}``; boxes are compared in the transformed (resized) image frame,
@@ -133,7 +136,9 @@ def evaluate(
     metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
     started = time.perf_counter()
     samples = skipped = 0
-    for batch in tqdm(loader, total=None, desc="evaluate", unit="batch", leave=False):
+    bar = tqdm(total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True)
+    for batch in loader:
+        bar.update(len(batch.images) + len(batch.errors))
         skipped += len(batch.errors)
         if not batch.images:
             continue
@@ -145,6 +150,7 @@ def evaluate(
         ]
         metric.update(preds, targets)
         samples += len(batch.images)
+    bar.close()
     result = (
         metric.compute()
         if samples

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from models.detector import build_detector, build_pretrained_detector
 from pipelines.loaders import LoaderSettings, build_loader, ensure_shards, shard_prefix
 from pipelines.records import BoxCounts, DatasetError, DetectionRecord
 from pipelines.samples import detection_transform
+from pipelines.shards import ShardInfo
 from pipelines.storage import FileSystemStorage, Storage
 from pipelines.voc import load_voc_split
 from training.config import Config
@@ -56,6 +58,8 @@ METRICS_COLUMNS = [
     "lr",
     "map_50",
     "map",
+    "eval_samples",
+    "eval_skipped",
     "eval_s",
 ]
 STEP_COLUMNS = [
@@ -81,6 +85,26 @@ def load_split(
 ) -> tuple[list[DetectionRecord], BoxCounts]:
     """Records of one split in the configured format, limited to ``dataset.limit`` images."""
     return load_voc_split(storage, split, cfg.dataset.limit)
+
+
+def split_shards(
+    storage: Storage,
+    cfg: Config,
+    split: str,
+    records: list[DetectionRecord],
+    on_shard: Callable[[ShardInfo], None] | None = None,
+) -> tuple[str, list[ShardInfo], bool]:
+    """The split's shards where the config puts them, written first when missing.
+
+    Returns:
+        ``(prefix, shards, written)``; see :func:`pipelines.loaders.ensure_shards`.
+    """
+    prefix = shard_prefix(cfg.dataset.shards_prefix, split, cfg.dataset.limit)
+    target_bytes = int(cfg.dataset.shard_size_mb * 1e6)
+    shards, written = ensure_shards(
+        storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
+    )
+    return prefix, shards, written
 
 
 def class_names(cfg: Config, records: list[DetectionRecord]) -> list[str]:
@@ -171,12 +195,11 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     ):
         shards = None
         if cfg.access.mode == "sequential":
-            prefix = shard_prefix(cfg.dataset.shards_prefix, name, cfg.dataset.limit)
-            shards, written = ensure_shards(
+            prefix, shards, written = split_shards(
                 storage,
+                cfg,
+                name,
                 records,
-                prefix,
-                target_bytes=int(cfg.dataset.shard_size_mb * 1e6),
                 on_shard=lambda s: log.info(
                     "wrote shard %s (%d bytes, %d samples)",
                     storage.describe(s.key),
