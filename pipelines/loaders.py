@@ -89,9 +89,12 @@ def build_loader(
             RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         )
         loader = DataLoader(dataset, sampler=sampler, **kwargs)
-        return EpochLoader(
-            loader, len(dataset), lambda epoch: generator.manual_seed(seed * 100_003 + epoch)
-        )
+
+        def set_epoch(epoch: int) -> None:
+            storage.take_stats()  # requests made before the epoch (index building) do not count
+            generator.manual_seed(seed * 100_003 + epoch)
+
+        return EpochLoader(loader, len(dataset), set_epoch)
     if access == "sequential":
         if shards is None:
             raise ValueError("sequential access needs the split's shards (see ensure_shards)")
@@ -112,7 +115,12 @@ def build_loader(
             shuffle_buffer=shuffle_buffer,
             seed=seed,
         )
-        return EpochLoader(DataLoader(stream, **kwargs), stream.num_samples, stream.set_epoch)
+
+        def set_stream_epoch(epoch: int) -> None:
+            storage.take_stats()  # requests made before the epoch (index building) do not count
+            stream.set_epoch(epoch)
+
+        return EpochLoader(DataLoader(stream, **kwargs), stream.num_samples, set_stream_epoch)
     raise ValueError(f"unknown access mode {access!r}; choose random or sequential")
 
 

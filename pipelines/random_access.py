@@ -51,7 +51,7 @@ class MapStyleDetectionDataset(Dataset):
         start = time.perf_counter()
         data = self.storage.read(record.image_key)
         read_s = time.perf_counter() - start
-        return make_sample(
+        sample = make_sample(
             record,
             data,
             nbytes=len(data),
@@ -59,3 +59,5 @@ class MapStyleDetectionDataset(Dataset):
             transform=self.transform,
             class_to_index=self.class_to_index,
         )
+        sample["requests"] = self.storage.take_stats()
+        return sample

@@ -7,6 +7,7 @@ A *sample* is the dict every access pattern yields, one per image::
                 "labels": int64 [N]},
      "nbytes": int,      # bytes read from storage for this sample
      "read_s": float,    # seconds spent in storage reads for this sample
+     "requests": RequestStats,  # storage requests made for it (set by the dataset)
      "error": str | None}
 
 A sample whose image cannot be decoded has ``image=None`` and ``error`` set; :func:`collate`
@@ -23,6 +24,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from pipelines.records import DatasetError, DetectionRecord
+from pipelines.storage import RequestStats
 
 
 def detection_transform(train: bool, image_size: int) -> v2.Compose:
@@ -107,6 +109,7 @@ class Batch:
         nbytes: bytes read from storage for the batch, including skipped samples.
         read_s: seconds spent in storage reads, summed over the batch's samples.
         errors: ``(id, message)`` of samples that were skipped (corrupt image).
+        requests: storage requests made for the batch's samples.
     """
 
     images: list[torch.Tensor] = field(default_factory=list)
@@ -115,6 +118,7 @@ class Batch:
     nbytes: int = 0
     read_s: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    requests: RequestStats = field(default_factory=RequestStats)
 
 
 def collate(samples: list[dict]) -> Batch:
@@ -123,6 +127,8 @@ def collate(samples: list[dict]) -> Batch:
     for sample in samples:
         batch.nbytes += sample["nbytes"]
         batch.read_s += sample["read_s"]
+        if "requests" in sample:
+            batch.requests.merge(sample["requests"])
         if sample["error"] is not None:
             batch.errors.append((sample["id"], sample["error"]))
             continue

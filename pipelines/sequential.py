@@ -87,7 +87,7 @@ class ShardedDetectionStream(IterableDataset):
         for raw, nbytes, read_s in samples:
             ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
             record = DetectionRecord.from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
-            yield make_sample(
+            sample = make_sample(
                 record,
                 raw[ext],
                 nbytes=nbytes,
@@ -95,6 +95,8 @@ class ShardedDetectionStream(IterableDataset):
                 transform=self.transform,
                 class_to_index=self.class_to_index,
             )
+            sample["requests"] = self.storage.take_stats()  # the shard's GET lands on one sample
+            yield sample
 
     def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int, float]]:
         for shard in shards:

@@ -10,13 +10,40 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
 class StorageError(Exception):
     """A read or write failed for a reason the user can act on; the message names the key."""
+
+
+@dataclass
+class RequestStats:
+    """Storage requests made by one process since the last :meth:`Storage.take_stats`.
+
+    Attributes:
+        requests: read requests sent (S3: GET; filesystem: one ``open`` per read).
+        retries: requests retried after a transient failure (throttling, connection errors).
+        errors: failed requests by kind (e.g. ``{"NoSuchKey": 1, "timeout": 2}``).
+        ttfb_s: time to first byte of each request in seconds (S3: until the response headers
+            arrived; filesystem: until ``open`` returned).
+    """
+
+    requests: int = 0
+    retries: int = 0
+    errors: Counter = field(default_factory=Counter)
+    ttfb_s: list[float] = field(default_factory=list)
+
+    def merge(self, other: RequestStats) -> None:
+        """Add ``other``'s counts into this one."""
+        self.requests += other.requests
+        self.retries += other.retries
+        self.errors.update(other.errors)
+        self.ttfb_s.extend(other.ttfb_s)
 
 
 class Storage(Protocol):
@@ -62,6 +89,10 @@ class Storage(Protocol):
         """Where ``key`` lives, for messages: a path or URI. Never contains credentials."""
         ...
 
+    def take_stats(self) -> RequestStats:
+        """The requests this process made since the last call, and start counting afresh."""
+        ...
+
 
 class FileSystemStorage:
     """A directory on a local or network filesystem (NFS, Lustre, a mounted volume).
@@ -72,9 +103,14 @@ class FileSystemStorage:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._stats = RequestStats()
 
     def __repr__(self) -> str:
         return f"FileSystemStorage({str(self.root)!r})"
+
+    def __getstate__(self) -> dict:
+        # a copy sent to a DataLoader worker starts counting its own requests from zero
+        return {**self.__dict__, "_stats": RequestStats()}
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -103,27 +139,34 @@ class FileSystemStorage:
 
     def read(self, key: str) -> bytes:
         """Read the whole file: one ``open`` + ``read`` call."""
-        try:
-            with open(self._path(key), "rb") as f:
+        with self.open(key) as f:
+            try:
                 return f.read()
-        except OSError as exc:
-            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+            except OSError as exc:
+                self._stats.errors[type(exc).__name__] += 1
+                raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
 
     def open(self, key: str) -> BinaryIO:
-        """Open the file for buffered streaming reads."""
+        """Open the file for buffered streaming reads (one request)."""
+        start = time.perf_counter()
         try:
-            return open(self._path(key), "rb")
+            f = open(self._path(key), "rb")
         except OSError as exc:
+            self._stats.errors[type(exc).__name__] += 1
             raise StorageError(f"cannot open {self._path(key)}: {exc.strerror}") from exc
+        self._stats.requests += 1
+        self._stats.ttfb_s.append(time.perf_counter() - start)
+        return f
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """Read ``length`` bytes at offset ``start``."""
-        try:
-            with open(self._path(key), "rb") as f:
+        with self.open(key) as f:
+            try:
                 f.seek(start)
                 return f.read(length)
-        except OSError as exc:
-            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+            except OSError as exc:
+                self._stats.errors[type(exc).__name__] += 1
+                raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
 
     def exists(self, key: str) -> bool:
         """Whether a regular file exists at ``key``."""
@@ -147,6 +190,11 @@ class FileSystemStorage:
     def describe(self, key: str = "") -> str:
         """The file's path."""
         return str(self._path(key))
+
+    def take_stats(self) -> RequestStats:
+        """Requests since the last call (see :class:`RequestStats`)."""
+        stats, self._stats = self._stats, RequestStats()
+        return stats
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

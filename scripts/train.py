@@ -59,6 +59,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(exc: Exception) -> str:
+    """The one-line message of a user-facing error.
+
+    An error raised in a DataLoader worker reaches the main process re-raised with the worker's
+    traceback as its message; only the original exception's own message is kept.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    name = type(exc).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the config, run training; user errors print one line and return 2."""
     args = get_args_parser().parse_args(argv)
@@ -77,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run(cfg, resume=args.resume)
     except (ConfigError, DatasetError, StorageError, ShardError, TrainingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: outputs hold the last completed epoch", file=sys.stderr)

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.loaders import LoaderSettings, build_loader, ensure_shards
 from pipelines.samples import detection_transform
-from pipelines.storage import FileSystemStorage
+from pipelines.storage import FileSystemStorage, RequestStats
 from pipelines.voc import load_voc_split, read_split_ids
 
 CLASSES = {"RBC": 1, "WBC": 2, "Platelets": 3}
@@ -35,10 +35,13 @@ def epoch_ids(voc_root, access, *, workers, epoch=1, shuffle=True):
     )
     loader.set_epoch(epoch)
     ids, nbytes = [], 0
+    requests = RequestStats()
     for batch in loader.loader:
         ids.extend(batch.ids)
         nbytes += batch.nbytes
+        requests.merge(batch.requests)
         assert not batch.errors
+    epoch_ids.requests = requests  # the last call's storage requests
     return ids, nbytes, loader.num_samples
 
 
@@ -54,13 +57,19 @@ def test_one_epoch_covers_exactly_the_split(voc_root, access, workers):
 
 def test_both_access_modes_read_the_same_samples(voc_root):
     random_ids, random_bytes, _ = epoch_ids(voc_root, "random", workers=2)
+    random_requests = epoch_ids.requests
     sequential_ids, sequential_bytes, _ = epoch_ids(voc_root, "sequential", workers=2)
+    sequential_requests = epoch_ids.requests
     assert sorted(random_ids) == sorted(sequential_ids)
     split = read_split_ids(FileSystemStorage(voc_root), "train")
     jpeg_bytes = sum((voc_root / "JPEGImages" / f"{i}.jpg").stat().st_size for i in split)
     assert random_bytes == jpeg_bytes  # one read per image, nothing else
     shard_bytes = sum(p.stat().st_size for p in (voc_root / "shards" / "train").glob("*.tar"))
     assert sequential_bytes == shard_bytes  # whole shards, front to back
+    shard_count = len(list((voc_root / "shards" / "train").glob("*.tar")))
+    assert random_requests.requests == len(split)  # one read request per sample
+    assert sequential_requests.requests == shard_count  # one streaming read per shard
+    assert len(random_requests.ttfb_s) == len(split) and not random_requests.errors
 
 
 @pytest.mark.parametrize("access", ["random", "sequential"])

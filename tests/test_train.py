@@ -108,3 +108,13 @@ def test_user_errors_print_one_line_and_exit_2(voc_root, tmp_path, capsys):
     assert "split 'train' not found" in capsys.readouterr().err
     assert train(voc_root, tmp_path / "fresh", "--resume") == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_an_image_missing_during_the_epoch_is_named_without_a_traceback(voc_root, tmp_path, capsys):
+    ids = (voc_root / "ImageSets/Main/train.txt").read_text().split()
+    (voc_root / "JPEGImages" / f"{ids[1]}.jpg").unlink()  # annotation kept, image gone
+    assert train(voc_root, tmp_path / "o", "--access", "random", "--workers", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        err == f"error: cannot open {voc_root}/JPEGImages/{ids[1]}.jpg: No such file or directory"
+    )

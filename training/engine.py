@@ -105,8 +105,10 @@ def train_one_epoch(
                 data_wait_s=got - waited,
                 compute_s=done - got,
                 loss=loss_value,
+                requests=batch.requests.requests,
+                retries=batch.requests.retries,
             )
-            meter.add(record)
+            meter.add(record, batch.requests)
             if on_step is not None:
                 on_step(record)
             step += 1

@@ -16,6 +16,10 @@ Definitions (the README's "Metrics" section repeats them):
 - ``read_mbps``: ``bytes_read / read_s / 1e6``: MB/s (10^6 bytes) of one reader.
 - ``throughput_mbps``: ``bytes_read / wall_s / 1e6``: MB/s delivered to training.
 - ``samples_per_s``: ``samples / wall_s``.
+- ``requests``: storage read requests (S3 GETs; filesystem opens); ``bytes_per_request`` is
+  ``bytes_read / requests``; ``retries``: requests retried after transient failures;
+  ``ttfb_p50_ms`` / ``ttfb_p99_ms``: median and 99th percentile time to first byte in
+  milliseconds (nearest-rank percentiles); ``errors``: failed requests by kind.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+
+from pipelines.storage import RequestStats
 
 
 @dataclass
@@ -38,6 +44,8 @@ class StepRecord:
     data_wait_s: float
     compute_s: float
     loss: float
+    requests: int = 0
+    retries: int = 0
 
 
 @dataclass
@@ -46,12 +54,15 @@ class EpochMeter:
 
     epoch: int
     steps: list[StepRecord] = field(default_factory=list)
+    requests: RequestStats = field(default_factory=RequestStats)
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
 
-    def add(self, record: StepRecord) -> None:
-        """Record one step."""
+    def add(self, record: StepRecord, requests: RequestStats | None = None) -> None:
+        """Record one step and the storage requests made for its batch."""
         self.steps.append(record)
+        if requests is not None:
+            self.requests.merge(requests)
 
     def finish(self) -> None:
         """Stop the epoch's wall clock."""
@@ -80,7 +91,32 @@ class EpochMeter:
             "samples_per_s": _ratio(samples, wall),
             "au": _ratio(compute, wall),
             "loss": sum(losses) / len(losses) if losses else math.nan,
+            **request_summary(self.requests, nbytes),
         }
+
+
+def request_summary(stats: RequestStats, nbytes: int) -> dict:
+    """Request figures of an epoch or a run: counts, bytes per request, TTFB percentiles."""
+    return {
+        "requests": stats.requests,
+        "bytes_per_request": _ratio(nbytes, stats.requests),
+        "retries": stats.retries,
+        "ttfb_p50_ms": percentile(stats.ttfb_s, 50) * 1e3,
+        "ttfb_p99_ms": percentile(stats.ttfb_s, 99) * 1e3,
+        "errors": ";".join(f"{kind}:{n}" for kind, n in sorted(stats.errors.items())),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100) of ``values``; NaN when empty.
+
+    Nearest-rank: the smallest value with at least q% of the values at or below it.
+    """
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
 
 
 def _ratio(a: float, b: float) -> float:

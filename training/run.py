@@ -54,6 +54,12 @@ METRICS_COLUMNS = [
     "throughput_mbps",
     "samples_per_s",
     "au",
+    "requests",
+    "bytes_per_request",
+    "retries",
+    "ttfb_p50_ms",
+    "ttfb_p99_ms",
+    "errors",
     "loss",
     "lr",
     "map_50",
@@ -71,6 +77,8 @@ STEP_COLUMNS = [
     "read_s",
     "data_wait_s",
     "compute_s",
+    "requests",
+    "retries",
     "loss",
 ]
 
