@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torchvision.transforms import v2
 
+from pipelines.object_stream import ObjectStreamDataset
 from pipelines.random_access import MapStyleDetectionDataset
 from pipelines.records import DetectionRecord
 from pipelines.samples import collate
@@ -62,15 +63,19 @@ def build_loader(
     seed: int,
     shards: list[ShardInfo] | None = None,
     shuffle_buffer: int = 64,
+    concurrency: int = 8,
 ) -> EpochLoader:
-    """Build the loader of one split for ``access`` ``"random"`` or ``"sequential"``.
+    """Build the loader of one split for an access pattern.
 
-    Random: :class:`MapStyleDetectionDataset` with a ``RandomSampler`` (seeded by
-    ``seed`` and the epoch) or a ``SequentialSampler``. Sequential:
-    :class:`ShardedDetectionStream` over ``shards`` (see :func:`ensure_shards`).
+    Args:
+        access: ``"random"``: :class:`MapStyleDetectionDataset` with a ``RandomSampler``
+            (seeded by ``seed`` and the epoch) or a ``SequentialSampler``; ``"shards"``:
+            :class:`ShardedDetectionStream` over ``shards`` (see :func:`ensure_shards`);
+            ``"objects"``: :class:`ObjectStreamDataset`, the images in listing order with
+            ``concurrency`` reads in flight per worker.
 
     Raises:
-        ValueError: unknown ``access``, or sequential access without ``shards``.
+        ValueError: unknown ``access``, or ``"shards"`` without ``shards``.
     """
     kwargs = dict(
         batch_size=settings.batch_size,
@@ -80,24 +85,37 @@ def build_loader(
     )
     if settings.num_workers > 0:
         kwargs.update(
-            prefetch_factor=settings.prefetch_factor, persistent_workers=settings.persistent_workers
+            prefetch_factor=settings.prefetch_factor,
+            persistent_workers=settings.persistent_workers,
         )
     if access == "random":
         dataset = MapStyleDetectionDataset(storage, records, transform, class_to_index)
         generator = torch.Generator()
-        sampler = (
-            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-        )
-        loader = DataLoader(dataset, sampler=sampler, **kwargs)
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else None
+        loader = DataLoader(dataset, sampler=sampler or SequentialSampler(dataset), **kwargs)
+        num_samples = len(dataset)
 
-        def set_epoch(epoch: int) -> None:
-            storage.take_stats()  # requests made before the epoch (index building) do not count
+        def reseed(epoch: int) -> None:
             generator.manual_seed(seed * 100_003 + epoch)
-
-        return EpochLoader(loader, len(dataset), set_epoch)
-    if access == "sequential":
+    elif access == "objects":
+        dataset = ObjectStreamDataset(
+            storage,
+            records,
+            transform,
+            class_to_index,
+            concurrency=concurrency,
+            shuffle=shuffle,
+            shuffle_buffer=shuffle_buffer,
+            seed=seed,
+        )
+        loader, num_samples, reseed = (
+            DataLoader(dataset, **kwargs),
+            dataset.num_samples,
+            dataset.set_epoch,
+        )
+    elif access == "shards":
         if shards is None:
-            raise ValueError("sequential access needs the split's shards (see ensure_shards)")
+            raise ValueError("shards access needs the split's shards (see ensure_shards)")
         if settings.num_workers > len(shards):
             log.warning(
                 "%d shards for %d DataLoader workers: %d workers will have nothing to read; "
@@ -106,7 +124,7 @@ def build_loader(
                 settings.num_workers,
                 settings.num_workers - len(shards),
             )
-        stream = ShardedDetectionStream(
+        dataset = ShardedDetectionStream(
             storage,
             shards,
             transform,
@@ -115,13 +133,19 @@ def build_loader(
             shuffle_buffer=shuffle_buffer,
             seed=seed,
         )
+        loader, num_samples, reseed = (
+            DataLoader(dataset, **kwargs),
+            dataset.num_samples,
+            dataset.set_epoch,
+        )
+    else:
+        raise ValueError(f"unknown access pattern {access!r}; choose random, shards or objects")
 
-        def set_stream_epoch(epoch: int) -> None:
-            storage.take_stats()  # requests made before the epoch (index building) do not count
-            stream.set_epoch(epoch)
+    def set_epoch(epoch: int) -> None:
+        storage.take_stats()  # requests made before the epoch (index building) do not count
+        reseed(epoch)
 
-        return EpochLoader(DataLoader(stream, **kwargs), stream.num_samples, set_stream_epoch)
-    raise ValueError(f"unknown access mode {access!r}; choose random or sequential")
+    return EpochLoader(loader, num_samples, set_epoch)
 
 
 def ensure_shards(

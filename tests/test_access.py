@@ -18,7 +18,7 @@ def epoch_ids(voc_root, access, *, workers, epoch=1, shuffle=True):
     storage = FileSystemStorage(voc_root)
     records, _ = load_voc_split(storage, "train")
     shards = None
-    if access == "sequential":
+    if access == "shards":
         shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=60_000)
         assert len(shards) >= 3
     loader = build_loader(
@@ -45,7 +45,7 @@ def epoch_ids(voc_root, access, *, workers, epoch=1, shuffle=True):
     return ids, nbytes, loader.num_samples
 
 
-@pytest.mark.parametrize("access", ["random", "sequential"])
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_one_epoch_covers_exactly_the_split(voc_root, access, workers):
     ids, nbytes, num_samples = epoch_ids(voc_root, access, workers=workers)
@@ -58,7 +58,7 @@ def test_one_epoch_covers_exactly_the_split(voc_root, access, workers):
 def test_both_access_modes_read_the_same_samples(voc_root):
     random_ids, random_bytes, _ = epoch_ids(voc_root, "random", workers=2)
     random_requests = epoch_ids.requests
-    sequential_ids, sequential_bytes, _ = epoch_ids(voc_root, "sequential", workers=2)
+    sequential_ids, sequential_bytes, _ = epoch_ids(voc_root, "shards", workers=2)
     sequential_requests = epoch_ids.requests
     assert sorted(random_ids) == sorted(sequential_ids)
     split = read_split_ids(FileSystemStorage(voc_root), "train")
@@ -70,9 +70,12 @@ def test_both_access_modes_read_the_same_samples(voc_root):
     assert random_requests.requests == len(split)  # one read request per sample
     assert sequential_requests.requests == shard_count  # one streaming read per shard
     assert len(random_requests.ttfb_s) == len(split) and not random_requests.errors
+    object_ids, object_bytes, _ = epoch_ids(voc_root, "objects", workers=2)
+    assert sorted(object_ids) == sorted(random_ids)
+    assert object_bytes == jpeg_bytes and epoch_ids.requests.requests == len(split)
 
 
-@pytest.mark.parametrize("access", ["random", "sequential"])
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
 def test_shuffle_changes_with_the_epoch_and_repeats_with_the_seed(voc_root, access):
     first, _, _ = epoch_ids(voc_root, access, workers=0, epoch=1)
     again, _, _ = epoch_ids(voc_root, access, workers=0, epoch=1)
@@ -81,6 +84,11 @@ def test_shuffle_changes_with_the_epoch_and_repeats_with_the_seed(voc_root, acce
     assert first != second
 
 
+def test_without_shuffle_objects_are_read_in_listing_order(voc_root):
+    ids, _, _ = epoch_ids(voc_root, "objects", workers=0, shuffle=False)
+    assert ids == sorted(read_split_ids(FileSystemStorage(voc_root), "train"))
+
+
 def test_without_shuffle_sequential_reads_in_written_order(voc_root):
-    ids, _, _ = epoch_ids(voc_root, "sequential", workers=0, shuffle=False)
+    ids, _, _ = epoch_ids(voc_root, "shards", workers=0, shuffle=False)
     assert ids == read_split_ids(FileSystemStorage(voc_root), "train")

@@ -43,10 +43,14 @@ def train(voc_root, out, *extra):
     )
 
 
-@pytest.mark.parametrize("access", ["random", "sequential"])
-def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_path, access):
+@pytest.mark.parametrize(
+    ("access", "source"),
+    [("random", "random"), ("sequential", "shards"), ("sequential", "objects")],
+)
+def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_path, access, source):
     out = tmp_path / "out"
-    assert train(voc_root, out, "--access", access) == 0
+    extra = ["--set", f"access.sequential_source={source}"] if access == "sequential" else []
+    assert train(voc_root, out, "--access", access, *extra) == 0
     for name in (
         "model.pt",
         "index_to_name.json",
@@ -60,10 +64,15 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
         assert (out / name).is_file(), name
     rows = read_rows(out / "metrics.csv")
     assert len(rows) == 1 and list(rows[0]) == METRICS_COLUMNS
-    row = {k: (v if k in ("task", "access", "storage") else float(v)) for k, v in rows[0].items()}
-    assert (row["task"], row["access"], row["storage"]) == ("detection", access, "fs")
+    text = ("task", "access", "source", "storage", "errors")
+    row = {k: (v if k in text else float(v)) for k, v in rows[0].items()}
+    assert (row["task"], row["access"], row["source"]) == ("detection", access, source)
+    assert row["storage"] == "fs" and row["errors"] == "" and row["retries"] == 0
     assert row["samples"] == 4 and row["skipped"] == 0
-    if access == "random":
+    assert row["requests"] == (1 if source == "shards" else 4)  # one shard, or one per image
+    assert row["bytes_per_request"] == pytest.approx(row["bytes_read"] / row["requests"], rel=1e-4)
+    assert 0 < row["ttfb_p50_ms"] <= row["ttfb_p99_ms"]
+    if source in ("random", "objects"):
         ids = (voc_root / "ImageSets/Main/train.txt").read_text().split()[:4]
         assert row["bytes_read"] == sum(
             (voc_root / f"JPEGImages/{i}.jpg").stat().st_size for i in ids

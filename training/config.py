@@ -81,6 +81,15 @@ class AccessConfig:
         kind=str,
         choices=("random", "sequential"),
     )
+    sequential_source: str = opt(
+        "shards",
+        "sequential: read tar shards, or the image objects in listing order",
+        kind=str,
+        choices=("shards", "objects"),
+    )
+    concurrency: int = opt(
+        8, "sequential objects: reads in flight per DataLoader worker", kind=int, minimum=1
+    )
     shuffle: bool = opt(
         True, "shuffle training samples (sampler, or shard order + buffer)", kind=bool
     )

@@ -41,6 +41,7 @@ METRICS_COLUMNS = [
     "epoch",
     "task",
     "access",
+    "source",
     "storage",
     "samples",
     "skipped",
@@ -113,6 +114,11 @@ def split_shards(
         storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
     )
     return prefix, shards, written
+
+
+def access_pattern(cfg: Config) -> str:
+    """``random``, ``shards`` or ``objects``: what :func:`pipelines.loaders.build_loader` runs."""
+    return "random" if cfg.access.mode == "random" else cfg.access.sequential_source
 
 
 def class_names(cfg: Config, records: list[DetectionRecord]) -> list[str]:
@@ -196,13 +202,14 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         persistent_workers=cfg.loader.persistent_workers,
         pin_memory=cfg.loader.pin_memory,
     )
+    pattern = access_pattern(cfg)
     loaders = {}
     for name, records, train in (
         (cfg.dataset.train_split, train_records, True),
         (cfg.dataset.eval_split, eval_records, False),
     ):
         shards = None
-        if cfg.access.mode == "sequential":
+        if pattern == "shards":
             prefix, shards, written = split_shards(
                 storage,
                 cfg,
@@ -226,7 +233,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         loaders[train] = build_loader(
             storage,
             records,
-            access=cfg.access.mode,
+            access=pattern,
             transform=detection_transform(train, cfg.model.image_size),
             class_to_index=class_to_index,
             settings=settings,
@@ -234,6 +241,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             seed=cfg.train.seed,
             shards=shards,
             shuffle_buffer=cfg.access.shuffle_buffer,
+            concurrency=cfg.access.concurrency,
         )
     train_loader, eval_loader = loaders[True], loaders[False]
 
@@ -318,6 +326,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             **meter.summary(),
             "task": cfg.task,
             "access": cfg.access.mode,
+            "source": pattern,
             "storage": cfg.storage.type,
             "boxes_dropped": train_counts.dropped,
             "lr": optimizer.param_groups[0]["lr"],

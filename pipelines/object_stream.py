@@ -1,0 +1,112 @@
+"""Sequential access over individual objects: listing order, N concurrent reads.
+
+The alternative to shards for object storage: no repacking, the images are read one object at a
+time, but in the order the storage lists them and with ``concurrency`` requests in flight, so a
+high-latency store is kept busy. Built on ``torchdata.nodes``: ``IterableWrapper`` (the worker's
+slice of the listing) → ``ParallelMapper`` (threads fetching objects, results kept in order) →
+a shuffle buffer → decode. DataLoader worker ``w`` of ``W`` takes the ``w``-th contiguous slice
+of the listing, so each worker still reads a contiguous key range front to back and every
+object is read exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+
+from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.nodes import IterableWrapper, Loader, ParallelMapper
+from torchvision.transforms import v2
+from webdataset.filters import shuffle as shuffle_stage
+
+from pipelines.records import DetectionRecord
+from pipelines.samples import make_sample
+from pipelines.storage import Storage
+
+
+class ObjectStreamDataset(IterableDataset):
+    """Iterable-style dataset reading the images in listing (key) order with concurrent GETs.
+
+    Args:
+        storage: where the images live.
+        records: the split's records; read in ``image_key`` order.
+        transform: see :func:`pipelines.samples.detection_transform`.
+        class_to_index: class name → label id (1-based; 0 is the background).
+        concurrency: read requests in flight per DataLoader worker (threads).
+        shuffle: pass samples through a shuffle buffer (the read order stays the listing order).
+        shuffle_buffer: samples held in the buffer, per worker.
+        seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
+
+    Raises (while iterating):
+        pipelines.storage.StorageError: an object cannot be read (the message names it).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        records: list[DetectionRecord],
+        transform: v2.Compose,
+        class_to_index: dict[str, int],
+        *,
+        concurrency: int,
+        shuffle: bool,
+        shuffle_buffer: int,
+        seed: int,
+    ):
+        if concurrency < 1:
+            raise ValueError(f"{concurrency=} must be >= 1")
+        self.storage = storage
+        self.records = sorted(records, key=lambda r: r.image_key)
+        self.transform = transform
+        self.class_to_index = class_to_index
+        self.concurrency = concurrency
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in one epoch."""
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch's shuffle; call before creating the DataLoader iterator."""
+        self.epoch = epoch
+
+    def worker_records(self, worker_id: int, num_workers: int) -> list[DetectionRecord]:
+        """The contiguous slice of the listing that worker ``worker_id`` reads."""
+        n = len(self.records)
+        return self.records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
+
+    def _fetch(self, record: DetectionRecord) -> tuple[DetectionRecord, bytes, float]:
+        start = time.perf_counter()
+        data = self.storage.read(record.image_key)
+        return record, data, time.perf_counter() - start
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        node = ParallelMapper(
+            IterableWrapper(self.worker_records(worker_id, num_workers)),
+            map_fn=self._fetch,
+            num_workers=self.concurrency,
+            in_order=True,
+            method="thread",
+        )
+        fetched: Iterator = iter(Loader(node))
+        if self.shuffle and self.shuffle_buffer > 1:
+            rng = random.Random(f"{self.seed}-{self.epoch}-{worker_id}")
+            fetched = shuffle_stage(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(fetched)
+        for record, data, read_s in fetched:
+            sample = make_sample(
+                record,
+                data,
+                nbytes=len(data),
+                read_s=read_s,
+                transform=self.transform,
+                class_to_index=self.class_to_index,
+            )
+            sample["requests"] = self.storage.take_stats()
+            yield sample
