@@ -55,13 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"dataset.limit={args.limit}")
     try:
         cfg = load_config(args.config, overrides)
-        from training.run import load_split, open_storage, split_shards
+        from training.data import load_split, open_storage, split_shards
 
-        storage = open_storage(cfg)
+        source = open_storage(cfg)
+        storage = source.storage
         split = args.split or cfg.dataset.train_split
-        records, _ = load_split(storage, cfg, split)
+        records, _ = load_split(source, cfg, split)
         prefix, shards, written = split_shards(
-            storage,
+            source,
             cfg,
             split,
             records,

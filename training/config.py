@@ -39,11 +39,52 @@ class StorageConfig:
 
     type: str = opt(
         "fs",
-        "storage back end; fs: a directory (local disk, NFS, a mounted volume)",
+        "storage back end; fs: a directory (local disk, NFS, a mounted volume); s3: a bucket",
         kind=str,
-        choices=("fs",),
+        choices=("fs", "s3"),
     )
     root: str = opt("data/bccd", "fs: the dataset directory", kind=str)
+    endpoint_url: str | None = opt(
+        None,
+        "s3: endpoint URL (MinIO, DSS, ...); null: the local server of `make s3-up` when it "
+        "runs, else AWS",
+        kind=str,
+        nullable=True,
+    )
+    region: str | None = opt(
+        None, "s3: region; null: AWS_DEFAULT_REGION or the profile's", kind=str, nullable=True
+    )
+    bucket: str | None = opt(
+        None, "s3: bucket; null: S3_BUCKET from the environment", kind=str, nullable=True
+    )
+    prefixes: list = opt(
+        ["bccd"],
+        "s3: one or more key prefixes, each a dataset tree with the same classes",
+        kind=list,
+    )
+    addressing_style: str = opt(
+        "path",
+        "s3: path (endpoint/bucket/key, for custom endpoints) or virtual (bucket.endpoint)",
+        kind=str,
+        choices=("path", "virtual", "auto"),
+    )
+    client_lib: str = opt(
+        "boto3",
+        "s3: client library: boto3, or s3torchconnector (AWS CRT)",
+        kind=str,
+        choices=("boto3", "s3torchconnector"),
+    )
+    max_pool_connections: int = opt(
+        16, "s3: HTTP connections per process (>= concurrent reads)", kind=int, minimum=1
+    )
+    max_attempts: int = opt(
+        5, "s3: attempts per request, first included (standard retry mode)", kind=int, minimum=1
+    )
+    connect_timeout_s: float = opt(5.0, "s3: seconds to connect", kind=float, minimum=0.1)
+    read_timeout_s: float = opt(
+        30.0, "s3: seconds to wait for a response or a socket read", kind=float, minimum=0.1
+    )
+    list_workers: int = opt(1, "s3: threads listing sub-prefixes in parallel", kind=int, minimum=1)
 
 
 @dataclass(frozen=True)

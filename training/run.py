@@ -12,19 +12,16 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from models.detector import build_detector, build_pretrained_detector
-from pipelines.loaders import LoaderSettings, build_loader, ensure_shards, shard_prefix
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord
+from pipelines.loaders import LoaderSettings, build_loader
+from pipelines.records import DatasetError
 from pipelines.samples import detection_transform
-from pipelines.shards import ShardInfo
-from pipelines.storage import FileSystemStorage, Storage
-from pipelines.voc import load_voc_split
-from training.config import Config
+from training.config import Config, ConfigError
+from training.data import access_pattern, class_names, load_split, open_storage, split_shards
 from training.engine import evaluate, train_one_epoch
 from training.outputs import (
     attach_log_file,
@@ -84,57 +81,10 @@ STEP_COLUMNS = [
 ]
 
 
-def open_storage(cfg: Config) -> Storage:
-    """The storage back end the config names."""
-    return FileSystemStorage(cfg.storage.root)
-
-
-def load_split(
-    storage: Storage, cfg: Config, split: str
-) -> tuple[list[DetectionRecord], BoxCounts]:
-    """Records of one split in the configured format, limited to ``dataset.limit`` images."""
-    return load_voc_split(storage, split, cfg.dataset.limit)
-
-
-def split_shards(
-    storage: Storage,
-    cfg: Config,
-    split: str,
-    records: list[DetectionRecord],
-    on_shard: Callable[[ShardInfo], None] | None = None,
-) -> tuple[str, list[ShardInfo], bool]:
-    """The split's shards where the config puts them, written first when missing.
-
-    Returns:
-        ``(prefix, shards, written)``; see :func:`pipelines.loaders.ensure_shards`.
-    """
-    prefix = shard_prefix(cfg.dataset.shards_prefix, split, cfg.dataset.limit)
-    target_bytes = int(cfg.dataset.shard_size_mb * 1e6)
-    shards, written = ensure_shards(
-        storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
-    )
-    return prefix, shards, written
-
-
-def access_pattern(cfg: Config) -> str:
-    """``random``, ``shards`` or ``objects``: what :func:`pipelines.loaders.build_loader` runs."""
-    return "random" if cfg.access.mode == "random" else cfg.access.sequential_source
-
-
-def class_names(cfg: Config, records: list[DetectionRecord]) -> list[str]:
-    """Configured classes, or the sorted class names found in ``records``."""
-    if cfg.dataset.classes:
-        return list(cfg.dataset.classes)
-    names = sorted({name for r in records for name in r.labels})
-    if not names:
-        raise DatasetError("the training split has no boxes: nothing to learn")
-    return names
-
-
 def pick_device(setting: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU."""
     if setting == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is cuda but no CUDA device is available; use auto or cpu")
+        raise ConfigError("train.device is cuda but no CUDA device is available; use auto or cpu")
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)
@@ -175,10 +125,12 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg.train.device)
-    storage = open_storage(cfg)
+    source = open_storage(cfg)
+    storage = source.storage
+    log.info("storage: %s", storage.describe())
 
-    train_records, train_counts = load_split(storage, cfg, cfg.dataset.train_split)
-    eval_records, eval_counts = load_split(storage, cfg, cfg.dataset.eval_split)
+    train_records, train_counts = load_split(source, cfg, cfg.dataset.train_split)
+    eval_records, eval_counts = load_split(source, cfg, cfg.dataset.eval_split)
     for split, counts in (
         (cfg.dataset.train_split, train_counts),
         (cfg.dataset.eval_split, eval_counts),
@@ -211,7 +163,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         shards = None
         if pattern == "shards":
             prefix, shards, written = split_shards(
-                storage,
+                source,
                 cfg,
                 name,
                 records,

@@ -1,0 +1,151 @@
+"""The data side of a run: open the configured storage, read a split, find its shards.
+
+Shared by ``scripts/train.py`` (through :mod:`training.run`), ``scripts/write_shards.py`` and
+``scripts/predict.py`` so that they all read the dataset the config names in the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.loaders import ensure_shards, shard_prefix
+from pipelines.records import BoxCounts, DatasetError, DetectionRecord
+from pipelines.shards import ShardInfo
+from pipelines.storage import FileSystemStorage, Storage
+from pipelines.voc import join_key, load_voc_split
+from training.config import Config, ConfigError
+
+#: Where `make s3-up` writes the local S3 server's endpoint and credentials.
+LOCAL_S3_ENV = Path(".s3/env")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """An opened storage and the dataset trees in it.
+
+    Attributes:
+        storage: the back end (a directory, or a bucket).
+        roots: key prefixes of the dataset trees (``[""]``: the storage root); several S3
+            prefixes hold sources with the same classes, read as one dataset.
+        kind: ``fs`` or ``s3`` (for metrics).
+    """
+
+    storage: Storage
+    roots: tuple[str, ...]
+    kind: str
+
+
+def open_storage(cfg: Config) -> DataSource:
+    """Open the storage the config names.
+
+    For ``s3`` with no ``storage.endpoint_url``: the endpoint and bucket come from
+    ``S3_ENDPOINT`` / ``S3_BUCKET`` when set; otherwise from the local server's env file
+    (``.s3/env``, written by ``make s3-up``) when it exists, whose credentials then replace any
+    in the environment; otherwise AWS. Credentials always come from the standard AWS chain.
+
+    Raises:
+        ConfigError: ``s3`` without a bucket anywhere, or an unknown client library.
+    """
+    s = cfg.storage
+    if s.type == "fs":
+        return DataSource(FileSystemStorage(s.root), ("",), "fs")
+    endpoint = s.endpoint_url
+    if endpoint is None and "S3_ENDPOINT" not in os.environ and LOCAL_S3_ENV.exists():
+        from pipelines.s3_local import load_env
+
+        load_env(LOCAL_S3_ENV)
+    endpoint = endpoint or os.environ.get("S3_ENDPOINT") or None
+    bucket = s.bucket or os.environ.get("S3_BUCKET")
+    if not bucket:
+        raise ConfigError(
+            "storage.bucket must be set for storage.type s3 (config, S3_BUCKET=..., or "
+            "`make s3-up` for the local server)"
+        )
+    common = dict(endpoint_url=endpoint, region=s.region, addressing_style=s.addressing_style)
+    if s.client_lib == "s3torchconnector":
+        from pipelines.s3_connector import S3ConnectorStorage
+
+        storage = S3ConnectorStorage(bucket, max_attempts=s.max_attempts, **common)
+    else:
+        from pipelines.s3 import S3Storage
+
+        storage = S3Storage(
+            bucket,
+            max_pool_connections=s.max_pool_connections,
+            max_attempts=s.max_attempts,
+            connect_timeout_s=s.connect_timeout_s,
+            read_timeout_s=s.read_timeout_s,
+            list_workers=s.list_workers,
+            **common,
+        )
+    return DataSource(storage, tuple(p.strip("/") for p in s.prefixes), "s3")
+
+
+def load_split(
+    source: DataSource, cfg: Config, split: str
+) -> tuple[list[DetectionRecord], BoxCounts]:
+    """Records of one split from every root, limited to ``dataset.limit`` images in all.
+
+    Raises:
+        DatasetError: as :func:`pipelines.voc.load_voc_split`, or an image id found in two roots.
+    """
+    records, counts = [], BoxCounts()
+    for root in source.roots:
+        remaining = None if cfg.dataset.limit is None else cfg.dataset.limit - len(records)
+        if remaining == 0:
+            break
+        found, found_counts = load_voc_split(source.storage, split, remaining, root)
+        records.extend(found)
+        counts.add(found_counts)
+    seen: dict[str, str] = {}
+    for record in records:
+        if record.id in seen:
+            raise DatasetError(
+                f"image id {record.id!r} is in two sources ({seen[record.id]} and "
+                f"{record.image_key}): ids must be unique across storage.prefixes"
+            )
+        seen[record.id] = record.image_key
+    return records, counts
+
+
+def split_shards(
+    source: DataSource,
+    cfg: Config,
+    split: str,
+    records: list[DetectionRecord],
+    on_shard: Callable[[ShardInfo], None] | None = None,
+) -> tuple[str, list[ShardInfo], bool]:
+    """The split's shards under the first root's ``dataset.shards_prefix``, written when missing.
+
+    Returns:
+        ``(prefix, shards, written)``; see :func:`pipelines.loaders.ensure_shards`.
+    """
+    base = join_key(source.roots[0], cfg.dataset.shards_prefix)
+    prefix = shard_prefix(base, split, cfg.dataset.limit)
+    target_bytes = int(cfg.dataset.shard_size_mb * 1e6)
+    shards, written = ensure_shards(
+        source.storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
+    )
+    return prefix, shards, written
+
+
+def access_pattern(cfg: Config) -> str:
+    """``random``, ``shards`` or ``objects``: what :func:`pipelines.loaders.build_loader` runs."""
+    return "random" if cfg.access.mode == "random" else cfg.access.sequential_source
+
+
+def class_names(cfg: Config, records: list[DetectionRecord]) -> list[str]:
+    """Configured classes, or the sorted class names found in ``records``.
+
+    Raises:
+        DatasetError: no class configured and no box in ``records``.
+    """
+    if cfg.dataset.classes:
+        return list(cfg.dataset.classes)
+    names = sorted({name for r in records for name in r.labels})
+    if not names:
+        raise DatasetError("the training split has no boxes: nothing to learn")
+    return names
