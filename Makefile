@@ -22,13 +22,22 @@ LR ?=
 LIMIT ?=
 SPLIT ?=
 ARGS ?=
+# Storage: STORAGE=fs|s3; S3_* override storage.endpoint_url / bucket / prefixes.
+STORAGE ?=
+S3_ENDPOINT ?=
+S3_BUCKET ?=
+S3_PREFIX ?=
+INPUT ?=
 
 flag = $(if $(strip $(2)),--$(1) $(strip $(2)))
 TRAIN_FLAGS = --config $(CONFIG) --out $(OUT) $(call flag,access,$(ACCESS)) $(call flag,epochs,$(EPOCHS)) \
 	$(call flag,batch-size,$(BATCH_SIZE)) $(call flag,workers,$(WORKERS)) $(call flag,lr,$(LR)) \
-	$(call flag,limit,$(LIMIT)) $(ARGS)
+	$(call flag,limit,$(LIMIT)) $(STORAGE_FLAGS) $(ARGS)
+STORAGE_FLAGS = $(call flag,storage,$(STORAGE)) $(call flag,s3-endpoint,$(S3_ENDPOINT)) \
+	$(call flag,s3-bucket,$(S3_BUCKET)) $(call flag,s3-prefix,$(S3_PREFIX))
 
-.PHONY: setup train resume shards archive serve stop status test test-unit lint clean help
+.PHONY: setup train resume shards predict archive serve stop status s3-up s3-upload s3-down \
+	test test-unit lint clean help
 
 help:
 	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
@@ -45,7 +54,23 @@ resume: $(READY)
 	$(PY) -m scripts.train $(TRAIN_FLAGS) --resume
 
 shards: $(READY)
-	$(PY) -m scripts.write_shards --config $(CONFIG) $(call flag,split,$(SPLIT)) $(call flag,limit,$(LIMIT))
+	$(PY) -m scripts.write_shards --config $(CONFIG) $(call flag,split,$(SPLIT)) \
+		$(call flag,limit,$(LIMIT)) $(STORAGE_FLAGS)
+
+predict: $(READY)
+	$(PY) -m scripts.predict --config $(CONFIG) --out $(OUT) --input "$(INPUT)" $(STORAGE_FLAGS)
+
+# A local S3-protocol server (rclone serve s3) on 127.0.0.1 holding the embedded dataset.
+s3-up: $(READY)
+	$(PY) -m scripts.s3_local up
+
+s3-upload: $(READY)
+	$(PY) -m scripts.write_shards --config $(CONFIG) --split train --storage fs
+	$(PY) -m scripts.write_shards --config $(CONFIG) --split test --storage fs
+	$(PY) -m scripts.s3_local upload --src data/bccd --prefix bccd
+
+s3-down: $(READY)
+	$(PY) -m scripts.s3_local down
 
 archive: $(READY)
 	$(PY) -m scripts.archive --out $(OUT) --model-store $(MODEL_STORE)

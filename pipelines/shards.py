@@ -6,6 +6,8 @@ whose members are grouped into samples by basename. Each sample here is
 :meth:`pipelines.records.DetectionRecord.to_json`), where ``<n>`` is the sample's zero-padded
 position in the split. A ``manifest.json`` beside the shards lists each shard with its size in
 bytes, its sample count and its image ids; it is written last, so a manifest means a complete set.
+Shard names in the manifest are relative to it, so a shard folder can be copied or uploaded
+under another prefix and still be read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
@@ -116,7 +118,18 @@ def write_shards(
             ids.append(record.id)
             size += entry
         finish()
-        manifest = {"shards": [asdict(s) for s in shards], "target_bytes": target_bytes}
+        manifest = {
+            "shards": [
+                {
+                    "name": s.key.rsplit("/", 1)[-1],
+                    "bytes": s.bytes,
+                    "samples": s.samples,
+                    "ids": s.ids,
+                }
+                for s in shards
+            ],
+            "target_bytes": target_bytes,
+        }
         storage.write(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=1).encode("utf-8"))
     finally:
         for name in os.listdir(tmpdir):
@@ -141,7 +154,10 @@ def read_manifest(storage: Storage, prefix: str) -> tuple[list[ShardInfo], int] 
         data = json.loads(storage.read(key))
         shards = [
             ShardInfo(
-                key=s["key"], bytes=int(s["bytes"]), samples=int(s["samples"]), ids=tuple(s["ids"])
+                key=f"{prefix}/{s['name']}",
+                bytes=int(s["bytes"]),
+                samples=int(s["samples"]),
+                ids=tuple(s["ids"]),
             )
             for s in data["shards"]
         ]

@@ -14,10 +14,7 @@ import argparse
 import logging
 import sys
 
-from pipelines.records import DatasetError
-from pipelines.shards import ShardError
-from pipelines.storage import StorageError
-from training.config import ConfigError, load_config
+from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -25,8 +22,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--config", default="configs/detection.yaml", help="YAML config (default: %(default)s)"
+    add_config_arguments(
+        parser, flags=("limit", "storage", "data", "s3_endpoint", "s3_bucket", "s3_prefix")
     )
     parser.add_argument(
         "--split", default=None, help="split to write (default: dataset.train_split)"
@@ -37,10 +34,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="overrides dataset.shard_size_mb (MB = 10^6 bytes)",
     )
-    parser.add_argument("--limit", default=None, help="overrides dataset.limit")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
-    )
     return parser
 
 
@@ -48,13 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     """Write (or find) the shards and print one line per shard; user errors return 2."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    overrides = list(args.set)
-    if args.shard_size_mb is not None:
-        overrides.append(f"dataset.shard_size_mb={args.shard_size_mb}")
-    if args.limit not in (None, ""):
-        overrides.append(f"dataset.limit={args.limit}")
+    size = [] if args.shard_size_mb is None else [f"dataset.shard_size_mb={args.shard_size_mb}"]
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = config_from_args(args, size)
         from training.data import load_split, open_storage, split_shards
 
         source = open_storage(cfg)
@@ -71,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             ),
         )
-    except (ConfigError, DatasetError, StorageError, ShardError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     if not written:
         for s in shards:

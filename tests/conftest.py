@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.s3_local import local_s3
+
 REPO = Path(__file__).resolve().parents[1]
 BCCD = REPO / "data" / "bccd"
 
@@ -29,3 +31,20 @@ def make_voc_subset(dest: Path, splits: dict[str, int]) -> Path:
 def voc_root(tmp_path: Path) -> Path:
     """A writable VOC tree with 12 train and 6 test BCCD images."""
     return make_voc_subset(tmp_path / "bccd", {"train": 12, "test": 6})
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A local S3 server (rclone serve s3, free port) for one test module, its credentials in the
+    environment; stopped at teardown."""
+    with local_s3(tmp_path_factory.mktemp("s3")) as srv, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", srv.access_key)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", srv.secret_key)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookups
+        missing = str(tmp_path_factory.getbasetemp() / "no-such-aws-file")
+        mp.setenv("AWS_CONFIG_FILE", missing)
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", missing)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(name, raising=False)
+        yield srv

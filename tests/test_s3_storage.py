@@ -37,19 +37,9 @@ _bucket_numbers = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A running local server; its credentials in the environment for the whole module."""
-    with local_s3(tmp_path_factory.mktemp("s3")) as srv, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", srv.access_key)
-        mp.setenv("AWS_SECRET_ACCESS_KEY", srv.secret_key)
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookups
-        missing = str(tmp_path_factory.getbasetemp() / "no-such-aws-file")
-        mp.setenv("AWS_CONFIG_FILE", missing)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", missing)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        yield srv
+def server(s3_server):
+    """The local S3 server of this module (see ``tests/conftest.py``)."""
+    return s3_server
 
 
 @pytest.fixture

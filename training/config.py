@@ -195,7 +195,7 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation."""
 
-    epochs: int = opt(8, "training epochs", kind=int, minimum=1)
+    epochs: int = opt(6, "training epochs", kind=int, minimum=1)
     lr: float = opt(
         0.001, "peak learning rate (linear warm-up, then cosine decay)", kind=float, minimum=0.0
     )

@@ -47,17 +47,17 @@ PROJECT_LOGGERS = ("pipelines", "training", "models")
 
 
 def attach_log_file(path: Path) -> logging.Handler:
-    """Send the project's log records (INFO and up) to ``path`` (appending).
+    """Send the project's log records (DEBUG and up) to ``path`` (appending).
 
     Returns the handler; pass it to :func:`detach_log_file` when the run ends.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.INFO)
+    handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in PROJECT_LOGGERS:
         logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.DEBUG)
         logger.addHandler(handler)
     return handler
 

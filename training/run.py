@@ -120,7 +120,8 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
 
 
 def _run(cfg: Config, out: Path, resume: bool) -> dict:
-    log.info("config: %s", cfg.to_dict())
+    log.debug("config: %s", cfg.to_dict())  # the log file only; the console gets its path
+    log.info("config: %s", out / "config.yaml")
     write_yaml(out / "config.yaml", cfg.to_dict())
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
