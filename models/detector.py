@@ -103,3 +103,35 @@ def _freeze_batchnorm(module: nn.Module) -> None:
             setattr(module, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
         else:
             _freeze_batchnorm(child)
+
+
+def load_trained_detector(out_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, str]]:
+    """Rebuild a trained detector from a training output dir, in eval mode, on the CPU.
+
+    Reads ``model.json`` (arch, num_classes, frozen_bn), ``model.pt`` (a state_dict, loaded with
+    ``weights_only=True``) and ``index_to_name.json``; never downloads anything.
+
+    Returns:
+        ``(model, index_to_name)`` with label ids as strings (``"1" → "RBC"``).
+
+    Raises:
+        FileNotFoundError: one of the three files is missing (the message names it).
+    """
+    import json  # here: the archived model file keeps its imports to torch/torchvision
+
+    paths = {
+        name: os.path.join(out_dir, name)
+        for name in ("model.json", "model.pt", "index_to_name.json")
+    }
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: train first (make train OUT={out_dir})")
+    with open(paths["model.json"], encoding="utf-8") as f:
+        spec = json.load(f)
+    with open(paths["index_to_name.json"], encoding="utf-8") as f:
+        index_to_name = json.load(f)
+    model = build_detector(
+        spec["arch"], int(spec["num_classes"]), frozen_bn=bool(spec.get("frozen_bn"))
+    )
+    model.load_state_dict(torch.load(paths["model.pt"], map_location="cpu", weights_only=True))
+    return model.eval(), index_to_name
