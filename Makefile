@@ -58,7 +58,8 @@ shards: $(READY)
 		$(call flag,limit,$(LIMIT)) $(STORAGE_FLAGS)
 
 predict: $(READY)
-	$(PY) -m scripts.predict --config $(CONFIG) --out $(OUT) --input "$(INPUT)" $(STORAGE_FLAGS)
+	$(PY) -m scripts.predict --config $(CONFIG) --out $(OUT) --input "$(INPUT)" \
+		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(ARGS)
 
 # A local S3-protocol server (rclone serve s3) on 127.0.0.1 holding the embedded dataset.
 s3-up: $(READY)

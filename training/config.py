@@ -118,7 +118,7 @@ class AccessConfig:
 
     mode: str = opt(
         "sequential",
-        "random: map-style, one read per sample; sequential: stream tar shards",
+        "random: map-style, one read per sample; sequential: front to back (sequential_source)",
         kind=str,
         choices=("random", "sequential"),
     )
