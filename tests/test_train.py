@@ -98,6 +98,9 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
     model = build_detector(info["arch"], info["num_classes"], frozen_bn=info["frozen_bn"])
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))  # state_dict only
     assert "summary: detection" in (out / "benchmark.log").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"] == row["requests"] and summary["bytes_read"] == row["bytes_read"]
+    assert summary["last_epoch"]["epoch"] == 1
 
 
 def test_resume_continues_from_the_checkpoint(voc_root, tmp_path):
@@ -127,3 +130,29 @@ def test_an_image_missing_during_the_epoch_is_named_without_a_traceback(voc_root
     assert (
         err == f"error: cannot open {voc_root}/JPEGImages/{ids[1]}.jpg: No such file or directory"
     )
+
+
+def corrupt_second_image(voc_root):
+    ids = (voc_root / "ImageSets/Main/train.txt").read_text().split()
+    image = voc_root / "JPEGImages" / f"{ids[1]}.jpg"
+    image.write_bytes(image.read_bytes()[:300])  # a truncated JPEG
+    return image
+
+
+@pytest.mark.parametrize("access", ["random", "sequential"])
+def test_corrupt_jpeg_is_skipped_and_counted(voc_root, tmp_path, access):
+    corrupt_second_image(voc_root)
+    out = tmp_path / "out"
+    assert train(voc_root, out, "--access", access) == 0
+    (row,) = read_rows(out / "metrics.csv")
+    assert (row["samples"], row["skipped"]) == ("3", "1")
+    assert "skipped corrupt image" in (out / "benchmark.log").read_text()
+
+
+def test_corrupt_jpeg_stops_the_run_when_asked(voc_root, tmp_path, capsys):
+    image = corrupt_second_image(voc_root)
+    code = train(voc_root, tmp_path / "o", "--access", "random", "--set", "access.on_corrupt=stop")
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: corrupt image JPEGImages/") and image.name in err
+    assert err.endswith("fix or remove it, or set access.on_corrupt=skip")

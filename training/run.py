@@ -2,7 +2,8 @@
 
 ``run(cfg)`` is what ``make train`` executes (through ``scripts/train.py``). Outputs, in
 ``cfg.output.dir``: ``config.yaml`` (resolved settings), ``metrics.csv`` (one row per epoch),
-``steps.csv`` (one row per step), ``benchmark.log``, ``model.pt`` (state_dict),
+``steps.csv`` (one row per step), ``summary.json`` (run totals), ``benchmark.log``,
+``model.pt`` (state_dict),
 ``model.json`` + ``index_to_name.json`` (what serving needs to rebuild the model) and
 ``checkpoint.pt`` (what ``--resume`` continues from).
 """
@@ -20,9 +21,11 @@ from models.detector import build_detector, build_pretrained_detector
 from pipelines.loaders import LoaderSettings, build_loader
 from pipelines.records import DatasetError
 from pipelines.samples import detection_transform
+from pipelines.storage import RequestStats
 from training.config import Config, ConfigError
 from training.data import access_pattern, class_names, load_split, open_storage, split_shards
 from training.engine import evaluate, train_one_epoch
+from training.meter import request_summary
 from training.outputs import (
     attach_log_file,
     detach_log_file,
@@ -79,6 +82,22 @@ STEP_COLUMNS = [
     "retries",
     "loss",
 ]
+
+
+def run_summary(epochs: list[dict], requests: RequestStats) -> dict:
+    """Totals of the epochs this invocation ran, and their storage request figures."""
+    nbytes = sum(e["bytes_read"] for e in epochs)
+    wall = sum(e["wall_s"] for e in epochs)
+    return {
+        "first_epoch": epochs[0]["epoch"],
+        "last_epoch_run": epochs[-1]["epoch"],
+        "samples": sum(e["samples"] for e in epochs),
+        "skipped": sum(e["skipped"] for e in epochs),
+        "bytes_read": nbytes,
+        "wall_s": wall,
+        "throughput_mbps": nbytes / wall / 1e6 if wall > 0 else math.nan,
+        **request_summary(requests, nbytes),
+    }
 
 
 def pick_device(setting: str) -> torch.device:
@@ -226,6 +245,8 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     )
 
     rows: list[dict] = []
+    run_requests = RequestStats()  # this invocation's epochs (TTFB lists are not checkpointed)
+    run_epochs: list[dict] = []
     steps: list[dict] = []
     first_epoch = 1
     checkpoint_path = out / "checkpoint.pt"
@@ -287,6 +308,8 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         }
         rows.append(row)
         steps.extend(vars(s) for s in meter.steps)
+        run_requests.merge(meter.requests)
+        run_epochs.append(row)
         log.info(
             "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, "
             "delivered %.2f MB/s, data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, "
@@ -322,6 +345,21 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     if not rows:
         raise DatasetError("no epoch ran")
     last = rows[-1]
+    summary = run_summary(run_epochs, run_requests) if run_epochs else {}
+    write_json(out / "summary.json", {**summary, "last_epoch": last})
+    if summary:
+        log.info(
+            "storage over epochs %d-%d: %d requests, %.0f bytes/request, %d retries, "
+            "TTFB p50 %.2f ms p99 %.2f ms, errors: %s",
+            summary["first_epoch"],
+            summary["last_epoch_run"],
+            summary["requests"],
+            summary["bytes_per_request"],
+            summary["retries"],
+            summary["ttfb_p50_ms"],
+            summary["ttfb_p99_ms"],
+            summary["errors"] or "none",
+        )
     log.info(
         "summary: %s %s on %s, epoch %d: mAP@0.5 %.3f, mAP@[.5:.95] %.3f, %.1f samples/s, "
         "%.2f MB/s delivered (%.2f MB/s per reader), AU %.3f; outputs in %s",
