@@ -36,7 +36,7 @@ TRAIN_FLAGS = --config $(CONFIG) --out $(OUT) $(call flag,access,$(ACCESS)) $(ca
 STORAGE_FLAGS = $(call flag,storage,$(STORAGE)) $(call flag,s3-endpoint,$(S3_ENDPOINT)) \
 	$(call flag,s3-bucket,$(S3_BUCKET)) $(call flag,s3-prefix,$(S3_PREFIX))
 
-.PHONY: setup train resume shards predict archive serve stop status s3-up s3-upload s3-down \
+.PHONY: setup train resume shards predict bench archive serve stop status s3-up s3-upload s3-down \
 	test test-unit lint clean help
 
 help:
@@ -60,6 +60,13 @@ shards: $(READY)
 predict: $(READY)
 	$(PY) -m scripts.predict --config $(CONFIG) --out $(OUT) --input "$(INPUT)" \
 		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(ARGS)
+
+# The benchmark matrix: access patterns x storage x modes, baselines, peers, report with plots.
+bench: $(READY)
+	$(PY) -m scripts.bench --config $(CONFIG) $(call flag,limit,$(LIMIT)) \
+		$(call flag,workers,$(WORKERS)) $(call flag,batch-size,$(BATCH_SIZE)) \
+		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(call flag,s3-bucket,$(S3_BUCKET)) \
+		$(call flag,s3-prefix,$(S3_PREFIX)) $(ARGS)
 
 # A local S3-protocol server (rclone serve s3) on 127.0.0.1 holding the embedded dataset.
 s3-up: $(READY)

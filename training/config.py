@@ -19,14 +19,28 @@ class ConfigError(Exception):
     """A configuration key is unknown or its value is invalid; the message names the key."""
 
 
-def opt(default: Any, help: str, *, kind: type, choices: tuple = (), minimum=None, nullable=False):
-    """Declare a configuration key: its default, type, allowed values and description."""
+def opt(
+    default: Any,
+    help: str,
+    *,
+    kind: type,
+    choices: tuple = (),
+    minimum=None,
+    nullable=False,
+    item_kind: type = str,
+):
+    """Declare a configuration key: its default, type, allowed values and description.
+
+    For ``kind=list``, ``item_kind`` is the type of the items and ``choices`` / ``minimum``
+    apply to each item.
+    """
     meta = {
         "help": help,
         "kind": kind,
         "choices": choices,
         "minimum": minimum,
         "nullable": nullable,
+        "item_kind": item_kind,
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -209,6 +223,60 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    """The benchmark matrix of `make bench` (ignored by `make train`)."""
+
+    modes: list = opt(
+        ["read", "emulate", "train"],
+        "read: read + decode only; emulate: + a fixed compute time per step; train: real model",
+        kind=list,
+        choices=("read", "emulate", "train"),
+    )
+    access: list = opt(
+        ["random", "objects", "shards"],
+        "access patterns: random (map-style), objects (listing order, N reads), shards",
+        kind=list,
+        choices=("random", "objects", "shards"),
+    )
+    storages: list = opt(
+        ["fs", "s3"],
+        "storage back ends; s3 without an endpoint starts a local server for the run",
+        kind=list,
+        choices=("fs", "s3"),
+    )
+    client_libs: list = opt(
+        ["boto3"],
+        "s3 client libraries to compare (boto3, s3torchconnector)",
+        kind=list,
+        choices=("boto3", "s3torchconnector"),
+    )
+    worker_counts: list = opt(
+        [],
+        "DataLoader worker counts to compare; empty: loader.num_workers",
+        kind=list,
+        item_kind=int,
+        minimum=0,
+    )
+    steps: int = opt(20, "measured steps per configuration and pass", kind=int, minimum=1)
+    warmup_steps: int = opt(
+        3, "steps run before measuring (excluded from figures)", kind=int, minimum=0
+    )
+    passes: int = opt(
+        2, "passes per configuration: the first is cold, the others warm", kind=int, minimum=1
+    )
+    computation_time_s: float = opt(
+        0.2,
+        "emulate: seconds of compute per step (MLPerf Storage / DLIO computation_time)",
+        kind=float,
+        minimum=0.0,
+    )
+    baselines: bool = opt(
+        True, "measure raw read baselines (cat over files, boto3 GETs)", kind=bool
+    )
+    peers: bool = opt(True, "measure peer loaders (ImageFolder-style, s3torchconnector)", kind=bool)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where results go."""
 
@@ -229,6 +297,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict:
         """The configuration as plain dicts and lists (YAML/JSON serialisable)."""
@@ -309,15 +378,29 @@ def _check(key: str, value: Any, meta) -> Any:
         value = value.lower() in ("true", "1")
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {kind.__name__}, got {value!r} ({meta['help']})")
+    if kind is list:
+        return _check_list(key, value, meta)
     if choices and value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}; got {value!r}")
-    if kind is list:
-        if not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{key} must be a list of names; got {value!r}")
-        if len(set(value)) != len(value):
-            raise ConfigError(f"{key} lists a name twice: {value!r}")
+    return value
+
+
+def _check_list(key: str, value: list, meta) -> list:
+    item_kind, choices, minimum = meta["item_kind"], meta["choices"], meta["minimum"]
+    what = "names" if item_kind is str else f"{item_kind.__name__}s"
+    if not all(isinstance(v, item_kind) and not isinstance(v, bool) for v in value) or (
+        item_kind is str and not all(value)
+    ):
+        raise ConfigError(f"{key} must be a list of {what}; got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{key} lists an item twice: {value!r}")
+    for item in value:
+        if choices and item not in choices:
+            raise ConfigError(f"{key}: {item!r} is not one of {', '.join(choices)}")
+        if minimum is not None and item < minimum:
+            raise ConfigError(f"{key}: {item!r} must be >= {minimum}")
     return value
 
 

@@ -25,40 +25,46 @@ class TrainingError(Exception):
     """Training cannot go on (non-finite loss, corrupt image with ``on_corrupt=stop``)."""
 
 
-def train_one_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+def measure_steps(
     loader: Iterable[Batch],
-    device: torch.device,
+    compute: Callable[[Batch, int], float],
     epoch: int,
     *,
-    num_samples: int,
+    num_samples: int | None,
+    max_steps: int | None = None,
+    warmup_steps: int = 0,
     on_corrupt: str = "skip",
-    on_step: Callable[[StepRecord], None] | None = None,
+    desc: str | None = None,
 ) -> EpochMeter:
-    """Run one training epoch and measure every step.
+    """Pull batches from ``loader`` and run ``compute`` on each, timing both sides.
+
+    The one place where data wait and compute are measured (see :mod:`training.meter`): the
+    clock runs from asking for a batch to receiving it (``data_wait_s``), then until ``compute``
+    returned (``compute_s``). Training, evaluation-free benchmarking (``read``), emulated compute
+    (``emulate``) all go through here.
 
     Args:
-        model: a torchvision detection model (train mode is set here).
         loader: yields :class:`pipelines.samples.Batch` es.
-        num_samples: samples expected in the epoch (for the progress bar only).
+        compute: ``compute(batch, step) -> loss`` (NaN when there is none); must finish its
+            device work before returning (synchronise CUDA).
+        epoch: recorded in each step.
+        num_samples: samples expected (progress bar total), or None when unknown.
+        max_steps: stop after this many measured steps (None: the whole loader).
+        warmup_steps: steps run first and left out of the meter (its clock starts after them).
         on_corrupt: ``skip`` counts undecodable images and goes on; ``stop`` raises.
-        on_step: called with each step's record (e.g. to log it).
-
-    Returns:
-        The epoch's meter; ``meter.summary()`` gives the figures.
+        desc: progress bar label (default ``epoch N``).
 
     Raises:
-        TrainingError: non-finite loss, or a corrupt image with ``on_corrupt="stop"``.
+        TrainingError: a corrupt image with ``on_corrupt="stop"``, or what ``compute`` raises.
     """
-    model.train()
     meter = EpochMeter(epoch)
-    bar = tqdm(total=num_samples, desc=f"epoch {epoch}", unit="img", leave=True, dynamic_ncols=True)
+    bar = tqdm(
+        total=num_samples, desc=desc or f"epoch {epoch}", unit="img", leave=True, dynamic_ncols=True
+    )
     iterator = iter(loader)
     step = 0
     try:
-        while True:
+        while max_steps is None or step < warmup_steps + max_steps:
             waited = time.perf_counter()
             try:
                 batch = next(iterator)
@@ -72,28 +78,7 @@ def train_one_epoch(
                         "fix or remove it, or set access.on_corrupt=skip"
                     )
                 log.warning("skipped corrupt image %s", message)
-            loss_value = math.nan
-            if batch.images:
-                images = [img.to(device, non_blocking=True) for img in batch.images]
-                targets = [
-                    {k: v.to(device, non_blocking=True) for k, v in t.items()}
-                    for t in batch.targets
-                ]
-                losses = model(images, targets)
-                loss = sum(losses.values())
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss is {loss_value} at epoch {epoch} step {step} "
-                        f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); "
-                        "lower train.lr or check the boxes"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+            loss_value = compute(batch, step) if batch.images else math.nan
             done = time.perf_counter()
             record = StepRecord(
                 epoch=epoch,
@@ -108,9 +93,10 @@ def train_one_epoch(
                 requests=batch.requests.requests,
                 retries=batch.requests.retries,
             )
-            meter.add(record, batch.requests)
-            if on_step is not None:
-                on_step(record)
+            if step >= warmup_steps:
+                meter.add(record, batch.requests)
+            if step + 1 == warmup_steps:
+                meter.started = time.perf_counter()  # the measured wall clock starts now
             step += 1
             bar.update(record.samples + record.skipped)
             bar.set_postfix(loss=f"{loss_value:.3f}", wait=f"{record.data_wait_s:.2f}s")
@@ -118,6 +104,75 @@ def train_one_epoch(
         meter.finish()
         bar.close()
     return meter
+
+
+def train_step_fn(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    epoch: int,
+) -> Callable[[Batch, int], float]:
+    """``compute`` for :func:`measure_steps`: one optimizer step of a detection model.
+
+    Raises (from the returned function):
+        TrainingError: the loss is not finite.
+    """
+
+    def step_fn(batch: Batch, step: int) -> float:
+        images = [img.to(device, non_blocking=True) for img in batch.images]
+        targets = [
+            {k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets
+        ]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss is {loss_value} at epoch {epoch} step {step} "
+                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); "
+                "lower train.lr or check the boxes"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return loss_value
+
+    return step_fn
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: Iterable[Batch],
+    device: torch.device,
+    epoch: int,
+    *,
+    num_samples: int,
+    on_corrupt: str = "skip",
+) -> EpochMeter:
+    """Run one training epoch and measure every step (see :func:`measure_steps`).
+
+    Args:
+        model: a torchvision detection model (train mode is set here).
+        loader: yields :class:`pipelines.samples.Batch` es.
+        num_samples: samples expected in the epoch (for the progress bar only).
+        on_corrupt: ``skip`` counts undecodable images and goes on; ``stop`` raises.
+
+    Returns:
+        The epoch's meter; ``meter.summary()`` gives the figures.
+
+    Raises:
+        TrainingError: non-finite loss, or a corrupt image with ``on_corrupt="stop"``.
+    """
+    model.train()
+    step_fn = train_step_fn(model, optimizer, scheduler, device, epoch)
+    return measure_steps(loader, step_fn, epoch, num_samples=num_samples, on_corrupt=on_corrupt)
 
 
 @torch.no_grad()

@@ -1,0 +1,180 @@
+"""Write a benchmark run's results: CSVs, plots, a Markdown report and a console table."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipelines.storage import atomic_write_bytes  # noqa: E402
+from training.outputs import write_csv, write_yaml  # noqa: E402
+
+RESULT_COLUMNS = [
+    "config", "mode", "access", "storage", "client_lib", "workers", "pass_", "cache",
+    "steps", "samples", "samples_per_s", "throughput_mbps", "au", "data_wait_share",
+    "data_wait_s", "compute_s", "wall_s", "bytes_read", "requests", "bytes_per_request",
+    "retries", "ttfb_p50_ms", "ttfb_p99_ms", "errors", "peak_rss_mib",
+    "baseline_mbps", "baseline_objects_per_s", "ratio_to_baseline",
+    "peer_samples_per_s", "ratio_to_peer",
+]  # fmt: skip
+STEP_COLUMNS = [
+    "case", "pass", "step", "samples", "bytes_read", "data_wait_s", "compute_s", "requests", "loss",
+]  # fmt: skip
+#: MLPerf Storage's pass mark for accelerator utilisation (training workloads).
+MLPERF_AU = 0.90
+
+
+def write_report(
+    out: Path, cfg_dict: dict, results: list[dict], steps: list[dict], extras: dict
+) -> None:
+    """Write every output file of a benchmark run into ``out`` (see README, "Benchmark")."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "config.yaml", cfg_dict)
+    write_csv(out / "results.csv", results, RESULT_COLUMNS)
+    write_csv(out / "steps.csv", steps, STEP_COLUMNS)
+    plot_throughput(results, out / "throughput.png")
+    plot_data_wait(steps, out / "data_wait.png")
+    plot_au(results, out / "au.png")
+    atomic_write_bytes(out / "report.md", markdown(cfg_dict, results, extras).encode("utf-8"))
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a PNG through a temporary file and a rename, then free the figure."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _warm(results: list[dict]) -> list[dict]:
+    """The last pass of each configuration (warm when passes > 1)."""
+    last: dict[str, dict] = {}
+    for row in results:
+        last[row["config"]] = row
+    return list(last.values())
+
+
+def plot_throughput(results: list[dict], path: Path) -> None:
+    """Bar chart: MB/s per configuration (last pass), with the baseline as a tick."""
+    rows = _warm(results)
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
+    names = [r["config"] for r in rows]
+    ax.barh(names, [r["throughput_mbps"] for r in rows], color="#4363d8", label="delivered MB/s")
+    base = [r.get("baseline_mbps", math.nan) for r in rows]
+    ax.scatter(base, names, marker="|", s=200, color="black", label="raw baseline MB/s")
+    ax.set_xlabel("MB/s (10^6 bytes/s)")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    ax.set_title("Throughput per configuration (last pass)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_data_wait(steps: list[dict], path: Path) -> None:
+    """Per-step data wait (seconds) of each configuration's last pass, one line each."""
+    last_pass: dict[str, int] = {}
+    for s in steps:
+        last_pass[s["case"]] = max(last_pass.get(s["case"], 0), s["pass"])
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for case, p in last_pass.items():
+        waits = [s["data_wait_s"] for s in steps if s["case"] == case and s["pass"] == p]
+        ax.plot(range(len(waits)), waits, label=case, linewidth=1)
+    ax.set_xlabel("measured step")
+    ax.set_ylabel("data wait (s)")
+    ax.set_title("Per-step data wait (last pass)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_au(results: list[dict], path: Path) -> None:
+    """Bar chart: accelerator utilisation per emulate/train configuration, MLPerf's 90% line."""
+    rows = [r for r in _warm(results) if r["mode"] != "read"]
+    fig, ax = plt.subplots(figsize=(10, 0.35 * max(1, len(rows)) + 1.5))
+    ax.barh([r["config"] for r in rows], [r["au"] for r in rows], color="#3cb44b")
+    ax.axvline(MLPERF_AU, color="red", linestyle="--", label="MLPerf Storage 90%")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AU = compute / wall")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    ax.set_title("Accelerator utilisation (last pass)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: list[dict]) -> str:
+    """A short fixed-width table of every pass: config, cache, samples/s, MB/s, AU, ratios."""
+    header = (
+        f"{'configuration':34} {'pass':>4} {'cache':5} {'img/s':>8} {'MB/s':>8} {'AU':>5} "
+        f"{'wait%':>6} {'x base':>6} {'x peer':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(
+            f"{r['config']:34} {r['pass_']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
+            f"{_fmt(r['throughput_mbps']):>8} {_fmt(r['au']):>5} "
+            f"{_fmt(100 * r['data_wait_share'], 0):>6} {_fmt(r['ratio_to_baseline']):>6} "
+            f"{_fmt(r['ratio_to_peer']):>6}"
+        )
+    return "\n".join(lines)
+
+
+def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
+    """The report: what ran, the results table, baselines, peers, the plots."""
+    bench = cfg_dict["bench"]
+    lines = [
+        "# Storage benchmark report",
+        "",
+        f"Dataset: `{cfg_dict['storage']['root']}` split `{cfg_dict['dataset']['train_split']}`"
+        f" (limit {cfg_dict['dataset']['limit']}); batch size {cfg_dict['loader']['batch_size']};"
+        f" {bench['warmup_steps']} warm-up + {bench['steps']} measured steps per pass;"
+        f" {bench['passes']} passes (first cold);"
+        f" emulate compute {bench['computation_time_s']} s/step.",
+        "",
+        "MB/s are 10^6 bytes/s delivered to the loop (bytes read / wall time of the measured"
+        " steps); AU = compute / wall (MLPerf Storage); x base = MB/s over the raw baseline's"
+        " MB/s measured in the same run; x peer = samples/s over the peer's (warm read passes).",
+        "",
+        "```",
+        table(results),
+        "```",
+        "",
+        "## Baselines",
+        "",
+        "| storage | objects | cache | objects/s | MB/s |",
+        "|---|---|---|---|---|",
+    ]
+    for (storage, kind, cold), b in extras.get("baselines", {}).items():
+        lines.append(
+            f"| {storage} | {kind} | {'cold' if cold else 'warm'} "
+            f"| {_fmt(b.objects_per_s, 1)} | {_fmt(b.mbps)} |"
+        )
+    lines += ["", "## Peers", "", "| comparison | peer | samples/s |", "|---|---|---|"]
+    for name, p in extras.get("peers", {}).items():
+        if p is None:
+            lines.append(f"| {name} | not measured | – |")
+        else:
+            lines.append(f"| {name} | {getattr(p, 'name', name)} | {_fmt(p.samples_per_s, 1)} |")
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "![throughput](throughput.png)",
+        "",
+        "![data wait](data_wait.png)",
+        "",
+        "![AU](au.png)",
+        "",
+    ]
+    return "\n".join(lines)

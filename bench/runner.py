@@ -1,0 +1,193 @@
+"""One benchmark configuration: build its loader, run warm-up + measured steps, return figures.
+
+A configuration (:class:`Case`) is an access pattern × storage × client library × worker count
+× mode. The three modes separate what the storage can deliver from what training needs, as the
+field's benchmarks do:
+
+- ``read``: read and decode only, no model: the storage ceiling (s3torchbenchmarking's
+  "entitlement" model).
+- ``emulate``: read + decode + ``bench.computation_time_s`` of sleep per step: MLPerf Storage /
+  DLIO's ``computation_time``, so AU is comparable to their published thresholds.
+- ``train``: the real detector, one optimizer step per batch.
+
+Every configuration runs the same seed, the same data and the same number of steps;
+warm-up steps are excluded from the figures (:func:`training.engine.measure_steps`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from models.detector import build_detector
+from pipelines.loaders import LoaderSettings, build_loader
+from pipelines.records import DetectionRecord
+from pipelines.samples import detection_transform
+from pipelines.shards import ShardInfo
+from pipelines.storage import Storage
+from training.config import Config
+from training.engine import measure_steps, train_step_fn
+
+MODES = ("read", "emulate", "train")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the matrix.
+
+    Attributes:
+        mode: ``read``, ``emulate`` or ``train``.
+        access: ``random``, ``objects`` or ``shards``.
+        storage: ``fs`` or ``s3``.
+        client_lib: ``boto3`` or ``s3torchconnector`` for s3; ``-`` for fs.
+        workers: DataLoader worker processes.
+    """
+
+    mode: str
+    access: str
+    storage: str
+    client_lib: str
+    workers: int
+
+    @property
+    def name(self) -> str:
+        """A short label, e.g. ``s3/boto3/shards/read/w2``."""
+        lib = "" if self.storage == "fs" else f"/{self.client_lib}"
+        return f"{self.storage}{lib}/{self.access}/{self.mode}/w{self.workers}"
+
+
+def expand_matrix(cfg: Config) -> list[Case]:
+    """All configurations of ``cfg.bench``, storage-major so each store's data stays warm."""
+    workers = cfg.bench.worker_counts or [cfg.loader.num_workers]
+    cases = []
+    for storage in cfg.bench.storages:
+        libs = cfg.bench.client_libs if storage == "s3" else ["-"]
+        for lib in libs:
+            for access in cfg.bench.access:
+                for n in workers:
+                    for mode in cfg.bench.modes:
+                        cases.append(Case(mode, access, storage, lib, n))
+    return cases
+
+
+class RssSampler:
+    """Peak resident memory (RSS, bytes) of this process and its children, sampled in a thread.
+
+    Use as a context manager; ``peak_bytes`` holds the largest sum seen (every ``interval_s``).
+    """
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self.peak_bytes = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def compute_fn(case: Case, cfg: Config, class_count: int):
+    """The per-step work of ``case.mode`` (see the module doc); returns ``compute(batch, step)``."""
+    if case.mode == "read":
+        return lambda batch, step: math.nan
+    if case.mode == "emulate":
+        seconds = cfg.bench.computation_time_s
+
+        def emulate(batch, step) -> float:
+            time.sleep(seconds)
+            return math.nan
+
+        return emulate
+    torch.manual_seed(cfg.train.seed)  # the same initial model for every configuration
+    model = build_detector(
+        cfg.model.arch,
+        class_count + 1,
+        rpn_pre_nms_top_n_train=cfg.model.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.model.rpn_post_nms_top_n_train,
+        box_batch_size_per_image=cfg.model.box_batch_size_per_image,
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return train_step_fn(model, optimizer, None, device, epoch=0)
+
+
+def run_case(
+    case: Case,
+    cfg: Config,
+    storage: Storage,
+    records: list[DetectionRecord],
+    shards: list[ShardInfo] | None,
+    class_to_index: dict[str, int],
+    *,
+    pass_index: int,
+) -> tuple[dict, list[dict]]:
+    """Run one pass of one configuration.
+
+    Returns:
+        ``(row, steps)``: the epoch figures of :meth:`training.meter.EpochMeter.summary` plus
+        ``peak_rss_mib`` and ``data_wait_share``; and one dict per measured step.
+    """
+    loader = build_loader(
+        storage,
+        records,
+        access=case.access,
+        transform=detection_transform(True, cfg.model.image_size),
+        class_to_index=class_to_index,
+        settings=LoaderSettings(
+            batch_size=cfg.loader.batch_size,
+            num_workers=case.workers,
+            prefetch_factor=cfg.loader.prefetch_factor,
+            persistent_workers=False,
+            pin_memory=cfg.loader.pin_memory,
+        ),
+        shuffle=True,
+        seed=cfg.train.seed,
+        shards=shards,
+        shuffle_buffer=cfg.access.shuffle_buffer,
+        concurrency=cfg.access.concurrency,
+    )
+    loader.set_epoch(pass_index)
+    compute = compute_fn(case, cfg, len(class_to_index))
+    with RssSampler() as rss:
+        meter = measure_steps(
+            loader.loader,
+            compute,
+            epoch=pass_index,
+            num_samples=None,
+            max_steps=cfg.bench.steps,
+            warmup_steps=cfg.bench.warmup_steps,
+            desc=f"{case.name} pass {pass_index}",
+        )
+    row = meter.summary()
+    row["peak_rss_mib"] = rss.peak_bytes / 2**20
+    row["data_wait_share"] = row["data_wait_s"] / row["wall_s"] if row["wall_s"] > 0 else math.nan
+    steps = [{**vars(s), "case": case.name} for s in meter.steps]
+    return row, steps
