@@ -15,7 +15,7 @@ from pipelines.storage import atomic_write_bytes  # noqa: E402
 from training.outputs import write_csv, write_yaml  # noqa: E402
 
 RESULT_COLUMNS = [
-    "config", "mode", "access", "storage", "client_lib", "workers", "pass_", "cache",
+    "config", "mode", "access", "storage", "client_lib", "workers", "pass", "cache",
     "steps", "samples", "samples_per_s", "throughput_mbps", "au", "data_wait_share",
     "data_wait_s", "compute_s", "wall_s", "bytes_read", "requests", "bytes_per_request",
     "retries", "ttfb_p50_ms", "ttfb_p99_ms", "errors", "peak_rss_mib",
@@ -122,7 +122,7 @@ def table(results: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
-            f"{r['config']:34} {r['pass_']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
+            f"{r['config']:34} {r['pass']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
             f"{_fmt(r['throughput_mbps']):>8} {_fmt(r['au']):>5} "
             f"{_fmt(100 * r['data_wait_share'], 0):>6} {_fmt(r['ratio_to_baseline']):>6} "
             f"{_fmt(r['ratio_to_peer']):>6}"

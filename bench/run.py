@@ -19,7 +19,7 @@ from bench.baselines import evict_page_cache, fs_read_baseline, s3_get_baseline
 from bench.runner import expand_matrix, run_case
 from pipelines.records import DetectionRecord
 from pipelines.shards import ShardInfo
-from training.config import Config
+from training.config import Config, ConfigError
 from training.data import DataSource, class_names, load_split, open_storage, split_shards
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,10 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
     """
     from bench.peers import imagefolder_peer, s3torchconnector_peer
 
+    if "train" in cfg.bench.modes and not cfg.bench.decode:
+        raise ConfigError(
+            "bench.modes has train but bench.decode is false: training needs decoded images"
+        )
     cases = expand_matrix(cfg)
     results, steps = [], []
     baselines: dict[tuple, object] = {}
@@ -194,10 +198,11 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
                 base = baselines.get((case.storage, kind, pass_index == 0))
                 row.update(
                     config=case.name, mode=case.mode, access=case.access, storage=case.storage,
-                    client_lib=case.client_lib, workers=case.workers, pass_=pass_index, cache=cache,
+                    client_lib=case.client_lib, workers=case.workers, cache=cache,
                     baseline_mbps=getattr(base, "mbps", float("nan")),
                     baseline_objects_per_s=getattr(base, "objects_per_s", float("nan")),
                 )  # fmt: skip
+                row["pass"] = pass_index
                 results.append(row)
                 steps.extend({**s, "pass": pass_index} for s in case_steps)
 

@@ -159,7 +159,7 @@ def run_case(
         storage,
         records,
         access=case.access,
-        transform=detection_transform(True, cfg.model.image_size),
+        transform=detection_transform(True, cfg.model.image_size) if cfg.bench.decode else None,
         class_to_index=class_to_index,
         settings=LoaderSettings(
             batch_size=cfg.loader.batch_size,

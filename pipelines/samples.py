@@ -66,10 +66,13 @@ def make_sample(
     *,
     nbytes: int,
     read_s: float,
-    transform: v2.Compose,
+    transform: v2.Compose | None,
     class_to_index: dict[str, int],
 ) -> dict:
     """Decode and transform one image with its boxes into a sample dict (see module doc).
+
+    With ``transform=None`` the bytes are read but not decoded (``image`` stays None and
+    ``error`` None): the benchmark's measure of the storage path without decode cost.
 
     Raises:
         DatasetError: a box label is not one of the configured classes.
@@ -82,6 +85,8 @@ def make_sample(
             f"image {record.id}: class {exc.args[0]!r} is not one of the configured classes "
             f"{sorted(class_to_index)}; add it to dataset.classes"
         ) from None
+    if transform is None:
+        return sample
     try:
         image = decode(data)
     except ValueError as exc:
@@ -105,7 +110,7 @@ class Batch:
     Attributes:
         images: float32 ``[3, H, W]`` tensors (sizes may differ).
         targets: one ``{"boxes", "labels"}`` dict per image.
-        ids: image ids, in batch order.
+        ids: image ids, in batch order (also of samples read without decoding).
         nbytes: bytes read from storage for the batch, including skipped samples.
         read_s: seconds spent in storage reads, summed over the batch's samples.
         errors: ``(id, message)`` of samples that were skipped (corrupt image).
@@ -132,7 +137,9 @@ def collate(samples: list[dict]) -> Batch:
         if sample["error"] is not None:
             batch.errors.append((sample["id"], sample["error"]))
             continue
+        batch.ids.append(sample["id"])
+        if sample["image"] is None:  # read without decoding (benchmark)
+            continue
         batch.images.append(sample["image"])
         batch.targets.append(sample["target"])
-        batch.ids.append(sample["id"])
     return batch

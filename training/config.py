@@ -270,6 +270,11 @@ class BenchConfig:
         kind=float,
         minimum=0.0,
     )
+    decode: bool = opt(
+        True,
+        "decode and transform images in the benchmark; false measures the read path alone",
+        kind=bool,
+    )
     baselines: bool = opt(
         True, "measure raw read baselines (cat over files, boto3 GETs)", kind=bool
     )

@@ -83,7 +83,7 @@ def measure_steps(
             record = StepRecord(
                 epoch=epoch,
                 step=step,
-                samples=len(batch.images),
+                samples=len(batch.ids),
                 skipped=len(batch.errors),
                 bytes_read=batch.nbytes,
                 read_s=batch.read_s,
