@@ -163,7 +163,10 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
     lines += ["", "## Peers", "", "| comparison | peer | samples/s |", "|---|---|---|"]
     for name, p in extras.get("peers", {}).items():
         if p is None:
-            lines.append(f"| {name} | not measured | – |")
+            from bench.peers import s3torchconnector_reason
+
+            why = s3torchconnector_reason() or "not available"
+            lines.append(f"| {name} | not measured: {why} | – |")
         else:
             lines.append(f"| {name} | {getattr(p, 'name', name)} | {_fmt(p.samples_per_s, 1)} |")
     lines += [

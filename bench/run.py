@@ -136,7 +136,8 @@ def measure_baseline(prepared: Prepared, storage_kind: str, access: str, cfg: Co
         return None  # the GET-pool baseline is boto3's; s3torchconnector rows reuse boto3's
     if cold and prepared.local_dir is not None:
         evict_page_cache(case_files(prepared, access))
-    return s3_get_baseline(storage, kind_keys, threads=cfg.access.concurrency)
+    threads = min(cfg.access.concurrency, storage.max_pool_connections)
+    return s3_get_baseline(storage, kind_keys, threads=threads)
 
 
 def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:

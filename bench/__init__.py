@@ -1,0 +1,1 @@
+"""`make bench`: compare access patterns against raw storage baselines and peer libraries."""

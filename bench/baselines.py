@@ -1,0 +1,206 @@
+"""Raw storage baselines: how fast the storage alone delivers the objects a configuration reads.
+
+Measured in the same run as the configurations they are compared to, over the same objects, so
+a configuration's throughput can be given as a ratio to what the storage can do with no decoding,
+no DataLoader and no framework in between:
+
+- :func:`fs_read_baseline`: ``cat``-style, one thread reading each file front to back;
+- :func:`s3_get_baseline`: a thread pool of plain boto3 GETs.
+
+Units: bytes, seconds, MB/s = 10^6 bytes/s, objects/s.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pipelines.s3 import S3Storage
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """One raw-read measurement.
+
+    Attributes:
+        name: what was measured: ``fs-read``, ``fs-read-cold`` or ``s3-get``.
+        objects: files / objects read.
+        bytes: bytes read, in total.
+        seconds: wall-clock seconds from the first open/GET to the last byte.
+        mbps: ``bytes / seconds / 1e6`` (MB/s, 10^6 bytes per second).
+        objects_per_s: ``objects / seconds``.
+        threads: reading threads (1 for the filesystem).
+        evicted: the files' pages were dropped from the page cache before reading (fs, cold);
+            always False for S3.
+    """
+
+    name: str
+    objects: int
+    bytes: int
+    seconds: float
+    mbps: float
+    objects_per_s: float
+    threads: int
+    evicted: bool
+
+
+def _result(
+    name: str, objects: int, nbytes: int, seconds: float, threads: int, evicted: bool
+) -> BaselineResult:
+    per_s = 1 / seconds if seconds > 0 else float("inf")  # a clock too coarse to see the reads
+    return BaselineResult(
+        name=name,
+        objects=objects,
+        bytes=nbytes,
+        seconds=seconds,
+        mbps=nbytes * per_s / 1e6,
+        objects_per_s=objects * per_s,
+        threads=threads,
+        evicted=evicted,
+    )
+
+
+def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = False) -> bool:
+    """Drop the files' pages from the OS page cache, so that the next read comes from the device.
+
+    Uses ``posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`` on each file, which needs no root
+    (unlike ``echo 3 > /proc/sys/vm/drop_caches``). This is what "cold" means for a filesystem
+    baseline here. Limits:
+
+    - dirty pages (written but not yet flushed to the device) are *not* evicted: a file written
+      moments ago stays partly cached unless ``flush`` is set (``fdatasync`` each file first);
+    - tmpfs / ramfs keep their pages (memory is their storage), and network filesystems may keep
+      a client-side or server-side cache that this does not reach;
+    - it is advice: the kernel may keep pages that are mapped or in use by other processes.
+
+    Args:
+        paths: files to evict.
+        flush: ``fdatasync`` each file before evicting, so recently written data is evicted too.
+
+    Returns:
+        True when the advice was given for every file; False on a platform without
+        ``posix_fadvise`` (macOS, Windows), where nothing is evicted.
+
+    Raises:
+        OSError: a file cannot be opened (e.g. FileNotFoundError).
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if flush:
+                os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+def fs_read_baseline(
+    paths: Sequence[str | os.PathLike], *, chunk_bytes: int = MiB, cold: bool = False
+) -> BaselineResult:
+    """Read every file front to back, one thread, in the given order, like ``cat`` does.
+
+    Each file is opened unbuffered and read with ``readinto`` into one reused buffer of
+    ``chunk_bytes`` bytes; the data is not inspected. Timing covers the opens and reads, not the
+    eviction.
+
+    Args:
+        paths: the files a configuration reads (same objects, same order as it would).
+        chunk_bytes: bytes per ``read`` call.
+        cold: evict the files from the page cache first (:func:`evict_page_cache`); the result's
+            ``evicted`` says whether that was possible. Otherwise the cache is left as it is
+            ("warm" only if something read the files recently).
+
+    Returns:
+        A :class:`BaselineResult` named ``fs-read`` or ``fs-read-cold``.
+
+    Raises:
+        ValueError: no paths, or ``chunk_bytes < 1``.
+        OSError: a file cannot be opened or read.
+    """
+    if not paths:
+        raise ValueError("fs_read_baseline: no files to read")
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes={chunk_bytes} must be at least 1")
+    evicted = evict_page_cache(paths) if cold else False
+    buffer = bytearray(chunk_bytes)
+    view = memoryview(buffer)
+    total = 0
+    start = time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                total += n
+    seconds = time.perf_counter() - start
+    return _result("fs-read-cold" if cold else "fs-read", len(paths), total, seconds, 1, evicted)
+
+
+def s3_get_baseline(
+    storage: S3Storage, keys: Sequence[str], *, threads: int = 8, chunk_bytes: int = MiB
+) -> BaselineResult:
+    """GET every object with a pool of ``threads`` threads sharing the storage's boto3 client.
+
+    Uses ``storage.client()`` (its Config: connection pool size, retries, timeouts, checksum
+    setting) and plain ``get_object`` calls; each body is read to the end in ``chunk_bytes``
+    reads and dropped. Objects are submitted in the given order. The client is created before
+    the clock starts; timing covers the GETs and the body reads.
+
+    Args:
+        storage: where the objects are; ``keys`` are relative to its prefix, as for
+            :meth:`S3Storage.read`.
+        keys: the objects a configuration reads.
+        threads: concurrent GETs; at most ``storage.max_pool_connections`` (more threads than
+            pooled connections would open and throw away connections, measuring that instead).
+        chunk_bytes: bytes per body ``read`` call.
+
+    Returns:
+        A :class:`BaselineResult` named ``s3-get``.
+
+    Raises:
+        ValueError: no keys, ``threads`` out of range, or ``chunk_bytes < 1``.
+        pipelines.storage.StorageError: a GET or body read failed (missing object, credentials,
+            endpoint unreachable; the first failure, the other reads are cancelled).
+    """
+    if not keys:
+        raise ValueError("s3_get_baseline: no objects to read")
+    if not 1 <= threads <= storage.max_pool_connections:
+        raise ValueError(
+            f"threads={threads} must be between 1 and the storage's max_pool_connections "
+            f"({storage.max_pool_connections}); raise max_pool_connections for more threads"
+        )
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes={chunk_bytes} must be at least 1")
+    client = storage.client()
+
+    def get(key: str) -> int:
+        try:
+            body = client.get_object(Bucket=storage.bucket, Key=storage._key(key))["Body"]
+        except Exception as exc:
+            raise storage._fail(exc, key, "read") from None
+        n = 0
+        try:
+            while chunk := body.read(chunk_bytes):
+                n += len(chunk)
+        except Exception as exc:
+            raise storage._fail(exc, key, "read", mid_stream=True) from None
+        finally:
+            body.close()
+        return n
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads, thread_name_prefix="s3-baseline") as pool:
+        futures = [pool.submit(get, key) for key in keys]
+        try:
+            total = sum(future.result() for future in futures)
+        finally:
+            for future in futures:
+                future.cancel()
+    seconds = time.perf_counter() - start
+    return _result("s3-get", len(keys), total, seconds, threads, False)

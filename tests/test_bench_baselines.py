@@ -1,0 +1,134 @@
+"""Raw baselines (cat-style file reads, boto3 GET pool) and peer libraries (ImageFolder-style,
+s3torchconnector map/iterable) read exactly the objects they are given, and report consistent
+rates."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.baselines import BaselineResult, evict_page_cache, fs_read_baseline, s3_get_baseline
+from bench.peers import imagefolder_peer, s3torchconnector_peer, s3torchconnector_reason
+from pipelines.s3 import S3Storage
+from pipelines.s3_local import upload_tree
+
+_numbers = itertools.count()
+
+
+def assert_consistent(result: BaselineResult, objects: int, nbytes: int) -> None:
+    assert (result.objects, result.bytes) == (objects, nbytes)
+    assert result.seconds > 0
+    assert result.mbps == pytest.approx(nbytes / result.seconds / 1e6)
+    assert result.objects_per_s == pytest.approx(objects / result.seconds)
+
+
+def write_files(tmp_path: Path) -> list[Path]:
+    sizes = [0, 1, 70_000, 3 * 1024 * 1024 + 17]  # empty, tiny, one JPEG, several chunks
+    paths = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i}.bin"
+        path.write_bytes(os.urandom(size))
+        paths.append(path)
+    return paths
+
+
+def test_fs_baseline_reads_every_byte_warm_and_cold(tmp_path):
+    paths = write_files(tmp_path)
+    total = sum(p.stat().st_size for p in paths)
+
+    warm = fs_read_baseline(paths, chunk_bytes=64 * 1024)
+    assert_consistent(warm, len(paths), total)
+    assert (warm.name, warm.threads, warm.evicted) == ("fs-read", 1, False)
+
+    cold = fs_read_baseline(paths, cold=True)
+    assert_consistent(cold, len(paths), total)
+    assert (cold.name, cold.evicted) == ("fs-read-cold", True)
+
+    with pytest.raises(ValueError, match="no files"):
+        fs_read_baseline([])
+    with pytest.raises(FileNotFoundError):
+        fs_read_baseline([tmp_path / "missing"])
+
+
+def test_evict_page_cache_works_on_linux(tmp_path):
+    paths = write_files(tmp_path)
+    assert evict_page_cache(paths) is True
+    assert evict_page_cache(paths, flush=True) is True
+    with pytest.raises(FileNotFoundError):
+        evict_page_cache([tmp_path / "missing"])
+
+
+def jpegs(voc_root: Path) -> list[Path]:
+    return sorted((voc_root / "JPEGImages").glob("*.jpg"))
+
+
+def test_imagefolder_peer_counts_samples_and_bytes(voc_root):
+    paths = jpegs(voc_root)  # 18 images
+    total = sum(p.stat().st_size for p in paths)
+    everything = imagefolder_peer(
+        paths, batch_size=4, num_workers=0, image_size=64, warmup_batches=0
+    )
+    assert (everything.name, everything.samples, everything.batches) == ("imagefolder", 18, 5)
+    assert everything.bytes == total
+    assert everything.samples_per_s == pytest.approx(18 / everything.seconds)
+    assert everything.mbps == pytest.approx(total / everything.seconds / 1e6)
+
+    after_warmup = imagefolder_peer(paths, batch_size=4, num_workers=2, image_size=64)
+    assert (after_warmup.samples, after_warmup.batches) == (18 - 2 * 4, 3)
+    assert (after_warmup.warmup_batches, after_warmup.seconds > 0) == (2, True)
+
+    limited = imagefolder_peer(
+        paths, batch_size=4, num_workers=0, image_size=64, max_batches=1, warmup_batches=1
+    )
+    assert (limited.samples, limited.batches) == (4, 1)
+
+    with pytest.raises(ValueError, match="warm-up"):
+        imagefolder_peer(paths, batch_size=8, num_workers=0, image_size=64, warmup_batches=3)
+
+
+@pytest.fixture(scope="module")
+def s3_jpegs(s3_server, tmp_path_factory):
+    """The 18 BCCD JPEGs of a VOC tree in a new bucket under ``imgs/``: (storage, keys, sizes)."""
+    from tests.conftest import make_voc_subset
+
+    voc = make_voc_subset(tmp_path_factory.mktemp("voc") / "bccd", {"train": 12, "test": 6})
+    bucket = f"bench-baselines-{os.getpid()}-{next(_numbers)}"
+    storage = S3Storage(bucket, "imgs", endpoint_url=s3_server.endpoint, max_attempts=2)
+    storage.client().create_bucket(Bucket=bucket)
+    upload_tree(voc / "JPEGImages", storage, progress=False)
+    paths = jpegs(voc)
+    return storage, [p.name for p in paths], sum(p.stat().st_size for p in paths)
+
+
+@pytest.mark.integration
+def test_s3_baseline_reads_every_byte(s3_jpegs):
+    storage, keys, total = s3_jpegs
+    result = s3_get_baseline(storage, keys, threads=4, chunk_bytes=16 * 1024)
+    assert_consistent(result, len(keys), total)
+    assert (result.name, result.threads, result.evicted) == ("s3-get", 4, False)
+
+    with pytest.raises(ValueError, match="max_pool_connections"):
+        s3_get_baseline(storage, keys, threads=storage.max_pool_connections + 1)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["map", "iterable"])
+def test_s3torchconnector_peers_count_samples_and_bytes(s3_jpegs, s3_server, kind):
+    assert s3torchconnector_reason() is None  # installed with the project
+    storage, keys, total = s3_jpegs
+    result = s3torchconnector_peer(
+        kind, storage.bucket, [storage._key(k) for k in keys], endpoint=s3_server.endpoint,
+        region="us-east-1", batch_size=4, num_workers=2, image_size=64, warmup_batches=0,
+    )  # fmt: skip
+    assert result is not None
+    # iterable: each of the 2 workers batches its own half (9 objects: 4 + 4 + 1)
+    assert (result.name, result.samples, result.batches) == (
+        f"s3torchconnector-{kind}",
+        18,
+        5 if kind == "map" else 6,
+    )
+    assert result.bytes == total  # every object read once, fully
+    assert result.samples_per_s == pytest.approx(18 / result.seconds)
