@@ -487,13 +487,14 @@ class S3Storage:
             entries += [(item["Prefix"], True) for item in page.get("CommonPrefixes", ())]
         entries.sort()
         # All keys under a sub-prefix are contiguous in lexicographic order: list each prefix
-        # whole in a thread, keep at most 2 * workers in flight, yield in order.
+        # whole in a thread, keep at most `workers` in flight (memory: at most that many
+        # sub-prefixes' keys at once), yield in order.
         pending: collections.deque = collections.deque()
         with ThreadPoolExecutor(self.list_workers, thread_name_prefix="s3-list") as pool:
             try:
                 position = 0
                 while position < len(entries) or pending:
-                    while position < len(entries) and len(pending) < 2 * self.list_workers:
+                    while position < len(entries) and len(pending) < self.list_workers:
                         name, is_prefix = entries[position]
                         position += 1
                         pending.append(pool.submit(self._list_all, name) if is_prefix else name)

@@ -257,9 +257,9 @@ class BenchConfig:
         item_kind=int,
         minimum=0,
     )
-    steps: int = opt(20, "measured steps per configuration and pass", kind=int, minimum=1)
+    steps: int = opt(12, "measured steps per configuration and pass", kind=int, minimum=1)
     warmup_steps: int = opt(
-        3, "steps run before measuring (excluded from figures)", kind=int, minimum=0
+        2, "steps run before measuring (excluded from figures)", kind=int, minimum=0
     )
     passes: int = opt(
         2, "passes per configuration: the first is cold, the others warm", kind=int, minimum=1
