@@ -36,7 +36,8 @@ TRAIN_FLAGS = --config $(CONFIG) --out $(OUT) $(call flag,access,$(ACCESS)) $(ca
 STORAGE_FLAGS = $(call flag,storage,$(STORAGE)) $(call flag,s3-endpoint,$(S3_ENDPOINT)) \
 	$(call flag,s3-bucket,$(S3_BUCKET)) $(call flag,s3-prefix,$(S3_PREFIX))
 
-.PHONY: setup train resume shards predict bench archive serve stop status s3-up s3-upload s3-down \
+.PHONY: setup train resume shards predict bench bench-memory synth archive serve stop status \
+	s3-up s3-upload s3-down \
 	test test-unit lint clean help
 
 help:
@@ -67,6 +68,17 @@ bench: $(READY)
 		$(call flag,workers,$(WORKERS)) $(call flag,batch-size,$(BATCH_SIZE)) \
 		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(call flag,s3-bucket,$(S3_BUCKET)) \
 		$(call flag,s3-prefix,$(S3_PREFIX)) $(ARGS)
+
+# Synthetic VOC dataset (real JPEGs, random boxes) to a directory or s3://bucket/prefix.
+SYNTH_OUT ?= data/synthetic
+N ?= 1000
+PRESET ?= mlperf
+synth: $(READY)
+	$(PY) -m scripts.synth --out $(SYNTH_OUT) --count $(N) --preset $(PRESET) $(ARGS)
+
+# Memory goals: streaming a 1 GB shard, listing 100,000 keys (prints PASS/FAIL).
+bench-memory: $(READY)
+	$(PY) -m scripts.bench_memory $(ARGS)
 
 # A local S3-protocol server (rclone serve s3) on 127.0.0.1 holding the embedded dataset.
 s3-up: $(READY)

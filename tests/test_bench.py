@@ -1,0 +1,62 @@
+"""`make bench` end to end on a few BCCD images: filesystem + a local S3 server it starts itself."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from bench.report import RESULT_COLUMNS
+from bench.runner import Case, expand_matrix
+from scripts import bench as bench_cli
+from training.config import load_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_matrix_is_every_combination_storage_major():
+    cfg = load_config(
+        None, ["bench.worker_counts=[0, 2]", "bench.client_libs=[boto3, s3torchconnector]"]
+    )
+    cases = expand_matrix(cfg)
+    assert len(cases) == 3 * 3 * 2 * (1 + 2)  # modes x access x workers x (fs + 2 s3 clients)
+    assert cases[0] == Case("read", "random", "fs", "-", 0)
+    assert [c.storage for c in cases] == sorted((c.storage for c in cases), key=["fs", "s3"].index)
+    assert cases[-1].name == "s3/s3torchconnector/shards/train/w2"
+
+
+def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("S3_ENDPOINT", raising=False)
+    code = bench_cli.main([
+        "--out", str(tmp_path / "bench"), "--workers", "1", "--batch-size", "2",
+        "--set", f"storage.root={voc_root}", "--set", "dataset.shard_size_mb=0.1",
+        "--set", "bench.modes=[read, emulate]", "--set", "bench.steps=2",
+        "--set", "bench.warmup_steps=1", "--set", "bench.computation_time_s=0.01",
+        "--set", "model.image_size=64",
+    ])  # fmt: skip
+    assert code == 0
+    (run,) = (tmp_path / "bench").iterdir()
+    for name in ("results.csv", "steps.csv", "report.md", "config.yaml",
+                 "throughput.png", "data_wait.png", "au.png"):  # fmt: skip
+        assert (run / name).stat().st_size > 0, name
+    with open(run / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == RESULT_COLUMNS
+    assert len(rows) == 2 * 3 * 2 * 2  # modes x access x storages x passes
+    assert {r["cache"] for r in rows if r["pass"] == "0" and r["storage"] == "fs"} == {
+        "cold (page cache evicted)"
+    }
+    assert {r["cache"] for r in rows if r["pass"] == "1"} == {"warm"}
+    for r in rows:
+        assert int(r["samples"]) == 4  # 2 measured steps of batch 2, everywhere
+        assert float(r["baseline_mbps"]) > 0 and float(r["ratio_to_baseline"]) > 0
+        assert float(r["peak_rss_mib"]) > 0
+    s3_random = [r for r in rows if r["storage"] == "s3" and r["access"] == "random"]
+    assert all(int(r["requests"]) == 4 for r in s3_random)  # one GET per sample
+    warm_reads = [r for r in rows if r["mode"] == "read" and r["pass"] == "1"]
+    compared = {(r["storage"], r["access"]) for r in warm_reads if r["ratio_to_peer"] != "nan"}
+    assert compared == {("fs", "random"), ("s3", "random"), ("s3", "objects")}
+    emulate = [r for r in rows if r["mode"] == "emulate"]
+    assert all(0 < float(r["au"]) <= 1 for r in emulate)
+    out = capsys.readouterr().out
+    assert "fs/random/read/w1" in out and "report:" in out
