@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,7 +70,9 @@ def start_local_s3(cfg: Config, stack: contextlib.ExitStack, out: Path) -> tuple
     from pipelines.s3 import S3Storage
     from pipelines.s3_local import local_s3, upload_tree
 
-    server = stack.enter_context(local_s3(out / "s3-server"))
+    server_dir = out / "s3-server"
+    stack.callback(shutil.rmtree, server_dir, ignore_errors=True)  # after the server stopped
+    server = stack.enter_context(local_s3(server_dir))
     for name, value in server.env(LOCAL_BUCKET).items():
         os.environ[name] = value
     prefix = cfg.storage.prefixes[0]
@@ -228,13 +231,14 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
                         region=storage.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
                         **common,
                     )  # fmt: skip
-    add_ratios(results, peers)
+    add_ratios(results, peers if cfg.bench.decode else {})  # peers decode: compare like with like
     return results, steps, {"baselines": baselines, "peers": peers}
 
 
 def add_ratios(results: list[dict], peers: dict) -> None:
     """``ratio_to_baseline`` (MB/s over the baseline's MB/s) and ``ratio_to_peer`` (samples/s
-    of the warm ``read`` row over the peer's samples/s) for every row that has a comparison."""
+    of the warm ``read`` row over the peer's samples/s) for every row that has a comparison.
+    Peers always decode, so runs with ``bench.decode: false`` pass no peers."""
     for row in results:
         base = row.get("baseline_mbps", float("nan"))
         row["ratio_to_baseline"] = (
