@@ -97,8 +97,28 @@ def build_loader(
 
         def reseed(epoch: int) -> None:
             generator.manual_seed(seed * 100_003 + epoch)
-    elif access == "objects":
-        dataset = ObjectStreamDataset(
+    else:
+        dataset = _iterable_dataset(
+            access, storage, records, transform, class_to_index, settings, shards,
+            shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, concurrency=concurrency,
+        )  # fmt: skip
+        loader, num_samples = DataLoader(dataset, **kwargs), dataset.num_samples
+        reseed = dataset.set_epoch
+
+    def set_epoch(epoch: int) -> None:
+        storage.take_stats()  # requests made before the epoch (index building) do not count
+        reseed(epoch)
+
+    return EpochLoader(loader, num_samples, set_epoch)
+
+
+def _iterable_dataset(
+    access, storage, records, transform, class_to_index, settings, shards, *, shuffle,
+    shuffle_buffer, seed, concurrency,
+):  # fmt: skip
+    """The iterable-style dataset of the ``objects`` or ``shards`` pattern (see build_loader)."""
+    if access == "objects":
+        return ObjectStreamDataset(
             storage,
             records,
             transform,
@@ -108,12 +128,7 @@ def build_loader(
             shuffle_buffer=shuffle_buffer,
             seed=seed,
         )
-        loader, num_samples, reseed = (
-            DataLoader(dataset, **kwargs),
-            dataset.num_samples,
-            dataset.set_epoch,
-        )
-    elif access == "shards":
+    if access == "shards":
         if shards is None:
             raise ValueError("shards access needs the split's shards (see ensure_shards)")
         if settings.num_workers > len(shards):
@@ -124,7 +139,7 @@ def build_loader(
                 settings.num_workers,
                 settings.num_workers - len(shards),
             )
-        dataset = ShardedDetectionStream(
+        return ShardedDetectionStream(
             storage,
             shards,
             transform,
@@ -133,19 +148,7 @@ def build_loader(
             shuffle_buffer=shuffle_buffer,
             seed=seed,
         )
-        loader, num_samples, reseed = (
-            DataLoader(dataset, **kwargs),
-            dataset.num_samples,
-            dataset.set_epoch,
-        )
-    else:
-        raise ValueError(f"unknown access pattern {access!r}; choose random, shards or objects")
-
-    def set_epoch(epoch: int) -> None:
-        storage.take_stats()  # requests made before the epoch (index building) do not count
-        reseed(epoch)
-
-    return EpochLoader(loader, num_samples, set_epoch)
+    raise ValueError(f"unknown access pattern {access!r}; choose random, shards or objects")
 
 
 def ensure_shards(

@@ -11,17 +11,16 @@ object is read exactly once per epoch.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterator
 
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 from torchdata.nodes import IterableWrapper, Loader, ParallelMapper
 from torchvision.transforms import v2
-from webdataset.filters import shuffle as shuffle_stage
 
 from pipelines.records import DetectionRecord
 from pipelines.samples import make_sample
+from pipelines.sequential import shuffle_buffered, worker_slot
 from pipelines.storage import Storage
 
 
@@ -86,8 +85,7 @@ class ObjectStreamDataset(IterableDataset):
         return record, data, time.perf_counter() - start
 
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        worker_id, num_workers = worker_slot()
         node = ParallelMapper(
             IterableWrapper(self.worker_records(worker_id, num_workers)),
             map_fn=self._fetch,
@@ -96,17 +94,17 @@ class ObjectStreamDataset(IterableDataset):
             method="thread",
         )
         fetched: Iterator = iter(Loader(node))
-        if self.shuffle and self.shuffle_buffer > 1:
-            rng = random.Random(f"{self.seed}-{self.epoch}-{worker_id}")
-            fetched = shuffle_stage(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(fetched)
+        if self.shuffle:
+            fetched = shuffle_buffered(
+                fetched, self.shuffle_buffer, f"{self.seed}-{self.epoch}-{worker_id}"
+            )
         for record, data, read_s in fetched:
-            sample = make_sample(
+            yield make_sample(
                 record,
                 data,
                 nbytes=len(data),
                 read_s=read_s,
                 transform=self.transform,
                 class_to_index=self.class_to_index,
+                requests=self.storage.take_stats(),
             )
-            sample["requests"] = self.storage.take_stats()
-            yield sample

@@ -51,13 +51,12 @@ class MapStyleDetectionDataset(Dataset):
         start = time.perf_counter()
         data = self.storage.read(record.image_key)
         read_s = time.perf_counter() - start
-        sample = make_sample(
+        return make_sample(
             record,
             data,
             nbytes=len(data),
             read_s=read_s,
             transform=self.transform,
             class_to_index=self.class_to_index,
+            requests=self.storage.take_stats(),
         )
-        sample["requests"] = self.storage.take_stats()
-        return sample

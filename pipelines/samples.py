@@ -7,7 +7,7 @@ A *sample* is the dict every access pattern yields, one per image::
                 "labels": int64 [N]},
      "nbytes": int,      # bytes read from storage for this sample
      "read_s": float,    # seconds spent in storage reads for this sample
-     "requests": RequestStats,  # storage requests made for it (set by the dataset)
+     "requests": RequestStats,  # storage requests made for it
      "error": str | None}
 
 A sample whose image cannot be decoded has ``image=None`` and ``error`` set; :func:`collate`
@@ -68,16 +68,25 @@ def make_sample(
     read_s: float,
     transform: v2.Compose | None,
     class_to_index: dict[str, int],
+    requests: RequestStats | None = None,
 ) -> dict:
     """Decode and transform one image with its boxes into a sample dict (see module doc).
 
+    ``requests`` are the storage requests made for it (``storage.take_stats()`` after the read).
     With ``transform=None`` the bytes are read but not decoded (``image`` stays None and
     ``error`` None): the benchmark's measure of the storage path without decode cost.
 
     Raises:
         DatasetError: a box label is not one of the configured classes.
     """
-    sample = {"id": record.id, "nbytes": nbytes, "read_s": read_s, "image": None, "error": None}
+    sample = {
+        "id": record.id,
+        "nbytes": nbytes,
+        "read_s": read_s,
+        "requests": requests or RequestStats(),
+        "image": None,
+        "error": None,
+    }
     try:
         labels = torch.tensor([class_to_index[name] for name in record.labels], dtype=torch.int64)
     except KeyError as exc:
@@ -132,8 +141,7 @@ def collate(samples: list[dict]) -> Batch:
     for sample in samples:
         batch.nbytes += sample["nbytes"]
         batch.read_s += sample["read_s"]
-        if "requests" in sample:
-            batch.requests.merge(sample["requests"])
+        batch.requests.merge(sample["requests"])
         if sample["error"] is not None:
             batch.errors.append((sample["id"], sample["error"]))
             continue

@@ -78,26 +78,39 @@ class ShardedDetectionStream(IterableDataset):
         return shards[worker_id::num_workers]
 
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        worker_id, num_workers = worker_slot()
         samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
-        if self.shuffle and self.shuffle_buffer > 1:
-            rng = random.Random(f"{self.seed}-{self.epoch}-{worker_id}")
-            samples = shuffle_stage(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(samples)
+        if self.shuffle:
+            samples = shuffle_buffered(
+                samples, self.shuffle_buffer, f"{self.seed}-{self.epoch}-{worker_id}"
+            )
         for raw, nbytes, read_s in samples:
             ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
             record = DetectionRecord.from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
-            sample = make_sample(
+            yield make_sample(
                 record,
                 raw[ext],
                 nbytes=nbytes,
                 read_s=read_s,
                 transform=self.transform,
                 class_to_index=self.class_to_index,
+                requests=self.storage.take_stats(),  # a shard's GET lands on one sample
             )
-            sample["requests"] = self.storage.take_stats()  # the shard's GET lands on one sample
-            yield sample
 
     def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int, float]]:
         for shard in shards:
             yield from iter_shard(self.storage, shard)
+
+
+def worker_slot() -> tuple[int, int]:
+    """``(worker id, number of workers)`` of the calling DataLoader worker; ``(0, 1)`` outside."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+def shuffle_buffered(items: Iterator, size: int, seed: str) -> Iterator:
+    """Pass ``items`` through WebDataset's shuffle buffer of ``size`` items (filled before the
+    first item leaves), with a ``random.Random(seed)``; unchanged when ``size <= 1``."""
+    if size <= 1:
+        return items
+    return shuffle_stage(size, size, rng=random.Random(seed))(items)
