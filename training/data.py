@@ -74,7 +74,8 @@ def open_storage(cfg: Config) -> DataSource:
 
         storage = S3Storage(
             bucket,
-            max_pool_connections=s.max_pool_connections,
+            # at least one connection per concurrent read of the objects pattern
+            max_pool_connections=max(s.max_pool_connections, cfg.access.concurrency),
             max_attempts=s.max_attempts,
             connect_timeout_s=s.connect_timeout_s,
             read_timeout_s=s.read_timeout_s,
