@@ -105,8 +105,18 @@ class StorageConfig:
 class DatasetConfig:
     """Which images and labels to read."""
 
-    format: str = opt("voc", "annotation format", kind=str, choices=("voc",))
-    train_split: str = opt("train", "split trained on (ImageSets/Main/<name>.txt)", kind=str)
+    format: str = opt(
+        "voc",
+        "annotation format; voc: Pascal VOC; coco: COCO JSON per split folder (Roboflow "
+        "export); oid: Open Images as the OIDv4 toolkit downloads it",
+        kind=str,
+        choices=("voc", "coco", "oid"),
+    )
+    train_split: str = opt(
+        "train",
+        "split trained on (voc: ImageSets/Main/<name>.txt; coco, oid: the split's folder)",
+        kind=str,
+    )
     eval_split: str = opt("test", "split evaluated after each epoch (mAP)", kind=str)
     classes: list = opt(
         [],

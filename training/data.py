@@ -11,12 +11,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.coco import load_coco_split
 from pipelines.loaders import ensure_shards, shard_prefix
+from pipelines.oid import load_oid_split
 from pipelines.records import BoxCounts, DatasetError, DetectionRecord
 from pipelines.shards import ShardInfo
 from pipelines.storage import FileSystemStorage, Storage
 from pipelines.voc import join_key, load_voc_split
 from training.config import Config, ConfigError
+
+#: Reader of each ``dataset.format``: ``(storage, split, limit, root) -> (records, counts)``.
+READERS: dict[str, Callable[..., tuple[list[DetectionRecord], BoxCounts]]] = {
+    "voc": load_voc_split,
+    "coco": load_coco_split,
+    "oid": load_oid_split,
+}
 
 #: Where `make s3-up` writes the local S3 server's endpoint and credentials.
 LOCAL_S3_ENV = Path(".s3/env")
@@ -90,15 +99,20 @@ def load_split(
 ) -> tuple[list[DetectionRecord], BoxCounts]:
     """Records of one split from every root, limited to ``dataset.limit`` images in all.
 
+    The reader is the one of ``dataset.format`` (:data:`READERS`).
+
     Raises:
-        DatasetError: as :func:`pipelines.voc.load_voc_split`, or an image id found in two roots.
+        DatasetError: as the format's reader (:func:`pipelines.voc.load_voc_split`,
+            :func:`pipelines.coco.load_coco_split`, :func:`pipelines.oid.load_oid_split`), or an
+            image id found in two roots.
     """
+    reader = READERS[cfg.dataset.format]
     records, counts = [], BoxCounts()
     for root in source.roots:
         remaining = None if cfg.dataset.limit is None else cfg.dataset.limit - len(records)
         if remaining == 0:
             break
-        found, found_counts = load_voc_split(source.storage, split, remaining, root)
+        found, found_counts = reader(source.storage, split, remaining, root)
         records.extend(found)
         counts.add(found_counts)
     seen: dict[str, str] = {}
