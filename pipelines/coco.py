@@ -23,7 +23,7 @@ import json
 import math
 import posixpath
 
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord, sanitize_box
+from pipelines.records import BoxCounts, DatasetError, DetectionRecord
 from pipelines.storage import ObjectNotFound, Storage, StorageError
 from pipelines.voc import join_key
 
@@ -186,17 +186,11 @@ def load_coco_split(
         for ann in boxes_by_image[image["id"]]:
             x, y, w, h = (float(v) for v in ann["bbox"])
             name = categories[ann["category_id"]]
-            kept, clipped = sanitize_box((x, y, x + w, y + h), width, height)
-            if kept is None:
-                counts.dropped += 1
-                counts.dropped_where.append(
-                    f"{source} annotation id {ann.get('id', '?')} {name} bbox {ann['bbox']}"
-                )
-                continue
-            counts.kept += 1
-            counts.clipped += int(clipped)
-            boxes.append(kept)
-            labels.append(name)
+            where = f"{source} annotation id {ann.get('id', '?')} {name} bbox {ann['bbox']}"
+            kept = counts.keep((x, y, x + w, y + h), width, height, where)
+            if kept is not None:
+                boxes.append(kept)
+                labels.append(name)
         records.append(
             DetectionRecord(
                 id=posixpath.splitext(file_name)[0],

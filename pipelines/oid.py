@@ -33,7 +33,7 @@ from collections import defaultdict
 
 from PIL import Image
 
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord, sanitize_box
+from pipelines.records import BoxCounts, DatasetError, DetectionRecord
 from pipelines.storage import Storage, StorageError
 from pipelines.voc import join_key
 
@@ -201,15 +201,10 @@ def load_oid_split(
                 )
             source = storage.describe(label_key)
             for lineno, name, box in parse_oid_label(storage.read(label_key), source):
-                kept, clipped = sanitize_box(box, width, height)
-                if kept is None:
-                    counts.dropped += 1
-                    counts.dropped_where.append(f"{source}:{lineno} {name} {box}")
-                    continue
-                counts.kept += 1
-                counts.clipped += int(clipped)
-                boxes.append(kept)
-                names.append(name)
+                kept = counts.keep(box, width, height, f"{source}:{lineno} {name} {box}")
+                if kept is not None:
+                    boxes.append(kept)
+                    names.append(name)
         records.append(
             DetectionRecord(
                 id=image_id,

@@ -65,6 +65,26 @@ class BoxCounts:
     dropped: int = 0
     dropped_where: list[str] = field(default_factory=list)
 
+    def keep(
+        self, box: tuple[float, float, float, float], width: int, height: int, where: str
+    ) -> tuple[float, float, float, float] | None:
+        """Sanitize ``box`` (see :func:`sanitize_box`) and count what happened to it.
+
+        Args:
+            where: names the box in the dropped list (file, line or object index).
+
+        Returns:
+            The kept (possibly clipped) box, or None when it was dropped.
+        """
+        kept, clipped = sanitize_box(box, width, height)
+        if kept is None:
+            self.dropped += 1
+            self.dropped_where.append(where)
+            return None
+        self.kept += 1
+        self.clipped += int(clipped)
+        return kept
+
     def add(self, other: BoxCounts) -> None:
         """Accumulate another count into this one."""
         self.kept += other.kept

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord, sanitize_box
+from pipelines.records import BoxCounts, DatasetError, DetectionRecord
 from pipelines.storage import ObjectNotFound, Storage, StorageError
 
 SPLIT_DIR = "ImageSets/Main"
@@ -92,15 +92,10 @@ def parse_voc_xml(data: bytes, source: str) -> tuple[int, int, list, list[str], 
                 f"{source}: <object> #{index} ({name}) has a missing or non-numeric "
                 "<bndbox> coordinate"
             ) from None
-        kept, clipped = sanitize_box(box, width, height)
-        if kept is None:
-            counts.dropped += 1
-            counts.dropped_where.append(f"{source} object #{index} {name} {box}")
-            continue
-        counts.kept += 1
-        counts.clipped += int(clipped)
-        boxes.append(kept)
-        names.append(name)
+        kept = counts.keep(box, width, height, f"{source} object #{index} {name} {box}")
+        if kept is not None:
+            boxes.append(kept)
+            names.append(name)
     return width, height, boxes, names, counts
 
 
