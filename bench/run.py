@@ -95,17 +95,20 @@ def prepare_s3(cfg: Config, client_lib: str, local_dir: Path | None) -> Prepared
     return Prepared(source, records, shards, local_dir)
 
 
+def case_keys(prepared: Prepared, access: str) -> list[str]:
+    """The storage keys ``access`` reads: the shards, or the images."""
+    if access == "shards":
+        return [s.key for s in prepared.shards]
+    return [r.image_key for r in prepared.records]
+
+
 def case_files(prepared: Prepared, access: str) -> list[Path]:
     """The local files behind what ``access`` reads (for page-cache eviction)."""
     if prepared.local_dir is None:
         return []
     root = prepared.local_dir
     roots = prepared.source.roots
-    keys = (
-        [s.key for s in prepared.shards]
-        if access == "shards"
-        else [r.image_key for r in prepared.records]
-    )
+    keys = case_keys(prepared, access)
     strip = (roots[0].strip("/") + "/") if roots[0] else ""
     return [root / (k[len(strip) :] if strip and k.startswith(strip) else k) for k in keys]
 
@@ -122,11 +125,7 @@ def cache_state(prepared: Prepared, access: str, pass_index: int) -> str:
 
 def measure_baseline(prepared: Prepared, storage_kind: str, access: str, cfg: Config, cold: bool):
     """The raw read of the same objects: ``cat`` over files (fs), a boto3 GET pool (s3)."""
-    kind_keys = (
-        [s.key for s in prepared.shards]
-        if access == "shards"
-        else [r.image_key for r in prepared.records]
-    )
+    kind_keys = case_keys(prepared, access)
     if storage_kind == "fs":
         files = case_files(prepared, access)
         if cold:

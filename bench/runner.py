@@ -32,6 +32,7 @@ from pipelines.shards import ShardInfo
 from pipelines.storage import Storage
 from training.config import Config
 from training.engine import measure_steps, train_step_fn
+from training.run import pick_device, sampling_options
 
 MODES = ("read", "emulate", "train")
 
@@ -125,14 +126,8 @@ def compute_fn(case: Case, cfg: Config, class_count: int):
 
         return emulate
     torch.manual_seed(cfg.train.seed)  # the same initial model for every configuration
-    model = build_detector(
-        cfg.model.arch,
-        class_count + 1,
-        rpn_pre_nms_top_n_train=cfg.model.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=cfg.model.rpn_post_nms_top_n_train,
-        box_batch_size_per_image=cfg.model.box_batch_size_per_image,
-    )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_detector(cfg.model.arch, class_count + 1, **sampling_options(cfg))
+    device = pick_device(cfg.train.device)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -346,13 +346,7 @@ class S3Storage:
             StorageError: missing object or bucket, credentials refused, endpoint unreachable or
                 timing out after the retries, or the connection broke while reading the body.
         """
-        body = self._get(key, "read")["Body"]
-        try:
-            return body.read()
-        except Exception as exc:
-            raise self._fail(exc, key, "read", mid_stream=True) from None
-        finally:
-            body.close()
+        return self._read_body(self._get(key, "read"), key, "read")
 
     def open(self, key: str) -> S3Stream:
         """Stream the object front to back (one GET; memory bounded by the ``read(n)`` sizes).
@@ -378,11 +372,15 @@ class S3Storage:
         response = self._get(key, "read a range of", Range=f"bytes={start}-{start + length - 1}")
         if response is None:  # start at or past the end: like reading a file there
             return b""
+        return self._read_body(response, key, "read a range of")
+
+    def _read_body(self, response: dict, key: str, action: str) -> bytes:
+        """The whole body of a GET response; a broken transfer becomes a StorageError."""
         body = response["Body"]
         try:
             return body.read()
         except Exception as exc:
-            raise self._fail(exc, key, "read a range of", mid_stream=True) from None
+            raise self._fail(exc, key, action, mid_stream=True) from None
         finally:
             body.close()
 

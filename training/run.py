@@ -100,6 +100,15 @@ def run_summary(epochs: list[dict], requests: RequestStats) -> dict:
     }
 
 
+def sampling_options(cfg: Config) -> dict:
+    """The training-time sampling knobs of ``model.*`` as ``FasterRCNN`` keyword arguments."""
+    return {
+        "rpn_pre_nms_top_n_train": cfg.model.rpn_pre_nms_top_n_train,
+        "rpn_post_nms_top_n_train": cfg.model.rpn_post_nms_top_n_train,
+        "box_batch_size_per_image": cfg.model.box_batch_size_per_image,
+    }
+
+
 def pick_device(setting: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU."""
     if setting == "cuda" and not torch.cuda.is_available():
@@ -218,11 +227,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     train_loader, eval_loader = loaders[True], loaders[False]
 
     num_classes = len(classes) + 1
-    sampling = {
-        "rpn_pre_nms_top_n_train": cfg.model.rpn_pre_nms_top_n_train,
-        "rpn_post_nms_top_n_train": cfg.model.rpn_post_nms_top_n_train,
-        "box_batch_size_per_image": cfg.model.box_batch_size_per_image,
-    }
+    sampling = sampling_options(cfg)
     if cfg.model.pretrained:
         model, frozen_bn = build_pretrained_detector(cfg.model.arch, num_classes, **sampling)
     else:
@@ -246,7 +251,6 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
 
     rows: list[dict] = []
     run_requests = RequestStats()  # this invocation's epochs (TTFB lists are not checkpointed)
-    run_epochs: list[dict] = []
     steps: list[dict] = []
     first_epoch = 1
     checkpoint_path = out / "checkpoint.pt"
@@ -309,7 +313,6 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         rows.append(row)
         steps.extend(vars(s) for s in meter.steps)
         run_requests.merge(meter.requests)
-        run_epochs.append(row)
         log.info(
             "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, "
             "delivered %.2f MB/s, data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, "
@@ -345,6 +348,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     if not rows:
         raise DatasetError("no epoch ran")
     last = rows[-1]
+    run_epochs = rows[first_epoch - 1 :]  # this invocation's; earlier ones came from the checkpoint
     summary = run_summary(run_epochs, run_requests) if run_epochs else {}
     write_json(out / "summary.json", {**summary, "last_epoch": last})
     if summary:
