@@ -1,5 +1,5 @@
 # dss-ai-benchmark: train on data from storage while measuring it, then ship the model.
-#   make train TASK=detection ACCESS=sequential    (or ACCESS=random)
+#   make train TASK=detection ACCESS=sequential    (or ACCESS=random; TASK=classification)
 #   make archive && make serve                     then: curl -T img.jpg http://127.0.0.1:8080/predictions/detector
 #   make stop
 #   make test
@@ -22,6 +22,10 @@ LR ?=
 LIMIT ?=
 SPLIT ?=
 ARGS ?=
+# Another dataset: DATA=<dir>[,<dir>...] or s3://bucket/prefix[,...]; FORMAT=folder|voc|coco|oid
+# (detected when empty).
+DATA ?=
+FORMAT ?=
 # Storage: STORAGE=fs|s3; S3_* override storage.endpoint_url / bucket / prefixes.
 STORAGE ?=
 S3_ENDPOINT ?=
@@ -34,9 +38,15 @@ TRAIN_FLAGS = --config $(CONFIG) --out $(OUT) $(call flag,access,$(ACCESS)) $(ca
 	$(call flag,batch-size,$(BATCH_SIZE)) $(call flag,workers,$(WORKERS)) $(call flag,lr,$(LR)) \
 	$(call flag,limit,$(LIMIT)) $(STORAGE_FLAGS) $(ARGS)
 STORAGE_FLAGS = $(call flag,storage,$(STORAGE)) $(call flag,s3-endpoint,$(S3_ENDPOINT)) \
-	$(call flag,s3-bucket,$(S3_BUCKET)) $(call flag,s3-prefix,$(S3_PREFIX))
+	$(call flag,s3-bucket,$(S3_BUCKET)) $(call flag,s3-prefix,$(S3_PREFIX)) \
+	$(call flag,data,$(DATA)) $(call flag,format,$(FORMAT))
+# The classification dataset of the default run, derived from data/bccd on first use.
+CELLS := data/bccd_cells
+CELLS_READY := $(CELLS)/train $(CELLS)/val $(CELLS)/test
+# What `make train` needs first: the cell crops for the default classification config.
+TRAIN_DATA = $(if $(and $(filter classification,$(TASK)),$(filter configs/classification.yaml,$(CONFIG)),$(if $(DATA),,1)),$(CELLS_READY))
 
-.PHONY: setup train resume shards predict bench bench-memory synth archive serve stop status \
+.PHONY: setup train cells resume shards predict bench bench-memory synth archive serve stop status \
 	s3-up s3-upload s3-down \
 	test test-unit lint clean help
 
@@ -48,13 +58,18 @@ $(READY): pyproject.toml uv.lock scripts/setup.sh
 
 setup: $(READY)
 
-train: $(READY)
+train: $(READY) $(TRAIN_DATA)
 	$(PY) -m scripts.train $(TRAIN_FLAGS)
 
-resume: $(READY)
+$(CELLS_READY) &: | $(READY)
+	$(PY) -m scripts.make_crops --src data/bccd --out $(CELLS)
+
+cells: $(CELLS_READY)
+
+resume: $(READY) $(TRAIN_DATA)
 	$(PY) -m scripts.train $(TRAIN_FLAGS) --resume
 
-shards: $(READY)
+shards: $(READY) $(TRAIN_DATA)
 	$(PY) -m scripts.write_shards --config $(CONFIG) $(call flag,split,$(SPLIT)) \
 		$(call flag,limit,$(LIMIT)) $(STORAGE_FLAGS)
 
@@ -84,16 +99,22 @@ bench-memory: $(READY)
 s3-up: $(READY)
 	$(PY) -m scripts.s3_local up
 
-s3-upload: $(READY)
-	$(PY) -m scripts.write_shards --config $(CONFIG) --split train --storage fs
-	$(PY) -m scripts.write_shards --config $(CONFIG) --split test --storage fs
+# Uploads both embedded datasets (with their shards) as s3://$$S3_BUCKET/bccd/ and bccd_cells/.
+s3-upload: $(READY) $(CELLS_READY)
+	for task in detection classification; do for split in train test; do \
+		$(PY) -m scripts.write_shards --config configs/$$task.yaml --split $$split --storage fs \
+		|| exit 1; done; done
 	$(PY) -m scripts.s3_local upload --src data/bccd --prefix bccd
+	$(PY) -m scripts.s3_local upload --src $(CELLS) --prefix bccd_cells
 
 s3-down: $(READY)
 	$(PY) -m scripts.s3_local down
 
+# Archives every trained model (outputs/detection → detector.mar, outputs/classification →
+# classifier.mar); OUT=<dir> archives that one only.
+ARCHIVE_OUT = $(if $(filter command line environment,$(origin OUT)),--out $(OUT))
 archive: $(READY)
-	$(PY) -m scripts.archive --out $(OUT) --model-store $(MODEL_STORE)
+	$(PY) -m scripts.archive --model-store $(MODEL_STORE) $(ARCHIVE_OUT)
 
 serve: $(READY)
 	$(PY) -m scripts.serve start --model-store $(MODEL_STORE)
@@ -114,4 +135,4 @@ lint: $(READY)
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 clean:
-	rm -rf outputs $(MODEL_STORE) serve/run data/*/shards
+	rm -rf outputs $(MODEL_STORE) serve/run data/*/shards $(CELLS)

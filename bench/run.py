@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.baselines import evict_page_cache, fs_read_baseline, s3_get_baseline
 from bench.runner import expand_matrix, run_case
-from pipelines.records import DetectionRecord
+from pipelines.records import Record
 from pipelines.shards import ShardInfo
 from training.config import Config, ConfigError
 from training.data import DataSource, class_names, load_split, open_storage, split_shards
@@ -37,19 +37,20 @@ class Prepared:
         source: the opened storage and dataset roots.
         records: the split's records (image keys in this storage).
         shards: the split's shards in this storage.
-        local_dir: the folder on this machine behind the keys (the fs root, or the local S3
-            server's bucket folder) whose page cache can be evicted for a cold pass; None when
-            the storage is remote.
+        local_dir: the folder on this machine that the keys are relative to (the fs root, or
+            the local S3 server's bucket folder) whose page cache can be evicted for a cold
+            pass; None when the storage is remote.
     """
 
     source: DataSource
-    records: list[DetectionRecord]
+    records: list[Record]
     shards: list[ShardInfo]
     local_dir: Path | None
 
 
 def prepare_fs(cfg: Config) -> Prepared:
-    """The filesystem dataset of ``storage.root``, its shards written when missing."""
+    """The filesystem dataset of ``storage.root`` / ``storage.prefixes``, its shards written
+    when missing."""
     fs_cfg = replace(cfg, storage=replace(cfg.storage, type="fs"))
     source = open_storage(fs_cfg)
     records, _ = load_split(source, fs_cfg, cfg.dataset.train_split)
@@ -58,14 +59,14 @@ def prepare_fs(cfg: Config) -> Prepared:
 
 
 def start_local_s3(cfg: Config, stack: contextlib.ExitStack, out: Path) -> tuple[Config, Path]:
-    """Start a local S3 server for the run and upload ``storage.root`` to it.
+    """Start a local S3 server for the run and upload the dataset folder to it.
 
-    The copy (images, annotations, splits and shards) lands under
-    ``s3://dss-bench/<first prefix>/``; the server stops when ``stack`` closes. Its credentials
-    go into this process's environment, where the standard AWS chain reads them.
+    The copy of ``<storage.root>/<first prefix>`` (images, annotations, splits and shards)
+    lands under ``s3://dss-bench/<first prefix>/``; the server stops when ``stack`` closes. Its
+    credentials go into this process's environment, where the standard AWS chain reads them.
 
     Returns:
-        ``(cfg pointing at the server, the server's folder behind that prefix)``.
+        ``(cfg pointing at the server, the server's folder behind the bucket)``.
     """
     from pipelines.s3 import S3Storage
     from pipelines.s3_local import local_s3, upload_tree
@@ -78,12 +79,13 @@ def start_local_s3(cfg: Config, stack: contextlib.ExitStack, out: Path) -> tuple
     prefix = cfg.storage.prefixes[0]
     uploader = S3Storage(LOCAL_BUCKET, prefix, endpoint_url=server.endpoint)
     uploader.client().create_bucket(Bucket=LOCAL_BUCKET)
-    print(f"local S3 server {server.endpoint}: uploading {cfg.storage.root}")
-    upload_tree(cfg.storage.root, uploader, progress=True)
+    folder = Path(cfg.storage.root) / prefix
+    print(f"local S3 server {server.endpoint}: uploading {folder}")
+    upload_tree(folder, uploader, progress=True)
     storage = replace(
         cfg.storage, endpoint_url=server.endpoint, bucket=LOCAL_BUCKET, prefixes=[prefix]
     )
-    return replace(cfg, storage=storage), Path(server.data_dir) / LOCAL_BUCKET / prefix
+    return replace(cfg, storage=storage), Path(server.data_dir) / LOCAL_BUCKET
 
 
 def prepare_s3(cfg: Config, client_lib: str, local_dir: Path | None) -> Prepared:
@@ -106,11 +108,7 @@ def case_files(prepared: Prepared, access: str) -> list[Path]:
     """The local files behind what ``access`` reads (for page-cache eviction)."""
     if prepared.local_dir is None:
         return []
-    root = prepared.local_dir
-    roots = prepared.source.roots
-    keys = case_keys(prepared, access)
-    strip = (roots[0].strip("/") + "/") if roots[0] else ""
-    return [root / (k[len(strip) :] if strip and k.startswith(strip) else k) for k in keys]
+    return [prepared.local_dir / key for key in case_keys(prepared, access)]
 
 
 def cache_state(prepared: Prepared, access: str, pass_index: int) -> str:
@@ -173,7 +171,6 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
                 prepared[key] = prepare_s3(s3_cfg, case.client_lib, s3_dir)
         first = next(iter(prepared.values()))
         classes = class_names(cfg, first.records)
-        class_to_index = {name: i + 1 for i, name in enumerate(classes)}
 
         if cfg.bench.baselines:
             for (storage_kind, _lib), prep in prepared.items():
@@ -194,7 +191,7 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
                 cache = cache_state(prep, case.access, pass_index)
                 row, case_steps = run_case(
                     case, cfg, prep.source.storage, prep.records,
-                    prep.shards if case.access == "shards" else None, class_to_index,
+                    prep.shards if case.access == "shards" else None, classes,
                     pass_index=pass_index,
                 )  # fmt: skip
                 kind = "shards" if case.access == "shards" else "objects"

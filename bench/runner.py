@@ -24,15 +24,14 @@ from dataclasses import dataclass
 import psutil
 import torch
 
-from models.detector import build_detector
 from pipelines.loaders import LoaderSettings, build_loader
-from pipelines.records import DetectionRecord
-from pipelines.samples import detection_transform
+from pipelines.records import Record
 from pipelines.shards import ShardInfo
 from pipelines.storage import Storage
 from training.config import Config
-from training.engine import measure_steps, train_step_fn
-from training.run import pick_device, sampling_options
+from training.engine import measure_steps
+from training.run import pick_device
+from training.tasks import class_to_index, task_module
 
 MODES = ("read", "emulate", "train")
 
@@ -113,8 +112,11 @@ class RssSampler:
         self._thread.join()
 
 
-def compute_fn(case: Case, cfg: Config, class_count: int):
-    """The per-step work of ``case.mode`` (see the module doc); returns ``compute(batch, step)``."""
+def compute_fn(case: Case, cfg: Config, classes: list[str]):
+    """The per-step work of ``case.mode`` (see the module doc); returns ``compute(batch, step)``.
+
+    ``train`` builds the task's model from scratch (no download), the same for every case.
+    """
     if case.mode == "read":
         return lambda batch, step: math.nan
     if case.mode == "emulate":
@@ -126,21 +128,22 @@ def compute_fn(case: Case, cfg: Config, class_count: int):
 
         return emulate
     torch.manual_seed(cfg.train.seed)  # the same initial model for every configuration
-    model = build_detector(cfg.model.arch, class_count + 1, **sampling_options(cfg))
+    task = task_module(cfg.task)
+    model, _ = task.build_model(cfg, classes, pretrained=False)
     device = pick_device(cfg.train.device)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    return train_step_fn(model, optimizer, None, device, epoch=0)
+    return task.step_fn(model, optimizer, None, device, epoch=0)
 
 
 def run_case(
     case: Case,
     cfg: Config,
     storage: Storage,
-    records: list[DetectionRecord],
+    records: list[Record],
     shards: list[ShardInfo] | None,
-    class_to_index: dict[str, int],
+    classes: list[str],
     *,
     pass_index: int,
 ) -> tuple[dict, list[dict]]:
@@ -150,12 +153,13 @@ def run_case(
         ``(row, steps)``: the epoch figures of :meth:`training.meter.EpochMeter.summary` plus
         ``peak_rss_mib`` and ``data_wait_share``; and one dict per measured step.
     """
+    task = task_module(cfg.task)
     loader = build_loader(
         storage,
         records,
         access=case.access,
-        transform=detection_transform(True, cfg.model.image_size) if cfg.bench.decode else None,
-        class_to_index=class_to_index,
+        transform=task.transform(cfg, train=True) if cfg.bench.decode else None,
+        class_to_index=class_to_index(task, classes),
         settings=LoaderSettings(
             batch_size=cfg.loader.batch_size,
             num_workers=case.workers,
@@ -170,7 +174,7 @@ def run_case(
         concurrency=cfg.access.concurrency,
     )
     loader.set_epoch(pass_index)
-    compute = compute_fn(case, cfg, len(class_to_index))
+    compute = compute_fn(case, cfg, classes)
     with RssSampler() as rss:
         meter = measure_steps(
             loader.loader,

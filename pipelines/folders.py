@@ -7,37 +7,30 @@ classes are read as one dataset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pipelines.records import DatasetError
+from pipelines.records import BoxCounts, ClassificationRecord, DatasetError
 from pipelines.storage import Storage, StorageError
 from pipelines.voc import join_key
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-@dataclass(frozen=True)
-class ClassificationRecord:
-    """One image and its class.
-
-    Attributes:
-        id: unique id (``<Class>/<file name without suffix>``).
-        image_key: storage key of the encoded image.
-        label: class name (the folder's name).
-    """
-
-    id: str
-    image_key: str
-    label: str
-
-
 def load_folder_split(
     storage: Storage, split: str, limit: int | None = None, root: str = ""
-) -> list[ClassificationRecord]:
-    """The images of ``<root>/<split>/<Class>/``, sorted by class then file name.
+) -> tuple[list[ClassificationRecord], BoxCounts]:
+    """The images of ``<root>/<split>/<Class>/``, the classes taken in turn.
+
+    Order: class folders sorted by name, files sorted by name within each class, then
+    interleaved (first image of each class, second image of each class, ...), so that
+    ``limit`` keeps every class represented, about ``limit / classes`` images each, until the
+    smaller classes run out. Files beside the class folders, deeper than one level, or without
+    a ``.jpg`` / ``.jpeg`` / ``.png`` suffix are not samples and are ignored.
 
     Args:
-        limit: keep the first ``limit`` images of the sorted listing.
+        limit: keep the first ``limit`` images of that order.
+
+    Returns:
+        ``(records, counts)``: ``counts`` is an empty :class:`pipelines.records.BoxCounts`
+        (no boxes in this format; the signature is the one of every reader).
 
     Raises:
         DatasetError: the split folder is missing or holds no image in a class folder.
@@ -46,18 +39,22 @@ def load_folder_split(
     try:
         keys = list(storage.list(base))
     except StorageError:
-        raise DatasetError(
-            f"split {split!r} not found: {storage.describe(base)} is not a folder of class folders"
-        ) from None
-    records = []
+        keys = []
+    by_class: dict[str, list[ClassificationRecord]] = {}
     for key in sorted(keys):
         parts = key[len(base) + 1 :].split("/")
-        if len(parts) != 2 or not key.lower().endswith(IMAGE_SUFFIXES):
-            continue  # files beside the class folders, or deeper, are not samples
+        if len(parts) != 2 or not parts[1].lower().endswith(IMAGE_SUFFIXES):
+            continue
         label, name = parts
-        records.append(ClassificationRecord(f"{label}/{name.rsplit('.', 1)[0]}", key, label))
-    if not records:
+        record = ClassificationRecord(f"{label}/{name.rsplit('.', 1)[0]}", key, label)
+        by_class.setdefault(label, []).append(record)
+    if not by_class:
         raise DatasetError(
-            f"{storage.describe(base)} holds no images in class folders (<split>/<Class>/*.jpg)"
+            f"split {split!r} not found: {storage.describe(base)} holds no images in class "
+            f"folders (<split>/<Class>/*.jpg)"
         )
-    return records if limit is None else records[:limit]
+    columns = [by_class[label] for label in sorted(by_class)]
+    records = [
+        column[i] for i in range(max(map(len, columns))) for column in columns if i < len(column)
+    ]
+    return (records if limit is None else records[:limit]), BoxCounts()

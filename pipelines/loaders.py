@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torchvision.transforms import v2
 
 from pipelines.object_stream import ObjectStreamDataset
-from pipelines.random_access import MapStyleDetectionDataset
-from pipelines.records import DetectionRecord
+from pipelines.random_access import MapStyleDataset
+from pipelines.records import Record
 from pipelines.samples import collate
-from pipelines.sequential import ShardedDetectionStream
+from pipelines.sequential import ShardStream
 from pipelines.shards import ShardError, ShardInfo, read_manifest, write_shards
 from pipelines.storage import Storage
 
@@ -53,7 +53,7 @@ class EpochLoader:
 
 def build_loader(
     storage: Storage,
-    records: list[DetectionRecord],
+    records: list[Record],
     *,
     access: str,
     transform: v2.Compose,
@@ -68,9 +68,9 @@ def build_loader(
     """Build the loader of one split for an access pattern.
 
     Args:
-        access: ``"random"``: :class:`MapStyleDetectionDataset` with a ``RandomSampler``
+        access: ``"random"``: :class:`MapStyleDataset` with a ``RandomSampler``
             (seeded by ``seed`` and the epoch) or a ``SequentialSampler``; ``"shards"``:
-            :class:`ShardedDetectionStream` over ``shards`` (see :func:`ensure_shards`);
+            :class:`ShardStream` over ``shards`` (see :func:`ensure_shards`);
             ``"objects"``: :class:`ObjectStreamDataset`, the images in listing order with
             ``concurrency`` reads in flight per worker.
 
@@ -89,7 +89,7 @@ def build_loader(
             persistent_workers=settings.persistent_workers,
         )
     if access == "random":
-        dataset = MapStyleDetectionDataset(storage, records, transform, class_to_index)
+        dataset = MapStyleDataset(storage, records, transform, class_to_index)
         generator = torch.Generator()
         sampler = RandomSampler(dataset, generator=generator) if shuffle else None
         loader = DataLoader(dataset, sampler=sampler or SequentialSampler(dataset), **kwargs)
@@ -139,7 +139,7 @@ def _iterable_dataset(
                 settings.num_workers,
                 settings.num_workers - len(shards),
             )
-        return ShardedDetectionStream(
+        return ShardStream(
             storage,
             shards,
             transform,
@@ -153,7 +153,7 @@ def _iterable_dataset(
 
 def ensure_shards(
     storage: Storage,
-    records: list[DetectionRecord],
+    records: list[Record],
     prefix: str,
     *,
     target_bytes: int,

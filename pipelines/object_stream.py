@@ -18,7 +18,7 @@ from torch.utils.data import IterableDataset
 from torchdata.nodes import IterableWrapper, Loader, ParallelMapper
 from torchvision.transforms import v2
 
-from pipelines.records import DetectionRecord
+from pipelines.records import Record
 from pipelines.samples import make_sample
 from pipelines.sequential import shuffle_buffered, worker_slot
 from pipelines.storage import Storage
@@ -30,8 +30,9 @@ class ObjectStreamDataset(IterableDataset):
     Args:
         storage: where the images live.
         records: the split's records; read in ``image_key`` order.
-        transform: see :func:`pipelines.samples.detection_transform`.
-        class_to_index: class name → label id (1-based; 0 is the background).
+        transform: see :func:`pipelines.samples.detection_transform` and
+            :func:`pipelines.samples.classification_transform`.
+        class_to_index: class name → label id (detection: 1-based, 0 is the background).
         concurrency: read requests in flight per DataLoader worker (threads).
         shuffle: pass samples through a shuffle buffer (the read order stays the listing order).
         shuffle_buffer: samples held in the buffer, per worker.
@@ -44,7 +45,7 @@ class ObjectStreamDataset(IterableDataset):
     def __init__(
         self,
         storage: Storage,
-        records: list[DetectionRecord],
+        records: list[Record],
         transform: v2.Compose,
         class_to_index: dict[str, int],
         *,
@@ -74,12 +75,12 @@ class ObjectStreamDataset(IterableDataset):
         """Choose the epoch's shuffle; call before creating the DataLoader iterator."""
         self.epoch = epoch
 
-    def worker_records(self, worker_id: int, num_workers: int) -> list[DetectionRecord]:
+    def worker_records(self, worker_id: int, num_workers: int) -> list[Record]:
         """The contiguous slice of the listing that worker ``worker_id`` reads."""
         n = len(self.records)
         return self.records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
 
-    def _fetch(self, record: DetectionRecord) -> tuple[DetectionRecord, bytes, float]:
+    def _fetch(self, record: Record) -> tuple[Record, bytes, float]:
         start = time.perf_counter()
         data = self.storage.read(record.image_key)
         return record, data, time.perf_counter() - start

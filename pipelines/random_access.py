@@ -13,19 +13,20 @@ import time
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from pipelines.records import DetectionRecord
+from pipelines.records import Record
 from pipelines.samples import make_sample
 from pipelines.storage import Storage
 
 
-class MapStyleDetectionDataset(Dataset):
+class MapStyleDataset(Dataset):
     """``dataset[i]`` reads record ``i``'s image from storage and returns a sample dict.
 
     Args:
         storage: where the images live.
         records: one per image, in split order.
-        transform: see :func:`pipelines.samples.detection_transform`.
-        class_to_index: class name → label id (1-based; 0 is the background).
+        transform: see :func:`pipelines.samples.detection_transform` and
+            :func:`pipelines.samples.classification_transform`.
+        class_to_index: class name → label id (detection: 1-based, 0 is the background).
 
     Raises (from ``__getitem__``):
         pipelines.storage.StorageError: the image cannot be read (the message names it).
@@ -34,7 +35,7 @@ class MapStyleDetectionDataset(Dataset):
     def __init__(
         self,
         storage: Storage,
-        records: list[DetectionRecord],
+        records: list[Record],
         transform: v2.Compose,
         class_to_index: dict[str, int],
     ):

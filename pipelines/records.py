@@ -1,7 +1,9 @@
 """What a dataset format reader produces: one record per image, plus the counts of what it fixed.
 
-Every format (Pascal VOC today; COCO, Open Images, folder-per-class later) ends in the same
-records, so that both access patterns and the shard writer work with any of them.
+Every detection format (Pascal VOC, COCO, Open Images) ends in :class:`DetectionRecord` s and
+the folder-per-class format in :class:`ClassificationRecord` s, so that both access patterns and
+the shard writer work with any of them. A record serialises to the JSON annotation stored in a
+shard beside the image (:func:`record_from_json` reads either kind back).
 """
 
 from __future__ import annotations
@@ -54,6 +56,45 @@ class DetectionRecord:
             width=int(data["width"]),
             height=int(data["height"]),
         )
+
+
+@dataclass(frozen=True)
+class ClassificationRecord:
+    """One image and its class.
+
+    Attributes:
+        id: unique id in the dataset (``<Class>/<file name without suffix>``).
+        image_key: storage key of the encoded image (JPEG or PNG).
+        label: class name (the folder's name).
+    """
+
+    id: str
+    image_key: str
+    label: str
+
+    def to_json(self) -> dict:
+        """The record as a JSON-serialisable dict (the shard annotation format)."""
+        return {"id": self.id, "label": self.label}
+
+    @classmethod
+    def from_json(cls, data: dict, image_key: str) -> ClassificationRecord:
+        """Inverse of :meth:`to_json`."""
+        return cls(id=data["id"], image_key=image_key, label=data["label"])
+
+
+Record = DetectionRecord | ClassificationRecord
+
+
+def record_from_json(data: dict, image_key: str) -> Record:
+    """Read a shard annotation back: a :class:`ClassificationRecord` when it has a ``label``,
+    else a :class:`DetectionRecord`.
+
+    Raises:
+        KeyError, ValueError, TypeError: the annotation is not one this tool writes.
+    """
+    if "label" in data:
+        return ClassificationRecord.from_json(data, image_key)
+    return DetectionRecord.from_json(data, image_key)
 
 
 @dataclass

@@ -3,8 +3,9 @@
 A *sample* is the dict every access pattern yields, one per image::
 
     {"id": str, "image": float32 [3, H, W] in [0, 1] or None,
-     "target": {"boxes": tv_tensors.BoundingBoxes float32 [N, 4] (XYXY pixels),
-                "labels": int64 [N]},
+     "target": detection: {"boxes": tv_tensors.BoundingBoxes float32 [N, 4] (XYXY pixels),
+                           "labels": int64 [N]};
+               classification: int64 [] (the class index),
      "nbytes": int,      # bytes read from storage for this sample
      "read_s": float,    # seconds spent in storage reads for this sample
      "requests": RequestStats,  # storage requests made for it
@@ -23,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from pipelines.records import DatasetError, DetectionRecord
+from pipelines.records import ClassificationRecord, DatasetError, Record
 from pipelines.storage import RequestStats
 
 
@@ -45,6 +46,32 @@ def detection_transform(train: bool, image_size: int) -> v2.Compose:
     return v2.Compose(steps)
 
 
+def classification_transform(train: bool, image_size: int) -> v2.Compose:
+    """The torchvision ``transforms.v2`` pipeline applied to every classification sample.
+
+    Args:
+        train: a random resized crop (70-100 % of the area, aspect 3:4 to 4:3, torchvision's
+            ``RandomResizedCrop``) and a random horizontal flip (p=0.5) instead of a plain
+            resize.
+        image_size: output side in pixels: images become ``image_size`` x ``image_size``
+            (aspect not kept, as the serving handler does).
+
+    Takes ``tv_tensors.Image`` uint8 ``[3, H, W]``; returns float32 ``[3, image_size,
+    image_size]`` in [0, 1] (normalisation is part of the model, see
+    :class:`models.classifier.Classifier`).
+    """
+    size = (image_size, image_size)
+    if train:
+        steps: list = [
+            v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(p=0.5),
+        ]
+    else:
+        steps = [v2.Resize(size, antialias=True)]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
 def decode(data: bytes) -> tv_tensors.Image:
     """Decode JPEG or PNG bytes into a ``tv_tensors.Image`` (uint8 ``[3, H, W]``, RGB).
 
@@ -61,7 +88,7 @@ def decode(data: bytes) -> tv_tensors.Image:
 
 
 def make_sample(
-    record: DetectionRecord,
+    record: Record,
     data: bytes,
     *,
     nbytes: int,
@@ -70,14 +97,17 @@ def make_sample(
     class_to_index: dict[str, int],
     requests: RequestStats | None = None,
 ) -> dict:
-    """Decode and transform one image with its boxes into a sample dict (see module doc).
+    """Decode and transform one image with its target into a sample dict (see module doc).
 
+    The target follows the record: boxes and labels for a
+    :class:`pipelines.records.DetectionRecord`, the class index for a
+    :class:`pipelines.records.ClassificationRecord`.
     ``requests`` are the storage requests made for it (``storage.take_stats()`` after the read).
     With ``transform=None`` the bytes are read but not decoded (``image`` stays None and
     ``error`` None): the benchmark's measure of the storage path without decode cost.
 
     Raises:
-        DatasetError: a box label is not one of the configured classes.
+        DatasetError: a label is not one of the configured classes.
     """
     sample = {
         "id": record.id,
@@ -87,8 +117,9 @@ def make_sample(
         "image": None,
         "error": None,
     }
+    names = [record.label] if isinstance(record, ClassificationRecord) else record.labels
     try:
-        labels = torch.tensor([class_to_index[name] for name in record.labels], dtype=torch.int64)
+        labels = torch.tensor([class_to_index[name] for name in names], dtype=torch.int64)
     except KeyError as exc:
         raise DatasetError(
             f"image {record.id}: class {exc.args[0]!r} is not one of the configured classes "
@@ -100,6 +131,9 @@ def make_sample(
         image = decode(data)
     except ValueError as exc:
         sample["error"] = f"{record.image_key}: {exc}"
+        return sample
+    if isinstance(record, ClassificationRecord):
+        sample["image"], sample["target"] = transform(image), labels[0]
         return sample
     boxes = tv_tensors.BoundingBoxes(
         torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
@@ -117,8 +151,9 @@ class Batch:
     """A batch as the training loop sees it.
 
     Attributes:
-        images: float32 ``[3, H, W]`` tensors (sizes may differ).
-        targets: one ``{"boxes", "labels"}`` dict per image.
+        images: float32 ``[3, H, W]`` tensors (detection: sizes may differ).
+        targets: per image, a ``{"boxes", "labels"}`` dict (detection) or an int64 ``[]``
+            class index (classification).
         ids: image ids, in batch order (also of samples read without decoding).
         nbytes: bytes read from storage for the batch, including skipped samples.
         read_s: seconds spent in storage reads, summed over the batch's samples.
@@ -136,7 +171,8 @@ class Batch:
 
 
 def collate(samples: list[dict]) -> Batch:
-    """DataLoader ``collate_fn``: keep images as a list (detection models take lists)."""
+    """DataLoader ``collate_fn``: keep images as a list (detection models take lists; the
+    classification step stacks them)."""
     batch = Batch()
     for sample in samples:
         batch.nbytes += sample["nbytes"]

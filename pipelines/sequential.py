@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms import v2
 from webdataset.filters import shuffle as shuffle_stage
 
-from pipelines.records import DetectionRecord
+from pipelines.records import record_from_json
 from pipelines.samples import make_sample
 from pipelines.shards import IMAGE_EXTENSIONS, ShardInfo, iter_shard
 from pipelines.storage import Storage
@@ -27,14 +27,15 @@ from pipelines.storage import Storage
 log = logging.getLogger(__name__)
 
 
-class ShardedDetectionStream(IterableDataset):
+class ShardStream(IterableDataset):
     """Iterable-style dataset over a list of shards; yields sample dicts (see pipelines.samples).
 
     Args:
         storage: where the shards live.
         shards: the shards of one split (from the manifest).
-        transform: see :func:`pipelines.samples.detection_transform`.
-        class_to_index: class name → label id (1-based; 0 is the background).
+        transform: see :func:`pipelines.samples.detection_transform` and
+            :func:`pipelines.samples.classification_transform`.
+        class_to_index: class name → label id (detection: 1-based, 0 is the background).
         shuffle: shuffle shard order and samples (a training epoch) or keep the written order.
         shuffle_buffer: samples held in the shuffle buffer (per worker); more mixes better and
             holds more encoded images in memory.
@@ -86,7 +87,7 @@ class ShardedDetectionStream(IterableDataset):
             )
         for raw, nbytes, read_s in samples:
             ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
-            record = DetectionRecord.from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
+            record = record_from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
             yield make_sample(
                 record,
                 raw[ext],

@@ -3,7 +3,7 @@
 Shard layout (the WebDataset convention, https://github.com/webdataset/webdataset): a POSIX tar
 whose members are grouped into samples by basename. Each sample here is
 ``<n>.jpg`` (or ``.png``; the original image bytes, unchanged) and ``<n>.json`` (the annotation:
-:meth:`pipelines.records.DetectionRecord.to_json`), where ``<n>`` is the sample's zero-padded
+:meth:`to_json` of a :mod:`pipelines.records` record), where ``<n>`` is the sample's zero-padded
 position in the split. A ``manifest.json`` beside the shards lists each shard with its size in
 bytes, its sample count and its image ids; it is written last, so a manifest means a complete set.
 Shard names in the manifest are relative to it, so a shard folder can be copied or uploaded
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
 
-from pipelines.records import DetectionRecord
+from pipelines.records import Record
 from pipelines.storage import CountingReader, Storage
 
 MANIFEST = "manifest.json"
@@ -52,7 +52,7 @@ class ShardInfo:
 
 def write_shards(
     storage: Storage,
-    records: list[DetectionRecord],
+    records: list[Record],
     prefix: str,
     *,
     target_bytes: int,

@@ -4,12 +4,17 @@
     python -m scripts.make_crops --src data/bccd --out data/bccd_cells --splits train,val,test
 
 Writes ``<out>/<split>/{RBC,WBC,Platelets}/<image id>_<n>.jpg`` with BCCD's own split carried
-over, and prints the crops per class and split (RBC dominates: the imbalance is real).
+over, and prints the crops per class and split (RBC dominates: the imbalance is real). Each split
+is written into ``<out>/.<split>.partial`` and renamed into place when complete, so an
+interrupted run leaves no half split; a split that already exists is kept (delete it to write
+it again).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +27,8 @@ from pipelines.voc import load_voc_split
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the crops; a missing or malformed source prints one line and returns 2."""
+    """Write the missing splits' crops; a missing or malformed source prints one line and
+    returns 2."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -34,18 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--splits", default="train,val,test", help="comma-separated VOC splits")
     args = parser.parse_args(argv)
-    source, target = FileSystemStorage(args.src), FileSystemStorage(args.out)
+    source, out = FileSystemStorage(args.src), Path(args.out)
     try:
         for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
-            if (Path(args.out) / split).exists():
-                print(
-                    f"error: {Path(args.out) / split} exists; delete it to write it again",
-                    file=sys.stderr,
-                )
-                return 2
+            if (out / split).exists():
+                print(f"{out / split} exists: kept (delete it to write it again)")
+                continue
             records, boxes = load_voc_split(source, split)
+            partial = out / f".{split}.partial"
+            shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
             with tqdm(total=len(records), desc=f"crops {split}", unit="img") as bar:
-                counts = write_crops(source, records, target, split, on_image=bar.update)
+                counts = write_crops(
+                    source, records, FileSystemStorage(partial), split, on_image=bar.update
+                )
+            os.replace(partial / split, out / split)
+            partial.rmdir()
             per_class = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "skipped")
             print(
                 f"{split}: {per_class}; skipped {counts['skipped']} tiny and "

@@ -29,7 +29,8 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
     monkeypatch.delenv("S3_ENDPOINT", raising=False)
     code = bench_cli.main([
         "--out", str(tmp_path / "bench"), "--workers", "1", "--batch-size", "2",
-        "--set", f"storage.root={voc_root}", "--set", "dataset.shard_size_mb=0.1",
+        "--set", f"storage.root={voc_root}", "--set", "storage.prefixes=['']",
+        "--set", "dataset.shard_size_mb=0.1",
         "--set", "bench.modes=[read, emulate]", "--set", "bench.steps=2",
         "--set", "bench.warmup_steps=1", "--set", "bench.computation_time_s=0.01",
         "--set", "model.image_size=64",

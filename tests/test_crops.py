@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
-
 from pipelines.crops import write_crops
 from pipelines.folders import load_folder_split
-from pipelines.records import DatasetError
 from pipelines.samples import decode
 from pipelines.storage import FileSystemStorage
 from pipelines.voc import load_voc_split
@@ -21,7 +18,7 @@ def test_one_crop_per_box_with_the_box_size_and_split_carried_over(voc_root, tmp
     target = FileSystemStorage(tmp_path / "cells")
     counts = write_crops(source, records, target, "train")
     assert +counts == Counter(label for r in records for label in r.labels)
-    crops = load_folder_split(target, "train")
+    crops, _ = load_folder_split(target, "train")
     assert Counter(c.label for c in crops) == +counts
     first = records[0]
     x1, y1, x2, y2 = first.boxes[0]
@@ -39,19 +36,17 @@ def test_crops_are_deterministic(voc_root, tmp_path):
     assert keys == list(b.list("test")) and all(a.read(k) == b.read(k) for k in keys)
 
 
-def test_folder_reader_names_a_missing_split_and_ignores_stray_files(tmp_path):
-    (tmp_path / "train" / "RBC").mkdir(parents=True)
-    (tmp_path / "train" / "RBC" / "x.jpg").write_bytes(b"jpeg")
-    (tmp_path / "train" / "notes.txt").write_text("not a sample")
-    records = load_folder_split(FileSystemStorage(tmp_path), "train")
-    assert [(r.id, r.label) for r in records] == [("RBC/x", "RBC")]
-    with pytest.raises(DatasetError, match=r"split 'val' not found"):
-        load_folder_split(FileSystemStorage(tmp_path), "val")
-
-
-def test_make_crops_cli_refuses_to_overwrite(voc_root, tmp_path, capsys):
+def test_make_crops_cli_keeps_an_existing_split(voc_root, tmp_path, capsys):
     out = tmp_path / "cells"
     assert make_crops.main(["--src", str(voc_root), "--out", str(out), "--splits", "test"]) == 0
     assert "test: " in capsys.readouterr().out
-    assert make_crops.main(["--src", str(voc_root), "--out", str(out), "--splits", "test"]) == 2
-    assert "exists; delete it" in capsys.readouterr().err
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    assert make_crops.main(["--src", str(voc_root), "--out", str(out), "--splits", "test"]) == 0
+    assert "exists: kept" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")} == before
+
+
+def test_make_crops_cli_names_a_missing_source(tmp_path, capsys):
+    assert make_crops.main(["--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "c" / "train").exists()

@@ -366,6 +366,7 @@ def test_one_epoch_trains_on_each_format(tmp_path, fmt):
     out = tmp_path / "out"
     args = [
         *("--set", f"dataset.format={fmt}", "--set", f"storage.root={root}"),
+        *("--set", "storage.prefixes=['']"),
         *("--set", "dataset.train_split=train", "--set", "dataset.eval_split=test"),
         *("--set", f"dataset.classes={classes}", "--set", "model.image_size=128"),
         *("--limit", "4", "--epochs", "1", "--batch-size", "2", "--workers", "0"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.random_access import MapStyleDetectionDataset
+from pipelines.random_access import MapStyleDataset
 from pipelines.records import DatasetError, DetectionRecord
 from pipelines.samples import collate, decode, detection_transform, make_sample
 from pipelines.storage import FileSystemStorage
@@ -96,7 +96,7 @@ def test_corrupt_jpeg_is_skipped_and_counted_not_fatal(voc_root):
     records, _ = load_voc_split(storage, "train", limit=3)
     victim = voc_root / records[1].image_key
     victim.write_bytes(victim.read_bytes()[:200])  # a truncated JPEG
-    dataset = MapStyleDetectionDataset(
+    dataset = MapStyleDataset(
         storage, records, detection_transform(False, 64), {"RBC": 1, "WBC": 2, "Platelets": 3}
     )
     batch = collate([dataset[i] for i in range(3)])

@@ -10,6 +10,7 @@ import torch
 
 from models.detector import build_detector
 from scripts.train import main as train_main
+from training import detection
 from training.run import METRICS_COLUMNS
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
     ):
         assert (out / name).is_file(), name
     rows = read_rows(out / "metrics.csv")
-    assert len(rows) == 1 and list(rows[0]) == METRICS_COLUMNS
+    assert len(rows) == 1 and list(rows[0]) == METRICS_COLUMNS + detection.quality_columns([])
     text = ("task", "access", "source", "storage", "errors")
     row = {k: (v if k in text else float(v)) for k, v in rows[0].items()}
     assert (row["task"], row["access"], row["source"]) == ("detection", access, source)
@@ -89,10 +90,10 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
     steps = read_rows(out / "steps.csv")
     assert sum(int(s["bytes_read"]) for s in steps) == row["bytes_read"]
     assert json.loads((out / "index_to_name.json").read_text()) == {
-        "0": "__background__",
-        "1": "RBC",
-        "2": "WBC",
-        "3": "Platelets",
+        "0": "__background__",  # --data: the classes are read from the data, sorted
+        "1": "Platelets",
+        "2": "RBC",
+        "3": "WBC",
     }
     info = json.loads((out / "model.json").read_text())
     model = build_detector(info["arch"], info["num_classes"], frozen_bn=info["frozen_bn"])

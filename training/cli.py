@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from pipelines.records import DatasetError
 from pipelines.shards import ShardError
@@ -19,7 +20,8 @@ FLAG_KEYS = {
     "lr": "train.lr",
     "limit": "dataset.limit",
     "out": "output.dir",
-    "data": "storage.root",
+    "data": "storage.root, storage.prefixes (and storage.type, storage.bucket)",
+    "format": "dataset.format",
     "arch": "model.arch",
     "s3_endpoint": "storage.endpoint_url",
     "s3_bucket": "storage.bucket",
@@ -39,6 +41,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(FLAG_KEYS)
         help_text = f"overrides {FLAG_KEYS[flag]}"
         if flag == "s3_prefix":
             help_text += " (comma-separated for several)"
+        if flag == "data":
+            help_text = (
+                "dataset location(s), comma-separated: directories, or s3://bucket/prefix "
+                "(overrides storage.*; the format is detected and the classes read from the "
+                "data unless --format / dataset.classes say otherwise)"
+            )
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=help_text)
     parser.add_argument(
         "--set",
@@ -60,10 +68,66 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
         value = getattr(args, flag, None)
         if value in (None, ""):
             continue
+        if flag == "data":
+            overrides.extend(data_overrides(value))
+            continue
         if flag == "s3_prefix":
-            value = "[" + ", ".join(repr(p.strip()) for p in value.split(",") if p.strip()) + "]"
+            value = _yaml_list([p.strip() for p in value.split(",") if p.strip()])
         overrides.append(f"{key}={value}")
     return load_config(args.config, [*overrides, *extra, *args.set])
+
+
+def data_overrides(value: str) -> list[str]:
+    """Config overrides that point a run at the dataset(s) of ``DATA=`` / ``--data``.
+
+    ``value`` is one or more comma-separated locations, all directories or all
+    ``s3://bucket/prefix`` URLs in one bucket; several are sources with the same classes read
+    as one dataset. Directories become ``storage.root`` (their common parent) and
+    ``storage.prefixes`` (their paths under it); URLs become ``storage.bucket`` and
+    ``storage.prefixes``. The dataset's format is then detected (``dataset.format=auto``) and
+    its classes read from it (``dataset.classes=[]``); later overrides (``--format``,
+    ``--set``) win.
+
+    Raises:
+        ConfigError: mixed directories and URLs, several buckets, or an URL without a bucket.
+    """
+    locations = [p.strip() for p in value.split(",") if p.strip()]
+    urls = [p for p in locations if p.startswith("s3://")]
+    common = ["dataset.format=auto", "dataset.classes=[]"]
+    if urls and len(urls) != len(locations):
+        raise ConfigError(f"--data {value!r} mixes directories and s3:// URLs; use one kind")
+    if urls:
+        parts = [u[len("s3://") :].split("/", 1) for u in urls]
+        buckets = {p[0] for p in parts}
+        if len(buckets) != 1 or "" in buckets:
+            raise ConfigError(
+                f"--data {value!r}: every s3:// URL must name the same bucket (s3://bucket/prefix)"
+            )
+        prefixes = [p[1].strip("/") if len(p) > 1 else "" for p in parts]
+        return [
+            "storage.type=s3",
+            f"storage.bucket={buckets.pop()}",
+            f"storage.prefixes={_yaml_list(prefixes)}",
+            *common,
+        ]
+    paths = [os.path.normpath(p) for p in locations]
+    root = os.path.commonpath([os.path.abspath(p) for p in paths])
+    if len(paths) == 1:
+        root = paths[0]
+    elif not any(os.path.isabs(p) for p in paths):
+        root = os.path.relpath(root)
+    prefixes = [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in paths]
+    return [
+        "storage.type=fs",
+        f"storage.root={root!r}",
+        f"storage.prefixes={_yaml_list(['' if p == '.' else p for p in prefixes])}",
+        *common,
+    ]
+
+
+def _yaml_list(items: list[str]) -> str:
+    """A YAML flow list of quoted strings (safe for any path)."""
+    return "[" + ", ".join(repr(item) for item in items) + "]"
 
 
 def user_message(exc: Exception) -> str:

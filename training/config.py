@@ -19,6 +19,13 @@ class ConfigError(Exception):
     """A configuration key is unknown or its value is invalid; the message names the key."""
 
 
+#: Detector architectures (``models.detector.ARCHITECTURES``; listed here so that reading a
+#: config does not import torchvision).
+DETECTOR_ARCHS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn")
+#: Classifier architectures (``models.classifier.ARCHITECTURES``).
+CLASSIFIER_ARCHS = ("convnet", "resnet18")
+
+
 def opt(
     default: Any,
     help: str,
@@ -28,11 +35,12 @@ def opt(
     minimum=None,
     nullable=False,
     item_kind: type = str,
+    allow_empty: bool = False,
 ):
     """Declare a configuration key: its default, type, allowed values and description.
 
     For ``kind=list``, ``item_kind`` is the type of the items and ``choices`` / ``minimum``
-    apply to each item.
+    apply to each item; ``allow_empty`` accepts empty strings as items.
     """
     meta = {
         "help": help,
@@ -41,6 +49,7 @@ def opt(
         "minimum": minimum,
         "nullable": nullable,
         "item_kind": item_kind,
+        "allow_empty": allow_empty,
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -57,7 +66,9 @@ class StorageConfig:
         kind=str,
         choices=("fs", "s3"),
     )
-    root: str = opt("data/bccd", "fs: the dataset directory", kind=str)
+    root: str = opt(
+        "data", "fs: the directory holding the dataset folders named in prefixes", kind=str
+    )
     endpoint_url: str | None = opt(
         None,
         "s3: endpoint URL (MinIO, DSS, ...); null: the local server of `make s3-up` when it "
@@ -73,8 +84,10 @@ class StorageConfig:
     )
     prefixes: list = opt(
         ["bccd"],
-        "s3: one or more key prefixes, each a dataset tree with the same classes",
+        "dataset folders under root (fs) or key prefixes in the bucket (s3); several: sources "
+        "with the same classes read as one dataset; '' is root itself",
         kind=list,
+        allow_empty=True,
     )
     addressing_style: str = opt(
         "path",
@@ -106,21 +119,24 @@ class DatasetConfig:
     """Which images and labels to read."""
 
     format: str = opt(
-        "voc",
-        "annotation format; voc: Pascal VOC; coco: COCO JSON per split folder (Roboflow "
-        "export); oid: Open Images as the OIDv4 toolkit downloads it",
+        "auto",
+        "dataset layout; voc: Pascal VOC; coco: COCO JSON per split folder (Roboflow export); "
+        "oid: Open Images as the OIDv4 toolkit downloads it; folder: <split>/<Class>/*.jpg "
+        "(classification); auto: detected from the files",
         kind=str,
-        choices=("voc", "coco", "oid"),
+        choices=("auto", "voc", "coco", "oid", "folder"),
     )
     train_split: str = opt(
         "train",
-        "split trained on (voc: ImageSets/Main/<name>.txt; coco, oid: the split's folder)",
+        "split trained on (voc: ImageSets/Main/<name>.txt; coco, oid, folder: its folder)",
         kind=str,
     )
-    eval_split: str = opt("test", "split evaluated after each epoch (mAP)", kind=str)
+    eval_split: str = opt(
+        "test", "split evaluated after each epoch (mAP, or top-1/top-5 accuracy)", kind=str
+    )
     classes: list = opt(
         [],
-        "class names in label order (label 1, 2, ...); empty: sorted names found in training",
+        "class names in label order; empty: sorted names found in the training split",
         kind=list,
     )
     limit: int | None = opt(
@@ -184,19 +200,29 @@ class LoaderConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The detector."""
+    """The model: a detector or a classifier, as ``task`` says."""
 
     arch: str = opt(
         "fasterrcnn_mobilenet_v3_large_320_fpn",
-        "torchvision detector",
+        "detection: a torchvision Faster R-CNN; classification: convnet (the original DSS "
+        "tool's, 32x32) or resnet18",
         kind=str,
-        choices=("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn"),
+        choices=DETECTOR_ARCHS + CLASSIFIER_ARCHS,
     )
     pretrained: bool = opt(
-        True, "start from torchvision's COCO weights when cached or downloadable", kind=bool
+        True,
+        "start from torchvision's weights (COCO; ImageNet for resnet18) when cached or "
+        "downloadable",
+        kind=bool,
     )
     image_size: int = opt(
-        320, "resize images so the shorter side has this many pixels", kind=int, minimum=32
+        320,
+        "detection: shorter side in pixels; classification: images become N x N",
+        kind=int,
+        minimum=32,
+    )
+    grayscale: bool = opt(
+        False, "classification: one luma channel instead of RGB (the original ConvNet)", kind=bool
     )
     rpn_pre_nms_top_n_train: int = opt(
         1000,
@@ -304,7 +330,9 @@ class OutputConfig:
 class Config:
     """A whole run."""
 
-    task: str = opt("detection", "task", kind=str, choices=("detection",))
+    task: str = opt(
+        "detection", "what to train (TASK=...)", kind=str, choices=("detection", "classification")
+    )
     storage: StorageConfig = field(default_factory=StorageConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
@@ -350,7 +378,34 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {section} is not a section")
         node[leaf] = yaml.safe_load(value) if value.strip() else None
-    return _build(Config, data, "")
+    return check_task(_build(Config, data, ""))
+
+
+def check_task(cfg: Config) -> Config:
+    """Refuse a model or dataset format that the task cannot use; returns ``cfg``.
+
+    Raises:
+        ConfigError: naming the key and what the task allows.
+    """
+    if cfg.task == "detection":
+        archs, formats = DETECTOR_ARCHS, ("auto", "voc", "coco", "oid")
+    else:
+        archs, formats = CLASSIFIER_ARCHS, ("auto", "folder")
+    if cfg.model.arch not in archs:
+        raise ConfigError(
+            f"model.arch {cfg.model.arch!r} cannot do task {cfg.task}; choose {', '.join(archs)}"
+        )
+    if cfg.dataset.format not in formats:
+        raise ConfigError(
+            f"dataset.format {cfg.dataset.format!r} has no labels for task {cfg.task}; choose "
+            f"{', '.join(formats)}"
+        )
+    if cfg.model.arch == "convnet" and cfg.model.image_size != 32:
+        raise ConfigError(
+            f"model.image_size must be 32 for model.arch convnet (its linear layers expect "
+            f"32x32 inputs); got {cfg.model.image_size}"
+        )
+    return cfg
 
 
 def _build(cls, data: Any, prefix: str):
@@ -406,7 +461,7 @@ def _check_list(key: str, value: list, meta) -> list:
     item_kind, choices, minimum = meta["item_kind"], meta["choices"], meta["minimum"]
     what = "names" if item_kind is str else f"{item_kind.__name__}s"
     if not all(isinstance(v, item_kind) and not isinstance(v, bool) for v in value) or (
-        item_kind is str and not all(value)
+        item_kind is str and not meta["allow_empty"] and not all(value)
     ):
         raise ConfigError(f"{key} must be a list of {what}; got {value!r}")
     if len(set(value)) != len(value):

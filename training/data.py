@@ -11,21 +11,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.coco import load_coco_split
+from pipelines.coco import ANNOTATIONS, load_coco_split
+from pipelines.folders import IMAGE_SUFFIXES, load_folder_split
 from pipelines.loaders import ensure_shards, shard_prefix
-from pipelines.oid import load_oid_split
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord
+from pipelines.oid import LABEL_DIR, LABEL_SUFFIX, load_oid_split
+from pipelines.records import BoxCounts, ClassificationRecord, DatasetError, Record
 from pipelines.shards import ShardInfo
-from pipelines.storage import FileSystemStorage, Storage
+from pipelines.storage import FileSystemStorage, Storage, StorageError
 from pipelines.voc import join_key, load_voc_split
 from training.config import Config, ConfigError
 
 #: Reader of each ``dataset.format``: ``(storage, split, limit, root) -> (records, counts)``.
-READERS: dict[str, Callable[..., tuple[list[DetectionRecord], BoxCounts]]] = {
+READERS: dict[str, Callable[..., tuple[list[Record], BoxCounts]]] = {
     "voc": load_voc_split,
     "coco": load_coco_split,
     "oid": load_oid_split,
+    "folder": load_folder_split,
 }
+#: The formats that hold what each task learns from.
+TASK_FORMATS = {"detection": ("voc", "coco", "oid"), "classification": ("folder",)}
 
 #: Where `make s3-up` writes the local S3 server's endpoint and credentials.
 LOCAL_S3_ENV = Path(".s3/env")
@@ -37,8 +41,8 @@ class DataSource:
 
     Attributes:
         storage: the back end (a directory, or a bucket).
-        roots: key prefixes of the dataset trees (``[""]``: the storage root); several S3
-            prefixes hold sources with the same classes, read as one dataset.
+        roots: key prefixes of the dataset trees in ``storage`` (``""``: its root); several
+            hold sources with the same classes, read as one dataset.
         kind: ``fs`` or ``s3`` (for metrics).
     """
 
@@ -59,8 +63,9 @@ def open_storage(cfg: Config) -> DataSource:
         ConfigError: ``s3`` without a bucket anywhere, or an unknown client library.
     """
     s = cfg.storage
+    roots = tuple("" if p.strip("/") in ("", ".") else p.strip("/") for p in s.prefixes) or ("",)
     if s.type == "fs":
-        return DataSource(FileSystemStorage(s.root), ("",), "fs")
+        return DataSource(FileSystemStorage(s.root), roots, "fs")
     endpoint = s.endpoint_url
     if endpoint is None and "S3_ENDPOINT" not in os.environ and LOCAL_S3_ENV.exists():
         from pipelines.s3_local import load_env
@@ -91,28 +96,41 @@ def open_storage(cfg: Config) -> DataSource:
             list_workers=s.list_workers,
             **common,
         )
-    return DataSource(storage, tuple(p.strip("/") for p in s.prefixes), "s3")
+    return DataSource(storage, roots, "s3")
 
 
-def load_split(
-    source: DataSource, cfg: Config, split: str
-) -> tuple[list[DetectionRecord], BoxCounts]:
+def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record], BoxCounts]:
     """Records of one split from every root, limited to ``dataset.limit`` images in all.
 
-    The reader is the one of ``dataset.format`` (:data:`READERS`).
+    The reader is the one of ``dataset.format`` (:data:`READERS`), or, for ``auto``, of the
+    format :func:`detect_format` finds in each root.
 
     Raises:
         DatasetError: as the format's reader (:func:`pipelines.voc.load_voc_split`,
-            :func:`pipelines.coco.load_coco_split`, :func:`pipelines.oid.load_oid_split`), or an
-            image id found in two roots.
+            :func:`pipelines.coco.load_coco_split`, :func:`pipelines.oid.load_oid_split`,
+            :func:`pipelines.folders.load_folder_split`), a root whose format cannot be
+            detected or does not suit ``task``, or an image id found in two roots.
     """
-    reader = READERS[cfg.dataset.format]
-    records, counts = [], BoxCounts()
+    records: list[Record] = []
+    counts = BoxCounts()
     for root in source.roots:
         remaining = None if cfg.dataset.limit is None else cfg.dataset.limit - len(records)
         if remaining == 0:
             break
-        found, found_counts = reader(source.storage, split, remaining, root)
+        fmt = cfg.dataset.format
+        if fmt == "auto":
+            fmt = detect_format(source.storage, root, split)
+            if fmt not in TASK_FORMATS[cfg.task]:
+                raise DatasetError(
+                    f"{source.storage.describe(root or '')} holds a {fmt} dataset, which has no "
+                    f"labels for task {cfg.task}; "
+                    + (
+                        "use TASK=classification"
+                        if fmt == "folder"
+                        else "use TASK=detection, or make crops with scripts/make_crops.py"
+                    )
+                )
+        found, found_counts = READERS[fmt](source.storage, split, remaining, root)
         records.extend(found)
         counts.add(found_counts)
     seen: dict[str, str] = {}
@@ -126,11 +144,44 @@ def load_split(
     return records, counts
 
 
+def detect_format(storage: Storage, root: str, split: str) -> str:
+    """The layout of the dataset under ``root``, found from a few existence checks.
+
+    - ``voc``: ``ImageSets/Main/<split>.txt`` exists;
+    - ``coco``: ``<split>/_annotations.coco.json`` exists;
+    - ``oid``: the first image ``<split>/<Class>/<id>.jpg`` has ``<split>/<Class>/Label/<id>.txt``;
+    - ``folder``: it has not.
+
+    Raises:
+        DatasetError: none of these layouts is there (the message says what was looked for).
+        pipelines.storage.StorageError: the storage cannot be read.
+    """
+    if storage.exists(join_key(root, f"ImageSets/Main/{split}.txt")):
+        return "voc"
+    if storage.exists(join_key(root, f"{split}/{ANNOTATIONS}")):
+        return "coco"
+    base = join_key(root, split)
+    try:
+        for key in storage.list(base):
+            parts = key[len(base) + 1 :].split("/")
+            if len(parts) == 2 and parts[1].lower().endswith(IMAGE_SUFFIXES):
+                label = join_key(base, f"{parts[0]}/{LABEL_DIR}/{parts[1].rsplit('.', 1)[0]}")
+                return "oid" if storage.exists(label + LABEL_SUFFIX) else "folder"
+    except StorageError:
+        pass
+    raise DatasetError(
+        f"cannot tell the format of split {split!r} in {storage.describe(root or '')}: found "
+        f"neither ImageSets/Main/{split}.txt (voc), {split}/{ANNOTATIONS} (coco) nor images in "
+        f"{split}/<Class>/ (oid, folder); check the path and dataset.train_split / eval_split, "
+        "or set dataset.format (FORMAT=...)"
+    )
+
+
 def split_shards(
     source: DataSource,
     cfg: Config,
     split: str,
-    records: list[DetectionRecord],
+    records: list[Record],
     on_shard: Callable[[ShardInfo], None] | None = None,
 ) -> tuple[str, list[ShardInfo], bool]:
     """The split's shards under the first root's ``dataset.shards_prefix``, written when missing.
@@ -152,15 +203,24 @@ def access_pattern(cfg: Config) -> str:
     return "random" if cfg.access.mode == "random" else cfg.access.sequential_source
 
 
-def class_names(cfg: Config, records: list[DetectionRecord]) -> list[str]:
+def class_names(cfg: Config, records: list[Record]) -> list[str]:
     """Configured classes, or the sorted class names found in ``records``.
 
     Raises:
-        DatasetError: no class configured and no box in ``records``.
+        DatasetError: no class configured and no box in ``records``, or fewer than two classes
+            for classification.
     """
     if cfg.dataset.classes:
         return list(cfg.dataset.classes)
-    names = sorted({name for r in records for name in r.labels})
+    names = sorted(
+        {r.label for r in records if isinstance(r, ClassificationRecord)}
+        | {name for r in records if not isinstance(r, ClassificationRecord) for name in r.labels}
+    )
     if not names:
         raise DatasetError("the training split has no boxes: nothing to learn")
+    if cfg.task == "classification" and len(names) < 2:
+        raise DatasetError(
+            f"the training split has one class folder ({names[0]}): a classifier needs at least "
+            "two (with dataset.limit, raise it so that every class is read)"
+        )
     return names

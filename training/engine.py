@@ -1,7 +1,8 @@
-"""The epoch loops: train one epoch while measuring data wait vs compute, evaluate mAP.
+"""The epoch loop: train one epoch while measuring data wait vs compute, for either task.
 
-Structure after torchvision's ``references/detection/engine.py`` (``train_one_epoch``,
-``evaluate``); timing goes through :mod:`training.meter`.
+Structure after torchvision's ``references/detection/engine.py`` (``train_one_epoch``); what
+a step computes comes from the task module (:mod:`training.detection`,
+:mod:`training.classification`); timing goes through :mod:`training.meter`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import time
 from collections.abc import Callable, Iterable
 
 import torch
-from torchmetrics.detection import MeanAveragePrecision
 from tqdm import tqdm
 
 from pipelines.samples import Batch
@@ -106,51 +106,10 @@ def measure_steps(
     return meter
 
 
-def train_step_fn(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    device: torch.device,
-    epoch: int,
-) -> Callable[[Batch, int], float]:
-    """``compute`` for :func:`measure_steps`: one optimizer step of a detection model.
-
-    Raises (from the returned function):
-        TrainingError: the loss is not finite.
-    """
-
-    def step_fn(batch: Batch, step: int) -> float:
-        images = [img.to(device, non_blocking=True) for img in batch.images]
-        targets = [
-            {k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets
-        ]
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss is {loss_value} at epoch {epoch} step {step} "
-                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); "
-                "lower train.lr or check the boxes"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return loss_value
-
-    return step_fn
-
-
 def train_one_epoch(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step_fn: Callable[[Batch, int], float],
     loader: Iterable[Batch],
-    device: torch.device,
     epoch: int,
     *,
     num_samples: int,
@@ -159,7 +118,9 @@ def train_one_epoch(
     """Run one training epoch and measure every step (see :func:`measure_steps`).
 
     Args:
-        model: a torchvision detection model (train mode is set here).
+        model: the model ``step_fn`` trains (train mode is set here).
+        step_fn: one optimizer step on a batch, returning the loss (the task module's
+            ``step_fn``, see :mod:`training.tasks`).
         loader: yields :class:`pipelines.samples.Batch` es.
         num_samples: samples expected in the epoch (for the progress bar only).
         on_corrupt: ``skip`` counts undecodable images and goes on; ``stop`` raises.
@@ -171,52 +132,4 @@ def train_one_epoch(
         TrainingError: non-finite loss, or a corrupt image with ``on_corrupt="stop"``.
     """
     model.train()
-    step_fn = train_step_fn(model, optimizer, scheduler, device, epoch)
     return measure_steps(loader, step_fn, epoch, num_samples=num_samples, on_corrupt=on_corrupt)
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, loader: Iterable[Batch], device: torch.device, *, num_samples: int
-) -> dict:
-    """mAP of the model on a split, with torchmetrics' ``MeanAveragePrecision`` (COCO protocol).
-
-    Args:
-        num_samples: images in the split (for the progress bar only).
-
-    Returns:
-        ``{"map_50": mAP@0.5, "map": mAP@[.5:.95], "eval_samples": n, "eval_skipped": k,
-        "eval_s": seconds}``; boxes are compared in the transformed (resized) image frame,
-        where predictions and targets both live.
-    """
-    model.eval()
-    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
-    started = time.perf_counter()
-    samples = skipped = 0
-    bar = tqdm(total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True)
-    for batch in loader:
-        bar.update(len(batch.images) + len(batch.errors))
-        skipped += len(batch.errors)
-        if not batch.images:
-            continue
-        outputs = model([img.to(device) for img in batch.images])
-        preds = [{k: v.cpu() for k, v in o.items()} for o in outputs]
-        targets = [
-            {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]}
-            for t in batch.targets
-        ]
-        metric.update(preds, targets)
-        samples += len(batch.images)
-    bar.close()
-    result = (
-        metric.compute()
-        if samples
-        else {"map_50": torch.tensor(math.nan), "map": torch.tensor(math.nan)}
-    )
-    return {
-        "map_50": float(result["map_50"]),
-        "map": float(result["map"]),
-        "eval_samples": samples,
-        "eval_skipped": skipped,
-        "eval_s": time.perf_counter() - started,
-    }

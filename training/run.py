@@ -13,18 +13,17 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from models.detector import build_detector, build_pretrained_detector
 from pipelines.loaders import LoaderSettings, build_loader
 from pipelines.records import DatasetError
-from pipelines.samples import detection_transform
 from pipelines.storage import RequestStats
 from training.config import Config, ConfigError
 from training.data import access_pattern, class_names, load_split, open_storage, split_shards
-from training.engine import evaluate, train_one_epoch
+from training.engine import train_one_epoch
 from training.meter import request_summary
 from training.outputs import (
     attach_log_file,
@@ -34,9 +33,13 @@ from training.outputs import (
     write_json,
     write_yaml,
 )
+from training.tasks import class_to_index, task_module
 
 log = logging.getLogger(__name__)
 
+#: ``metrics.csv`` columns common to both tasks; the task's quality columns follow them
+#: (detection: ``map_50, map, ...``; classification: ``top1, top5, balanced_acc, acc_<class>...``,
+#: see the task modules' ``quality_columns``).
 METRICS_COLUMNS = [
     "epoch",
     "task",
@@ -63,11 +66,6 @@ METRICS_COLUMNS = [
     "errors",
     "loss",
     "lr",
-    "map_50",
-    "map",
-    "eval_samples",
-    "eval_skipped",
-    "eval_s",
 ]
 STEP_COLUMNS = [
     "epoch",
@@ -97,15 +95,6 @@ def run_summary(epochs: list[dict], requests: RequestStats) -> dict:
         "wall_s": wall,
         "throughput_mbps": nbytes / wall / 1e6 if wall > 0 else math.nan,
         **request_summary(requests, nbytes),
-    }
-
-
-def sampling_options(cfg: Config) -> dict:
-    """The training-time sampling knobs of ``model.*`` as ``FasterRCNN`` keyword arguments."""
-    return {
-        "rpn_pre_nms_top_n_train": cfg.model.rpn_pre_nms_top_n_train,
-        "rpn_post_nms_top_n_train": cfg.model.rpn_post_nms_top_n_train,
-        "box_batch_size_per_image": cfg.model.box_batch_size_per_image,
     }
 
 
@@ -154,16 +143,26 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg.train.device)
+    task = task_module(cfg.task)
     source = open_storage(cfg)
     storage = source.storage
     log.info("storage: %s", storage.describe())
 
     train_records, train_counts = load_split(source, cfg, cfg.dataset.train_split)
     eval_records, eval_counts = load_split(source, cfg, cfg.dataset.eval_split)
-    for split, counts in (
-        (cfg.dataset.train_split, train_counts),
-        (cfg.dataset.eval_split, eval_counts),
+    for split, records, counts in (
+        (cfg.dataset.train_split, train_records, train_counts),
+        (cfg.dataset.eval_split, eval_records, eval_counts),
     ):
+        if cfg.task == "classification":
+            found = Counter(r.label for r in records)
+            log.info(
+                "split %s: %d images (%s)",
+                split,
+                len(records),
+                ", ".join(f"{name} {n}" for name, n in sorted(found.items())),
+            )
+            continue
         log.info(
             "split %s: %d boxes kept, %d clipped to the image, %d degenerate dropped",
             split,
@@ -174,7 +173,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         for where in counts.dropped_where:
             log.info("dropped degenerate box: %s", where)
     classes = class_names(cfg, train_records)
-    class_to_index = {name: i + 1 for i, name in enumerate(classes)}
+    label_of = class_to_index(task, classes)
 
     settings = LoaderSettings(
         batch_size=cfg.loader.batch_size,
@@ -215,8 +214,8 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             storage,
             records,
             access=pattern,
-            transform=detection_transform(train, cfg.model.image_size),
-            class_to_index=class_to_index,
+            transform=task.transform(cfg, train),
+            class_to_index=label_of,
             settings=settings,
             shuffle=train and cfg.access.shuffle,
             seed=cfg.train.seed,
@@ -226,12 +225,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         )
     train_loader, eval_loader = loaders[True], loaders[False]
 
-    num_classes = len(classes) + 1
-    sampling = sampling_options(cfg)
-    if cfg.model.pretrained:
-        model, frozen_bn = build_pretrained_detector(cfg.model.arch, num_classes, **sampling)
-    else:
-        model, frozen_bn = build_detector(cfg.model.arch, num_classes, **sampling), False
+    model, spec = task.build_model(cfg, classes, pretrained=cfg.model.pretrained)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.train.optimizer == "adamw":
@@ -271,35 +265,28 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
                 "nothing to do: checkpoint is at epoch %d of %d", ckpt["epoch"], cfg.train.epochs
             )
 
-    write_json(
-        out / "index_to_name.json",
-        {"0": "__background__", **{str(i): n for n, i in class_to_index.items()}},
-    )
-    write_json(
-        out / "model.json",
-        {
-            "task": cfg.task,
-            "arch": cfg.model.arch,
-            "num_classes": num_classes,
-            "frozen_bn": frozen_bn,
-            "image_size": cfg.model.image_size,
-        },
-    )
+    write_json(out / "index_to_name.json", task.index_to_name(classes))
+    write_json(out / "model.json", spec)
+    columns = METRICS_COLUMNS + task.quality_columns(classes)
 
     for epoch in range(first_epoch, cfg.train.epochs + 1):
         train_loader.set_epoch(epoch)
         meter = train_one_epoch(
             model,
-            optimizer,
-            scheduler,
+            task.step_fn(model, optimizer, scheduler, device, epoch),
             train_loader.loader,
-            device,
             epoch,
             num_samples=train_loader.num_samples,
             on_corrupt=cfg.access.on_corrupt,
         )
         eval_loader.set_epoch(epoch)
-        quality = evaluate(model, eval_loader.loader, device, num_samples=eval_loader.num_samples)
+        quality = task.evaluate(
+            model,
+            eval_loader.loader,
+            device,
+            num_samples=eval_loader.num_samples,
+            classes=classes,
+        )
         row = {
             **meter.summary(),
             "task": cfg.task,
@@ -315,8 +302,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         run_requests.merge(meter.requests)
         log.info(
             "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, "
-            "delivered %.2f MB/s, data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, "
-            "mAP@0.5 %.4f, mAP@[.5:.95] %.4f",
+            "delivered %.2f MB/s, data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, %s",
             epoch,
             row["samples"],
             row["skipped"],
@@ -327,10 +313,9 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             row["compute_s"],
             row["au"],
             row["loss"],
-            row["map_50"],
-            row["map"],
+            task.describe(row),
         )
-        write_csv(out / "metrics.csv", rows, METRICS_COLUMNS)
+        write_csv(out / "metrics.csv", rows, columns)
         write_csv(out / "steps.csv", steps, STEP_COLUMNS)
         save_torch(out / "model.pt", model.state_dict())
         save_torch(
@@ -365,14 +350,13 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             summary["errors"] or "none",
         )
     log.info(
-        "summary: %s %s on %s, epoch %d: mAP@0.5 %.3f, mAP@[.5:.95] %.3f, %.1f samples/s, "
+        "summary: %s %s on %s, epoch %d: %s, %.1f samples/s, "
         "%.2f MB/s delivered (%.2f MB/s per reader), AU %.3f; outputs in %s",
         cfg.task,
         cfg.access.mode,
         cfg.storage.type,
         last["epoch"],
-        last["map_50"],
-        last["map"],
+        task.describe(last),
         last["samples_per_s"],
         last["throughput_mbps"],
         last["read_mbps"],

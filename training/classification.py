@@ -1,0 +1,198 @@
+"""The classification task: a ConvNet or ResNet-18 trained with cross-entropy, evaluated by
+top-1 / top-5 and per-class accuracy.
+
+One of the two task modules (see :mod:`training.tasks`); both define the same names.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from models.classifier import build_classifier, build_pretrained_classifier
+from pipelines.samples import Batch, classification_transform
+from training.config import Config
+from training.engine import TrainingError
+
+#: Label id of the first class (no background class).
+LABEL_OFFSET = 0
+#: Top-5 accuracy is reported when there are more classes than this (else it is always 1).
+TOP5_MIN_CLASSES = 6
+
+
+def transform(cfg: Config, train: bool) -> v2.Compose:
+    """The sample transform (see :func:`pipelines.samples.classification_transform`)."""
+    return classification_transform(train, cfg.model.image_size)
+
+
+def index_to_name(classes: list[str]) -> dict[str, str]:
+    """``index_to_name.json``: class index (as a string, from ``"0"``) → class name."""
+    return {str(i + LABEL_OFFSET): name for i, name in enumerate(classes)}
+
+
+def build_model(
+    cfg: Config, classes: list[str], *, pretrained: bool
+) -> tuple[torch.nn.Module, dict]:
+    """The classifier for ``classes`` and its ``model.json`` spec.
+
+    Args:
+        pretrained: start ResNet-18 from torchvision's ImageNet weights when they can be had.
+
+    Returns:
+        ``(model, spec)``; ``spec`` is what :func:`models.classifier.load_trained_classifier`
+        and the serving handler rebuild the model from.
+    """
+    arch, grayscale = cfg.model.arch, cfg.model.grayscale
+    if pretrained:
+        model, _ = build_pretrained_classifier(arch, len(classes), grayscale=grayscale)
+    else:
+        model = build_classifier(
+            arch, len(classes), grayscale=grayscale, image_size=cfg.model.image_size
+        )
+    spec = {
+        "task": "classification",
+        "arch": arch,
+        "num_classes": len(classes),
+        "image_size": cfg.model.image_size,
+        "grayscale": grayscale,
+    }
+    return model, spec
+
+
+def step_fn(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    epoch: int,
+) -> Callable[[Batch, int], float]:
+    """``compute`` for :func:`training.engine.measure_steps`: one optimizer step of
+    cross-entropy on the batch (images stacked to float32 ``[B, 3, S, S]``, targets int64
+    ``[B]``); returns the mean loss of the batch.
+
+    Raises (from the returned function):
+        TrainingError: the loss is not finite.
+    """
+
+    def step(batch: Batch, index: int) -> float:
+        images = torch.stack(batch.images).to(device, non_blocking=True)
+        targets = torch.stack(batch.targets).to(device, non_blocking=True)
+        loss = F.cross_entropy(model(images), targets)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss is {loss_value} at epoch {epoch} step {index}; lower train.lr"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return loss_value
+
+    return step
+
+
+def quality_columns(classes: list[str]) -> list[str]:
+    """The ``metrics.csv`` columns :func:`evaluate` fills (one ``acc_<class>`` per class)."""
+    return [
+        "top1",
+        "top5",
+        "balanced_acc",
+        *(f"acc_{name}" for name in classes),
+        "eval_loss",
+        "eval_samples",
+        "eval_skipped",
+        "eval_s",
+    ]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[Batch],
+    device: torch.device,
+    *,
+    num_samples: int,
+    classes: list[str],
+) -> dict:
+    """Accuracy of the model on a split, with torchmetrics' ``MulticlassAccuracy``.
+
+    Args:
+        num_samples: images in the split (for the progress bar only).
+        classes: class names in index order.
+
+    Returns:
+        ``top1`` (share of images whose highest-scoring class is right), ``top5`` (right class
+        among the five highest; NaN with fewer than :data:`TOP5_MIN_CLASSES` classes, where it
+        is trivially 1), ``balanced_acc`` (mean of the per-class accuracies, which the majority
+        class cannot dominate), ``acc_<class>`` (share of that class's images classified
+        right: its recall; NaN when the split has none), ``eval_loss`` (mean cross-entropy),
+        ``eval_samples``, ``eval_skipped`` (undecodable images) and ``eval_s`` (seconds).
+    """
+    model.eval()
+    n = len(classes)
+    top1 = MulticlassAccuracy(num_classes=n, top_k=1, average="micro")
+    top5 = (
+        MulticlassAccuracy(num_classes=n, top_k=5, average="micro")
+        if n >= TOP5_MIN_CLASSES
+        else None
+    )
+    per_class = MulticlassAccuracy(num_classes=n, average="none")
+    started = time.perf_counter()
+    samples = skipped = 0
+    loss_sum = 0.0
+    seen = torch.zeros(n, dtype=torch.int64)
+    bar = tqdm(total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True)
+    for batch in loader:
+        bar.update(len(batch.images) + len(batch.errors))
+        skipped += len(batch.errors)
+        if not batch.images:
+            continue
+        logits = model(torch.stack(batch.images).to(device)).cpu()
+        targets = torch.stack(batch.targets)
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        for metric in (top1, top5, per_class):
+            if metric is not None:
+                metric.update(logits, targets)
+        seen += torch.bincount(targets, minlength=n)
+        samples += len(batch.images)
+    bar.close()
+    result = {
+        "top1": math.nan,
+        "top5": math.nan,
+        "balanced_acc": math.nan,
+        **{f"acc_{name}": math.nan for name in classes},
+        "eval_loss": loss_sum / samples if samples else math.nan,
+        "eval_samples": samples,
+        "eval_skipped": skipped,
+        "eval_s": time.perf_counter() - started,
+    }
+    if samples:
+        accuracies = per_class.compute()
+        present = seen > 0
+        result["top1"] = float(top1.compute())
+        if top5 is not None:
+            result["top5"] = float(top5.compute())
+        result["balanced_acc"] = float(accuracies[present].mean())
+        for name, accuracy, has in zip(classes, accuracies.tolist(), present.tolist(), strict=True):
+            result[f"acc_{name}"] = accuracy if has else math.nan
+    return result
+
+
+def describe(row: dict) -> str:
+    """The quality part of an epoch's log line."""
+    per_class = ", ".join(
+        f"{key[4:]} {value:.3f}" for key, value in row.items() if key.startswith("acc_")
+    )
+    top5 = "" if math.isnan(row["top5"]) else f", top-5 {row['top5']:.4f}"
+    return f"top-1 {row['top1']:.4f}{top5}, balanced {row['balanced_acc']:.4f} ({per_class})"

@@ -1,0 +1,173 @@
+"""The detection task: Faster R-CNN trained on boxes, evaluated by mAP.
+
+One of the two task modules (see :mod:`training.tasks`); both define the same names. The step
+and evaluation loops follow torchvision's ``references/detection/engine.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from models.detector import build_detector, build_pretrained_detector
+from pipelines.samples import Batch, detection_transform
+from training.config import Config
+from training.engine import TrainingError
+
+#: Label id of the first class: 0 is the background class of torchvision's detectors.
+LABEL_OFFSET = 1
+
+
+def transform(cfg: Config, train: bool) -> v2.Compose:
+    """The sample transform (see :func:`pipelines.samples.detection_transform`)."""
+    return detection_transform(train, cfg.model.image_size)
+
+
+def index_to_name(classes: list[str]) -> dict[str, str]:
+    """``index_to_name.json``: label id (as a string) → class name, ``"0"`` the background."""
+    return {"0": "__background__", **{str(i + LABEL_OFFSET): n for i, n in enumerate(classes)}}
+
+
+def sampling_options(cfg: Config) -> dict:
+    """The training-time sampling knobs of ``model.*`` as ``FasterRCNN`` keyword arguments."""
+    return {
+        "rpn_pre_nms_top_n_train": cfg.model.rpn_pre_nms_top_n_train,
+        "rpn_post_nms_top_n_train": cfg.model.rpn_post_nms_top_n_train,
+        "box_batch_size_per_image": cfg.model.box_batch_size_per_image,
+    }
+
+
+def build_model(
+    cfg: Config, classes: list[str], *, pretrained: bool
+) -> tuple[torch.nn.Module, dict]:
+    """The detector for ``classes`` (plus the background) and its ``model.json`` spec.
+
+    Args:
+        pretrained: start from torchvision's COCO weights when they can be had.
+
+    Returns:
+        ``(model, spec)``; ``spec`` is what :func:`models.detector.load_trained_detector` and
+        the serving handler rebuild the model from.
+    """
+    num_classes = len(classes) + LABEL_OFFSET
+    sampling = sampling_options(cfg)
+    if pretrained:
+        model, frozen_bn = build_pretrained_detector(cfg.model.arch, num_classes, **sampling)
+    else:
+        model, frozen_bn = build_detector(cfg.model.arch, num_classes, **sampling), False
+    spec = {
+        "task": "detection",
+        "arch": cfg.model.arch,
+        "num_classes": num_classes,
+        "frozen_bn": frozen_bn,
+        "image_size": cfg.model.image_size,
+    }
+    return model, spec
+
+
+def step_fn(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    epoch: int,
+) -> Callable[[Batch, int], float]:
+    """``compute`` for :func:`training.engine.measure_steps`: one optimizer step of a detector
+    on the batch's list of images; returns the summed loss.
+
+    Raises (from the returned function):
+        TrainingError: the loss is not finite.
+    """
+
+    def step(batch: Batch, index: int) -> float:
+        images = [img.to(device, non_blocking=True) for img in batch.images]
+        targets = [
+            {k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets
+        ]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss is {loss_value} at epoch {epoch} step {index} "
+                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); "
+                "lower train.lr or check the boxes"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return loss_value
+
+    return step
+
+
+def quality_columns(classes: list[str]) -> list[str]:
+    """The ``metrics.csv`` columns :func:`evaluate` fills."""
+    return ["map_50", "map", "eval_samples", "eval_skipped", "eval_s"]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[Batch],
+    device: torch.device,
+    *,
+    num_samples: int,
+    classes: list[str],
+) -> dict:
+    """mAP of the model on a split, with torchmetrics' ``MeanAveragePrecision`` (COCO protocol).
+
+    Args:
+        num_samples: images in the split (for the progress bar only).
+
+    Returns:
+        ``{"map_50": mAP@0.5, "map": mAP@[.5:.95], "eval_samples": n, "eval_skipped": k,
+        "eval_s": seconds}``; boxes are compared in the transformed (resized) image frame,
+        where predictions and targets both live.
+    """
+    model.eval()
+    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
+    started = time.perf_counter()
+    samples = skipped = 0
+    bar = tqdm(total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True)
+    for batch in loader:
+        bar.update(len(batch.images) + len(batch.errors))
+        skipped += len(batch.errors)
+        if not batch.images:
+            continue
+        outputs = model([img.to(device) for img in batch.images])
+        preds = [{k: v.cpu() for k, v in o.items()} for o in outputs]
+        targets = [
+            {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]}
+            for t in batch.targets
+        ]
+        metric.update(preds, targets)
+        samples += len(batch.images)
+    bar.close()
+    result = (
+        metric.compute()
+        if samples
+        else {"map_50": torch.tensor(math.nan), "map": torch.tensor(math.nan)}
+    )
+    return {
+        "map_50": float(result["map_50"]),
+        "map": float(result["map"]),
+        "eval_samples": samples,
+        "eval_skipped": skipped,
+        "eval_s": time.perf_counter() - started,
+    }
+
+
+def describe(row: dict) -> str:
+    """The quality part of an epoch's log line."""
+    return f"mAP@0.5 {row['map_50']:.4f}, mAP@[.5:.95] {row['map']:.4f}"
