@@ -78,11 +78,12 @@ predict: $(READY)
 		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(ARGS)
 
 # The benchmark matrix: access patterns x storage x modes, baselines, peers, report with plots.
-bench: $(READY)
+bench: $(READY) $(TRAIN_DATA)
 	$(PY) -m scripts.bench --config $(CONFIG) $(call flag,limit,$(LIMIT)) \
 		$(call flag,workers,$(WORKERS)) $(call flag,batch-size,$(BATCH_SIZE)) \
 		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(call flag,s3-bucket,$(S3_BUCKET)) \
-		$(call flag,s3-prefix,$(S3_PREFIX)) $(ARGS)
+		$(call flag,s3-prefix,$(S3_PREFIX)) $(call flag,data,$(DATA)) \
+		$(call flag,format,$(FORMAT)) $(ARGS)
 
 # Synthetic VOC dataset (real JPEGs, random boxes) to a directory or s3://bucket/prefix.
 SYNTH_OUT ?= data/synthetic

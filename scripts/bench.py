@@ -24,7 +24,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_arguments(parser, flags=("limit", "workers", "batch_size", "s3_endpoint",
-                                        "s3_bucket", "s3_prefix"))  # fmt: skip
+                                        "s3_bucket", "s3_prefix", "data", "format"))  # fmt: skip
     parser.add_argument("--out", default="outputs/bench", help="parent folder of the run's folder")
     return parser
 

@@ -23,7 +23,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_arguments(
-        parser, flags=("limit", "storage", "data", "s3_endpoint", "s3_bucket", "s3_prefix")
+        parser,
+        flags=("limit", "storage", "data", "format", "s3_endpoint", "s3_bucket", "s3_prefix"),
     )
     parser.add_argument(
         "--split", default=None, help="split to write (default: dataset.train_split)"
