@@ -1,8 +1,9 @@
-"""Run a trained detector on images and write them with boxes, labels and scores drawn.
+"""Run a trained model on images and write them with boxes (or the class), labels and scores.
 
     make predict INPUT=data/bccd/JPEGImages/BloodImage_00007.jpg
     make predict INPUT=s3://dss-bench/bccd/JPEGImages/BloodImage_00007.jpg
     make predict INPUT=my-images.txt        # one path or s3:// URI per line
+    make predict TASK=classification INPUT=data/bccd_cells/test/WBC/BloodImage_00007_00.jpg
 
 Writes ``<OUT>/predicted_images/`` (one JPEG per input) and ``detections.json`` there. S3
 URIs use the configured endpoint (``storage.endpoint_url``, ``--s3-endpoint``, ``S3_ENDPOINT``,
@@ -37,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         cfg = config_from_args(args)
-        from models.detector import load_trained_detector
         from training.data import open_storage
         from training.predict import expand_inputs, predict_all
 
@@ -55,21 +55,43 @@ def main(argv: list[str] | None = None) -> int:
             return storages[bucket].read(key)
 
         inputs = expand_inputs(args.input, lambda spec: read_bytes(spec).decode("utf-8"))
-        model, index_to_name = load_trained_detector(cfg.output.dir)
+        model, index_to_name, spec = load_trained(Path(cfg.output.dir))
         out_dir = Path(args.output_dir or Path(cfg.output.dir) / "predicted_images")
         predictions, failures = predict_all(
-            model, index_to_name, inputs, read_bytes, out_dir, args.threshold
+            model, index_to_name, inputs, read_bytes, out_dir, args.threshold, spec=spec
         )
     except (*USER_ERRORS, FileNotFoundError, ValueError) as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
+    what = "classes" if spec.get("task") == "classification" else "boxes"
     for p in predictions:
         labels = ", ".join(f"{d['label']} {d['score']:.2f}" for d in p.detections[:5])
         more = f" (+{len(p.detections) - 5} more)" if len(p.detections) > 5 else ""
-        print(f"{p.input}: {len(p.detections)} boxes [{labels}{more}] -> {p.image_path}")
+        print(f"{p.input}: {len(p.detections)} {what} [{labels}{more}] -> {p.image_path}")
     summary = f"{len(predictions)} images, {len(failures)} failed"
     print(f"{summary}; detections in {out_dir / 'detections.json'}")
     return 1 if failures else 0
+
+
+def load_trained(out: Path):
+    """``(model, index_to_name, model.json)`` of the training output ``out``, either task.
+
+    Raises:
+        FileNotFoundError: ``out`` holds no trained model (the message says to train first).
+    """
+    import json
+
+    spec_path = out / "model.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} is missing: train first (make train OUT={out})")
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    if spec.get("task") == "classification":
+        from models.classifier import load_trained_classifier
+
+        return (*load_trained_classifier(out), spec)
+    from models.detector import load_trained_detector
+
+    return (*load_trained_detector(out), spec)
 
 
 if __name__ == "__main__":

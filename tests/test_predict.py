@@ -80,3 +80,21 @@ def test_predict_reads_an_s3_uri(trained_out, s3_server, tmp_path):
     assert code == 0
     result = json.loads((tmp_path / "pred" / "detections.json").read_text())
     assert result["predictions"][0]["input"] == "s3://predict-bucket/imgs/a.jpg"
+
+
+def test_predict_with_a_classifier_lists_the_top_classes(tmp_path, capsys):
+    from models.classifier import build_classifier
+
+    out = tmp_path / "cls"
+    out.mkdir()
+    torch.save(build_classifier("convnet", 3, image_size=32).state_dict(), out / "model.pt")
+    spec = {"task": "classification", "arch": "convnet", "num_classes": 3, "image_size": 32}
+    (out / "model.json").write_text(json.dumps(spec))
+    (out / "index_to_name.json").write_text(json.dumps({"0": "Platelets", "1": "RBC", "2": "WBC"}))
+    assert predict_cli.main(["--out", str(out), "--input", str(IMAGE)]) == 0
+    result = json.loads((out / "predicted_images" / "detections.json").read_text())
+    classes = result["predictions"][0]["detections"]
+    assert sorted(c["label"] for c in classes) == ["Platelets", "RBC", "WBC"]  # k = min(5, 3)
+    scores = [c["score"] for c in classes]
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1, abs=1e-3)
+    assert "1 images, 0 failed" in capsys.readouterr().out

@@ -1,7 +1,8 @@
-"""Run a trained detector on images from files or S3 and draw what it finds.
+"""Run a trained model on images from files or S3 and draw what it finds.
 
 Used by ``scripts/predict.py`` (``make predict INPUT=...``). Inputs are local paths or
-``s3://bucket/key`` URIs, or a ``.txt`` file listing either, one per line.
+``s3://bucket/key`` URIs, or a ``.txt`` file listing either, one per line. A detector's boxes
+are drawn on the image; a classifier's best class is written on a frame around it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torchvision.io import encode_jpeg
+from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes
 
 from pipelines.samples import decode
@@ -26,11 +28,12 @@ COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f0
 
 @dataclass(frozen=True)
 class Prediction:
-    """The detections for one input.
+    """The detections (or classes) for one input.
 
     Attributes:
         input: the path or URI as given.
-        detections: ``{"label", "box": [x1, y1, x2, y2] (pixels), "score"}`` best first.
+        detections: ``{"label", "box": [x1, y1, x2, y2] (pixels), "score"}`` best first; for
+            a classifier the top-k ``{"label", "box": the whole image, "score": probability}``.
         image_path: where the drawn image was written.
     """
 
@@ -82,6 +85,29 @@ def detect(
     ]
 
 
+def classify(
+    model, image: torch.Tensor, index_to_name: dict[str, str], image_size: int, k: int = 5
+) -> list[dict]:
+    """The ``min(k, classes)`` most probable classes of one uint8 ``[3, H, W]`` image.
+
+    The image is resized to ``image_size`` x ``image_size`` as in training's evaluation. Each
+    entry's ``box`` is the whole image, so the result has the shape of :func:`detect`'s.
+    """
+    height, width = image.shape[-2:]
+    resized = TF.resize(image, [image_size, image_size], antialias=True)
+    with torch.inference_mode():
+        probabilities = model((resized.float() / 255)[None]).softmax(dim=1)[0]
+    top = probabilities.topk(min(k, probabilities.numel()))
+    return [
+        {
+            "label": index_to_name.get(str(index), str(index)),
+            "box": [0.0, 0.0, float(width - 1), float(height - 1)],
+            "score": round(p, 4),
+        }
+        for p, index in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+
+
 def draw(image: torch.Tensor, detections: list[dict], label_ids: dict[str, int]) -> bytes:
     """JPEG bytes of ``image`` with each box drawn and labelled ``"<label> <score>"``."""
     if not detections:
@@ -100,8 +126,14 @@ def predict_all(
     read_bytes,
     out_dir: Path,
     threshold: float,
+    *,
+    spec: dict | None = None,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Detect, draw and save every input; bad inputs are reported, not fatal.
+    """Predict, draw and save every input; bad inputs are reported, not fatal.
+
+    Args:
+        spec: the run's ``model.json``; a ``"classification"`` task classifies (top-5, the best
+            class drawn; ``threshold`` unused), anything else detects.
 
     Writes ``out_dir/<n>_<name>.jpg`` per input and ``out_dir/detections.json`` (atomically).
 
@@ -111,18 +143,25 @@ def predict_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     label_ids = {name: int(i) for i, name in index_to_name.items()}
     predictions, failures = [], []
-    for n, spec in enumerate(inputs):
+    classifier = (spec or {}).get("task") == "classification"
+    for n, source in enumerate(inputs):
         try:
-            image = decode(read_bytes(spec))
+            image = decode(read_bytes(source))
         except (StorageError, OSError, ValueError) as exc:
-            failures.append((spec, str(exc).splitlines()[0]))
-            log.warning("skipped %s: %s", spec, failures[-1][1])
+            failures.append((source, str(exc).splitlines()[0]))
+            log.warning("skipped %s: %s", source, failures[-1][1])
             continue
-        detections = detect(model, image.as_subclass(torch.Tensor), index_to_name, threshold)
-        name = Path(spec.rsplit("/", 1)[-1]).stem
+        pixels = image.as_subclass(torch.Tensor)
+        if classifier:
+            detections = classify(model, pixels, index_to_name, int(spec["image_size"]))
+            drawn = draw(pixels, detections[:1], label_ids)
+        else:
+            detections = detect(model, pixels, index_to_name, threshold)
+            drawn = draw(pixels, detections, label_ids)
+        name = Path(source.rsplit("/", 1)[-1]).stem
         path = out_dir / f"{n:04d}_{name}.jpg"
-        atomic_write_bytes(path, draw(image.as_subclass(torch.Tensor), detections, label_ids))
-        predictions.append(Prediction(spec, detections, str(path)))
+        atomic_write_bytes(path, drawn)
+        predictions.append(Prediction(source, detections, str(path)))
     write_json(
         out_dir / "detections.json",
         {
