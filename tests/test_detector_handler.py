@@ -32,20 +32,24 @@ LABELS = {"0": "__background__", "1": "Platelets", "2": "RBC", "3": "WBC"}
 
 
 class FakeContext:
-    """Stand-in for ``ts.context.Context`` with what DetectorHandler uses.
+    """Stand-in for ``ts.context.Context`` with what the project's handlers use.
 
     It carries the model dir, manifest and model-config YAML the way TorchServe's worker fills
     them, and records the per-request HTTP statuses and content types the handler sets.
+    ``name`` is the archive's model name: ``detector`` (model file ``detector.py``, handler
+    ``detector_handler.py``) or ``classifier``.
     """
 
-    def __init__(self, model_dir: Path, handler_config: dict | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, handler_config: dict | None = None, name: str = "detector"
+    ) -> None:
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 4}
         self.manifest = {
             "model": {
-                "modelName": "detector",
-                "modelFile": "detector.py",
+                "modelName": name,
+                "modelFile": f"{name}.py",
                 "serializedFile": "model.pt",
-                "handler": "detector_handler.py",
+                "handler": f"{name}_handler.py",
             }
         }
         self.model_yaml_config = {"handler": handler_config} if handler_config else {}
