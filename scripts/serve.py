@@ -18,9 +18,26 @@ import argparse
 import sys
 from pathlib import Path
 
+from serve.archive import archived_task
 from serve.runtime import BASE_CONFIG, ServeError, server_status, start_server, stop_server
 
 PORT_OPTIONS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+#: Request body of the printed curl hint for a detector: a whole BCCD photo.
+DETECTION_EXAMPLE = "data/bccd/JPEGImages/BloodImage_00007.jpg"
+#: Where ``python -m scripts.make_crops`` writes the cell crops a classifier is asked about.
+CROPS_DIR = Path("data/bccd_cells")
+
+
+def example_image(task: str | None) -> str:
+    """A file to POST to a model of ``task`` in the printed curl hints (paths from the
+    repository root): a cell crop for a classifier (a placeholder with the command that makes
+    the crops when there are none), a whole photo otherwise."""
+    if task == "classification":
+        crops = sorted(CROPS_DIR.glob("test/WBC/*.jpg"))
+        if crops:
+            return str(crops[0])
+        return "CELL.jpg  # a cell crop, e.g. from `python -m scripts.make_crops`"
+    return DETECTION_EXAMPLE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,8 +145,9 @@ def _start(args: argparse.Namespace) -> int:
         print(f"  by default; renew: curl -X POST '{info.management_url}/token?type=inference'")
         print('  -H "Authorization: Bearer <API key>")')
         auth = ' -H "Authorization: Bearer <inference key>"'
-    example = info.prediction_url(info.models[0])
-    print(f"  try: curl{auth} {example} -T data/bccd/JPEGImages/BloodImage_00007.jpg")
+    for name in info.models:
+        body = example_image(archived_task(Path(args.model_store) / f"{name}.mar"))
+        print(f"  try: curl{auth} {info.prediction_url(name)} -T {body}")
     print(f"  stop: python -m scripts.serve stop --runtime-dir {args.runtime_dir}")
     return 0
 

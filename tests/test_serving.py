@@ -1,9 +1,10 @@
-"""Archive and serve a detector with the real ``torch-model-archiver`` and TorchServe.
+"""Archive and serve a detector and a classifier with the real ``torch-model-archiver`` and
+TorchServe.
 
-The integration tests start TorchServe on free loopback ports with a runtime dir (config, logs,
-TMPDIR with its pid file) under pytest's tmp dir, so they can run next to a user's server; the
-server is always stopped at teardown. The first tests are fast checks of the same modules
-without a server.
+The integration tests start one TorchServe, serving both archives, on free loopback ports with a
+runtime dir (config, logs, TMPDIR with its pid file) under pytest's tmp dir, so they can run next
+to a user's server; the server is always stopped at teardown. The first tests are fast checks of
+the same modules without a server.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,12 +20,21 @@ import psutil
 import pytest
 import requests
 import torch
+from torchvision.io import decode_jpeg
+from torchvision.transforms.v2.functional import resize, to_dtype
 
+from models.classifier import load_trained_classifier
 from models.detector import build_detector
 from scripts import archive as archive_cli
 from scripts import serve as serve_cli
 from scripts import train as train_cli
-from serve.archive import ArchiveError, build_archive, check_training_output
+from serve.archive import (
+    ArchiveError,
+    archived_task,
+    build_archive,
+    check_training_output,
+    human_size,
+)
 from serve.runtime import (
     BASE_CONFIG,
     RuntimeDir,
@@ -38,6 +49,7 @@ from serve.runtime import (
     stop_server,
 )
 from tests.conftest import REPO, make_voc_subset
+from tests.test_classifier_handler import cell_crop, write_classifier_output
 
 JPEG = REPO / "data" / "bccd" / "JPEGImages" / "BloodImage_00007.jpg"
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -69,6 +81,108 @@ def test_archive_names_the_missing_file_and_the_fix(tmp_path: Path, capsys):
     assert code == 1
     assert err.count("\n") == 1 and "make train" in err and "Traceback" not in err
     assert not (tmp_path / "store" / "detector.mar").exists()
+
+
+def test_unknown_task_is_refused_in_one_line(tmp_path: Path, capsys):
+    out = write_classifier_output(tmp_path / "out")
+    spec = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**spec, "task": "segmentation"}))
+    expected = r"task='segmentation'; can archive only classification or detection"
+    with pytest.raises(ArchiveError, match=expected):
+        check_training_output(out)
+    code = archive_cli.main(["--out", str(out), "--model-store", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "segmentation" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_classifier_output_is_archived_with_the_classifier_files(tmp_path: Path, capsys):
+    out = write_classifier_output(tmp_path / "out")  # ConvNet: a small archive, built quickly
+    store = tmp_path / "store"
+    assert archive_cli.main(["--out", str(out), "--model-store", str(store)]) == 0
+    archive = store / "classifier.mar"  # the name comes from model.json's task
+    assert capsys.readouterr().out.startswith(f"{archive} (")
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))["model"]
+        for name, source in [
+            ("classifier.py", REPO / "models" / "classifier.py"),
+            ("classifier_handler.py", REPO / "handlers" / "classifier_handler.py"),
+            ("image_request.py", REPO / "handlers" / "image_request.py"),
+            ("classifier.yaml", REPO / "serve" / "classifier.yaml"),
+            ("model.json", out / "model.json"),
+            ("index_to_name.json", out / "index_to_name.json"),
+        ]:
+            assert zf.read(name) == source.read_bytes(), name
+    assert names == {
+        "MAR-INF/MANIFEST.json", "model.pt", "model.json", "index_to_name.json",
+        "classifier.py", "classifier_handler.py", "image_request.py", "classifier.yaml",
+    }  # fmt: skip
+    assert manifest["modelFile"] == "classifier.py"
+    assert manifest["handler"] == "classifier_handler.py"
+    assert manifest["configFile"] == "classifier.yaml"
+    assert archived_task(archive) == "classification"
+
+    argv = ["--out", str(out), "--model-store", str(store), "--name", "cells"]
+    assert archive_cli.main(argv) == 0
+    assert sorted(p.name for p in store.iterdir()) == ["cells.mar", "classifier.mar"]
+
+
+def write_detection_stub(out: Path) -> Path:
+    """A detection training output whose model.pt is a stub: archiving never loads it."""
+    out.mkdir(parents=True)
+    torch.save({}, out / "model.pt")
+    (out / "index_to_name.json").write_text(json.dumps(LABELS))
+    spec = {"task": "detection", "arch": ARCH, "num_classes": 4, "frozen_bn": False}
+    (out / "model.json").write_text(json.dumps(spec))
+    return out
+
+
+def test_archive_without_out_archives_every_trained_task(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default outputs are relative to the repository root
+    argv = ["--model-store", "store"]
+    assert archive_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run `make train` first" in err
+    assert "outputs/detection" in err and "outputs/classification" in err
+
+    write_classifier_output(tmp_path / "outputs" / "classification")
+    assert archive_cli.main(argv) == 0
+    size = human_size((tmp_path / "store" / "classifier.mar").stat().st_size)
+    assert capsys.readouterr().out.splitlines() == [f"{Path('store', 'classifier.mar')} ({size})"]
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["classifier.mar"]
+
+    detection = write_detection_stub(tmp_path / "outputs" / "detection")
+    assert archive_cli.main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [Path(line.split(" (")[0]).name for line in printed] == [
+        "detector.mar",
+        "classifier.mar",
+    ]
+    assert archived_task(tmp_path / "store" / "detector.mar") == "detection"
+
+    (detection / "model.json").unlink()  # one broken output: the other is still archived
+    (tmp_path / "store" / "classifier.mar").unlink()
+    assert archive_cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "detection/model.json is missing" in captured.err
+    assert (tmp_path / "store" / "classifier.mar").is_file()
+
+    with pytest.raises(SystemExit) as exc:
+        archive_cli.main([*argv, "--name", "x"])
+    assert exc.value.code == 2 and "--name needs --out" in capsys.readouterr().err
+
+
+def test_curl_hints_use_a_cell_crop_for_classifiers(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(serve_cli, "CROPS_DIR", tmp_path / "cells")
+    assert serve_cli.example_image("detection") == serve_cli.DETECTION_EXAMPLE
+    assert serve_cli.example_image(None) == serve_cli.DETECTION_EXAMPLE
+    assert "python -m scripts.make_crops" in serve_cli.example_image("classification")
+    crop = tmp_path / "cells" / "test" / "WBC" / "BloodImage_00001_00.jpg"
+    crop.parent.mkdir(parents=True)
+    crop.write_bytes(cell_crop())
+    assert serve_cli.example_image("classification") == str(crop)
 
 
 def test_serve_start_without_archives_says_make_archive(tmp_path: Path, capsys):
@@ -141,8 +255,21 @@ def low_threshold_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(trained_out: Path, low_threshold_config: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Archive ``trained_out`` like ``scripts/archive.py`` and serve it on free ports.
+def classifier_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classification training output: untrained ResNet-18 at 64 px, the 3 cell classes."""
+    out = tmp_path_factory.mktemp("classification") / "out"
+    return write_classifier_output(out, arch="resnet18", image_size=64)
+
+
+@pytest.fixture(scope="module")
+def served(
+    trained_out: Path,
+    classifier_out: Path,
+    low_threshold_config: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """Archive ``trained_out`` and ``classifier_out`` like ``scripts/archive.py`` and serve
+    both from one TorchServe on free ports.
 
     Yields the ``ServerInfo``; the server is stopped at teardown, also when a test failed.
     """
@@ -150,7 +277,9 @@ def served(trained_out: Path, low_threshold_config: Path, tmp_path_factory: pyte
     store = root / "model_store"
     archive = build_archive(trained_out, store, "detector", config_file=low_threshold_config)
     assert archive == store / "detector.mar" and archive.stat().st_size > 1_000_000
-    assert [p.name for p in store.iterdir()] == ["detector.mar"]  # no staging dir left
+    assert build_archive(classifier_out, store) == store / "classifier.mar"  # name from the task
+    # no staging dir left
+    assert sorted(p.name for p in store.iterdir()) == ["classifier.mar", "detector.mar"]
     runtime = root / "run"
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     try:
@@ -241,9 +370,72 @@ def test_status_and_config_of_the_running_server(served, capsys):
     assert serve_cli.main(["status", "--runtime-dir", served.runtime_dir]) == 0
     out = capsys.readouterr().out
     assert f"detector: READY  POST {served.prediction_url('detector')}" in out
+    assert f"classifier: READY  POST {served.prediction_url('classifier')}" in out
     config = read_properties(RuntimeDir(Path(served.runtime_dir)).config)
     assert config["inference_address"] == served.inference_url
     assert config["disable_token_authorization"] == "true"  # loopback only
+
+
+@pytest.mark.integration
+def test_classifier_is_served_next_to_the_detector(served, classifier_out: Path, http):
+    assert served.models == ["classifier", "detector"]
+    crop = cell_crop("BloodImage_00007", "WBC")  # a real cell, cut from a BCCD photo
+    response = http.post(
+        served.prediction_url("classifier"),
+        data=crop,
+        headers={"Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    answer = response.json()
+    assert set(answer) == {"Platelets", "RBC", "WBC"}  # top-k capped at the 3 classes
+    assert list(answer.values()) == sorted(answer.values(), reverse=True)
+    assert sum(answer.values()) == pytest.approx(1.0, abs=1e-3)
+
+    # The served model is the archived one, fed the way the Classifier expects: the same
+    # probabilities as the training output loaded here and given the resized crop.
+    model, labels = load_trained_classifier(classifier_out)
+    image = decode_jpeg(torch.frombuffer(bytearray(crop), dtype=torch.uint8))
+    image = resize(to_dtype(image, torch.float32, scale=True), [64, 64], antialias=True)
+    with torch.inference_mode():
+        probs = model(image[None]).softmax(dim=1)[0].tolist()
+    assert answer == pytest.approx({labels[str(i)]: p for i, p in enumerate(probs)}, abs=1e-3)
+
+    bad = http.post(
+        served.prediction_url("classifier"),
+        data=b"not an image",
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
+    assert bad.status_code == 400
+    assert "not a decodable image" in bad.json()["error"]
+
+    assert_detection_list(predict(http, served, JPEG.read_bytes()))  # the detector still answers
+
+
+@pytest.mark.integration
+def test_both_archives_hold_their_task_files(served):
+    store = Path(served.runtime_dir).parent / "model_store"
+    for name, task in (("detector", "detection"), ("classifier", "classification")):
+        with zipfile.ZipFile(store / f"{name}.mar") as zf:
+            names = set(zf.namelist())
+        assert {f"{name}.py", f"{name}_handler.py", "image_request.py", f"{name}.yaml"} <= names
+        assert archived_task(store / f"{name}.mar") == task
+
+
+@pytest.mark.integration
+def test_start_prints_a_curl_hint_for_every_model(served, monkeypatch, capsys):
+    store = Path(served.runtime_dir).parent / "model_store"
+    monkeypatch.setattr(serve_cli, "start_server", lambda *args, **kwargs: served)
+    argv = ["start", "--model-store", str(store), "--runtime-dir", served.runtime_dir]
+    assert serve_cli.main(argv) == 0
+    hints = [line for line in capsys.readouterr().out.splitlines() if "try: curl" in line]
+    assert hints == [
+        f"  try: curl {served.prediction_url('classifier')} -T "
+        + serve_cli.example_image("classification"),
+        f"  try: curl {served.prediction_url('detector')} -T {serve_cli.DETECTION_EXAMPLE}",
+    ]
 
 
 @pytest.mark.integration
