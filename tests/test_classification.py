@@ -82,7 +82,11 @@ def test_detect_format_tells_the_four_layouts_apart(voc_root, cells_root, tmp_pa
     (oid / "0a1b.jpg").write_bytes(b"jpeg")
     (oid / "Label" / "0a1b.txt").write_text("Red blood cell 1 2 3 4\n")
     assert detect_format(FileSystemStorage(tmp_path), "oid", "train") == "oid"
+    (tmp_path / "other" / "valid").mkdir(parents=True)
+    (tmp_path / "other" / "valid" / "x.jpg").write_bytes(b"jpeg")
     with pytest.raises(DatasetError, match=r"cannot tell the format of split 'train'.*FORMAT="):
+        detect_format(FileSystemStorage(tmp_path), "other", "train")
+    with pytest.raises(DatasetError, match=r"no dataset at .*empty: it is missing or empty"):
         detect_format(FileSystemStorage(tmp_path), "empty", "train")
 
 

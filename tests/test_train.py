@@ -118,7 +118,7 @@ def test_user_errors_print_one_line_and_exit_2(voc_root, tmp_path, capsys):
         "error: access.mode must be one of random, sequential; got 'diagonal'"
     )
     assert train(tmp_path / "nowhere", tmp_path / "o") == 2
-    assert "split 'train' not found" in capsys.readouterr().err
+    assert "nowhere: it is missing or empty; check DATA=" in capsys.readouterr().err
     assert train(voc_root, tmp_path / "fresh", "--resume") == 2
     assert "no checkpoint" in capsys.readouterr().err
 

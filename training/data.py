@@ -153,7 +153,8 @@ def detect_format(storage: Storage, root: str, split: str) -> str:
     - ``folder``: it has not.
 
     Raises:
-        DatasetError: none of these layouts is there (the message says what was looked for).
+        DatasetError: ``root`` is missing or empty, or none of these layouts is there (the
+            message says what was looked for).
         pipelines.storage.StorageError: the storage cannot be read.
     """
     if storage.exists(join_key(root, f"ImageSets/Main/{split}.txt")):
@@ -169,6 +170,15 @@ def detect_format(storage: Storage, root: str, split: str) -> str:
                 return "oid" if storage.exists(label + LABEL_SUFFIX) else "folder"
     except StorageError:
         pass
+    try:
+        empty = next(iter(storage.list(root)), None) is None
+    except StorageError:
+        empty = True
+    if empty:
+        raise DatasetError(
+            f"no dataset at {storage.describe(root or '')}: it is missing or empty; check DATA= "
+            "(or storage.root / storage.prefixes, and for s3 the bucket)"
+        )
     raise DatasetError(
         f"cannot tell the format of split {split!r} in {storage.describe(root or '')}: found "
         f"neither ImageSets/Main/{split}.txt (voc), {split}/{ANNOTATIONS} (coco) nor images in "
