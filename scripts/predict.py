@@ -3,7 +3,7 @@
     make predict INPUT=data/bccd/JPEGImages/BloodImage_00007.jpg
     make predict INPUT=s3://dss-bench/bccd/JPEGImages/BloodImage_00007.jpg
     make predict INPUT=my-images.txt        # one path or s3:// URI per line
-    make predict TASK=classification INPUT=data/bccd_cells/test/WBC/BloodImage_00007_00.jpg
+    make predict TASK=classification INPUT=data/bccd_cells/test/WBC/BloodImage_00011_00.jpg
 
 Writes ``<OUT>/predicted_images/`` (one JPEG per input) and ``detections.json`` there. S3
 URIs use the configured endpoint (``storage.endpoint_url``, ``--s3-endpoint``, ``S3_ENDPOINT``,

@@ -24,8 +24,8 @@ from serve.runtime import BASE_CONFIG, ServeError, server_status, start_server, 
 PORT_OPTIONS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 #: Request body of the printed curl hint for a detector: a whole BCCD photo.
 DETECTION_EXAMPLE = "data/bccd/JPEGImages/BloodImage_00007.jpg"
-#: Where ``python -m scripts.make_crops`` writes the cell crops a classifier is asked about.
-CROPS_DIR = Path("data/bccd_cells")
+#: A cell crop (written by ``python -m scripts.make_crops``) for the classifier's curl hint.
+CLASSIFICATION_EXAMPLE = Path("data/bccd_cells/test/WBC/BloodImage_00011_00.jpg")
 
 
 def example_image(task: str | None) -> str:
@@ -33,9 +33,8 @@ def example_image(task: str | None) -> str:
     repository root): a cell crop for a classifier (a placeholder with the command that makes
     the crops when there are none), a whole photo otherwise."""
     if task == "classification":
-        crops = sorted(CROPS_DIR.glob("test/WBC/*.jpg"))
-        if crops:
-            return str(crops[0])
+        if CLASSIFICATION_EXAMPLE.is_file():
+            return str(CLASSIFICATION_EXAMPLE)
         return "CELL.jpg  # a cell crop, e.g. from `python -m scripts.make_crops`"
     return DETECTION_EXAMPLE
 

@@ -175,11 +175,11 @@ def test_archive_without_out_archives_every_trained_task(tmp_path: Path, monkeyp
 
 
 def test_curl_hints_use_a_cell_crop_for_classifiers(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(serve_cli, "CROPS_DIR", tmp_path / "cells")
+    crop = tmp_path / "cells" / "test" / "WBC" / "BloodImage_00001_00.jpg"
+    monkeypatch.setattr(serve_cli, "CLASSIFICATION_EXAMPLE", crop)
     assert serve_cli.example_image("detection") == serve_cli.DETECTION_EXAMPLE
     assert serve_cli.example_image(None) == serve_cli.DETECTION_EXAMPLE
     assert "python -m scripts.make_crops" in serve_cli.example_image("classification")
-    crop = tmp_path / "cells" / "test" / "WBC" / "BloodImage_00001_00.jpg"
     crop.parent.mkdir(parents=True)
     crop.write_bytes(cell_crop())
     assert serve_cli.example_image("classification") == str(crop)
