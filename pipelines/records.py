@@ -51,7 +51,7 @@ class DetectionRecord:
         return cls(
             id=data["id"],
             image_key=image_key,
-            boxes=tuple(tuple(float(v) for v in b) for b in data["boxes"]),
+            boxes=tuple(tuple(map(float, b)) for b in data["boxes"]),
             labels=tuple(data["labels"]),
             width=int(data["width"]),
             height=int(data["height"]),

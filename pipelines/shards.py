@@ -19,11 +19,11 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 from webdataset.writer import TarWriter
 
 from pipelines.records import Record
 from pipelines.storage import CountingReader, Storage
+from pipelines.tar_stream import TarFormatError, iter_members
 
 MANIFEST = "manifest.json"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
@@ -172,14 +172,17 @@ def read_manifest(storage: Storage, prefix: str) -> tuple[list[ShardInfo], int] 
 def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, float]]:
     """Stream one shard front to back and yield its samples.
 
-    Memory is bounded by one tar member (one image) plus read buffers: the shard is never held
-    whole. Bytes are counted at the storage stream, tar headers and padding included, so the
-    ``nbytes`` of all samples of a shard add up to the bytes actually read from storage.
+    The tar is parsed by :func:`pipelines.tar_stream.iter_members` from 1 MiB reads, and its
+    members grouped into samples by key as WebDataset does. Memory is bounded by one read plus
+    one tar member (one image): the shard is never held whole. Bytes are counted at the storage
+    stream, tar headers and padding included, so the ``nbytes`` of all samples of a shard add
+    up to the bytes actually read from storage.
 
     Yields:
-        ``(sample, nbytes, read_s)``: ``sample`` maps ``"__key__"``, an image extension and
-        ``"json"`` to bytes; ``nbytes`` (bytes) and ``read_s`` (seconds) are the storage reads
-        since the previous sample (a sample is attributed the reads that completed it).
+        ``(sample, nbytes, read_s)``: ``sample`` maps ``"__key__"``, ``"__url__"`` (the
+        shard), an image extension and ``"json"`` to bytes; ``nbytes`` (bytes) and ``read_s``
+        (seconds) are the storage reads since the previous sample (a sample is attributed the
+        reads that completed it, so with 1 MiB reads the first sample of each MiB carries it).
 
     Raises:
         ShardError: the tar is truncated or corrupt, a sample lacks its image or annotation,
@@ -191,8 +194,7 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
     count, seen_bytes, seen_s = 0, 0, 0.0
     pending = None
     try:
-        files = tar_file_iterator(stream)
-        for sample in group_by_keys({**f, "__url__": where} for f in files):
+        for sample in _group_by_key(iter_members(stream), where):
             if "json" not in sample or not any(ext in sample for ext in IMAGE_EXTENSIONS):
                 raise ShardError(
                     f"shard {where}: sample {sample['__key__']!r} lacks its image or its .json "
@@ -205,7 +207,7 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
             seen_bytes, seen_s = stream.nbytes, stream.read_s
         while stream.read(1 << 20):  # the tar's end blocks and record padding are read too
             pass
-    except (tarfile.TarError, EOFError, ValueError) as exc:
+    except TarFormatError as exc:
         raise ShardError(
             f"shard {where} is truncated or corrupt after {count} of {shard.samples} samples "
             f"({exc}); write it again (delete the shard folder, it is rebuilt on next use)"
@@ -220,6 +222,27 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
     if pending is not None:
         sample, nbytes, read_s = pending
         yield sample, nbytes + stream.nbytes - seen_bytes, read_s + stream.read_s - seen_s
+
+
+def _group_by_key(members: Iterator[tuple[str, bytes]], url: str) -> Iterator[dict]:
+    """Group consecutive members sharing a key into samples, the WebDataset convention: the key
+    is the name up to the first ``.`` of its last path component, the rest the field name
+    (``000000007.jpg`` → key ``000000007``, field ``jpg``)."""
+    sample: dict = {}
+    for name, data in members:
+        folder, _, base = name.rpartition("/")
+        stem, dot, ext = base.partition(".")
+        if not dot:
+            continue  # no field name: not part of a sample
+        key = f"{folder}/{stem}" if folder else stem
+        if sample and sample["__key__"] != key:
+            yield sample
+            sample = {}
+        if not sample:
+            sample = {"__key__": key, "__url__": url}
+        sample[ext] = data
+    if sample:
+        yield sample
 
 
 def _tar_entry_bytes(size: int) -> int:

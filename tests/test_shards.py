@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 
@@ -74,7 +75,7 @@ def test_truncated_shard_is_reported_with_its_name(split, voc_root):
         list(iter_shard(storage, shards[0]))
 
 
-def test_shard_cut_at_a_member_boundary_is_caught_by_the_manifest_count(split, voc_root):
+def test_shard_cut_at_a_member_boundary_lacks_its_end_marker(split, voc_root):
     storage, records = split
     shards = write_shards(storage, records, "shards/train", target_bytes=10**9)
     path = voc_root / shards[0].key
@@ -82,6 +83,19 @@ def test_shard_cut_at_a_member_boundary_is_caught_by_the_manifest_count(split, v
         members = tar.getmembers()
     cut = members[4].offset  # the start of the third sample's image header
     path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(ShardError, match=rf"shard {path} is truncated or corrupt .*end-of-archive"):
+        list(iter_shard(storage, shards[0]))
+
+
+def test_a_complete_tar_with_fewer_samples_is_caught_by_the_manifest_count(split, voc_root):
+    storage, records = split
+    shards = write_shards(storage, records, "shards/train", target_bytes=10**9)
+    path = voc_root / shards[0].key
+    with tarfile.open(path) as tar:
+        kept = [(m, tar.extractfile(m).read()) for m in tar.getmembers()[:4]]
+    with tarfile.open(path, "w") as tar:  # a well-formed tar of the first two samples
+        for member, data in kept:
+            tar.addfile(member, io.BytesIO(data))
     with pytest.raises(
         ShardError, match=rf"shard {path} is truncated: it holds 2 samples, its manifest says 12"
     ):
