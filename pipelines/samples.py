@@ -109,14 +109,7 @@ def make_sample(
     Raises:
         DatasetError: a label is not one of the configured classes.
     """
-    sample = {
-        "id": record.id,
-        "nbytes": nbytes,
-        "read_s": read_s,
-        "requests": requests or RequestStats(),
-        "image": None,
-        "error": None,
-    }
+    sample = bytes_only_sample(record.id, nbytes, read_s, requests)
     names = [record.label] if isinstance(record, ClassificationRecord) else record.labels
     try:
         labels = torch.tensor([class_to_index[name] for name in names], dtype=torch.int64)
@@ -144,6 +137,22 @@ def make_sample(
     sample["image"] = image
     sample["target"] = target
     return sample
+
+
+def bytes_only_sample(
+    image_id: str, nbytes: int, read_s: float, requests: RequestStats | None = None
+) -> dict:
+    """A sample whose bytes were read but not decoded (``image`` None, ``error`` None): what
+    the benchmark's read path yields with ``bench.decode: false``, and the start of every
+    sample (see the module doc for the keys)."""
+    return {
+        "id": image_id,
+        "nbytes": nbytes,
+        "read_s": read_s,
+        "requests": requests or RequestStats(),
+        "image": None,
+        "error": None,
+    }
 
 
 @dataclass

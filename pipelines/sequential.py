@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from webdataset.filters import shuffle as shuffle_stage
 
 from pipelines.records import record_from_json
-from pipelines.samples import make_sample
+from pipelines.samples import bytes_only_sample, make_sample
 from pipelines.shards import IMAGE_EXTENSIONS, ShardInfo, iter_shard
 from pipelines.storage import Storage
 
@@ -85,7 +85,11 @@ class ShardStream(IterableDataset):
             samples = shuffle_buffered(
                 samples, self.shuffle_buffer, f"{self.seed}-{self.epoch}-{worker_id}"
             )
-        for raw, nbytes, read_s in samples:
+        for raw, nbytes, read_s, image_id in samples:
+            requests = self.storage.take_stats()  # a shard's GET lands on one sample
+            if self.transform is None:  # the read path alone: the annotation is not parsed
+                yield bytes_only_sample(image_id, nbytes, read_s, requests)
+                continue
             ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
             record = record_from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
             yield make_sample(
@@ -95,12 +99,17 @@ class ShardStream(IterableDataset):
                 read_s=read_s,
                 transform=self.transform,
                 class_to_index=self.class_to_index,
-                requests=self.storage.take_stats(),  # a shard's GET lands on one sample
+                requests=requests,
             )
 
-    def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int, float]]:
+    def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int, float, str]]:
+        """``(raw sample, nbytes, read_s, image id)`` of each shard in turn; the ids come from
+        the manifest, which lists them in tar order."""
         for shard in shards:
-            yield from iter_shard(self.storage, shard)
+            for (raw, nbytes, read_s), image_id in zip(
+                iter_shard(self.storage, shard), shard.ids, strict=True
+            ):
+                yield raw, nbytes, read_s, image_id
 
 
 def worker_slot() -> tuple[int, int]:

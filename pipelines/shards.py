@@ -180,9 +180,11 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
 
     Yields:
         ``(sample, nbytes, read_s)``: ``sample`` maps ``"__key__"``, ``"__url__"`` (the
-        shard), an image extension and ``"json"`` to bytes; ``nbytes`` (bytes) and ``read_s``
-        (seconds) are the storage reads since the previous sample (a sample is attributed the
-        reads that completed it, so with 1 MiB reads the first sample of each MiB carries it).
+        shard), an image extension and ``"json"`` to bytes; ``nbytes`` is the bytes of the
+        sample's tar members (headers, data, padding) and ``read_s`` its share of the read
+        time at the stream's rate so far (seconds); the last sample also carries the tar's end
+        blocks and the remaining read time, so a shard's samples add up to its bytes and read
+        time exactly, however large the reads.
 
     Raises:
         ShardError: the tar is truncated or corrupt, a sample lacks its image or annotation,
@@ -191,10 +193,10 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
     """
     where = storage.describe(shard.key)
     stream = CountingReader(storage.open(shard.key))
-    count, seen_bytes, seen_s = 0, 0, 0.0
+    count, given_bytes, given_s = 0, 0, 0.0
     pending = None
     try:
-        for sample in _group_by_key(iter_members(stream), where):
+        for sample, end in _group_by_key(iter_members(stream), where):
             if "json" not in sample or not any(ext in sample for ext in IMAGE_EXTENSIONS):
                 raise ShardError(
                     f"shard {where}: sample {sample['__key__']!r} lacks its image or its .json "
@@ -203,8 +205,10 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
             if pending is not None:
                 yield pending
             count += 1
-            pending = (sample, stream.nbytes - seen_bytes, stream.read_s - seen_s)
-            seen_bytes, seen_s = stream.nbytes, stream.read_s
+            nbytes = end - given_bytes  # its members: headers, data, padding
+            read_s = stream.read_s * nbytes / stream.nbytes  # the read rate so far
+            pending = (sample, nbytes, read_s)
+            given_bytes, given_s = end, given_s + read_s
         while stream.read(1 << 20):  # the tar's end blocks and record padding are read too
             pass
     except TarFormatError as exc:
@@ -219,30 +223,35 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
             f"shard {where} is truncated: it holds {count} samples, its manifest says "
             f"{shard.samples}; delete the shard folder, it is rebuilt on next use"
         )
-    if pending is not None:
+    if pending is not None:  # the last sample also carries the end blocks: totals are exact
         sample, nbytes, read_s = pending
-        yield sample, nbytes + stream.nbytes - seen_bytes, read_s + stream.read_s - seen_s
+        yield sample, nbytes + stream.nbytes - given_bytes, read_s + stream.read_s - given_s
 
 
-def _group_by_key(members: Iterator[tuple[str, bytes]], url: str) -> Iterator[dict]:
+def _group_by_key(
+    members: Iterator[tuple[str, bytes, int]], url: str
+) -> Iterator[tuple[dict, int]]:
     """Group consecutive members sharing a key into samples, the WebDataset convention: the key
     is the name up to the first ``.`` of its last path component, the rest the field name
-    (``000000007.jpg`` → key ``000000007``, field ``jpg``)."""
+    (``000000007.jpg`` → key ``000000007``, field ``jpg``). Yields ``(sample, end)``, ``end``
+    the stream offset just past the sample's last member."""
     sample: dict = {}
-    for name, data in members:
+    last_end = 0
+    for name, data, end in members:
         folder, _, base = name.rpartition("/")
         stem, dot, ext = base.partition(".")
         if not dot:
             continue  # no field name: not part of a sample
         key = f"{folder}/{stem}" if folder else stem
         if sample and sample["__key__"] != key:
-            yield sample
+            yield sample, last_end
             sample = {}
         if not sample:
             sample = {"__key__": key, "__url__": url}
         sample[ext] = data
+        last_end = end
     if sample:
-        yield sample
+        yield sample, last_end
 
 
 def _tar_entry_bytes(size: int) -> int:

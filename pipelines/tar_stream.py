@@ -41,6 +41,7 @@ class _Reader:
         self.chunk_size = chunk_size
         self.buffer = b""
         self.pos = 0
+        self.consumed = 0  # bytes of the stream handed out by take()
 
     def take(self, n: int) -> bytes:
         """The next ``n`` bytes.
@@ -60,11 +61,13 @@ class _Reader:
             self.buffer, self.pos, end = b"".join(parts), 0, n
         data = self.buffer[self.pos : end]
         self.pos = end
+        self.consumed += n
         return data
 
 
-def iter_members(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, data)`` for every regular file in the tar ``stream``, in archive order.
+def iter_members(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[str, bytes, int]]:
+    """Yield ``(name, data, end)`` for every regular file in the tar ``stream``, in archive
+    order; ``end`` is the offset in bytes just past the member's data and padding.
 
     Reading stops at the first zero block (the end-of-archive marker); what follows it (the
     second zero block, record padding) is left in the stream for the caller.
@@ -102,7 +105,7 @@ def iter_members(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[
         name = override.get("path") or _name(header)
         override = {}
         if kind in REGULAR:
-            yield name, data
+            yield name, data, reader.consumed
 
 
 def _name(header: bytes) -> str:

@@ -40,6 +40,20 @@ def test_round_trip_keeps_image_bytes_and_annotations(split):
     assert total == sum(s.bytes for s in shards)  # every byte of every shard counted once
 
 
+def test_each_sample_is_charged_the_bytes_of_its_own_members(split):
+    storage, records = split
+    (shard,) = write_shards(storage, records, "shards/train", target_bytes=10**9)
+    samples = list(iter_shard(storage, shard))  # one 1 MiB read covers several samples
+
+    def span(sample):  # two members: a 512-byte header each, data padded to 512 bytes
+        return sum(512 + -(-len(sample[k]) // 512) * 512 for k in ("jpg", "json"))
+
+    assert [nbytes for _, nbytes, _ in samples[:-1]] == [span(s) for s, _, _ in samples[:-1]]
+    last, nbytes, _ = samples[-1]
+    assert nbytes == span(last) + shard.bytes - sum(span(s) for s, _, _ in samples)
+    assert all(read_s >= 0 for _, _, read_s in samples)
+
+
 def test_manifest_lists_the_shards(split):
     storage, records = split
     shards = write_shards(storage, records, "shards/train", target_bytes=100_000)
