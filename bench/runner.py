@@ -10,22 +10,29 @@ field's benchmarks do:
   DLIO's ``computation_time``, so AU is comparable to their published thresholds.
 - ``train``: the real detector, one optimizer step per batch.
 
-Every configuration runs the same seed, the same data and the same number of steps;
-warm-up steps are excluded from the figures (:func:`training.engine.measure_steps`).
+Every configuration runs the same seed, the same data and the same number of steps
+(``bench.steps``; ``read`` runs ``bench.read_steps``, as it is fast enough for a single epoch
+to last only milliseconds); warm-up steps are excluded from the figures
+(:func:`training.engine.measure_steps`). A warm pass goes on into further epochs (reshuffled)
+until its steps are done; the cold pass stops at the end of its first epoch, since a second
+one would read from the cache the first one filled.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
 import torch
 
-from pipelines.loaders import LoaderSettings, build_loader
+from pipelines.loaders import EpochLoader, LoaderSettings, build_loader
 from pipelines.records import Record
+from pipelines.samples import Batch
 from pipelines.shards import ShardInfo
 from pipelines.storage import Storage
 from training.config import Config
@@ -137,6 +144,16 @@ def compute_fn(case: Case, cfg: Config, classes: list[str]):
     return task.step_fn(model, optimizer, None, device, epoch=0)
 
 
+def pass_batches(loader: EpochLoader, pass_index: int) -> Iterator[Batch]:
+    """The batches of pass ``pass_index``: one epoch for the cold pass 0, epoch after epoch
+    (each reshuffled) for warm passes. Epoch numbers ``1000 * pass_index + k`` keep the passes'
+    shuffles apart."""
+    epochs = range(1) if pass_index == 0 else itertools.count()
+    for k in epochs:
+        loader.set_epoch(1000 * pass_index + k)
+        yield from loader.loader
+
+
 def run_case(
     case: Case,
     cfg: Config,
@@ -164,7 +181,7 @@ def run_case(
             batch_size=cfg.loader.batch_size,
             num_workers=case.workers,
             prefetch_factor=cfg.loader.prefetch_factor,
-            persistent_workers=False,
+            persistent_workers=cfg.loader.persistent_workers,
             pin_memory=cfg.loader.pin_memory,
         ),
         shuffle=True,
@@ -173,15 +190,14 @@ def run_case(
         shuffle_buffer=cfg.access.shuffle_buffer,
         concurrency=cfg.access.concurrency,
     )
-    loader.set_epoch(pass_index)
     compute = compute_fn(case, cfg, classes)
     with RssSampler() as rss:
         meter = measure_steps(
-            loader.loader,
+            pass_batches(loader, pass_index),
             compute,
             epoch=pass_index,
             num_samples=None,
-            max_steps=cfg.bench.steps,
+            max_steps=cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps,
             warmup_steps=cfg.bench.warmup_steps,
             desc=f"{case.name} pass {pass_index}",
         )

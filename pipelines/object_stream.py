@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from pipelines.records import Record
 from pipelines.samples import make_sample
-from pipelines.sequential import shuffle_buffered, worker_slot
+from pipelines.sequential import SharedEpoch, shuffle_buffered, worker_slot
 from pipelines.storage import Storage
 
 
@@ -64,16 +64,21 @@ class ObjectStreamDataset(IterableDataset):
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
-        self.epoch = 0
+        self._epoch = SharedEpoch()
 
     @property
     def num_samples(self) -> int:
         """Samples in one epoch."""
         return len(self.records)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose shuffle is read (see :class:`pipelines.sequential.SharedEpoch`)."""
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch's shuffle; call before creating the DataLoader iterator."""
-        self.epoch = epoch
+        self._epoch.set(epoch)
 
     def worker_records(self, worker_id: int, num_workers: int) -> list[Record]:
         """The contiguous slice of the listing that worker ``worker_id`` reads."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import random
 from collections.abc import Iterator
 
@@ -60,16 +61,21 @@ class ShardStream(IterableDataset):
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
-        self.epoch = 0
+        self._epoch = SharedEpoch()
 
     @property
     def num_samples(self) -> int:
         """Samples in one epoch (all shards)."""
         return sum(s.samples for s in self.shards)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose shuffle is read (see :class:`SharedEpoch`)."""
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch's shuffle; call before creating the DataLoader iterator."""
-        self.epoch = epoch
+        self._epoch.set(epoch)
 
     def worker_shards(self, worker_id: int, num_workers: int) -> list[ShardInfo]:
         """The shards worker ``worker_id`` of ``num_workers`` reads this epoch, in order."""
@@ -110,6 +116,28 @@ class ShardStream(IterableDataset):
                 iter_shard(self.storage, shard), shard.ids, strict=True
             ):
                 yield raw, nbytes, read_s, image_id
+
+
+class SharedEpoch:
+    """An epoch number that DataLoader worker processes read at the start of each epoch.
+
+    An iterable-style dataset lives on in each worker as a copy made when the workers started;
+    with ``persistent_workers`` those copies outlive the epoch, so an attribute set later in the
+    main process would never reach them and every epoch would repeat the first one's shuffle.
+    The number is kept in shared memory (``multiprocessing.Value``) instead, which forked or
+    spawned workers inherit.
+    """
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.Value("q", 0, lock=False)
+
+    def get(self) -> int:
+        """The current epoch."""
+        return self._value.value
+
+    def set(self, epoch: int) -> None:
+        """Set the epoch; workers see it the next time they start iterating."""
+        self._value.value = epoch
 
 
 def worker_slot() -> tuple[int, int]:

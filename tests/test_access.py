@@ -92,3 +92,23 @@ def test_without_shuffle_objects_are_read_in_listing_order(voc_root):
 def test_without_shuffle_sequential_reads_in_written_order(voc_root):
     ids, _, _ = epoch_ids(voc_root, "shards", workers=0, shuffle=False)
     assert ids == read_split_ids(FileSystemStorage(voc_root), "train")
+
+
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
+def test_persistent_workers_see_each_new_epoch(voc_root, access):
+    """With ``loader.persistent_workers`` the workers outlive the epoch: they must still take
+    each epoch's shuffle, and still read every image once per epoch."""
+    storage = FileSystemStorage(voc_root)
+    records, _ = load_voc_split(storage, "train")
+    shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=60_000)
+    loader = build_loader(
+        storage, records, access=access, transform=None, class_to_index=CLASSES,
+        settings=LoaderSettings(batch_size=3, num_workers=2, persistent_workers=True),
+        shuffle=True, seed=0, shards=shards, shuffle_buffer=4,
+    )  # fmt: skip
+    orders = []
+    for epoch in (1, 2, 3):
+        loader.set_epoch(epoch)
+        orders.append([i for batch in loader.loader for i in batch.ids])
+    assert all(sorted(order) == sorted(r.id for r in records) for order in orders)
+    assert len({tuple(order) for order in orders}) == 3  # a new shuffle every epoch

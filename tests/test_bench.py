@@ -32,6 +32,7 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
         "--set", f"storage.root={voc_root}", "--set", "storage.prefixes=['']",
         "--set", "dataset.shard_size_mb=0.1",
         "--set", "bench.modes=[read, emulate]", "--set", "bench.steps=2",
+        "--set", "bench.read_steps=8",
         "--set", "bench.warmup_steps=1", "--set", "bench.computation_time_s=0.01",
         "--set", "model.image_size=64",
     ])  # fmt: skip
@@ -49,11 +50,14 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
     }
     assert {r["cache"] for r in rows if r["pass"] == "1"} == {"warm"}
     for r in rows:
-        assert int(r["samples"]) == 4  # 2 measured steps of batch 2, everywhere
+        # emulate: 2 measured steps of batch 2; read: 8, over two epochs of the 12 images when
+        # warm, the 5 measured steps of one epoch when cold (6 batches, 1 of warm-up)
+        expected = 4 if r["mode"] == "emulate" else 10 if r["pass"] == "0" else 16
+        assert int(r["samples"]) == expected, r["config"]
         assert float(r["baseline_mbps"]) > 0 and float(r["ratio_to_baseline"]) > 0
         assert float(r["peak_rss_mib"]) > 0
     s3_random = [r for r in rows if r["storage"] == "s3" and r["access"] == "random"]
-    assert all(int(r["requests"]) == 4 for r in s3_random)  # one GET per sample
+    assert all(r["requests"] == r["samples"] for r in s3_random)  # one GET per sample
     warm_reads = [r for r in rows if r["mode"] == "read" and r["pass"] == "1"]
     compared = {(r["storage"], r["access"]) for r in warm_reads if r["ratio_to_peer"] != "nan"}
     assert compared == {("fs", "random"), ("s3", "random"), ("s3", "objects")}

@@ -293,7 +293,16 @@ class BenchConfig:
         item_kind=int,
         minimum=0,
     )
-    steps: int = opt(12, "measured steps per configuration and pass", kind=int, minimum=1)
+    steps: int = opt(
+        12, "emulate, train: measured steps per configuration and pass", kind=int, minimum=1
+    )
+    read_steps: int = opt(
+        100,
+        "read: measured steps per configuration and pass (warm passes repeat epochs as needed; "
+        "the cold pass stops after one epoch)",
+        kind=int,
+        minimum=1,
+    )
     warmup_steps: int = opt(
         2, "steps run before measuring (excluded from figures)", kind=int, minimum=0
     )
