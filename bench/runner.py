@@ -14,8 +14,9 @@ Every configuration runs the same seed, the same data and the same number of ste
 (``bench.steps``; ``read`` runs ``bench.read_steps``, as it is fast enough for a single epoch
 to last only milliseconds); warm-up steps are excluded from the figures
 (:func:`training.engine.measure_steps`). A warm pass goes on into further epochs (reshuffled)
-until its steps are done; the cold pass stops at the end of its first epoch, since a second
-one would read from the cache the first one filled.
+until its steps are done, with the same (persistent) DataLoader workers, so that worker
+start-up falls in the warm-up steps only; the cold pass stops at the end of its first epoch,
+since a second one would read from the cache the first one filled.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def run_case(
             batch_size=cfg.loader.batch_size,
             num_workers=case.workers,
             prefetch_factor=cfg.loader.prefetch_factor,
-            persistent_workers=cfg.loader.persistent_workers,
+            persistent_workers=case.workers > 0,  # start-up paid once, in the warm-up steps
             pin_memory=cfg.loader.pin_memory,
         ),
         shuffle=True,

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import random
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms import v2
@@ -110,12 +111,26 @@ class ShardStream(IterableDataset):
 
     def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int, float, str]]:
         """``(raw sample, nbytes, read_s, image id)`` of each shard in turn; the ids come from
-        the manifest, which lists them in tar order."""
-        for shard in shards:
-            for (raw, nbytes, read_s), image_id in zip(
-                iter_shard(self.storage, shard), shard.ids, strict=True
-            ):
-                yield raw, nbytes, read_s, image_id
+        the manifest, which lists them in tar order.
+
+        The next shard is opened (its GET sent, its first bytes awaited) in a background
+        thread while the current one is read, so the request latency of each shard after the
+        first is hidden; nothing more of it is read ahead, so memory stays bounded.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-open") as pool:
+            opening = pool.submit(self.storage.open, shards[0].key) if shards else None
+            try:
+                for i, shard in enumerate(shards):
+                    stream = opening.result()
+                    opening = None
+                    if i + 1 < len(shards):
+                        opening = pool.submit(self.storage.open, shards[i + 1].key)
+                    samples = iter_shard(self.storage, shard, stream)
+                    for (raw, nbytes, read_s), image_id in zip(samples, shard.ids, strict=True):
+                        yield raw, nbytes, read_s, image_id
+            finally:  # stopped early (or failed): close the shard opened ahead
+                if opening is not None and opening.exception() is None:
+                    opening.result().close()
 
 
 class SharedEpoch:

@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from webdataset.writer import TarWriter
 
@@ -169,7 +170,9 @@ def read_manifest(storage: Storage, prefix: str) -> tuple[list[ShardInfo], int] 
         ) from None
 
 
-def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, float]]:
+def iter_shard(
+    storage: Storage, shard: ShardInfo, stream: BinaryIO | None = None
+) -> Iterator[tuple[dict, int, float]]:
     """Stream one shard front to back and yield its samples.
 
     The tar is parsed by :func:`pipelines.tar_stream.iter_members` from 1 MiB reads, and its
@@ -177,6 +180,10 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
     one tar member (one image): the shard is never held whole. Bytes are counted at the storage
     stream, tar headers and padding included, so the ``nbytes`` of all samples of a shard add
     up to the bytes actually read from storage.
+
+    Args:
+        stream: the shard already opened with ``storage.open`` (by a read-ahead), or None to
+            open it here; it is closed at the end either way.
 
     Yields:
         ``(sample, nbytes, read_s)``: ``sample`` maps ``"__key__"``, ``"__url__"`` (the
@@ -192,7 +199,7 @@ def iter_shard(storage: Storage, shard: ShardInfo) -> Iterator[tuple[dict, int, 
         pipelines.storage.StorageError: the shard cannot be opened.
     """
     where = storage.describe(shard.key)
-    stream = CountingReader(storage.open(shard.key))
+    stream = CountingReader(stream if stream is not None else storage.open(shard.key))
     count, given_bytes, given_s = 0, 0, 0.0
     pending = None
     try:
