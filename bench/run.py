@@ -210,7 +210,7 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
             workers = (cfg.bench.worker_counts or [cfg.loader.num_workers])[0]
             common = dict(
                 batch_size=cfg.loader.batch_size, num_workers=workers,
-                image_size=cfg.model.image_size, max_batches=cfg.bench.steps,
+                image_size=cfg.model.image_size, max_batches=cfg.bench.read_steps,
             )  # fmt: skip
             if "fs" in cfg.bench.storages:
                 fs_prep = prepared[("fs", "-")]

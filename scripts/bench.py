@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         cfg = config_from_args(args)
-        from bench.report import table, write_report
+        from bench.report import goals, table, write_report
         from bench.run import run_bench, timestamp
 
         out = Path(args.out) / timestamp()
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     print(table(results))
+    print("\n".join(goals(results, cfg.bench.decode)))
     print(f"report: {out / 'report.md'}")
     return 0
 

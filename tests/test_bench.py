@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from bench.report import RESULT_COLUMNS
+from bench.report import RESULT_COLUMNS, goals
 from bench.runner import Case, expand_matrix
 from scripts import bench as bench_cli
 from training.config import load_config
@@ -65,3 +65,40 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
     assert all(0 < float(r["au"]) <= 1 for r in emulate)
     out = capsys.readouterr().out
     assert "fs/random/read/w1" in out and "report:" in out
+
+
+def result_row(**row):
+    base = dict(mode="read", client_lib="boto3", cache="warm", samples=100, bytes_read=2_000_000,
+                samples_per_s=1000.0, ratio_to_baseline=float("nan"), baseline_mbps=100.0,
+                baseline_objects_per_s=float("nan"), ratio_to_peer=float("nan"))  # fmt: skip
+    return {**base, **row}
+
+
+def test_goals_say_what_is_met_and_by_how_much_what_is_not():
+    lines = goals(
+        [
+            result_row(access="shards", storage="fs", client_lib="-", ratio_to_baseline=0.25),
+            result_row(access="shards", storage="s3", ratio_to_baseline=0.95),
+            result_row(access="random", storage="s3", baseline_objects_per_s=800.0),
+            result_row(access="objects", storage="s3", ratio_to_peer=0.6),
+            result_row(
+                access="random", storage="s3", client_lib="s3torchconnector", ratio_to_peer=0.1
+            ),  # fmt: skip
+            result_row(
+                access="shards",
+                storage="fs",
+                client_lib="-",
+                mode="emulate",
+                ratio_to_baseline=0.01,
+            ),  # fmt: skip
+        ],
+        decode=False,
+    )
+    assert len(lines) == 4  # the s3torchconnector row and the emulate row are not judged
+    shards_fs, shards_s3, random_s3, objects_peer = lines
+    assert "shards on fs (warm, read, bench.decode false): 0.25x" in shards_fs
+    assert "NOT met" in shards_fs and "1000 us per 20.0 kB sample" in shards_fs
+    assert "caps it at 20 MB/s" in shards_fs
+    assert shards_s3.endswith("0.95x the raw baseline's MB/s (goal 0.9): met")
+    assert "1.25x the boto3 GET pool's objects/s (goal 0.9): met" in random_s3
+    assert "boto3 objects vs s3torchconnector's dataset: 0.60x: 40 % slower" in objects_peer
