@@ -129,7 +129,7 @@ def fs_read_baseline(
         raise ValueError("fs_read_baseline: no files to read")
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes={chunk_bytes} must be at least 1")
-    evicted = evict_page_cache(paths) if cold else False
+    evicted = evict_page_cache(paths, flush=True) if cold else False
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
     total = 0

@@ -116,7 +116,7 @@ def cache_state(prepared: Prepared, access: str, pass_index: int) -> str:
     if pass_index > 0:
         return "warm"
     files = case_files(prepared, access)
-    if files and evict_page_cache(files):
+    if files and evict_page_cache(files, flush=True):
         return "cold (page cache evicted)"
     return "cold (first pass; cache not evicted)"
 
@@ -127,7 +127,7 @@ def measure_baseline(prepared: Prepared, storage_kind: str, access: str, cfg: Co
     if storage_kind == "fs":
         files = case_files(prepared, access)
         if cold:
-            evict_page_cache(files)
+            evict_page_cache(files, flush=True)
         return fs_read_baseline(files)
     from pipelines.s3 import S3Storage
 
@@ -135,7 +135,7 @@ def measure_baseline(prepared: Prepared, storage_kind: str, access: str, cfg: Co
     if not isinstance(storage, S3Storage):
         return None  # the GET-pool baseline is boto3's; s3torchconnector rows reuse boto3's
     if cold and prepared.local_dir is not None:
-        evict_page_cache(case_files(prepared, access))
+        evict_page_cache(case_files(prepared, access), flush=True)
     threads = min(cfg.access.concurrency, storage.max_pool_connections)
     return s3_get_baseline(storage, kind_keys, threads=threads)
 
