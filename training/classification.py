@@ -19,7 +19,7 @@ from tqdm import tqdm
 from models.classifier import build_classifier, build_pretrained_classifier
 from pipelines.samples import Batch, classification_transform
 from training.config import Config
-from training.engine import TrainingError
+from training.engine import TrainingError, optimizer_step
 
 #: Label id of the first class (no background class).
 LABEL_OFFSET = 0
@@ -90,13 +90,7 @@ def step_fn(
             raise TrainingError(
                 f"loss is {loss_value} at epoch {epoch} step {index}; lower train.lr"
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        optimizer_step(loss, optimizer, scheduler, device)
         return loss_value
 
     return step

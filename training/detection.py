@@ -18,7 +18,7 @@ from tqdm import tqdm
 from models.detector import build_detector, build_pretrained_detector
 from pipelines.samples import Batch, detection_transform
 from training.config import Config
-from training.engine import TrainingError
+from training.engine import TrainingError, optimizer_step
 
 #: Label id of the first class: 0 is the background class of torchvision's detectors.
 LABEL_OFFSET = 1
@@ -99,13 +99,7 @@ def step_fn(
                 f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); "
                 "lower train.lr or check the boxes"
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        optimizer_step(loss, optimizer, scheduler, device)
         return loss_value
 
     return step

@@ -106,6 +106,23 @@ def measure_steps(
     return meter
 
 
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+) -> None:
+    """Backpropagate ``loss`` (a scalar tensor) and step the optimizer and the LR schedule;
+    on CUDA, wait for the device to finish so that the step's compute time is all measured."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     step_fn: Callable[[Batch, int], float],
