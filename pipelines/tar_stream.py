@@ -46,21 +46,30 @@ class _Reader:
     def take(self, n: int) -> bytes:
         """The next ``n`` bytes.
 
+        A piece that spans reads is assembled from views of the reads, so each byte is
+        copied once into the piece, never the rest of a read.
+
         Raises:
             TarFormatError: the stream ends first.
         """
         end = self.pos + n
-        if end > len(self.buffer):
-            parts, have = [self.buffer[self.pos :]], len(self.buffer) - self.pos
-            while have < n:
-                data = self.stream.read(max(self.chunk_size, n - have))
-                if not data:
+        if end <= len(self.buffer):
+            data = self.buffer[self.pos : end]
+            self.pos = end
+        else:
+            parts = [memoryview(self.buffer)[self.pos :]]
+            have = len(parts[0])
+            while True:
+                chunk = self.stream.read(max(self.chunk_size, n - have))
+                if not chunk:
                     raise TarFormatError(f"unexpected end of data ({n - have} bytes missing)")
-                parts.append(data)
-                have += len(data)
-            self.buffer, self.pos, end = b"".join(parts), 0, n
-        data = self.buffer[self.pos : end]
-        self.pos = end
+                if have + len(chunk) >= n:
+                    parts.append(memoryview(chunk)[: n - have])
+                    self.buffer, self.pos = chunk, n - have
+                    break
+                parts.append(memoryview(chunk))
+                have += len(chunk)
+            data = b"".join(parts)
         self.consumed += n
         return data
 
@@ -131,7 +140,10 @@ def _number(field: bytes) -> int:
 
 def _check_checksum(header: bytes) -> None:
     """Compare the header's ``chksum`` with the sum of its bytes (checksum field as spaces)."""
-    stored = _number(header[148:156])
+    try:
+        stored = _number(header[148:156])
+    except TarFormatError:
+        stored = -1  # not even a number: not a header
     if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
         raise TarFormatError("bad tar header checksum (not a tar file, or corrupt)")
 

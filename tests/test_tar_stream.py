@@ -72,5 +72,6 @@ def test_corrupt_header_fails_its_checksum():
     data[5] ^= 0xFF  # a byte of the first member's name
     with pytest.raises(TarFormatError, match="checksum"):
         list(iter_members(io.BytesIO(bytes(data))))
-    with pytest.raises(TarFormatError, match="checksum"):
-        list(iter_members(io.BytesIO(os.urandom(2048))))
+    for garbage in (b"not a tar file " * 200, bytes(range(256)) * 8, os.urandom(2048)):
+        with pytest.raises(TarFormatError, match="checksum"):
+            list(iter_members(io.BytesIO(garbage)))
