@@ -2,11 +2,11 @@
 
 This is the hot loop of the sequential shard pattern. Python's ``tarfile`` (which WebDataset's
 ``tar_file_iterator`` uses) builds a ``TarInfo`` object and makes several small reads per member;
-on the BCCD shards (23 KB per sample) that caps a reader at ~12,000 samples/s on this project's
+on the BCCD shards (23 kB per sample) that caps a reader at ~12,000 samples/s on this project's
 2-core machine. Here the stream is read in ``chunk_size`` pieces and each 512-byte header is
-parsed in place: ~42,000 samples/s on the same shards, 3.4x (4.8x on the 5 KB cell crops;
-``python -m scripts.bench_shards`` measures both in one run). Memory stays bounded by one chunk
-plus the largest member.
+parsed in place: ~57,000 samples/s on the same shards, 4.8x (2.4x on 152 kB samples, where
+copying the bytes weighs more; ``python -m scripts.bench_shards`` measures both readers in one
+run). Memory stays bounded by one chunk plus the largest member.
 
 Format (POSIX.1-1988 "ustar", as extended by POSIX.1-2001 "pax"; the GNU tar manual, "Basic
 Tar Format"): a 512-byte header per member, whose fields are ``name`` (bytes 0-99),
