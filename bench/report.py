@@ -166,7 +166,7 @@ def goals(results: list[dict], decode: bool) -> list[str]:
             work = "decoding, transforms, " if decode else ""
             line += (
                 f". The loader spends {per_sample_us:.0f} us per {size_kb:.1f} kB sample ({work}tar"
-                " parsing, sample dicts, batching, transfer from the DataLoader workers), which"
+                " parsing, sample dicts, batching, transfer from DataLoader workers), which"
                 f" caps it at {size_kb * 1e3 / per_sample_us:.0f} MB/s on this machine; the"
                 f" baseline does no per-sample work ({r['baseline_mbps']:.0f} MB/s)"
             )
