@@ -353,8 +353,9 @@ def test_load_split_dispatches_on_dataset_format(coco_root, oid_root):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("access", ["random", "sequential"])
 @pytest.mark.parametrize("fmt", ["coco", "oid"])
-def test_one_epoch_trains_on_each_format(tmp_path, fmt):
+def test_one_epoch_trains_on_each_format(tmp_path, fmt, access):
     root = tmp_path / fmt
     if fmt == "coco":
         write_coco(root, {"train": 4, "test": 2})
@@ -370,9 +371,10 @@ def test_one_epoch_trains_on_each_format(tmp_path, fmt):
         *("--set", "dataset.train_split=train", "--set", "dataset.eval_split=test"),
         *("--set", f"dataset.classes={classes}", "--set", "model.image_size=128"),
         *("--limit", "4", "--epochs", "1", "--batch-size", "2", "--workers", "0"),
-        *("--no-pretrained", "--access", "random", "--out", str(out)),
+        *("--no-pretrained", "--access", access, "--out", str(out)),
     ]
     assert train_main(args) == 0
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and float(rows[0]["samples"]) == 4 and rows[0]["errors"] == ""
+    assert rows[0]["source"] == ("shards" if access == "sequential" else "random")
