@@ -65,22 +65,24 @@ def _result(
     )
 
 
-def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = False) -> bool:
+def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = True) -> bool:
     """Drop the files' pages from the OS page cache, so that the next read comes from the device.
 
     Uses ``posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`` on each file, which needs no root
     (unlike ``echo 3 > /proc/sys/vm/drop_caches``). This is what "cold" means for a filesystem
     baseline here. Limits:
 
-    - dirty pages (written but not yet flushed to the device) are *not* evicted: a file written
-      moments ago stays partly cached unless ``flush`` is set (``fdatasync`` each file first);
+    - dirty pages (written but not yet flushed to the device) are *not* evicted, so by default
+      each file is ``fdatasync``-ed first: a file written moments ago (shards written for the
+      run) is then evicted too;
     - tmpfs / ramfs keep their pages (memory is their storage), and network filesystems may keep
       a client-side or server-side cache that this does not reach;
     - it is advice: the kernel may keep pages that are mapped or in use by other processes.
 
     Args:
         paths: files to evict.
-        flush: ``fdatasync`` each file before evicting, so recently written data is evicted too.
+        flush: ``fdatasync`` each file before evicting (default); False skips it, leaving
+            recently written pages cached.
 
     Returns:
         True when the advice was given for every file; False on a platform without
@@ -129,7 +131,7 @@ def fs_read_baseline(
         raise ValueError("fs_read_baseline: no files to read")
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes={chunk_bytes} must be at least 1")
-    evicted = evict_page_cache(paths, flush=True) if cold else False
+    evicted = evict_page_cache(paths) if cold else False
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
     total = 0

@@ -116,28 +116,24 @@ def cache_state(prepared: Prepared, access: str, pass_index: int) -> str:
     if pass_index > 0:
         return "warm"
     files = case_files(prepared, access)
-    if files and evict_page_cache(files, flush=True):
+    if files and evict_page_cache(files):
         return "cold (page cache evicted)"
     return "cold (first pass; cache not evicted)"
 
 
 def measure_baseline(prepared: Prepared, storage_kind: str, access: str, cfg: Config, cold: bool):
     """The raw read of the same objects: ``cat`` over files (fs), a boto3 GET pool (s3)."""
-    kind_keys = case_keys(prepared, access)
     if storage_kind == "fs":
-        files = case_files(prepared, access)
-        if cold:
-            evict_page_cache(files, flush=True)
-        return fs_read_baseline(files)
+        return fs_read_baseline(case_files(prepared, access), cold=cold)
     from pipelines.s3 import S3Storage
 
     storage = prepared.source.storage
     if not isinstance(storage, S3Storage):
         return None  # the GET-pool baseline is boto3's; s3torchconnector rows reuse boto3's
     if cold and prepared.local_dir is not None:
-        evict_page_cache(case_files(prepared, access), flush=True)
+        evict_page_cache(case_files(prepared, access))
     threads = min(cfg.access.concurrency, storage.max_pool_connections)
-    return s3_get_baseline(storage, kind_keys, threads=threads)
+    return s3_get_baseline(storage, case_keys(prepared, access), threads=threads)
 
 
 def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
