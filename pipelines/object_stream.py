@@ -14,17 +14,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from torch.utils.data import IterableDataset
 from torchdata.nodes import IterableWrapper, Loader, ParallelMapper
 from torchvision.transforms import v2
 
 from pipelines.records import Record
 from pipelines.samples import make_sample
-from pipelines.sequential import SharedEpoch, shuffle_buffered, worker_slot
+from pipelines.sequential import EpochStream, worker_slot
 from pipelines.storage import Storage
 
 
-class ObjectStreamDataset(IterableDataset):
+class ObjectStreamDataset(EpochStream):
     """Iterable-style dataset reading the images in listing (key) order with concurrent GETs.
 
     Args:
@@ -56,29 +55,17 @@ class ObjectStreamDataset(IterableDataset):
     ):
         if concurrency < 1:
             raise ValueError(f"{concurrency=} must be >= 1")
+        super().__init__(shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed)
         self.storage = storage
         self.records = sorted(records, key=lambda r: r.image_key)
         self.transform = transform
         self.class_to_index = class_to_index
         self.concurrency = concurrency
-        self.shuffle = shuffle
-        self.shuffle_buffer = shuffle_buffer
-        self.seed = seed
-        self._epoch = SharedEpoch()
 
     @property
     def num_samples(self) -> int:
         """Samples in one epoch."""
         return len(self.records)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose shuffle is read (see :class:`pipelines.sequential.SharedEpoch`)."""
-        return self._epoch.get()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch's shuffle; call before creating the DataLoader iterator."""
-        self._epoch.set(epoch)
 
     def worker_records(self, worker_id: int, num_workers: int) -> list[Record]:
         """The contiguous slice of the listing that worker ``worker_id`` reads."""
@@ -99,12 +86,7 @@ class ObjectStreamDataset(IterableDataset):
             in_order=True,
             method="thread",
         )
-        fetched: Iterator = iter(Loader(node))
-        if self.shuffle:
-            fetched = shuffle_buffered(
-                fetched, self.shuffle_buffer, f"{self.seed}-{self.epoch}-{worker_id}"
-            )
-        for record, data, read_s in fetched:
+        for record, data, read_s in self.buffer_shuffled(iter(Loader(node)), worker_id):
             yield make_sample(
                 record,
                 data,

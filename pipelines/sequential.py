@@ -29,7 +29,48 @@ from pipelines.storage import Storage
 log = logging.getLogger(__name__)
 
 
-class ShardStream(IterableDataset):
+class EpochStream(IterableDataset):
+    """Base of the iterable-style datasets: the epoch that seeds their shuffles, and the
+    per-worker shuffle buffer.
+
+    An iterable-style dataset lives on in each DataLoader worker as a copy made when the workers
+    started; with ``persistent_workers`` those copies outlive the epoch, so an attribute set
+    later in the main process would never reach them and every epoch would repeat the first
+    one's shuffle. The epoch is therefore kept in shared memory (``multiprocessing.Value``),
+    which forked or spawned workers inherit.
+
+    Args:
+        shuffle: pass samples through the shuffle buffer (and let subclasses shuffle more).
+        shuffle_buffer: samples held in the buffer, per worker.
+        seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
+    """
+
+    def __init__(self, *, shuffle: bool, shuffle_buffer: int, seed: int):
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self._epoch = multiprocessing.Value("q", 0, lock=False)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose shuffle is read."""
+        return self._epoch.value
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch's shuffle; workers see it the next time they start iterating."""
+        self._epoch.value = epoch
+
+    def buffer_shuffled(self, items: Iterator, worker_id: int) -> Iterator:
+        """``items`` through WebDataset's shuffle buffer of ``shuffle_buffer`` items (filled
+        before the first item leaves), seeded by the seed, the epoch and ``worker_id``;
+        unchanged when not shuffling or with a buffer of 1."""
+        if not self.shuffle or self.shuffle_buffer <= 1:
+            return items
+        rng = random.Random(f"{self.seed}-{self.epoch}-{worker_id}")
+        return shuffle_stage(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(items)
+
+
+class ShardStream(EpochStream):
     """Iterable-style dataset over a list of shards; yields sample dicts (see pipelines.samples).
 
     Args:
@@ -55,28 +96,16 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int,
         seed: int,
     ):
+        super().__init__(shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed)
         self.storage = storage
         self.shards = shards
         self.transform = transform
         self.class_to_index = class_to_index
-        self.shuffle = shuffle
-        self.shuffle_buffer = shuffle_buffer
-        self.seed = seed
-        self._epoch = SharedEpoch()
 
     @property
     def num_samples(self) -> int:
         """Samples in one epoch (all shards)."""
         return sum(s.samples for s in self.shards)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose shuffle is read (see :class:`SharedEpoch`)."""
-        return self._epoch.get()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch's shuffle; call before creating the DataLoader iterator."""
-        self._epoch.set(epoch)
 
     def worker_shards(self, worker_id: int, num_workers: int) -> list[ShardInfo]:
         """The shards worker ``worker_id`` of ``num_workers`` reads this epoch, in order."""
@@ -87,11 +116,8 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker_id, num_workers = worker_slot()
-        samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
-        if self.shuffle:
-            samples = shuffle_buffered(
-                samples, self.shuffle_buffer, f"{self.seed}-{self.epoch}-{worker_id}"
-            )
+        raw_samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
+        samples = self.buffer_shuffled(raw_samples, worker_id)
         for raw, nbytes, read_s, image_id in samples:
             requests = self.storage.take_stats()  # a shard's GET lands on one sample
             if self.transform is None:  # the read path alone: the annotation is not parsed
@@ -133,37 +159,7 @@ class ShardStream(IterableDataset):
                     opening.result().close()
 
 
-class SharedEpoch:
-    """An epoch number that DataLoader worker processes read at the start of each epoch.
-
-    An iterable-style dataset lives on in each worker as a copy made when the workers started;
-    with ``persistent_workers`` those copies outlive the epoch, so an attribute set later in the
-    main process would never reach them and every epoch would repeat the first one's shuffle.
-    The number is kept in shared memory (``multiprocessing.Value``) instead, which forked or
-    spawned workers inherit.
-    """
-
-    def __init__(self) -> None:
-        self._value = multiprocessing.Value("q", 0, lock=False)
-
-    def get(self) -> int:
-        """The current epoch."""
-        return self._value.value
-
-    def set(self, epoch: int) -> None:
-        """Set the epoch; workers see it the next time they start iterating."""
-        self._value.value = epoch
-
-
 def worker_slot() -> tuple[int, int]:
     """``(worker id, number of workers)`` of the calling DataLoader worker; ``(0, 1)`` outside."""
     info = get_worker_info()
     return (info.id, info.num_workers) if info else (0, 1)
-
-
-def shuffle_buffered(items: Iterator, size: int, seed: str) -> Iterator:
-    """Pass ``items`` through WebDataset's shuffle buffer of ``size`` items (filled before the
-    first item leaves), with a ``random.Random(seed)``; unchanged when ``size <= 1``."""
-    if size <= 1:
-        return items
-    return shuffle_stage(size, size, rng=random.Random(seed))(items)
