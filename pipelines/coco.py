@@ -24,7 +24,7 @@ import math
 import posixpath
 
 from pipelines.records import BoxCounts, DatasetError, DetectionRecord
-from pipelines.storage import ObjectNotFound, Storage, StorageError
+from pipelines.storage import ObjectNotFound, Storage, relative_keys
 from pipelines.voc import join_key
 
 ANNOTATIONS = "_annotations.coco.json"
@@ -32,15 +32,9 @@ ANNOTATIONS = "_annotations.coco.json"
 
 def available_splits(storage: Storage, root: str = "") -> list[str]:
     """Folders directly under ``root`` that hold an ``_annotations.coco.json``; sorted."""
-    base = root.strip("/")
-    try:
-        keys = list(storage.list(base))
-    except StorageError:
-        return []
-    skip = len(base) + 1 if base else 0
     found = set()
-    for key in keys:
-        parts = key[skip:].split("/")
+    for key in relative_keys(storage, root):
+        parts = key.split("/")
         if len(parts) == 2 and parts[1] == ANNOTATIONS:
             found.add(parts[0])
     return sorted(found)

@@ -8,7 +8,7 @@ classes are read as one dataset.
 from __future__ import annotations
 
 from pipelines.records import BoxCounts, ClassificationRecord, DatasetError
-from pipelines.storage import Storage, StorageError
+from pipelines.storage import Storage, relative_keys
 from pipelines.voc import join_key
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -36,17 +36,15 @@ def load_folder_split(
         DatasetError: the split folder is missing or holds no image in a class folder.
     """
     base = join_key(root, split)
-    try:
-        keys = list(storage.list(base))
-    except StorageError:
-        keys = []
     by_class: dict[str, list[ClassificationRecord]] = {}
-    for key in sorted(keys):
-        parts = key[len(base) + 1 :].split("/")
+    for key in sorted(relative_keys(storage, base)):
+        parts = key.split("/")
         if len(parts) != 2 or not parts[1].lower().endswith(IMAGE_SUFFIXES):
             continue
         label, name = parts
-        record = ClassificationRecord(f"{label}/{name.rsplit('.', 1)[0]}", key, label)
+        record = ClassificationRecord(
+            f"{label}/{name.rsplit('.', 1)[0]}", join_key(base, key), label
+        )
         by_class.setdefault(label, []).append(record)
     if not by_class:
         raise DatasetError(

@@ -34,7 +34,7 @@ from collections import defaultdict
 from PIL import Image
 
 from pipelines.records import BoxCounts, DatasetError, DetectionRecord
-from pipelines.storage import Storage, StorageError
+from pipelines.storage import Storage, relative_keys
 from pipelines.voc import join_key
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,7 @@ def _size(data: bytes) -> tuple[int, int]:
 
 
 def _top_folders(storage: Storage, root: str) -> list[str]:
-    base = root.strip("/")
-    try:
-        keys = list(storage.list(base))
-    except StorageError:
-        return []
-    skip = len(base) + 1 if base else 0
-    return sorted({k[skip:].split("/")[0] for k in keys if "/" in k[skip:]})
+    return sorted({k.split("/")[0] for k in relative_keys(storage, root) if "/" in k})
 
 
 def load_oid_split(
@@ -145,20 +139,16 @@ def load_oid_split(
             file, a label line does not parse (``path:line``), or an image is unreadable.
     """
     base = join_key(root, split)
-    try:
-        keys = list(storage.list(base))
-    except StorageError:
-        keys = []
+    keys = list(relative_keys(storage, base))
     if not keys:
         raise DatasetError(
             f"split {split!r} not found: {storage.describe(base)} is missing or empty; "
             f"folders found: {', '.join(_top_folders(storage, root)) or 'none'}"
         )
-    skip = len(base) + 1
     folders_of: dict[str, list[str]] = defaultdict(list)  # image id -> class folders
     labels: set[tuple[str, str]] = set()  # (class folder, image id)
     for key in keys:
-        parts = key[skip:].split("/")
+        parts = key.split("/")
         if len(parts) == 2 and parts[1].endswith(IMAGE_SUFFIX):
             folders_of[parts[1][: -len(IMAGE_SUFFIX)]].append(parts[0])
         elif len(parts) == 3 and parts[1] == LABEL_DIR and parts[2].endswith(LABEL_SUFFIX):

@@ -202,6 +202,23 @@ class FileSystemStorage:
         return stats
 
 
+def relative_keys(storage: Storage, prefix: str) -> Iterator[str]:
+    """The keys under ``prefix``, relative to it (``a/b.jpg`` for ``<prefix>/a/b.jpg``), in
+    listing order, fetched as the caller iterates.
+
+    A prefix that is not there (a missing folder, an S3 prefix without objects) yields nothing,
+    and so does a listing the storage refuses part-way: this is what the dataset readers and
+    format detection need, which then report what they did (not) find.
+    """
+    base = prefix.strip("/")
+    skip = len(base) + 1 if base else 0
+    try:
+        for key in storage.list(base):
+            yield key[skip:]
+    except StorageError:
+        return
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from pipelines.records import BoxCounts, DatasetError, DetectionRecord
-from pipelines.storage import ObjectNotFound, Storage, StorageError
+from pipelines.storage import ObjectNotFound, Storage, relative_keys
 
 SPLIT_DIR = "ImageSets/Main"
 
@@ -43,10 +43,7 @@ def read_split_ids(storage: Storage, split: str, root: str = "") -> list[str]:
 
 def available_splits(storage: Storage, root: str = "") -> list[str]:
     """Names of the split files under ``ImageSets/Main``; empty when there is none."""
-    try:
-        keys = list(storage.list(join_key(root, SPLIT_DIR)))
-    except StorageError:
-        return []
+    keys = relative_keys(storage, join_key(root, SPLIT_DIR))
     return sorted(k.rsplit("/", 1)[-1][:-4] for k in keys if k.endswith(".txt"))
 
 

@@ -17,7 +17,7 @@ from pipelines.loaders import ensure_shards, shard_prefix
 from pipelines.oid import LABEL_DIR, LABEL_SUFFIX, load_oid_split
 from pipelines.records import BoxCounts, ClassificationRecord, DatasetError, Record
 from pipelines.shards import ShardInfo
-from pipelines.storage import FileSystemStorage, Storage, StorageError
+from pipelines.storage import FileSystemStorage, Storage, relative_keys
 from pipelines.voc import join_key, load_voc_split
 from training.config import Config, ConfigError
 
@@ -162,19 +162,12 @@ def detect_format(storage: Storage, root: str, split: str) -> str:
     if storage.exists(join_key(root, f"{split}/{ANNOTATIONS}")):
         return "coco"
     base = join_key(root, split)
-    try:
-        for key in storage.list(base):
-            parts = key[len(base) + 1 :].split("/")
-            if len(parts) == 2 and parts[1].lower().endswith(IMAGE_SUFFIXES):
-                label = join_key(base, f"{parts[0]}/{LABEL_DIR}/{parts[1].rsplit('.', 1)[0]}")
-                return "oid" if storage.exists(label + LABEL_SUFFIX) else "folder"
-    except StorageError:
-        pass
-    try:
-        empty = next(iter(storage.list(root)), None) is None
-    except StorageError:
-        empty = True
-    if empty:
+    for key in relative_keys(storage, base):
+        parts = key.split("/")
+        if len(parts) == 2 and parts[1].lower().endswith(IMAGE_SUFFIXES):
+            label = join_key(base, f"{parts[0]}/{LABEL_DIR}/{parts[1].rsplit('.', 1)[0]}")
+            return "oid" if storage.exists(label + LABEL_SUFFIX) else "folder"
+    if next(relative_keys(storage, root), None) is None:
         raise DatasetError(
             f"no dataset at {storage.describe(root or '')}: it is missing or empty; check DATA= "
             "(or storage.root / storage.prefixes, and for s3 the bucket)"
