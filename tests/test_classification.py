@@ -24,7 +24,7 @@ from scripts.train import main as train_main
 from tests.conftest import make_voc_subset
 from training import classification
 from training.cli import data_overrides
-from training.config import CLASSIFIER_ARCHS, ConfigError, load_config
+from training.config import CLASSIFIER_ARCHS, DETECTOR_ARCHS, ConfigError, load_config
 from training.data import DataSource, detect_format, load_split
 
 CLASSES = ["Platelets", "RBC", "WBC"]
@@ -146,7 +146,10 @@ def test_config_refuses_what_the_task_cannot_use(overrides, message):
 
 
 def test_config_and_model_agree_on_the_architectures():
+    from models.detector import ARCHITECTURES as DETECTORS
+
     assert CLASSIFIER_ARCHS == ARCHITECTURES
+    assert DETECTOR_ARCHS == tuple(DETECTORS)
 
 
 # --- samples, shards and the task's metrics -------------------------------------------------

@@ -24,6 +24,8 @@ class ConfigError(Exception):
 DETECTOR_ARCHS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn")
 #: Classifier architectures (``models.classifier.ARCHITECTURES``).
 CLASSIFIER_ARCHS = ("convnet", "resnet18")
+#: The dataset formats that hold what each task learns from (``auto`` detects one of them).
+TASK_FORMATS = {"detection": ("voc", "coco", "oid"), "classification": ("folder",)}
 
 
 def opt(
@@ -396,10 +398,8 @@ def check_task(cfg: Config) -> Config:
     Raises:
         ConfigError: naming the key and what the task allows.
     """
-    if cfg.task == "detection":
-        archs, formats = DETECTOR_ARCHS, ("auto", "voc", "coco", "oid")
-    else:
-        archs, formats = CLASSIFIER_ARCHS, ("auto", "folder")
+    archs = DETECTOR_ARCHS if cfg.task == "detection" else CLASSIFIER_ARCHS
+    formats = ("auto", *TASK_FORMATS[cfg.task])
     if cfg.model.arch not in archs:
         raise ConfigError(
             f"model.arch {cfg.model.arch!r} cannot do task {cfg.task}; choose {', '.join(archs)}"

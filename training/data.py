@@ -19,7 +19,7 @@ from pipelines.records import BoxCounts, ClassificationRecord, DatasetError, Rec
 from pipelines.shards import ShardInfo
 from pipelines.storage import FileSystemStorage, Storage, relative_keys
 from pipelines.voc import join_key, load_voc_split
-from training.config import Config, ConfigError
+from training.config import TASK_FORMATS, Config, ConfigError
 
 #: Reader of each ``dataset.format``: ``(storage, split, limit, root) -> (records, counts)``.
 READERS: dict[str, Callable[..., tuple[list[Record], BoxCounts]]] = {
@@ -28,8 +28,6 @@ READERS: dict[str, Callable[..., tuple[list[Record], BoxCounts]]] = {
     "oid": load_oid_split,
     "folder": load_folder_split,
 }
-#: The formats that hold what each task learns from.
-TASK_FORMATS = {"detection": ("voc", "coco", "oid"), "classification": ("folder",)}
 
 #: Where `make s3-up` writes the local S3 server's endpoint and credentials.
 LOCAL_S3_ENV = Path(".s3/env")
