@@ -13,15 +13,19 @@ field's benchmarks do:
 Every configuration runs the same seed, the same data and the same number of steps
 (``bench.steps``; ``read`` runs ``bench.read_steps``, as it is fast enough for a single epoch
 to last only milliseconds); warm-up steps are excluded from the figures
-(:func:`training.engine.measure_steps`). A warm pass goes on into further epochs (reshuffled)
-until its steps are done, with the same (persistent) DataLoader workers, so that worker
-start-up falls in the warm-up steps only; the cold pass stops at the end of its first epoch,
-since a second one would read from the cache the first one filled.
+(:func:`training.engine.measure_steps`). In ``read`` mode the measured clock starts at the
+first storage read for a measured batch when the workers read it ahead during the warm-up:
+there the loader is the bottleneck by construction, and the batches it read ahead (up to
+``num_workers x prefetch_factor`` transfers of ``loader.worker_batches`` batches) would
+otherwise count as delivered in no time. A warm pass goes on into further epochs (reshuffled)
+until its steps are done, read back to back by the same DataLoader workers (no drain and
+restart between epochs, which on a split of a few MB would cost more than reading it), so that
+worker start-up falls in the warm-up steps only; the cold pass stops at the end of its first
+epoch, since a second one would read from the cache the first one filled.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
@@ -145,14 +149,22 @@ def compute_fn(case: Case, cfg: Config, classes: list[str]):
     return task.step_fn(model, optimizer, None, device, epoch=0)
 
 
+def pass_repeat(cfg: Config, mode: str, pass_index: int, split_samples: int) -> int:
+    """Epochs a pass reads in one iteration of its loader: one for the cold pass 0 (a second
+    would read from the cache the first filled); for a warm pass, enough for its warm-up and
+    measured steps, read back to back (see ``repeat`` in :func:`pipelines.loaders.build_loader`).
+    """
+    if pass_index == 0:
+        return 1
+    steps = cfg.bench.warmup_steps + (cfg.bench.read_steps if mode == "read" else cfg.bench.steps)
+    return max(1, math.ceil(steps * cfg.loader.batch_size / split_samples))
+
+
 def pass_batches(loader: EpochLoader, pass_index: int) -> Iterator[Batch]:
-    """The batches of pass ``pass_index``: one epoch for the cold pass 0, epoch after epoch
-    (each reshuffled) for warm passes. Epoch numbers ``1000 * pass_index + k`` keep the passes'
-    shuffles apart."""
-    epochs = range(1) if pass_index == 0 else itertools.count()
-    for k in epochs:
-        loader.set_epoch(1000 * pass_index + k)
-        yield from loader.loader
+    """The batches of pass ``pass_index``; epoch numbers from ``1000 * pass_index`` keep the
+    passes' shuffles apart."""
+    loader.set_epoch(1000 * pass_index)
+    yield from loader
 
 
 def run_case(
@@ -182,14 +194,16 @@ def run_case(
             batch_size=cfg.loader.batch_size,
             num_workers=case.workers,
             prefetch_factor=cfg.loader.prefetch_factor,
-            persistent_workers=case.workers > 0,  # start-up paid once, in the warm-up steps
+            persistent_workers=False,  # one iteration per loader (see pass_repeat)
             pin_memory=cfg.loader.pin_memory,
+            worker_batches=cfg.loader.worker_batches,
         ),
         shuffle=True,
         seed=cfg.train.seed,
         shards=shards,
         shuffle_buffer=cfg.access.shuffle_buffer,
         concurrency=cfg.access.concurrency,
+        repeat=pass_repeat(cfg, case.mode, pass_index, len(records)),
     )
     compute = compute_fn(case, cfg, classes)
     with RssSampler() as rss:
@@ -201,6 +215,7 @@ def run_case(
             max_steps=cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps,
             warmup_steps=cfg.bench.warmup_steps,
             desc=f"{case.name} pass {pass_index}",
+            from_first_read=case.mode == "read",
         )
     row = meter.summary()
     row["peak_rss_mib"] = rss.peak_bytes / 2**20

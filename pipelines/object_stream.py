@@ -36,6 +36,8 @@ class ObjectStreamDataset(EpochStream):
         shuffle: pass samples through a shuffle buffer (the read order stays the listing order).
         shuffle_buffer: samples held in the buffer, per worker.
         seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
+        repeat: epochs read per iteration, each in listing order (see
+            :class:`pipelines.sequential.EpochStream`).
 
     Raises (while iterating):
         pipelines.storage.StorageError: an object cannot be read (the message names it).
@@ -52,10 +54,11 @@ class ObjectStreamDataset(EpochStream):
         shuffle: bool,
         shuffle_buffer: int,
         seed: int,
+        repeat: int = 1,
     ):
         if concurrency < 1:
             raise ValueError(f"{concurrency=} must be >= 1")
-        super().__init__(shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed)
+        super().__init__(shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat)
         self.storage = storage
         self.records = sorted(records, key=lambda r: r.image_key)
         self.transform = transform
@@ -64,21 +67,24 @@ class ObjectStreamDataset(EpochStream):
 
     @property
     def num_samples(self) -> int:
-        """Samples in one epoch."""
-        return len(self.records)
+        """Samples in one iteration (``repeat`` epochs)."""
+        return len(self.records) * self.repeat
 
     def worker_records(self, worker_id: int, num_workers: int) -> list[Record]:
-        """The contiguous slice of the listing that worker ``worker_id`` reads."""
+        """The contiguous slice of the listing that worker ``worker_id`` reads (``repeat``
+        times over in one iteration)."""
         n = len(self.records)
-        return self.records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
+        mine = self.records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
+        return mine * self.repeat
 
-    def _fetch(self, record: Record) -> tuple[Record, bytes, float]:
+    def _fetch(self, record: Record) -> tuple[Record, bytes, float, float]:
         start = time.perf_counter()
         data = self.storage.read(record.image_key)
-        return record, data, time.perf_counter() - start
+        return record, data, time.perf_counter() - start, start
 
     def __iter__(self) -> Iterator[dict]:
         worker_id, num_workers = worker_slot()
+        self.storage.connect()  # before the threads time their reads
         node = ParallelMapper(
             IterableWrapper(self.worker_records(worker_id, num_workers)),
             map_fn=self._fetch,
@@ -86,7 +92,7 @@ class ObjectStreamDataset(EpochStream):
             in_order=True,
             method="thread",
         )
-        for record, data, read_s in self.buffer_shuffled(iter(Loader(node)), worker_id):
+        for record, data, read_s, read_at in self.buffer_shuffled(iter(Loader(node)), worker_id):
             yield make_sample(
                 record,
                 data,
@@ -95,4 +101,5 @@ class ObjectStreamDataset(EpochStream):
                 transform=self.transform,
                 class_to_index=self.class_to_index,
                 requests=self.storage.take_stats(),
+                read_at=read_at,
             )

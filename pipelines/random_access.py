@@ -49,6 +49,7 @@ class MapStyleDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
+        self.storage.connect()  # a worker's first read: keep the client set-up out of read_at
         start = time.perf_counter()
         data = self.storage.read(record.image_key)
         read_s = time.perf_counter() - start
@@ -60,4 +61,5 @@ class MapStyleDataset(Dataset):
             transform=self.transform,
             class_to_index=self.class_to_index,
             requests=self.storage.take_stats(),
+            read_at=start,
         )

@@ -153,6 +153,10 @@ class S3Storage:
                 client = self._client
         return client
 
+    def connect(self) -> None:
+        """Create this process's client now (no request is sent); see :meth:`client`."""
+        self.client()
+
     def _make_client(self):
         config = botocore.config.Config(
             retries={"mode": "standard", "total_max_attempts": self.max_attempts},

@@ -83,6 +83,10 @@ class S3ConnectorStorage:
             self._pid = os.getpid()
         return self._checkpoint
 
+    def connect(self) -> None:
+        """Create this process's s3torchconnector client now (no request is sent)."""
+        self._client()
+
     def _uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 

@@ -8,6 +8,7 @@ A *sample* is the dict every access pattern yields, one per image::
                classification: int64 [] (the class index),
      "nbytes": int,      # bytes read from storage for this sample
      "read_s": float,    # seconds spent in storage reads for this sample
+     "read_at": float,   # time.perf_counter() when its reading began (inf: unknown)
      "requests": RequestStats,  # storage requests made for it
      "error": str | None}
 
@@ -17,6 +18,7 @@ drops it from the batch and counts it, so a corrupt JPEG costs one sample, not t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -96,20 +98,22 @@ def make_sample(
     transform: v2.Compose | None,
     class_to_index: dict[str, int],
     requests: RequestStats | None = None,
+    read_at: float = math.inf,
 ) -> dict:
     """Decode and transform one image with its target into a sample dict (see module doc).
 
     The target follows the record: boxes and labels for a
     :class:`pipelines.records.DetectionRecord`, the class index for a
     :class:`pipelines.records.ClassificationRecord`.
-    ``requests`` are the storage requests made for it (``storage.take_stats()`` after the read).
+    ``requests`` are the storage requests made for it (``storage.take_stats()`` after the read);
+    ``read_at`` is the ``time.perf_counter()`` at which reading it began.
     With ``transform=None`` the bytes are read but not decoded (``image`` stays None and
     ``error`` None): the benchmark's measure of the storage path without decode cost.
 
     Raises:
         DatasetError: a label is not one of the configured classes.
     """
-    sample = bytes_only_sample(record.id, nbytes, read_s, requests)
+    sample = bytes_only_sample(record.id, nbytes, read_s, requests, read_at)
     names = [record.label] if isinstance(record, ClassificationRecord) else record.labels
     try:
         labels = torch.tensor([class_to_index[name] for name in names], dtype=torch.int64)
@@ -140,7 +144,11 @@ def make_sample(
 
 
 def bytes_only_sample(
-    image_id: str, nbytes: int, read_s: float, requests: RequestStats | None = None
+    image_id: str,
+    nbytes: int,
+    read_s: float,
+    requests: RequestStats | None = None,
+    read_at: float = math.inf,
 ) -> dict:
     """A sample whose bytes were read but not decoded (``image`` None, ``error`` None): what
     the benchmark's read path yields with ``bench.decode: false``, and the start of every
@@ -149,6 +157,7 @@ def bytes_only_sample(
         "id": image_id,
         "nbytes": nbytes,
         "read_s": read_s,
+        "read_at": read_at,
         "requests": requests or RequestStats(),
         "image": None,
         "error": None,
@@ -166,6 +175,9 @@ class Batch:
         ids: image ids, in batch order (also of samples read without decoding).
         nbytes: bytes read from storage for the batch, including skipped samples.
         read_s: seconds spent in storage reads, summed over the batch's samples.
+        read_at: ``time.perf_counter()`` at which reading the earliest of its samples began
+            (inf: unknown). On Linux, macOS and Windows this clock is system-wide, so times
+            taken in DataLoader workers compare with the training process's.
         errors: ``(id, message)`` of samples that were skipped (corrupt image).
         requests: storage requests made for the batch's samples.
     """
@@ -175,6 +187,7 @@ class Batch:
     ids: list[str] = field(default_factory=list)
     nbytes: int = 0
     read_s: float = 0.0
+    read_at: float = math.inf
     errors: list[tuple[str, str]] = field(default_factory=list)
     requests: RequestStats = field(default_factory=RequestStats)
 
@@ -186,6 +199,7 @@ def collate(samples: list[dict]) -> Batch:
     for sample in samples:
         batch.nbytes += sample["nbytes"]
         batch.read_s += sample["read_s"]
+        batch.read_at = min(batch.read_at, sample["read_at"])
         batch.requests.merge(sample["requests"])
         if sample["error"] is not None:
             batch.errors.append((sample["id"], sample["error"]))

@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import random
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,12 +44,19 @@ class EpochStream(IterableDataset):
         shuffle: pass samples through the shuffle buffer (and let subclasses shuffle more).
         shuffle_buffer: samples held in the buffer, per worker.
         seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
+        repeat: epochs read per iteration, one after the other with no pause between them
+            (WebDataset's ``repeat``): epoch ``e`` set by :meth:`set_epoch` reads the shuffles
+            of epochs ``e, e+1, ... e+repeat-1``. The benchmark's warm passes use it, so that
+            a small split does not drain and restart the workers every few milliseconds.
     """
 
-    def __init__(self, *, shuffle: bool, shuffle_buffer: int, seed: int):
+    def __init__(self, *, shuffle: bool, shuffle_buffer: int, seed: int, repeat: int = 1):
+        if repeat < 1:
+            raise ValueError(f"{repeat=} must be at least 1")
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
+        self.repeat = repeat
         self._epoch = multiprocessing.Value("q", 0, lock=False)
 
     @property
@@ -83,6 +91,7 @@ class ShardStream(EpochStream):
         shuffle_buffer: samples held in the shuffle buffer (per worker); more mixes better and
             holds more encoded images in memory.
         seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
+        repeat: epochs read per iteration (see :class:`EpochStream`).
     """
 
     def __init__(
@@ -95,8 +104,9 @@ class ShardStream(EpochStream):
         shuffle: bool,
         shuffle_buffer: int,
         seed: int,
+        repeat: int = 1,
     ):
-        super().__init__(shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed)
+        super().__init__(shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat)
         self.storage = storage
         self.shards = shards
         self.transform = transform
@@ -104,24 +114,28 @@ class ShardStream(EpochStream):
 
     @property
     def num_samples(self) -> int:
-        """Samples in one epoch (all shards)."""
-        return sum(s.samples for s in self.shards)
+        """Samples in one iteration (all shards, ``repeat`` times)."""
+        return sum(s.samples for s in self.shards) * self.repeat
 
     def worker_shards(self, worker_id: int, num_workers: int) -> list[ShardInfo]:
-        """The shards worker ``worker_id`` of ``num_workers`` reads this epoch, in order."""
-        shards = list(self.shards)
-        if self.shuffle:
-            random.Random(f"{self.seed}-{self.epoch}").shuffle(shards)
-        return shards[worker_id::num_workers]
+        """The shards worker ``worker_id`` of ``num_workers`` reads in one iteration, in order:
+        its share of each repeated epoch's shard order in turn."""
+        order = []
+        for epoch in range(self.epoch, self.epoch + self.repeat):
+            shards = list(self.shards)
+            if self.shuffle:
+                random.Random(f"{self.seed}-{epoch}").shuffle(shards)
+            order.extend(shards[worker_id::num_workers])
+        return order
 
     def __iter__(self) -> Iterator[dict]:
         worker_id, num_workers = worker_slot()
         raw_samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
         samples = self.buffer_shuffled(raw_samples, worker_id)
-        for raw, nbytes, read_s, image_id in samples:
+        for raw, nbytes, read_s, image_id, read_at in samples:
             requests = self.storage.take_stats()  # a shard's GET lands on one sample
             if self.transform is None:  # the read path alone: the annotation is not parsed
-                yield bytes_only_sample(image_id, nbytes, read_s, requests)
+                yield bytes_only_sample(image_id, nbytes, read_s, requests, read_at)
                 continue
             ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
             record = record_from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
@@ -133,16 +147,23 @@ class ShardStream(EpochStream):
                 transform=self.transform,
                 class_to_index=self.class_to_index,
                 requests=requests,
+                read_at=read_at,
             )
 
-    def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, int, float, str]]:
-        """``(raw sample, nbytes, read_s, image id)`` of each shard in turn; the ids come from
-        the manifest, which lists them in tar order.
+    def _raw_samples(
+        self, shards: list[ShardInfo]
+    ) -> Iterator[tuple[dict, int, float, str, float]]:
+        """``(raw sample, nbytes, read_s, image id, read_at)`` of each shard in turn; the ids
+        come from the manifest, which lists them in tar order. ``read_at`` is when this
+        generator started on the sample (``time.perf_counter()``): for the first, before the
+        first shard was opened; for the others, when the previous one was taken.
 
         The next shard is opened (its GET sent, its first bytes awaited) in a background
         thread while the current one is read, so the request latency of each shard after the
         first is hidden; nothing more of it is read ahead, so memory stays bounded.
         """
+        self.storage.connect()  # its set-up is not reading: keep it out of read_at
+        read_at = time.perf_counter()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-open") as pool:
             opening = pool.submit(self.storage.open, shards[0].key) if shards else None
             try:
@@ -153,7 +174,8 @@ class ShardStream(EpochStream):
                         opening = pool.submit(self.storage.open, shards[i + 1].key)
                     samples = iter_shard(self.storage, shard, stream)
                     for (raw, nbytes, read_s), image_id in zip(samples, shard.ids, strict=True):
-                        yield raw, nbytes, read_s, image_id
+                        yield raw, nbytes, read_s, image_id, read_at
+                        read_at = time.perf_counter()
             finally:  # stopped early (or failed): close the shard opened ahead
                 if opening is not None and opening.exception() is None:
                     opening.result().close()

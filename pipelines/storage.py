@@ -44,6 +44,8 @@ class RequestStats:
 
     def merge(self, other: RequestStats) -> None:
         """Add ``other``'s counts into this one."""
+        if not (other.requests or other.retries or other.errors or other.ttfb_s):
+            return  # the usual case per sample of a shard: skip the Counter update
         self.requests += other.requests
         self.retries += other.retries
         self.errors.update(other.errors)
@@ -95,6 +97,11 @@ class Storage(Protocol):
 
     def take_stats(self) -> RequestStats:
         """The requests this process made since the last call, and start counting afresh."""
+        ...
+
+    def connect(self) -> None:
+        """Set up this process's client now (S3: create it; no request is sent), so that the
+        timing of the first read measures the request, not the set-up. Reads connect anyway."""
         ...
 
 
@@ -200,6 +207,9 @@ class FileSystemStorage:
         """Requests since the last call (see :class:`RequestStats`)."""
         stats, self._stats = self._stats, RequestStats()
         return stats
+
+    def connect(self) -> None:
+        """Nothing to set up for a filesystem."""
 
 
 def relative_keys(storage: Storage, prefix: str) -> Iterator[str]:

@@ -21,6 +21,7 @@ are yielded (directories, links and global headers are skipped, as WebDataset do
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -73,6 +74,18 @@ class _Reader:
         self.consumed += n
         return data
 
+    def skip(self, n: int) -> None:
+        """Pass over the next ``n`` bytes (member padding) without copying them.
+
+        Raises:
+            TarFormatError: the stream ends first.
+        """
+        if self.pos + n <= len(self.buffer):
+            self.pos += n
+            self.consumed += n
+        else:
+            self.take(n)
+
 
 def iter_members(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[str, bytes, int]]:
     """Yield ``(name, data, end)`` for every regular file in the tar ``stream``, in archive
@@ -101,9 +114,7 @@ def iter_members(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[
         _check_checksum(header)
         size = int(override["size"]) if "size" in override else _number(header[124:136])
         data = reader.take(size)
-        padding = -size % BLOCK
-        if padding:
-            reader.take(padding)
+        reader.skip(-size % BLOCK)
         kind = header[156:157]
         if kind == b"x":
             override = _pax_records(data)
@@ -138,13 +149,31 @@ def _number(field: bytes) -> int:
         raise TarFormatError(f"invalid number field {field!r} in a tar header") from None
 
 
+#: Selects the lowest bit of every byte of a 512-byte block read as one little-endian integer.
+_LOW_BITS = int.from_bytes(b"\x01" * BLOCK, "little")
+
+
+def _byte_sum(block: bytes) -> int:
+    """``sum(block)`` for a 512-byte block, exactly, in ~1 us instead of ~3 us.
+
+    Adler-32 (RFC 1950, section 8.2) starts its first sum at 1 and adds every byte modulo
+    65521, so ``zlib.adler32`` gives the byte sum modulo 65521. A block's sum is at most
+    ``512 * 255 = 130560 < 2 * 65521``, so it is that residue or the residue + 65521; the two
+    differ in parity, and the parity of the sum is that of the number of odd bytes (the count
+    of lowest bits set).
+    """
+    residue = ((zlib.adler32(block) & 0xFFFF) - 1) % 65521
+    odd_bytes = (int.from_bytes(block, "little") & _LOW_BITS).bit_count()
+    return residue if (residue ^ odd_bytes) & 1 == 0 else residue + 65521
+
+
 def _check_checksum(header: bytes) -> None:
     """Compare the header's ``chksum`` with the sum of its bytes (checksum field as spaces)."""
     try:
         stored = _number(header[148:156])
     except TarFormatError:
         stored = -1  # not even a number: not a header
-    if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+    if stored != _byte_sum(header) - sum(header[148:156]) + 8 * 32:
         raise TarFormatError("bad tar header checksum (not a tar file, or corrupt)")
 
 

@@ -36,7 +36,7 @@ def epoch_ids(voc_root, access, *, workers, epoch=1, shuffle=True):
     loader.set_epoch(epoch)
     ids, nbytes = [], 0
     requests = RequestStats()
-    for batch in loader.loader:
+    for batch in loader:
         ids.extend(batch.ids)
         nbytes += batch.nbytes
         requests.merge(batch.requests)
@@ -109,6 +109,30 @@ def test_persistent_workers_see_each_new_epoch(voc_root, access):
     orders = []
     for epoch in (1, 2, 3):
         loader.set_epoch(epoch)
-        orders.append([i for batch in loader.loader for i in batch.ids])
+        orders.append([i for batch in loader for i in batch.ids])
     assert all(sorted(order) == sorted(r.id for r in records) for order in orders)
     assert len({tuple(order) for order in orders}) == 3  # a new shuffle every epoch
+
+
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
+def test_repeat_reads_consecutive_epochs_in_one_iteration(voc_root, access):
+    """``repeat=3`` reads epochs e, e+1, e+2 back to back: each image three times, each epoch's
+    share reshuffled like a separate epoch would be."""
+    storage = FileSystemStorage(voc_root)
+    records, _ = load_voc_split(storage, "train")
+    shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=60_000)
+    loader = build_loader(
+        storage, records, access=access, transform=None, class_to_index=CLASSES,
+        settings=LoaderSettings(batch_size=3, num_workers=2), shuffle=True, seed=0,
+        shards=shards, shuffle_buffer=4, repeat=3,
+    )  # fmt: skip
+    loader.set_epoch(5)
+    ids = [i for batch in loader for i in batch.ids]
+    assert loader.num_samples == 3 * len(records)
+    assert Counter(ids) == Counter({r.id: 3 for r in records})
+    with pytest.raises(ValueError, match="repeat"):
+        build_loader(
+            storage, records, access=access, transform=None, class_to_index=CLASSES,
+            settings=LoaderSettings(batch_size=3, num_workers=0), shuffle=True, seed=0,
+            shards=shards, repeat=0,
+        )  # fmt: skip

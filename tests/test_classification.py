@@ -190,7 +190,7 @@ def test_each_access_pattern_reads_every_crop_once_with_its_label(cells_root, ac
     )  # fmt: skip
     loader.set_epoch(1)
     seen = {}
-    for batch in loader.loader:
+    for batch in loader:
         for image_id, image, target in zip(batch.ids, batch.images, batch.targets, strict=True):
             assert image.shape == (3, 32, 32)
             seen[image_id] = CLASSES[int(target)]

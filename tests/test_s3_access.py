@@ -51,7 +51,7 @@ def epoch(storage, root: str, access: str, workers: int = 2):
     )  # fmt: skip
     loader.set_epoch(1)
     ids, requests = [], 0
-    for batch in loader.loader:
+    for batch in loader:
         ids.extend(batch.ids)
         requests += batch.requests.requests
     return ids, requests, shards
@@ -137,7 +137,7 @@ def test_server_stopped_mid_epoch_is_retried_then_reported(tmp_path):
             shuffle=True, seed=0,
         )  # fmt: skip
         loader.set_epoch(1)
-        batches = iter(loader.loader)
+        batches = iter(loader)
         assert len(next(batches).ids) == 2
         srv.stop()
         with pytest.raises(StorageError, match=rf"{srv.endpoint}.*endpoint unreachable after 3"):

@@ -75,3 +75,15 @@ def test_corrupt_header_fails_its_checksum():
     for garbage in (b"not a tar file " * 200, bytes(range(256)) * 8, os.urandom(2048)):
         with pytest.raises(TarFormatError, match="checksum"):
             list(iter_members(io.BytesIO(garbage)))
+
+
+def test_header_byte_sum_is_exact():
+    """The checksum's fast byte sum (Adler-32 residue + parity) equals ``sum`` on every kind
+    of block, including the extremes where the residue wraps."""
+    from pipelines.tar_stream import _byte_sum
+
+    blocks = [bytes(512), b"\xff" * 512, b"0" * 512, b"\x01" + bytes(511)]
+    blocks += [os.urandom(512) for _ in range(500)]
+    blocks += [bytes(os.urandom(1)) * 512 for _ in range(100)]  # one repeated value
+    for block in blocks:
+        assert _byte_sum(block) == sum(block)

@@ -198,6 +198,13 @@ class LoaderConfig:
     prefetch_factor: int = opt(2, "batches each worker reads ahead", kind=int, minimum=1)
     persistent_workers: bool = opt(False, "keep workers alive between epochs", kind=bool)
     pin_memory: bool = opt(False, "pin host memory for faster copies to a GPU", kind=bool)
+    worker_batches: int = opt(
+        16,
+        "sequential access: most batches a worker sends per transfer (fewer when they hold "
+        "over 4 MiB of decoded images); 1: one batch per transfer",
+        kind=int,
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ Definitions (the README's "Metrics" section repeats them):
   (the *data stall*).
 - ``compute_s``: seconds from receiving a batch to the end of its optimizer step, device work
   included (CUDA is synchronised before the clock stops).
-- ``wall_s``: seconds from asking for the first batch to the end of the last step.
+- ``wall_s``: seconds from asking for the first measured batch (after the warm-up steps) to
+  the end of the last step; in the benchmark's ``read`` mode, from the first storage read for
+  a measured batch when that came earlier (read ahead during the warm-up).
 - ``au``: accelerator utilisation, ``compute_s / wall_s``, as MLPerf Storage defines it
   (MLPerf Storage rules, "accelerator utilization"); 1.0 means storage never stalled training.
 - ``bytes_read``: bytes actually read from storage for the epoch's samples (shards: tar headers

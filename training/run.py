@@ -181,6 +181,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         prefetch_factor=cfg.loader.prefetch_factor,
         persistent_workers=cfg.loader.persistent_workers,
         pin_memory=cfg.loader.pin_memory,
+        worker_batches=cfg.loader.worker_batches,
     )
     pattern = access_pattern(cfg)
     loaders = {}
@@ -274,7 +275,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         meter = train_one_epoch(
             model,
             task.step_fn(model, optimizer, scheduler, device, epoch),
-            train_loader.loader,
+            train_loader,
             epoch,
             num_samples=train_loader.num_samples,
             on_corrupt=cfg.access.on_corrupt,
@@ -282,7 +283,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         eval_loader.set_epoch(epoch)
         quality = task.evaluate(
             model,
-            eval_loader.loader,
+            eval_loader,
             device,
             num_samples=eval_loader.num_samples,
             classes=classes,

@@ -1,0 +1,46 @@
+"""The measured clock of measure_steps: warm-up excluded, and in read mode the reads done ahead
+during the warm-up counted in the measured time."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from pipelines.samples import Batch
+from training.engine import measure_steps
+
+
+def batches(read_at: dict[int, float | str], seen: dict):
+    """Four one-sample batches; batch ``i`` says its read began at ``read_at[i]`` (default:
+    when it is produced; ``"first ask"``: when the loader was first asked for a batch, i.e.
+    read ahead during the warm-up). ``seen["first"]`` is that first ask."""
+    seen["first"] = time.perf_counter()
+    for i in range(4):
+        at = read_at.get(i, time.perf_counter())
+        yield Batch(ids=[f"b{i}"], nbytes=1000, read_at=seen["first"] if at == "first ask" else at)
+
+
+def run(read_at, **kwargs):
+    seen = {}
+    meter = measure_steps(
+        batches(read_at, seen), lambda b, s: math.nan, epoch=0, num_samples=None,
+        warmup_steps=2, **kwargs,
+    )  # fmt: skip
+    return meter, seen
+
+
+def test_clock_starts_after_the_warm_up_by_default():
+    meter, seen = run({2: -1.0})  # batch 2 claims a read long ago: ignored without the flag
+    assert meter.started > seen["first"]
+    assert [s.step for s in meter.steps] == [2, 3] and meter.summary()["bytes_read"] == 2000
+
+
+def test_read_mode_clock_starts_at_the_first_read_of_a_measured_batch():
+    meter, seen = run({}, from_first_read=True)  # reads as produced: after the warm-up ended
+    assert meter.started > seen["first"]  # nothing read ahead: the warm-up end stands
+
+    meter, seen = run({3: "first ask"}, from_first_read=True)  # read ahead during warm-up
+    assert meter.started == seen["first"]
+
+    meter, seen = run({2: -1.0}, from_first_read=True)  # not a time of this run: clamped
+    assert seen["first"] - 1.0 < meter.started <= seen["first"]
