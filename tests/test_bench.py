@@ -70,8 +70,12 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
 def result_row(**row):
     base = dict(mode="read", client_lib="boto3", cache="warm", samples=100, bytes_read=2_000_000,
                 samples_per_s=1000.0, ratio_to_baseline=float("nan"), baseline_mbps=100.0,
-                baseline_objects_per_s=float("nan"), ratio_to_peer=float("nan"))  # fmt: skip
-    return {**base, **row}
+                baseline_objects_per_s=float("nan"), ratio_to_peer=float("nan"),
+                wall_s=1.0, workers=2)  # fmt: skip
+    row = {**base, **row}
+    lib = "" if row["storage"] == "fs" else f"/{row['client_lib']}"
+    row["config"] = f"{row['storage']}{lib}/{row['access']}/{row['mode']}/w{row['workers']}"
+    return row
 
 
 def test_goals_say_what_is_met_and_by_how_much_what_is_not():
@@ -91,14 +95,28 @@ def test_goals_say_what_is_met_and_by_how_much_what_is_not():
                 mode="emulate",
                 ratio_to_baseline=0.01,
             ),  # fmt: skip
+            result_row(
+                access="shards",
+                storage="fs",
+                client_lib="-",
+                cache="cold",
+                workers=0,
+                ratio_to_baseline=0.4,
+                wall_s=0.05,
+            ),  # fmt: skip
         ],
         decode=False,
     )
-    assert len(lines) == 4  # the s3torchconnector row and the emulate row are not judged
-    shards_fs, shards_s3, random_s3, objects_peer = lines
-    assert "shards on fs (warm, read, bench.decode false): 0.25x" in shards_fs
-    assert "NOT met" in shards_fs and "1000 us per 20.0 kB sample" in shards_fs
+    assert len(lines) == 5  # the s3torchconnector row and the emulate row are not judged
+    shards_fs, shards_s3, shards_fs_short, random_s3, objects_peer = lines
+    assert "fs/shards/read/w2 (warm, read, bench.decode false): 0.25x" in shards_fs
+    assert "NOT met" in shards_fs and "20.0 kB sample every 1000 us" in shards_fs
     assert "caps it at 20 MB/s" in shards_fs
+    assert "fs/shards/read/w0 (cold, read, bench.decode false): 0.40x" in shards_fs_short
+    assert "read 2.0 MB in 50 ms" in shards_fs_short and "start-up" in shards_fs_short
     assert shards_s3.endswith("0.95x the raw baseline's MB/s (goal 0.9): met")
+    assert "s3/boto3/random/read/w2" in random_s3
     assert "1.25x the boto3 GET pool's objects/s (goal 0.9): met" in random_s3
-    assert "boto3 objects vs s3torchconnector's dataset: 0.60x: 40 % slower" in objects_peer
+    assert "s3/boto3/objects/read/w2 vs s3torchconnector's dataset: 0.60x: 40 % slower" in (
+        objects_peer
+    )

@@ -306,9 +306,9 @@ class BenchConfig:
         12, "emulate, train: measured steps per configuration and pass", kind=int, minimum=1
     )
     read_steps: int = opt(
-        100,
-        "read: measured steps per configuration and pass (warm passes repeat epochs as needed; "
-        "the cold pass stops after one epoch)",
+        500,
+        "read: measured steps per configuration and pass (warm passes read epochs back to back "
+        "as needed; the cold pass stops after one epoch)",
         kind=int,
         minimum=1,
     )
