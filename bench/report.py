@@ -65,8 +65,13 @@ def plot_throughput(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
     names = [r["config"] for r in rows]
     ax.barh(names, [r["throughput_mbps"] for r in rows], color="#4363d8", label="delivered MB/s")
-    base = [r.get("baseline_mbps", math.nan) for r in rows]
-    ax.scatter(base, names, marker="|", s=200, color="black", label="raw baseline MB/s")
+    with_base = [r for r in rows if not math.isnan(r.get("baseline_mbps", math.nan))]
+    if with_base:  # none with bench.baselines false (matplotlib cannot place an all-NaN series)
+        ax.scatter(
+            [r["baseline_mbps"] for r in with_base],
+            [r["config"] for r in with_base],
+            marker="|", s=200, color="black", label="raw baseline MB/s",
+        )  # fmt: skip
     ax.set_xscale("log")  # baselines are often orders of magnitude above decode-bound rows
     ax.set_xlabel("MB/s (10^6 bytes/s), log scale")
     ax.invert_yaxis()

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from bench.report import RESULT_COLUMNS, goals
+from bench.report import RESULT_COLUMNS, goals, plot_throughput
 from bench.runner import Case, expand_matrix
 from scripts import bench as bench_cli
 from training.config import load_config
@@ -120,3 +120,15 @@ def test_goals_say_what_is_met_and_by_how_much_what_is_not():
     assert "s3/boto3/objects/read/w2 vs s3torchconnector's dataset: 0.60x: 40 % slower" in (
         objects_peer
     )
+
+
+def test_throughput_plot_without_baselines(tmp_path):
+    """``bench.baselines: false`` leaves every baseline NaN: the plot is still drawn."""
+    rows = [
+        result_row(access=a, storage="fs", client_lib="-", baseline_mbps=float("nan"))
+        for a in ("random", "shards")
+    ]
+    for row in rows:
+        row["throughput_mbps"] = 12.5
+    plot_throughput(rows, tmp_path / "throughput.png")
+    assert (tmp_path / "throughput.png").stat().st_size > 1000
