@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 
 import pytest
@@ -129,4 +128,3 @@ def test_ensure_shards_refuses_shards_of_another_image_set(split):
     ensure_shards(storage, records, "shards/train", target_bytes=100_000)
     with pytest.raises(ShardError, match="hold 12 images that are not the split's 11"):
         ensure_shards(storage, records[:11], "shards/train", target_bytes=100_000)
-
