@@ -208,9 +208,10 @@ def _shortfall(row: dict, decode: bool) -> str:
     if row["wall_s"] < SHORT_PASS_S:
         return (
             f"The pass read {row['bytes_read'] / 1e6:.1f} MB in {row['wall_s'] * 1e3:.0f} ms"
-            " (one epoch of a small split, from the first read): worker start-up and each"
-            " worker's first request weigh on so short a pass as much as reading does. A larger"
-            " dataset (`make synth`) measures the storage rather than the start-up"
+            " from its first read: start-up (worker processes, each worker's first request, the"
+            " shuffle buffer filling) weighs on so short a pass as much as reading does. More"
+            " `bench.read_steps` (warm passes) or a larger dataset (`make synth`; a cold pass is"
+            " one epoch) measure the storage rather than the start-up"
         )
     work = "decoding, transforms, " if decode else ""
     return (

@@ -106,3 +106,29 @@ def test_corrupt_jpeg_is_skipped_and_counted_not_fatal(voc_root):
     assert batch.nbytes == sum(
         storage.size(r.image_key) for r in records
     )  # the bad read counts too
+
+
+def test_the_dataloader_pins_a_batch_through_its_pin_memory(monkeypatch):
+    """``loader.pin_memory: true`` reaches the tensors of our Batch. Pinning needs an
+    accelerator, so ``Tensor.pin_memory`` is replaced by a stand-in that marks what it saw."""
+    import torch
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from pipelines.samples import Batch
+
+    seen = []
+
+    def fake_pin(tensor, device=None):
+        seen.append(tensor.shape)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    batch = Batch(
+        images=[torch.zeros(3, 4, 5)],
+        targets=[{"boxes": torch.zeros(2, 4), "labels": torch.ones(2, dtype=torch.int64)}],
+        ids=["a"],
+        nbytes=7,
+    )
+    pinned = pin_memory(batch)
+    assert isinstance(pinned, Batch) and pinned.ids == ["a"] and pinned.nbytes == 7
+    assert sorted(seen) == sorted([torch.Size([3, 4, 5]), torch.Size([2, 4]), torch.Size([2])])

@@ -195,7 +195,12 @@ class LoaderConfig:
     num_workers: int = opt(
         2, "DataLoader worker processes (0: read in the main process)", kind=int, minimum=0
     )
-    prefetch_factor: int = opt(2, "batches each worker reads ahead", kind=int, minimum=1)
+    prefetch_factor: int = opt(
+        2,
+        "transfers each worker reads ahead (a batch; sequential: up to worker_batches batches)",
+        kind=int,
+        minimum=1,
+    )
     persistent_workers: bool = opt(False, "keep workers alive between epochs", kind=bool)
     pin_memory: bool = opt(False, "pin host memory for faster copies to a GPU", kind=bool)
     worker_batches: int = opt(
