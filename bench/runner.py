@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import psutil
 import torch
@@ -149,15 +149,15 @@ def compute_fn(case: Case, cfg: Config, classes: list[str]):
     return task.step_fn(model, optimizer, None, device, epoch=0)
 
 
-def pass_repeat(cfg: Config, mode: str, pass_index: int, split_samples: int) -> int:
+def pass_repeat(cfg: Config, steps: int, pass_index: int, split_samples: int) -> int:
     """Epochs a pass reads in one iteration of its loader: one for the cold pass 0 (a second
     would read from the cache the first filled); for a warm pass, enough for its warm-up and
-    measured steps, read back to back (see ``repeat`` in :func:`pipelines.loaders.build_loader`).
-    """
+    ``steps`` measured steps, read back to back (see ``repeat`` in
+    :func:`pipelines.loaders.build_loader`)."""
     if pass_index == 0:
         return 1
-    steps = cfg.bench.warmup_steps + (cfg.bench.read_steps if mode == "read" else cfg.bench.steps)
-    return max(1, math.ceil(steps * cfg.loader.batch_size / split_samples))
+    total = cfg.bench.warmup_steps + steps
+    return max(1, math.ceil(total * cfg.loader.batch_size / split_samples))
 
 
 def pass_batches(loader: EpochLoader, pass_index: int) -> Iterator[Batch]:
@@ -184,26 +184,24 @@ def run_case(
         ``peak_rss_mib`` and ``data_wait_share``; and one dict per measured step.
     """
     task = task_module(cfg.task)
+    steps = cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps
     loader = build_loader(
         storage,
         records,
         access=case.access,
         transform=task.transform(cfg, train=True) if cfg.bench.decode else None,
         class_to_index=class_to_index(task, classes),
-        settings=LoaderSettings(
-            batch_size=cfg.loader.batch_size,
+        settings=replace(
+            LoaderSettings(**asdict(cfg.loader)),
             num_workers=case.workers,
-            prefetch_factor=cfg.loader.prefetch_factor,
             persistent_workers=False,  # one iteration per loader (see pass_repeat)
-            pin_memory=cfg.loader.pin_memory,
-            worker_batches=cfg.loader.worker_batches,
         ),
         shuffle=True,
         seed=cfg.train.seed,
         shards=shards,
         shuffle_buffer=cfg.access.shuffle_buffer,
         concurrency=cfg.access.concurrency,
-        repeat=pass_repeat(cfg, case.mode, pass_index, len(records)),
+        repeat=pass_repeat(cfg, steps, pass_index, len(records)),
     )
     compute = compute_fn(case, cfg, classes)
     with RssSampler() as rss:
@@ -212,7 +210,7 @@ def run_case(
             compute,
             epoch=pass_index,
             num_samples=None,
-            max_steps=cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps,
+            max_steps=steps,
             warmup_steps=cfg.bench.warmup_steps,
             desc=f"{case.name} pass {pass_index}",
             from_first_read=case.mode == "read",

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -175,14 +176,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     classes = class_names(cfg, train_records)
     label_of = class_to_index(task, classes)
 
-    settings = LoaderSettings(
-        batch_size=cfg.loader.batch_size,
-        num_workers=cfg.loader.num_workers,
-        prefetch_factor=cfg.loader.prefetch_factor,
-        persistent_workers=cfg.loader.persistent_workers,
-        pin_memory=cfg.loader.pin_memory,
-        worker_batches=cfg.loader.worker_batches,
-    )
+    settings = LoaderSettings(**asdict(cfg.loader))
     pattern = access_pattern(cfg)
     loaders = {}
     for name, records, train in (
