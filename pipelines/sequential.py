@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms import v2
@@ -28,6 +29,11 @@ from pipelines.shards import IMAGE_EXTENSIONS, ShardInfo, iter_shard
 from pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
+
+#: Open the next shard ahead, in a thread, when opening one took at least this long (seconds).
+#: A hand-off to a thread and back costs ~0.1-1 ms (measured here: ~1 ms per shard on a 2-core
+#: VM), more than opening a local file; an S3 GET's time to first byte is several ms.
+OPEN_AHEAD_S = 1e-3
 
 
 class EpochStream(IterableDataset):
@@ -158,27 +164,38 @@ class ShardStream(EpochStream):
         generator started on the sample (``time.perf_counter()``): for the first, before the
         first shard was opened; for the others, when the previous one was taken.
 
-        The next shard is opened (its GET sent, its first bytes awaited) in a background
-        thread while the current one is read, so the request latency of each shard after the
-        first is hidden; nothing more of it is read ahead, so memory stays bounded.
+        When opening a shard took :data:`OPEN_AHEAD_S` or more (an S3 GET waiting for its
+        first bytes, a metadata round trip on a network filesystem), the next shard is opened
+        in a background thread while the current one is read, so that latency is hidden;
+        nothing more of it is read ahead, so memory stays bounded. A quicker open (a local
+        file) is done in line: handing work to a thread and back costs more than that.
         """
         self.storage.connect()  # its set-up is not reading: keep it out of read_at
         read_at = time.perf_counter()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-open") as pool:
-            opening = pool.submit(self.storage.open, shards[0].key) if shards else None
+            opening = None  # the next shard, being opened ahead
             try:
                 for i, shard in enumerate(shards):
-                    stream = opening.result()
-                    opening = None
-                    if i + 1 < len(shards):
-                        opening = pool.submit(self.storage.open, shards[i + 1].key)
+                    if opening is None:
+                        stream, open_s = _timed_open(self.storage, shard.key)
+                    else:
+                        (stream, open_s), opening = opening.result(), None
+                    if open_s >= OPEN_AHEAD_S and i + 1 < len(shards):
+                        opening = pool.submit(_timed_open, self.storage, shards[i + 1].key)
                     samples = iter_shard(self.storage, shard, stream)
                     for (raw, nbytes, read_s), image_id in zip(samples, shard.ids, strict=True):
                         yield raw, nbytes, read_s, image_id, read_at
                         read_at = time.perf_counter()
             finally:  # stopped early (or failed): close the shard opened ahead
                 if opening is not None and opening.exception() is None:
-                    opening.result().close()
+                    opening.result()[0].close()
+
+
+def _timed_open(storage: Storage, key: str) -> tuple[BinaryIO, float]:
+    """``storage.open(key)`` and the seconds it took."""
+    start = time.perf_counter()
+    stream = storage.open(key)
+    return stream, time.perf_counter() - start
 
 
 def worker_slot() -> tuple[int, int]:

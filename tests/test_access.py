@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 
 import pytest
 
+from pipelines import sequential
 from pipelines.loaders import LoaderSettings, build_loader, ensure_shards
 from pipelines.samples import detection_transform
+from pipelines.sequential import ShardStream
 from pipelines.storage import FileSystemStorage, RequestStats
 from pipelines.voc import load_voc_split, read_split_ids
 
@@ -136,3 +140,39 @@ def test_repeat_reads_consecutive_epochs_in_one_iteration(voc_root, access):
             settings=LoaderSettings(batch_size=3, num_workers=0), shuffle=True, seed=0,
             shards=shards, repeat=0,
         )  # fmt: skip
+
+
+class TimedOpenStorage(FileSystemStorage):
+    """A filesystem whose ``open`` takes ``delay_s`` more (a real sleep: 2 ms is what an S3
+    GET's first byte takes) and records the thread that opened each shard."""
+
+    def __init__(self, root, delay_s: float):
+        super().__init__(root)
+        self.delay_s = delay_s
+        self.opened_by: list[str] = []
+
+    def open(self, key):
+        time.sleep(self.delay_s)
+        self.opened_by.append(threading.current_thread().name)
+        return super().open(key)
+
+
+@pytest.mark.parametrize("threshold_s", [0.001, 1.0])
+def test_slow_opens_are_done_ahead_and_quick_ones_in_line(voc_root, monkeypatch, threshold_s):
+    """The next shard is opened in the background only when opening took ``OPEN_AHEAD_S`` or
+    more (2 ms here: ahead with the default 1 ms, in line with 1 s); same samples either way."""
+    monkeypatch.setattr(sequential, "OPEN_AHEAD_S", threshold_s)
+    storage = TimedOpenStorage(voc_root, 0.002)
+    records, _ = load_voc_split(storage, "train")
+    shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=60_000)
+    storage.opened_by.clear()
+    stream = ShardStream(storage, shards, None, CLASSES, shuffle=True, shuffle_buffer=4, seed=0)
+    ids = [sample["id"] for sample in stream]
+    assert ids == [sample["id"] for sample in ShardStream(
+        FileSystemStorage(voc_root), shards, None, CLASSES, shuffle=True, shuffle_buffer=4, seed=0
+    )]  # fmt: skip
+    main = threading.current_thread().name
+    assert storage.opened_by[0] == main  # the first one is needed at once
+    expected = main if threshold_s > 0.002 else "shard-open"
+    assert len(storage.opened_by) == len(shards) >= 3
+    assert all(name.startswith(expected) for name in storage.opened_by[1:])
