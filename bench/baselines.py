@@ -17,7 +17,9 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
+from bench.page_cache import evict_page_cache
 from pipelines.s3 import S3Storage
 
 MiB = 1024 * 1024
@@ -28,15 +30,15 @@ class BaselineResult:
     """One raw-read measurement.
 
     Attributes:
-        name: what was measured: ``fs-read``, ``fs-read-cold`` or ``s3-get``.
+        name: what was measured: ``fs-read``, ``fs-read-cold``, ``s3-get`` or ``s3-get-cold``.
         objects: files / objects read.
         bytes: bytes read, in total.
         seconds: wall-clock seconds from the first open/GET to the last byte.
         mbps: ``bytes / seconds / 1e6`` (MB/s, 10^6 bytes per second).
         objects_per_s: ``objects / seconds``.
         threads: reading threads (1 for the filesystem).
-        evicted: the files' pages were dropped from the page cache before reading (fs, cold);
-            always False for S3.
+        evicted: every file's pages were dropped from the page cache right before it was read
+            (a cold measurement).
     """
 
     name: str
@@ -65,60 +67,24 @@ def _result(
     )
 
 
-def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = True) -> bool:
-    """Drop the files' pages from the OS page cache, so that the next read comes from the device.
-
-    Uses ``posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`` on each file, which needs no root
-    (unlike ``echo 3 > /proc/sys/vm/drop_caches``). This is what "cold" means for a filesystem
-    baseline here. Limits:
-
-    - dirty pages (written but not yet flushed to the device) are *not* evicted, so by default
-      each file is ``fdatasync``-ed first: a file written moments ago (shards written for the
-      run) is then evicted too;
-    - tmpfs / ramfs keep their pages (memory is their storage), and network filesystems may keep
-      a client-side or server-side cache that this does not reach;
-    - it is advice: the kernel may keep pages that are mapped or in use by other processes.
-
-    Args:
-        paths: files to evict.
-        flush: ``fdatasync`` each file before evicting (default); False skips it, leaving
-            recently written pages cached.
-
-    Returns:
-        True when the advice was given for every file; False on a platform without
-        ``posix_fadvise`` (macOS, Windows), where nothing is evicted.
-
-    Raises:
-        OSError: a file cannot be opened (e.g. FileNotFoundError).
-    """
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if flush:
-                os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-    return True
-
-
 def fs_read_baseline(
     paths: Sequence[str | os.PathLike], *, chunk_bytes: int = MiB, cold: bool = False
 ) -> BaselineResult:
     """Read every file front to back, one thread, in the given order, like ``cat`` does.
 
     Each file is opened unbuffered and read with ``readinto`` into one reused buffer of
-    ``chunk_bytes`` bytes; the data is not inspected. Timing covers the opens and reads, not the
-    eviction.
+    ``chunk_bytes`` bytes; the data is not inspected. Timing covers the opens and reads.
 
     Args:
-        paths: the files a configuration reads (same objects, same order as it would).
+        paths: the files a configuration reads (same objects, same order as it would; a list
+            repeated as many times as the configuration reads it, for as many bytes).
         chunk_bytes: bytes per ``read`` call.
-        cold: evict the files from the page cache first (:func:`evict_page_cache`); the result's
-            ``evicted`` says whether that was possible. Otherwise the cache is left as it is
-            ("warm" only if something read the files recently).
+        cold: every read from the device: the files are flushed and evicted from the page cache
+            first (untimed), then each is evicted again right before it is opened (timed, as
+            :class:`bench.page_cache.EvictBeforeRead` does for the loaders), so a file listed
+            twice is read cold twice. The result's ``evicted`` says whether eviction was
+            possible. Otherwise the cache is left as it is ("warm" only if something read the
+            files recently).
 
     Returns:
         A :class:`BaselineResult` named ``fs-read`` or ``fs-read-cold``.
@@ -131,12 +97,14 @@ def fs_read_baseline(
         raise ValueError("fs_read_baseline: no files to read")
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes={chunk_bytes} must be at least 1")
-    evicted = evict_page_cache(paths) if cold else False
+    evicted = evict_page_cache(list(dict.fromkeys(paths))) if cold else False
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
     total = 0
     start = time.perf_counter()
     for path in paths:
+        if evicted:
+            evict_page_cache([path], flush=False)
         with open(path, "rb", buffering=0) as f:
             while n := f.readinto(view):
                 total += n
@@ -145,7 +113,12 @@ def fs_read_baseline(
 
 
 def s3_get_baseline(
-    storage: S3Storage, keys: Sequence[str], *, threads: int = 8, chunk_bytes: int = MiB
+    storage: S3Storage,
+    keys: Sequence[str],
+    *,
+    threads: int = 8,
+    chunk_bytes: int = MiB,
+    evict_dir: str | os.PathLike | None = None,
 ) -> BaselineResult:
     """GET every object with a pool of ``threads`` threads sharing the storage's boto3 client.
 
@@ -161,9 +134,12 @@ def s3_get_baseline(
         threads: concurrent GETs; at most ``storage.max_pool_connections`` (more threads than
             pooled connections would open and throw away connections, measuring that instead).
         chunk_bytes: bytes per body ``read`` call.
+        evict_dir: for a server on this machine, the folder its objects are files in: each
+            ``evict_dir/key`` is evicted from the page cache right before its GET (timed), so
+            the server reads it from the device (a cold pass; see :mod:`bench.page_cache`).
 
     Returns:
-        A :class:`BaselineResult` named ``s3-get``.
+        A :class:`BaselineResult` named ``s3-get`` (``s3-get-cold`` with ``evict_dir``).
 
     Raises:
         ValueError: no keys, ``threads`` out of range, or ``chunk_bytes < 1``.
@@ -182,6 +158,8 @@ def s3_get_baseline(
     client = storage.client()
 
     def get(key: str) -> int:
+        if evict_dir is not None:
+            evict_page_cache([Path(evict_dir) / key], flush=False)
         try:
             body = client.get_object(Bucket=storage.bucket, Key=storage._key(key))["Body"]
         except Exception as exc:
@@ -205,4 +183,5 @@ def s3_get_baseline(
             for future in futures:
                 future.cancel()
     seconds = time.perf_counter() - start
-    return _result("s3-get", len(keys), total, seconds, threads, False)
+    name = "s3-get" if evict_dir is None else "s3-get-cold"
+    return _result(name, len(keys), total, seconds, threads, evict_dir is not None)

@@ -210,8 +210,9 @@ def _shortfall(row: dict, decode: bool) -> str:
             f"The pass read {row['bytes_read'] / 1e6:.1f} MB in {row['wall_s'] * 1e3:.0f} ms"
             " from its first read: start-up (worker processes, each worker's first request, the"
             " shuffle buffer filling) weighs on so short a pass as much as reading does. More"
-            " `bench.read_steps` (warm passes) or a larger dataset (`make synth`; a cold pass is"
-            " one epoch) measure the storage rather than the start-up"
+            " `bench.read_steps`, or a larger dataset (`make synth`) where a cold pass cannot"
+            " evict before each read (remote storage: one epoch), measure the storage rather"
+            " than the start-up"
         )
     work = "decoding, transforms, " if decode else ""
     return (
@@ -249,13 +250,17 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         "",
         "## Baselines",
         "",
-        "| storage | objects | cache | objects/s | MB/s |",
-        "|---|---|---|---|---|",
+        "Each measured right after the pass it is compared with, over the same objects and as"
+        " many epochs of them (cold: each file evicted from the page cache before it is read).",
+        "",
+        "| configuration | pass | baseline | objects | MB | seconds | objects/s | MB/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (storage, kind, cold), b in extras.get("baselines", {}).items():
+    for config, pass_index, b in extras.get("baselines", []):
         lines.append(
-            f"| {storage} | {kind} | {'cold' if cold else 'warm'} "
-            f"| {_fmt(b.objects_per_s, 1)} | {_fmt(b.mbps)} |"
+            f"| {config} | {pass_index} | {b.name} ({b.threads} thread{'s' * (b.threads > 1)})"
+            f" | {b.objects} | {_fmt(b.bytes / 1e6, 1)} | {_fmt(b.seconds, 3)}"
+            f" | {_fmt(b.objects_per_s, 1)} | {_fmt(b.mbps)} |"
         )
     lines += ["", "## Peers", "", "| comparison | peer | samples/s |", "|---|---|---|"]
     for name, p in extras.get("peers", {}).items():

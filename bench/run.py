@@ -1,9 +1,10 @@
 """`make bench`: run the matrix on the filesystem and S3, with baselines and peers, then report.
 
 Order of work: prepare the data on every storage (shards written once; a local S3 server started
-and filled when ``s3`` is asked for without an endpoint), measure the raw baselines, run each
-configuration for ``bench.passes`` passes (the first cold, the rest warm), measure the peers,
-then write ``results.csv``, ``steps.csv``, ``report.md``, the plots and the config used.
+and filled when ``s3`` is asked for without an endpoint), run each configuration for
+``bench.passes`` passes (the first cold, the rest warm), each pass followed by its raw baseline
+(:func:`run_pass`), measure the peers, then write ``results.csv``, ``steps.csv``, ``report.md``,
+the plots and the config used.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.baselines import evict_page_cache, fs_read_baseline, s3_get_baseline
-from bench.runner import expand_matrix, run_case
+from bench.baselines import fs_read_baseline, s3_get_baseline
+from bench.page_cache import EvictBeforeRead, evict_page_cache
+from bench.runner import Case, case_steps, expand_matrix, pass_repeat, run_case
 from pipelines.records import Record
 from pipelines.shards import ShardInfo
 from training.config import Config, ConfigError
@@ -111,29 +113,86 @@ def case_files(prepared: Prepared, access: str) -> list[Path]:
     return [prepared.local_dir / key for key in case_keys(prepared, access)]
 
 
-def cache_state(prepared: Prepared, access: str, pass_index: int) -> str:
-    """Make pass 0 cold where possible; return the label for the results."""
-    if pass_index > 0:
-        return "warm"
+def cold_dir(prepared: Prepared, access: str) -> Path | None:
+    """Prepare a cold pass: flush and evict the files ``access`` reads from the page cache.
+
+    Returns:
+        The folder they live in when that worked (then every read of the pass evicts its file
+        first: :class:`bench.page_cache.EvictBeforeRead`); None for a remote storage or a
+        platform without ``posix_fadvise``.
+    """
     files = case_files(prepared, access)
-    if files and evict_page_cache(files):
-        return "cold (page cache evicted)"
-    return "cold (first pass; cache not evicted)"
+    if files and evict_page_cache(list(dict.fromkeys(files))):
+        return prepared.local_dir
+    return None
 
 
-def measure_baseline(prepared: Prepared, storage_kind: str, access: str, cfg: Config, cold: bool):
-    """The raw read of the same objects: ``cat`` over files (fs), a boto3 GET pool (s3)."""
+def measure_baseline(
+    prepared: Prepared,
+    s3_storage,
+    storage_kind: str,
+    access: str,
+    cfg: Config,
+    *,
+    repeat: int,
+    evict_dir: Path | None,
+):
+    """The raw read of the same objects, ``repeat`` times over (as many bytes as the pass):
+    ``cat`` over the files (fs), a boto3 GET pool (s3, through ``s3_storage``: the pass's own
+    storage, or for s3torchconnector passes the boto3 one over the same bucket; None: not
+    measured). With ``evict_dir`` every read is cold, as in the pass."""
     if storage_kind == "fs":
-        return fs_read_baseline(case_files(prepared, access), cold=cold)
-    from pipelines.s3 import S3Storage
+        return fs_read_baseline(case_files(prepared, access) * repeat, cold=evict_dir is not None)
+    if s3_storage is None:
+        return None
+    threads = min(cfg.access.concurrency, s3_storage.max_pool_connections)
+    keys = case_keys(prepared, access) * repeat
+    return s3_get_baseline(s3_storage, keys, threads=threads, evict_dir=evict_dir)
 
-    storage = prepared.source.storage
-    if not isinstance(storage, S3Storage):
-        return None  # the GET-pool baseline is boto3's; s3torchconnector rows reuse boto3's
-    if cold and prepared.local_dir is not None:
-        evict_page_cache(case_files(prepared, access))
-    threads = min(cfg.access.concurrency, storage.max_pool_connections)
-    return s3_get_baseline(storage, case_keys(prepared, access), threads=threads)
+
+def run_pass(
+    case: Case, pass_index: int, prep: Prepared, s3_storage, cfg: Config, classes: list[str]
+) -> tuple[dict, list[dict], object]:
+    """One pass of one configuration, then its raw baseline over as many bytes.
+
+    Pass 0 is cold: with the files on this machine, every read evicts its file first and the
+    pass lasts as many steps as a warm one; otherwise it reads one epoch. The baseline is
+    measured right after the pass (same objects, same number of epochs, same cold or warm
+    reads), so both see the same state of a shared, noisy machine.
+
+    Returns:
+        ``(results row, step rows, baseline or None)``.
+    """
+    evict_dir = cold_dir(prep, case.access) if pass_index == 0 else None
+    if pass_index > 0:
+        cache = "warm"
+    elif evict_dir is not None:
+        cache = "cold (each file evicted before it is read)"
+    else:
+        cache = "cold (first pass; cache not evicted)"
+    repeat = pass_repeat(
+        cfg, case_steps(case, cfg), len(prep.records),
+        single_epoch=pass_index == 0 and evict_dir is None,
+    )  # fmt: skip
+    storage = prep.source.storage
+    row, steps = run_case(
+        case, cfg, EvictBeforeRead(storage, evict_dir) if evict_dir else storage,
+        prep.records, prep.shards if case.access == "shards" else None, classes,
+        pass_index=pass_index, repeat=repeat,
+    )  # fmt: skip
+    base = None
+    if cfg.bench.baselines:
+        base = measure_baseline(
+            prep, s3_storage, case.storage, case.access, cfg, repeat=repeat, evict_dir=evict_dir
+        )
+    row.update(
+        config=case.name, mode=case.mode, access=case.access, storage=case.storage,
+        client_lib=case.client_lib, workers=case.workers, cache=cache,
+        baseline_mbps=getattr(base, "mbps", float("nan")),
+        baseline_objects_per_s=getattr(base, "objects_per_s", float("nan")),
+    )  # fmt: skip
+    row["pass"] = pass_index
+    return row, [{**s, "pass": pass_index} for s in steps], base
 
 
 def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
@@ -149,7 +208,7 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
         )
     cases = expand_matrix(cfg)
     results, steps = [], []
-    baselines: dict[tuple, object] = {}
+    baselines: list[tuple[str, int, object]] = []
     peers: dict[str, object] = {}
     with contextlib.ExitStack() as stack:
         prepared: dict[tuple[str, str], Prepared] = {}
@@ -168,39 +227,15 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
         first = next(iter(prepared.values()))
         classes = class_names(cfg, first.records)
 
-        if cfg.bench.baselines:
-            for (storage_kind, _lib), prep in prepared.items():
-                if storage_kind not in cfg.bench.storages:
-                    continue
-                for kind in sorted(
-                    {"shards" if c.access == "shards" else "objects" for c in cases}
-                ):
-                    access = "shards" if kind == "shards" else "random"
-                    for cold in (True, False):
-                        result = measure_baseline(prep, storage_kind, access, cfg, cold)
-                        if result is not None:
-                            baselines[(storage_kind, kind, cold)] = result
-
         for case in cases:
             prep = prepared[(case.storage, case.client_lib)]
+            s3_storage = _boto3_storage(prepared) if case.storage == "s3" else None
             for pass_index in range(cfg.bench.passes):
-                cache = cache_state(prep, case.access, pass_index)
-                row, case_steps = run_case(
-                    case, cfg, prep.source.storage, prep.records,
-                    prep.shards if case.access == "shards" else None, classes,
-                    pass_index=pass_index,
-                )  # fmt: skip
-                kind = "shards" if case.access == "shards" else "objects"
-                base = baselines.get((case.storage, kind, pass_index == 0))
-                row.update(
-                    config=case.name, mode=case.mode, access=case.access, storage=case.storage,
-                    client_lib=case.client_lib, workers=case.workers, cache=cache,
-                    baseline_mbps=getattr(base, "mbps", float("nan")),
-                    baseline_objects_per_s=getattr(base, "objects_per_s", float("nan")),
-                )  # fmt: skip
-                row["pass"] = pass_index
+                row, case_steps, base = run_pass(case, pass_index, prep, s3_storage, cfg, classes)
                 results.append(row)
-                steps.extend({**s, "pass": pass_index} for s in case_steps)
+                steps.extend(case_steps)
+                if base is not None:
+                    baselines.append((case.name, pass_index, base))
 
         if cfg.bench.peers:
             workers = (cfg.bench.worker_counts or [cfg.loader.num_workers])[0]
@@ -225,6 +260,17 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
                     )  # fmt: skip
     add_ratios(results, peers if cfg.bench.decode else {})  # peers decode: compare like with like
     return results, steps, {"baselines": baselines, "peers": peers}
+
+
+def _boto3_storage(prepared: dict[tuple[str, str], Prepared]):
+    """The boto3 S3 storage among the prepared ones (the GET-pool baseline uses boto3 for every
+    client library), or None."""
+    from pipelines.s3 import S3Storage
+
+    for prep in prepared.values():
+        if isinstance(prep.source.storage, S3Storage):
+            return prep.source.storage
+    return None
 
 
 def add_ratios(results: list[dict], peers: dict) -> None:

@@ -17,11 +17,13 @@ to last only milliseconds); warm-up steps are excluded from the figures
 first storage read for a measured batch when the workers read it ahead during the warm-up:
 there the loader is the bottleneck by construction, and the batches it read ahead (up to
 ``num_workers x prefetch_factor`` transfers of ``loader.worker_batches`` batches) would
-otherwise count as delivered in no time. A warm pass goes on into further epochs (reshuffled)
-until its steps are done, read back to back by the same DataLoader workers (no drain and
-restart between epochs, which on a split of a few MB would cost more than reading it), so that
-worker start-up falls in the warm-up steps only; the cold pass stops at the end of its first
-epoch, since a second one would read from the cache the first one filled.
+otherwise count as delivered in no time. A pass goes on into further epochs (reshuffled) until
+its steps are done, read back to back by the same DataLoader workers (no drain and restart
+between epochs, which on a split of a few MB would cost more than reading it), so that worker
+start-up falls in the warm-up steps only. A cold pass does too when each file can be evicted
+from the page cache right before it is read (:class:`bench.page_cache.EvictBeforeRead`);
+otherwise it stops at the end of its first epoch, since a second one would read from the cache
+the first one filled.
 """
 
 from __future__ import annotations
@@ -149,12 +151,18 @@ def compute_fn(case: Case, cfg: Config, classes: list[str]):
     return task.step_fn(model, optimizer, None, device, epoch=0)
 
 
-def pass_repeat(cfg: Config, steps: int, pass_index: int, split_samples: int) -> int:
-    """Epochs a pass reads in one iteration of its loader: one for the cold pass 0 (a second
-    would read from the cache the first filled); for a warm pass, enough for its warm-up and
-    ``steps`` measured steps, read back to back (see ``repeat`` in
-    :func:`pipelines.loaders.build_loader`)."""
-    if pass_index == 0:
+def case_steps(case: Case, cfg: Config) -> int:
+    """Measured steps of a pass of ``case``: ``bench.read_steps`` in ``read`` mode, else
+    ``bench.steps``."""
+    return cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps
+
+
+def pass_repeat(cfg: Config, steps: int, split_samples: int, *, single_epoch: bool) -> int:
+    """Epochs a pass reads in one iteration of its loader: enough for its warm-up and ``steps``
+    measured steps, read back to back (see ``repeat`` in :func:`pipelines.loaders.build_loader`);
+    one when ``single_epoch`` (a cold pass that cannot evict before each read: a second epoch
+    would read from the cache the first filled)."""
+    if single_epoch:
         return 1
     total = cfg.bench.warmup_steps + steps
     return max(1, math.ceil(total * cfg.loader.batch_size / split_samples))
@@ -176,15 +184,16 @@ def run_case(
     classes: list[str],
     *,
     pass_index: int,
+    repeat: int,
 ) -> tuple[dict, list[dict]]:
-    """Run one pass of one configuration.
+    """Run one pass of one configuration, reading ``repeat`` epochs at most (:func:`pass_repeat`).
 
     Returns:
         ``(row, steps)``: the epoch figures of :meth:`training.meter.EpochMeter.summary` plus
         ``peak_rss_mib`` and ``data_wait_share``; and one dict per measured step.
     """
     task = task_module(cfg.task)
-    steps = cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps
+    steps = case_steps(case, cfg)
     loader = build_loader(
         storage,
         records,
@@ -201,7 +210,7 @@ def run_case(
         shards=shards,
         shuffle_buffer=cfg.access.shuffle_buffer,
         concurrency=cfg.access.concurrency,
-        repeat=pass_repeat(cfg, steps, pass_index, len(records)),
+        repeat=repeat,
     )
     compute = compute_fn(case, cfg, classes)
     with RssSampler() as rss:

@@ -4,16 +4,22 @@ rates."""
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import mmap
 import os
+import pickle
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.baselines import BaselineResult, evict_page_cache, fs_read_baseline, s3_get_baseline
+from bench.baselines import BaselineResult, fs_read_baseline, s3_get_baseline
+from bench.page_cache import EvictBeforeRead, evict_page_cache
 from bench.peers import imagefolder_peer, s3torchconnector_peer, s3torchconnector_reason
 from pipelines.s3 import S3Storage
 from pipelines.s3_local import upload_tree
+from pipelines.storage import FileSystemStorage
 
 _numbers = itertools.count()
 
@@ -47,16 +53,46 @@ def test_fs_baseline_reads_every_byte_warm_and_cold(tmp_path):
     assert_consistent(cold, len(paths), total)
     assert (cold.name, cold.evicted) == ("fs-read-cold", True)
 
+    twice = fs_read_baseline(paths * 2, cold=True)  # a file listed twice is read twice
+    assert_consistent(twice, 2 * len(paths), 2 * total)
+
     with pytest.raises(ValueError, match="no files"):
         fs_read_baseline([])
     with pytest.raises(FileNotFoundError):
         fs_read_baseline([tmp_path / "missing"])
 
 
-def test_evict_page_cache_works_on_linux(tmp_path):
+def resident_fraction(path: Path) -> float:
+    """The share of the file's pages in the page cache, from Linux ``mincore(2)``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    vector = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
+            pytest.skip(f"mincore failed: {os.strerror(ctypes.get_errno())}")
+        del address  # release the buffer export before the mmap closes
+    return sum(v & 1 for v in vector) / pages
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore(2) and fadvise: Linux")
+def test_eviction_drops_the_pages_and_evict_before_read_reads_cold(tmp_path):
     paths = write_files(tmp_path)
+    big = paths[-1]  # 3 MiB, just written: its pages are cached (dirty, then clean)
     assert evict_page_cache(paths) is True
-    assert evict_page_cache(paths, flush=False) is True
+    if resident_fraction(big) > 0.1:
+        pytest.skip("this filesystem keeps evicted pages (tmpfs, a network mount)")
+    big.read_bytes()
+    assert resident_fraction(big) > 0.9
+    storage = EvictBeforeRead(FileSystemStorage(tmp_path), tmp_path)
+    with storage.open(big.name) as f:
+        assert resident_fraction(big) < 0.1  # evicted when opened, before any read
+        assert f.read() == big.read_bytes()
+    assert storage.read(big.name) == big.read_bytes()
+    clone = pickle.loads(pickle.dumps(storage))  # DataLoader workers get a copy
+    assert clone.read_range(big.name, 5, 10) == big.read_bytes()[5:15]
+    assert [*clone.list("")] == [p.name for p in paths] and clone.size(big.name) > 3 * 2**20
     with pytest.raises(FileNotFoundError):
         evict_page_cache([tmp_path / "missing"])
 

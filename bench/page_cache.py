@@ -1,0 +1,130 @@
+"""Cold reads on a local machine: drop files from the OS page cache before they are read.
+
+A benchmark pass is "cold" when every byte it reads comes from the device, not from memory.
+Evicting the files once before the pass makes its first epoch cold; :class:`EvictBeforeRead`
+makes every read cold, so a cold pass can last as many epochs as a warm one instead of the few
+milliseconds one epoch of a small dataset takes (where start-up would weigh as much as reading).
+The raw baselines evict the same way (:func:`bench.baselines.fs_read_baseline`), so both sides
+pay the same system call per file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from pipelines.storage import RequestStats, Storage
+
+
+def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = True) -> bool:
+    """Drop the files' pages from the OS page cache, so that the next read comes from the device.
+
+    Uses ``posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`` on each file, which needs no root
+    (unlike ``echo 3 > /proc/sys/vm/drop_caches``). This is what "cold" means for a filesystem
+    baseline here. Limits:
+
+    - dirty pages (written but not yet flushed to the device) are *not* evicted, so by default
+      each file is ``fdatasync``-ed first: a file written moments ago (shards written for the
+      run) is then evicted too;
+    - tmpfs / ramfs keep their pages (memory is their storage), and network filesystems may keep
+      a client-side or server-side cache that this does not reach;
+    - it is advice: the kernel may keep pages that are mapped or in use by other processes.
+
+    Args:
+        paths: files to evict.
+        flush: ``fdatasync`` each file before evicting (default); False skips it, leaving
+            recently written pages cached.
+
+    Returns:
+        True when the advice was given for every file; False on a platform without
+        ``posix_fadvise`` (macOS, Windows), where nothing is evicted.
+
+    Raises:
+        OSError: a file cannot be opened (e.g. FileNotFoundError).
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if flush:
+                os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+class EvictBeforeRead:
+    """A :class:`pipelines.storage.Storage` that drops each file from the page cache right
+    before reading it, so every read of a pass comes from the device.
+
+    Wraps the storage the loaders read (the filesystem, or a local S3 server whose files live
+    under ``local_dir``): ``read``, ``open`` and ``read_range`` of ``key`` first evict
+    ``local_dir / key`` with :func:`evict_page_cache` (no flush: the files were flushed when the
+    pass began); everything else is passed through. Only for the benchmark.
+
+    Limits: as :func:`evict_page_cache`. With several DataLoader workers, a worker evicting a
+    file that another one is still reading (the same shard in consecutive epochs) makes that
+    one read it from the device again; the bytes it delivers are counted once.
+
+    Args:
+        storage: the storage to wrap.
+        local_dir: the folder the keys are relative to on this machine.
+    """
+
+    def __init__(self, storage: Storage, local_dir: str | os.PathLike):
+        self.storage = storage
+        self.local_dir = Path(local_dir)
+
+    def _evict(self, key: str) -> None:
+        evict_page_cache([self.local_dir / key], flush=False)
+
+    def read(self, key: str) -> bytes:
+        """Evict, then read the whole object."""
+        self._evict(key)
+        return self.storage.read(key)
+
+    def open(self, key: str) -> BinaryIO:
+        """Evict, then open the object for streaming."""
+        self._evict(key)
+        return self.storage.open(key)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Evict, then read ``length`` bytes from offset ``start``."""
+        self._evict(key)
+        return self.storage.read_range(key, start, length)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """As the wrapped storage."""
+        return self.storage.list(prefix)
+
+    def size(self, key: str) -> int:
+        """As the wrapped storage."""
+        return self.storage.size(key)
+
+    def exists(self, key: str) -> bool:
+        """As the wrapped storage."""
+        return self.storage.exists(key)
+
+    def write(self, key: str, data: bytes) -> None:
+        """As the wrapped storage."""
+        self.storage.write(key, data)
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """As the wrapped storage."""
+        self.storage.put_file(key, path)
+
+    def describe(self, key: str = "") -> str:
+        """As the wrapped storage."""
+        return self.storage.describe(key)
+
+    def take_stats(self) -> RequestStats:
+        """As the wrapped storage."""
+        return self.storage.take_stats()
+
+    def connect(self) -> None:
+        """As the wrapped storage."""
+        self.storage.connect()
