@@ -335,7 +335,7 @@ class BenchConfig:
         kind=bool,
     )
     baselines: bool = opt(
-        True, "measure raw read baselines (cat over files, boto3 GETs)", kind=bool
+        True, "measure a raw read baseline after each pass (cat over files, boto3 GETs)", kind=bool
     )
     peers: bool = opt(True, "measure peer loaders (ImageFolder-style, s3torchconnector)", kind=bool)
 
