@@ -227,9 +227,9 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
         first = next(iter(prepared.values()))
         classes = class_names(cfg, first.records)
 
+        s3_storage = _boto3_storage(prepared)
         for case in cases:
             prep = prepared[(case.storage, case.client_lib)]
-            s3_storage = _boto3_storage(prepared) if case.storage == "s3" else None
             for pass_index in range(cfg.bench.passes):
                 row, case_steps, base = run_pass(case, pass_index, prep, s3_storage, cfg, classes)
                 results.append(row)

@@ -96,14 +96,16 @@ def iter_members(stream: BinaryIO, chunk_size: int = 1 << 20) -> Iterator[tuple[
                 header, buffer, pos = _straddle(stream, buffer, pos, BLOCK, chunk_size)
             except TarFormatError:
                 raise TarFormatError("unexpected end of data (no end-of-archive marker)") from None
+        expected = _byte_sum(header) - sum(header[148:156]) + 8 * 32  # chksum field as spaces
         try:  # "%06o\0 ", as tarfile and GNU tar write the checksum
             stored = int(header[148:154], 8) if header[154] == 0 else -1
         except ValueError:
             stored = -1
-        if stored != _byte_sum(header) - sum(header[148:156]) + 8 * 32:
+        if stored != expected:
             if header.count(0) == BLOCK:
                 return  # the end-of-archive marker
-            _check_checksum(header)  # another spelling of the checksum, or a corrupt header
+            if _stored_checksum(header) != expected:  # another spelling, or a corrupt header
+                raise TarFormatError("bad tar header checksum (not a tar file, or corrupt)")
         if "size" in override:
             size = int(override["size"])
         else:
@@ -167,14 +169,13 @@ def _byte_sum(block: bytes) -> int:
     return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
 
 
-def _check_checksum(header: bytes) -> None:
-    """Compare the header's ``chksum`` with the sum of its bytes (checksum field as spaces)."""
+def _stored_checksum(header: bytes) -> int:
+    """The header's ``chksum`` field in any spelling :func:`_number` reads; -1 when it is not
+    a number (not a header)."""
     try:
-        stored = _number(header[148:156])
+        return _number(header[148:156])
     except TarFormatError:
-        stored = -1  # not even a number: not a header
-    if stored != _byte_sum(header) - sum(header[148:156]) + 8 * 32:
-        raise TarFormatError("bad tar header checksum (not a tar file, or corrupt)")
+        return -1
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
