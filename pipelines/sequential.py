@@ -16,7 +16,7 @@ import multiprocessing
 import random
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -30,9 +30,9 @@ from pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
 
-#: Open the next shard ahead, in a thread, when opening one took at least this long (seconds).
-#: A hand-off to a thread and back costs ~0.1-1 ms (measured here: ~1 ms per shard on a 2-core
-#: VM), more than opening a local file; an S3 GET's time to first byte is several ms.
+#: Open the next shard ahead in a thread (not in line) when opening one took at least this long
+#: (seconds). A hand-off to a thread and back costs ~0.1-1 ms (measured here: ~1 ms per shard
+#: on a 2-core VM), more than opening a local file; an S3 GET's time to first byte is several ms.
 OPEN_AHEAD_S = 1e-3
 
 
@@ -164,11 +164,14 @@ class ShardStream(EpochStream):
         generator started on the sample (``time.perf_counter()``): for the first, before the
         first shard was opened; for the others, when the previous one was taken.
 
+        The next shard is opened before the current one is read, so that its first bytes are
+        on their way meanwhile: a filesystem's ``open`` asks the kernel to read the file ahead
+        (:meth:`pipelines.storage.FileSystemStorage.open`), an S3 ``open`` sends the GET.
         When opening a shard took :data:`OPEN_AHEAD_S` or more (an S3 GET waiting for its
-        first bytes, a metadata round trip on a network filesystem), the next shard is opened
-        in a background thread while the current one is read, so that latency is hidden;
-        nothing more of it is read ahead, so memory stays bounded. A quicker open (a local
-        file) is done in line: handing work to a thread and back costs more than that.
+        first bytes, a metadata round trip on a network filesystem), that open is done in a
+        background thread, so its latency is hidden too; a quicker one (a local file) is done
+        in line, since handing work to a thread and back costs more than that. Nothing more
+        is read ahead into this process, so memory stays bounded.
         """
         self.storage.connect()  # its set-up is not reading: keep it out of read_at
         read_at = time.perf_counter()
@@ -180,8 +183,11 @@ class ShardStream(EpochStream):
                         stream, open_s = _timed_open(self.storage, shard.key)
                     else:
                         (stream, open_s), opening = opening.result(), None
-                    if open_s >= OPEN_AHEAD_S and i + 1 < len(shards):
-                        opening = pool.submit(_timed_open, self.storage, shards[i + 1].key)
+                    if i + 1 < len(shards):
+                        if open_s >= OPEN_AHEAD_S:
+                            opening = pool.submit(_timed_open, self.storage, shards[i + 1].key)
+                        else:
+                            opening = _open_now(self.storage, shards[i + 1].key)
                     samples = iter_shard(self.storage, shard, stream)
                     for (raw, nbytes, read_s), image_id in zip(samples, shard.ids, strict=True):
                         yield raw, nbytes, read_s, image_id, read_at
@@ -189,6 +195,17 @@ class ShardStream(EpochStream):
             finally:  # stopped early (or failed): close the shard opened ahead
                 if opening is not None and opening.exception() is None:
                     opening.result()[0].close()
+
+
+def _open_now(storage: Storage, key: str) -> Future:
+    """:func:`_timed_open` in this thread, as a finished future: its error, if any, is raised
+    when the shard is needed, not before the one being read is done."""
+    future: Future = Future()
+    try:
+        future.set_result(_timed_open(storage, key))
+    except Exception as exc:  # noqa: BLE001 - re-raised by future.result()
+        future.set_exception(exc)
+    return future
 
 
 def _timed_open(storage: Storage, key: str) -> tuple[BinaryIO, float]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +28,20 @@ def make_voc_subset(dest: Path, splits: dict[str, int]) -> Path:
             shutil.copy(BCCD / "Annotations" / f"{image_id}.xml", dest / "Annotations")
             shutil.copy(BCCD / "JPEGImages" / f"{image_id}.jpg", dest / "JPEGImages")
     return dest
+
+
+def resident_fraction(path: Path) -> float:
+    """The share of the file's pages in the page cache, from Linux ``mincore(2)``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    vector = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
+            pytest.skip(f"mincore failed: {os.strerror(ctypes.get_errno())}")
+        del address  # release the buffer export before the mmap closes
+    return sum(v & 1 for v in vector) / pages
 
 
 @pytest.fixture

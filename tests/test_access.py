@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import Counter
 
 import pytest
 
+from bench.page_cache import evict_page_cache
 from pipelines import sequential
 from pipelines.loaders import LoaderSettings, build_loader, ensure_shards
 from pipelines.samples import detection_transform
 from pipelines.sequential import ShardStream
 from pipelines.storage import FileSystemStorage, RequestStats
 from pipelines.voc import load_voc_split, read_split_ids
+from tests.conftest import resident_fraction
 
 CLASSES = {"RBC": 1, "WBC": 2, "Platelets": 3}
 
@@ -176,3 +180,29 @@ def test_slow_opens_are_done_ahead_and_quick_ones_in_line(voc_root, monkeypatch,
     expected = main if threshold_s > 0.002 else "shard-open"
     assert len(storage.opened_by) == len(shards) >= 3
     assert all(name.startswith(expected) for name in storage.opened_by[1:])
+
+    storage.opened_by.clear()  # in line or not, the next shard is opened before any sample
+    in_order = ShardStream(storage, shards, None, CLASSES, shuffle=False, shuffle_buffer=1, seed=0)
+    first = next(iter(in_order))
+    assert first["id"] == shards[0].ids[0] and len(storage.opened_by) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore(2) and fadvise: Linux")
+def test_fs_open_asks_the_kernel_to_read_the_file_ahead(tmp_path):
+    """A file opened for streaming comes into the page cache without a read (WILLNEED), so a
+    shard opened ahead arrives while the previous one is parsed; whole-file reads work as
+    before."""
+    path = tmp_path / "shard.tar"
+    data = os.urandom(3 * 2**20)
+    path.write_bytes(data)
+    evict_page_cache([path])
+    if resident_fraction(path) > 0.1:
+        pytest.skip("this filesystem keeps evicted pages (tmpfs, a network mount)")
+    storage = FileSystemStorage(tmp_path)
+    with storage.open("shard.tar") as stream:
+        deadline = time.monotonic() + 10
+        while resident_fraction(path) < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the device reads in the background; poll until they landed
+        assert resident_fraction(path) == 1.0
+        assert stream.read() == data
+    assert storage.read("shard.tar") == data and storage.take_stats().requests == 2
