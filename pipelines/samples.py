@@ -9,7 +9,7 @@ A *sample* is the dict every access pattern yields, one per image::
      "nbytes": int,      # bytes read from storage for this sample
      "read_s": float,    # seconds spent in storage reads for this sample
      "read_at": float,   # time.perf_counter() when its reading began (inf: unknown)
-     "requests": RequestStats,  # storage requests made for it
+     "requests": RequestStats | None,  # storage requests made for it (None: none)
      "error": str | None}
 
 A sample whose image cannot be decoded has ``image=None`` and ``error`` set; :func:`collate`
@@ -158,7 +158,7 @@ def bytes_only_sample(
         "nbytes": nbytes,
         "read_s": read_s,
         "read_at": read_at,
-        "requests": requests or RequestStats(),
+        "requests": requests,
         "image": None,
         "error": None,
     }
@@ -219,7 +219,8 @@ def collate(samples: list[dict]) -> Batch:
         batch.nbytes += sample["nbytes"]
         batch.read_s += sample["read_s"]
         batch.read_at = min(batch.read_at, sample["read_at"])
-        batch.requests.merge(sample["requests"])
+        if sample["requests"] is not None:
+            batch.requests.merge(sample["requests"])
         if sample["error"] is not None:
             batch.errors.append((sample["id"], sample["error"]))
             continue

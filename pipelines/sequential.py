@@ -26,7 +26,7 @@ from webdataset.filters import shuffle as shuffle_stage
 from pipelines.records import record_from_json
 from pipelines.samples import bytes_only_sample, make_sample
 from pipelines.shards import IMAGE_EXTENSIONS, ShardInfo, iter_shard
-from pipelines.storage import Storage
+from pipelines.storage import RequestStats, Storage
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ class ShardStream(EpochStream):
         worker_id, num_workers = worker_slot()
         raw_samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
         samples = self.buffer_shuffled(raw_samples, worker_id)
-        for raw, nbytes, read_s, image_id, read_at in samples:
-            requests = self.storage.take_stats()  # a shard's GET lands on one sample
+        for raw, nbytes, read_s, image_id, read_at, requests in samples:
             if self.transform is None:  # the read path alone: the annotation is not parsed
                 yield bytes_only_sample(image_id, nbytes, read_s, requests, read_at)
                 continue
@@ -158,11 +157,13 @@ class ShardStream(EpochStream):
 
     def _raw_samples(
         self, shards: list[ShardInfo]
-    ) -> Iterator[tuple[dict, int, float, str, float]]:
-        """``(raw sample, nbytes, read_s, image id, read_at)`` of each shard in turn; the ids
-        come from the manifest, which lists them in tar order. ``read_at`` is when this
+    ) -> Iterator[tuple[dict, int, float, str, float, RequestStats | None]]:
+        """``(raw sample, nbytes, read_s, image id, read_at, requests)`` of each shard in turn;
+        the ids come from the manifest, which lists them in tar order. ``read_at`` is when this
         generator started on the sample (``time.perf_counter()``): for the first, before the
-        first shard was opened; for the others, when the previous one was taken.
+        first shard was opened; for the others, when the previous one was taken. The storage
+        requests made so far (the shard's open, and the next one's) land on the first sample
+        of each shard; the others carry None, so their totals add up to the requests made.
 
         The next shard is opened before the current one is read, so that its first bytes are
         on their way meanwhile: a filesystem's ``open`` asks the kernel to read the file ahead
@@ -189,9 +190,10 @@ class ShardStream(EpochStream):
                         else:
                             opening = _open_now(self.storage, shards[i + 1].key)
                     samples = iter_shard(self.storage, shard, stream)
+                    requests = self.storage.take_stats()
                     for (raw, nbytes, read_s), image_id in zip(samples, shard.ids, strict=True):
-                        yield raw, nbytes, read_s, image_id, read_at
-                        read_at = time.perf_counter()
+                        yield raw, nbytes, read_s, image_id, read_at, requests
+                        read_at, requests = time.perf_counter(), None
             finally:  # stopped early (or failed): close the shard opened ahead
                 if opening is not None and opening.exception() is None:
                     opening.result()[0].close()

@@ -204,7 +204,7 @@ def iter_shard(
     pending = None
     try:
         for sample, end in _group_by_key(iter_members(stream), where):
-            if "json" not in sample or not any(ext in sample for ext in IMAGE_EXTENSIONS):
+            if "json" not in sample or sample.keys().isdisjoint(IMAGE_EXTENSIONS):
                 raise ShardError(
                     f"shard {where}: sample {sample['__key__']!r} lacks its image or its .json "
                     "annotation; this is not a shard written by this tool"
