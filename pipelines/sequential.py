@@ -164,6 +164,10 @@ class ShardStream(EpochStream):
         first shard was opened; for the others, when the previous one was taken. The storage
         requests made so far (the shard's open, and the next one's) land on the first sample
         of each shard; the others carry None, so their totals add up to the requests made.
+        ``read_s`` is the sample's share of the shard's reads (:func:`pipelines.shards.iter_shard`);
+        the first sample of a shard also carries the time this reader spent opening shards for
+        it (waiting for the shard opened ahead, opening the next one in line), as a map-style
+        read's time includes its request's time to first byte.
 
         The next shard is opened before the current one is read, so that its first bytes are
         on their way meanwhile: a filesystem's ``open`` asks the kernel to read the file ahead
@@ -180,6 +184,7 @@ class ShardStream(EpochStream):
             opening = None  # the next shard, being opened ahead
             try:
                 for i, shard in enumerate(shards):
+                    waited = time.perf_counter()
                     if opening is None:
                         stream, open_s = _timed_open(self.storage, shard.key)
                     else:
@@ -189,11 +194,12 @@ class ShardStream(EpochStream):
                             opening = pool.submit(_timed_open, self.storage, shards[i + 1].key)
                         else:
                             opening = _open_now(self.storage, shards[i + 1].key)
+                    waited = time.perf_counter() - waited  # opening is reading too (TTFB)
                     samples = iter_shard(self.storage, shard, stream)
                     requests = self.storage.take_stats()
                     for (raw, nbytes, read_s), image_id in zip(samples, shard.ids, strict=True):
-                        yield raw, nbytes, read_s, image_id, read_at, requests
-                        read_at, requests = time.perf_counter(), None
+                        yield raw, nbytes, read_s + waited, image_id, read_at, requests
+                        read_at, requests, waited = time.perf_counter(), None, 0.0
             finally:  # stopped early (or failed): close the shard opened ahead
                 if opening is not None and opening.exception() is None:
                     opening.result()[0].close()
