@@ -17,13 +17,15 @@ from training.outputs import write_csv, write_yaml  # noqa: E402
 RESULT_COLUMNS = [
     "config", "mode", "access", "storage", "client_lib", "workers", "pass", "cache",
     "steps", "samples", "samples_per_s", "throughput_mbps", "au", "data_wait_share",
-    "data_wait_s", "compute_s", "wall_s", "bytes_read", "requests", "bytes_per_request",
+    "data_wait_s", "compute_s", "wall_s", "bytes_read", "read_s", "read_mbps", "requests",
+    "bytes_per_request",
     "retries", "ttfb_p50_ms", "ttfb_p99_ms", "errors", "peak_rss_mib",
     "baseline_mbps", "baseline_objects_per_s", "ratio_to_baseline",
     "peer_samples_per_s", "ratio_to_peer",
 ]  # fmt: skip
 STEP_COLUMNS = [
-    "case", "pass", "step", "samples", "bytes_read", "data_wait_s", "compute_s", "requests", "loss",
+    "case", "pass", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",
+    "requests", "loss",
 ]  # fmt: skip
 #: MLPerf Storage's pass mark for accelerator utilisation (training workloads).
 MLPERF_AU = 0.90
@@ -149,9 +151,9 @@ def goals(results: list[dict], decode: bool) -> list[str]:
     - random over S3 (boto3) reaches ``RANDOM_S3_GOAL`` x the GET pool's objects/s;
     - boto3 loaders against s3torchconnector's datasets (``ratio_to_peer`` >= 1).
 
-    A goal that is not met says by how much, with the per-sample cost that explains it
-    (microseconds of loader time per sample against the sample's size). Rows missing from the
-    matrix are not judged.
+    A goal that is not met says by how much and why, from the row's own figures (see
+    :func:`_shortfall`: too short a pass, readers waiting on storage, or the loader's time per
+    sample). Rows missing from the matrix are not judged.
     """
     reads = [r for r in results if r["mode"] == "read" and r.get("client_lib") in ("-", "boto3")]
     mode = "read" + ("" if decode else ", bench.decode false")
@@ -200,11 +202,20 @@ def goals(results: list[dict], decode: bool) -> list[str]:
 SHORT_PASS_S = 0.2
 
 
+#: Readers that spent at least this share of a pass in storage requests were waiting on the
+#: storage, not busy with per-sample work.
+WAITING_SHARE = 0.5
+
+
 def _shortfall(row: dict, decode: bool) -> str:
     """Why a shards row is below the goal, from its own figures: a pass too short to leave
-    start-up behind, or the loader's time per sample against a baseline that has none."""
+    start-up behind; readers that spent most of the pass waiting in storage requests
+    (``read_s`` over ``wall_s`` per reader, :data:`WAITING_SHARE`); or else the loader's time
+    per sample against a baseline that has none."""
     per_sample_us = 1e6 / row["samples_per_s"]
     size_kb = row["bytes_read"] / row["samples"] / 1e3
+    readers = max(int(row["workers"]), 1)
+    read_share = row["read_s"] / (row["wall_s"] * readers) if row["wall_s"] > 0 else math.nan
     if row["wall_s"] < SHORT_PASS_S:
         return (
             f"The pass read {row['bytes_read'] / 1e6:.1f} MB in {row['wall_s'] * 1e3:.0f} ms"
@@ -214,10 +225,21 @@ def _shortfall(row: dict, decode: bool) -> str:
             " evict before each read (remote storage: one epoch), measure the storage rather"
             " than the start-up"
         )
+    if read_share >= WAITING_SHARE:
+        baseline = (
+            "keeps several GETs in flight" if row["storage"] == "s3" else "reads back to back"
+        )
+        return (
+            f"Its {readers} reader(s) spent {read_share:.0%} of the pass waiting in storage"
+            f" requests, each at {row['read_mbps']:.0f} MB/s on one shard stream with the next"
+            f" shard opened ahead; the baseline {baseline} ({row['baseline_mbps']:.0f} MB/s)."
+            " More DataLoader workers (`bench.worker_counts`) put more streams in flight"
+        )
     work = "decoding, transforms, " if decode else ""
     return (
-        f"The loader delivers a {size_kb:.1f} kB sample every {per_sample_us:.0f} us ({work}tar"
-        " parsing, sample dicts, batching, transfer from DataLoader workers), which caps it at"
+        f"Storage requests took {read_share:.0%} of its readers' time; the rest is per-sample"
+        f" work: a {size_kb:.1f} kB sample every {per_sample_us:.0f} us ({work}tar parsing,"
+        " sample dicts, batching, transfer from DataLoader workers), which caps it at"
         f" {size_kb * 1e3 / per_sample_us:.0f} MB/s on this machine; the baseline does no"
         f" per-sample work ({row['baseline_mbps']:.0f} MB/s)"
     )

@@ -71,7 +71,7 @@ def result_row(**row):
     base = dict(mode="read", client_lib="boto3", cache="warm", samples=100, bytes_read=2_000_000,
                 samples_per_s=1000.0, ratio_to_baseline=float("nan"), baseline_mbps=100.0,
                 baseline_objects_per_s=float("nan"), ratio_to_peer=float("nan"),
-                wall_s=1.0, workers=2)  # fmt: skip
+                wall_s=1.0, workers=2, read_s=0.4, read_mbps=5.0)  # fmt: skip
     row = {**base, **row}
     lib = "" if row["storage"] == "fs" else f"/{row['client_lib']}"
     row["config"] = f"{row['storage']}{lib}/{row['access']}/{row['mode']}/w{row['workers']}"
@@ -104,14 +104,26 @@ def test_goals_say_what_is_met_and_by_how_much_what_is_not():
                 ratio_to_baseline=0.4,
                 wall_s=0.05,
             ),  # fmt: skip
+            result_row(
+                access="shards",
+                storage="s3",
+                workers=0,
+                ratio_to_baseline=0.6,
+                read_s=0.8,
+                read_mbps=250.0,
+            ),  # fmt: skip
         ],
         decode=False,
     )
-    assert len(lines) == 5  # the s3torchconnector row and the emulate row are not judged
-    shards_fs, shards_s3, shards_fs_short, random_s3, objects_peer = lines
+    assert len(lines) == 6  # the s3torchconnector row and the emulate row are not judged
+    shards_fs, shards_s3, shards_fs_short, shards_s3_waiting, random_s3, objects_peer = lines
     assert "fs/shards/read/w2 (warm, read, bench.decode false): 0.25x" in shards_fs
-    assert "NOT met" in shards_fs and "20.0 kB sample every 1000 us" in shards_fs
-    assert "caps it at 20 MB/s" in shards_fs
+    assert "NOT met" in shards_fs and "took 20% of its readers' time" in shards_fs
+    assert "20.0 kB sample every 1000 us" in shards_fs and "caps it at 20 MB/s" in shards_fs
+    assert "s3/boto3/shards/read/w0 (warm, read, bench.decode false): 0.60x" in shards_s3_waiting
+    assert "1 reader(s) spent 80% of the pass waiting" in shards_s3_waiting
+    assert "250 MB/s on one shard stream" in shards_s3_waiting
+    assert "keeps several GETs in flight (100 MB/s)" in shards_s3_waiting
     assert "fs/shards/read/w0 (cold, read, bench.decode false): 0.40x" in shards_fs_short
     assert "read 2.0 MB in 50 ms" in shards_fs_short and "start-up" in shards_fs_short
     assert shards_s3.endswith("0.95x the raw baseline's MB/s (goal 0.9): met")
