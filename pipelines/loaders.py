@@ -45,7 +45,7 @@ class LoaderSettings:
     prefetch_factor: int = 2
     persistent_workers: bool = False
     pin_memory: bool = False
-    worker_batches: int = 16
+    worker_batches: int = 64
 
 
 @dataclass

@@ -204,7 +204,7 @@ class LoaderConfig:
     persistent_workers: bool = opt(False, "keep workers alive between epochs", kind=bool)
     pin_memory: bool = opt(False, "pin host memory for faster copies to a GPU", kind=bool)
     worker_batches: int = opt(
-        16,
+        64,
         "sequential access: most batches a worker sends per transfer (fewer when they hold "
         "over 4 MiB of decoded images); 1: one batch per transfer",
         kind=int,
