@@ -45,7 +45,7 @@ class RequestStats:
     def merge(self, other: RequestStats) -> None:
         """Add ``other``'s counts into this one."""
         if not (other.requests or other.retries or other.errors or other.ttfb_s):
-            return  # the usual case per sample of a shard: skip the Counter update
+            return  # the usual case for a batch of shard samples: skip the Counter update
         self.requests += other.requests
         self.retries += other.retries
         self.errors.update(other.errors)

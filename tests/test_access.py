@@ -164,7 +164,9 @@ class TimedOpenStorage(FileSystemStorage):
 @pytest.mark.parametrize("threshold_s", [0.001, 1.0])
 def test_slow_opens_are_done_ahead_and_quick_ones_in_line(voc_root, monkeypatch, threshold_s):
     """The next shard is opened in the background only when opening took ``OPEN_AHEAD_S`` or
-    more (2 ms here: ahead with the default 1 ms, in line with 1 s); same samples either way."""
+    more (2 ms here: ahead with the default 1 ms, in line with 1 s); same samples either way;
+    in line, the samples' read time includes the opens; either way the next shard is opened
+    before the first sample is yielded."""
     monkeypatch.setattr(sequential, "OPEN_AHEAD_S", threshold_s)
     storage = TimedOpenStorage(voc_root, 0.002)
     records, _ = load_voc_split(storage, "train")

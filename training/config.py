@@ -312,8 +312,8 @@ class BenchConfig:
     )
     read_steps: int = opt(
         500,
-        "read: measured steps per configuration and pass (warm passes read epochs back to back "
-        "as needed; the cold pass stops after one epoch)",
+        "read: measured steps per configuration and pass (epochs read back to back as needed; "
+        "a cold pass that cannot evict before each read stops after one epoch)",
         kind=int,
         minimum=1,
     )
