@@ -2,7 +2,7 @@
 
     make bench                          # embedded dataset, filesystem + a local S3 server
     make bench CONFIG=my-cluster.yaml   # your endpoint, dataset, model and matrix
-    make bench LIMIT=200                # a quick look
+    make bench LIMIT=200                # a quick look (see quick_look)
 
 Writes ``outputs/bench/<timestamp>/``: results.csv, steps.csv, report.md, throughput.png,
 data_wait.png, au.png and the config used; prints a short table.
@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+from training.config import Config
+
+#: ``emulate`` and ``train`` passes of a quick look (``--limit``) measure at most this many
+#: steps: on a CPU a real detector step takes seconds, and these passes are most of the run.
+QUICK_STEPS = 3
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,12 +35,53 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quick_look(cfg: Config) -> list[str]:
+    """The overrides that make a benchmark with ``dataset.limit`` N (``LIMIT=N``, ``--limit``)
+    a quick look, as config overrides (empty without a limit).
+
+    Besides cutting the split to its first N images (``dataset.limit``, as everywhere), a
+    quick look shortens every pass: a ``read`` pass reads the N images once (its warm-up and
+    measured steps together: ``ceil(N / loader.batch_size)`` steps, at most
+    ``bench.read_steps``), and ``emulate`` and ``train`` passes measure :data:`QUICK_STEPS`
+    steps (at most ``bench.steps``). The matrix, passes, baselines and peers are unchanged,
+    so every row is still there, from fewer steps. ``--set`` overrides come later and win.
+    """
+    limit = cfg.dataset.limit
+    if limit is None:
+        return []
+    bench = cfg.bench
+    read_steps = max(1, math.ceil(limit / cfg.loader.batch_size) - bench.warmup_steps)
+    return [
+        f"bench.read_steps={min(bench.read_steps, read_steps)}",
+        f"bench.steps={min(bench.steps, QUICK_STEPS)}",
+    ]
+
+
+def bench_config(args: argparse.Namespace) -> Config:
+    """The run's config: the file, the flags, a quick look's overrides when a limit is set
+    (:func:`quick_look`), then ``--set``.
+
+    Raises:
+        ConfigError: an invalid file, flag or override.
+    """
+    cfg = config_from_args(args)
+    quick = quick_look(cfg)
+    if not quick:
+        return cfg
+    cfg = config_from_args(args, quick)
+    print(
+        f"quick look (limit {cfg.dataset.limit}): read passes of {cfg.bench.read_steps} steps,"
+        f" emulate and train passes of {cfg.bench.steps}; without LIMIT for the full benchmark"
+    )
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; user errors print one line and return 2."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        cfg = config_from_args(args)
+        cfg = bench_config(args)
         from bench.report import goals, table, write_report
         from bench.run import run_bench, timestamp
 

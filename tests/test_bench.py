@@ -67,6 +67,23 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
     assert "fs/random/read/w1" in out and "report:" in out
 
 
+def test_limit_makes_a_quick_look_that_set_overrides():
+    def config(*argv):
+        return bench_cli.bench_config(bench_cli.get_args_parser().parse_args(argv))
+
+    full = config()
+    assert (full.dataset.limit, full.bench.read_steps, full.bench.steps) == (None, 500, 12)
+    quick = config("--limit", "40", "--batch-size", "4")
+    assert quick.dataset.limit == 40
+    assert quick.bench.read_steps + quick.bench.warmup_steps == 10  # the 40 images, once
+    assert quick.bench.steps == bench_cli.QUICK_STEPS
+    assert quick.bench.passes == full.bench.passes and quick.bench.modes == full.bench.modes
+    large = config("--limit", "100000")
+    assert large.bench.read_steps == full.bench.read_steps  # never more steps than configured
+    chosen = config("--limit", "40", "--set", "bench.steps=7", "--set", "bench.read_steps=50")
+    assert (chosen.bench.steps, chosen.bench.read_steps) == (7, 50)
+
+
 def result_row(**row):
     base = dict(mode="read", client_lib="boto3", cache="warm", samples=100, bytes_read=2_000_000,
                 samples_per_s=1000.0, ratio_to_baseline=float("nan"), baseline_mbps=100.0,
