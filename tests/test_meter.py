@@ -1,10 +1,14 @@
 """The measured clock of measure_steps: warm-up excluded, and in read mode the reads done ahead
-during the warm-up counted in the measured time."""
+during the warm-up counted in the measured time; garbage collection kept out of the epoch."""
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+
+import pytest
+import torch
 
 from pipelines.samples import Batch
 from training.engine import measure_steps
@@ -44,3 +48,26 @@ def test_read_mode_clock_starts_at_the_first_read_of_a_measured_batch():
 
     meter, seen = run({2: -1.0}, from_first_read=True)  # not a time of this run: clamped
     assert seen["first"] - 1.0 < meter.started <= seen["first"]
+
+
+def test_objects_of_before_the_epoch_sit_out_its_garbage_collections():
+    before = type("Before", (), {})()  # a tracked object that exists already
+    frozen_during = []
+
+    def loader():
+        for batch in batches({}, {}):
+            frozen_during.append(gc.get_freeze_count())
+            yield batch
+
+    assert gc.is_tracked(before) and gc.get_freeze_count() == 0
+    measure_steps(loader(), lambda b, s: math.nan, epoch=0, num_samples=None)
+    assert len(frozen_during) == 4 and min(frozen_during) > 0  # left out of collections
+    assert gc.get_freeze_count() == 0  # and back in them once the epoch is over
+
+    def failing(batch, step):
+        raise RuntimeError("step failed")
+
+    one = Batch(ids=["x"], images=[torch.zeros(3, 2, 2)], targets=[torch.tensor(0)])
+    with pytest.raises(RuntimeError, match="step failed"):
+        measure_steps([one], failing, epoch=0, num_samples=None)
+    assert gc.get_freeze_count() == 0  # also after a failed epoch
