@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.page_cache import evict_page_cache
 from pipelines.s3 import S3Storage
+from training.meter import gc_frozen
 
 MiB = 1024 * 1024
 
@@ -101,14 +102,15 @@ def fs_read_baseline(
     buffer = bytearray(chunk_bytes)
     view = memoryview(buffer)
     total = 0
-    start = time.perf_counter()
-    for path in paths:
-        if evicted:
-            evict_page_cache([path], flush=False)
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                total += n
-    seconds = time.perf_counter() - start
+    with gc_frozen():  # as the loaders are measured
+        start = time.perf_counter()
+        for path in paths:
+            if evicted:
+                evict_page_cache([path], flush=False)
+            with open(path, "rb", buffering=0) as f:
+                while n := f.readinto(view):
+                    total += n
+        seconds = time.perf_counter() - start
     return _result("fs-read-cold" if cold else "fs-read", len(paths), total, seconds, 1, evicted)
 
 
@@ -174,14 +176,15 @@ def s3_get_baseline(
             body.close()
         return n
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(threads, thread_name_prefix="s3-baseline") as pool:
-        futures = [pool.submit(get, key) for key in keys]
-        try:
-            total = sum(future.result() for future in futures)
-        finally:
-            for future in futures:
-                future.cancel()
-    seconds = time.perf_counter() - start
+    with gc_frozen():  # as the loaders are measured
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads, thread_name_prefix="s3-baseline") as pool:
+            futures = [pool.submit(get, key) for key in keys]
+            try:
+                total = sum(future.result() for future in futures)
+            finally:
+                for future in futures:
+                    future.cancel()
+        seconds = time.perf_counter() - start
     name = "s3-get" if evict_dir is None else "s3-get-cold"
     return _result(name, len(keys), total, seconds, threads, evict_dir is not None)

@@ -28,6 +28,8 @@ from torchvision.datasets.folder import default_loader
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
+from training.meter import gc_frozen
+
 
 @dataclass(frozen=True)
 class PeerResult:
@@ -74,25 +76,26 @@ def _measure(
         raise ValueError(f"warmup_batches={warmup_batches} must not be negative")
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches={max_batches} must be at least 1")
-    batches = iter(loader)
-    try:
-        for _ in range(warmup_batches):
-            if next(batches, None) is None:
-                raise ValueError(
-                    f"{name}: the data ended during the {warmup_batches} warm-up batches: "
-                    "give more objects or fewer warm-up batches"
-                )
-        samples = nbytes = count = 0
-        start = time.perf_counter()
-        for images, batch_bytes in batches:
-            samples += len(images)
-            nbytes += batch_bytes
-            count += 1
-            if count == max_batches:
-                break
-        seconds = time.perf_counter() - start
-    finally:
-        del batches  # stops the DataLoader's workers now, not at garbage collection
+    with gc_frozen():  # as our loaders are measured (training.engine.measure_steps)
+        batches = iter(loader)
+        try:
+            for _ in range(warmup_batches):
+                if next(batches, None) is None:
+                    raise ValueError(
+                        f"{name}: the data ended during the {warmup_batches} warm-up batches: "
+                        "give more objects or fewer warm-up batches"
+                    )
+            samples = nbytes = count = 0
+            start = time.perf_counter()
+            for images, batch_bytes in batches:
+                samples += len(images)
+                nbytes += batch_bytes
+                count += 1
+                if count == max_batches:
+                    break
+            seconds = time.perf_counter() - start
+        finally:
+            del batches  # stops the DataLoader's workers now, not at garbage collection
     if count == 0:
         raise ValueError(f"{name}: no batch left to measure after {warmup_batches} warm-up batches")
     per_s = 1 / seconds if seconds > 0 else float("inf")

@@ -7,7 +7,6 @@ a step computes comes from the task module (:mod:`training.detection`,
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import time
@@ -17,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from pipelines.samples import Batch
-from training.meter import EpochMeter, StepRecord
+from training.meter import EpochMeter, StepRecord, gc_frozen
 
 log = logging.getLogger(__name__)
 
@@ -63,78 +62,73 @@ def measure_steps(
             the point and the consumer sets the pace: AU and throughput are measured from the
             end of the warm-up. Never earlier than the first request for a batch.
 
-    Python's cyclic garbage collector is kept from stalling the epoch: a full collection
-    traverses every object of the process, 0.2-0.3 s here with torch loaded, and one landed
-    in about every other 1-second pass of a loop reading BCCD shards (that pass lost a third
-    of its throughput). The
-    objects that exist when the epoch starts (modules, model, dataset index) are collected
-    once, before any clock runs, then frozen (``gc.freeze``, which the Python docs advise
-    before forking) until the epoch ends: collections during the epoch traverse only what the
-    epoch creates, and DataLoader workers forked meanwhile inherit the freeze.
+    Full garbage collections are kept out of the epoch (:func:`training.meter.gc_frozen`).
 
     Raises:
         TrainingError: a corrupt image with ``on_corrupt="stop"``, or what ``compute`` raises.
     """
-    gc.collect()  # the garbage of earlier epochs goes now, before any clock runs
-    gc.freeze()  # what exists now is left out of this epoch's collections (see above)
-    meter = EpochMeter(epoch)
-    bar = tqdm(
-        total=num_samples, desc=desc or f"epoch {epoch}", unit="img", leave=True, dynamic_ncols=True
-    )
-    asked = time.perf_counter()
-    iterator = iter(loader)
-    step = 0
-    first_read = math.inf
-    shown = 0.0  # when the postfix was last set: formatting it every step costs ~0.1 ms
-    try:
-        while max_steps is None or step < warmup_steps + max_steps:
-            waited = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                break
-            got = time.perf_counter()
-            for image_id, message in batch.errors:
-                if on_corrupt == "stop":
-                    raise TrainingError(
-                        f"corrupt image {message} (id {image_id}); "
-                        "fix or remove it, or set access.on_corrupt=skip"
-                    )
-                log.warning("skipped corrupt image %s", message)
-            loss_value = compute(batch, step) if batch.images else math.nan
-            done = time.perf_counter()
-            record = StepRecord(
-                epoch=epoch,
-                step=step,
-                samples=len(batch.ids),
-                skipped=len(batch.errors),
-                bytes_read=batch.nbytes,
-                read_s=batch.read_s,
-                data_wait_s=got - waited,
-                compute_s=done - got,
-                loss=loss_value,
-                requests=batch.requests.requests,
-                retries=batch.requests.retries,
-            )
-            if step >= warmup_steps:
-                meter.add(record, batch.requests)
-                first_read = min(first_read, batch.read_at)
-            if step + 1 == warmup_steps:
-                meter.started = time.perf_counter()  # the measured wall clock starts now
-            step += 1
-            if done - shown >= bar.mininterval:
-                bar.set_postfix(
-                    loss=f"{loss_value:.3f}", wait=f"{record.data_wait_s:.2f}s", refresh=False
+    with gc_frozen():  # full collections stay out of the epoch
+        meter = EpochMeter(epoch)
+        bar = tqdm(
+            total=num_samples,
+            desc=desc or f"epoch {epoch}",
+            unit="img",
+            leave=True,
+            dynamic_ncols=True,
+        )
+        asked = time.perf_counter()
+        iterator = iter(loader)
+        step = 0
+        first_read = math.inf
+        shown = 0.0  # when the postfix was last set: formatting it every step costs ~0.1 ms
+        try:
+            while max_steps is None or step < warmup_steps + max_steps:
+                waited = time.perf_counter()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                got = time.perf_counter()
+                for image_id, message in batch.errors:
+                    if on_corrupt == "stop":
+                        raise TrainingError(
+                            f"corrupt image {message} (id {image_id}); "
+                            "fix or remove it, or set access.on_corrupt=skip"
+                        )
+                    log.warning("skipped corrupt image %s", message)
+                loss_value = compute(batch, step) if batch.images else math.nan
+                done = time.perf_counter()
+                record = StepRecord(
+                    epoch=epoch,
+                    step=step,
+                    samples=len(batch.ids),
+                    skipped=len(batch.errors),
+                    bytes_read=batch.nbytes,
+                    read_s=batch.read_s,
+                    data_wait_s=got - waited,
+                    compute_s=done - got,
+                    loss=loss_value,
+                    requests=batch.requests.requests,
+                    retries=batch.requests.retries,
                 )
-                shown = done
-            bar.update(record.samples + record.skipped)
-    finally:
-        meter.finish()
-        bar.close()
-        gc.unfreeze()
-    if from_first_read and first_read < meter.started:
-        meter.started = max(first_read, asked)
-    return meter
+                if step >= warmup_steps:
+                    meter.add(record, batch.requests)
+                    first_read = min(first_read, batch.read_at)
+                if step + 1 == warmup_steps:
+                    meter.started = time.perf_counter()  # the measured wall clock starts now
+                step += 1
+                if done - shown >= bar.mininterval:
+                    bar.set_postfix(
+                        loss=f"{loss_value:.3f}", wait=f"{record.data_wait_s:.2f}s", refresh=False
+                    )
+                    shown = done
+                bar.update(record.samples + record.skipped)
+        finally:
+            meter.finish()
+            bar.close()
+        if from_first_read and first_read < meter.started:
+            meter.started = max(first_read, asked)
+        return meter
 
 
 def optimizer_step(
