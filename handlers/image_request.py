@@ -229,7 +229,7 @@ class ImageHandler(BaseHandler):
         errors: dict[int, str] = {}
         for i, row in enumerate(data):
             try:
-                body = request_body(row)
+                body = request_body(row, request_content_type(self.context, i))
                 image = decode_request_image(body, max_pixels=self.max_image_pixels)
             except ValueError as exc:
                 errors[i] = str(exc)
@@ -242,21 +242,61 @@ class ImageHandler(BaseHandler):
 # ---------------------------------------------------------------------- request decoding
 
 
-def request_body(row: Any) -> bytes:
+class NoImageError(ValueError):
+    """The request carries no image bytes at all: no body, an empty one, or form fields only."""
+
+
+#: The Content-Type of a form-encoded body, which curl's ``-d`` / ``--data-binary`` send unless
+#: told otherwise; TorchServe parses such a body into form fields, so no image bytes remain.
+FORM_ENCODED = "application/x-www-form-urlencoded"
+
+
+def request_content_type(context: Any, index: int) -> str | None:
+    """The Content-Type header of request ``index`` of the batch, lower case; None when the
+    context (None outside TorchServe) does not say."""
+    try:
+        headers = context.get_all_request_header(index)
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    for name, value in (headers or {}).items():
+        if str(name).lower() == "content-type":
+            return str(value).lower()
+    return None
+
+
+def request_body(row: Any, content_type: str | None = None) -> bytes:
     """Extract the image bytes of one request.
 
     Args:
         row: TorchServe's dict for one request; the body is under ``"data"`` (multipart field
             ``data``) or ``"body"`` (raw body); a multipart upload with a single field of
             another name is accepted too. A str value (``text/*`` body) is read as base64.
+        content_type: the request's Content-Type header, when known; a missing image in a
+            form-encoded request (:data:`FORM_ENCODED`) is then explained as such.
 
     Returns:
         The raw image bytes.
 
     Raises:
-        ValueError: no body, an empty body, a JSON body, text that is not base64, or form
-            fields without an image (what ``curl --data-binary`` sends without a Content-Type).
+        NoImageError: no body, an empty body, or form fields without an image (what ``curl
+            --data-binary`` sends without a Content-Type).
+        ValueError: a JSON body, or text that is not base64.
     """
+    try:
+        return _request_body(row)
+    except NoImageError:
+        if content_type is None or not content_type.startswith(FORM_ENCODED):
+            raise
+        raise NoImageError(
+            f"the body was sent form-encoded (Content-Type: {FORM_ENCODED}, what curl -d and "
+            "--data-binary send by default), which the server reads as form fields, not as "
+            f"an image: send the image bytes ({_CURL_HINT}, or add -H 'Content-Type: "
+            "image/jpeg')"
+        ) from None
+
+
+def _request_body(row: Any) -> bytes:
+    """:func:`request_body` without the form-encoding explanation."""
     body = None
     if isinstance(row, bytes | bytearray | str):
         body = row
@@ -269,12 +309,12 @@ def request_body(row: Any) -> bytes:
             if isinstance(only, bytes | bytearray) and only:
                 body = only
         if body is None and row:
-            raise ValueError(
+            raise NoImageError(
                 "no image in the request, only form fields: send the image bytes with a "
                 f"Content-Type such as image/jpeg ({_CURL_HINT}) or as multipart field 'data'"
             )
     if body is None or (isinstance(body, bytes | bytearray | str) and len(body) == 0):
-        raise ValueError(
+        raise NoImageError(
             f"empty request body: POST the bytes of a JPEG or PNG image ({_CURL_HINT})"
         )
     if isinstance(body, bytes | bytearray):

@@ -23,6 +23,7 @@ from torchvision.io import decode_jpeg
 from ts.context import Context
 
 from handlers.detector_handler import DetectorHandler
+from handlers.image_request import NoImageError, request_body
 from models.detector import build_detector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +204,16 @@ def test_each_bad_body_is_explained(handler: DetectorHandler, model_dir: Path, r
     (response,) = handler.handle([row], context)
     assert context.statuses == {0: (400, "Bad Request")}
     assert expected in response["error"]
+
+
+def test_a_form_encoded_request_without_an_image_is_explained_as_such():
+    form = "application/x-www-form-urlencoded; charset=utf-8"
+    for row in ({}, {"not an image": b"", "x": b""}):
+        with pytest.raises(NoImageError, match="sent form-encoded.*curl -T"):
+            request_body(row, form)
+        with pytest.raises(NoImageError, match="empty request body|only form fields"):
+            request_body(row, "image/jpeg")
+    assert request_body({"body": b"bytes"}, form) == b"bytes"  # a body that is there is kept
 
 
 def test_unsupported_format_is_refused(handler: DetectorHandler, model_dir: Path):

@@ -350,6 +350,13 @@ def test_served_model_answers_refuses_bad_input_and_keeps_working(served, http):
     assert 400 <= bad.status_code < 500
     assert "not a decodable image" in bad.json()["error"]
 
+    # What curl --data-binary sends without -H. TorchServe's front end parses the body as form
+    # fields first: a JPEG's bytes fail there (500, "Bad end of line", see Troubleshooting);
+    # a body it can parse reaches the handler without an image, which says why.
+    form = predict(http, served, b"abc", "application/x-www-form-urlencoded")
+    assert form.status_code == 400
+    assert "sent form-encoded" in form.json()["error"] and "curl -T" in form.json()["error"]
+
     assert_detection_list(predict(http, served, JPEG.read_bytes()))
     assert worker_pids(http, served) == before  # the same worker, never restarted
 
