@@ -151,6 +151,7 @@ def goals(results: list[dict], decode: bool) -> list[str]:
     - random over S3 (boto3) reaches ``RANDOM_S3_GOAL`` x the GET pool's objects/s;
     - boto3 loaders against s3torchconnector's datasets (``ratio_to_peer`` >= 1).
 
+    With ``decode`` the first line says that the rows are decode-bound (:data:`DECODING_NOTE`).
     A goal that is not met says by how much and why, from the row's own figures (see
     :func:`_shortfall`: too short a pass, readers waiting on storage, or the loader's time per
     sample). Rows missing from the matrix are not judged.
@@ -195,7 +196,19 @@ def goals(results: list[dict], decode: bool) -> list[str]:
                 " CRT client (its rows in the table)"
             )
         lines.append(line)
-    return lines or ["- no read rows with baselines or peers in this matrix"]
+    if not lines:
+        return ["- no read rows with baselines or peers in this matrix"]
+    if decode:  # said first: otherwise a decode-bound 0.01x reads as a storage verdict
+        lines.insert(0, DECODING_NOTE)
+    return lines
+
+
+#: The first goal line of a run that decodes (``bench.decode: true``).
+DECODING_NOTE = (
+    "- decoding on: these read rows include JPEG decoding, which on a CPU bounds them far"
+    " below what the storage delivers; the goals are about the read path, which"
+    " `--set bench.decode=false` measures alone"
+)
 
 
 #: A measured pass shorter than this is dominated by start-up (worker processes, first request).

@@ -154,6 +154,9 @@ def test_goals_say_what_is_met_and_by_how_much_what_is_not():
     assert "s3/boto3/objects/read/w2 vs s3torchconnector's dataset: 0.60x: 40 % slower" in (
         objects_peer
     )
+    decoding = goals([result_row(access="shards", storage="fs", ratio_to_baseline=0.01)], True)
+    assert decoding[0].startswith("- decoding on:") and "bench.decode=false" in decoding[0]
+    assert "0.01x the raw baseline's MB/s" in decoding[1] and len(decoding) == 2
 
 
 def test_throughput_plot_without_baselines(tmp_path):
