@@ -52,17 +52,23 @@ def test_read_mode_clock_starts_at_the_first_read_of_a_measured_batch():
 
 def test_objects_of_before_the_epoch_sit_out_its_garbage_collections():
     before = type("Before", (), {})()  # a tracked object that exists already
-    frozen_during = []
+    frozen_during, collectable = [], []
+
+    def in_a_generation(obj) -> bool:  # one that collections traverse (not frozen)
+        return any(o is obj for g in range(3) for o in gc.get_objects(g))
 
     def loader():
-        for batch in batches({}, {}):
+        for i, batch in enumerate(batches({}, {})):
             frozen_during.append(gc.get_freeze_count())
+            if i == 0:
+                collectable.append(in_a_generation(before))
             yield batch
 
     assert gc.is_tracked(before) and gc.get_freeze_count() == 0
     measure_steps(loader(), lambda b, s: math.nan, epoch=0, num_samples=None)
     assert len(frozen_during) == 4 and min(frozen_during) > 0  # left out of collections
-    assert gc.get_freeze_count() == 0  # and back in them once the epoch is over
+    assert collectable == [False]  # `before` among them during the epoch
+    assert gc.get_freeze_count() == 0 and in_a_generation(before)  # and back in them after
 
     def failing(batch, step):
         raise RuntimeError("step failed")
