@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.page_cache import evict_page_cache
+from bench.resources import CpuUse, process_sample
 from pipelines.s3 import S3Storage
 from training.meter import gc_frozen
 
@@ -40,6 +41,8 @@ class BaselineResult:
         threads: reading threads (1 for the filesystem).
         evicted: every file's pages were dropped from the page cache right before it was read
             (a cold measurement).
+        cpu: the CPU spent while it was timed, this process's and the whole machine's
+            (:class:`bench.resources.CpuUse`).
     """
 
     name: str
@@ -50,10 +53,11 @@ class BaselineResult:
     objects_per_s: float
     threads: int
     evicted: bool
+    cpu: CpuUse
 
 
 def _result(
-    name: str, objects: int, nbytes: int, seconds: float, threads: int, evicted: bool
+    name: str, objects: int, nbytes: int, seconds: float, threads: int, evicted: bool, cpu: CpuUse
 ) -> BaselineResult:
     per_s = 1 / seconds if seconds > 0 else float("inf")  # a clock too coarse to see the reads
     return BaselineResult(
@@ -65,6 +69,7 @@ def _result(
         objects_per_s=objects * per_s,
         threads=threads,
         evicted=evicted,
+        cpu=cpu,
     )
 
 
@@ -103,6 +108,7 @@ def fs_read_baseline(
     view = memoryview(buffer)
     total = 0
     with gc_frozen():  # as the loaders are measured
+        before = process_sample()
         start = time.perf_counter()
         for path in paths:
             if evicted:
@@ -111,7 +117,9 @@ def fs_read_baseline(
                 while n := f.readinto(view):
                     total += n
         seconds = time.perf_counter() - start
-    return _result("fs-read-cold" if cold else "fs-read", len(paths), total, seconds, 1, evicted)
+        cpu = CpuUse.between(before, process_sample(), seconds)
+    name = "fs-read-cold" if cold else "fs-read"
+    return _result(name, len(paths), total, seconds, 1, evicted, cpu)
 
 
 def s3_get_baseline(
@@ -177,6 +185,7 @@ def s3_get_baseline(
         return n
 
     with gc_frozen():  # as the loaders are measured
+        before = process_sample()
         start = time.perf_counter()
         with ThreadPoolExecutor(threads, thread_name_prefix="s3-baseline") as pool:
             futures = [pool.submit(get, key) for key in keys]
@@ -186,5 +195,6 @@ def s3_get_baseline(
                 for future in futures:
                     future.cancel()
         seconds = time.perf_counter() - start
+        cpu = CpuUse.between(before, process_sample(), seconds)
     name = "s3-get" if evict_dir is None else "s3-get-cold"
-    return _result(name, len(keys), total, seconds, threads, evict_dir is not None)
+    return _result(name, len(keys), total, seconds, threads, evict_dir is not None, cpu)

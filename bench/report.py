@@ -20,8 +20,14 @@ RESULT_COLUMNS = [
     "data_wait_s", "compute_s", "wall_s", "bytes_read", "read_s", "read_mbps", "requests",
     "bytes_per_request",
     "retries", "ttfb_p50_ms", "ttfb_p99_ms", "errors", "peak_rss_mib",
-    "baseline_mbps", "baseline_objects_per_s", "ratio_to_baseline",
-    "peer_samples_per_s", "ratio_to_peer",
+    "cpu_ms_per_mb", "host_cpu_ms_per_mb", "host_busy_cores",
+    "baseline_mbps", "baseline_objects_per_s",
+    "baseline_cpu_ms_per_mb", "baseline_host_cpu_ms_per_mb", "baseline_host_busy_cores",
+    "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer",
+]  # fmt: skip
+#: The baseline's CPU figures in a results row (:meth:`bench.resources.CpuUse.figures`).
+BASELINE_CPU_COLUMNS = [
+    "baseline_cpu_ms_per_mb", "baseline_host_cpu_ms_per_mb", "baseline_host_busy_cores"
 ]  # fmt: skip
 STEP_COLUMNS = [
     "case", "pass", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",
@@ -143,7 +149,7 @@ SHARDS_GOAL = 0.9
 RANDOM_S3_GOAL = 0.9
 
 
-def goals(results: list[dict], decode: bool) -> list[str]:
+def goals(results: list[dict], decode: bool, cores: int | None = None) -> list[str]:
     """The performance goals checked against this run's ``read`` rows, one line each.
 
     - sequential shards reach ``SHARDS_GOAL`` x the raw baseline's MB/s (fs ``cat``, s3 GET
@@ -154,7 +160,8 @@ def goals(results: list[dict], decode: bool) -> list[str]:
     With ``decode`` the first line says that the rows are decode-bound (:data:`DECODING_NOTE`).
     A goal that is not met says by how much and why, from the row's own figures (see
     :func:`_shortfall`: too short a pass, readers waiting on storage, or the loader's time per
-    sample). Rows missing from the matrix are not judged.
+    sample; and :func:`_cpu_split`: busy cores against CPU per MB, on a machine of ``cores``
+    cores). Rows missing from the matrix are not judged.
     """
     reads = [r for r in results if r["mode"] == "read" and r.get("client_lib") in ("-", "boto3")]
     mode = "read" + ("" if decode else ", bench.decode false")
@@ -169,7 +176,7 @@ def goals(results: list[dict], decode: bool) -> list[str]:
             f" MB/s (goal {SHARDS_GOAL}): {verdict}"
         )
         if ratio < SHARDS_GOAL and r["samples"]:
-            line += ". " + _shortfall(r, decode)
+            line += ". " + _shortfall(r, decode) + _cpu_split(r, ratio, cores)
         lines.append(line)
     for r in [r for r in reads if r["access"] == "random" and r["storage"] == "s3"]:
         base = r.get("baseline_objects_per_s", math.nan)
@@ -265,6 +272,40 @@ def _shortfall(row: dict, decode: bool) -> str:
     )
 
 
+#: A machine whose cores were busy at least this share of a pass was CPU-bound.
+SATURATED_SHARE = 0.9
+
+
+def _cpu_split(row: dict, ratio: float, cores: int | None) -> str:
+    """The ratio to the baseline split into its two factors (see :mod:`bench.resources`):
+    busy cores (the row's over the baseline's) x CPU per MB (the baseline's over the row's),
+    both machine-wide, with what they mean; empty when the row has no CPU figures."""
+    keys = ("host_busy_cores", "host_cpu_ms_per_mb", "cpu_ms_per_mb")
+    ours = [row.get(k, math.nan) for k in keys]
+    base = [row.get(f"baseline_{k}", math.nan) for k in keys]
+    if any(math.isnan(v) or v <= 0 for v in ours + base):
+        return ""
+    busy, per_mb = ours[0] / base[0], base[1] / ours[1]
+    of = f" of {cores}" if cores else ""
+    text = (
+        f". CPU counters: {ratio:.2f}x = {busy:.2f} (cores busy, machine-wide: {ours[0]:.2f}"
+        f" vs the baseline's {base[0]:.2f}{of}) x {per_mb:.2f} (CPU per MB, machine-wide:"
+        f" {ours[1]:.1f} vs {base[1]:.1f} ms; the loader's processes {ours[2]:.1f}, the"
+        f" baseline's {base[2]:.1f} ms)"
+    )
+    if cores and ours[0] >= SATURATED_SHARE * cores and per_mb < SHARDS_GOAL:
+        return text + (
+            f": the machine was CPU-bound and this loader needs {1 / per_mb:.2f}x the CPU per"
+            " MB, so it cannot go faster here without less CPU per sample or more cores"
+        )
+    if busy < SHARDS_GOAL:
+        return text + (
+            ": it kept fewer cores busy than the baseline, so its readers waited (on storage"
+            " requests, or for each other) more than the baseline's"
+        )
+    return text
+
+
 def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
     """The report: what ran, the results table, baselines, peers, the plots."""
     bench = cfg_dict["bench"]
@@ -288,21 +329,28 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         "",
         "## Performance goals",
         "",
-        *goals(results, bench["decode"]),
+        *goals(results, bench["decode"], os.cpu_count()),
         "",
         "## Baselines",
         "",
         "Each measured right after the pass it is compared with, over the same objects and as"
         " many epochs of them (cold: each file evicted from the page cache before it is read).",
         "",
-        "| configuration | pass | baseline | objects | MB | seconds | objects/s | MB/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "CPU: busy cores of the whole machine while it ran, and CPU ms per MB of this process"
+        " and of the whole machine (a local S3 server included); `results.csv` has the same"
+        " figures for each configuration.",
+        "",
+        "| configuration | pass | baseline | objects | MB | seconds | objects/s | MB/s"
+        " | busy cores | CPU ms/MB (process / machine) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for config, pass_index, b in extras.get("baselines", []):
+        cpu = b.cpu.figures(b.bytes)
         lines.append(
             f"| {config} | {pass_index} | {b.name} ({b.threads} thread{'s' * (b.threads > 1)})"
             f" | {b.objects} | {_fmt(b.bytes / 1e6, 1)} | {_fmt(b.seconds, 3)}"
-            f" | {_fmt(b.objects_per_s, 1)} | {_fmt(b.mbps)} |"
+            f" | {_fmt(b.objects_per_s, 1)} | {_fmt(b.mbps)} | {_fmt(cpu['host_busy_cores'])}"
+            f" | {_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)} |"
         )
     lines += ["", "## Peers", "", "| comparison | peer | samples/s |", "|---|---|---|"]
     for name, p in extras.get("peers", {}).items():

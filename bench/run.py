@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.baselines import fs_read_baseline, s3_get_baseline
 from bench.page_cache import EvictBeforeRead, evict_page_cache
+from bench.report import BASELINE_CPU_COLUMNS
 from bench.runner import Case, case_steps, expand_matrix, pass_repeat, run_case
 from pipelines.records import Record
 from pipelines.shards import ShardInfo
@@ -191,6 +192,11 @@ def run_pass(
         baseline_mbps=getattr(base, "mbps", float("nan")),
         baseline_objects_per_s=getattr(base, "objects_per_s", float("nan")),
     )  # fmt: skip
+    row.update(
+        base.cpu.figures(base.bytes, "baseline_")
+        if base is not None
+        else dict.fromkeys(BASELINE_CPU_COLUMNS, float("nan"))
+    )
     row["pass"] = pass_index
     return row, [{**s, "pass": pass_index} for s in steps], base
 

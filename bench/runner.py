@@ -29,14 +29,13 @@ the first one filled.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
-import psutil
 import torch
 
+from bench.resources import ResourceSampler
 from pipelines.loaders import EpochLoader, LoaderSettings, build_loader
 from pipelines.records import Record
 from pipelines.samples import Batch
@@ -87,43 +86,6 @@ def expand_matrix(cfg: Config) -> list[Case]:
                     for mode in cfg.bench.modes:
                         cases.append(Case(mode, access, storage, lib, n))
     return cases
-
-
-class RssSampler:
-    """Peak resident memory (RSS, bytes) of this process and its children, sampled in a thread.
-
-    Use as a context manager; ``peak_bytes`` holds the largest sum seen (every ``interval_s``).
-    """
-
-    def __init__(self, interval_s: float = 0.05):
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._sample())
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self.peak_bytes = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def compute_fn(case: Case, cfg: Config, classes: list[str]):
@@ -190,7 +152,8 @@ def run_case(
 
     Returns:
         ``(row, steps)``: the epoch figures of :meth:`training.meter.EpochMeter.summary` plus
-        ``peak_rss_mib`` and ``data_wait_share``; and one dict per measured step.
+        ``peak_rss_mib``, ``data_wait_share`` and the CPU figures of the measured window
+        (:meth:`bench.resources.CpuUse.figures`); and one dict per measured step.
     """
     task = task_module(cfg.task)
     steps = case_steps(case, cfg)
@@ -213,7 +176,7 @@ def run_case(
         repeat=repeat,
     )
     compute = compute_fn(case, cfg, classes)
-    with RssSampler() as rss:
+    with ResourceSampler() as resources:
         meter = measure_steps(
             pass_batches(loader, pass_index),
             compute,
@@ -225,7 +188,8 @@ def run_case(
             from_first_read=case.mode == "read",
         )
     row = meter.summary()
-    row["peak_rss_mib"] = rss.peak_bytes / 2**20
+    row["peak_rss_mib"] = resources.peak_rss_bytes / 2**20
+    row.update(resources.cpu(meter.started, meter.finished).figures(row["bytes_read"]))
     row["data_wait_share"] = row["data_wait_s"] / row["wall_s"] if row["wall_s"] > 0 else math.nan
     steps = [{**vars(s), "case": case.name} for s in meter.steps]
     return row, steps

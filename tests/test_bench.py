@@ -56,6 +56,10 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
         assert int(r["samples"]) == expected, r["config"]
         assert float(r["baseline_mbps"]) > 0 and float(r["ratio_to_baseline"]) > 0
         assert float(r["peak_rss_mib"]) > 0
+        cpu_columns = [c for c in RESULT_COLUMNS if "cpu_ms_per_mb" in c or "busy_cores" in c]
+        assert len(cpu_columns) == 6 and all(float(r[c]) >= 0 for c in cpu_columns), [
+            (c, r[c]) for c in cpu_columns
+        ]
     s3_random = [r for r in rows if r["storage"] == "s3" and r["access"] == "random"]
     assert all(r["requests"] == r["samples"] for r in s3_random)  # one GET per sample
     warm_reads = [r for r in rows if r["mode"] == "read" and r["pass"] == "1"]
@@ -63,6 +67,8 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
     assert compared == {("fs", "random"), ("s3", "random"), ("s3", "objects")}
     emulate = [r for r in rows if r["mode"] == "emulate"]
     assert all(0 < float(r["au"]) <= 1 for r in emulate)
+    assert sum(float(r["cpu_ms_per_mb"]) for r in rows) > 0  # the loaders' CPU is counted
+    assert "| busy cores | CPU ms/MB (process / machine) |" in (run / "report.md").read_text()
     out = capsys.readouterr().out
     assert "fs/random/read/w1" in out and "report:" in out
 
@@ -157,6 +163,25 @@ def test_goals_say_what_is_met_and_by_how_much_what_is_not():
     decoding = goals([result_row(access="shards", storage="fs", ratio_to_baseline=0.01)], True)
     assert decoding[0].startswith("- decoding on:") and "bench.decode=false" in decoding[0]
     assert "0.01x the raw baseline's MB/s" in decoding[1] and len(decoding) == 2
+
+
+def test_a_missed_goal_is_split_into_busy_cores_and_cpu_per_mb():
+    cpu = dict(host_busy_cores=1.9, host_cpu_ms_per_mb=11.0, cpu_ms_per_mb=7.5,
+               baseline_host_busy_cores=1.9, baseline_host_cpu_ms_per_mb=8.8,
+               baseline_cpu_ms_per_mb=5.4)  # fmt: skip
+    row = result_row(access="shards", storage="s3", ratio_to_baseline=0.8, **cpu)
+    (bound,) = goals([row], decode=False, cores=2)
+    assert "CPU counters: 0.80x = 1.00 (cores busy, machine-wide: 1.90 vs the baseline's" in bound
+    assert "1.90 of 2) x 0.80 (CPU per MB, machine-wide: 11.0 vs 8.8 ms" in bound
+    assert "the loader's processes 7.5, the baseline's 5.4 ms)" in bound
+    assert "CPU-bound and this loader needs 1.25x the CPU per MB" in bound
+    waiting = result_row(access="shards", storage="s3", ratio_to_baseline=0.5,
+                         **{**cpu, "host_busy_cores": 0.95, "host_cpu_ms_per_mb": 8.8})  # fmt: skip
+    (line,) = goals([waiting], decode=False, cores=2)
+    assert "0.50x = 0.50 (cores busy" in line and "x 1.00 (CPU per MB" in line
+    assert "kept fewer cores busy than the baseline" in line
+    (no_cpu,) = goals([result_row(access="shards", storage="s3", ratio_to_baseline=0.8)], False)
+    assert "CPU counters" not in no_cpu  # rows without the figures (older results) say nothing
 
 
 def test_throughput_plot_without_baselines(tmp_path):

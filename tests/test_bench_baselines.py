@@ -28,6 +28,8 @@ def assert_consistent(result: BaselineResult, objects: int, nbytes: int) -> None
     assert result.seconds > 0
     assert result.mbps == pytest.approx(nbytes / result.seconds / 1e6)
     assert result.objects_per_s == pytest.approx(objects / result.seconds)
+    assert result.cpu.seconds == result.seconds  # CPU charged over the timed window
+    assert result.cpu.client_s >= 0 and result.cpu.host_s >= 0
 
 
 def write_files(tmp_path: Path) -> list[Path]:

@@ -1,0 +1,179 @@
+"""What a configuration costs the machine: peak memory, and CPU time to tell CPU-bound from waiting.
+
+A reader is CPU-bound when the cores that read, parse and serve the data are busy all the time,
+and waiting when they sit idle while requests are in flight. Two counters tell them apart:
+
+- client CPU: user + system seconds of this process and of the DataLoader workers it starts
+  (not of a local S3 server it runs), from psutil's per-process times (``/proc/<pid>/stat`` on
+  Linux, counted in clock ticks of 10 ms);
+- host CPU: busy seconds of all of the machine's cores (user, nice, system, irq, softirq) from
+  ``psutil.cpu_times()`` (``/proc/stat``): the client, plus a local S3 server, plus anything
+  else running. Idle, iowait and steal (time a hypervisor gave to other machines) are not busy.
+
+Over a window of ``seconds`` that read ``nbytes``, MB/s (10^6 bytes/s) = host busy cores /
+host CPU seconds per MB, so the ratio of two measurements' MB/s is exactly (the ratio of their
+busy cores) x (the inverse ratio of their CPU per MB): the first factor says who kept the
+machine busier, the second who needed less CPU for the same bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import psutil
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of the counters.
+
+    Attributes:
+        at: ``time.perf_counter()`` when taken (seconds).
+        rss_bytes: resident memory of the client's processes (bytes).
+        client_s: CPU seconds (user + system) of the client's processes, cumulative.
+        host_s: busy CPU seconds of the whole machine, all cores, cumulative.
+    """
+
+    at: float
+    rss_bytes: int
+    client_s: float
+    host_s: float
+
+
+def host_busy_s() -> float:
+    """Busy CPU seconds of all cores since boot: user, nice, system, irq and softirq (the last
+    two only where the platform reports them)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def process_sample() -> Sample:
+    """Read the counters now for this process alone (all its threads, none of its children):
+    what an in-process measurement such as a baseline uses."""
+    me = psutil.Process()
+    with me.oneshot():
+        own = me.cpu_times()
+        rss = me.memory_info().rss
+    return Sample(time.perf_counter(), rss, own.user + own.system, host_busy_s())
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU spent over a window of ``seconds`` (wall clock).
+
+    Attributes:
+        seconds: the window's length.
+        client_s: CPU seconds of this process and its children in the window.
+        host_s: busy CPU seconds of the whole machine in the window.
+    """
+
+    seconds: float
+    client_s: float
+    host_s: float
+
+    @classmethod
+    def between(cls, first: Sample, last: Sample, seconds: float | None = None) -> CpuUse:
+        """The CPU spent from ``first`` to ``last``, over a window of ``seconds`` (default: the
+        time between the two samples; a caller that timed the window itself passes its own)."""
+        window = last.at - first.at if seconds is None else seconds
+        return cls(window, last.client_s - first.client_s, last.host_s - first.host_s)
+
+    def figures(self, nbytes: int, prefix: str = "") -> dict[str, float]:
+        """``cpu_ms_per_mb`` (client CPU ms per MB read, MB = 10^6 bytes),
+        ``host_cpu_ms_per_mb`` (the whole machine's) and ``host_busy_cores`` (busy CPU seconds
+        per second), each key prefixed with ``prefix``; NaN where undefined (no bytes, or an
+        empty window)."""
+        mb = nbytes / 1e6
+        return {
+            f"{prefix}cpu_ms_per_mb": 1e3 * self.client_s / mb if mb > 0 else math.nan,
+            f"{prefix}host_cpu_ms_per_mb": 1e3 * self.host_s / mb if mb > 0 else math.nan,
+            f"{prefix}host_busy_cores": self.host_s / self.seconds
+            if self.seconds > 0
+            else math.nan,
+        }
+
+
+def interpolate(samples: list[Sample], at: float) -> Sample:
+    """The counters at time ``at``, linearly interpolated between the samples around it
+    (clamped to the first and last sample); ``samples`` in time order, at least one."""
+    times = [s.at for s in samples]
+    i = bisect.bisect_left(times, at)
+    if i == 0:
+        return samples[0]
+    if i == len(samples):
+        return samples[-1]
+    a, b = samples[i - 1], samples[i]
+    w = (at - a.at) / (b.at - a.at) if b.at > a.at else 1.0
+    return Sample(
+        at,
+        max(a.rss_bytes, b.rss_bytes),
+        a.client_s + w * (b.client_s - a.client_s),
+        a.host_s + w * (b.host_s - a.host_s),
+    )
+
+
+class ResourceSampler:
+    """Sample the counters in a thread every ``interval_s`` while a ``with`` block runs.
+
+    The client is this process plus the child processes started inside the block (DataLoader
+    workers); children that were already running when it began (a local S3 server started by
+    the benchmark) are not the client, and count in the host's CPU only. A child's CPU is its
+    last reading, so a worker that exits keeps what it had spent.
+
+    ``peak_rss_bytes`` is the largest RSS seen (the same processes, entry and exit included);
+    :meth:`cpu` gives the CPU spent in any window inside the block, interpolated between
+    samples, so a measured window that starts and ends between samples (after a warm-up) is
+    still charged only its own CPU. Accuracy: the samples' spacing and the kernel's 10 ms
+    per-process clock tick, so windows under a second are approximate.
+    """
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.samples: list[Sample] = []
+        self._me = psutil.Process()
+        self._ignored: set[int] = set()  # children running before the block
+        self._children_s: dict[int, float] = {}  # pid → CPU seconds at its last reading
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        """The largest RSS (bytes) sampled so far."""
+        return max((s.rss_bytes for s in self.samples), default=0)
+
+    def cpu(self, start: float, end: float) -> CpuUse:
+        """CPU spent between the ``time.perf_counter()`` times ``start`` and ``end``."""
+        return CpuUse.between(interpolate(self.samples, start), interpolate(self.samples, end))
+
+    def _take(self) -> Sample:
+        own = process_sample()
+        rss = own.rss_bytes
+        for child in self._me.children(recursive=True):
+            if child.pid in self._ignored:
+                continue
+            try:  # CPU first: an exiting child's times stay readable longer than its memory
+                times = child.cpu_times()
+                self._children_s[child.pid] = times.user + times.system
+                rss += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return replace(own, rss_bytes=rss, client_s=own.client_s + sum(self._children_s.values()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(self._take())
+
+    def __enter__(self) -> ResourceSampler:
+        self._ignored = {c.pid for c in self._me.children(recursive=True)}
+        self.samples.append(self._take())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(self._take())
