@@ -293,16 +293,21 @@ def _cpu_split(row: dict, ratio: float, cores: int | None) -> str:
         f" {ours[1]:.1f} vs {base[1]:.1f} ms; the loader's processes {ours[2]:.1f}, the"
         f" baseline's {base[2]:.1f} ms)"
     )
-    if cores and ours[0] >= SATURATED_SHARE * cores and per_mb < SHARDS_GOAL:
-        return text + (
-            f": the machine was CPU-bound and this loader needs {1 / per_mb:.2f}x the CPU per"
-            " MB, so it cannot go faster here without less CPU per sample or more cores"
-        )
     if busy < SHARDS_GOAL:
         return text + (
             ": it kept fewer cores busy than the baseline, so its readers waited (on storage"
             " requests, or for each other) more than the baseline's"
         )
+    if per_mb < SHARDS_GOAL:
+        text += (
+            f": the gap is CPU, not waiting: it needs {1 / per_mb:.2f}x the raw read's CPU for"
+            " the same bytes"
+        )
+        if cores and ours[0] >= SATURATED_SHARE * cores:
+            text += (
+                f", and the machine's {cores} cores were saturated, so it cannot go faster here"
+                " without less CPU per sample or more cores"
+            )
     return text
 
 

@@ -174,7 +174,10 @@ def test_a_missed_goal_is_split_into_busy_cores_and_cpu_per_mb():
     assert "CPU counters: 0.80x = 1.00 (cores busy, machine-wide: 1.90 vs the baseline's" in bound
     assert "1.90 of 2) x 0.80 (CPU per MB, machine-wide: 11.0 vs 8.8 ms" in bound
     assert "the loader's processes 7.5, the baseline's 5.4 ms)" in bound
-    assert "CPU-bound and this loader needs 1.25x the CPU per MB" in bound
+    assert "the gap is CPU, not waiting: it needs 1.25x the raw read's CPU" in bound
+    assert "the machine's 2 cores were saturated, so it cannot go faster here" in bound
+    (unsaturated,) = goals([row], decode=False, cores=4)
+    assert "needs 1.25x the raw read's CPU" in unsaturated and "saturated" not in unsaturated
     waiting = result_row(access="shards", storage="s3", ratio_to_baseline=0.5,
                          **{**cpu, "host_busy_cores": 0.95, "host_cpu_ms_per_mb": 8.8})  # fmt: skip
     (line,) = goals([waiting], decode=False, cores=2)
