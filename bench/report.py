@@ -14,20 +14,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipelines.storage import atomic_write_bytes  # noqa: E402
 from training.outputs import write_csv, write_yaml  # noqa: E402
 
+#: The baseline's CPU figures in a results row (:meth:`bench.resources.CpuUse.figures`).
+BASELINE_CPU_COLUMNS = [
+    "baseline_cpu_ms_per_mb", "baseline_host_cpu_ms_per_mb", "baseline_host_busy_cores",
+    "baseline_host_steal_cores",
+]  # fmt: skip
 RESULT_COLUMNS = [
     "config", "mode", "access", "storage", "client_lib", "workers", "pass", "cache",
     "steps", "samples", "samples_per_s", "throughput_mbps", "au", "data_wait_share",
     "data_wait_s", "compute_s", "wall_s", "bytes_read", "read_s", "read_mbps", "requests",
     "bytes_per_request",
     "retries", "ttfb_p50_ms", "ttfb_p99_ms", "errors", "peak_rss_mib",
-    "cpu_ms_per_mb", "host_cpu_ms_per_mb", "host_busy_cores",
+    "cpu_ms_per_mb", "host_cpu_ms_per_mb", "host_busy_cores", "host_steal_cores",
     "baseline_mbps", "baseline_objects_per_s",
-    "baseline_cpu_ms_per_mb", "baseline_host_cpu_ms_per_mb", "baseline_host_busy_cores",
-    "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer",
-]  # fmt: skip
-#: The baseline's CPU figures in a results row (:meth:`bench.resources.CpuUse.figures`).
-BASELINE_CPU_COLUMNS = [
-    "baseline_cpu_ms_per_mb", "baseline_host_cpu_ms_per_mb", "baseline_host_busy_cores"
+    *BASELINE_CPU_COLUMNS, "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer",
 ]  # fmt: skip
 STEP_COLUMNS = [
     "case", "pass", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",
@@ -279,36 +279,38 @@ SATURATED_SHARE = 0.9
 def _cpu_split(row: dict, ratio: float, cores: int | None) -> str:
     """The ratio to the baseline split into its two factors (see :mod:`bench.resources`):
     busy cores (the row's over the baseline's) x CPU per MB (the baseline's over the row's),
-    both machine-wide, with what they mean; empty when the row has no CPU figures."""
+    both machine-wide, and what they mean; empty when the row has no CPU figures. The machine
+    counts as CPU-bound when busy plus stolen cores reach :data:`SATURATED_SHARE` of ``cores``.
+    """
     keys = ("host_busy_cores", "host_cpu_ms_per_mb", "cpu_ms_per_mb")
     ours = [row.get(k, math.nan) for k in keys]
     base = [row.get(f"baseline_{k}", math.nan) for k in keys]
     if any(math.isnan(v) or v <= 0 for v in ours + base):
         return ""
     busy, per_mb = ours[0] / base[0], base[1] / ours[1]
-    of = f" of {cores}" if cores else ""
+    steal = row.get("host_steal_cores", math.nan)
+    stolen = f"; {steal:.2f} more taken by the hypervisor" if steal >= 0.05 else ""
     text = (
         f". CPU counters: {ratio:.2f}x = {busy:.2f} (cores busy, machine-wide: {ours[0]:.2f}"
-        f" vs the baseline's {base[0]:.2f}{of}) x {per_mb:.2f} (CPU per MB, machine-wide:"
-        f" {ours[1]:.1f} vs {base[1]:.1f} ms; the loader's processes {ours[2]:.1f}, the"
-        f" baseline's {base[2]:.1f} ms)"
+        f" vs the baseline's {base[0]:.2f}{f' of {cores}' if cores else ''}{stolen})"
+        f" x {per_mb:.2f} (CPU per MB, machine-wide: {ours[1]:.1f} vs {base[1]:.1f} ms; the"
+        f" loader's processes {ours[2]:.1f}, the baseline's {base[2]:.1f} ms)"
     )
+    reasons = []
     if busy < SHARDS_GOAL:
-        return text + (
-            ": it kept fewer cores busy than the baseline, so its readers waited (on storage"
+        reasons.append(
+            "it kept fewer cores busy than the baseline: its readers waited (on storage"
             " requests, or for each other) more than the baseline's"
         )
     if per_mb < SHARDS_GOAL:
-        text += (
-            f": the gap is CPU, not waiting: it needs {1 / per_mb:.2f}x the raw read's CPU for"
-            " the same bytes"
-        )
-        if cores and ours[0] >= SATURATED_SHARE * cores:
-            text += (
-                f", and the machine's {cores} cores were saturated, so it cannot go faster here"
-                " without less CPU per sample or more cores"
+        reasons.append(f"it needs {1 / per_mb:.2f}x the raw read's CPU for the same bytes")
+        used = ours[0] + (0.0 if math.isnan(steal) else steal)
+        if cores and used >= SATURATED_SHARE * cores:
+            reasons.append(
+                f"the machine's {cores} cores were saturated (busy or stolen), so it cannot go"
+                " faster here without less CPU per sample or more cores"
             )
-    return text
+    return text + (": " + "; ".join(reasons) if reasons else "")
 
 
 def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:

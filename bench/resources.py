@@ -8,7 +8,9 @@ and waiting when they sit idle while requests are in flight. Two counters tell t
   Linux, counted in clock ticks of 10 ms);
 - host CPU: busy seconds of all of the machine's cores (user, nice, system, irq, softirq) from
   ``psutil.cpu_times()`` (``/proc/stat``): the client, plus a local S3 server, plus anything
-  else running. Idle, iowait and steal (time a hypervisor gave to other machines) are not busy.
+  else running. Idle, iowait and steal are not busy; steal (time a hypervisor gave other
+  machines while this one's cores wanted to run, on a virtual machine) is counted apart: busy
+  plus steal near the number of cores means the machine was CPU-bound.
 
 Over a window of ``seconds`` that read ``nbytes``, MB/s (10^6 bytes/s) = host busy cores /
 host CPU seconds per MB, so the ratio of two measurements' MB/s is exactly (the ratio of their
@@ -36,19 +38,23 @@ class Sample:
         rss_bytes: resident memory of the client's processes (bytes).
         client_s: CPU seconds (user + system) of the client's processes, cumulative.
         host_s: busy CPU seconds of the whole machine, all cores, cumulative.
+        steal_s: CPU seconds a hypervisor ran other machines while this one's cores wanted to
+            run (Linux guests; 0 elsewhere), cumulative.
     """
 
     at: float
     rss_bytes: int
     client_s: float
     host_s: float
+    steal_s: float = 0.0
 
 
-def host_busy_s() -> float:
-    """Busy CPU seconds of all cores since boot: user, nice, system, irq and softirq (the last
-    two only where the platform reports them)."""
+def host_times() -> tuple[float, float]:
+    """``(busy, steal)`` CPU seconds of all cores since boot: busy is user, nice, system, irq
+    and softirq (the last two, and steal, only where the platform reports them)."""
     t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return busy, getattr(t, "steal", 0.0)
 
 
 def process_sample() -> Sample:
@@ -58,7 +64,7 @@ def process_sample() -> Sample:
     with me.oneshot():
         own = me.cpu_times()
         rss = me.memory_info().rss
-    return Sample(time.perf_counter(), rss, own.user + own.system, host_busy_s())
+    return Sample(time.perf_counter(), rss, own.user + own.system, *host_times())
 
 
 @dataclass(frozen=True)
@@ -69,31 +75,38 @@ class CpuUse:
         seconds: the window's length.
         client_s: CPU seconds of this process and its children in the window.
         host_s: busy CPU seconds of the whole machine in the window.
+        steal_s: CPU seconds a hypervisor took from the machine in the window.
     """
 
     seconds: float
     client_s: float
     host_s: float
+    steal_s: float = 0.0
 
     @classmethod
     def between(cls, first: Sample, last: Sample, seconds: float | None = None) -> CpuUse:
         """The CPU spent from ``first`` to ``last``, over a window of ``seconds`` (default: the
         time between the two samples; a caller that timed the window itself passes its own)."""
         window = last.at - first.at if seconds is None else seconds
-        return cls(window, last.client_s - first.client_s, last.host_s - first.host_s)
+        return cls(
+            window,
+            last.client_s - first.client_s,
+            last.host_s - first.host_s,
+            last.steal_s - first.steal_s,
+        )
 
     def figures(self, nbytes: int, prefix: str = "") -> dict[str, float]:
         """``cpu_ms_per_mb`` (client CPU ms per MB read, MB = 10^6 bytes),
-        ``host_cpu_ms_per_mb`` (the whole machine's) and ``host_busy_cores`` (busy CPU seconds
-        per second), each key prefixed with ``prefix``; NaN where undefined (no bytes, or an
-        empty window)."""
-        mb = nbytes / 1e6
+        ``host_cpu_ms_per_mb`` (the whole machine's), ``host_busy_cores`` (busy CPU seconds
+        per second) and ``host_steal_cores`` (stolen CPU seconds per second), each key prefixed
+        with ``prefix``; NaN where undefined (no bytes, or an empty window)."""
+        per_mb = 1e3 / (nbytes / 1e6) if nbytes > 0 else math.nan
+        per_s = 1 / self.seconds if self.seconds > 0 else math.nan
         return {
-            f"{prefix}cpu_ms_per_mb": 1e3 * self.client_s / mb if mb > 0 else math.nan,
-            f"{prefix}host_cpu_ms_per_mb": 1e3 * self.host_s / mb if mb > 0 else math.nan,
-            f"{prefix}host_busy_cores": self.host_s / self.seconds
-            if self.seconds > 0
-            else math.nan,
+            f"{prefix}cpu_ms_per_mb": self.client_s * per_mb,
+            f"{prefix}host_cpu_ms_per_mb": self.host_s * per_mb,
+            f"{prefix}host_busy_cores": self.host_s * per_s,
+            f"{prefix}host_steal_cores": self.steal_s * per_s,
         }
 
 
@@ -113,6 +126,7 @@ def interpolate(samples: list[Sample], at: float) -> Sample:
         max(a.rss_bytes, b.rss_bytes),
         a.client_s + w * (b.client_s - a.client_s),
         a.host_s + w * (b.host_s - a.host_s),
+        a.steal_s + w * (b.steal_s - a.steal_s),
     )
 
 

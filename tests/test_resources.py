@@ -49,12 +49,13 @@ def test_a_window_is_charged_by_interpolation_between_samples():
 
 
 def test_figures_multiply_back_to_the_throughput():
-    use = CpuUse(seconds=0.5, client_s=0.01, host_s=0.03)
+    use = CpuUse(seconds=0.5, client_s=0.01, host_s=0.03, steal_s=0.005)
     figures = use.figures(2_000_000, prefix="baseline_")
     assert figures == {
         "baseline_cpu_ms_per_mb": pytest.approx(5.0),
         "baseline_host_cpu_ms_per_mb": pytest.approx(15.0),
         "baseline_host_busy_cores": pytest.approx(0.06),
+        "baseline_host_steal_cores": pytest.approx(0.01),
     }
     mbps = 2_000_000 / 0.5 / 1e6  # MB/s = busy cores / CPU seconds per MB
     busy, ms_per_mb = figures["baseline_host_busy_cores"], figures["baseline_host_cpu_ms_per_mb"]
