@@ -128,17 +128,19 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def table(results: list[dict]) -> str:
-    """A short fixed-width table of every pass: config, cache, samples/s, MB/s, AU, ratios."""
+    """A short fixed-width table of every pass: config, cache, samples/s, MB/s, AU, data-wait
+    share, the loader's CPU ms per MB and the ratios."""
     header = (
         f"{'configuration':34} {'pass':>4} {'cache':5} {'img/s':>8} {'MB/s':>8} {'AU':>5} "
-        f"{'wait%':>6} {'x base':>6} {'x peer':>6}"
+        f"{'wait%':>6} {'CPU/MB':>6} {'x base':>6} {'x peer':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
             f"{r['config']:34} {r['pass']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
             f"{_fmt(r['throughput_mbps']):>8} {_fmt(r['au']):>5} "
-            f"{_fmt(100 * r['data_wait_share'], 0):>6} {_fmt(r['ratio_to_baseline']):>6} "
+            f"{_fmt(100 * r['data_wait_share'], 0):>6} "
+            f"{_fmt(r.get('cpu_ms_per_mb', math.nan), 1):>6} {_fmt(r['ratio_to_baseline']):>6} "
             f"{_fmt(r['ratio_to_peer']):>6}"
         )
     return "\n".join(lines)
@@ -327,7 +329,8 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         f" emulate compute {bench['computation_time_s']} s/step.",
         "",
         "MB/s are 10^6 bytes/s delivered to the loop (bytes read / wall time of the measured"
-        " steps); AU = compute / wall (MLPerf Storage); x base = MB/s over the raw baseline's"
+        " steps); AU = compute / wall (MLPerf Storage); CPU/MB = CPU ms per MB of the benchmark"
+        " process and its DataLoader workers; x base = MB/s over the raw baseline's"
         " MB/s measured in the same run; x peer = samples/s over the peer's (warm read passes).",
         "",
         "```",
