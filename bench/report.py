@@ -274,7 +274,7 @@ def _shortfall(row: dict, decode: bool) -> str:
     )
 
 
-#: A machine whose cores were busy at least this share of a pass was CPU-bound.
+#: A machine whose cores were busy or stolen at least this share of a pass was CPU-bound.
 SATURATED_SHARE = 0.9
 
 
