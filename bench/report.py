@@ -140,7 +140,7 @@ def table(results: list[dict]) -> str:
             f"{r['config']:34} {r['pass']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
             f"{_fmt(r['throughput_mbps']):>8} {_fmt(r['au']):>5} "
             f"{_fmt(100 * r['data_wait_share'], 0):>6} "
-            f"{_fmt(r.get('cpu_ms_per_mb', math.nan), 1):>6} {_fmt(r['ratio_to_baseline']):>6} "
+            f"{_fmt(r['cpu_ms_per_mb'], 1):>6} {_fmt(r['ratio_to_baseline']):>6} "
             f"{_fmt(r['ratio_to_peer']):>6}"
         )
     return "\n".join(lines)
@@ -163,8 +163,9 @@ def goals(results: list[dict], decode: bool, cores: int | None = None) -> list[s
     A goal that is not met says by how much and why, from the row's own figures (see
     :func:`_shortfall`: too short a pass, readers waiting on storage, or the loader's time per
     sample; and :func:`_cpu_split`: busy cores against CPU per MB, on a machine of ``cores``
-    cores). Rows missing from the matrix are not judged.
+    cores, by default this one's). Rows missing from the matrix are not judged.
     """
+    cores = cores or os.cpu_count()
     reads = [r for r in results if r["mode"] == "read" and r.get("client_lib") in ("-", "boto3")]
     mode = "read" + ("" if decode else ", bench.decode false")
     lines = []
@@ -339,7 +340,7 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         "",
         "## Performance goals",
         "",
-        *goals(results, bench["decode"], os.cpu_count()),
+        *goals(results, bench["decode"]),
         "",
         "## Baselines",
         "",

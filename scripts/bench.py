@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     print(table(results))
-    print("\n".join(goals(results, cfg.bench.decode, os.cpu_count())))
+    print("\n".join(goals(results, cfg.bench.decode)))
     print(f"report: {out / 'report.md'}")
     return 0
 
