@@ -109,9 +109,17 @@ class EvictBeforeRead:
         """As the wrapped storage."""
         return self.storage.exists(key)
 
+    def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """As the wrapped storage."""
+        return self.storage.versions(keys)
+
     def write(self, key: str, data: bytes) -> None:
         """As the wrapped storage."""
         self.storage.write(key, data)
+
+    def delete(self, key: str) -> None:
+        """As the wrapped storage."""
+        self.storage.delete(key)
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
         """As the wrapped storage."""

@@ -26,7 +26,14 @@ from pipelines.random_access import MapStyleDataset
 from pipelines.records import Record
 from pipelines.samples import Batch, collate
 from pipelines.sequential import ShardStream
-from pipelines.shards import ShardError, ShardInfo, read_manifest, write_shards
+from pipelines.shards import (
+    MANIFEST,
+    ShardError,
+    ShardInfo,
+    changed_sources,
+    read_manifest,
+    write_shards,
+)
 from pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -253,7 +260,14 @@ def ensure_shards(
     target_bytes: int,
     on_shard: Callable[[ShardInfo], None] | None = None,
 ) -> tuple[list[ShardInfo], bool]:
-    """Return the shards of ``records`` under ``prefix``, writing them first when missing.
+    """Return the shards of ``records`` under ``prefix``, writing them first when missing or
+    when the data changed since they were written.
+
+    Shards found are checked against the split (the same image ids) and against the data
+    (:func:`pipelines.shards.changed_sources`: each annotation's digest, each image's size
+    and version). When data changed, the shards are written again: the manifest is deleted
+    first (so a run stopped meanwhile finds no manifest and writes them again), then the
+    shards, the manifest last; shard files the new manifest no longer lists are removed.
 
     Returns:
         ``(shards, written)``: ``written`` is True when they were written by this call.
@@ -267,8 +281,7 @@ def ensure_shards(
         return write_shards(
             storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
         ), True
-    shards, written_target = found
-    have = [i for s in shards for i in s.ids]
+    have = [i for s in found.shards for i in s.ids]
     want = [r.id for r in records]
     if sorted(have) != sorted(want):
         raise ShardError(
@@ -276,15 +289,33 @@ def ensure_shards(
             f"split's {len(want)}: the dataset or split changed since they were written; delete "
             f"{storage.describe(prefix)} and they are written again on next use"
         )
-    if written_target != target_bytes:
+    changed = changed_sources(storage, records, found)
+    if changed:
+        log.warning(
+            "the data changed since the shards in %s were written (%d of %d samples: %s%s): "
+            "writing them again",
+            storage.describe(prefix),
+            len(changed) if found.sources is not None else len(records),
+            len(records),
+            "; ".join(changed[:3]),
+            "; ..." if len(changed) > 3 else "",
+        )
+        storage.delete(f"{prefix}/{MANIFEST}")
+        shards = write_shards(
+            storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
+        )
+        for stale in {s.key for s in found.shards} - {s.key for s in shards}:
+            storage.delete(stale)
+        return shards, True
+    if found.target_bytes != target_bytes:
         log.warning(
             "reusing shards in %s written with a %d-byte target (config asks %d); delete the "
             "folder to write them again",
             storage.describe(prefix),
-            written_target,
+            found.target_bytes,
             target_bytes,
         )
-    return shards, False
+    return found.shards, False
 
 
 def shard_prefix(base: str, split: str, limit: int | None) -> str:

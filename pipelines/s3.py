@@ -24,7 +24,7 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
@@ -424,6 +424,32 @@ class S3Storage:
             raise self._fail(exc, key, "look up") from None
         return True
 
+    def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """Size and ETag of each object that exists, from listings of their folders.
+
+        The keys' folders (``a/b`` for ``a/b/c.jpg``) are each listed once, their own objects
+        only (``Delimiter="/"``): one request per 1000 objects, where a HEAD per key would take
+        one per key. Objects not found are left out.
+
+        Raises:
+            StorageError: a listing fails (missing bucket, credentials refused, endpoint
+                unreachable), with the folder named.
+        """
+        wanted: dict[str, set[str]] = collections.defaultdict(set)
+        for key in keys:
+            wanted[key.rpartition("/")[0]].add(key)
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        found = {}
+        for folder, names in sorted(wanted.items()):
+            base = self._key(folder)
+            base = f"{base}/" if base else ""
+            for page in self._pages(base, delimiter="/"):
+                for item in page.get("Contents", ()):
+                    key = item["Key"][cut:]
+                    if key in names:
+                        found[key] = (int(item["Size"]), str(item.get("ETag", "")).strip('"'))
+        return found
+
     def _bucket_exists(self) -> bool:
         """HEAD the bucket (to tell a missing bucket from a missing key after a 404)."""
         try:
@@ -527,6 +553,19 @@ class S3Storage:
             raise
         except Exception as exc:
             raise self._fail(exc, key, "write") from None
+
+    def delete(self, key: str) -> None:
+        """Remove the object (one DELETE; a missing one is fine, as S3 itself answers).
+
+        Raises:
+            StorageError: missing bucket, credentials refused, endpoint unreachable.
+        """
+        try:
+            self.client().delete_object(Bucket=self.bucket, Key=self._key(key))
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, key, "delete") from None
 
     def put_file(
         self,

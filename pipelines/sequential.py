@@ -25,7 +25,7 @@ from webdataset.filters import shuffle as shuffle_stage
 
 from pipelines.records import record_from_json
 from pipelines.samples import bytes_only_sample, make_sample
-from pipelines.shards import IMAGE_EXTENSIONS, ShardInfo, iter_shard
+from pipelines.shards import IMAGE_EXTENSIONS, ShardError, ShardInfo, iter_shard, rewrite_advice
 from pipelines.storage import RequestStats, Storage
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,14 @@ class ShardStream(EpochStream):
                 yield bytes_only_sample(image_id, nbytes, read_s, requests, read_at)
                 continue
             ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
-            record = record_from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
+            try:
+                record = record_from_json(json.loads(raw["json"]), f"{raw['__url__']}#{ext}")
+            except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+                raise ShardError(
+                    f"shard {raw['__url__']}: member {raw['__key__']}.json is not an annotation "
+                    f"this tool writes ({type(exc).__name__}: {exc}); the shard is damaged: "
+                    + rewrite_advice(self.storage, self.shards[0])
+                ) from None
             yield make_sample(
                 record,
                 raw[ext],

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -83,8 +85,19 @@ class Storage(Protocol):
         """Whether an object exists at ``key``."""
         ...
 
+    def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """``{key: (size in bytes, version)}`` for those of ``keys`` that exist; the version is
+        a token that changes when the object is rewritten (filesystem: modification time in
+        ns; S3: the ETag). Missing keys are left out. Raises :class:`StorageError` when the
+        storage cannot be read."""
+        ...
+
     def write(self, key: str, data: bytes) -> None:
         """Write an object atomically: readers see the old object, or the whole new one."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key``; a missing one is not an error."""
         ...
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
@@ -122,13 +135,24 @@ class FileSystemStorage:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._stats = RequestStats()
+        self._stats_lock = threading.Lock()  # the objects pattern reads from threads
 
     def __repr__(self) -> str:
         return f"FileSystemStorage({str(self.root)!r})"
 
     def __getstate__(self) -> dict:
         # a copy sent to a DataLoader worker starts counting its own requests from zero
-        return {**self.__dict__, "_stats": RequestStats()}
+        state = self.__dict__.copy()
+        state.pop("_stats_lock")
+        return {**state, "_stats": RequestStats()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stats_lock = threading.Lock()
+
+    def _count_error(self, exc: OSError) -> None:
+        with self._stats_lock:
+            self._stats.errors[type(exc).__name__] += 1
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -161,7 +185,7 @@ class FileSystemStorage:
             try:
                 return f.read()
             except OSError as exc:
-                self._stats.errors[type(exc).__name__] += 1
+                self._count_error(exc)
                 raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
 
     def open(self, key: str) -> BinaryIO:
@@ -193,11 +217,13 @@ class FileSystemStorage:
         try:
             f = open(self._path(key), "rb")
         except OSError as exc:
-            self._stats.errors[type(exc).__name__] += 1
+            self._count_error(exc)
             error = ObjectNotFound if isinstance(exc, FileNotFoundError) else StorageError
             raise error(f"cannot open {self._path(key)}: {exc.strerror}") from exc
-        self._stats.requests += 1
-        self._stats.ttfb_s.append(time.perf_counter() - start)
+        ttfb = time.perf_counter() - start
+        with self._stats_lock:
+            self._stats.requests += 1
+            self._stats.ttfb_s.append(ttfb)
         return f
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
@@ -207,12 +233,30 @@ class FileSystemStorage:
                 f.seek(start)
                 return f.read(length)
             except OSError as exc:
-                self._stats.errors[type(exc).__name__] += 1
+                self._count_error(exc)
                 raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
 
     def exists(self, key: str) -> bool:
         """Whether a regular file exists at ``key``."""
         return self._path(key).is_file()
+
+    def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """Size and modification time (ns, as text) of each file, one ``stat`` each; files that
+        do not exist are left out.
+
+        Raises:
+            StorageError: a file cannot be looked at for another reason (permissions).
+        """
+        found = {}
+        for key in keys:
+            try:
+                st = self._path(key).stat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot stat {self._path(key)}: {exc.strerror}") from exc
+            found[key] = (st.st_size, str(st.st_mtime_ns))
+        return found
 
     def write(self, key: str, data: bytes) -> None:
         """Write ``data`` to a temporary file beside the target, then rename it into place."""
@@ -229,13 +273,26 @@ class FileSystemStorage:
                 atomic_write_bytes(target, f.read())
             os.unlink(path)
 
+    def delete(self, key: str) -> None:
+        """Remove the file (a missing one is fine).
+
+        Raises:
+            StorageError: it cannot be removed.
+        """
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self._path(key)}: {exc.strerror}") from exc
+
     def describe(self, key: str = "") -> str:
         """The file's path."""
         return str(self._path(key))
 
     def take_stats(self) -> RequestStats:
-        """Requests since the last call (see :class:`RequestStats`)."""
-        stats, self._stats = self._stats, RequestStats()
+        """Requests since the last call (see :class:`RequestStats`); exact while other threads
+        read (the counters change under a lock)."""
+        with self._stats_lock:
+            stats, self._stats = self._stats, RequestStats()
         return stats
 
     def connect(self) -> None:
@@ -278,16 +335,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 class CountingReader:
-    """Wrap a binary stream and count the bytes and seconds spent in its ``read`` calls.
+    """Wrap a binary stream and count the bytes and seconds spent in its ``read`` calls, and the
+    CRC-32 of the bytes read.
 
     ``nbytes`` (bytes) and ``read_s`` (seconds, ``time.perf_counter``) only grow; callers take
-    differences to attribute reads to samples.
+    differences to attribute reads to samples. ``crc32`` is ``zlib.crc32`` of every byte read
+    so far (~0.4 ms of CPU per MB here), so a whole stream can be checked against a recorded
+    checksum without a second read.
     """
 
     def __init__(self, stream: BinaryIO):
         self.stream = stream
         self.nbytes = 0
         self.read_s = 0.0
+        self.crc32 = 0
 
     def read(self, n: int = -1) -> bytes:
         """Read up to ``n`` bytes (all when ``n < 0``) from the wrapped stream."""
@@ -295,6 +356,7 @@ class CountingReader:
         data = self.stream.read(n)
         self.read_s += time.perf_counter() - start
         self.nbytes += len(data)
+        self.crc32 = zlib.crc32(data, self.crc32)
         return data
 
     def close(self) -> None:

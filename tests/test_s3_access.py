@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 from collections import Counter
 
@@ -43,7 +44,7 @@ def epoch(storage, root: str, access: str, workers: int = 2):
     records, _ = load_voc_split(storage, "train", root=root)
     shards = None
     if access == "shards":
-        shards, _ = read_manifest(storage, f"{root}/shards/train" if root else "shards/train")
+        shards = read_manifest(storage, f"{root}/shards/train" if root else "shards/train").shards
     loader = build_loader(
         storage, records, access=access, transform=detection_transform(True, 64),
         class_to_index=CLASSES, settings=LoaderSettings(batch_size=3, num_workers=workers),
@@ -149,8 +150,38 @@ def test_server_stopped_mid_epoch_is_retried_then_reported(tmp_path):
 def test_truncated_shard_on_s3_is_named(s3_server, tmp_path):
     bucket, _ = upload_voc(tmp_path, s3_server.endpoint)
     storage = S3Storage(bucket, endpoint_url=s3_server.endpoint, max_attempts=2)
-    shards, _ = read_manifest(storage, "bccd/shards/train")
+    shards = read_manifest(storage, "bccd/shards/train").shards
     whole = storage.read(shards[0].key)
     storage.write(shards[0].key, whole[: len(whole) // 2])
     with pytest.raises(ShardError, match=rf"shard s3://{bucket}/{shards[0].key} .* is truncated"):
         list(iter_shard(storage, shards[0]))
+
+
+def test_shards_written_on_the_filesystem_and_uploaded_are_reused_over_s3(s3_server, tmp_path):
+    """The manifest records each image's MD5; an S3 ETag of a single-part upload is that MD5,
+    so uploaded shards match the uploaded images although their versions differ."""
+    bucket, _ = upload_voc(tmp_path, s3_server.endpoint)
+    storage = S3Storage(bucket, endpoint_url=s3_server.endpoint, max_attempts=2)
+    records, _ = load_voc_split(storage, "train", root="bccd")
+    uploaded = read_manifest(storage, "bccd/shards/train").shards
+    storage.take_stats()
+    shards, written = ensure_shards(storage, records, "bccd/shards/train", target_bytes=60_000)
+    assert storage.take_stats().requests == 1  # the manifest: images are listed, not read
+    assert not written and shards == uploaded
+
+
+def test_changed_annotation_on_s3_rewrites_the_shards_in_the_bucket(s3_server, tmp_path, caplog):
+    bucket, voc = upload_voc(tmp_path, s3_server.endpoint)
+    storage = S3Storage(bucket, endpoint_url=s3_server.endpoint, max_attempts=2)
+    records, _ = load_voc_split(storage, "train", root="bccd")
+    key = f"bccd/Annotations/{records[1].id}.xml"
+    storage.write(key, storage.read(key).replace(b"<name>RBC</name>", b"<name>WBC</name>", 1))
+    fixed, _ = load_voc_split(storage, "train", root="bccd")
+    shards, written = ensure_shards(storage, fixed, "bccd/shards/train", target_bytes=60_000)
+    assert written and f"{records[1].id}: annotation changed" in caplog.text
+    labels = {
+        json.loads(s["json"])["id"]: json.loads(s["json"])["labels"]
+        for shard in shards
+        for s, _, _ in iter_shard(storage, shard)
+    }
+    assert labels[records[1].id] == list(fixed[1].labels) != list(records[1].labels)
