@@ -329,17 +329,18 @@ class S3Storage:
         Returns ``None`` for a Range starting at or past the end of the object (InvalidRange).
         """
         client = self.client()
-        with self._stats_lock:
-            self._stats.requests += 1
         start = time.perf_counter()
         try:
             response = client.get_object(Bucket=self.bucket, Key=self._key(key), **params)
         except Exception as exc:
+            with self._stats_lock:
+                self._stats.requests += 1
             if "Range" in params and _code(exc) in ("InvalidRange", "416"):
                 return None
             raise self._fail(exc, key, action) from None
         ttfb = time.perf_counter() - start
-        with self._stats_lock:
+        with self._stats_lock:  # the request and its TTFB land in the same snapshot
+            self._stats.requests += 1
             self._stats.ttfb_s.append(ttfb)
         return response
 

@@ -132,6 +132,7 @@ def start_server(
     dir_cache_time_s: float = 2.0,
     timeout_s: float = 30.0,
     detach: bool = False,
+    etag_hash: str = "MD5",
 ) -> tuple[LocalS3, subprocess.Popen]:
     """Start ``rclone serve s3`` on 127.0.0.1 with fresh credentials; return once it answers.
 
@@ -143,6 +144,10 @@ def start_server(
             ``data_dir`` directly (not through S3) are visible after this.
         timeout_s: seconds to wait for the server to answer.
         detach: start it in its own session, so it outlives this process and Ctrl-C here.
+        etag_hash: rclone's ``--etag-hash``: ``MD5`` (S3's ETag of a single-part upload; the
+            default) or ``""`` for no ETag. rclone's local backend reads the whole file to
+            hash it on every request, a ranged GET of a 1 GB file included; a store that
+            keeps the ETag (AWS, MinIO, DSS) does not.
 
     Raises:
         LocalS3Error: rclone missing, the port taken, or the server did not answer in time
@@ -163,6 +168,8 @@ def start_server(
             f"{HOST}:{chosen}",
             "--dir-cache-time",
             f"{dir_cache_time_s}s",
+            "--etag-hash",
+            etag_hash,
             "--config",
             os.devnull,  # no rclone.conf: serve the local path as is
             str(data_dir),
@@ -226,10 +233,13 @@ def _log_tail(log_path: str | os.PathLike | None, lines: int = 10) -> str:
 
 
 @contextlib.contextmanager
-def local_s3(tmp_dir: str | os.PathLike, *, timeout_s: float = 30.0) -> Iterator[LocalS3]:
+def local_s3(
+    tmp_dir: str | os.PathLike, *, timeout_s: float = 30.0, etag_hash: str = "MD5"
+) -> Iterator[LocalS3]:
     """A server on a free port serving ``tmp_dir/data``, stopped when the block exits.
 
     ``server.stop()`` stops it earlier (idempotent). The log is ``tmp_dir/rclone.log``.
+    ``etag_hash``: see :func:`start_server`.
 
     Raises:
         LocalS3Error: as :func:`start_server`.
@@ -237,7 +247,7 @@ def local_s3(tmp_dir: str | os.PathLike, *, timeout_s: float = 30.0) -> Iterator
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     server, proc = start_server(
-        tmp_dir / "data", log_path=tmp_dir / "rclone.log", timeout_s=timeout_s
+        tmp_dir / "data", log_path=tmp_dir / "rclone.log", timeout_s=timeout_s, etag_hash=etag_hash
     )
     server.stop = lambda: _terminate(proc) if proc.poll() is None else None
     try:

@@ -11,7 +11,9 @@ Goals (units: GB = 10^9 bytes, MiB = 2^20 bytes):
     is written with the project's shard writer (:func:`pipelines.shards.write_shards`, from a
     small synthetic VOC tree whose 32 images of ~150 KB are repeated under new ids), then read
     front to back with :func:`pipelines.shards.iter_shard`, from the filesystem and from a local
-    S3 server (``rclone serve s3`` on 127.0.0.1, serving the same file).
+    S3 server (``rclone serve s3`` on 127.0.0.1, serving the same file) with each S3 client
+    library: boto3 (:class:`pipelines.s3.S3Storage`) and s3torchconnector
+    (:class:`pipelines.s3_connector.S3ConnectorStorage`).
 (b) Listing 100,000 keys holds no more than the keys. ``--keys`` tiny objects under 10
     sub-prefixes are listed with ``S3Storage.list`` (one stream, and ``list_workers=4`` across the
     sub-prefixes), once keeping the keys in a list, once only counting them. Keeping them may
@@ -47,6 +49,7 @@ from pathlib import Path
 import psutil
 
 from pipelines.s3 import S3Storage
+from pipelines.s3_connector import S3ConnectorStorage
 from pipelines.s3_local import LocalS3Error, local_s3
 from pipelines.shards import ShardInfo, iter_shard, write_shards
 from pipelines.storage import FileSystemStorage, StorageError
@@ -108,13 +111,17 @@ class RssSampler:
 # -- measurements, each run in a fresh process ----------------------------------------------------
 
 
-def measure_shard(endpoint: str | None, root: str, key: str, samples: int) -> dict:
-    """Stream one shard with ``iter_shard``: from the folder ``root`` (``endpoint`` None) or
-    from ``s3://bench/`` at ``endpoint``; return RSS figures (bytes), bytes read and seconds."""
-    if endpoint is None:
+def measure_shard(client: str, endpoint: str, root: str, key: str, samples: int) -> dict:
+    """Stream one shard with ``iter_shard``: from the folder ``root`` (``client`` ``fs``) or
+    from ``s3://bench/`` at ``endpoint`` with ``client`` ``boto3`` or ``s3torchconnector``;
+    return RSS figures (bytes), bytes read and seconds."""
+    if client == "fs":
         storage = FileSystemStorage(root)
     else:
-        storage = S3Storage(BUCKET, endpoint_url=endpoint)
+        if client == "boto3":
+            storage = S3Storage(BUCKET, endpoint_url=endpoint)
+        else:
+            storage = S3ConnectorStorage(BUCKET, endpoint_url=endpoint)
         storage.size(key)  # the client exists and has made a request before the baseline
     shard = ShardInfo(key=key, bytes=0, samples=samples, ids=())
     count = nbytes = 0
@@ -171,6 +178,7 @@ def in_fresh_process(fn, *args):
     (torch, webdataset, boto3): it starts in milliseconds, with none of this process's heap.
     """
     context = get_context("forkserver")
+    # not s3torchconnector: its CRT threads would not survive the fork (measured: 8 MB/s)
     context.set_forkserver_preload(["pipelines.shards", "pipelines.s3", "psutil"])
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()
@@ -253,13 +261,19 @@ def _verdict(ok: bool) -> str:
 def run_shard(server, shard: ShardInfo, bucket_dir: Path) -> list[bool]:
     """Measure (a) over the filesystem and S3; print one line each; return the verdicts."""
     results = []
-    for name, endpoint in (("filesystem", None), ("s3", server.endpoint)):
-        r = in_fresh_process(measure_shard, endpoint, str(bucket_dir), shard.key, shard.samples)
+    for name, client in (
+        ("filesystem", "fs"),
+        ("s3 boto3", "boto3"),
+        ("s3 s3torchconnector", "s3torchconnector"),
+    ):
+        r = in_fresh_process(
+            measure_shard, client, server.endpoint, str(bucket_dir), shard.key, shard.samples
+        )
         delta = r["peak"] - r["baseline"]
         ok = delta <= SHARD_LIMIT_MIB * MiB and r["samples"] == shard.samples
         rate = r["bytes"] / 1e6 / r["seconds"] if r["seconds"] > 0 else 0.0
         print(
-            f"(a) shard over {name:10s} {r['bytes'] / GB:.3f} GB, {r['samples']} samples in "
+            f"(a) shard over {name:20s} {r['bytes'] / GB:.3f} GB, {r['samples']} samples in "
             f"{r['seconds']:.1f} s ({rate:.0f} MB/s): RSS baseline {_mib(r['baseline'])}, peak "
             f"{_mib(r['peak'])}, delta {_mib(delta)} (limit {SHARD_LIMIT_MIB:.0f} MiB): "
             f"{_verdict(ok)}",
@@ -341,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{time.perf_counter() - start:.1f} s",
                 flush=True,
             )
-        with local_s3(work / "s3") as server:
+        # no ETag: rclone would hash the whole 1 GB file for every ranged GET of it
+        with local_s3(work / "s3", etag_hash="") as server:
             _set_credentials(server, work)
             if shard is not None:
                 results["(a) streaming a shard"] = run_shard(server, shard, bucket_dir)

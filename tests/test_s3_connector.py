@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -55,3 +56,36 @@ def test_pickles_for_dataloader_workers(stores):
     copy = pickle.loads(pickle.dumps(crt))
     assert copy.take_stats().requests == 0  # a copy counts its own requests
     assert copy.read("e/c") == b"x"
+
+
+def test_open_streams_in_bounded_ranged_gets(stores, monkeypatch):
+    """A stream is read in ranged GETs of STREAM_WINDOW bytes, one in flight at a time, so
+    memory never holds more than one window: exact bytes, one GET per window (plus one that
+    finds the end when the size is a multiple of the window)."""
+    import pipelines.s3_connector as connector
+
+    boto, crt = stores
+    data = os.urandom(100_000)
+    boto.write("big/shard.tar", data)
+    boto.write("big/odd.tar", data[:99_999])
+    monkeypatch.setattr(connector, "STREAM_WINDOW", 10_000)
+    crt.take_stats()
+    with crt.open("big/shard.tar") as stream:
+        got = []
+        while piece := stream.read(3_333):
+            got.append(piece)
+            assert len(stream._part) <= 10_000  # never more than a window held
+    assert b"".join(got) == data
+    assert crt.take_stats().requests == 11  # 10 windows, then a range past the end (416)
+    with crt.open("big/odd.tar") as stream:
+        assert stream.read() == data[:99_999]
+    assert crt.take_stats().requests == 10  # the short last window ends the stream
+    assert crt.read_range("big/shard.tar", 99_990, 100) == data[99_990:]
+    assert crt.read_range("big/shard.tar", 100_000, 5) == b""  # past the end, as a file
+
+
+def test_client_is_created_once_across_threads(stores):
+    _, crt = stores
+    with ThreadPoolExecutor(8) as pool:
+        clients = list(pool.map(lambda _: crt.client(), range(32)))
+    assert all(c is clients[0] for c in clients)
