@@ -34,7 +34,7 @@ import botocore.exceptions
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
-from pipelines.storage import ObjectNotFound, RequestStats, StorageError
+from pipelines.storage import ObjectNotFound, PrefixNotFound, RequestStats, StorageError
 
 MiB = 1024 * 1024
 
@@ -475,8 +475,9 @@ class S3Storage:
         :class:`StorageError` unless ``allow_empty``.
 
         Raises:
-            StorageError: nothing under the prefix (unless ``allow_empty``), missing bucket,
-                credentials refused, endpoint unreachable.
+            PrefixNotFound: nothing under the prefix (unless ``allow_empty``).
+            StorageError: missing bucket, credentials refused, endpoint unreachable, also
+                for a page after the first (after the retries).
         """
         base = self._key(prefix.strip("/"))
         base = f"{base}/" if base else ""
@@ -487,7 +488,7 @@ class S3Storage:
             empty = False
             yield key[cut:]
         if empty and not allow_empty:
-            raise StorageError(
+            raise PrefixNotFound(
                 f"s3://{self.bucket}/{base} (endpoint {self._endpoint_for_messages()}): no "
                 "objects under this prefix: check the bucket and prefix, or upload the dataset"
             )

@@ -27,6 +27,11 @@ class ObjectNotFound(StorageError):
     """The object (file) does not exist; other failures (credentials, network) are not this."""
 
 
+class PrefixNotFound(ObjectNotFound):
+    """Nothing is stored under a prefix (a missing directory, an S3 prefix without objects);
+    a listing that fails or is refused is a plain :class:`StorageError`, never this."""
+
+
 @dataclass
 class RequestStats:
     """Storage requests made by one process since the last :meth:`Storage.take_stats`.
@@ -62,7 +67,9 @@ class Storage(Protocol):
     """
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        """Yield every key under ``prefix`` in lexicographic order."""
+        """Yield every key under ``prefix`` in lexicographic order. A prefix with nothing
+        under it raises :class:`PrefixNotFound` (or yields nothing); a listing that fails,
+        also part-way, raises :class:`StorageError` naming the prefix and the cause."""
         ...
 
     def size(self, key: str) -> int:
@@ -161,12 +168,18 @@ class FileSystemStorage:
         """Yield the keys of all regular files under ``prefix``, sorted.
 
         Raises:
-            StorageError: the prefix is not a directory under the root.
+            PrefixNotFound: the prefix is not a directory under the root.
+            StorageError: a directory under it cannot be read (permissions, I/O error): a
+                listing that skipped it would be a silently smaller dataset.
         """
         base = self._path(prefix)
         if not base.is_dir():
-            raise StorageError(f"{base} is not a directory: check the dataset root in the config")
-        for dirpath, dirnames, filenames in os.walk(base):
+            raise PrefixNotFound(f"{base} is not a directory: check the dataset root in the config")
+
+        def fail(exc: OSError) -> None:
+            raise StorageError(f"cannot list {exc.filename}: {exc.strerror}") from exc
+
+        for dirpath, dirnames, filenames in os.walk(base, onerror=fail):
             dirnames.sort()
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in sorted(filenames):
@@ -303,16 +316,21 @@ def relative_keys(storage: Storage, prefix: str) -> Iterator[str]:
     """The keys under ``prefix``, relative to it (``a/b.jpg`` for ``<prefix>/a/b.jpg``), in
     listing order, fetched as the caller iterates.
 
-    A prefix that is not there (a missing folder, an S3 prefix without objects) yields nothing,
-    and so does a listing the storage refuses part-way: this is what the dataset readers and
-    format detection need, which then report what they did (not) find.
+    A prefix with nothing under it (a missing folder, an S3 prefix without objects) yields
+    nothing: the dataset readers and format detection then report what they did not find.
+    A listing that fails or is refused, also after some keys (a later page failing after the
+    retries), raises: a dataset read from part of a listing would be silently smaller.
+
+    Raises:
+        pipelines.storage.StorageError: the listing failed (the message names the storage,
+            the prefix and the cause: endpoint and bucket for S3).
     """
     base = prefix.strip("/")
     skip = len(base) + 1 if base else 0
     try:
         for key in storage.list(base):
             yield key[skip:]
-    except StorageError:
+    except PrefixNotFound:
         return
 
 

@@ -30,7 +30,7 @@ from pipelines.s3_local import (
     upload_tree,
     write_env_file,
 )
-from pipelines.storage import StorageError
+from pipelines.storage import FileSystemStorage, StorageError, relative_keys
 from scripts import s3_local as cli
 
 _bucket_numbers = itertools.count()
@@ -361,3 +361,52 @@ def test_up_upload_status_down(tmp_path: Path, monkeypatch, capsys):
         monkeypatch.delenv(name)
     assert cli.main(["upload", "--state-dir", str(state_dir), "--src", str(src)]) == 1
     assert "s3_local up" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_listing_that_fails_on_a_later_page_raises_instead_of_shrinking(tmp_path):
+    """The issue's case: ``relative_keys`` took any StorageError for a missing prefix, so a
+    listing that failed on its second page (after the retries) gave the dataset readers the
+    first 1000 keys without a word."""
+    with local_s3(tmp_path) as other, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", other.access_key)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", other.secret_key)
+        storage = S3Storage("bkt", endpoint_url=other.endpoint, max_attempts=2, connect_timeout_s=1)
+        storage.client().create_bucket(Bucket="bkt")
+        _put_many(storage, [f"train/RBC/{i:05d}.jpg" for i in range(1005)])
+        keys = relative_keys(storage, "train")
+        first = list(itertools.islice(keys, 10))  # the first page (1000 keys) has arrived
+        os.kill(other.pid, signal.SIGKILL)
+        other.stop()
+        with pytest.raises(StorageError) as info:
+            first.extend(keys)
+    message = str(info.value)
+    assert "s3://bkt/train/" in message and other.endpoint in message
+    assert "cannot list" in message and "unreachable after 2 attempts" in message
+    assert len(first) == 1000
+
+
+@pytest.mark.integration
+def test_refused_listing_is_access_denied_not_a_missing_split(server, bucket, monkeypatch):
+    """AccessDenied on the listing surfaced as "split 'train' not found"."""
+    from pipelines.folders import load_folder_split
+    from pipelines.voc import available_splits
+
+    S3Storage(bucket, endpoint_url=server.endpoint).write("train/RBC/a.jpg", b"x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x" * 40)
+    storage = S3Storage(bucket, endpoint_url=server.endpoint, max_attempts=1)
+    for call in (
+        lambda: load_folder_split(storage, "train"),
+        lambda: available_splits(storage),
+        lambda: list(relative_keys(storage, "train")),
+    ):
+        with pytest.raises(StorageError, match=rf"s3://{bucket}/.*cannot list: access denied"):
+            call()
+
+
+@pytest.mark.integration
+def test_missing_prefix_still_yields_no_keys(store: S3Storage, tmp_path):
+    store.write("a/x", b"1")
+    assert list(relative_keys(store, "nope")) == []
+    assert list(relative_keys(FileSystemStorage(tmp_path), "no/such/folder")) == []
+    assert list(relative_keys(store, "a")) == ["x"]
