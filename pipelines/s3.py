@@ -4,9 +4,10 @@ Works with AWS S3 and with stores that speak its protocol (MinIO, Samsung DSS, `
 s3``). Keys are relative to ``s3://bucket/prefix/``. One boto3 client per process, created on
 first use, so the object pickles into DataLoader workers and survives ``fork``.
 
-Credentials come only from the standard AWS chain (environment variables ``AWS_ACCESS_KEY_ID`` /
-``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/credentials``, instance roles): they are never
-parameters here and never appear in messages, ``repr`` or ``describe``.
+Credentials come from the standard AWS chain (environment variables ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/credentials``, instance roles), or for the
+local server of ``make s3-up`` from its env file, read when the client is created: they are
+never parameters here and never appear in messages, ``repr`` or ``describe``.
 
 Retries follow botocore's "standard" retry mode (see
 https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html and
@@ -72,6 +73,9 @@ class S3Storage:
         connect_timeout_s: seconds to wait for a TCP connection.
         read_timeout_s: seconds to wait for the response headers or for each socket read.
         list_workers: threads listing sub-prefixes in parallel in :meth:`list` (1: one stream).
+        credentials_file: an env file (``export AWS_ACCESS_KEY_ID=...``, as the local server
+            writes it) whose keys sign the requests instead of the AWS chain; the keys are
+            read in each process when its client is created and never kept on this object.
 
     Raises:
         ValueError: an empty bucket name or a setting out of range.
@@ -90,6 +94,7 @@ class S3Storage:
         connect_timeout_s: float = 5,
         read_timeout_s: float = 30,
         list_workers: int = 1,
+        credentials_file: str | os.PathLike | None = None,
     ):
         if not bucket or "/" in bucket:
             raise ValueError(f"S3 bucket name {bucket!r} is empty or contains '/'")
@@ -112,6 +117,7 @@ class S3Storage:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.list_workers = list_workers
+        self.credentials_file = os.fspath(credentials_file) if credentials_file else None
         self._reset_process_state()
 
     # -- per-process state: client, locks, counters -------------------------------------------
@@ -120,13 +126,14 @@ class S3Storage:
         """Forget the client and counters (new object, unpickled copy, or forked child)."""
         self._pid = os.getpid()
         self._client = None
+        self._session = None
         self._client_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._stats = RequestStats()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_client", "_client_lock", "_stats_lock", "_stats", "_pid"):
+        for name in ("_client", "_session", "_client_lock", "_stats_lock", "_stats", "_pid"):
             state.pop(name, None)
         return state
 
@@ -157,6 +164,28 @@ class S3Storage:
         """Create this process's client now (no request is sent); see :meth:`client`."""
         self.client()
 
+    def credentials_source(self) -> str:
+        """Where this process's credentials come from, for the log (never the keys):
+        ``local server (<env file>)``, ``environment``, ``profile <name>``, ``instance or
+        container role``, botocore's name for another provider, or ``none found``."""
+        if self.credentials_file:
+            return f"local server ({self.credentials_file})"
+        self.client()
+        try:
+            credentials = self._session.get_credentials()
+        except Exception as exc:  # noqa: BLE001 - a broken profile: say so, do not fail here
+            return f"unusable ({_first_line(exc)})"
+        if credentials is None:
+            return "none found"
+        method = credentials.method
+        if method == "env":
+            return "environment (AWS_ACCESS_KEY_ID)"
+        if method in ("shared-credentials-file", "config-file", "custom-process", "sso"):
+            return f"profile {self._session.profile_name or 'default'} ({method})"
+        if method in ("iam-role", "container-role"):
+            return f"instance or container role ({method})"
+        return method
+
     def _make_client(self):
         config = botocore.config.Config(
             retries={"mode": "standard", "total_max_attempts": self.max_attempts},
@@ -169,11 +198,27 @@ class S3Storage:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
+        keys = {}
+        if self.credentials_file:
+            from pipelines.s3_local import LocalS3Error, read_env_file
+
+            try:
+                values = read_env_file(self.credentials_file)
+                keys = {
+                    "aws_access_key_id": values["AWS_ACCESS_KEY_ID"],
+                    "aws_secret_access_key": values["AWS_SECRET_ACCESS_KEY"],
+                }
+            except (LocalS3Error, KeyError):
+                raise StorageError(
+                    f"{self.describe()}: cannot read the keys in {self.credentials_file}: start "
+                    "the local server again (`make s3-up`)"
+                ) from None
         try:
-            session = boto3.session.Session()
+            session = boto3.session.Session(**keys)
             client = session.client(
                 "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
             )
+            self._session = session
         except botocore.exceptions.ProfileNotFound as exc:
             raise StorageError(
                 f"{self.describe()}: AWS profile not found ({exc}): set AWS_PROFILE to a profile "

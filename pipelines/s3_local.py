@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -377,24 +378,79 @@ def read_env_file(path: str | os.PathLike) -> dict[str, str]:
     return values
 
 
-def load_env(path: str | os.PathLike = DEFAULT_STATE_DIR / "env") -> dict[str, str]:
-    """Take the S3 settings from the environment, or else from the env file.
+def local_server_env(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict[str, str] | None:
+    """The env file of the local server of ``state_dir`` when that server is running (its
+    process alive, its command line rclone's) and answering on its port; else None.
 
-    When ``S3_ENDPOINT`` or ``S3_BUCKET`` is set, the environment is used as it is (e.g. AWS
-    with a profile). Otherwise the env file is read and its variables are put into
-    ``os.environ``, replacing those set (credentials belong with their endpoint: keys for AWS
-    left in the environment must not be sent to the local server).
-
-    Returns:
-        The values of ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``,
-        ``S3_ENDPOINT``, ``S3_BUCKET`` that are set.
-
-    Raises:
-        LocalS3Error: neither variable is set and the env file does not exist.
+    An env file left behind by a server that crashed or was stopped otherwise would send a run
+    meant for AWS or a DSS cluster to 127.0.0.1 with the dead server's keys.
     """
-    if "S3_ENDPOINT" not in os.environ and "S3_BUCKET" not in os.environ:
-        os.environ.update(read_env_file(path))
-    return {k: os.environ[k] for k in (*ENV_KEYS, "S3_BUCKET") if k in os.environ}
+    state = running_server(state_dir)
+    if state is None or not endpoint_answers(int(state["port"])):
+        return None
+    try:
+        values = read_env_file(state_paths(state_dir)["env"])
+    except LocalS3Error:
+        return None
+    return values if values.get("S3_ENDPOINT") == state["endpoint"] else None
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """Where a run's S3 requests go and where their credentials come from.
+
+    Attributes:
+        endpoint: the endpoint URL; None for AWS (or ``AWS_ENDPOINT_URL``, read by boto3).
+        bucket: the bucket, when known.
+        region: the region, when known.
+        credentials_file: the local server's env file, whose keys sign the requests; None:
+            the standard AWS chain (environment, profile, instance role).
+        source: what chose the endpoint, for the log (``config``, ``S3_ENDPOINT``, ``local
+            server (.s3/env)``, ``AWS``).
+    """
+
+    endpoint: str | None
+    bucket: str | None
+    region: str | None
+    credentials_file: Path | None
+    source: str
+
+
+def resolve_s3(
+    endpoint: str | None,
+    bucket: str | None,
+    region: str | None,
+    state_dir: str | os.PathLike = DEFAULT_STATE_DIR,
+) -> S3Target:
+    """Choose the endpoint, bucket and credentials of a run.
+
+    In order: the endpoint named by the run (``endpoint``, from the config or a flag), then
+    ``S3_ENDPOINT``; when neither names one, the local server of ``state_dir`` if it is
+    running and answering (:func:`local_server_env`), with its bucket and credentials; else
+    AWS. Credentials set by the user are never overwritten: the local server's are handed to
+    the client, not put into the environment. A stale env file is ignored with a warning.
+    """
+    named = endpoint or os.environ.get("S3_ENDPOINT") or None
+    bucket = bucket or os.environ.get("S3_BUCKET") or None
+    if named is not None:
+        return S3Target(named, bucket, region, None, "config" if endpoint else "S3_ENDPOINT")
+    local = local_server_env(state_dir)
+    env_path = state_paths(state_dir)["env"]
+    if local is not None:
+        return S3Target(
+            local["S3_ENDPOINT"],
+            bucket or local.get("S3_BUCKET"),
+            region or local.get("AWS_DEFAULT_REGION"),
+            env_path,
+            f"the local server of `make s3-up` ({env_path})",
+        )
+    if env_path.exists():
+        logging.getLogger(__name__).warning(
+            "ignoring %s: its local S3 server is not running (`make s3-up` starts it again); "
+            "using AWS",
+            env_path,
+        )
+    return S3Target(None, bucket, region, None, "AWS")
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -28,7 +28,7 @@ from pipelines.s3_local import (
     DEFAULT_STATE_DIR,
     LocalS3Error,
     down,
-    load_env,
+    resolve_s3,
     running_server,
     state_paths,
     up,
@@ -129,15 +129,20 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    env = load_env(state_paths(args.state_dir)["env"])
-    bucket = args.bucket or env.get("S3_BUCKET")
-    if not bucket:
+    target = resolve_s3(args.endpoint, args.bucket, None, args.state_dir)
+    if args.endpoint is None and target.credentials_file is None and target.endpoint is None:
+        raise LocalS3Error(
+            f"no local S3 server running for {args.state_dir} and no endpoint named: start it "
+            "(python -m scripts.s3_local up), or set S3_ENDPOINT / pass --endpoint"
+        )
+    if not target.bucket:
         raise LocalS3Error("no bucket: set S3_BUCKET or pass --bucket")
-    endpoint = env.get("S3_ENDPOINT", "") if args.endpoint is None else args.endpoint
     storage = S3Storage(
-        bucket,
+        target.bucket,
         args.prefix,
-        endpoint_url=endpoint or None,
+        endpoint_url=target.endpoint,
+        region=target.region,
+        credentials_file=target.credentials_file,
         max_pool_connections=max(16, 4 * args.workers),
     )
     start = time.perf_counter()

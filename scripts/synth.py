@@ -19,11 +19,10 @@ Exit status: 0 written; 2 a one-line error; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from pipelines.s3_local import DEFAULT_STATE_DIR, LocalS3Error, load_env
+from pipelines.s3_local import DEFAULT_STATE_DIR, LocalS3Error, resolve_s3
 from pipelines.storage import FileSystemStorage, Storage, StorageError
 from pipelines.synthetic import (
     DEFAULT_CLASSES,
@@ -115,16 +114,15 @@ def open_target(out: str, endpoint: str | None, env_file: Path, write_threads: i
     bucket, _, prefix = out[len("s3://") :].partition("/")
     if not bucket:
         raise SynthError(f"{out}: no bucket: write s3://bucket/prefix")
-    if endpoint is None:
-        if "S3_ENDPOINT" not in os.environ and env_file.is_file():
-            load_env(env_file)  # the local server's endpoint and credentials
-        endpoint = os.environ.get("S3_ENDPOINT")
+    target = resolve_s3(endpoint, bucket, None, env_file.parent)
     from pipelines.s3 import S3Storage
 
     return S3Storage(
         bucket,
         prefix,
-        endpoint_url=endpoint or None,
+        endpoint_url=target.endpoint,
+        region=target.region,
+        credentials_file=target.credentials_file,
         max_pool_connections=max(16, write_threads),
     )
 

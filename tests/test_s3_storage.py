@@ -330,9 +330,10 @@ def test_up_upload_status_down(tmp_path: Path, monkeypatch, capsys):
         "JPEGImages/a.jpg",
         "shards/train/train-000000.tar",
     ]
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_ENDPOINT", "S3_BUCKET"):
-        monkeypatch.setenv(name, "unset")  # recorded, so the upload's os.environ fill is undone
-        monkeypatch.delenv(name)
+    for name in ("S3_ENDPOINT", "S3_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKUSERSOWNKEY0000000")  # meant for another store
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "users-own-secret")
     try:
         assert cli.main(["up", "--state-dir", str(state_dir)]) == 0
         out = capsys.readouterr().out
@@ -348,7 +349,12 @@ def test_up_upload_status_down(tmp_path: Path, monkeypatch, capsys):
         code = cli.main(["upload", "--state-dir", str(state_dir), "--src", str(src)])
         assert code == 0, capsys.readouterr().err
         assert "uploaded 3 files" in capsys.readouterr().out
-        storage = S3Storage("dss-bench", "bccd", endpoint_url=env["S3_ENDPOINT"])
+        assert os.environ["AWS_ACCESS_KEY_ID"] == "AKUSERSOWNKEY0000000"  # never replaced
+        assert os.environ["AWS_SECRET_ACCESS_KEY"] == "users-own-secret"
+        storage = S3Storage(
+            "dss-bench", "bccd", endpoint_url=env["S3_ENDPOINT"], credentials_file=state_dir / "env"
+        )
+        assert storage.credentials_source() == f"local server ({state_dir / 'env'})"
         assert list(storage.list()) == [k for _, k in local_files(src)]
         assert storage.read("shards/train/train-000000.tar") == b"t" * 2000
         assert upload_tree(src, storage, progress=False) == (3, 2101)
@@ -357,8 +363,6 @@ def test_up_upload_status_down(tmp_path: Path, monkeypatch, capsys):
     assert pid == state["pid"]
     assert running_server(state_dir) is None and not (state_dir / "env").exists()
     assert cli.main(["status", "--state-dir", str(state_dir)]) == 3
-    for name in ("AWS_ACCESS_KEY_ID", "S3_ENDPOINT", "S3_BUCKET"):  # set from the env file
-        monkeypatch.delenv(name)
     assert cli.main(["upload", "--state-dir", str(state_dir), "--src", str(src)]) == 1
     assert "s3_local up" in capsys.readouterr().err
 
@@ -410,3 +414,80 @@ def test_missing_prefix_still_yields_no_keys(store: S3Storage, tmp_path):
     assert list(relative_keys(store, "nope")) == []
     assert list(relative_keys(FileSystemStorage(tmp_path), "no/such/folder")) == []
     assert list(relative_keys(store, "a")) == ["x"]
+
+
+# -- which endpoint and credentials a run uses ---------------------------------------------------
+
+
+def s3_config(tmp_path, **storage):
+    from training.config import load_config
+
+    sets = [f"storage.{k}={v}" for k, v in {"type": "s3", **storage}.items()]
+    return load_config(str(Path(__file__).parents[1] / "configs/detection.yaml"), sets)
+
+
+@pytest.fixture
+def user_keys(monkeypatch, tmp_path):
+    """The user's own AWS keys in the environment (for another store), nothing else set; the
+    working directory is a fresh folder, where ``.s3/`` is looked for."""
+    for name in ("S3_ENDPOINT", "S3_BUCKET", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKUSERSOWNKEY0000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "users-own-secret")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_leftover_env_file_does_not_hijack_a_run(user_keys, caplog):
+    """The issue's case: after a crashed `make s3-up`, .s3/env still exists; a STORAGE=s3 run
+    meant for AWS went to 127.0.0.1 with the dead server's keys in place of the user's."""
+    from training.data import open_storage
+
+    write_env_file(
+        user_keys / ".s3/env",
+        {
+            "AWS_ACCESS_KEY_ID": "AKDEADSERVER00000000",
+            "AWS_SECRET_ACCESS_KEY": "deadserversecret",
+            "S3_ENDPOINT": "http://127.0.0.1:1",
+            "S3_BUCKET": "dss-bench",
+        },
+    )
+    (user_keys / ".s3/server.json").write_text('{"pid": 999999999, "port": 1}')
+    caplog.set_level("INFO")
+    storage = open_storage(s3_config(user_keys, bucket="my-bucket")).storage
+    assert storage.endpoint_url is None and storage.credentials_file is None  # AWS
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "AKUSERSOWNKEY0000000"
+    assert "ignoring .s3/env: its local S3 server is not running" in caplog.text
+    assert "S3 endpoint AWS (from AWS); credentials: environment" in caplog.text
+    assert "users-own-secret" not in caplog.text and "deadserversecret" not in caplog.text
+
+
+@pytest.mark.integration
+def test_a_running_local_server_is_used_with_its_own_keys_beside_the_users(user_keys, caplog):
+    from training.data import open_storage
+
+    try:
+        state, _ = up(".s3")
+        caplog.set_level("INFO")
+        source = open_storage(s3_config(user_keys))
+        storage = source.storage
+        assert storage.endpoint_url == state["endpoint"] and storage.bucket == "dss-bench"
+        storage.write("probe", b"1")  # signed with the server's keys, not the user's
+        assert storage.read("probe") == b"1"
+        assert os.environ["AWS_ACCESS_KEY_ID"] == "AKUSERSOWNKEY0000000"  # not replaced
+        assert f"S3 endpoint {state['endpoint']} (from the local server" in caplog.text
+        assert "credentials: local server (.s3/env)" in caplog.text
+        secret = read_env_file(".s3/env")["AWS_SECRET_ACCESS_KEY"]
+        assert secret not in caplog.text and "users-own-secret" not in caplog.text
+        # a named endpoint wins over the local server, with the user's keys
+        named = open_storage(
+            s3_config(user_keys, endpoint_url="http://10.0.0.1:9000", bucket="b1")
+        ).storage
+        assert named.endpoint_url == "http://10.0.0.1:9000" and named.credentials_file is None
+        # s3torchconnector reads keys from the environment only: other keys there are refused
+        from training.config import ConfigError
+
+        with pytest.raises(ConfigError, match="AWS_ACCESS_KEY_ID holds other keys"):
+            open_storage(s3_config(user_keys, client_lib="s3torchconnector"))
+    finally:
+        down(".s3")

@@ -6,6 +6,7 @@ Shared by ``scripts/train.py`` (through :mod:`training.run`), ``scripts/write_sh
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pipelines.storage import FileSystemStorage, Storage, relative_keys
 from pipelines.voc import join_key, load_voc_split
 from training.config import TASK_FORMATS, Config, ConfigError
 
+log = logging.getLogger(__name__)
+
 #: Reader of each ``dataset.format``: ``(storage, split, limit, root) -> (records, counts)``.
 READERS: dict[str, Callable[..., tuple[list[Record], BoxCounts]]] = {
     "voc": load_voc_split,
@@ -29,8 +32,8 @@ READERS: dict[str, Callable[..., tuple[list[Record], BoxCounts]]] = {
     "folder": load_folder_split,
 }
 
-#: Where `make s3-up` writes the local S3 server's endpoint and credentials.
-LOCAL_S3_ENV = Path(".s3/env")
+#: The state folder of `make s3-up`'s local S3 server (its env file, pid, port).
+LOCAL_S3_STATE = Path(".s3")
 
 
 @dataclass(frozen=True)
@@ -50,51 +53,86 @@ class DataSource:
 
 
 def open_storage(cfg: Config) -> DataSource:
-    """Open the storage the config names.
+    """Open the storage the config names, and log where its requests go.
 
-    For ``s3`` with no ``storage.endpoint_url``: the endpoint and bucket come from
-    ``S3_ENDPOINT`` / ``S3_BUCKET`` when set; otherwise from the local server's env file
-    (``.s3/env``, written by ``make s3-up``) when it exists, whose credentials then replace any
-    in the environment; otherwise AWS. Credentials always come from the standard AWS chain.
+    For ``s3``: the endpoint named by ``storage.endpoint_url`` or ``S3_ENDPOINT``; with
+    neither, the local server of ``make s3-up`` when it is running and answering (its
+    endpoint, bucket and keys, handed to the client: credentials set in the environment are
+    never replaced), else AWS (:func:`pipelines.s3_local.resolve_s3`). The bucket is
+    ``storage.bucket`` or ``S3_BUCKET``. The log names the endpoint and the credential source
+    (environment, profile, local server), never a key.
 
     Raises:
-        ConfigError: ``s3`` without a bucket anywhere, or an unknown client library.
+        ConfigError: ``s3`` without a bucket anywhere; ``s3torchconnector`` (which reads
+            credentials from the environment only) for the local server while other keys are
+            set in the environment.
     """
     s = cfg.storage
     roots = tuple("" if p.strip("/") in ("", ".") else p.strip("/") for p in s.prefixes) or ("",)
     if s.type == "fs":
         return DataSource(FileSystemStorage(s.root), roots, "fs")
-    endpoint = s.endpoint_url
-    if endpoint is None and "S3_ENDPOINT" not in os.environ and LOCAL_S3_ENV.exists():
-        from pipelines.s3_local import load_env
+    from pipelines.s3_local import resolve_s3
 
-        load_env(LOCAL_S3_ENV)
-    endpoint = endpoint or os.environ.get("S3_ENDPOINT") or None
-    bucket = s.bucket or os.environ.get("S3_BUCKET")
-    if not bucket:
+    target = resolve_s3(s.endpoint_url, s.bucket, s.region, LOCAL_S3_STATE)
+    if not target.bucket:
         raise ConfigError(
             "storage.bucket must be set for storage.type s3 (config, S3_BUCKET=..., or "
             "`make s3-up` for the local server)"
         )
-    common = dict(endpoint_url=endpoint, region=s.region, addressing_style=s.addressing_style)
+    common = dict(
+        endpoint_url=target.endpoint, region=target.region, addressing_style=s.addressing_style
+    )
     if s.client_lib == "s3torchconnector":
         from pipelines.s3_connector import S3ConnectorStorage
 
-        storage = S3ConnectorStorage(bucket, max_attempts=s.max_attempts, **common)
+        if target.credentials_file is not None:
+            _local_keys_into_environment(target.credentials_file)
+        storage = S3ConnectorStorage(target.bucket, max_attempts=s.max_attempts, **common)
+        credentials = "the CRT's default chain (environment, profile, instance role)"
     else:
         from pipelines.s3 import S3Storage
 
         storage = S3Storage(
-            bucket,
+            target.bucket,
             # at least one connection per concurrent read of the objects pattern
             max_pool_connections=max(s.max_pool_connections, cfg.access.concurrency),
             max_attempts=s.max_attempts,
             connect_timeout_s=s.connect_timeout_s,
             read_timeout_s=s.read_timeout_s,
             list_workers=s.list_workers,
+            credentials_file=target.credentials_file,
             **common,
         )
+        credentials = storage.credentials_source()
+    log.info(
+        "S3 endpoint %s (from %s); credentials: %s",
+        target.endpoint or "AWS",
+        target.source,
+        credentials,
+    )
     return DataSource(storage, roots, "s3")
+
+
+def _local_keys_into_environment(env_file: Path) -> None:
+    """Give s3torchconnector, which reads credentials from the environment only, the local
+    server's keys: set them when the environment has none, accept them when it has the same.
+
+    Raises:
+        ConfigError: the environment holds other keys (they are never replaced).
+    """
+    from pipelines.s3_local import read_env_file
+
+    keys = {k: v for k, v in read_env_file(env_file).items() if k.startswith("AWS_")}
+    user = os.environ.get("AWS_ACCESS_KEY_ID")
+    if user is not None and user != keys.get("AWS_ACCESS_KEY_ID"):
+        raise ConfigError(
+            "the local S3 server of `make s3-up` is running and no endpoint was named, but "
+            "AWS_ACCESS_KEY_ID holds other keys and storage.client_lib s3torchconnector reads "
+            "credentials from the environment only: name the endpoint (S3_ENDPOINT=...) to "
+            f"use those keys, or load the server's ({env_file}) into the environment"
+        )
+    for name, value in keys.items():
+        os.environ.setdefault(name, value)
 
 
 def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record], BoxCounts]:
