@@ -27,7 +27,7 @@ RESULT_COLUMNS = [
     "retries", "ttfb_p50_ms", "ttfb_p99_ms", "errors", "peak_rss_mib",
     "cpu_ms_per_mb", "host_cpu_ms_per_mb", "host_busy_cores", "host_steal_cores",
     "baseline_mbps", "baseline_objects_per_s",
-    *BASELINE_CPU_COLUMNS, "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer",
+    *BASELINE_CPU_COLUMNS, "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer", "error",
 ]  # fmt: skip
 STEP_COLUMNS = [
     "case", "pass", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",
@@ -37,17 +37,24 @@ STEP_COLUMNS = [
 MLPERF_AU = 0.90
 
 
+def write_tables(out: Path, results: list[dict], steps: list[dict]) -> None:
+    """Write ``results.csv`` and ``steps.csv`` (each atomically): after every pass, so that a
+    failure or an interruption later in the run loses none of the passes already measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", results, RESULT_COLUMNS)
+    write_csv(out / "steps.csv", steps, STEP_COLUMNS)
+
+
 def write_report(
     out: Path, cfg_dict: dict, results: list[dict], steps: list[dict], extras: dict
 ) -> None:
     """Write every output file of a benchmark run into ``out`` (see README, "Benchmark")."""
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", cfg_dict)
-    write_csv(out / "results.csv", results, RESULT_COLUMNS)
-    write_csv(out / "steps.csv", steps, STEP_COLUMNS)
-    plot_throughput(results, out / "throughput.png")
+    write_tables(out, results, steps)
+    plot_throughput(measured(results), out / "throughput.png")
     plot_data_wait(steps, out / "data_wait.png")
-    plot_au(results, out / "au.png")
+    plot_au(measured(results), out / "au.png")
     atomic_write_bytes(out / "report.md", markdown(cfg_dict, results, extras).encode("utf-8"))
 
 
@@ -57,6 +64,11 @@ def save_figure(fig, path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def measured(results: list[dict]) -> list[dict]:
+    """The rows of passes that ran (not those of configurations that failed)."""
+    return [r for r in results if not r.get("error")]
 
 
 def _warm(results: list[dict]) -> list[dict]:
@@ -136,6 +148,9 @@ def table(results: list[dict]) -> str:
     )
     lines = [header, "-" * len(header)]
     for r in results:
+        if r.get("error"):
+            lines.append(f"{r['config']:34} {r['pass']:>4} FAILED: {r['error']}")
+            continue
         lines.append(
             f"{r['config']:34} {r['pass']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
             f"{_fmt(r['throughput_mbps']):>8} {_fmt(r['au']):>5} "
@@ -166,7 +181,11 @@ def goals(results: list[dict], decode: bool, cores: int | None = None) -> list[s
     cores, by default this one's). Rows missing from the matrix are not judged.
     """
     cores = cores or os.cpu_count()
-    reads = [r for r in results if r["mode"] == "read" and r.get("client_lib") in ("-", "boto3")]
+    reads = [
+        r
+        for r in measured(results)
+        if r["mode"] == "read" and r.get("client_lib") in ("-", "boto3")
+    ]
     mode = "read" + ("" if decode else ", bench.decode false")
     lines = []
     for r in [r for r in reads if r["access"] == "shards"]:
@@ -316,6 +335,16 @@ def _cpu_split(row: dict, ratio: float, cores: int | None) -> str:
     return text + (": " + "; ".join(reasons) if reasons else "")
 
 
+def failures(results: list[dict]) -> list[str]:
+    """The report's section on configurations that failed (none: no lines)."""
+    failed = [r for r in results if r.get("error")]
+    if not failed:
+        return []
+    lines = ["## Failed configurations", ""]
+    lines += [f"- {r['config']} (pass {r['pass']}): {r['error']}" for r in failed]
+    return [*lines, ""]
+
+
 def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
     """The report: what ran, the results table, baselines, peers, the plots."""
     bench = cfg_dict["bench"]
@@ -342,6 +371,7 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         "",
         *goals(results, bench["decode"]),
         "",
+        *failures(results),
         "## Baselines",
         "",
         "Each measured right after the pass it is compared with, over the same objects and as"
@@ -372,6 +402,8 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
             lines.append(f"| {name} | not measured: {why} | – |")
         else:
             lines.append(f"| {name} | {getattr(p, 'name', name)} | {_fmt(p.samples_per_s, 1)} |")
+    for name, error in extras.get("peer_errors", {}).items():
+        lines.append(f"| {name} | failed: {error} | – |")
     lines += [
         "",
         "## Plots",

@@ -5,11 +5,17 @@ and filled when ``s3`` is asked for without an endpoint), run each configuration
 ``bench.passes`` passes (the first cold, the rest warm), each pass followed by its raw baseline
 (:func:`run_pass`), measure the peers, then write ``results.csv``, ``steps.csv``, ``report.md``,
 the plots and the config used.
+
+``results.csv`` and ``steps.csv`` are written again after every pass, so a failure late in the
+run loses nothing measured before it. A configuration that fails (its storage cannot be
+prepared, or a pass raises) gets a row with its ``error``; with ``bench.on_error: continue``
+(the default) the run goes on with the next one, with ``stop`` it ends there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -19,12 +25,14 @@ from pathlib import Path
 
 from bench.baselines import fs_read_baseline, s3_get_baseline
 from bench.page_cache import EvictBeforeRead, evict_page_cache
-from bench.report import BASELINE_CPU_COLUMNS
+from bench.report import BASELINE_CPU_COLUMNS, write_tables
 from bench.runner import Case, case_steps, expand_matrix, pass_repeat, run_case
 from pipelines.records import Record
 from pipelines.shards import ShardInfo
+from training.cli import USER_ERRORS, user_message
 from training.config import Config, ConfigError
 from training.data import DataSource, class_names, load_split, open_storage, split_shards
+from training.outputs import write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -201,71 +209,149 @@ def run_pass(
     return row, [{**s, "pass": pass_index} for s in steps], base
 
 
+def error_text(exc: Exception) -> str:
+    """One line for a failed configuration: the message of a user error, the exception's type
+    and message otherwise."""
+    text = user_message(exc).splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def error_row(case: Case, pass_index: int, exc: Exception) -> dict:
+    """The results row of a configuration (pass) that failed: what it was, and its error."""
+    return {
+        "config": case.name, "mode": case.mode, "access": case.access, "storage": case.storage,
+        "client_lib": case.client_lib, "workers": case.workers, "pass": pass_index,
+        "cache": "-", "error": error_text(exc),
+    }  # fmt: skip
+
+
 def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
     """Run the whole matrix; returns ``(results rows, step rows, extras)`` (see module doc).
 
-    ``extras`` holds the baselines and peers measured, for the report.
-    """
-    from bench.peers import imagefolder_peer, s3torchconnector_peer
+    ``extras`` holds the baselines and peers measured, for the report, and ``peer_errors``
+    (peer name → error) for peers that failed.
 
+    Raises:
+        Exception: the first failure, with ``bench.on_error: stop`` (after its row is written).
+    """
     if "train" in cfg.bench.modes and not cfg.bench.decode:
         raise ConfigError(
             "bench.modes has train but bench.decode is false: training needs decoded images"
         )
+    stop = cfg.bench.on_error == "stop"
     cases = expand_matrix(cfg)
     results, steps = [], []
     baselines: list[tuple[str, int, object]] = []
     peers: dict[str, object] = {}
+    peer_errors: dict[str, str] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "config.yaml", cfg.to_dict())
+
+    def failed(case: Case, pass_index: int, exc: Exception) -> None:
+        log.error("%s (pass %d) failed: %s", case.name, pass_index, error_text(exc))
+        results.append(error_row(case, pass_index, exc))
+        write_tables(out, results, steps)
+        if stop:
+            raise exc
+
     with contextlib.ExitStack() as stack:
         prepared: dict[tuple[str, str], Prepared] = {}
-        s3_cfg, s3_dir = cfg, None
+        unprepared: dict[tuple[str, str], Exception] = {}  # storage → why it is not ready
         local_s3 = "s3" in cfg.bench.storages and not (
             cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
         )
         if "fs" in cfg.bench.storages or local_s3:
-            prepared[("fs", "-")] = prepare_fs(cfg)  # writes the shards the upload then carries
-        if local_s3:
-            s3_cfg, s3_dir = start_local_s3(cfg, stack, out)
+            try:  # writes the shards the upload then carries
+                prepared[("fs", "-")] = prepare_fs(cfg)
+            except Exception as exc:
+                if stop:
+                    raise
+                unprepared[("fs", "-")] = exc
+
+        def prepare_s3_storages() -> None:
+            """Start and fill the local server when needed, open every S3 client library
+            of the matrix: done when the first S3 configuration comes, after the
+            filesystem's passes (a failure here then loses none of them)."""
+            s3_cfg, s3_dir = cfg, None
+            if local_s3:
+                s3_cfg, s3_dir = start_local_s3(cfg, stack, out)
+            for lib in dict.fromkeys(c.client_lib for c in cases if c.storage == "s3"):
+                try:
+                    prepared[("s3", lib)] = prepare_s3(s3_cfg, lib, s3_dir)
+                except Exception as exc:
+                    if stop:
+                        raise
+                    unprepared[("s3", lib)] = exc
+
+        classes = None
         for case in cases:
             key = (case.storage, case.client_lib)
-            if key not in prepared:
-                prepared[key] = prepare_s3(s3_cfg, case.client_lib, s3_dir)
-        first = next(iter(prepared.values()))
-        classes = class_names(cfg, first.records)
-
-        s3_storage = _boto3_storage(prepared)
-        for case in cases:
-            prep = prepared[(case.storage, case.client_lib)]
+            if key not in prepared and key not in unprepared:
+                try:
+                    prepare_s3_storages()
+                except Exception as exc:  # the local server: every S3 configuration fails
+                    if stop:
+                        raise
+                    for c in cases:
+                        if c.storage == "s3":
+                            unprepared.setdefault((c.storage, c.client_lib), exc)
+            if key in unprepared:
+                failed(case, 0, unprepared[key])
+                continue
+            prep = prepared[key]
+            classes = classes or class_names(cfg, prep.records)
             for pass_index in range(cfg.bench.passes):
-                row, case_steps, base = run_pass(case, pass_index, prep, s3_storage, cfg, classes)
+                try:
+                    row, case_steps, base = run_pass(
+                        case, pass_index, prep, _boto3_storage(prepared), cfg, classes
+                    )
+                except Exception as exc:
+                    failed(case, pass_index, exc)
+                    break  # the next passes of a failed configuration would fail alike
                 results.append(row)
                 steps.extend(case_steps)
                 if base is not None:
                     baselines.append((case.name, pass_index, base))
+                write_tables(out, results, steps)
 
         if cfg.bench.peers:
-            workers = (cfg.bench.worker_counts or [cfg.loader.num_workers])[0]
-            common = dict(
-                batch_size=cfg.loader.batch_size, num_workers=workers,
-                image_size=cfg.model.image_size, max_batches=cfg.bench.read_steps,
-            )  # fmt: skip
-            if "fs" in cfg.bench.storages:
-                fs_prep = prepared[("fs", "-")]
-                paths = case_files(fs_prep, "random")
-                peers["fs/random"] = imagefolder_peer(paths, **common)
-            for (storage_kind, lib), prep in prepared.items():
-                if storage_kind != "s3" or lib != "boto3":
-                    continue
-                storage = prep.source.storage
-                keys = [storage._key(r.image_key) for r in prep.records]
-                for kind, access in (("map", "random"), ("iterable", "objects")):
-                    peers[f"s3/{access}"] = s3torchconnector_peer(
-                        kind, storage.bucket, keys, endpoint=storage.endpoint_url,
-                        region=storage.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                        **common,
-                    )  # fmt: skip
+            for name, measure in _peer_measurements(cfg, prepared):
+                try:
+                    peers[name] = measure()
+                except Exception as exc:
+                    if stop:
+                        raise
+                    peer_errors[name] = error_text(exc)
+                    log.error("peer %s failed: %s", name, peer_errors[name])
     add_ratios(results, peers if cfg.bench.decode else {})  # peers decode: compare like with like
-    return results, steps, {"baselines": baselines, "peers": peers}
+    return results, steps, {"baselines": baselines, "peers": peers, "peer_errors": peer_errors}
+
+
+def _peer_measurements(cfg: Config, prepared: dict[tuple[str, str], Prepared]):
+    """``(name, measure)`` for each peer loader this matrix compares with; ``measure()`` runs
+    it (:mod:`bench.peers`)."""
+    from bench.peers import imagefolder_peer, s3torchconnector_peer
+
+    workers = (cfg.bench.worker_counts or [cfg.loader.num_workers])[0]
+    common = dict(
+        batch_size=cfg.loader.batch_size, num_workers=workers,
+        image_size=cfg.model.image_size, max_batches=cfg.bench.read_steps,
+    )  # fmt: skip
+    if "fs" in cfg.bench.storages and ("fs", "-") in prepared:
+        paths = case_files(prepared[("fs", "-")], "random")
+        yield "fs/random", functools.partial(imagefolder_peer, paths, **common)
+    for (storage_kind, lib), prep in prepared.items():
+        if storage_kind != "s3" or lib != "boto3":
+            continue
+        storage = prep.source.storage
+        keys = [storage._key(r.image_key) for r in prep.records]
+        for kind, access in (("map", "random"), ("iterable", "objects")):
+            yield f"s3/{access}", functools.partial(
+                s3torchconnector_peer, kind, storage.bucket, keys,
+                endpoint=storage.endpoint_url,
+                region=storage.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                **common,
+            )  # fmt: skip
 
 
 def _boto3_storage(prepared: dict[tuple[str, str], Prepared]):

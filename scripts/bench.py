@@ -5,7 +5,9 @@
     make bench LIMIT=200                # a quick look (see quick_look)
 
 Writes ``outputs/bench/<timestamp>/``: results.csv, steps.csv, report.md, throughput.png,
-data_wait.png, au.png and the config used; prints a short table.
+data_wait.png, au.png and the config used; prints a short table. Exit status: 0; 1 when a
+configuration or peer failed (its error is in results.csv and report.md); 2 for a user error
+that stopped the run (one line).
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def bench_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; user errors print one line and return 2."""
+    """Run the benchmark; user errors print one line and return 2; failed configurations
+    return 1 (see the module doc)."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -94,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print("\n".join(goals(results, cfg.bench.decode)))
     print(f"report: {out / 'report.md'}")
+    failed = [r["config"] for r in results if r.get("error")]
+    failed += [f"peer {name}" for name in extras["peer_errors"]]
+    if failed:
+        print(f"failed: {', '.join(failed)} (errors in results.csv and report.md)", file=sys.stderr)
+        return 1
     return 0
 
 

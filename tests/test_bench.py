@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 
@@ -203,3 +204,65 @@ def test_throughput_plot_without_baselines(tmp_path):
         row["throughput_mbps"] = 12.5
     plot_throughput(rows, tmp_path / "throughput.png")
     assert (tmp_path / "throughput.png").stat().st_size > 1000
+
+
+def bench_with_unreachable_s3(voc_root, out, *extra):
+    """A small matrix whose S3 configurations, which come last, cannot reach their endpoint
+    (nothing listens on port 1): a real failure late in the run."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "AKAAAAAAAAAAAAAAAAAA")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "s" * 40)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        return _bench(voc_root, out, *extra)
+
+
+def _bench(voc_root, out, *extra):
+    return bench_cli.main([
+        "--out", str(out), "--workers", "0", "--batch-size", "2",
+        "--set", f"storage.root={voc_root}", "--set", "storage.prefixes=['']",
+        "--set", "dataset.shard_size_mb=0.1", "--set", "model.image_size=64",
+        "--set", "bench.modes=[read]", "--set", "bench.access=[random, shards]",
+        "--set", "bench.read_steps=3", "--set", "bench.warmup_steps=0",
+        "--set", "bench.passes=1", "--set", "bench.peers=false",
+        "--s3-endpoint", "http://127.0.0.1:1", "--s3-bucket", "nowhere",
+        "--set", "storage.max_attempts=1", "--set", "storage.connect_timeout_s=1",
+        *extra,
+    ])  # fmt: skip
+
+
+def test_a_failing_configuration_gets_an_error_row_and_the_run_goes_on(voc_root, tmp_path, capsys):
+    """The issue's case: rows were kept in memory and written at the end, so a failure in the
+    last configuration lost every pass before it."""
+    code = bench_with_unreachable_s3(voc_root, tmp_path / "bench")
+    assert code == 1
+    (run,) = (tmp_path / "bench").iterdir()
+    with open(run / "results.csv", newline="") as f:
+        rows = {r["config"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {
+        "fs/random/read/w0", "fs/shards/read/w0", "s3/boto3/random/read/w0",
+        "s3/boto3/shards/read/w0",
+    }  # fmt: skip
+    for name in ("fs/random/read/w0", "fs/shards/read/w0"):
+        assert int(rows[name]["samples"]) == 6 and not rows[name]["error"]
+    for name in ("s3/boto3/random/read/w0", "s3/boto3/shards/read/w0"):
+        assert (
+            "endpoint unreachable" in rows[name]["error"] and "127.0.0.1:1" in rows[name]["error"]
+        )
+    report = (run / "report.md").read_text()
+    assert "## Failed configurations" in report and "s3/boto3/shards/read/w0 (pass 0)" in report
+    captured = capsys.readouterr()
+    assert re.search(r"s3/boto3/random/read/w0 +0 FAILED: s3://nowhere", captured.out)
+    assert "failed: s3/boto3/random/read/w0, s3/boto3/shards/read/w0" in captured.err
+
+
+def test_on_error_stop_ends_the_run_and_keeps_the_passes_before(voc_root, tmp_path, capsys):
+    code = bench_with_unreachable_s3(voc_root, tmp_path / "bench", "--set", "bench.on_error=stop")
+    assert code == 2
+    err = capsys.readouterr().err  # the progress bars of the passes, then the error
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: s3://nowhere") and "unreachable" in last
+    assert "Traceback" not in err
+    (run,) = (tmp_path / "bench").iterdir()
+    with open(run / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["config"] for r in rows] == ["fs/random/read/w0", "fs/shards/read/w0"]

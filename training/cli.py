@@ -6,6 +6,7 @@ import argparse
 import os
 
 from pipelines.records import DatasetError
+from pipelines.s3_local import LocalS3Error
 from pipelines.shards import ShardError
 from pipelines.storage import StorageError
 from training.config import Config, ConfigError, load_config
@@ -29,7 +30,7 @@ FLAG_KEYS = {
 }
 
 #: Errors that are the user's to fix: printed as one line, exit status 2.
-USER_ERRORS = (ConfigError, DatasetError, StorageError, ShardError)
+USER_ERRORS = (ConfigError, DatasetError, StorageError, ShardError, LocalS3Error)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(FLAG_KEYS)) -> None:

@@ -338,6 +338,13 @@ class BenchConfig:
         True, "measure a raw read baseline after each pass (cat over files, boto3 GETs)", kind=bool
     )
     peers: bool = opt(True, "measure peer loaders (ImageFolder-style, s3torchconnector)", kind=bool)
+    on_error: str = opt(
+        "continue",
+        "a configuration that fails: continue (a row with its error; exit status 1 at the "
+        "end) or stop (the run ends there; the rows written so far are kept)",
+        kind=str,
+        choices=("continue", "stop"),
+    )
 
 
 @dataclass(frozen=True)
