@@ -64,12 +64,14 @@ class EpochLoader:
             them when ``grouped``.
         num_samples: samples per epoch.
         set_epoch: call with the epoch number before iterating, to vary the shuffle.
+        steps: the number of batches the epoch given yields (see :func:`build_loader`).
         grouped: the DataLoader yields the lists of :class:`WorkerBatches`.
     """
 
     loader: DataLoader
     num_samples: int
     set_epoch: Callable[[int], None]
+    steps: Callable[[int], int]
     grouped: bool = False
 
     def __iter__(self) -> Iterator[Batch]:
@@ -163,6 +165,13 @@ def build_loader(
             between them (each reshuffled as the next epoch; ``num_samples`` counts them all):
             the benchmark's warm passes. Training iterates one epoch at a time.
 
+    The loader's ``steps(epoch)`` is the number of batches that epoch really yields. For an
+    iterable-style dataset each DataLoader worker batches its own share and ends with its own
+    partial batch, so an epoch has ``sum over workers of ceil(share / batch_size)`` steps: up
+    to ``num_workers - 1`` more than ``ceil(samples / batch_size)``, and with shards the
+    shares change with each epoch's shard order. A learning-rate schedule sized on the
+    smaller count reaches its end before the last epoch does.
+
     Raises:
         ValueError: unknown ``access``, ``"shards"`` without ``shards``, or ``repeat < 1``.
     """
@@ -193,6 +202,9 @@ def build_loader(
 
         def reseed(epoch: int) -> None:
             generator.manual_seed(seed * 100_003 + epoch)
+
+        def steps(epoch: int) -> int:
+            return len(loader)  # the sampler's length over the batch size, the last partial
     else:
         dataset = _iterable_dataset(
             access, storage, records, transform, class_to_index, settings, shards,
@@ -203,12 +215,17 @@ def build_loader(
         kwargs.update(batch_size=None, collate_fn=_as_is)
         loader, num_samples = DataLoader(grouped, **kwargs), dataset.num_samples
         reseed = dataset.set_epoch
+        readers = max(settings.num_workers, 1)  # no workers: the training process reads alone
+
+        def steps(epoch: int) -> int:
+            shares = (dataset.worker_samples(w, readers, epoch) for w in range(readers))
+            return sum(-(-n // settings.batch_size) for n in shares)
 
     def set_epoch(epoch: int) -> None:
         storage.take_stats()  # requests made before the epoch (index building) do not count
         reseed(epoch)
 
-    return EpochLoader(loader, num_samples, set_epoch, grouped=access != "random")
+    return EpochLoader(loader, num_samples, set_epoch, steps, grouped=access != "random")
 
 
 def _iterable_dataset(

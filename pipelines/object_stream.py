@@ -77,6 +77,11 @@ class ObjectStreamDataset(EpochStream):
         mine = self.records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
         return mine * self.repeat
 
+    def worker_samples(self, worker_id: int, num_workers: int, epoch: int) -> int:
+        """Samples worker ``worker_id`` of ``num_workers`` yields in one iteration (the same
+        in every epoch: the listing is split, not shuffled)."""
+        return len(self.worker_records(worker_id, num_workers))
+
     def _fetch(self, record: Record) -> tuple[Record, bytes, float, float]:
         start = time.perf_counter()
         data = self.storage.read(record.image_key)

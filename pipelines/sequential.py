@@ -123,16 +123,25 @@ class ShardStream(EpochStream):
         """Samples in one iteration (all shards, ``repeat`` times)."""
         return sum(s.samples for s in self.shards) * self.repeat
 
-    def worker_shards(self, worker_id: int, num_workers: int) -> list[ShardInfo]:
+    def worker_shards(
+        self, worker_id: int, num_workers: int, epoch: int | None = None
+    ) -> list[ShardInfo]:
         """The shards worker ``worker_id`` of ``num_workers`` reads in one iteration, in order:
-        its share of each repeated epoch's shard order in turn."""
+        its share of each repeated epoch's shard order in turn (``epoch``: that iteration's
+        first epoch; None: the one set by :meth:`set_epoch`)."""
+        first = self.epoch if epoch is None else epoch
         order = []
-        for epoch in range(self.epoch, self.epoch + self.repeat):
+        for epoch in range(first, first + self.repeat):
             shards = list(self.shards)
             if self.shuffle:
                 random.Random(f"{self.seed}-{epoch}").shuffle(shards)
             order.extend(shards[worker_id::num_workers])
         return order
+
+    def worker_samples(self, worker_id: int, num_workers: int, epoch: int) -> int:
+        """Samples worker ``worker_id`` of ``num_workers`` yields in the iteration of
+        ``epoch`` (its shards depend on that epoch's shuffle)."""
+        return sum(s.samples for s in self.worker_shards(worker_id, num_workers, epoch))
 
     def __iter__(self) -> Iterator[dict]:
         worker_id, num_workers = worker_slot()

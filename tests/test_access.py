@@ -211,3 +211,27 @@ def test_fs_open_asks_the_kernel_to_read_the_file_ahead(tmp_path):
         assert resident_fraction(path) == 1.0
         assert stream.read() == data
     assert storage.read("shard.tar") == data and storage.take_stats().requests == 2
+
+
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_steps_are_the_batches_the_loader_really_yields(voc_root, access, workers):
+    """The learning-rate schedule is sized on ``loader.steps(epoch)``: each worker of an
+    iterable loader ends with its own partial batch, so counting ``ceil(samples / batch)``
+    made the schedule reach 0 before the last epoch ended."""
+    storage = FileSystemStorage(voc_root)
+    records, _ = load_voc_split(storage, "train")  # 12 images
+    shards = None
+    if access == "shards":
+        shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=60_000)
+    loader = build_loader(
+        storage, records, access=access, transform=None, class_to_index=CLASSES,
+        settings=LoaderSettings(batch_size=5, num_workers=workers, worker_batches=1),
+        shuffle=True, seed=0, shards=shards, shuffle_buffer=4,
+    )  # fmt: skip
+    naive = -(-len(records) // 5)
+    for epoch in (1, 2, 3):
+        loader.set_epoch(epoch)
+        assert sum(1 for _ in loader) == loader.steps(epoch), (access, workers, epoch)
+    if access != "random" and workers == 2:  # 6 + 6 samples: 2 + 2 batches of 5, not 3
+        assert max(loader.steps(e) for e in (1, 2, 3)) > naive

@@ -232,8 +232,9 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             momentum=cfg.train.momentum,
             weight_decay=cfg.train.weight_decay,
         )
-    steps_per_epoch = math.ceil(train_loader.num_samples / cfg.loader.batch_size)
-    total_steps = steps_per_epoch * cfg.train.epochs
+    # the steps the loader really yields: an iterable loader's workers each end with a partial
+    # batch, so an epoch can have more than ceil(samples / batch size) (see build_loader)
+    total_steps = sum(train_loader.steps(e) for e in range(1, cfg.train.epochs + 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, warmup_steps=min(100, max(1, total_steps // 10)))
     )
