@@ -201,7 +201,8 @@ def test_bench_memory_smoke(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert sum(line.startswith("(a) shard over") for line in lines) == 2
+    assert sum(line.startswith("(a) shard over") for line in lines) == 3  # fs, boto3, CRT
+    assert any("over s3 s3torchconnector" in line for line in lines)
     assert sum(line.startswith("(b) list workers=") for line in lines) == 4
     assert "verdict (a) streaming a shard: PASS" in lines
     assert "verdict (b) listing keys: PASS" in lines
