@@ -124,7 +124,7 @@ def test_data_overrides_for_s3_urls_and_refusals():
     assert data_overrides("s3://bkt/a,s3://bkt/b/")[:3] == [
         "storage.type=s3",
         "storage.bucket=bkt",
-        "storage.prefixes=['a', 'b']",
+        'storage.prefixes=["a", "b"]',
     ]
     with pytest.raises(ConfigError, match="same bucket"):
         data_overrides("s3://one/a,s3://two/b")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import REPO
@@ -78,3 +80,23 @@ def test_every_key_has_a_description():
     assert ("access.mode" in [k for k, _, _ in rows]) and (
         "train.epochs" in [k for k, _, _ in rows]
     )
+
+
+def test_data_paths_with_backslashes_and_both_quotes_survive_the_overrides(tmp_path):
+    """``--data`` paths became YAML through ``repr``, which is no YAML for a path holding a
+    backslash and both quote kinds."""
+    import argparse
+
+    from training.cli import config_from_args
+
+    odd = tmp_path / 'it\'s a "dataset" \\ here'
+    second = tmp_path / "plain"
+    for data in (str(odd), f"{odd},{second}"):
+        args = argparse.Namespace(config=None, set=[], data=data, s3_prefix=None)
+        cfg = config_from_args(args)
+        roots = [os.path.join(cfg.storage.root, p) for p in cfg.storage.prefixes]
+        assert [os.path.normpath(r) for r in roots] == [
+            os.path.normpath(p) for p in data.split(",")
+        ]
+    args = argparse.Namespace(config=None, set=[], s3_prefix='a\\b,"c",it\'s', data=None)
+    assert config_from_args(args).storage.prefixes == ["a\\b", '"c"', "it's"]

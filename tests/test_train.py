@@ -65,9 +65,10 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
         assert (out / name).is_file(), name
     rows = read_rows(out / "metrics.csv")
     assert len(rows) == 1 and list(rows[0]) == METRICS_COLUMNS + detection.quality_columns([])
-    text = ("task", "access", "source", "storage", "errors")
+    text = ("task", "access", "source", "storage", "errors", "pretrained")
     row = {k: (v if k in text else float(v)) for k, v in rows[0].items()}
     assert (row["task"], row["access"], row["source"]) == ("detection", access, source)
+    assert row["pretrained"] == "False"  # --no-pretrained: a result judged knowing it
     assert row["storage"] == "fs" and row["errors"] == "" and row["retries"] == 0
     assert row["samples"] == 4 and row["skipped"] == 0
     assert row["requests"] == (1 if source == "shards" else 4)  # one shard, or one per image
@@ -102,6 +103,8 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["requests"] == row["requests"] and summary["bytes_read"] == row["bytes_read"]
     assert summary["last_epoch"]["epoch"] == 1
+    assert summary["pretrained"] is False and info["pretrained"] is False
+    assert "trained from scratch (model.pretrained false)" in (out / "benchmark.log").read_text()
 
 
 def test_resume_continues_from_the_checkpoint(voc_root, tmp_path):
@@ -110,6 +113,8 @@ def test_resume_continues_from_the_checkpoint(voc_root, tmp_path):
     assert train(voc_root, out, "--access", "random", "--epochs", "2", "--resume") == 0
     assert [r["epoch"] for r in read_rows(out / "metrics.csv")] == ["1", "2"]
     assert "resuming from" in (out / "benchmark.log").read_text()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)  # tensors and plain values only
+    assert ckpt["epoch"] == 2 and ckpt["pretrained"] is False
 
 
 def test_user_errors_print_one_line_and_exit_2(voc_root, tmp_path, capsys):

@@ -47,11 +47,13 @@ def build_model(
 
     Returns:
         ``(model, spec)``; ``spec`` is what :func:`models.classifier.load_trained_classifier`
-        and the serving handler rebuild the model from.
+        and the serving handler rebuild the model from, and says whether the ImageNet weights
+        were really loaded (``pretrained``).
     """
     arch, grayscale = cfg.model.arch, cfg.model.grayscale
+    loaded = False
     if pretrained:
-        model, _ = build_pretrained_classifier(arch, len(classes), grayscale=grayscale)
+        model, loaded = build_pretrained_classifier(arch, len(classes), grayscale=grayscale)
     else:
         model = build_classifier(
             arch, len(classes), grayscale=grayscale, image_size=cfg.model.image_size
@@ -62,6 +64,7 @@ def build_model(
         "num_classes": len(classes),
         "image_size": cfg.model.image_size,
         "grayscale": grayscale,
+        "pretrained": loaded,
     }
     return model, spec
 

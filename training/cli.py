@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from pipelines.records import DatasetError
@@ -120,15 +121,22 @@ def data_overrides(value: str) -> list[str]:
     prefixes = [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in paths]
     return [
         "storage.type=fs",
-        f"storage.root={root!r}",
+        f"storage.root={_yaml_string(root)}",
         f"storage.prefixes={_yaml_list(['' if p == '.' else p for p in prefixes])}",
         *common,
     ]
 
 
+def _yaml_string(text: str) -> str:
+    """``text`` as a double-quoted YAML scalar, for any path: JSON's string syntax is YAML's
+    double-quoted style (YAML 1.2, section 7.3.1), escapes for backslashes and quotes
+    included; Python's ``repr`` is not (``'it\\'s'`` is no YAML)."""
+    return json.dumps(text)
+
+
 def _yaml_list(items: list[str]) -> str:
-    """A YAML flow list of quoted strings (safe for any path)."""
-    return "[" + ", ".join(repr(item) for item in items) + "]"
+    """A YAML flow list of double-quoted strings (safe for any path)."""
+    return "[" + ", ".join(_yaml_string(item) for item in items) + "]"
 
 
 def user_message(exc: Exception) -> str:

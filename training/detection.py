@@ -53,7 +53,8 @@ def build_model(
 
     Returns:
         ``(model, spec)``; ``spec`` is what :func:`models.detector.load_trained_detector` and
-        the serving handler rebuild the model from.
+        the serving handler rebuild the model from, and says whether the COCO weights were
+        really loaded (``pretrained``: they may not be cached nor downloadable).
     """
     num_classes = len(classes) + LABEL_OFFSET
     sampling = sampling_options(cfg)
@@ -67,6 +68,7 @@ def build_model(
         "num_classes": num_classes,
         "frozen_bn": frozen_bn,
         "image_size": cfg.model.image_size,
+        "pretrained": frozen_bn,  # COCO weights were loaded (frozen_bn is set exactly then)
     }
     return model, spec
 

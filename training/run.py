@@ -47,6 +47,7 @@ METRICS_COLUMNS = [
     "access",
     "source",
     "storage",
+    "pretrained",
     "samples",
     "skipped",
     "boxes_dropped",
@@ -221,6 +222,14 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     train_loader, eval_loader = loaders[True], loaders[False]
 
     model, spec = task.build_model(cfg, classes, pretrained=cfg.model.pretrained)
+    pretrained = spec["pretrained"]
+    if pretrained:
+        log.info("model %s: starts from pretrained weights", cfg.model.arch)
+    elif cfg.model.pretrained:
+        log.info("model %s: trained from scratch (its pretrained weights could not be had)",
+                 cfg.model.arch)  # fmt: skip
+    else:
+        log.info("model %s: trained from scratch (model.pretrained false)", cfg.model.arch)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.train.optimizer == "adamw":
@@ -249,8 +258,9 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             raise DatasetError(
                 f"--resume: no checkpoint at {checkpoint_path}; train without --resume first"
             )
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
+        pretrained = spec["pretrained"] = ckpt.get("pretrained", pretrained)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         rows, steps = ckpt["metrics"], ckpt["steps"]
@@ -289,6 +299,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             "access": cfg.access.mode,
             "source": pattern,
             "storage": cfg.storage.type,
+            "pretrained": pretrained,
             "boxes_dropped": train_counts.dropped,
             "lr": optimizer.param_groups[0]["lr"],
             **quality,
@@ -321,6 +332,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
                 "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(),
                 "epoch": epoch,
+                "pretrained": pretrained,
                 "args": cfg.to_dict(),
                 "metrics": rows,
                 "steps": steps,
@@ -331,7 +343,7 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     last = rows[-1]
     run_epochs = rows[first_epoch - 1 :]  # this invocation's; earlier ones came from the checkpoint
     summary = run_summary(run_epochs, run_requests) if run_epochs else {}
-    write_json(out / "summary.json", {**summary, "last_epoch": last})
+    write_json(out / "summary.json", {**summary, "pretrained": pretrained, "last_epoch": last})
     if summary:
         log.info(
             "storage over epochs %d-%d: %d requests, %.0f bytes/request, %d retries, "
