@@ -48,7 +48,7 @@ TRAIN_DATA = $(if $(and $(filter classification,$(TASK)),$(filter configs/classi
 
 .PHONY: setup train cells resume shards predict bench bench-memory synth archive serve stop status \
 	s3-up s3-upload s3-down \
-	test test-unit lint clean help
+	test test-unit fuzz lint clean help
 
 help:
 	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
@@ -131,6 +131,11 @@ test: $(READY)
 
 test-unit: $(READY)
 	$(PY) -m pytest -m "not integration"
+
+# The damaged-shard property test at length: 20,000 cases per property, fresh seeds (~15 min).
+fuzz: $(READY)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_fuzz_shards.py \
+		--hypothesis-show-statistics -W ignore::hypothesis.errors.HypothesisWarning
 
 lint: $(READY)
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
