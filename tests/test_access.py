@@ -213,6 +213,7 @@ def test_fs_open_asks_the_kernel_to_read_the_file_ahead(tmp_path):
     assert storage.read("shard.tar") == data and storage.take_stats().requests == 2
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
 @pytest.mark.parametrize("access", ["random", "shards", "objects"])
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_steps_are_the_batches_the_loader_really_yields(voc_root, access, workers):
