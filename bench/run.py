@@ -232,7 +232,8 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
     (peer name → error) for peers that failed.
 
     Raises:
-        Exception: the first failure, with ``bench.on_error: stop`` (after its row is written).
+        Exception: the first failure, with ``bench.on_error: stop`` (a failed pass's row is
+            written first; a storage that cannot be prepared has no row yet).
     """
     if "train" in cfg.bench.modes and not cfg.bench.decode:
         raise ConfigError(
@@ -299,7 +300,11 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
                 failed(case, 0, unprepared[key])
                 continue
             prep = prepared[key]
-            classes = classes or class_names(cfg, prep.records)
+            try:
+                classes = classes or class_names(cfg, prep.records)
+            except Exception as exc:
+                failed(case, 0, exc)
+                continue
             for pass_index in range(cfg.bench.passes):
                 try:
                     row, case_steps, base = run_pass(
@@ -315,7 +320,14 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
                 write_tables(out, results, steps)
 
         if cfg.bench.peers:
-            for name, measure in _peer_measurements(cfg, prepared):
+            try:
+                measurements = list(_peer_measurements(cfg, prepared))
+            except Exception as exc:
+                if stop:
+                    raise
+                measurements = []
+                peer_errors["peers"] = error_text(exc)
+            for name, measure in measurements:
                 try:
                     peers[name] = measure()
                 except Exception as exc:

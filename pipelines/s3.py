@@ -142,7 +142,7 @@ class S3Storage:
         self._reset_process_state()
 
     def __repr__(self) -> str:
-        endpoint = f", endpoint_url={_safe_url(self.endpoint_url)!r}" if self.endpoint_url else ""
+        endpoint = f", endpoint_url={safe_url(self.endpoint_url)!r}" if self.endpoint_url else ""
         return f"S3Storage({self.bucket!r}, {self.prefix!r}{endpoint})"
 
     def _check_process(self) -> None:
@@ -260,9 +260,9 @@ class S3Storage:
 
     def _endpoint_for_messages(self) -> str:
         if self.endpoint_url:
-            return _safe_url(self.endpoint_url)
+            return safe_url(self.endpoint_url)
         client = self._client if self._pid == os.getpid() else None
-        return _safe_url(client.meta.endpoint_url) if client is not None else "AWS S3"
+        return safe_url(client.meta.endpoint_url) if client is not None else "AWS S3"
 
     def describe(self, key: str = "") -> str:
         """``s3://bucket/prefix/key``, plus `` (endpoint URL)`` for a custom endpoint.
@@ -271,7 +271,7 @@ class S3Storage:
         """
         path = "/".join(p for p in (self.bucket, self._key(key)) if p)
         if self.endpoint_url:
-            return f"s3://{path} (endpoint {_safe_url(self.endpoint_url)})"
+            return f"s3://{path} (endpoint {safe_url(self.endpoint_url)})"
         return f"s3://{path}"
 
     def _where(self, key: str | None) -> str:
@@ -723,7 +723,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """``url`` without any ``user:password@`` part."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from pipelines.s3 import safe_url
 from pipelines.storage import ObjectNotFound, RequestStats, StorageError
 
 #: Bytes per ranged GET of a streaming read (:meth:`S3ConnectorStorage.open`): two of the CRT
@@ -28,8 +29,18 @@ from pipelines.storage import ObjectNotFound, RequestStats, StorageError
 #: MiB; 32 MiB: +73.6 MiB); the library's sequential reader held the whole shard (+1554 MiB).
 STREAM_WINDOW = 16 * 2**20
 
-_MISSING = ("nosuchkey", "not found", "does not exist", "404", "nosuchbucket")
-_NO_RANGE = ("invalidrange", "416", "range not satisfiable")
+#: How the CRT client's errors say that an object is missing, and that a range starts past the
+#: end of an object (matched in the error's text, which also holds the response's body: a bare
+#: "404" or "416" could be part of a key or a request id).
+_MISSING = (
+    "nosuchkey",
+    "nosuchbucket",
+    "the key does not exist",
+    "the object was not found",
+    "bucket does not exist",
+    "response_status: 404",
+)
+_NO_RANGE = ("response_status: 416", "<code>invalidrange</code>")
 
 
 class S3ConnectorStorage:
@@ -142,8 +153,9 @@ class S3ConnectorStorage:
         return f"s3://{self.bucket}/{key}"
 
     def describe(self, key: str = "") -> str:
-        """``s3://bucket/key (endpoint URL, s3torchconnector)``; never credentials."""
-        endpoint = self.endpoint_url or f"AWS {self.region}"
+        """``s3://bucket/key (endpoint URL, s3torchconnector)``; never credentials (a
+        ``user:password@`` in the endpoint URL is left out)."""
+        endpoint = safe_url(self.endpoint_url) if self.endpoint_url else f"AWS {self.region}"
         return f"{self._uri(key)} ({endpoint}, s3torchconnector)"
 
     def _fail(self, exc: Exception, key: str, action: str) -> StorageError:
@@ -178,13 +190,13 @@ class S3ConnectorStorage:
         stream.next_get()
         return stream
 
-    def _get(self, key: str, action: str, get):
+    def _get(self, key: str, action: str, get, *, ranged: bool):
         """Send one GET (``get()`` returns the CRT's iterator of parts), count it and wait for
         its first part (its time is the request's TTFB).
 
         Returns:
-            ``(first part, the other parts)``, or None for a range that starts at or past the
-            end of the object (HTTP 416).
+            ``(first part, the other parts)``, or None for a ``ranged`` GET whose range starts
+            at or past the end of the object (HTTP 416, InvalidRange).
 
         Raises:
             StorageError: the request failed (:class:`ObjectNotFound` for a missing object).
@@ -194,9 +206,11 @@ class S3ConnectorStorage:
             parts = get()
             first = next(parts, b"")
         except Exception as exc:  # noqa: BLE001 - the CRT raises S3Exception and others
-            if any(m in str(exc).lower() for m in _NO_RANGE):
+            if ranged and any(m in str(exc).lower() for m in _NO_RANGE):
                 self._count_request(time.perf_counter() - began)
                 return None
+            with self._stats_lock:  # a failed GET is a request too, as for boto3
+                self._stats.requests += 1
             raise self._fail(exc, key, action) from None
         self._count_request(time.perf_counter() - began)
         return first, parts
@@ -317,13 +331,12 @@ class S3ConnectorStorage:
             raise self._fail(exc, key, f"upload {path} to") from None
 
     def delete(self, key: str) -> None:
-        """Remove the object (a missing one is fine)."""
+        """Remove the object (a missing one is fine, and not counted as an error)."""
         try:
             self.client().delete_object(self.bucket, key)
         except Exception as exc:  # noqa: BLE001
-            error = self._fail(exc, key, "delete")
-            if not isinstance(error, ObjectNotFound):
-                raise error from None
+            if not any(m in str(exc).lower() for m in _MISSING):
+                raise self._fail(exc, key, "delete") from None
 
 
 class ObjectStream:
@@ -378,6 +391,7 @@ class ObjectStream:
             self._key,
             self._action,
             lambda: self._get_stream(None, None) if unranged else self._get_stream(start, stop),
+            ranged=not unranged,
         )
         if got is None:
             self._parts = None

@@ -41,7 +41,6 @@ HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = Path(".s3")
 DEFAULT_BUCKET = "dss-bench"
 DEFAULT_REGION = "us-east-1"
-ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "S3_ENDPOINT")
 
 
 class LocalS3Error(Exception):
@@ -357,7 +356,7 @@ def read_env_file(path: str | os.PathLike) -> dict[str, str]:
     """The ``KEY=value`` pairs of an env file (``export`` and ``#`` comments allowed).
 
     Raises:
-        LocalS3Error: the file does not exist.
+        LocalS3Error: the file does not exist or cannot be read.
     """
     try:
         text = Path(path).read_text()
@@ -366,6 +365,8 @@ def read_env_file(path: str | os.PathLike) -> dict[str, str]:
             f"{path} not found: start the local server (python -m scripts.s3_local up) or set "
             "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_ENDPOINT, S3_BUCKET"
         ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LocalS3Error(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     values = {}
     for line in text.splitlines():
         line = line.strip()
@@ -386,13 +387,13 @@ def local_server_env(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict[s
     meant for AWS or a DSS cluster to 127.0.0.1 with the dead server's keys.
     """
     state = running_server(state_dir)
-    if state is None or not endpoint_answers(int(state["port"])):
-        return None
     try:
+        if state is None or not endpoint_answers(int(state["port"])):
+            return None
         values = read_env_file(state_paths(state_dir)["env"])
-    except LocalS3Error:
+        return values if values.get("S3_ENDPOINT") == state["endpoint"] else None
+    except (LocalS3Error, KeyError, ValueError, TypeError):  # a damaged state or env file
         return None
-    return values if values.get("S3_ENDPOINT") == state["endpoint"] else None
 
 
 @dataclass(frozen=True)
@@ -424,14 +425,18 @@ def resolve_s3(
 ) -> S3Target:
     """Choose the endpoint, bucket and credentials of a run.
 
-    In order: the endpoint named by the run (``endpoint``, from the config or a flag), then
-    ``S3_ENDPOINT``; when neither names one, the local server of ``state_dir`` if it is
-    running and answering (:func:`local_server_env`), with its bucket and credentials; else
-    AWS. Credentials set by the user are never overwritten: the local server's are handed to
-    the client, not put into the environment. A stale env file is ignored with a warning.
+    In order: the endpoint named by the run (``endpoint``, from the config or a flag; ``""``
+    names AWS), then ``S3_ENDPOINT``; when neither names one, the local server of
+    ``state_dir`` if it is running and answering (:func:`local_server_env`), with its bucket
+    and credentials (its env file, as an absolute path); else AWS. The local server's keys are
+    for the client (:class:`pipelines.s3.S3Storage` reads them from the file), so credentials
+    set by the user in the environment stay as they are. A stale env file is ignored with a
+    warning.
     """
-    named = endpoint or os.environ.get("S3_ENDPOINT") or None
     bucket = bucket or os.environ.get("S3_BUCKET") or None
+    if endpoint == "":
+        return S3Target(None, bucket, region, None, "AWS (named)")
+    named = endpoint or os.environ.get("S3_ENDPOINT") or None
     if named is not None:
         return S3Target(named, bucket, region, None, "config" if endpoint else "S3_ENDPOINT")
     local = local_server_env(state_dir)
@@ -441,7 +446,7 @@ def resolve_s3(
             local["S3_ENDPOINT"],
             bucket or local.get("S3_BUCKET"),
             region or local.get("AWS_DEFAULT_REGION"),
-            env_path,
+            env_path.resolve(),
             f"the local server of `make s3-up` ({env_path})",
         )
     if env_path.exists():

@@ -16,6 +16,7 @@ be copied or uploaded under another prefix and still be read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -302,44 +303,82 @@ def read_manifest(storage: Storage, prefix: str) -> Manifest | None:
         ) from None
 
 
-def changed_sources(storage: Storage, records: list[Record], manifest: Manifest) -> list[str]:
+@dataclass
+class SourceCheck:
+    """What :func:`changed_sources` found.
+
+    Attributes:
+        changed: one line per sample whose data changed (``"<id>: annotation changed"``,
+            ``"<id>: image changed (<where>)"``, ``"<id>: image missing (<where>)"``), or one
+            line saying that the manifest records no sources (an older manifest).
+        new_versions: image id → its new storage version, for images with a new version
+            but the same bytes (a copy without modification times, a rewrite of the same
+            file): the shards still hold them; the manifest can record the new versions.
+    """
+
+    changed: list[str]
+    new_versions: dict[str, str]
+
+
+def changed_sources(storage: Storage, records: list[Record], manifest: Manifest) -> SourceCheck:
     """What changed in the data since the shards of ``manifest`` were written from it.
 
     For each record (matched by image id): the annotation it would be written with now against
     the recorded digest, and its image's size and version (:meth:`Storage.versions`: one stat
     per file on a filesystem, listings of the image folders on S3) against the recorded ones.
-    An image whose version differs but whose S3 ETag is the recorded MD5 (a single-part
-    upload of the same bytes, e.g. shards written on a filesystem and uploaded with the
-    images) is unchanged; any other new version counts as a change (a file copied without
-    its modification time, rewritten with the same bytes: the shards are rewritten once).
+    An image whose size is the same but whose version is not is compared by content: an S3
+    ETag that is the recorded MD5 (a single-part upload of the same bytes, e.g. shards written
+    on a filesystem and uploaded with the images) settles it without a read; otherwise the
+    image is read and hashed (after a copy that did not keep modification times, once: the
+    caller records the new versions).
 
-    Returns:
-        One line per changed sample (``"<id>: annotation changed"``, ``"<id>: image
-        changed"``, ``"<id>: image missing"``), or every line saying the manifest records no
-        sources (an older manifest); empty when the shards still hold the data.
+    Raises:
+        pipelines.storage.StorageError: the storage cannot be listed or an image read.
     """
     if manifest.sources is None:
-        return ["the manifest was written by an older version and records no sources"]
+        return SourceCheck(
+            ["the manifest was written by an older version and records no sources"], {}
+        )
     versions = storage.versions([r.image_key for r in records])
-    changed = []
+    check = SourceCheck([], {})
     for record in records:
         stamp = manifest.sources.get(record.id)
+        where = storage.describe(record.image_key)
         if stamp is None:
-            changed.append(f"{record.id}: not in the shards")
-            continue
-        if annotation_digest(annotation_bytes(record)) != stamp.annotation_sha256:
-            changed.append(f"{record.id}: annotation changed")
-            continue
-        found = versions.get(record.image_key)
-        if found is None:
-            changed.append(f"{record.id}: image missing ({storage.describe(record.image_key)})")
-            continue
-        nbytes, version = found
-        if nbytes != stamp.image_bytes or (
-            version != stamp.image_version and version.strip('"') != stamp.image_md5
-        ):
-            changed.append(f"{record.id}: image changed ({storage.describe(record.image_key)})")
-    return changed
+            check.changed.append(f"{record.id}: not in the shards")
+        elif annotation_digest(annotation_bytes(record)) != stamp.annotation_sha256:
+            check.changed.append(f"{record.id}: annotation changed")
+        elif record.image_key not in versions:
+            check.changed.append(f"{record.id}: image missing ({where})")
+        else:
+            nbytes, version = versions[record.image_key]
+            if nbytes != stamp.image_bytes:
+                check.changed.append(f"{record.id}: image changed ({where})")
+            elif version != stamp.image_version and version.strip('"') != stamp.image_md5:
+                image = storage.read(record.image_key)
+                if hashlib.md5(image, usedforsecurity=False).hexdigest() == stamp.image_md5:
+                    check.new_versions[record.id] = version
+                else:
+                    check.changed.append(f"{record.id}: image changed ({where})")
+    return check
+
+
+def record_versions(storage: Storage, prefix: str, manifest: Manifest, versions: dict) -> None:
+    """Write the manifest again with the images' new ``versions`` (image id → version), so
+    that the next check does not read them again (see :class:`SourceCheck`).
+
+    Raises:
+        pipelines.storage.StorageError: the manifest cannot be written (read-only storage).
+    """
+    stamps = [
+        dataclasses.replace(manifest.sources[i], image_version=versions[i])
+        if i in versions
+        else manifest.sources[i]
+        for shard in manifest.shards
+        for i in shard.ids
+    ]
+    data = _manifest_json(manifest.shards, stamps, manifest.target_bytes)
+    storage.write(f"{prefix}/{MANIFEST}", data)
 
 
 def iter_shard(
@@ -375,7 +414,10 @@ def iter_shard(
         pipelines.storage.StorageError: the shard cannot be opened.
     """
     where = storage.describe(shard.key)
-    stream = CountingReader(stream if stream is not None else storage.open(shard.key))
+    stream = CountingReader(
+        stream if stream is not None else storage.open(shard.key),
+        checksum=shard.crc32 is not None,
+    )
     limit = shard.bytes or None
     count, given_bytes, given_s = 0, 0, 0.0
     pending = None

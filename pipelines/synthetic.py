@@ -45,7 +45,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from pipelines.storage import FileSystemStorage, Storage, StorageError
+from pipelines.storage import PrefixNotFound, Storage
 
 KB = 1000  # bytes: KB means 10^3 bytes throughout
 
@@ -454,16 +454,16 @@ def existing_dataset_key(storage: Storage) -> str | None:
 
 
 def _first_key(storage: Storage, prefix: str) -> str | None:
-    try:
-        keys = storage.list(prefix, allow_empty=True)  # S3Storage
-    except TypeError:
-        keys = storage.list(prefix)
+    """The first key under ``prefix``, or None when nothing is there.
+
+    Raises:
+        StorageError: the listing failed (only a missing prefix means "nothing there").
+    """
+    keys = storage.list(prefix)
     try:
         return next(iter(keys), None)
-    except StorageError:
-        if isinstance(storage, FileSystemStorage):  # the folder does not exist
-            return None
-        raise
+    except PrefixNotFound:
+        return None
     finally:
         close = getattr(keys, "close", None)
         if close is not None:

@@ -10,8 +10,9 @@ Usage (from the repository root)::
 ``up`` starts the server in the background with fresh random credentials, serving
 ``.s3/data/`` (each sub-folder is a bucket), and writes them to ``.s3/env`` (mode 0600; load it
 with ``set -a; . .s3/env; set +a``). The secret is never printed. ``upload`` copies a directory
-tree to ``s3://$S3_BUCKET/<prefix>/``; unless ``S3_ENDPOINT`` or ``S3_BUCKET`` is set in the
-environment, it takes endpoint, bucket and credentials from ``.s3/env``.
+tree to a bucket: the endpoint of ``--endpoint``, else ``S3_ENDPOINT``, else the running local
+server's, whose bucket and keys it then uses (read from ``.s3/env`` by the client; credentials
+in the environment are left as they are).
 Exit status: 0 success; 1 a one-line error; ``status`` exits 3 when no server runs.
 """
 

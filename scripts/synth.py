@@ -8,9 +8,10 @@ Size presets (KB = 10^3 bytes): flowers ~62 KB mean, openimages ~315 KB, mlperf 
 images the same target); --mean-kb / --std-kb override them (lognormal sizes unless
 --distribution normal, which is clipped to at least 2 KB). Same arguments, same bytes.
 
-S3 targets: the endpoint comes from --endpoint, else $S3_ENDPOINT, else the local server's env
-file (.s3/env, from `python -m scripts.s3_local up`), else AWS; credentials only from the AWS
-chain (environment, profile) or that env file, never from the command line. The bucket must
+S3 targets: the endpoint comes from --endpoint (empty: AWS), else $S3_ENDPOINT, else the local
+server of `python -m scripts.s3_local up` while it runs (its state folder is the env file's:
+.s3/), else AWS; credentials only from the AWS chain (environment, profile) or that server's
+env file, never from the command line. The bucket must
 exist. An existing dataset at the target is refused unless --overwrite (which replaces the keys
 it writes and keeps the others).
 Exit status: 0 written; 2 a one-line error; 130 interrupted.
@@ -93,18 +94,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--env-file",
         type=Path,
         default=DEFAULT_STATE_DIR / "env",
-        help="local S3 server env file, read when $S3_ENDPOINT is unset (default: .s3/env)",
+        help="the local S3 server's env file, in its state folder; used while that server runs "
+        "and no endpoint is named (default: .s3/env)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def open_target(out: str, endpoint: str | None, env_file: Path, write_threads: int) -> Storage:
-    """The storage of ``--out``: a :class:`FileSystemStorage` or an ``S3Storage``.
+    """The storage of ``--out``: a :class:`FileSystemStorage` or an ``S3Storage`` (endpoint
+    and credentials: :func:`pipelines.s3_local.resolve_s3`, with ``env_file``'s folder as the
+    local server's state folder).
 
     Raises:
         SynthError: ``out`` is an existing file, or an S3 URI without a bucket.
-        LocalS3Error: the env file cannot be read.
     """
     if not out.startswith("s3://"):
         path = Path(out)

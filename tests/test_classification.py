@@ -123,7 +123,7 @@ def test_two_sources_with_the_same_classes_are_read_as_one_dataset(voc_root, tmp
 def test_data_overrides_for_s3_urls_and_refusals():
     assert data_overrides("s3://bkt/a,s3://bkt/b/")[:3] == [
         "storage.type=s3",
-        "storage.bucket=bkt",
+        'storage.bucket="bkt"',
         'storage.prefixes=["a", "b"]',
     ]
     with pytest.raises(ConfigError, match="same bucket"):

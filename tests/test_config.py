@@ -100,3 +100,18 @@ def test_data_paths_with_backslashes_and_both_quotes_survive_the_overrides(tmp_p
         ]
     args = argparse.Namespace(config=None, set=[], s3_prefix='a\\b,"c",it\'s', data=None)
     assert config_from_args(args).storage.prefixes == ["a\\b", '"c"', "it's"]
+
+
+def test_string_flags_stay_strings_whatever_yaml_would_make_of_them():
+    import argparse
+
+    from training.cli import config_from_args
+
+    args = argparse.Namespace(
+        config=None, set=[], data=None, s3_prefix=None, out="runs #2", s3_bucket="123",
+        s3_endpoint="http://10.0.0.1:9000",
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.output.dir == "runs #2" and cfg.storage.bucket == "123"
+    args = argparse.Namespace(config=None, set=[], data="s3://2024-01-01/p", s3_prefix=None)
+    assert config_from_args(args).storage.bucket == "2024-01-01"

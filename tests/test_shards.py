@@ -319,3 +319,21 @@ def test_unchanged_data_reuses_the_shards_without_reading_images(split):
     _, written = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
     assert not written
     assert storage.take_stats().requests == 1  # the manifest; images are only stat'ed
+
+
+def test_same_bytes_with_a_new_modification_time_keep_the_shards(split, voc_root, caplog):
+    """A copy that did not keep modification times: the images are hashed once, the shards
+    kept, and the manifest records the new versions, so the next check reads nothing."""
+    storage, records = split
+    shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
+    for record in records[:3]:
+        os.utime(voc_root / record.image_key, ns=(10**18, 10**18))
+    storage.take_stats()
+    again, written = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
+    assert not written and again == shards
+    assert storage.take_stats().requests == 1 + 3  # reads: the manifest, three images hashed
+    assert "3 images in" in caplog.text and "new versions but the same bytes" in caplog.text
+    sources = read_manifest(storage, "shards/train").sources
+    assert sources[records[0].id].image_version == str(10**18)
+    _, written = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
+    assert not written and storage.take_stats().requests == 1  # ... then only the manifest

@@ -30,6 +30,9 @@ FLAG_KEYS = {
     "s3_prefix": "storage.prefixes",
 }
 
+#: Flags whose values are strings, whatever they look like to YAML (numbers, dates, ``#``).
+STRING_FLAGS = ("access", "storage", "out", "format", "arch", "s3_endpoint", "s3_bucket")
+
 #: Errors that are the user's to fix: printed as one line, exit status 2.
 USER_ERRORS = (ConfigError, DatasetError, StorageError, ShardError, LocalS3Error)
 
@@ -75,6 +78,8 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
             continue
         if flag == "s3_prefix":
             value = _yaml_list([p.strip() for p in value.split(",") if p.strip()])
+        elif flag in STRING_FLAGS:
+            value = _yaml_string(value)  # `--out "runs #2"`, `--s3-bucket 123` stay strings
         overrides.append(f"{key}={value}")
     return load_config(args.config, [*overrides, *extra, *args.set])
 
@@ -108,7 +113,7 @@ def data_overrides(value: str) -> list[str]:
         prefixes = [p[1].strip("/") if len(p) > 1 else "" for p in parts]
         return [
             "storage.type=s3",
-            f"storage.bucket={buckets.pop()}",
+            f"storage.bucket={_yaml_string(buckets.pop())}",
             f"storage.prefixes={_yaml_list(prefixes)}",
             *common,
         ]

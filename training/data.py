@@ -71,6 +71,7 @@ def open_storage(cfg: Config) -> DataSource:
     roots = tuple("" if p.strip("/") in ("", ".") else p.strip("/") for p in s.prefixes) or ("",)
     if s.type == "fs":
         return DataSource(FileSystemStorage(s.root), roots, "fs")
+    from pipelines.s3 import safe_url
     from pipelines.s3_local import resolve_s3
 
     target = resolve_s3(s.endpoint_url, s.bucket, s.region, LOCAL_S3_STATE)
@@ -106,7 +107,7 @@ def open_storage(cfg: Config) -> DataSource:
         credentials = storage.credentials_source()
     log.info(
         "S3 endpoint %s (from %s); credentials: %s",
-        target.endpoint or "AWS",
+        safe_url(target.endpoint) if target.endpoint else "AWS",
         target.source,
         credentials,
     )
@@ -118,16 +119,19 @@ def _local_keys_into_environment(env_file: Path) -> None:
     server's keys: set them when the environment has none, accept them when it has the same.
 
     Raises:
-        ConfigError: the environment holds other keys (they are never replaced).
+        ConfigError: the environment holds other keys or a session token (never replaced).
     """
     from pipelines.s3_local import read_env_file
 
     keys = {k: v for k, v in read_env_file(env_file).items() if k.startswith("AWS_")}
     user = os.environ.get("AWS_ACCESS_KEY_ID")
-    if user is not None and user != keys.get("AWS_ACCESS_KEY_ID"):
+    if (user is not None and user != keys.get("AWS_ACCESS_KEY_ID")) or (
+        "AWS_SESSION_TOKEN" in os.environ
+    ):
         raise ConfigError(
             "the local S3 server of `make s3-up` is running and no endpoint was named, but "
-            "AWS_ACCESS_KEY_ID holds other keys and storage.client_lib s3torchconnector reads "
+            "AWS_ACCESS_KEY_ID (or AWS_SESSION_TOKEN) holds other keys and storage.client_lib "
+            "s3torchconnector reads "
             "credentials from the environment only: name the endpoint (S3_ENDPOINT=...) to "
             f"use those keys, or load the server's ({env_file}) into the environment"
         )
