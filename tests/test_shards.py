@@ -324,6 +324,7 @@ def test_unchanged_data_reuses_the_shards_without_reading_images(split):
 def test_same_bytes_with_a_new_modification_time_keep_the_shards(split, voc_root, caplog):
     """A copy that did not keep modification times: the images are hashed once, the shards
     kept, and the manifest records the new versions, so the next check reads nothing."""
+    caplog.set_level("INFO")
     storage, records = split
     shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
     for record in records[:3]:
@@ -335,5 +336,6 @@ def test_same_bytes_with_a_new_modification_time_keep_the_shards(split, voc_root
     assert "3 images in" in caplog.text and "new versions but the same bytes" in caplog.text
     sources = read_manifest(storage, "shards/train").sources
     assert sources[records[0].id].image_version == str(10**18)
+    storage.take_stats()
     _, written = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
     assert not written and storage.take_stats().requests == 1  # ... then only the manifest
