@@ -14,16 +14,24 @@ import logging
 import math
 import random
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from pipelines.loaders import LoaderSettings, build_loader
-from pipelines.records import DatasetError
+from pipelines.loaders import EpochLoader, LoaderSettings, build_loader
+from pipelines.records import BoxCounts, DatasetError
+from pipelines.shards import ShardInfo
 from pipelines.storage import RequestStats
 from training.config import Config, ConfigError
-from training.data import access_pattern, class_names, load_split, open_storage, split_shards
+from training.data import (
+    DataSource,
+    access_pattern,
+    class_names,
+    load_split,
+    open_storage,
+    split_shards,
+)
 from training.engine import train_one_epoch
 from training.meter import request_summary
 from training.outputs import (
@@ -139,6 +147,8 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
 
 
 def _run(cfg: Config, out: Path, resume: bool) -> dict:
+    """The run, step by step: data and loaders, model and optimizer, resume, the epochs, the
+    summary."""
     log.debug("config: %s", cfg.to_dict())  # the log file only; the console gets its path
     log.info("config: %s", out / "config.yaml")
     write_yaml(out / "config.yaml", cfg.to_dict())
@@ -146,84 +156,155 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
     torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg.train.device)
     task = task_module(cfg.task)
-    source = open_storage(cfg)
-    storage = source.storage
-    log.info("storage: %s", storage.describe())
+    data = prepare_data(cfg, task)
+    training = build_training(cfg, task, data, device)
+    history = resume_from(out / "checkpoint.pt", training, device) if resume else History()
+    write_json(out / "index_to_name.json", task.index_to_name(data.classes))
+    write_json(out / "model.json", training.spec)
+    run_requests = run_epochs(cfg, task, data, training, history, device, out)
+    return write_summary(cfg, task, history, run_requests, out, pretrained=training.pretrained)
 
-    train_records, train_counts = load_split(source, cfg, cfg.dataset.train_split)
-    eval_records, eval_counts = load_split(source, cfg, cfg.dataset.eval_split)
-    for split, records, counts in (
-        (cfg.dataset.train_split, train_records, train_counts),
-        (cfg.dataset.eval_split, eval_records, eval_counts),
-    ):
-        if cfg.task == "classification":
-            found = Counter(r.label for r in records)
-            log.info(
-                "split %s: %d images (%s)",
-                split,
-                len(records),
-                ", ".join(f"{name} {n}" for name, n in sorted(found.items())),
-            )
-            continue
-        log.info(
-            "split %s: %d boxes kept, %d clipped to the image, %d degenerate dropped",
-            split,
-            counts.kept,
-            counts.clipped,
-            counts.dropped,
-        )
-        for where in counts.dropped_where:
-            log.info("dropped degenerate box: %s", where)
+
+@dataclass
+class RunData:
+    """What the data step prepared: the storage, both splits and their loaders.
+
+    Attributes:
+        source: the opened storage and dataset roots.
+        pattern: the access pattern (``random``, ``shards``, ``objects``).
+        train_records, eval_records: the splits' records.
+        train_counts: what the training split's reader kept and dropped (boxes).
+        classes: class names in label order.
+        train_loader, eval_loader: the loaders of both splits.
+    """
+
+    source: DataSource
+    pattern: str
+    train_records: list
+    eval_records: list
+    train_counts: BoxCounts
+    classes: list[str]
+    train_loader: EpochLoader
+    eval_loader: EpochLoader
+
+
+def prepare_data(cfg: Config, task) -> RunData:
+    """Open the storage, read both splits (logging what was kept), find or write the shards,
+    and build both loaders.
+
+    Raises:
+        DatasetError, pipelines.storage.StorageError, pipelines.shards.ShardError: with a
+            message for the user.
+    """
+    source = open_storage(cfg)
+    log.info("storage: %s", source.storage.describe())
+    splits = {}
+    for split in (cfg.dataset.train_split, cfg.dataset.eval_split):
+        records, counts = load_split(source, cfg, split)
+        log_split(cfg, split, records, counts)
+        splits[split] = records, counts
+    train_records, train_counts = splits[cfg.dataset.train_split]
+    eval_records, _ = splits[cfg.dataset.eval_split]
     classes = class_names(cfg, train_records)
     label_of = class_to_index(task, classes)
-
-    settings = LoaderSettings(**asdict(cfg.loader))
     pattern = access_pattern(cfg)
     loaders = {}
     for name, records, train in (
         (cfg.dataset.train_split, train_records, True),
         (cfg.dataset.eval_split, eval_records, False),
     ):
-        shards = None
-        if pattern == "shards":
-            prefix, shards, written = split_shards(
-                source,
-                cfg,
-                name,
-                records,
-                on_shard=lambda s: log.info(
-                    "wrote shard %s (%d bytes, %d samples)",
-                    storage.describe(s.key),
-                    s.bytes,
-                    s.samples,
-                ),
-            )
-            log.info(
-                "%s shards for split %s in %s: %d shards, %d bytes",
-                "wrote" if written else "reusing",
-                name,
-                storage.describe(prefix),
-                len(shards),
-                sum(s.bytes for s in shards),
-            )
+        shards = find_shards(source, cfg, name, records) if pattern == "shards" else None
         loaders[train] = build_loader(
-            storage,
+            source.storage,
             records,
             access=pattern,
             transform=task.transform(cfg, train),
             class_to_index=label_of,
-            settings=settings,
+            settings=LoaderSettings(**asdict(cfg.loader)),
             shuffle=train and cfg.access.shuffle,
             seed=cfg.train.seed,
             shards=shards,
             shuffle_buffer=cfg.access.shuffle_buffer,
             concurrency=cfg.access.concurrency,
         )
-    train_loader, eval_loader = loaders[True], loaders[False]
+    return RunData(
+        source, pattern, train_records, eval_records, train_counts, classes,
+        loaders[True], loaders[False],
+    )  # fmt: skip
 
-    model, spec = task.build_model(cfg, classes, pretrained=cfg.model.pretrained)
-    pretrained = spec["pretrained"]
-    if pretrained:
+
+def log_split(cfg: Config, split: str, records: list, counts: BoxCounts) -> None:
+    """Log what a split holds: images per class, or the boxes kept, clipped and dropped."""
+    if cfg.task == "classification":
+        found = Counter(r.label for r in records)
+        log.info(
+            "split %s: %d images (%s)",
+            split,
+            len(records),
+            ", ".join(f"{name} {n}" for name, n in sorted(found.items())),
+        )
+        return
+    log.info(
+        "split %s: %d boxes kept, %d clipped to the image, %d degenerate dropped",
+        split,
+        counts.kept,
+        counts.clipped,
+        counts.dropped,
+    )
+    for where in counts.dropped_where:
+        log.info("dropped degenerate box: %s", where)
+
+
+def find_shards(source: DataSource, cfg: Config, split: str, records: list) -> list[ShardInfo]:
+    """The split's shards, written when missing or stale (logged either way)."""
+    storage = source.storage
+    prefix, shards, written = split_shards(
+        source,
+        cfg,
+        split,
+        records,
+        on_shard=lambda s: log.info(
+            "wrote shard %s (%d bytes, %d samples)", storage.describe(s.key), s.bytes, s.samples
+        ),
+    )
+    log.info(
+        "%s shards for split %s in %s: %d shards, %d bytes",
+        "wrote" if written else "reusing",
+        split,
+        storage.describe(prefix),
+        len(shards),
+        sum(s.bytes for s in shards),
+    )
+    return shards
+
+
+@dataclass
+class Training:
+    """The model and what trains it.
+
+    Attributes:
+        model: the model, on its device.
+        spec: its ``model.json`` (what rebuilds it), with ``pretrained``.
+        optimizer, scheduler: AdamW or SGD; warm-up then cosine decay over every step the
+            training loader yields in all epochs (:func:`lr_lambda`).
+    """
+
+    model: torch.nn.Module
+    spec: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the model started from pretrained weights."""
+        return bool(self.spec["pretrained"])
+
+
+def build_training(cfg: Config, task, data: RunData, device: torch.device) -> Training:
+    """Build the model (logging whether it starts from pretrained weights), its optimizer and
+    its learning-rate schedule."""
+    model, spec = task.build_model(cfg, data.classes, pretrained=cfg.model.pretrained)
+    if spec["pretrained"]:
         log.info("model %s: starts from pretrained weights", cfg.model.arch)
     elif cfg.model.pretrained:
         log.info("model %s: trained from scratch (its pretrained weights could not be had)",
@@ -243,39 +324,61 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
         )
     # the steps the loader really yields: an iterable loader's workers each end with a partial
     # batch, so an epoch can have more than ceil(samples / batch size) (see build_loader)
-    total_steps = sum(train_loader.steps(e) for e in range(1, cfg.train.epochs + 1))
+    total_steps = sum(data.train_loader.steps(e) for e in range(1, cfg.train.epochs + 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, warmup_steps=min(100, max(1, total_steps // 10)))
     )
+    return Training(model, spec, optimizer, scheduler)
 
-    rows: list[dict] = []
-    run_requests = RequestStats()  # this invocation's epochs (TTFB lists are not checkpointed)
-    steps: list[dict] = []
-    first_epoch = 1
-    checkpoint_path = out / "checkpoint.pt"
-    if resume:
-        if not checkpoint_path.exists():
-            raise DatasetError(
-                f"--resume: no checkpoint at {checkpoint_path}; train without --resume first"
-            )
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        pretrained = spec["pretrained"] = ckpt.get("pretrained", pretrained)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        rows, steps = ckpt["metrics"], ckpt["steps"]
-        first_epoch = ckpt["epoch"] + 1
-        log.info("resuming from %s after epoch %d", checkpoint_path, ckpt["epoch"])
-        if first_epoch > cfg.train.epochs:
-            log.info(
-                "nothing to do: checkpoint is at epoch %d of %d", ckpt["epoch"], cfg.train.epochs
-            )
 
-    write_json(out / "index_to_name.json", task.index_to_name(classes))
-    write_json(out / "model.json", spec)
-    columns = METRICS_COLUMNS + task.quality_columns(classes)
+@dataclass
+class History:
+    """The epochs run so far: their ``metrics.csv`` rows and ``steps.csv`` rows (from a
+    checkpoint when resuming), and the first epoch still to run."""
 
-    for epoch in range(first_epoch, cfg.train.epochs + 1):
+    rows: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    first_epoch: int = 1
+
+
+def resume_from(path: Path, training: Training, device: torch.device) -> History:
+    """Load the checkpoint at ``path`` into ``training`` (model, optimizer, schedule, and
+    whether the run started from pretrained weights); return the epochs it holds.
+
+    Raises:
+        DatasetError: there is no checkpoint.
+    """
+    if not path.exists():
+        raise DatasetError(f"--resume: no checkpoint at {path}; train without --resume first")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    training.model.load_state_dict(ckpt["model"])
+    training.optimizer.load_state_dict(ckpt["optimizer"])
+    training.scheduler.load_state_dict(ckpt["lr_scheduler"])
+    training.spec["pretrained"] = ckpt.get("pretrained", training.pretrained)
+    log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
+    return History(ckpt["metrics"], ckpt["steps"], ckpt["epoch"] + 1)
+
+
+def run_epochs(
+    cfg: Config,
+    task,
+    data: RunData,
+    training: Training,
+    history: History,
+    device: torch.device,
+    out: Path,
+) -> RequestStats:
+    """Train and evaluate each epoch still to run; after each, write ``metrics.csv``,
+    ``steps.csv``, ``model.pt`` and ``checkpoint.pt``. Returns this invocation's storage
+    requests (TTFB lists are not checkpointed)."""
+    if history.first_epoch > cfg.train.epochs:
+        log.info("nothing to do: the checkpoint is at epoch %d of %d",
+                 history.first_epoch - 1, cfg.train.epochs)  # fmt: skip
+    run_requests = RequestStats()
+    columns = METRICS_COLUMNS + task.quality_columns(data.classes)
+    train_loader, eval_loader = data.train_loader, data.eval_loader
+    model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
+    for epoch in range(history.first_epoch, cfg.train.epochs + 1):
         train_loader.set_epoch(epoch)
         meter = train_one_epoch(
             model,
@@ -291,21 +394,21 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             eval_loader,
             device,
             num_samples=eval_loader.num_samples,
-            classes=classes,
+            classes=data.classes,
         )
         row = {
             **meter.summary(),
             "task": cfg.task,
             "access": cfg.access.mode,
-            "source": pattern,
+            "source": data.pattern,
             "storage": cfg.storage.type,
-            "pretrained": pretrained,
-            "boxes_dropped": train_counts.dropped,
+            "pretrained": training.pretrained,
+            "boxes_dropped": data.train_counts.dropped,
             "lr": optimizer.param_groups[0]["lr"],
             **quality,
         }
-        rows.append(row)
-        steps.extend(vars(s) for s in meter.steps)
+        history.rows.append(row)
+        history.steps.extend(vars(s) for s in meter.steps)
         run_requests.merge(meter.requests)
         log.info(
             "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, "
@@ -322,27 +425,39 @@ def _run(cfg: Config, out: Path, resume: bool) -> dict:
             row["loss"],
             task.describe(row),
         )
-        write_csv(out / "metrics.csv", rows, columns)
-        write_csv(out / "steps.csv", steps, STEP_COLUMNS)
+        write_csv(out / "metrics.csv", history.rows, columns)
+        write_csv(out / "steps.csv", history.steps, STEP_COLUMNS)
         save_torch(out / "model.pt", model.state_dict())
         save_torch(
-            checkpoint_path,
+            out / "checkpoint.pt",
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(),
                 "epoch": epoch,
-                "pretrained": pretrained,
+                "pretrained": training.pretrained,
                 "args": cfg.to_dict(),
-                "metrics": rows,
-                "steps": steps,
+                "metrics": history.rows,
+                "steps": history.steps,
             },
         )
-    if not rows:
+    return run_requests
+
+
+def write_summary(
+    cfg: Config, task, history: History, run_requests: RequestStats, out: Path, *, pretrained
+) -> dict:
+    """Write ``summary.json`` (this invocation's epochs, the last epoch's row) and log the
+    storage and summary lines; return the last epoch's row.
+
+    Raises:
+        DatasetError: no epoch ran at all.
+    """
+    if not history.rows:
         raise DatasetError("no epoch ran")
-    last = rows[-1]
-    run_epochs = rows[first_epoch - 1 :]  # this invocation's; earlier ones came from the checkpoint
-    summary = run_summary(run_epochs, run_requests) if run_epochs else {}
+    last = history.rows[-1]
+    run_epochs_rows = history.rows[history.first_epoch - 1 :]  # the earlier ones were resumed
+    summary = run_summary(run_epochs_rows, run_requests) if run_epochs_rows else {}
     write_json(out / "summary.json", {**summary, "pretrained": pretrained, "last_epoch": last})
     if summary:
         log.info(
