@@ -317,3 +317,22 @@ def test_make_crops_then_train_from_a_fresh_voc_copy(tmp_path):
     assert make_crops.main(["--src", str(voc), "--out", str(cells), "--splits", "train,test"]) == 0
     assert not list(cells.glob(".*"))  # no partial folder left behind
     assert train_cells(str(cells), tmp_path / "out", "--access", "random") == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_resumes_and_keeps_float32_weights(cells_root, tmp_path, precision):
+    """train.precision bf16/fp16 runs the forward passes under torch.autocast (fp16 with a
+    gradient scaler, checkpointed and resumed); the weights saved stay float32."""
+    out = tmp_path / "out"
+    mixed = ("--access", "random", "--set", f"train.precision={precision}")
+    assert train_cells(str(cells_root), out, *mixed) == 0
+    (row,) = read_rows(out / "metrics.csv")
+    assert math.isfinite(float(row["loss"])) and 0 <= float(row["top1"]) <= 1
+    assert f"precision {precision}: torch.autocast(cpu)" in (out / "benchmark.log").read_text()
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert bool(ckpt["grad_scaler"]) == (precision == "fp16")
+    assert train_cells(str(cells_root), out, *mixed, "--epochs", "2", "--resume") == 0
+    assert len(read_rows(out / "metrics.csv")) == 2

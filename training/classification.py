@@ -19,7 +19,7 @@ from tqdm import tqdm
 from models.classifier import build_classifier, build_pretrained_classifier
 from pipelines.samples import Batch, classification_transform
 from training.config import Config
-from training.engine import TrainingError, optimizer_step
+from training.engine import Precision, TrainingError, optimizer_step
 
 #: Label id of the first class (no background class).
 LABEL_OFFSET = 0
@@ -75,25 +75,29 @@ def step_fn(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
     epoch: int,
+    precision: Precision | None = None,
 ) -> Callable[[Batch, int], float]:
     """``compute`` for :func:`training.engine.measure_steps`: one optimizer step of
     cross-entropy on the batch (images stacked to float32 ``[B, 3, S, S]``, targets int64
-    ``[B]``); returns the mean loss of the batch.
+    ``[B]``), in ``precision`` (default fp32); returns the mean loss of the batch.
 
     Raises (from the returned function):
         TrainingError: the loss is not finite.
     """
 
+    precision = precision or Precision("fp32", device)
+
     def step(batch: Batch, index: int) -> float:
         images = torch.stack(batch.images).to(device, non_blocking=True)
         targets = torch.stack(batch.targets).to(device, non_blocking=True)
-        loss = F.cross_entropy(model(images), targets)
+        with precision.autocast():
+            loss = F.cross_entropy(model(images), targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise TrainingError(
                 f"loss is {loss_value} at epoch {epoch} step {index}; lower train.lr"
             )
-        optimizer_step(loss, optimizer, scheduler, device)
+        optimizer_step(loss, optimizer, scheduler, device, precision.scaler)
         return loss_value
 
     return step
@@ -121,11 +125,13 @@ def evaluate(
     *,
     num_samples: int,
     classes: list[str],
+    precision: Precision | None = None,
 ) -> dict:
     """Accuracy of the model on a split, with torchmetrics' ``MulticlassAccuracy``.
 
     Args:
         num_samples: images in the split (for the progress bar only).
+        precision: the forward passes run in it (:class:`training.engine.Precision`; fp32).
         classes: class names in index order.
 
     Returns:
@@ -137,6 +143,7 @@ def evaluate(
         ``eval_samples``, ``eval_skipped`` (undecodable images) and ``eval_s`` (seconds).
     """
     model.eval()
+    precision = precision or Precision("fp32", device)
     n = len(classes)
     top1 = MulticlassAccuracy(num_classes=n, top_k=1, average="micro")
     top5 = (
@@ -155,7 +162,8 @@ def evaluate(
         skipped += len(batch.errors)
         if not batch.images:
             continue
-        logits = model(torch.stack(batch.images).to(device)).cpu()
+        with precision.autocast():
+            logits = model(torch.stack(batch.images).to(device)).float().cpu()
         targets = torch.stack(batch.targets)
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         for metric in (top1, top5, per_class):

@@ -270,6 +270,13 @@ class TrainConfig:
     device: str = opt(
         "auto", "auto (cuda when available), cpu or cuda", kind=str, choices=("auto", "cpu", "cuda")
     )
+    precision: str = opt(
+        "fp32",
+        "fp32; bf16 or fp16: mixed precision (torch.autocast; fp16 with a gradient scaler), as "
+        "GPUs train",
+        kind=str,
+        choices=("fp32", "bf16", "fp16"),
+    )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from models.detector import build_detector, build_pretrained_detector
 from pipelines.samples import Batch, detection_transform
 from training.config import Config
-from training.engine import TrainingError, optimizer_step
+from training.engine import Precision, TrainingError, optimizer_step
 
 #: Label id of the first class: 0 is the background class of torchvision's detectors.
 LABEL_OFFSET = 1
@@ -79,21 +79,25 @@ def step_fn(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
     epoch: int,
+    precision: Precision | None = None,
 ) -> Callable[[Batch, int], float]:
     """``compute`` for :func:`training.engine.measure_steps`: one optimizer step of a detector
-    on the batch's list of images; returns the summed loss.
+    on the batch's list of images, in ``precision`` (default fp32); returns the summed loss.
 
     Raises (from the returned function):
         TrainingError: the loss is not finite.
     """
+
+    precision = precision or Precision("fp32", device)
 
     def step(batch: Batch, index: int) -> float:
         images = [img.to(device, non_blocking=True) for img in batch.images]
         targets = [
             {k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets
         ]
-        losses = model(images, targets)
-        loss = sum(losses.values())
+        with precision.autocast():
+            losses = model(images, targets)
+            loss = sum(losses.values())
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise TrainingError(
@@ -101,7 +105,7 @@ def step_fn(
                 f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); "
                 "lower train.lr or check the boxes"
             )
-        optimizer_step(loss, optimizer, scheduler, device)
+        optimizer_step(loss, optimizer, scheduler, device, precision.scaler)
         return loss_value
 
     return step
@@ -120,11 +124,13 @@ def evaluate(
     *,
     num_samples: int,
     classes: list[str],
+    precision: Precision | None = None,
 ) -> dict:
     """mAP of the model on a split, with torchmetrics' ``MeanAveragePrecision`` (COCO protocol).
 
     Args:
         num_samples: images in the split (for the progress bar only).
+        precision: the forward passes run in it (:class:`training.engine.Precision`; fp32).
 
     Returns:
         ``{"map_50": mAP@0.5, "map": mAP@[.5:.95], "eval_samples": n, "eval_skipped": k,
@@ -132,6 +138,7 @@ def evaluate(
         where predictions and targets both live.
     """
     model.eval()
+    precision = precision or Precision("fp32", device)
     metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
     started = time.perf_counter()
     samples = skipped = 0
@@ -141,8 +148,10 @@ def evaluate(
         skipped += len(batch.errors)
         if not batch.images:
             continue
-        outputs = model([img.to(device) for img in batch.images])
-        preds = [{k: v.cpu() for k, v in o.items()} for o in outputs]
+        with precision.autocast():
+            outputs = model([img.to(device) for img in batch.images])
+        preds = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
+                 for o in outputs]  # fmt: skip
         targets = [
             {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]}
             for t in batch.targets

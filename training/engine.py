@@ -7,6 +7,7 @@ a step computes comes from the task module (:mod:`training.detection`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -131,17 +132,56 @@ def measure_steps(
         return meter
 
 
+class Precision:
+    """The numeric precision a model trains and evaluates in (``train.precision``).
+
+    ``fp32``: plain float32. ``bf16`` / ``fp16``: automatic mixed precision
+    (``torch.autocast``: matrix products and convolutions in the lower precision, weights,
+    reductions and the optimizer in float32; PyTorch's "Automatic Mixed Precision" recipe);
+    ``fp16`` also scales the loss with a ``torch.amp.GradScaler`` so that small gradients do
+    not underflow (bf16 has float32's range and needs none).
+
+    Args:
+        name: ``fp32``, ``bf16`` or ``fp16``.
+        device: where the model runs (autocast and the scaler are per device type).
+    """
+
+    DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, name: str, device: torch.device):
+        if name not in self.DTYPES:
+            raise ValueError(f"precision {name!r} is not one of {', '.join(self.DTYPES)}")
+        self.name = name
+        self.device = device
+        self.dtype = self.DTYPES[name]
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+
+    def autocast(self):
+        """The context to run forward passes (and the loss) in."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
 def optimizer_step(
     loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Backpropagate ``loss`` (a scalar tensor) and step the optimizer and the LR schedule;
-    on CUDA, wait for the device to finish so that the step's compute time is all measured."""
+    """Backpropagate ``loss`` (a scalar tensor) and step the optimizer and the LR schedule
+    (through ``scaler`` for fp16: a scaled loss, unscaled gradients, a step skipped when they
+    overflowed); on CUDA, wait for the device to finish so that the step's compute time is all
+    measured."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     if scheduler is not None:
         scheduler.step()
     if device.type == "cuda":

@@ -32,7 +32,7 @@ from training.data import (
     open_storage,
     split_shards,
 )
-from training.engine import train_one_epoch
+from training.engine import Precision, train_one_epoch
 from training.meter import request_summary
 from training.outputs import (
     attach_log_file,
@@ -287,12 +287,14 @@ class Training:
         spec: its ``model.json`` (what rebuilds it), with ``pretrained``.
         optimizer, scheduler: AdamW or SGD; warm-up then cosine decay over every step the
             training loader yields in all epochs (:func:`lr_lambda`).
+        precision: ``train.precision`` (mixed precision and its gradient scaler).
     """
 
     model: torch.nn.Module
     spec: dict
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
 
     @property
     def pretrained(self) -> bool:
@@ -328,7 +330,11 @@ def build_training(cfg: Config, task, data: RunData, device: torch.device) -> Tr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, warmup_steps=min(100, max(1, total_steps // 10)))
     )
-    return Training(model, spec, optimizer, scheduler)
+    precision = Precision(cfg.train.precision, device)
+    if precision.dtype is not None:
+        log.info("precision %s: torch.autocast(%s)%s", precision.name, device.type,
+                 " with a gradient scaler" if precision.scaler else "")  # fmt: skip
+    return Training(model, spec, optimizer, scheduler, precision)
 
 
 @dataclass
@@ -354,6 +360,8 @@ def resume_from(path: Path, training: Training, device: torch.device) -> History
     training.model.load_state_dict(ckpt["model"])
     training.optimizer.load_state_dict(ckpt["optimizer"])
     training.scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if training.precision.scaler is not None and ckpt.get("grad_scaler"):
+        training.precision.scaler.load_state_dict(ckpt["grad_scaler"])
     training.spec["pretrained"] = ckpt.get("pretrained", training.pretrained)
     log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
     return History(ckpt["metrics"], ckpt["steps"], ckpt["epoch"] + 1)
@@ -382,7 +390,7 @@ def run_epochs(
         train_loader.set_epoch(epoch)
         meter = train_one_epoch(
             model,
-            task.step_fn(model, optimizer, scheduler, device, epoch),
+            task.step_fn(model, optimizer, scheduler, device, epoch, training.precision),
             train_loader,
             epoch,
             num_samples=train_loader.num_samples,
@@ -395,6 +403,7 @@ def run_epochs(
             device,
             num_samples=eval_loader.num_samples,
             classes=data.classes,
+            precision=training.precision,
         )
         row = {
             **meter.summary(),
@@ -434,6 +443,9 @@ def run_epochs(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(),
+                "grad_scaler": (
+                    training.precision.scaler.state_dict() if training.precision.scaler else {}
+                ),
                 "epoch": epoch,
                 "pretrained": training.pretrained,
                 "args": cfg.to_dict(),
