@@ -13,12 +13,19 @@ batch was paid more often than the storage could deliver batches.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
 from torchvision.transforms import v2
 
 from pipelines.object_stream import ObjectStreamDataset
@@ -63,20 +70,36 @@ class EpochLoader:
     Attributes:
         loader: the DataLoader; it yields :class:`pipelines.samples.Batch` es, or lists of
             them when ``grouped``.
-        num_samples: samples per epoch.
+        num_samples: samples per epoch (this rank's, about, with several ranks: for progress
+            bars).
         set_epoch: call with the epoch number before iterating, to vary the shuffle.
         steps: the number of batches the epoch given yields (see :func:`build_loader`).
+        share: the samples of the split that fall to this rank in the epoch given, before a
+            remainder is dropped to give every rank the same number of steps (one rank: the
+            whole split); what a rank does not train on of it is ``samples_dropped``.
         grouped: the DataLoader yields the lists of :class:`WorkerBatches`.
+        limit: a function of the epoch giving the most batches an epoch yields (the loader
+            stops there), or None for no limit.
     """
 
     loader: DataLoader
     num_samples: int
     set_epoch: Callable[[int], None]
     steps: Callable[[int], int]
+    share: Callable[[int], int] | None = None
     grouped: bool = False
+    limit: Callable[[int], int] | None = None
+    _epoch: int = 0
 
     def __iter__(self) -> Iterator[Batch]:
-        """The epoch's batches, one at a time, in the order the DataLoader delivers them."""
+        """The epoch's batches, one at a time, in the order the DataLoader delivers them (at
+        most ``limit(epoch)`` of them, for the epoch last set)."""
+        batches = self._batches()
+        if self.limit is not None:
+            batches = itertools.islice(batches, self.limit(self._epoch))
+        yield from batches
+
+    def _batches(self) -> Iterator[Batch]:
         if not self.grouped:
             yield from self.loader
             return
@@ -153,6 +176,9 @@ def build_loader(
     shuffle_buffer: int = 64,
     concurrency: int = 8,
     repeat: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    equal_steps: bool = False,
 ) -> EpochLoader:
     """Build the loader of one split for an access pattern.
 
@@ -165,6 +191,20 @@ def build_loader(
         repeat: epochs read per iteration of the loader, one after the other with no pause
             between them (each reshuffled as the next epoch; ``num_samples`` counts them all):
             the benchmark's warm passes. Training iterates one epoch at a time.
+        rank, world_size: this process's rank among ``world_size`` training processes
+            (torchrun): it loads its share of the split only. Random: a
+            ``DistributedSampler`` (the epoch's shuffle, the same on every rank, cut in
+            ``world_size`` parts), or without ``equal_steps`` every ``world_size``-th sample;
+            shards: every ``world_size``-th shard of the epoch's order, then split by worker;
+            objects: a contiguous slice of the listing, then split by worker.
+        equal_steps: every rank runs the same number of steps (DDP's collectives would wait
+            forever for a rank that stopped early): the remainder of the split is dropped,
+            never read twice. Random: ``drop_last`` (``samples % world_size`` samples, other
+            ones each epoch); objects: the same count, another part of the listing each
+            epoch; shards: every rank stops after the steps of the rank with the fewest
+            (``steps(epoch)``), since shards cannot be cut. What a rank drops of its
+            ``share`` is counted by the caller (``samples_dropped``). Evaluation passes False:
+            every sample once, ranks with different counts.
 
     The loader's ``steps(epoch)`` is the number of batches that epoch really yields. For an
     iterable-style dataset each DataLoader worker batches its own share and ends with its own
@@ -174,10 +214,14 @@ def build_loader(
     smaller count reaches its end before the last epoch does.
 
     Raises:
-        ValueError: unknown ``access``, ``"shards"`` without ``shards``, or ``repeat < 1``.
+        ValueError: unknown ``access``, ``"shards"`` without ``shards``, ``repeat < 1``, or
+            ``repeat > 1`` with several ranks.
     """
     if repeat < 1:
         raise ValueError(f"{repeat=} must be at least 1")
+    if repeat > 1 and world_size > 1:
+        raise ValueError(f"{repeat=} with {world_size=}: one epoch per iteration with ranks")
+    distributed = world_size > 1
     kwargs = dict(
         batch_size=settings.batch_size,
         num_workers=settings.num_workers,
@@ -189,11 +233,21 @@ def build_loader(
             prefetch_factor=settings.prefetch_factor,
             persistent_workers=settings.persistent_workers,
         )
+    limit = None
     if access == "random":
         dataset = MapStyleDataset(storage, records, transform, class_to_index)
         generator = torch.Generator()
         num_samples = len(dataset) * repeat
-        if shuffle:  # more samples than the dataset: one permutation after another
+        if distributed and equal_steps:
+            sampler = DistributedSampler(
+                dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                drop_last=True,
+            )  # fmt: skip
+            num_samples = len(sampler)
+        elif distributed:  # evaluation: every sample once, in order
+            sampler = list(range(rank, len(dataset), world_size))
+            num_samples = len(sampler)
+        elif shuffle:  # more samples than the dataset: one permutation after another
             sampler = RandomSampler(dataset, num_samples=num_samples, generator=generator)
         else:
             sampler = (
@@ -203,35 +257,57 @@ def build_loader(
 
         def reseed(epoch: int) -> None:
             generator.manual_seed(seed * 100_003 + epoch)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
 
         def steps(epoch: int) -> int:
             return len(loader)  # the sampler's length over the batch size, the last partial
+
+        def share(epoch: int) -> int:
+            each, rest = divmod(len(dataset), world_size)
+            return (each + (rank < rest)) * repeat
     else:
         dataset = _iterable_dataset(
             access, storage, records, transform, class_to_index, settings, shards,
             shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, concurrency=concurrency,
-            repeat=repeat,
+            repeat=repeat, rank=rank, world_size=world_size, equal_steps=equal_steps,
         )  # fmt: skip
         grouped = WorkerBatches(dataset, settings.batch_size, settings.worker_batches)
         kwargs.update(batch_size=None, collate_fn=_as_is)
-        loader, num_samples = DataLoader(grouped, **kwargs), dataset.num_samples
+        loader = DataLoader(grouped, **kwargs)
+        num_samples = -(-dataset.num_samples // world_size)
         reseed = dataset.set_epoch
         readers = max(settings.num_workers, 1)  # no workers: the training process reads alone
 
-        def steps(epoch: int) -> int:
-            shares = (dataset.worker_samples(w, readers, epoch) for w in range(readers))
+        def rank_steps(epoch: int, of_rank: int) -> int:
+            shares = (dataset.worker_samples(w, readers, epoch, of_rank) for w in range(readers))
             return sum(-(-n // settings.batch_size) for n in shares)
+
+        def steps(epoch: int) -> int:
+            if distributed and equal_steps:  # the same on every rank: the fewest
+                return min(rank_steps(epoch, r) for r in range(world_size))
+            return rank_steps(epoch, rank)
+
+        share = dataset.share
+        if distributed and equal_steps:
+            limit = steps
+
+    epoch_loader = EpochLoader(
+        loader, num_samples, None, steps, share, grouped=access != "random", limit=limit
+    )
 
     def set_epoch(epoch: int) -> None:
         storage.take_stats()  # requests made before the epoch (index building) do not count
         reseed(epoch)
+        epoch_loader._epoch = epoch
 
-    return EpochLoader(loader, num_samples, set_epoch, steps, grouped=access != "random")
+    epoch_loader.set_epoch = set_epoch
+    return epoch_loader
 
 
 def _iterable_dataset(
     access, storage, records, transform, class_to_index, settings, shards, *, shuffle,
-    shuffle_buffer, seed, concurrency, repeat,
+    shuffle_buffer, seed, concurrency, repeat, rank, world_size, equal_steps,
 ):  # fmt: skip
     """The iterable-style dataset of the ``objects`` or ``shards`` pattern (see build_loader)."""
     if access == "objects":
@@ -245,17 +321,22 @@ def _iterable_dataset(
             shuffle_buffer=shuffle_buffer,
             seed=seed,
             repeat=repeat,
+            rank=rank,
+            world_size=world_size,
+            equal_shares=equal_steps,
         )
     if access == "shards":
         if shards is None:
             raise ValueError("shards access needs the split's shards (see ensure_shards)")
-        if settings.num_workers > len(shards):
+        readers = world_size * max(settings.num_workers, 1)
+        if readers > len(shards) and (settings.num_workers > 0 or world_size > 1):
             log.warning(
-                "%d shards for %d DataLoader workers: %d workers will have nothing to read; "
-                "lower dataset.shard_size_mb for more shards",
+                "%d shards for %d ranks x %d DataLoader workers: %d readers will have nothing "
+                "to read; lower dataset.shard_size_mb for more shards",
                 len(shards),
+                world_size,
                 settings.num_workers,
-                settings.num_workers - len(shards),
+                readers - len(shards),
             )
         return ShardStream(
             storage,
@@ -266,6 +347,8 @@ def _iterable_dataset(
             shuffle_buffer=shuffle_buffer,
             seed=seed,
             repeat=repeat,
+            rank=rank,
+            world_size=world_size,
         )
     raise ValueError(f"unknown access pattern {access!r}; choose random, shards or objects")
 

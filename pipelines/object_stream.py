@@ -38,6 +38,12 @@ class ObjectStreamDataset(EpochStream):
         seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
         repeat: epochs read per iteration, each in listing order (see
             :class:`pipelines.sequential.EpochStream`).
+        rank, world_size: rank ``r`` reads the ``r``-th contiguous slice of the listing, split
+            again among its workers.
+        equal_shares: give every rank ``samples // world_size`` samples (the same number of
+            steps on every rank, which DDP needs): the remainder is dropped, a different part
+            of the listing each epoch (the listing is rotated by the epoch before it is
+            sliced). Without it, slices differ by at most one sample (evaluation).
 
     Raises (while iterating):
         pipelines.storage.StorageError: an object cannot be read (the message names it).
@@ -55,10 +61,17 @@ class ObjectStreamDataset(EpochStream):
         shuffle_buffer: int,
         seed: int,
         repeat: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        equal_shares: bool = False,
     ):
         if concurrency < 1:
             raise ValueError(f"{concurrency=} must be >= 1")
-        super().__init__(shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat)
+        super().__init__(
+            shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat,
+            rank=rank, world_size=world_size,
+        )  # fmt: skip
+        self.equal_shares = equal_shares
         self.storage = storage
         self.records = sorted(records, key=lambda r: r.image_key)
         self.transform = transform
@@ -70,17 +83,47 @@ class ObjectStreamDataset(EpochStream):
         """Samples in one iteration (``repeat`` epochs)."""
         return len(self.records) * self.repeat
 
-    def worker_records(self, worker_id: int, num_workers: int) -> list[Record]:
-        """The contiguous slice of the listing that worker ``worker_id`` reads (``repeat``
-        times over in one iteration)."""
-        n = len(self.records)
-        mine = self.records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
-        return mine * self.repeat
+    def rank_records(self, epoch: int, rank: int | None = None) -> list[Record]:
+        """The contiguous slice of the listing that rank ``rank`` (default this one) reads in
+        ``epoch`` (see ``equal_shares``)."""
+        rank = self.rank if rank is None else rank
+        n, world = len(self.records), self.world_size
+        if world == 1:
+            return self.records
+        if not self.equal_shares:
+            return self.records[rank * n // world : (rank + 1) * n // world]
+        each, rest = divmod(n, world)
+        start = epoch * rest % n if rest else 0  # another part of the listing dropped per epoch
+        rotated = self.records[start:] + self.records[:start]
+        return rotated[rank * each : (rank + 1) * each]
 
-    def worker_samples(self, worker_id: int, num_workers: int, epoch: int) -> int:
-        """Samples worker ``worker_id`` of ``num_workers`` yields in one iteration (the same
-        in every epoch: the listing is split, not shuffled)."""
-        return len(self.worker_records(worker_id, num_workers))
+    def worker_records(
+        self, worker_id: int, num_workers: int, epoch: int | None = None, rank: int | None = None
+    ) -> list[Record]:
+        """The contiguous slice of its rank's records that worker ``worker_id`` reads, for
+        each of the ``repeat`` epochs from ``epoch`` (None: the one set by :meth:`set_epoch`)
+        in one iteration."""
+        first = self.epoch if epoch is None else epoch
+        mine = []
+        for e in range(first, first + self.repeat):
+            records = self.rank_records(e, rank)
+            n = len(records)
+            mine += records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
+        return mine
+
+    def worker_samples(
+        self, worker_id: int, num_workers: int, epoch: int, rank: int | None = None
+    ) -> int:
+        """Samples worker ``worker_id`` of ``num_workers`` (of rank ``rank``) yields in the
+        iteration of ``epoch``."""
+        return len(self.worker_records(worker_id, num_workers, epoch, rank))
+
+    def share(self, epoch: int, rank: int | None = None) -> int:
+        """Samples of the split that fall to rank ``rank`` (default this one) in one
+        iteration before any remainder is dropped: the listing divided as evenly as it goes."""
+        rank = self.rank if rank is None else rank
+        each, rest = divmod(len(self.records), self.world_size)
+        return (each + (rank < rest)) * self.repeat
 
     def _fetch(self, record: Record) -> tuple[Record, bytes, float, float]:
         start = time.perf_counter()

@@ -54,15 +54,30 @@ class EpochStream(IterableDataset):
             (WebDataset's ``repeat``): epoch ``e`` set by :meth:`set_epoch` reads the shuffles
             of epochs ``e, e+1, ... e+repeat-1``. The benchmark's warm passes use it, so that
             a small split does not drain and restart the workers every few milliseconds.
+        rank, world_size: this training process's rank among ``world_size`` (torchrun): it
+            reads its share of the split only, split again among its DataLoader workers.
     """
 
-    def __init__(self, *, shuffle: bool, shuffle_buffer: int, seed: int, repeat: int = 1):
+    def __init__(
+        self,
+        *,
+        shuffle: bool,
+        shuffle_buffer: int,
+        seed: int,
+        repeat: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if repeat < 1:
             raise ValueError(f"{repeat=} must be at least 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"{rank=} must be in [0, {world_size=})")
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.repeat = repeat
+        self.rank = rank
+        self.world_size = world_size
         self._epoch = multiprocessing.Value("q", 0, lock=False)
 
     @property
@@ -76,11 +91,12 @@ class EpochStream(IterableDataset):
 
     def buffer_shuffled(self, items: Iterator, worker_id: int) -> Iterator:
         """``items`` through WebDataset's shuffle buffer of ``shuffle_buffer`` items (filled
-        before the first item leaves), seeded by the seed, the epoch and ``worker_id``;
-        unchanged when not shuffling or with a buffer of 1."""
+        before the first item leaves), seeded by the seed, the epoch, the rank and
+        ``worker_id``; unchanged when not shuffling or with a buffer of 1."""
         if not self.shuffle or self.shuffle_buffer <= 1:
             return items
-        rng = random.Random(f"{self.seed}-{self.epoch}-{worker_id}")
+        reader = worker_id if self.world_size == 1 else f"{self.rank}-{worker_id}"
+        rng = random.Random(f"{self.seed}-{self.epoch}-{reader}")
         return shuffle_stage(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(items)
 
 
@@ -98,6 +114,8 @@ class ShardStream(EpochStream):
             holds more encoded images in memory.
         seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
         repeat: epochs read per iteration (see :class:`EpochStream`).
+        rank, world_size: rank ``r`` reads shards ``r, r + world_size, ...`` of each epoch's
+            shard order (WebDataset's ``split_by_node``), then its workers split those.
     """
 
     def __init__(
@@ -111,8 +129,13 @@ class ShardStream(EpochStream):
         shuffle_buffer: int,
         seed: int,
         repeat: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        super().__init__(shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat)
+        super().__init__(
+            shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat,
+            rank=rank, world_size=world_size,
+        )  # fmt: skip
         self.storage = storage
         self.shards = shards
         self.transform = transform
@@ -123,25 +146,41 @@ class ShardStream(EpochStream):
         """Samples in one iteration (all shards, ``repeat`` times)."""
         return sum(s.samples for s in self.shards) * self.repeat
 
+    def rank_shards(self, epoch: int, rank: int | None = None) -> list[ShardInfo]:
+        """The shards rank ``rank`` (default: this one) reads in ``epoch``, in order: every
+        ``world_size``-th shard of the epoch's shard order (shuffled by the seed and the epoch,
+        the same on every rank), starting at its rank."""
+        shards = list(self.shards)
+        if self.shuffle:
+            random.Random(f"{self.seed}-{epoch}").shuffle(shards)
+        return shards[self.rank if rank is None else rank :: self.world_size]
+
     def worker_shards(
-        self, worker_id: int, num_workers: int, epoch: int | None = None
+        self, worker_id: int, num_workers: int, epoch: int | None = None, rank: int | None = None
     ) -> list[ShardInfo]:
-        """The shards worker ``worker_id`` of ``num_workers`` reads in one iteration, in order:
-        its share of each repeated epoch's shard order in turn (``epoch``: that iteration's
-        first epoch; None: the one set by :meth:`set_epoch`)."""
+        """The shards worker ``worker_id`` of ``num_workers`` (of rank ``rank``, default this
+        one) reads in one iteration, in order: its share of each repeated epoch's rank shards
+        in turn (``epoch``: that iteration's first epoch; None: the one set by
+        :meth:`set_epoch`)."""
         first = self.epoch if epoch is None else epoch
         order = []
         for epoch in range(first, first + self.repeat):
-            shards = list(self.shards)
-            if self.shuffle:
-                random.Random(f"{self.seed}-{epoch}").shuffle(shards)
-            order.extend(shards[worker_id::num_workers])
+            order.extend(self.rank_shards(epoch, rank)[worker_id::num_workers])
         return order
 
-    def worker_samples(self, worker_id: int, num_workers: int, epoch: int) -> int:
-        """Samples worker ``worker_id`` of ``num_workers`` yields in the iteration of
-        ``epoch`` (its shards depend on that epoch's shuffle)."""
-        return sum(s.samples for s in self.worker_shards(worker_id, num_workers, epoch))
+    def worker_samples(
+        self, worker_id: int, num_workers: int, epoch: int, rank: int | None = None
+    ) -> int:
+        """Samples worker ``worker_id`` of ``num_workers`` (of rank ``rank``, default this
+        one) yields in the iteration of ``epoch`` (its shards depend on that epoch's
+        shuffle)."""
+        return sum(s.samples for s in self.worker_shards(worker_id, num_workers, epoch, rank))
+
+    def share(self, epoch: int, rank: int | None = None) -> int:
+        """Samples of the split rank ``rank`` (default this one) reads in one iteration."""
+        return sum(
+            s.samples for e in range(epoch, epoch + self.repeat) for s in self.rank_shards(e, rank)
+        )
 
     def __iter__(self) -> Iterator[dict]:
         worker_id, num_workers = worker_slot()
