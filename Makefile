@@ -1,5 +1,6 @@
 # dss-ai-benchmark: train on data from storage while measuring it, then ship the model.
 #   make train TASK=detection ACCESS=sequential    (or ACCESS=random; TASK=classification)
+#   make train NPROC=4                             (4 ranks under torchrun; NNODES=2 NODE_RANK=...)
 #   make archive && make serve                     then: curl -T img.jpg http://127.0.0.1:8080/predictions/detector
 #   make stop
 #   make test
@@ -32,8 +33,20 @@ S3_ENDPOINT ?=
 S3_BUCKET ?=
 S3_PREFIX ?=
 INPUT ?=
+# Several ranks (torchrun, one per accelerator): NPROC on this node; with NNODES > 1 run the
+# same command on every node with its NODE_RANK, all naming node 0 as MASTER_ADDR:MASTER_PORT.
+NPROC ?=
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
 
 flag = $(if $(strip $(2)),--$(1) $(strip $(2)))
+# `$(RUN) scripts.train` is one process, or NPROC ranks under torchrun (torch.distributed.run).
+TORCHRUN = $(PY) -m torch.distributed.run --nproc-per-node $(NPROC) \
+	$(if $(filter-out 1,$(NNODES)),--nnodes $(NNODES) --node-rank $(NODE_RANK) \
+	--master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT),--standalone)
+RUN = $(if $(strip $(NPROC)),$(TORCHRUN) -m,$(PY) -m)
 TRAIN_FLAGS = --config $(CONFIG) --out $(OUT) $(call flag,access,$(ACCESS)) $(call flag,epochs,$(EPOCHS)) \
 	$(call flag,batch-size,$(BATCH_SIZE)) $(call flag,workers,$(WORKERS)) $(call flag,lr,$(LR)) \
 	$(call flag,limit,$(LIMIT)) $(STORAGE_FLAGS) $(ARGS)
@@ -51,7 +64,7 @@ TRAIN_DATA = $(if $(and $(filter classification,$(TASK)),$(filter configs/classi
 	test test-unit fuzz lint clean help
 
 help:
-	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 $(READY): pyproject.toml uv.lock scripts/setup.sh
 	@bash scripts/setup.sh
@@ -59,7 +72,7 @@ $(READY): pyproject.toml uv.lock scripts/setup.sh
 setup: $(READY)
 
 train: $(READY) $(TRAIN_DATA)
-	$(PY) -m scripts.train $(TRAIN_FLAGS)
+	$(RUN) scripts.train $(TRAIN_FLAGS)
 
 $(CELLS_READY) &: | $(READY)
 	$(PY) -m scripts.make_crops --src data/bccd --out $(CELLS)
@@ -67,7 +80,7 @@ $(CELLS_READY) &: | $(READY)
 cells: $(CELLS_READY)
 
 resume: $(READY) $(TRAIN_DATA)
-	$(PY) -m scripts.train $(TRAIN_FLAGS) --resume
+	$(RUN) scripts.train $(TRAIN_FLAGS) --resume
 
 shards: $(READY) $(TRAIN_DATA)
 	$(PY) -m scripts.write_shards --config $(CONFIG) $(call flag,split,$(SPLIT)) \

@@ -42,8 +42,8 @@ from pipelines.samples import Batch
 from pipelines.shards import ShardInfo
 from pipelines.storage import Storage
 from training.config import Config
+from training.distributed import pick_device
 from training.engine import measure_steps
-from training.run import pick_device
 from training.tasks import class_to_index, task_module
 
 MODES = ("read", "emulate", "train")

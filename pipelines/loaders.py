@@ -216,6 +216,7 @@ def build_loader(
     Raises:
         ValueError: unknown ``access``, ``"shards"`` without ``shards``, ``repeat < 1``, or
             ``repeat > 1`` with several ranks.
+        ShardError: fewer shards than ranks.
     """
     if repeat < 1:
         raise ValueError(f"{repeat=} must be at least 1")
@@ -328,6 +329,12 @@ def _iterable_dataset(
     if access == "shards":
         if shards is None:
             raise ValueError("shards access needs the split's shards (see ensure_shards)")
+        if world_size > len(shards):
+            raise ShardError(
+                f"{len(shards)} shard(s) for {world_size} ranks: every rank needs at least one "
+                "(a rank without one would leave the others nothing to train on in step); "
+                "lower dataset.shard_size_mb for more shards, or run fewer ranks"
+            )
         readers = world_size * max(settings.num_workers, 1)
         if readers > len(shards) and (settings.num_workers > 0 or world_size > 1):
             log.warning(

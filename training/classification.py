@@ -14,12 +14,12 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 from models.classifier import build_classifier, build_pretrained_classifier
 from pipelines.samples import Batch, classification_transform
+from training import distributed
 from training.config import Config
-from training.engine import Precision, TrainingError, optimizer_step
+from training.engine import Precision, TrainingError, optimizer_step, progress_bar
 
 #: Label id of the first class (no background class).
 LABEL_OFFSET = 0
@@ -156,7 +156,9 @@ def evaluate(
     samples = skipped = 0
     loss_sum = 0.0
     seen = torch.zeros(n, dtype=torch.int64)
-    bar = tqdm(total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True)
+    bar = progress_bar(
+        total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True
+    )
     for batch in loader:
         bar.update(len(batch.images) + len(batch.errors))
         skipped += len(batch.errors)
@@ -172,6 +174,10 @@ def evaluate(
         seen += torch.bincount(targets, minlength=n)
         samples += len(batch.images)
     bar.close()
+    # several ranks: each evaluated its part; counts are summed, and torchmetrics gathers
+    # every rank's state in compute(), so the figures are the whole split's
+    *totals, seen_total = distributed.sum_all([samples, skipped, loss_sum, seen])
+    samples, skipped, loss_sum, seen = int(totals[0]), int(totals[1]), totals[2], seen_total
     result = {
         "top1": math.nan,
         "top5": math.nan,

@@ -270,6 +270,13 @@ class TrainConfig:
     device: str = opt(
         "auto", "auto (cuda when available), cpu or cuda", kind=str, choices=("auto", "cpu", "cuda")
     )
+    dist_timeout_s: float = opt(
+        600.0,
+        "several ranks (torchrun): seconds a collective may wait for the other ranks; a rank "
+        "that died or hangs stops the others after this long",
+        kind=float,
+        minimum=1.0,
+    )
     precision: str = opt(
         "fp32",
         "fp32; bf16 or fp16: mixed precision (torch.autocast; fp16 with a gradient scaler), as "

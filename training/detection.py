@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 from models.detector import build_detector, build_pretrained_detector
 from pipelines.samples import Batch, detection_transform
+from training import distributed
 from training.config import Config
-from training.engine import Precision, TrainingError, optimizer_step
+from training.engine import Precision, TrainingError, optimizer_step, progress_bar
 
 #: Label id of the first class: 0 is the background class of torchvision's detectors.
 LABEL_OFFSET = 1
@@ -142,7 +142,9 @@ def evaluate(
     metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
     started = time.perf_counter()
     samples = skipped = 0
-    bar = tqdm(total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True)
+    bar = progress_bar(
+        total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True
+    )
     for batch in loader:
         bar.update(len(batch.images) + len(batch.errors))
         skipped += len(batch.errors)
@@ -159,6 +161,9 @@ def evaluate(
         metric.update(preds, targets)
         samples += len(batch.images)
     bar.close()
+    # several ranks: each evaluated its part; counts are summed, and torchmetrics gathers the
+    # predictions of every rank in compute(), so the figures are the whole split's
+    samples, skipped = (int(n) for n in distributed.sum_all([samples, skipped]))
     result = (
         metric.compute()
         if samples

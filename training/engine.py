@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 
@@ -20,6 +21,12 @@ from pipelines.samples import Batch
 from training.meter import EpochMeter, StepRecord, gc_frozen
 
 log = logging.getLogger(__name__)
+
+
+def progress_bar(**kwargs) -> tqdm:
+    """A tqdm progress bar, shown by rank 0 only when torchrun runs several ranks (its
+    ``RANK`` variable), so that the console holds one bar, not one per rank."""
+    return tqdm(disable=os.environ.get("RANK", "0") != "0", **kwargs)
 
 
 class TrainingError(Exception):
@@ -70,7 +77,7 @@ def measure_steps(
     """
     with gc_frozen():  # full collections stay out of the epoch
         meter = EpochMeter(epoch)
-        bar = tqdm(
+        bar = progress_bar(
             total=num_samples,
             desc=desc or f"epoch {epoch}",
             unit="img",
@@ -118,7 +125,7 @@ def measure_steps(
                 if step + 1 == warmup_steps:
                     meter.started = time.perf_counter()  # the measured wall clock starts now
                 step += 1
-                if done - shown >= bar.mininterval:
+                if not bar.disable and done - shown >= bar.mininterval:
                     bar.set_postfix(
                         loss=f"{loss_value:.3f}", wait=f"{record.data_wait_s:.2f}s", refresh=False
                     )

@@ -121,6 +121,49 @@ class EpochMeter:
         }
 
 
+def aggregate(rows: list[dict], requests: list[RequestStats]) -> dict:
+    """One epoch over all ranks, from each rank's row (:meth:`EpochMeter.summary` plus
+    ``samples_dropped``) and its storage requests.
+
+    Sums: ``samples``, ``skipped``, ``samples_dropped``, ``bytes_read``, ``read_s``, requests,
+    retries and errors (TTFB percentiles over every rank's requests). ``wall_s`` is the
+    slowest rank's, so ``throughput_mbps`` and ``samples_per_s`` are totals over it.
+    ``au``, ``data_wait_s``, ``compute_s`` and ``loss`` are means over the ranks (MLPerf
+    Storage averages AU over its accelerators); ``au_min`` is the worst rank's AU and
+    ``data_wait_max_s`` the longest any rank waited for data. With one rank, its own figures.
+    """
+    n = len(rows)
+    nbytes = sum(r["bytes_read"] for r in rows)
+    samples = sum(r["samples"] for r in rows)
+    read_s = sum(r["read_s"] for r in rows)
+    wall = max(r["wall_s"] for r in rows)
+    losses = [r["loss"] for r in rows if r["samples"]]
+    merged = RequestStats()
+    for stats in requests:
+        merged.merge(stats)
+    return {
+        "epoch": rows[0]["epoch"],
+        "ranks": n,
+        "steps": max(r["steps"] for r in rows),
+        "samples": samples,
+        "skipped": sum(r["skipped"] for r in rows),
+        "samples_dropped": sum(r.get("samples_dropped", 0) for r in rows),
+        "bytes_read": nbytes,
+        "read_s": read_s,
+        "data_wait_s": sum(r["data_wait_s"] for r in rows) / n,
+        "data_wait_max_s": max(r["data_wait_s"] for r in rows),
+        "compute_s": sum(r["compute_s"] for r in rows) / n,
+        "wall_s": wall,
+        "read_mbps": _ratio(nbytes, read_s) / 1e6,
+        "throughput_mbps": _ratio(nbytes, wall) / 1e6,
+        "samples_per_s": _ratio(samples, wall),
+        "au": sum(r["au"] for r in rows) / n,
+        "au_min": min(r["au"] for r in rows),
+        "loss": sum(losses) / len(losses) if losses else math.nan,
+        **request_summary(merged, nbytes),
+    }
+
+
 def request_summary(stats: RequestStats, nbytes: int) -> dict:
     """Request figures of an epoch or a run: counts, bytes per request, TTFB percentiles."""
     return {

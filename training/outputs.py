@@ -46,15 +46,20 @@ def save_torch(path: Path, obj) -> None:
 PROJECT_LOGGERS = ("pipelines", "training", "models")
 
 
-def attach_log_file(path: Path) -> logging.Handler:
-    """Send the project's log records (DEBUG and up) to ``path`` (appending).
+def attach_log_file(path: Path, rank: int | None = None) -> logging.Handler:
+    """Send the project's log records (DEBUG and up) to ``path`` (appending; with several
+    ranks, each rank's lines say ``[rank N]``: small appends of whole lines from several
+    processes do not interleave within a line).
 
     Returns the handler; pass it to :func:`detach_log_file` when the run ends.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    where = "" if rank is None else f"[rank {rank}] "
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
+    )
     for name in PROJECT_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.DEBUG)

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import logging
 import math
 import random
@@ -18,11 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.loaders import EpochLoader, LoaderSettings, build_loader
 from pipelines.records import BoxCounts, DatasetError
 from pipelines.shards import ShardInfo
 from pipelines.storage import RequestStats
+from training import distributed
 from training.config import Config, ConfigError
 from training.data import (
     DataSource,
@@ -32,8 +37,9 @@ from training.data import (
     open_storage,
     split_shards,
 )
+from training.distributed import ONE_RANK, Ranks
 from training.engine import Precision, train_one_epoch
-from training.meter import request_summary
+from training.meter import aggregate, request_summary
 from training.outputs import (
     attach_log_file,
     detach_log_file,
@@ -56,18 +62,22 @@ METRICS_COLUMNS = [
     "source",
     "storage",
     "pretrained",
+    "ranks",
     "samples",
     "skipped",
+    "samples_dropped",
     "boxes_dropped",
     "bytes_read",
     "read_s",
     "data_wait_s",
+    "data_wait_max_s",
     "compute_s",
     "wall_s",
     "read_mbps",
     "throughput_mbps",
     "samples_per_s",
     "au",
+    "au_min",
     "requests",
     "bytes_per_request",
     "retries",
@@ -79,6 +89,7 @@ METRICS_COLUMNS = [
 ]
 STEP_COLUMNS = [
     "epoch",
+    "rank",
     "step",
     "samples",
     "skipped",
@@ -108,15 +119,6 @@ def run_summary(epochs: list[dict], requests: RequestStats) -> dict:
     }
 
 
-def pick_device(setting: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no CUDA device is available; use auto or cpu")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
 def lr_lambda(total_steps: int, warmup_steps: int):
     """Linear warm-up to the peak LR, then cosine decay to 0 at ``total_steps`` (SGDR shape,
     Loshchilov & Hutter 2017, without restarts). Steps past the end stay at 0."""
@@ -137,32 +139,49 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
         DatasetError, pipelines.storage.StorageError, pipelines.shards.ShardError,
         training.engine.TrainingError: with a message for the user (the CLI prints it).
     """
+    ranks = distributed.from_environment()
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
-    log_handler = attach_log_file(out / "benchmark.log")
+    if ranks.distributed:  # every line says which rank wrote it
+        prefix = f"%(levelname)s [rank {ranks.rank}] %(message)s"
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(prefix))
+    log_handler = attach_log_file(
+        out / "benchmark.log", rank=ranks.rank if ranks.distributed else None
+    )
     try:
-        return _run(cfg, out, resume)
+        device = distributed.pick_device(cfg.train.device, ranks)
+        distributed.start(ranks, device, cfg.train.dist_timeout_s)
+        return _run(cfg, out, resume, ranks, device)
     finally:
+        distributed.stop()
         detach_log_file(log_handler)
 
 
-def _run(cfg: Config, out: Path, resume: bool) -> dict:
+def _run(cfg: Config, out: Path, resume: bool, ranks: Ranks, device: torch.device) -> dict:
     """The run, step by step: data and loaders, model and optimizer, resume, the epochs, the
-    summary."""
+    summary. Every rank runs it; rank 0 alone writes the outputs."""
     log.debug("config: %s", cfg.to_dict())  # the log file only; the console gets its path
     log.info("config: %s", out / "config.yaml")
-    write_yaml(out / "config.yaml", cfg.to_dict())
+    if ranks.main:
+        write_yaml(out / "config.yaml", cfg.to_dict())
     random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    device = pick_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     task = task_module(cfg.task)
-    data = prepare_data(cfg, task)
+    data = prepare_data(cfg, task, ranks)
     training = build_training(cfg, task, data, device)
-    history = resume_from(out / "checkpoint.pt", training, device) if resume else History()
-    write_json(out / "index_to_name.json", task.index_to_name(data.classes))
-    write_json(out / "model.json", training.spec)
-    run_requests = run_epochs(cfg, task, data, training, history, device, out)
-    return write_summary(cfg, task, history, run_requests, out, pretrained=training.pretrained)
+    history = History()
+    if resume:
+        history = resume_from(out / "checkpoint.pt", training, device, ranks)
+    if ranks.main:
+        write_json(out / "index_to_name.json", task.index_to_name(data.classes))
+        write_json(out / "model.json", training.spec)
+    run_requests = run_epochs(cfg, task, data, training, history, device, out, ranks)
+    last = write_summary(
+        cfg, task, history, run_requests, out, pretrained=training.pretrained, main=ranks.main
+    )
+    distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 is done
+    return last
 
 
 @dataclass
@@ -188,9 +207,12 @@ class RunData:
     eval_loader: EpochLoader
 
 
-def prepare_data(cfg: Config, task) -> RunData:
+def prepare_data(cfg: Config, task, ranks: Ranks = ONE_RANK) -> RunData:
     """Open the storage, read both splits (logging what was kept), find or write the shards,
-    and build both loaders.
+    and build both loaders: this rank's share of each (the training split in equal steps on
+    every rank, the evaluation split every sample once).
+
+    Shards missing or stale are written by rank 0 while the others wait, then found by them.
 
     Raises:
         DatasetError, pipelines.storage.StorageError, pipelines.shards.ShardError: with a
@@ -213,7 +235,13 @@ def prepare_data(cfg: Config, task) -> RunData:
         (cfg.dataset.train_split, train_records, True),
         (cfg.dataset.eval_split, eval_records, False),
     ):
-        shards = find_shards(source, cfg, name, records) if pattern == "shards" else None
+        shards = None
+        if pattern == "shards":
+            if ranks.main:
+                shards = find_shards(source, cfg, name, records)
+            distributed.barrier()
+            if not ranks.main:
+                shards = find_shards(source, cfg, name, records)
         loaders[train] = build_loader(
             source.storage,
             records,
@@ -226,6 +254,9 @@ def prepare_data(cfg: Config, task) -> RunData:
             shards=shards,
             shuffle_buffer=cfg.access.shuffle_buffer,
             concurrency=cfg.access.concurrency,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+            equal_steps=train,
         )
     return RunData(
         source, pattern, train_records, eval_records, train_counts, classes,
@@ -283,7 +314,9 @@ class Training:
     """The model and what trains it.
 
     Attributes:
-        model: the model, on its device.
+        model: the model, on its device: with several ranks wrapped in
+            DistributedDataParallel (gradients averaged over the ranks at each step).
+        net: the model itself (``model.module`` under DDP): what is evaluated and saved.
         spec: its ``model.json`` (what rebuilds it), with ``pretrained``.
         optimizer, scheduler: AdamW or SGD; warm-up then cosine decay over every step the
             training loader yields in all epochs (:func:`lr_lambda`).
@@ -291,6 +324,7 @@ class Training:
     """
 
     model: torch.nn.Module
+    net: torch.nn.Module
     spec: dict
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -334,7 +368,12 @@ def build_training(cfg: Config, task, data: RunData, device: torch.device) -> Tr
     if precision.dtype is not None:
         log.info("precision %s: torch.autocast(%s)%s", precision.name, device.type,
                  " with a gradient scaler" if precision.scaler else "")  # fmt: skip
-    return Training(model, spec, optimizer, scheduler, precision)
+    net = model
+    if dist.is_initialized():  # every rank starts from rank 0's weights (DDP broadcasts them)
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return Training(model, net, spec, optimizer, scheduler, precision)
 
 
 @dataclass
@@ -347,17 +386,28 @@ class History:
     first_epoch: int = 1
 
 
-def resume_from(path: Path, training: Training, device: torch.device) -> History:
+def resume_from(
+    path: Path, training: Training, device: torch.device, ranks: Ranks = ONE_RANK
+) -> History:
     """Load the checkpoint at ``path`` into ``training`` (model, optimizer, schedule, and
-    whether the run started from pretrained weights); return the epochs it holds.
+    whether the run started from pretrained weights); return the epochs it holds. Every rank
+    loads the same file.
 
     Raises:
         DatasetError: there is no checkpoint.
+        ConfigError: it was written by a run with another number of ranks (the data split
+            and the step counts would not continue where they stopped).
     """
     if not path.exists():
         raise DatasetError(f"--resume: no checkpoint at {path}; train without --resume first")
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    training.model.load_state_dict(ckpt["model"])
+    written_by = ckpt.get("world_size", 1)
+    if written_by != ranks.world_size:
+        raise ConfigError(
+            f"--resume: {path} was written by a run of {written_by} rank(s), this one has "
+            f"{ranks.world_size}: resume with NPROC (x NNODES) = {written_by}, or train afresh"
+        )
+    training.net.load_state_dict(ckpt["model"])
     training.optimizer.load_state_dict(ckpt["optimizer"])
     training.scheduler.load_state_dict(ckpt["lr_scheduler"])
     if training.precision.scaler is not None and ckpt.get("grad_scaler"):
@@ -375,10 +425,13 @@ def run_epochs(
     history: History,
     device: torch.device,
     out: Path,
+    ranks: Ranks = ONE_RANK,
 ) -> RequestStats:
-    """Train and evaluate each epoch still to run; after each, write ``metrics.csv``,
-    ``steps.csv``, ``model.pt`` and ``checkpoint.pt``. Returns this invocation's storage
-    requests (TTFB lists are not checkpointed)."""
+    """Train and evaluate each epoch still to run; after each, gather every rank's figures
+    and (rank 0) write ``metrics.csv`` (the epoch over all ranks,
+    :func:`training.meter.aggregate`), ``metrics_by_rank.csv``, ``steps.csv``, ``model.pt``
+    and ``checkpoint.pt``. Returns this invocation's storage requests over all ranks (TTFB
+    lists are not checkpointed)."""
     if history.first_epoch > cfg.train.epochs:
         log.info("nothing to do: the checkpoint is at epoch %d of %d",
                  history.first_epoch - 1, cfg.train.epochs)  # fmt: skip
@@ -386,6 +439,7 @@ def run_epochs(
     columns = METRICS_COLUMNS + task.quality_columns(data.classes)
     train_loader, eval_loader = data.train_loader, data.eval_loader
     model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
+    by_rank = _read_rows(out / "metrics_by_rank.csv") if history.first_epoch > 1 else []
     for epoch in range(history.first_epoch, cfg.train.epochs + 1):
         train_loader.set_epoch(epoch)
         meter = train_one_epoch(
@@ -398,15 +452,20 @@ def run_epochs(
         )
         eval_loader.set_epoch(epoch)
         quality = task.evaluate(
-            model,
+            training.net,  # not the DDP wrapper: ranks evaluate different numbers of batches
             eval_loader,
             device,
             num_samples=eval_loader.num_samples,
             classes=data.classes,
             precision=training.precision,
         )
-        row = {
-            **meter.summary(),
+        mine = meter.summary()
+        mine["samples_dropped"] = max(
+            0, train_loader.share(epoch) - mine["samples"] - mine["skipped"]
+        )
+        steps = [{**vars(s), "rank": ranks.rank} for s in meter.steps]
+        gathered = distributed.gather((mine, meter.requests, steps))
+        common = {
             "task": cfg.task,
             "access": cfg.access.mode,
             "source": data.pattern,
@@ -416,9 +475,33 @@ def run_epochs(
             "lr": optimizer.param_groups[0]["lr"],
             **quality,
         }
+        row = {**aggregate([g[0] for g in gathered], [g[1] for g in gathered]), **common}
+        for rank, (rank_row, _, _) in enumerate(gathered):
+            by_rank.append(
+                {
+                    **rank_row,
+                    "ranks": len(gathered),
+                    "au_min": rank_row["au"],
+                    "data_wait_max_s": rank_row["data_wait_s"],
+                    **common,
+                    "rank": rank,
+                }
+            )
         history.rows.append(row)
-        history.steps.extend(vars(s) for s in meter.steps)
-        run_requests.merge(meter.requests)
+        history.steps.extend(s for g in gathered for s in g[2])
+        for _, requests, _ in gathered:
+            run_requests.merge(requests)
+        if ranks.distributed:
+            log.info(
+                "epoch %d, this rank: %d samples (%d dropped), data wait %.1f s, AU %.3f",
+                epoch,
+                mine["samples"],
+                mine["samples_dropped"],
+                mine["data_wait_s"],
+                mine["au"],
+            )
+        if not ranks.main:
+            continue
         log.info(
             "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, "
             "delivered %.2f MB/s, data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, %s",
@@ -434,13 +517,28 @@ def run_epochs(
             row["loss"],
             task.describe(row),
         )
+        if ranks.distributed:
+            worst = min(range(len(gathered)), key=lambda r: gathered[r][0]["au"])
+            log.info(
+                "epoch %d over %d ranks: AU mean %.3f, worst %.3f (rank %d); longest data wait "
+                "%.1f s; %d samples dropped to keep the ranks in step",
+                epoch,
+                ranks.world_size,
+                row["au"],
+                row["au_min"],
+                worst,
+                row["data_wait_max_s"],
+                row["samples_dropped"],
+            )
         write_csv(out / "metrics.csv", history.rows, columns)
+        write_csv(out / "metrics_by_rank.csv", by_rank, ["rank", *columns])
         write_csv(out / "steps.csv", history.steps, STEP_COLUMNS)
-        save_torch(out / "model.pt", model.state_dict())
+        save_torch(out / "model.pt", training.net.state_dict())
         save_torch(
             out / "checkpoint.pt",
             {
-                "model": model.state_dict(),
+                "model": training.net.state_dict(),
+                "world_size": ranks.world_size,
                 "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(),
                 "grad_scaler": (
@@ -453,14 +551,32 @@ def run_epochs(
                 "steps": history.steps,
             },
         )
+    log.info("weights digest %s", weights_digest(training.net))  # the same on every rank
     return run_requests
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """The first 16 hex digits of the SHA-256 of the model's state (tensors in key order):
+    equal on every rank when DistributedDataParallel kept the replicas in step."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def write_summary(
-    cfg: Config, task, history: History, run_requests: RequestStats, out: Path, *, pretrained
+    cfg: Config,
+    task,
+    history: History,
+    run_requests: RequestStats,
+    out: Path,
+    *,
+    pretrained: bool,
+    main: bool = True,
 ) -> dict:
-    """Write ``summary.json`` (this invocation's epochs, the last epoch's row) and log the
-    storage and summary lines; return the last epoch's row.
+    """Write ``summary.json`` (this invocation's epochs, the last epoch's row; rank 0 only)
+    and log the storage and summary lines; return the last epoch's row.
 
     Raises:
         DatasetError: no epoch ran at all.
@@ -470,6 +586,8 @@ def write_summary(
     last = history.rows[-1]
     run_epochs_rows = history.rows[history.first_epoch - 1 :]  # the earlier ones were resumed
     summary = run_summary(run_epochs_rows, run_requests) if run_epochs_rows else {}
+    if not main:
+        return last
     write_json(out / "summary.json", {**summary, "pretrained": pretrained, "last_epoch": last})
     if summary:
         log.info(
@@ -499,3 +617,12 @@ def write_summary(
         out,
     )
     return last
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV written earlier (``metrics_by_rank.csv`` of the epochs a resumed run
+    already has); empty when it is missing."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,187 @@
+"""Several ranks for real: torchrun (``python -m torch.distributed.run``) as a subprocess on a
+free port, gloo on the CPU, the small ConvNet on a few BCCD cell crops.
+
+Each run checks what the issue asks of the scale-out: every rank runs the same number of
+steps; the ranks together train on the split once, less a remainder that is counted; the
+epoch's row is exactly the sum / mean / max of the per-rank rows; DDP kept the replicas
+identical; distributed evaluation equals a single-process evaluation of the same weights; a
+failing rank stops every rank within the timeout.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from models.classifier import load_trained_classifier
+from pipelines.folders import load_folder_split
+from pipelines.loaders import LoaderSettings, build_loader
+from pipelines.s3_local import free_port
+from pipelines.samples import classification_transform
+from pipelines.storage import FileSystemStorage
+from scripts.train import main as train_main
+from tests.conftest import REPO
+from training import classification
+
+pytestmark = pytest.mark.integration
+
+#: Seconds a test run may take before it counts as a hang.
+RUN_LIMIT_S = 240
+
+
+def torchrun(cells: Path, out: Path, *extra: str, nproc: int = 2, env=None, **popen):
+    """Start ``scripts.train`` under torchrun with ``nproc`` ranks on a free port."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        "-m", "scripts.train", "--config", "configs/classification.yaml",
+        "--data", str(cells), "--out", str(out), "--epochs", "2", "--batch-size", "4",
+        "--workers", "1", "--no-pretrained", "--arch", "convnet",
+        "--set", "model.image_size=32", "--set", "dataset.shard_size_mb=0.03",
+        "--set", "train.dist_timeout_s=20", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, limit_s: float = RUN_LIMIT_S) -> tuple[int, str]:
+    """Wait for the run; kill its whole process group if it runs past ``limit_s``."""
+    try:
+        out, _ = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun ran past {limit_s} s:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    from tests.conftest import make_voc_subset
+    from tests.test_classification import make_cells
+
+    root = tmp_path_factory.mktemp("dist")
+    voc = make_voc_subset(root / "bccd", {"train": 2, "test": 2})
+    return make_cells(root / "cells", voc, {"train": 2, "test": 2})
+
+
+@pytest.fixture(scope="module")
+def random_run(cells, tmp_path_factory):
+    """One 2-rank run of random access, 2 epochs, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("random") / "out"
+    code, log = finish(torchrun(cells, out, "--access", "random"))
+    assert code == 0, log[-3000:]
+    return out, log
+
+
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
+def test_two_ranks_train_in_step_on_the_split_once(cells, tmp_path, access, request):
+    if access == "random":
+        out, log = request.getfixturevalue("random_run")
+    else:  # one epoch, and DataLoader workers for shards (two readers per rank)
+        out = tmp_path / "out"
+        extra = ["--set", f"access.sequential_source={access}", "--epochs", "1"]
+        if access == "objects":
+            extra += ["--workers", "0"]
+        code, log = finish(torchrun(cells, out, "--access", "sequential", *extra))
+        assert code == 0, log[-3000:]
+    split = len(load_folder_split(FileSystemStorage(cells), "train")[0])
+    rows, by_rank = read_rows(out / "metrics.csv"), read_rows(out / "metrics_by_rank.csv")
+    assert len(by_rank) == 2 * len(rows) and rows
+    steps = Counter((s["epoch"], s["rank"]) for s in read_rows(out / "steps.csv"))
+    for row in rows:
+        mine = [r for r in by_rank if r["epoch"] == row["epoch"]]
+        assert [r["rank"] for r in mine] == ["0", "1"] and row["ranks"] == "2"
+        assert steps[(row["epoch"], "0")] == steps[(row["epoch"], "1")] > 0  # in step
+
+        def total(key, mine=mine):
+            return sum(float(r[key]) for r in mine)
+
+        for key in ("samples", "skipped", "samples_dropped", "bytes_read", "requests"):
+            assert float(row[key]) == total(key), key
+        assert int(row["samples"]) + int(row["samples_dropped"]) == split
+        if access != "shards":
+            assert int(row["samples_dropped"]) == split % 2
+        assert float(row["wall_s"]) == max(float(r["wall_s"]) for r in mine)
+        assert float(row["au"]) == pytest.approx(total("au") / 2, rel=1e-5)
+        assert float(row["au_min"]) == min(float(r["au"]) for r in mine)
+        assert float(row["data_wait_max_s"]) == max(float(r["data_wait_s"]) for r in mine)
+        assert float(row["throughput_mbps"]) == pytest.approx(
+            float(row["bytes_read"]) / float(row["wall_s"]) / 1e6, rel=1e-4
+        )
+    digests = {line.split()[-1] for line in log.splitlines() if "weights digest" in line}
+    assert len(digests) == 1, "the ranks' weights differ after training"
+    assert "[rank 1]" in log and "[rank 0]" in log
+
+
+def test_distributed_evaluation_equals_one_process(cells, random_run):
+    out, _ = random_run
+    row = read_rows(out / "metrics.csv")[-1]  # evaluated with the weights model.pt holds
+    model, names = load_trained_classifier(out)
+    storage = FileSystemStorage(cells)
+    records, _ = load_folder_split(storage, "test")
+    classes = [names[str(i)] for i in range(len(names))]
+    loader = build_loader(
+        storage, records, access="random", transform=classification_transform(False, 32),
+        class_to_index={c: i for i, c in enumerate(classes)},
+        settings=LoaderSettings(batch_size=4, num_workers=0), shuffle=False, seed=0,
+    )  # fmt: skip
+    loader.set_epoch(1)
+    alone = classification.evaluate(
+        model, loader, torch.device("cpu"), num_samples=len(records), classes=classes
+    )
+    assert int(row["eval_samples"]) == alone["eval_samples"] == len(records)
+    for key in ("top1", "balanced_acc", "eval_loss", *(f"acc_{c}" for c in classes)):
+        assert float(row[key]) == pytest.approx(alone[key], rel=1e-4, nan_ok=True), key
+
+
+def test_resume_refuses_another_world_size(cells, random_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(random_run[0], out)
+    code = train_main([
+        "--config", "configs/classification.yaml", "--data", str(cells), "--out", str(out),
+        "--epochs", "3", "--arch", "convnet", "--set", "model.image_size=32", "--resume",
+        "--access", "random", "--no-pretrained",
+    ])  # fmt: skip
+    assert code == 2
+    assert "was written by a run of 2 rank(s), this one has 1" in capsys.readouterr().err
+
+
+def test_a_failing_rank_stops_every_rank(cells, tmp_path):
+    """Rank 1 is killed (SIGKILL) mid-run: torchrun stops rank 0 too and exits non-zero,
+    naming the rank that failed, and no process of the run is left."""
+    out = tmp_path / "out"
+    proc = torchrun(cells, out, "--access", "random", "--epochs", "50", "--workers", "0")
+    deadline = time.monotonic() + RUN_LIMIT_S
+    log = out / "benchmark.log"
+    while "epoch 1, this rank" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the run never reached its first epoch"
+        time.sleep(0.2)
+    run = psutil.Process(proc.pid).children(recursive=True)
+    victim = next(p for p in run if p.environ().get("LOCAL_RANK") == "1")
+    started = time.monotonic()
+    victim.kill()
+    code, text = finish(proc, limit_s=60)
+    assert code != 0 and time.monotonic() - started < 60
+    assert "local_rank: 1" in text and "SIGKILL" in text, text[-3000:]
+    gone, alive = psutil.wait_procs(run, timeout=10)
+    assert not alive, f"processes of the run left: {alive}"

@@ -1,0 +1,156 @@
+"""Several training processes at once, launched by torchrun: who this one is, its device, the
+process group, and the few collectives the run needs.
+
+``make train NPROC=4`` runs ``python -m torch.distributed.run --nproc-per-node 4 -m
+scripts.train ...``: torchrun starts one process per rank and tells each, in its environment,
+``RANK`` (0 to ``WORLD_SIZE - 1`` over all nodes), ``WORLD_SIZE`` and ``LOCAL_RANK`` (its
+index on this node) (PyTorch docs, "torchrun (Elastic Launch)", environment variables). Each
+rank joins the process group (gloo on a CPU, NCCL on CUDA, where rank ``r`` takes
+``cuda:LOCAL_RANK``), trains a DistributedDataParallel copy of the model on its share of the
+data, and the ranks exchange their figures at the end of each epoch. Without torchrun nothing
+here changes the run: one rank, no process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from training.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the training processes.
+
+    Attributes:
+        rank: 0 to ``world_size - 1``, over all nodes.
+        world_size: training processes in all (one per accelerator).
+        local_rank: this process's index on its node (its GPU's index).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, which writes the outputs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether there are several ranks."""
+        return self.world_size > 1
+
+
+#: A run without torchrun: one rank.
+ONE_RANK = Ranks()
+
+
+def from_environment() -> Ranks:
+    """The ranks torchrun set in this process's environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``); one rank when they are not set.
+
+    Raises:
+        ConfigError: the variables are not whole numbers or do not fit together.
+    """
+    try:
+        ranks = Ranks(
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
+    except ValueError:
+        raise ConfigError(
+            "RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (torchrun sets them)"
+        ) from None
+    if not 0 <= ranks.rank < ranks.world_size:
+        raise ConfigError(f"RANK={ranks.rank} is not in 0..WORLD_SIZE-1={ranks.world_size - 1}")
+    return ranks
+
+
+def pick_device(setting: str, ranks: Ranks = ONE_RANK) -> torch.device:
+    """The device of this rank: ``auto`` → CUDA when available, else the CPU; on CUDA,
+    ``cuda:LOCAL_RANK`` (one GPU per rank).
+
+    Raises:
+        ConfigError: ``cuda`` asked for but unavailable, or fewer GPUs than ranks on a node.
+    """
+    cuda = torch.cuda.is_available()
+    if setting == "cuda" and not cuda:
+        raise ConfigError("train.device is cuda but no CUDA device is available; use auto or cpu")
+    if setting == "cpu" or not cuda:
+        return torch.device("cpu")
+    if ranks.local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"LOCAL_RANK {ranks.local_rank} has no GPU ({torch.cuda.device_count()} on this "
+            "node): start at most one rank per GPU (NPROC)"
+        )
+    return torch.device("cuda", ranks.local_rank)
+
+
+def start(ranks: Ranks, device: torch.device, timeout_s: float) -> None:
+    """Join the process group when there are several ranks: NCCL on CUDA, gloo on a CPU.
+
+    ``timeout_s`` bounds every collective: a rank that died or hangs makes the others fail
+    after that long instead of waiting forever (``torch.distributed.init_process_group``'s
+    ``timeout``).
+    """
+    if not ranks.distributed:
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    log.info(
+        "rank %d of %d (local rank %d), %s, process group %s",
+        ranks.rank,
+        ranks.world_size,
+        ranks.local_rank,
+        device,
+        backend,
+    )
+
+
+def stop() -> None:
+    """Leave the process group (nothing without one)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather(obj) -> list:
+    """``obj`` of every rank, in rank order, on every rank (``[obj]`` without a group).
+
+    ``obj`` must pickle; it travels through ``all_gather_object``.
+    """
+    if not dist.is_initialized():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing without a group)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def sum_all(values: list[float]) -> list[float]:
+    """The element-wise sum of ``values`` over all ranks (``values`` without a group)."""
+    if not dist.is_initialized():
+        return list(values)
+    return [sum(column) for column in zip(*gather(list(values)), strict=True)]
