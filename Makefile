@@ -40,12 +40,16 @@ NNODES ?= 1
 NODE_RANK ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
+# Seconds node 0 waits for the other nodes to join before it gives up.
+RDZV_TIMEOUT ?= 300
 
 flag = $(if $(strip $(2)),--$(1) $(strip $(2)))
-# `$(RUN) scripts.train` is one process, or NPROC ranks under torchrun (torch.distributed.run).
-TORCHRUN = $(PY) -m torch.distributed.run --nproc-per-node $(NPROC) \
+# `$(RUN) scripts.train` is one process, or NPROC ranks under torchrun (scripts/launch.py runs
+# torch.distributed.run and says in one line why a launch failed).
+TORCHRUN = $(PY) -m scripts.launch --nproc-per-node $(NPROC) \
 	$(if $(filter-out 1,$(NNODES)),--nnodes $(NNODES) --node-rank $(NODE_RANK) \
-	--master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT),--standalone)
+	--master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) \
+	--rdzv-conf timeout=$(RDZV_TIMEOUT),--standalone)
 RUN = $(if $(strip $(NPROC)),$(TORCHRUN) -m,$(PY) -m)
 TRAIN_FLAGS = --config $(CONFIG) --out $(OUT) $(call flag,access,$(ACCESS)) $(call flag,epochs,$(EPOCHS)) \
 	$(call flag,batch-size,$(BATCH_SIZE)) $(call flag,workers,$(WORKERS)) $(call flag,lr,$(LR)) \

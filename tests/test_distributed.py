@@ -40,11 +40,20 @@ pytestmark = pytest.mark.integration
 RUN_LIMIT_S = 240
 
 
-def torchrun(cells: Path, out: Path, *extra: str, nproc: int = 2, env=None, **popen):
-    """Start ``scripts.train`` under torchrun with ``nproc`` ranks on a free port."""
+def torchrun(
+    cells: Path, out: Path, *extra: str, nproc: int = 2, nodes: tuple = (), port=None, env=None
+):
+    """Start ``scripts.train`` under torchrun (``scripts.launch``, as ``make train NPROC=``
+    does) with ``nproc`` ranks on a free port; ``nodes``: ``(nnodes, node_rank, timeout_s)``
+    for one node of several."""
+    launch = ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"]
+    launch += ["--master-port", str(port or free_port())]
+    if nodes:
+        nnodes, node_rank, timeout_s = nodes
+        launch += ["--nnodes", str(nnodes), "--node-rank", str(node_rank)]
+        launch += ["--rdzv-conf", f"timeout={timeout_s}"]
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        sys.executable, "-m", "scripts.launch", *launch,
         "-m", "scripts.train", "--config", "configs/classification.yaml",
         "--data", str(cells), "--out", str(out), "--epochs", "2", "--batch-size", "4",
         "--workers", "1", "--no-pretrained", "--arch", "convnet",
@@ -53,7 +62,7 @@ def torchrun(cells: Path, out: Path, *extra: str, nproc: int = 2, env=None, **po
     ]  # fmt: skip
     return subprocess.Popen(
         command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
 
 
@@ -92,17 +101,22 @@ def random_run(cells, tmp_path_factory):
     return out, log
 
 
-@pytest.mark.parametrize("access", ["random", "shards", "objects"])
+@pytest.mark.parametrize("access", ["random", "shards"])  # objects: the two-node test
 def test_two_ranks_train_in_step_on_the_split_once(cells, tmp_path, access, request):
     if access == "random":
         out, log = request.getfixturevalue("random_run")
-    else:  # one epoch, and DataLoader workers for shards (two readers per rank)
+    else:  # one epoch, with a DataLoader worker per rank
         out = tmp_path / "out"
         extra = ["--set", f"access.sequential_source={access}", "--epochs", "1"]
-        if access == "objects":
-            extra += ["--workers", "0"]
         code, log = finish(torchrun(cells, out, "--access", "sequential", *extra))
         assert code == 0, log[-3000:]
+    check_in_step(cells, out, log, access)
+
+
+def check_in_step(cells: Path, out: Path, log: str, access: str) -> None:
+    """The run in ``out`` (two ranks) trained in step on the split once: the same number of
+    steps on both ranks, samples + dropped = the split (dropped = the remainder except for
+    shards), each epoch row exactly the sum / max / mean of its rank rows, the same weights."""
     split = len(load_folder_split(FileSystemStorage(cells), "train")[0])
     rows, by_rank = read_rows(out / "metrics.csv"), read_rows(out / "metrics_by_rank.csv")
     assert len(by_rank) == 2 * len(rows) and rows
@@ -181,7 +195,34 @@ def test_a_failing_rank_stops_every_rank(cells, tmp_path):
     started = time.monotonic()
     victim.kill()
     code, text = finish(proc, limit_s=60)
-    assert code != 0 and time.monotonic() - started < 60
-    assert "local_rank: 1" in text and "SIGKILL" in text, text[-3000:]
+    assert code == 1 and time.monotonic() - started < 60
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("error: rank 1 (local rank 1) failed first, signal SIGKILL"), text
+    assert "the other ranks were stopped" in last
     gone, alive = psutil.wait_procs(run, timeout=10)
     assert not alive, f"processes of the run left: {alive}"
+
+
+def test_two_nodes_on_this_machine_finish_a_run_together(cells, tmp_path):
+    """Two torchrun launches, one rank each, meet at a rendezvous on 127.0.0.1 (as two
+    machines would at MASTER_ADDR) and train together, here with the objects pattern."""
+    port = free_port()
+    runs = [
+        torchrun(cells, tmp_path / f"node{n}", "--access", "sequential",
+                 "--set", "access.sequential_source=objects", "--epochs", "1",
+                 "--workers", "0", nproc=1, nodes=(2, n, 60), port=port)
+        for n in (0, 1)
+    ]  # fmt: skip
+    results = [finish(run) for run in runs]
+    assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert not (tmp_path / "node1" / "metrics.csv").exists()  # rank 0 (node 0) writes
+    check_in_step(cells, tmp_path / "node0", results[0][1] + results[1][1], "objects")
+
+
+def test_a_node_that_never_joins_ends_the_run_with_what_is_missing(cells, tmp_path):
+    proc = torchrun(cells, tmp_path / "out", "--access", "random", nproc=1, nodes=(2, 0, 5))
+    code, text = finish(proc, limit_s=90)
+    assert code == 2
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("error: the nodes did not all join the rendezvous")
+    assert "1/2 clients joined" in last and "NODE_RANK" in last
