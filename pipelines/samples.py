@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch.utils.data import get_worker_info
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
@@ -180,6 +181,9 @@ class Batch:
             taken in DataLoader workers compare with the training process's.
         errors: ``(id, message)`` of samples that were skipped (corrupt image).
         requests: storage requests made for the batch's samples.
+        reads: per sample, skipped ones included, ``(id, bytes, read_at, read_s)``: what the
+            access trace records (``output.trace``).
+        worker: the DataLoader worker that made the batch (-1: the training process).
     """
 
     images: list[torch.Tensor] = field(default_factory=list)
@@ -190,6 +194,8 @@ class Batch:
     read_at: float = math.inf
     errors: list[tuple[str, str]] = field(default_factory=list)
     requests: RequestStats = field(default_factory=RequestStats)
+    reads: list[tuple[str, int, float, float]] = field(default_factory=list)
+    worker: int = -1
 
     def pin_memory(self) -> Batch:
         """The batch with its images and target tensors in pinned (page-locked) host memory.
@@ -214,8 +220,10 @@ class Batch:
 def collate(samples: list[dict]) -> Batch:
     """DataLoader ``collate_fn``: keep images as a list (detection models take lists; the
     classification step stacks them)."""
-    batch = Batch()
+    info = get_worker_info()
+    batch = Batch(worker=info.id if info is not None else -1)
     for sample in samples:
+        batch.reads.append((sample["id"], sample["nbytes"], sample["read_at"], sample["read_s"]))
         batch.nbytes += sample["nbytes"]
         batch.read_s += sample["read_s"]
         batch.read_at = min(batch.read_at, sample["read_at"])

@@ -58,7 +58,7 @@ def torchrun(
         "--data", str(cells), "--out", str(out), "--epochs", "2", "--batch-size", "4",
         "--workers", "1", "--no-pretrained", "--arch", "convnet",
         "--set", "model.image_size=32", "--set", "dataset.shard_size_mb=0.03",
-        "--set", "train.dist_timeout_s=20", *extra,
+        "--set", "train.dist_timeout_s=20", "--set", "output.trace=true", *extra,
     ]  # fmt: skip
     return subprocess.Popen(
         command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
@@ -141,6 +141,18 @@ def check_in_step(cells: Path, out: Path, log: str, access: str) -> None:
         assert float(row["throughput_mbps"]) == pytest.approx(
             float(row["bytes_read"]) / float(row["wall_s"]) / 1e6, rel=1e-4
         )
+    trace = read_rows(out / "trace.csv")  # one row per sample the ranks trained on
+    split_ids = {r.id for r in load_folder_split(FileSystemStorage(cells), "train")[0]}
+    for row in rows:
+        ids = [t["id"] for t in trace if t["epoch"] == row["epoch"]]
+        assert len(ids) == len(set(ids)) == int(row["samples"]), "a sample read twice"
+        assert set(ids) <= split_ids
+        by_rank_bytes = Counter()
+        for t in trace:
+            if t["epoch"] == row["epoch"]:
+                by_rank_bytes[t["rank"]] += int(t["bytes"])
+                assert float(t["read_start_s"]) <= float(t["read_end_s"])
+        assert sum(by_rank_bytes.values()) == int(row["bytes_read"])
     digests = {line.split()[-1] for line in log.splitlines() if "weights digest" in line}
     assert len(digests) == 1, "the ranks' weights differ after training"
     assert "[rank 1]" in log and "[rank 0]" in log

@@ -14,7 +14,7 @@ from pipelines.s3 import S3Storage
 from pipelines.s3_connector import S3ConnectorStorage
 from pipelines.storage import FileSystemStorage
 
-THREADS, READS = 8, 200
+THREADS, READS = 8, 100
 _numbers = itertools.count()
 
 

@@ -368,6 +368,12 @@ class OutputConfig:
     dir: str = opt(
         "outputs/detection", "output directory (model, metrics, log, checkpoint)", kind=str
     )
+    trace: bool = opt(
+        False,
+        "write trace.csv: one row per training sample read (epoch, rank, worker, step, id, "
+        "bytes, read start and end in seconds from the run's start)",
+        kind=bool,
+    )
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ def measure_steps(
     on_corrupt: str = "skip",
     desc: str | None = None,
     from_first_read: bool = False,
+    trace: list | None = None,
 ) -> EpochMeter:
     """Pull batches from ``loader`` and run ``compute`` on each, timing both sides.
 
@@ -69,6 +70,8 @@ def measure_steps(
             measured steps with those reads for free. Not for training, where read-ahead is
             the point and the consumer sets the pace: AU and throughput are measured from the
             end of the warm-up. Never earlier than the first request for a batch.
+        trace: when a list, ``(step, worker, id, bytes, read_at, read_s)`` is appended to it
+            for every sample the loop received (see ``Batch.reads``).
 
     Full garbage collections are kept out of the epoch (:func:`training.meter.gc_frozen`).
 
@@ -97,6 +100,8 @@ def measure_steps(
                 except StopIteration:
                     break
                 got = time.perf_counter()
+                if trace is not None:
+                    trace.extend((step, batch.worker, *read) for read in batch.reads)
                 for image_id, message in batch.errors:
                     if on_corrupt == "stop":
                         raise TrainingError(
@@ -203,8 +208,10 @@ def train_one_epoch(
     *,
     num_samples: int,
     on_corrupt: str = "skip",
+    trace: list | None = None,
 ) -> EpochMeter:
-    """Run one training epoch and measure every step (see :func:`measure_steps`).
+    """Run one training epoch and measure every step (see :func:`measure_steps`, which also
+    fills ``trace``).
 
     Args:
         model: the model ``step_fn`` trains (train mode is set here).
@@ -221,4 +228,6 @@ def train_one_epoch(
         TrainingError: non-finite loss, or a corrupt image with ``on_corrupt="stop"``.
     """
     model.train()
-    return measure_steps(loader, step_fn, epoch, num_samples=num_samples, on_corrupt=on_corrupt)
+    return measure_steps(
+        loader, step_fn, epoch, num_samples=num_samples, on_corrupt=on_corrupt, trace=trace
+    )

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 import random
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,6 +104,12 @@ STEP_COLUMNS = [
 ]
 
 
+#: ``trace.csv`` (``output.trace``): one row per training sample the loop received.
+TRACE_COLUMNS = [
+    "epoch", "rank", "worker", "step", "id", "bytes", "read_start_s", "read_end_s",
+]  # fmt: skip
+
+
 def run_summary(epochs: list[dict], requests: RequestStats) -> dict:
     """Totals of the epochs this invocation ran, and their storage request figures."""
     nbytes = sum(e["bytes_read"] for e in epochs)
@@ -139,6 +146,7 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
         DatasetError, pipelines.storage.StorageError, pipelines.shards.ShardError,
         training.engine.TrainingError: with a message for the user (the CLI prints it).
     """
+    started = time.perf_counter()  # the trace's times count from here
     ranks = distributed.from_environment()
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,13 +160,15 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
     try:
         device = distributed.pick_device(cfg.train.device, ranks)
         distributed.start(ranks, device, cfg.train.dist_timeout_s)
-        return _run(cfg, out, resume, ranks, device)
+        return _run(cfg, out, resume, ranks, device, started)
     finally:
         distributed.stop()
         detach_log_file(log_handler)
 
 
-def _run(cfg: Config, out: Path, resume: bool, ranks: Ranks, device: torch.device) -> dict:
+def _run(
+    cfg: Config, out: Path, resume: bool, ranks: Ranks, device: torch.device, started: float
+) -> dict:
     """The run, step by step: data and loaders, model and optimizer, resume, the epochs, the
     summary. Every rank runs it; rank 0 alone writes the outputs."""
     log.debug("config: %s", cfg.to_dict())  # the log file only; the console gets its path
@@ -176,7 +186,7 @@ def _run(cfg: Config, out: Path, resume: bool, ranks: Ranks, device: torch.devic
     if ranks.main:
         write_json(out / "index_to_name.json", task.index_to_name(data.classes))
         write_json(out / "model.json", training.spec)
-    run_requests = run_epochs(cfg, task, data, training, history, device, out, ranks)
+    run_requests = run_epochs(cfg, task, data, training, history, device, out, ranks, started)
     last = write_summary(
         cfg, task, history, run_requests, out, pretrained=training.pretrained, main=ranks.main
     )
@@ -426,12 +436,14 @@ def run_epochs(
     device: torch.device,
     out: Path,
     ranks: Ranks = ONE_RANK,
+    started: float = 0.0,
 ) -> RequestStats:
     """Train and evaluate each epoch still to run; after each, gather every rank's figures
     and (rank 0) write ``metrics.csv`` (the epoch over all ranks,
     :func:`training.meter.aggregate`), ``metrics_by_rank.csv``, ``steps.csv``, ``model.pt``
-    and ``checkpoint.pt``. Returns this invocation's storage requests over all ranks (TTFB
-    lists are not checkpointed)."""
+    and ``checkpoint.pt``, and with ``output.trace`` ``trace.csv`` (times in seconds from
+    ``started``, each rank's own ``time.perf_counter``). Returns this invocation's storage
+    requests over all ranks (TTFB lists are not checkpointed)."""
     if history.first_epoch > cfg.train.epochs:
         log.info("nothing to do: the checkpoint is at epoch %d of %d",
                  history.first_epoch - 1, cfg.train.epochs)  # fmt: skip
@@ -440,8 +452,10 @@ def run_epochs(
     train_loader, eval_loader = data.train_loader, data.eval_loader
     model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
     by_rank = _read_rows(out / "metrics_by_rank.csv") if history.first_epoch > 1 else []
+    traced = _read_rows(out / "trace.csv") if cfg.output.trace and history.first_epoch > 1 else []
     for epoch in range(history.first_epoch, cfg.train.epochs + 1):
         train_loader.set_epoch(epoch)
+        reads = [] if cfg.output.trace else None
         meter = train_one_epoch(
             model,
             task.step_fn(model, optimizer, scheduler, device, epoch, training.precision),
@@ -449,6 +463,7 @@ def run_epochs(
             epoch,
             num_samples=train_loader.num_samples,
             on_corrupt=cfg.access.on_corrupt,
+            trace=reads,
         )
         eval_loader.set_epoch(epoch)
         quality = task.evaluate(
@@ -464,7 +479,15 @@ def run_epochs(
             0, train_loader.share(epoch) - mine["samples"] - mine["skipped"]
         )
         steps = [{**vars(s), "rank": ranks.rank} for s in meter.steps]
-        gathered = distributed.gather((mine, meter.requests, steps))
+        trace = [
+            {
+                "epoch": epoch, "rank": ranks.rank, "worker": worker, "step": step,
+                "id": image_id, "bytes": nbytes,
+                "read_start_s": read_at - started, "read_end_s": read_at + read_s - started,
+            }
+            for step, worker, image_id, nbytes, read_at, read_s in reads or ()
+        ]  # fmt: skip
+        gathered = distributed.gather((mine, meter.requests, steps, trace))
         common = {
             "task": cfg.task,
             "access": cfg.access.mode,
@@ -476,7 +499,7 @@ def run_epochs(
             **quality,
         }
         row = {**aggregate([g[0] for g in gathered], [g[1] for g in gathered]), **common}
-        for rank, (rank_row, _, _) in enumerate(gathered):
+        for rank, (rank_row, *_) in enumerate(gathered):
             by_rank.append(
                 {
                     **rank_row,
@@ -489,7 +512,8 @@ def run_epochs(
             )
         history.rows.append(row)
         history.steps.extend(s for g in gathered for s in g[2])
-        for _, requests, _ in gathered:
+        traced.extend(t for g in gathered for t in g[3])
+        for _, requests, *_ in gathered:
             run_requests.merge(requests)
         if ranks.distributed:
             log.info(
@@ -533,6 +557,8 @@ def run_epochs(
         write_csv(out / "metrics.csv", history.rows, columns)
         write_csv(out / "metrics_by_rank.csv", by_rank, ["rank", *columns])
         write_csv(out / "steps.csv", history.steps, STEP_COLUMNS)
+        if cfg.output.trace:
+            write_csv(out / "trace.csv", traced, TRACE_COLUMNS)
         save_torch(out / "model.pt", training.net.state_dict())
         save_torch(
             out / "checkpoint.pt",
