@@ -51,6 +51,11 @@ TORCHRUN = $(PY) -m scripts.launch --nproc-per-node $(NPROC) \
 	--master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) \
 	--rdzv-conf timeout=$(RDZV_TIMEOUT),--standalone)
 RUN = $(if $(strip $(NPROC)),$(TORCHRUN) -m,$(PY) -m)
+ifneq ($(strip $(NNODES)),1)
+ifeq ($(strip $(NPROC)),)
+$(error NNODES=$(NNODES) needs NPROC (ranks on this node): e.g. make train NPROC=8 NNODES=$(NNODES) NODE_RANK=...)
+endif
+endif
 TRAIN_FLAGS = --config $(CONFIG) --out $(OUT) $(call flag,access,$(ACCESS)) $(call flag,epochs,$(EPOCHS)) \
 	$(call flag,batch-size,$(BATCH_SIZE)) $(call flag,workers,$(WORKERS)) $(call flag,lr,$(LR)) \
 	$(call flag,limit,$(LIMIT)) $(STORAGE_FLAGS) $(ARGS)

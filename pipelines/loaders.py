@@ -216,7 +216,7 @@ def build_loader(
     Raises:
         ValueError: unknown ``access``, ``"shards"`` without ``shards``, ``repeat < 1``, or
             ``repeat > 1`` with several ranks.
-        ShardError: fewer shards than ranks.
+        ShardError: fewer shards than ranks, with ``equal_steps``.
     """
     if repeat < 1:
         raise ValueError(f"{repeat=} must be at least 1")
@@ -329,7 +329,7 @@ def _iterable_dataset(
     if access == "shards":
         if shards is None:
             raise ValueError("shards access needs the split's shards (see ensure_shards)")
-        if world_size > len(shards):
+        if equal_steps and world_size > len(shards):
             raise ShardError(
                 f"{len(shards)} shard(s) for {world_size} ranks: every rank needs at least one "
                 "(a rank without one would leave the others nothing to train on in step); "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from torch.distributed import DistStoreError
+from torch.distributed import DistError
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousError
 from torch.distributed.run import main as torchrun_main
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run torchrun with ``argv``; return its exit status (see the module doc)."""
     try:
         torchrun_main(argv)
-    except (DistStoreError, RendezvousError) as exc:
+    except (DistError, RendezvousError) as exc:  # the store, the network, the rendezvous
         print(
             f"error: the nodes did not all join the rendezvous ({_first_line(exc)}): start the "
             "same command on every node with its own NODE_RANK (0 to NNODES-1) and the same "

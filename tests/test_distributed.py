@@ -56,8 +56,8 @@ def torchrun(
         sys.executable, "-m", "scripts.launch", *launch,
         "-m", "scripts.train", "--config", "configs/classification.yaml",
         "--data", str(cells), "--out", str(out), "--epochs", "2", "--batch-size", "4",
-        "--workers", "1", "--no-pretrained", "--arch", "convnet",
-        "--set", "model.image_size=32", "--set", "dataset.shard_size_mb=0.03",
+        "--workers", "0", "--no-pretrained", "--arch", "resnet18",
+        "--set", "model.image_size=64", "--set", "dataset.shard_size_mb=0.03",
         "--set", "train.dist_timeout_s=20", "--set", "output.trace=true", *extra,
     ]  # fmt: skip
     return subprocess.Popen(
@@ -89,14 +89,21 @@ def cells(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("dist")
     voc = make_voc_subset(root / "bccd", {"train": 2, "test": 2})
-    return make_cells(root / "cells", voc, {"train": 2, "test": 2})
+    cells = make_cells(root / "cells", voc, {"train": 2, "test": 2})
+    corrupt = sorted((cells / "train" / "RBC").glob("*.jpg"))[0]
+    corrupt.write_bytes(b"\xff\xd8\xff" + b"not a jpeg" * 10)  # skipped, on one rank
+    return cells
 
 
 @pytest.fixture(scope="module")
 def random_run(cells, tmp_path_factory):
-    """One 2-rank run of random access, 2 epochs, shared by the tests that only read it."""
+    """One 2-rank run of random access, one epoch, shared by the tests that only read it.
+    Batches of one image: the corrupt crop makes an empty batch on one rank, a step that
+    every rank must skip together."""
     out = tmp_path_factory.mktemp("random") / "out"
-    code, log = finish(torchrun(cells, out, "--access", "random"))
+    code, log = finish(
+        torchrun(cells, out, "--access", "random", "--batch-size", "1", "--epochs", "1")
+    )
     assert code == 0, log[-3000:]
     return out, log
 
@@ -115,8 +122,9 @@ def test_two_ranks_train_in_step_on_the_split_once(cells, tmp_path, access, requ
 
 def check_in_step(cells: Path, out: Path, log: str, access: str) -> None:
     """The run in ``out`` (two ranks) trained in step on the split once: the same number of
-    steps on both ranks, samples + dropped = the split (dropped = the remainder except for
-    shards), each epoch row exactly the sum / max / mean of its rank rows, the same weights."""
+    steps on both ranks, samples + skipped + dropped = the split (dropped = the remainder
+    except for shards), each epoch row exactly the sum / max / mean of its rank rows, the same
+    weights and BatchNorm statistics (ResNet-18) on both ranks."""
     split = len(load_folder_split(FileSystemStorage(cells), "train")[0])
     rows, by_rank = read_rows(out / "metrics.csv"), read_rows(out / "metrics_by_rank.csv")
     assert len(by_rank) == 2 * len(rows) and rows
@@ -131,7 +139,7 @@ def check_in_step(cells: Path, out: Path, log: str, access: str) -> None:
 
         for key in ("samples", "skipped", "samples_dropped", "bytes_read", "requests"):
             assert float(row[key]) == total(key), key
-        assert int(row["samples"]) + int(row["samples_dropped"]) == split
+        assert int(row["samples"]) + int(row["skipped"]) + int(row["samples_dropped"]) == split
         if access != "shards":
             assert int(row["samples_dropped"]) == split % 2
         assert float(row["wall_s"]) == max(float(r["wall_s"]) for r in mine)
@@ -145,7 +153,8 @@ def check_in_step(cells: Path, out: Path, log: str, access: str) -> None:
     split_ids = {r.id for r in load_folder_split(FileSystemStorage(cells), "train")[0]}
     for row in rows:
         ids = [t["id"] for t in trace if t["epoch"] == row["epoch"]]
-        assert len(ids) == len(set(ids)) == int(row["samples"]), "a sample read twice"
+        read = int(row["samples"]) + int(row["skipped"])
+        assert len(ids) == len(set(ids)) == read, "a sample read twice"
         assert set(ids) <= split_ids
         by_rank_bytes = Counter()
         for t in trace:
@@ -166,7 +175,7 @@ def test_distributed_evaluation_equals_one_process(cells, random_run):
     records, _ = load_folder_split(storage, "test")
     classes = [names[str(i)] for i in range(len(names))]
     loader = build_loader(
-        storage, records, access="random", transform=classification_transform(False, 32),
+        storage, records, access="random", transform=classification_transform(False, 64),
         class_to_index={c: i for i, c in enumerate(classes)},
         settings=LoaderSettings(batch_size=4, num_workers=0), shuffle=False, seed=0,
     )  # fmt: skip
@@ -184,7 +193,7 @@ def test_resume_refuses_another_world_size(cells, random_run, tmp_path, capsys):
     shutil.copytree(random_run[0], out)
     code = train_main([
         "--config", "configs/classification.yaml", "--data", str(cells), "--out", str(out),
-        "--epochs", "3", "--arch", "convnet", "--set", "model.image_size=32", "--resume",
+        "--epochs", "3", "--arch", "resnet18", "--set", "model.image_size=64", "--resume",
         "--access", "random", "--no-pretrained",
     ])  # fmt: skip
     assert code == 2

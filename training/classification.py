@@ -145,17 +145,9 @@ def evaluate(
     model.eval()
     precision = precision or Precision("fp32", device)
     n = len(classes)
-    top1 = MulticlassAccuracy(num_classes=n, top_k=1, average="micro")
-    top5 = (
-        MulticlassAccuracy(num_classes=n, top_k=5, average="micro")
-        if n >= TOP5_MIN_CLASSES
-        else None
-    )
-    per_class = MulticlassAccuracy(num_classes=n, average="none")
     started = time.perf_counter()
-    samples = skipped = 0
-    loss_sum = 0.0
-    seen = torch.zeros(n, dtype=torch.int64)
+    skipped = 0
+    all_logits, all_targets = [torch.zeros(0, n)], [torch.zeros(0, dtype=torch.int64)]
     bar = progress_bar(
         total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True
     )
@@ -165,19 +157,29 @@ def evaluate(
         if not batch.images:
             continue
         with precision.autocast():
-            logits = model(torch.stack(batch.images).to(device)).float().cpu()
-        targets = torch.stack(batch.targets)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            all_logits.append(model(torch.stack(batch.images).to(device)).float().cpu())
+        all_targets.append(torch.stack(batch.targets))
+    bar.close()
+    # several ranks: each evaluated its part; every rank gathers all parts (one object
+    # collective, whatever their sizes) and computes the figures over the whole split
+    parts = distributed.gather((torch.cat(all_logits), torch.cat(all_targets), skipped))
+    logits = torch.cat([p[0] for p in parts])
+    targets = torch.cat([p[1] for p in parts])
+    skipped = sum(p[2] for p in parts)
+    samples = len(targets)
+    loss_sum = F.cross_entropy(logits, targets, reduction="sum").item() if samples else 0.0
+    seen = torch.bincount(targets, minlength=n)
+    top1 = MulticlassAccuracy(num_classes=n, top_k=1, average="micro", sync_on_compute=False)
+    top5 = (
+        MulticlassAccuracy(num_classes=n, top_k=5, average="micro", sync_on_compute=False)
+        if n >= TOP5_MIN_CLASSES
+        else None
+    )
+    per_class = MulticlassAccuracy(num_classes=n, average="none", sync_on_compute=False)
+    if samples:
         for metric in (top1, top5, per_class):
             if metric is not None:
                 metric.update(logits, targets)
-        seen += torch.bincount(targets, minlength=n)
-        samples += len(batch.images)
-    bar.close()
-    # several ranks: each evaluated its part; counts are summed, and torchmetrics gathers
-    # every rank's state in compute(), so the figures are the whole split's
-    *totals, seen_total = distributed.sum_all([samples, skipped, loss_sum, seen])
-    samples, skipped, loss_sum, seen = int(totals[0]), int(totals[1]), totals[2], seen_total
     result = {
         "top1": math.nan,
         "top5": math.nan,

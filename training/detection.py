@@ -139,9 +139,8 @@ def evaluate(
     """
     model.eval()
     precision = precision or Precision("fp32", device)
-    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
     started = time.perf_counter()
-    samples = skipped = 0
+    preds, targets, skipped = [], [], 0
     bar = progress_bar(
         total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True
     )
@@ -152,18 +151,23 @@ def evaluate(
             continue
         with precision.autocast():
             outputs = model([img.to(device) for img in batch.images])
-        preds = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
-                 for o in outputs]  # fmt: skip
-        targets = [
+        preds += [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
+                  for o in outputs]  # fmt: skip
+        targets += [
             {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"]}
             for t in batch.targets
         ]
-        metric.update(preds, targets)
-        samples += len(batch.images)
     bar.close()
-    # several ranks: each evaluated its part; counts are summed, and torchmetrics gathers the
-    # predictions of every rank in compute(), so the figures are the whole split's
-    samples, skipped = (int(n) for n in distributed.sum_all([samples, skipped]))
+    # several ranks: each evaluated its part; every rank gathers all parts (whatever their
+    # sizes: one object collective) and computes mAP over the whole split, in one process
+    # (torchmetrics' own sync would run one collective per image, which uneven parts break)
+    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy", sync_on_compute=False)
+    samples = skipped = 0
+    for rank_preds, rank_targets, rank_skipped in distributed.gather((preds, targets, skipped)):
+        if rank_preds:
+            metric.update(rank_preds, rank_targets)
+        samples += len(rank_preds)
+        skipped += rank_skipped
     result = (
         metric.compute()
         if samples

@@ -54,6 +54,12 @@ class Ranks:
 #: A run without torchrun: one rank.
 ONE_RANK = Ranks()
 
+#: Seconds a long barrier waits (rank 0 writing the shards of a large dataset while the other
+#: ranks wait), instead of ``train.dist_timeout_s``.
+LONG_WAIT_S = 7 * 24 * 3600
+
+_long_group = None  # a gloo group with the long timeout, made by start()
+
 
 def from_environment() -> Ranks:
     """The ranks torchrun set in this process's environment (``RANK``, ``WORLD_SIZE``,
@@ -104,9 +110,11 @@ def start(ranks: Ranks, device: torch.device, timeout_s: float) -> None:
     after that long instead of waiting forever (``torch.distributed.init_process_group``'s
     ``timeout``).
     """
+    global _long_group
     if not ranks.distributed:
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # on CUDA, CPU tensors (the per-step agreement, object collectives' sizes) go through gloo
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(
@@ -115,6 +123,7 @@ def start(ranks: Ranks, device: torch.device, timeout_s: float) -> None:
         world_size=ranks.world_size,
         timeout=timedelta(seconds=timeout_s),
     )
+    _long_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=LONG_WAIT_S))
     log.info(
         "rank %d of %d (local rank %d), %s, process group %s",
         ranks.rank,
@@ -143,14 +152,29 @@ def gather(obj) -> list:
     return gathered
 
 
-def barrier() -> None:
-    """Wait until every rank gets here (nothing without a group)."""
+def barrier(*, long: bool = False) -> None:
+    """Wait until every rank gets here (nothing without a group). ``long``: for as long as
+    :data:`LONG_WAIT_S` rather than ``train.dist_timeout_s`` (while rank 0 writes shards)."""
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=_long_group if long else None)
 
 
-def sum_all(values: list[float]) -> list[float]:
-    """The element-wise sum of ``values`` over all ranks (``values`` without a group)."""
+def all_agree(flag: bool) -> bool:
+    """Whether ``flag`` is true on every rank (``flag`` without a group): one small
+    collective, so that every rank takes the same branch (a training step skipped on one
+    rank alone would pair the other ranks' gradient exchanges with the wrong steps)."""
     if not dist.is_initialized():
-        return list(values)
-    return [sum(column) for column in zip(*gather(list(values)), strict=True)]
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def share_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics): DDP broadcasts them
+    before each forward pass, so after the last step each rank holds the statistics of its
+    own last batch; evaluation and the saved model use rank 0's."""
+    if not dist.is_initialized():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)

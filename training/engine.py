@@ -45,6 +45,7 @@ def measure_steps(
     desc: str | None = None,
     from_first_read: bool = False,
     trace: list | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> EpochMeter:
     """Pull batches from ``loader`` and run ``compute`` on each, timing both sides.
 
@@ -72,6 +73,9 @@ def measure_steps(
             end of the warm-up. Never earlier than the first request for a batch.
         trace: when a list, ``(step, worker, id, bytes, read_at, read_s)`` is appended to it
             for every sample the loop received (see ``Batch.reads``).
+        agree: with several ranks, ``agree(has images)`` is True when every rank's batch has
+            images (:func:`training.distributed.all_agree`): ``compute`` runs only then, so
+            that a batch of corrupt images on one rank skips the step on all of them.
 
     Full garbage collections are kept out of the epoch (:func:`training.meter.gc_frozen`).
 
@@ -109,7 +113,8 @@ def measure_steps(
                             "fix or remove it, or set access.on_corrupt=skip"
                         )
                     log.warning("skipped corrupt image %s", message)
-                loss_value = compute(batch, step) if batch.images else math.nan
+                ready = bool(batch.images) if agree is None else agree(bool(batch.images))
+                loss_value = compute(batch, step) if ready else math.nan
                 done = time.perf_counter()
                 record = StepRecord(
                     epoch=epoch,
@@ -209,9 +214,10 @@ def train_one_epoch(
     num_samples: int,
     on_corrupt: str = "skip",
     trace: list | None = None,
+    agree: Callable[[bool], bool] | None = None,
 ) -> EpochMeter:
     """Run one training epoch and measure every step (see :func:`measure_steps`, which also
-    fills ``trace``).
+    fills ``trace`` and uses ``agree``).
 
     Args:
         model: the model ``step_fn`` trains (train mode is set here).
@@ -229,5 +235,6 @@ def train_one_epoch(
     """
     model.train()
     return measure_steps(
-        loader, step_fn, epoch, num_samples=num_samples, on_corrupt=on_corrupt, trace=trace
-    )
+        loader, step_fn, epoch, num_samples=num_samples, on_corrupt=on_corrupt, trace=trace,
+        agree=agree,
+    )  # fmt: skip

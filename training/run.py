@@ -183,6 +183,7 @@ def _run(
     history = History()
     if resume:
         history = resume_from(out / "checkpoint.pt", training, device, ranks)
+    wrap_for_ranks(training, device)
     if ranks.main:
         write_json(out / "index_to_name.json", task.index_to_name(data.classes))
         write_json(out / "model.json", training.spec)
@@ -249,7 +250,7 @@ def prepare_data(cfg: Config, task, ranks: Ranks = ONE_RANK) -> RunData:
         if pattern == "shards":
             if ranks.main:
                 shards = find_shards(source, cfg, name, records)
-            distributed.barrier()
+            distributed.barrier(long=True)  # writing a large dataset's shards takes a while
             if not ranks.main:
                 shards = find_shards(source, cfg, name, records)
         loaders[train] = build_loader(
@@ -378,12 +379,17 @@ def build_training(cfg: Config, task, data: RunData, device: torch.device) -> Tr
     if precision.dtype is not None:
         log.info("precision %s: torch.autocast(%s)%s", precision.name, device.type,
                  " with a gradient scaler" if precision.scaler else "")  # fmt: skip
-    net = model
-    if dist.is_initialized():  # every rank starts from rank 0's weights (DDP broadcasts them)
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+    return Training(model, model, spec, optimizer, scheduler, precision)
+
+
+def wrap_for_ranks(training: Training, device: torch.device) -> None:
+    """With several ranks, wrap the model in DistributedDataParallel: every rank starts from
+    rank 0's weights and buffers (DDP broadcasts them here, after a resume has loaded them)
+    and gradients are averaged over the ranks at each step."""
+    if dist.is_initialized():
+        training.model = DistributedDataParallel(
+            training.net, device_ids=[device.index] if device.type == "cuda" else None
         )
-    return Training(model, net, spec, optimizer, scheduler, precision)
 
 
 @dataclass
@@ -423,6 +429,12 @@ def resume_from(
     if training.precision.scaler is not None and ckpt.get("grad_scaler"):
         training.precision.scaler.load_state_dict(ckpt["grad_scaler"])
     training.spec["pretrained"] = ckpt.get("pretrained", training.pretrained)
+    found = distributed.gather((ckpt["epoch"], weights_digest(training.net)))
+    if len(set(found)) > 1:  # e.g. a node whose output folder holds another checkpoint
+        raise ConfigError(
+            f"--resume: the ranks found different checkpoints at {path} (epoch, weights: "
+            f"{found}): every node must resume from the same output folder (a shared one)"
+        )
     log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
     return History(ckpt["metrics"], ckpt["steps"], ckpt["epoch"] + 1)
 
@@ -451,8 +463,9 @@ def run_epochs(
     columns = METRICS_COLUMNS + task.quality_columns(data.classes)
     train_loader, eval_loader = data.train_loader, data.eval_loader
     model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
-    by_rank = _read_rows(out / "metrics_by_rank.csv") if history.first_epoch > 1 else []
-    traced = _read_rows(out / "trace.csv") if cfg.output.trace and history.first_epoch > 1 else []
+    # the rows of resumed epochs (an epoch written after the checkpoint was not: it runs again)
+    by_rank = _read_rows(out / "metrics_by_rank.csv", before=history.first_epoch)
+    traced = _read_rows(out / "trace.csv", before=history.first_epoch) if cfg.output.trace else []
     for epoch in range(history.first_epoch, cfg.train.epochs + 1):
         train_loader.set_epoch(epoch)
         reads = [] if cfg.output.trace else None
@@ -464,7 +477,9 @@ def run_epochs(
             num_samples=train_loader.num_samples,
             on_corrupt=cfg.access.on_corrupt,
             trace=reads,
+            agree=distributed.all_agree if ranks.distributed else None,
         )
+        distributed.share_buffers(training.net)  # rank 0's BatchNorm statistics everywhere
         eval_loader.set_epoch(epoch)
         quality = task.evaluate(
             training.net,  # not the DDP wrapper: ranks evaluate different numbers of batches
@@ -646,10 +661,10 @@ def write_summary(
     return last
 
 
-def _read_rows(path: Path) -> list[dict]:
-    """The rows of a CSV written earlier (``metrics_by_rank.csv`` of the epochs a resumed run
-    already has); empty when it is missing."""
-    if not path.exists():
+def _read_rows(path: Path, *, before: int) -> list[dict]:
+    """The rows of epochs before ``before`` in a CSV written earlier (``metrics_by_rank.csv``
+    or ``trace.csv`` of the epochs a resumed run already has); empty when it is missing."""
+    if before <= 1 or not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) < before]
