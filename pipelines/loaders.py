@@ -157,6 +157,35 @@ class WorkerBatches(IterableDataset):
             yield group
 
 
+class EpochsSampler(torch.utils.data.Sampler):
+    """A ``DistributedSampler`` read for ``repeat`` epochs in one iteration: epoch ``e`` (set
+    by :meth:`set_epoch`) yields this rank's part of the shuffles of epochs ``e`` to
+    ``e + repeat - 1``, one after the other, as a single-rank ``RandomSampler`` of
+    ``repeat x len(dataset)`` samples yields one permutation after another.
+
+    Args:
+        sampler: this rank's sampler; its ``set_epoch`` chooses the shuffle.
+        repeat: epochs per iteration, at least 1.
+    """
+
+    def __init__(self, sampler: DistributedSampler, repeat: int = 1):
+        self.sampler = sampler
+        self.repeat = repeat
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The first epoch of the next iteration."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler) * self.repeat
+
+    def __iter__(self) -> Iterator[int]:
+        for epoch in range(self.epoch, self.epoch + self.repeat):
+            self.sampler.set_epoch(epoch)
+            yield from self.sampler
+
+
 def _as_is(item):
     """``collate_fn`` for :class:`WorkerBatches`: its groups are already collated."""
     return item
@@ -214,14 +243,11 @@ def build_loader(
     smaller count reaches its end before the last epoch does.
 
     Raises:
-        ValueError: unknown ``access``, ``"shards"`` without ``shards``, ``repeat < 1``, or
-            ``repeat > 1`` with several ranks.
+        ValueError: unknown ``access``, ``"shards"`` without ``shards``, or ``repeat < 1``.
         ShardError: fewer shards than ranks, with ``equal_steps``.
     """
     if repeat < 1:
         raise ValueError(f"{repeat=} must be at least 1")
-    if repeat > 1 and world_size > 1:
-        raise ValueError(f"{repeat=} with {world_size=}: one epoch per iteration with ranks")
     distributed = world_size > 1
     kwargs = dict(
         batch_size=settings.batch_size,
@@ -240,13 +266,16 @@ def build_loader(
         generator = torch.Generator()
         num_samples = len(dataset) * repeat
         if distributed and equal_steps:
-            sampler = DistributedSampler(
-                dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                drop_last=True,
+            sampler = EpochsSampler(
+                DistributedSampler(
+                    dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                    drop_last=True,
+                ),
+                repeat,
             )  # fmt: skip
             num_samples = len(sampler)
         elif distributed:  # evaluation: every sample once, in order
-            sampler = list(range(rank, len(dataset), world_size))
+            sampler = list(range(rank, len(dataset), world_size)) * repeat
             num_samples = len(sampler)
         elif shuffle:  # more samples than the dataset: one permutation after another
             sampler = RandomSampler(dataset, num_samples=num_samples, generator=generator)
@@ -258,7 +287,7 @@ def build_loader(
 
         def reseed(epoch: int) -> None:
             generator.manual_seed(seed * 100_003 + epoch)
-            if isinstance(sampler, DistributedSampler):
+            if isinstance(sampler, EpochsSampler):
                 sampler.set_epoch(epoch)
 
         def steps(epoch: int) -> int:

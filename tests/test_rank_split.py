@@ -26,13 +26,13 @@ def split(voc_root):
     return storage, records, shards
 
 
-def rank_epoch(split, access, rank, world, *, workers, equal_steps, epoch):
+def rank_epoch(split, access, rank, world, *, workers, equal_steps, epoch, repeat=1):
     storage, records, shards = split
     loader = build_loader(
         storage, records, access=access, transform=None, class_to_index=CLASSES,
         settings=LoaderSettings(batch_size=2, num_workers=workers, worker_batches=1),
         shuffle=equal_steps, seed=3, shards=shards if access == "shards" else None,
-        shuffle_buffer=4, rank=rank, world_size=world, equal_steps=equal_steps,
+        shuffle_buffer=4, rank=rank, world_size=world, equal_steps=equal_steps, repeat=repeat,
     )  # fmt: skip
     loader.set_epoch(epoch)
     batches = list(loader)
@@ -82,6 +82,34 @@ def test_evaluation_ranks_read_every_sample_exactly_once(split, access, world):
         for i in rank_epoch(split, access, r, world, workers=0, equal_steps=False, epoch=1)[0]
     ]
     assert Counter(ids) == Counter(r.id for r in records)
+
+
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
+def test_ranks_reading_several_epochs_at_once_read_each_epoch_as_alone(split, access):
+    """The benchmark's warm passes read ``repeat`` epochs per iteration: with ranks, iteration
+    ``e`` reads epochs ``e .. e+repeat-1`` as one epoch at a time would (random: in the same
+    order; objects, whose shuffle buffer spans the iteration: the same samples; shards, whose
+    equal-steps limit applies to the iteration as a whole: no sample more often than once an
+    epoch), in the same number of steps on every rank."""
+    steps = set()
+    for rank in range(2):
+        ids, n_steps, share = rank_epoch(
+            split, access, rank, 2, workers=0, equal_steps=True, epoch=4, repeat=3
+        )
+        steps.add(n_steps)
+        one_by_one = [
+            rank_epoch(split, access, rank, 2, workers=0, equal_steps=True, epoch=e)
+            for e in (4, 5, 6)
+        ]
+        assert share == sum(s for _, _, s in one_by_one)
+        expected = [i for got, _, _ in one_by_one for i in got]
+        if access == "shards":
+            assert max(Counter(ids).values()) <= 3 and 0 < len(ids) <= share
+        elif access == "objects":  # the shuffle buffer spans the iteration
+            assert Counter(ids) == Counter(expected)
+        else:
+            assert ids == expected
+    assert len(steps) == 1
 
 
 def test_one_rank_is_the_single_process_loader(split):
