@@ -100,12 +100,14 @@ predict: $(READY)
 		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(ARGS)
 
 # The benchmark matrix: access patterns x storage x modes, baselines, peers, report with plots.
+# NPROC=N: every configuration read by N ranks at once (N x NNODES over several nodes).
 bench: $(READY) $(TRAIN_DATA)
-	$(PY) -m scripts.bench --config $(CONFIG) $(call flag,limit,$(LIMIT)) \
+	$(RUN) scripts.bench --config $(CONFIG) $(call flag,limit,$(LIMIT)) \
 		$(call flag,workers,$(WORKERS)) $(call flag,batch-size,$(BATCH_SIZE)) \
 		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(call flag,s3-bucket,$(S3_BUCKET)) \
 		$(call flag,s3-prefix,$(S3_PREFIX)) $(call flag,data,$(DATA)) \
-		$(call flag,format,$(FORMAT)) $(ARGS)
+		$(call flag,format,$(FORMAT)) $(BENCH_RANKS) $(ARGS)
+BENCH_RANKS = $(if $(strip $(NPROC)),--set 'bench.ranks=[$(shell echo $$(( $(NPROC) * $(NNODES) )))]')
 
 # Synthetic VOC dataset (real JPEGs, random boxes) to a directory or s3://bucket/prefix.
 SYNTH_OUT ?= data/synthetic

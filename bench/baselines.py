@@ -4,7 +4,8 @@ Measured in the same run as the configurations they are compared to, over the sa
 a configuration's throughput can be given as a ratio to what the storage can do with no decoding,
 no DataLoader and no framework in between:
 
-- :func:`fs_read_baseline`: ``cat``-style, one thread reading each file front to back;
+- :func:`fs_read_baseline`: ``cat``-style, reading each file front to back (one thread, or one
+  per rank of the pass);
 - :func:`s3_get_baseline`: a thread pool of plain boto3 GETs.
 
 Units: bytes, seconds, MB/s = 10^6 bytes/s, objects/s.
@@ -38,7 +39,7 @@ class BaselineResult:
         seconds: wall-clock seconds from the first open/GET to the last byte.
         mbps: ``bytes / seconds / 1e6`` (MB/s, 10^6 bytes per second).
         objects_per_s: ``objects / seconds``.
-        threads: reading threads (1 for the filesystem).
+        threads: reading threads.
         evicted: every file's pages were dropped from the page cache right before it was read
             (a cold measurement).
         cpu: the CPU spent while it was timed, this process's and the whole machine's
@@ -74,12 +75,19 @@ def _result(
 
 
 def fs_read_baseline(
-    paths: Sequence[str | os.PathLike], *, chunk_bytes: int = MiB, cold: bool = False
+    paths: Sequence[str | os.PathLike],
+    *,
+    chunk_bytes: int = MiB,
+    cold: bool = False,
+    threads: int = 1,
 ) -> BaselineResult:
-    """Read every file front to back, one thread, in the given order, like ``cat`` does.
+    """Read every file front to back, like ``cat`` does: one thread in the given order, or
+    ``threads`` threads at once (thread ``i`` reads files ``i, i + threads, ...``), as many
+    as the ranks of the pass it is compared with.
 
-    Each file is opened unbuffered and read with ``readinto`` into one reused buffer of
-    ``chunk_bytes`` bytes; the data is not inspected. Timing covers the opens and reads.
+    Each file is opened unbuffered and read with ``readinto`` into a reused buffer of
+    ``chunk_bytes`` bytes (one per thread); the data is not inspected. Timing covers the opens
+    and reads.
 
     Args:
         paths: the files a configuration reads (same objects, same order as it would; a list
@@ -91,35 +99,44 @@ def fs_read_baseline(
             twice is read cold twice. The result's ``evicted`` says whether eviction was
             possible. Otherwise the cache is left as it is ("warm" only if something read the
             files recently).
+        threads: files read at once.
 
     Returns:
         A :class:`BaselineResult` named ``fs-read`` or ``fs-read-cold``.
 
     Raises:
-        ValueError: no paths, or ``chunk_bytes < 1``.
-        OSError: a file cannot be opened or read.
+        ValueError: no paths, ``chunk_bytes < 1`` or ``threads < 1``.
+        OSError: a file cannot be opened or read (the first failure).
     """
     if not paths:
         raise ValueError("fs_read_baseline: no files to read")
-    if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes={chunk_bytes} must be at least 1")
+    if chunk_bytes < 1 or threads < 1:
+        raise ValueError(f"chunk_bytes={chunk_bytes} and threads={threads} must be at least 1")
     evicted = evict_page_cache(list(dict.fromkeys(paths))) if cold else False
-    buffer = bytearray(chunk_bytes)
-    view = memoryview(buffer)
-    total = 0
-    with gc_frozen():  # as the loaders are measured
-        before = process_sample()
-        start = time.perf_counter()
-        for path in paths:
+
+    def cat(files: Sequence[str | os.PathLike]) -> int:
+        view = memoryview(bytearray(chunk_bytes))
+        n = 0
+        for path in files:
             if evicted:
                 evict_page_cache([path], flush=False)
             with open(path, "rb", buffering=0) as f:
-                while n := f.readinto(view):
-                    total += n
+                while got := f.readinto(view):
+                    n += got
+        return n
+
+    with gc_frozen():  # as the loaders are measured
+        before = process_sample()
+        start = time.perf_counter()
+        if threads == 1:
+            total = cat(paths)
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="fs-baseline") as pool:
+                total = sum(pool.map(cat, [paths[i::threads] for i in range(threads)]))
         seconds = time.perf_counter() - start
         cpu = CpuUse.between(before, process_sample(), seconds)
     name = "fs-read-cold" if cold else "fs-read"
-    return _result(name, len(paths), total, seconds, 1, evicted, cpu)
+    return _result(name, len(paths), total, seconds, threads, evicted, cpu)
 
 
 def s3_get_baseline(

@@ -20,17 +20,17 @@ BASELINE_CPU_COLUMNS = [
     "baseline_host_steal_cores",
 ]  # fmt: skip
 RESULT_COLUMNS = [
-    "config", "mode", "access", "storage", "client_lib", "workers", "pass", "cache",
-    "steps", "samples", "samples_per_s", "throughput_mbps", "au", "data_wait_share",
-    "data_wait_s", "compute_s", "wall_s", "bytes_read", "read_s", "read_mbps", "requests",
-    "bytes_per_request",
+    "config", "mode", "access", "storage", "client_lib", "workers", "ranks", "pass", "cache",
+    "steps", "samples", "samples_per_s", "throughput_mbps", "au", "au_min", "data_wait_share",
+    "data_wait_s", "data_wait_max_s", "compute_s", "wall_s", "bytes_read", "read_s", "read_mbps",
+    "requests", "bytes_per_request",
     "retries", "ttfb_p50_ms", "ttfb_p99_ms", "errors", "peak_rss_mib",
     "cpu_ms_per_mb", "host_cpu_ms_per_mb", "host_busy_cores", "host_steal_cores",
     "baseline_mbps", "baseline_objects_per_s",
     *BASELINE_CPU_COLUMNS, "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer", "error",
 ]  # fmt: skip
 STEP_COLUMNS = [
-    "case", "pass", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",
+    "case", "pass", "rank", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",
     "requests", "loss",
 ]  # fmt: skip
 #: MLPerf Storage's pass mark for accelerator utilisation (training workloads).
@@ -102,7 +102,9 @@ def plot_throughput(results: list[dict], path: Path) -> None:
 
 
 def plot_data_wait(steps: list[dict], path: Path) -> None:
-    """Per-step data wait (seconds) of each configuration's last pass, one line each."""
+    """Per-step data wait (seconds) of each configuration's last pass, one line each (rank 0's
+    steps where several ranks read)."""
+    steps = [s for s in steps if s.get("rank", 0) == 0]
     last_pass: dict[str, int] = {}
     for s in steps:
         last_pass[s["case"]] = max(last_pass.get(s["case"], 0), s["pass"])
@@ -140,11 +142,12 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def table(results: list[dict]) -> str:
-    """A short fixed-width table of every pass: config, cache, samples/s, MB/s, AU, data-wait
-    share, the loader's CPU ms per MB and the ratios."""
+    """A short fixed-width table of every pass: config, cache, samples/s and MB/s (over all its
+    ranks), AU (the mean over ranks, and the worst rank's), data-wait share, the loader's CPU
+    ms per MB and the ratios."""
     header = (
         f"{'configuration':34} {'pass':>4} {'cache':5} {'img/s':>8} {'MB/s':>8} {'AU':>5} "
-        f"{'wait%':>6} {'CPU/MB':>6} {'x base':>6} {'x peer':>6}"
+        f"{'AUmin':>5} {'wait%':>6} {'CPU/MB':>6} {'x base':>6} {'x peer':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
@@ -154,7 +157,7 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"{r['config']:34} {r['pass']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
             f"{_fmt(r['throughput_mbps']):>8} {_fmt(r['au']):>5} "
-            f"{_fmt(100 * r['data_wait_share'], 0):>6} "
+            f"{_fmt(r.get('au_min', r['au'])):>5} {_fmt(100 * r['data_wait_share'], 0):>6} "
             f"{_fmt(r['cpu_ms_per_mb'], 1):>6} {_fmt(r['ratio_to_baseline']):>6} "
             f"{_fmt(r['ratio_to_peer']):>6}"
         )
@@ -256,7 +259,7 @@ def _shortfall(row: dict, decode: bool) -> str:
     per sample against a baseline that has none."""
     per_sample_us = 1e6 / row["samples_per_s"]
     size_kb = row["bytes_read"] / row["samples"] / 1e3
-    readers = max(int(row["workers"]), 1)
+    readers = max(int(row["workers"]), 1) * int(row.get("ranks", 1))
     read_share = row["read_s"] / (row["wall_s"] * readers) if row["wall_s"] > 0 else math.nan
     if row["wall_s"] < SHORT_PASS_S:
         return (
@@ -355,11 +358,13 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         f" (limit {cfg_dict['dataset']['limit']}); batch size {cfg_dict['loader']['batch_size']};"
         f" {bench['warmup_steps']} warm-up + {bench['steps']} measured steps per pass"
         f" ({bench['read_steps']} in read mode);"
-        f" {bench['passes']} passes (first cold);"
+        f" {bench['passes']} passes (first cold); rank counts {bench.get('ranks', [1])};"
         f" emulate compute {bench['computation_time_s']} s/step.",
         "",
         "MB/s are 10^6 bytes/s delivered to the loop (bytes read / wall time of the measured"
-        " steps); AU = compute / wall (MLPerf Storage); CPU/MB = CPU ms per MB of the benchmark"
+        " steps); with several ranks, samples/s and MB/s are over all of them, AU is the mean"
+        " over the ranks (MLPerf Storage) and AUmin the worst rank's; AU = compute / wall"
+        " (MLPerf Storage); CPU/MB = CPU ms per MB of the benchmark"
         " process and its DataLoader workers; x base = MB/s over the raw baseline's"
         " MB/s measured in the same run; x peer = samples/s over the peer's (warm read passes).",
         "",

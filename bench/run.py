@@ -6,6 +6,11 @@ and filled when ``s3`` is asked for without an endpoint), run each configuration
 (:func:`run_pass`), measure the peers, then write ``results.csv``, ``steps.csv``, ``report.md``,
 the plots and the config used.
 
+With ``bench.ranks`` (``make bench NPROC=N``) the run is one torchrun launch of the largest
+count: every configuration runs at each rank count, its ranks reading their parts of the split
+at once, and its row is the pass over all of them (:func:`bench.runner.combine`); what is done
+once (shards, the local server, baselines, peers, outputs) is rank 0's (:mod:`bench.ranks`).
+
 ``results.csv`` and ``steps.csv`` are written again after every pass, so a failure late in the
 run loses nothing measured before it. A configuration that fails (its storage cannot be
 prepared, or a pass raises) gets a row with its ``error``; with ``bench.on_error: continue``
@@ -25,13 +30,32 @@ from pathlib import Path
 
 from bench.baselines import fs_read_baseline, s3_get_baseline
 from bench.page_cache import EvictBeforeRead, evict_page_cache
+from bench.ranks import (
+    BenchRanks,
+    RankFailed,
+    agree_on_errors,
+    attempt,
+    check_counts,
+    everywhere,
+    in_turn,
+)
 from bench.report import BASELINE_CPU_COLUMNS, write_tables
-from bench.runner import Case, case_steps, expand_matrix, pass_repeat, run_case
+from bench.runner import (
+    Case,
+    case_steps,
+    combine,
+    expand_matrix,
+    pass_repeat,
+    rank_samples,
+    run_case,
+)
 from pipelines.records import Record
 from pipelines.shards import ShardInfo
+from training import distributed
 from training.cli import USER_ERRORS, user_message
 from training.config import Config, ConfigError
 from training.data import DataSource, class_names, load_split, open_storage, split_shards
+from training.distributed import ONE_RANK, Ranks
 from training.outputs import write_yaml
 
 log = logging.getLogger(__name__)
@@ -69,7 +93,9 @@ def prepare_fs(cfg: Config) -> Prepared:
     return Prepared(source, records, shards, Path(cfg.storage.root))
 
 
-def start_local_s3(cfg: Config, stack: contextlib.ExitStack, out: Path) -> tuple[Config, Path]:
+def start_local_s3(
+    cfg: Config, stack: contextlib.ExitStack, out: Path
+) -> tuple[Config, Path, dict[str, str]]:
     """Start a local S3 server for the run and upload the dataset folder to it.
 
     The copy of ``<storage.root>/<first prefix>`` (images, annotations, splits and shards)
@@ -77,7 +103,8 @@ def start_local_s3(cfg: Config, stack: contextlib.ExitStack, out: Path) -> tuple
     credentials go into this process's environment, where the standard AWS chain reads them.
 
     Returns:
-        ``(cfg pointing at the server, the server's folder behind the bucket)``.
+        ``(cfg pointing at the server, the server's folder behind the bucket, the environment
+        variables set)``.
     """
     from pipelines.s3 import S3Storage
     from pipelines.s3_local import local_s3, upload_tree
@@ -85,8 +112,8 @@ def start_local_s3(cfg: Config, stack: contextlib.ExitStack, out: Path) -> tuple
     server_dir = out / "s3-server"
     stack.callback(shutil.rmtree, server_dir, ignore_errors=True)  # after the server stopped
     server = stack.enter_context(local_s3(server_dir))
-    for name, value in server.env(LOCAL_BUCKET).items():
-        os.environ[name] = value
+    env = server.env(LOCAL_BUCKET)
+    os.environ.update(env)
     prefix = cfg.storage.prefixes[0]
     uploader = S3Storage(LOCAL_BUCKET, prefix, endpoint_url=server.endpoint)
     uploader.client().create_bucket(Bucket=LOCAL_BUCKET)
@@ -96,7 +123,31 @@ def start_local_s3(cfg: Config, stack: contextlib.ExitStack, out: Path) -> tuple
     storage = replace(
         cfg.storage, endpoint_url=server.endpoint, bucket=LOCAL_BUCKET, prefixes=[prefix]
     )
-    return replace(cfg, storage=storage), Path(server.data_dir) / LOCAL_BUCKET
+    return replace(cfg, storage=storage), Path(server.data_dir) / LOCAL_BUCKET, env
+
+
+def share_local_s3(
+    cfg: Config, stack: contextlib.ExitStack, out: Path, br: BenchRanks
+) -> tuple[Config, Path]:
+    """Rank 0 starts and fills the local S3 server (:func:`start_local_s3`); every rank gets
+    its endpoint and credentials (through the process group, into its environment).
+
+    Raises:
+        ConfigError: on several nodes (the server listens on 127.0.0.1 of rank 0's machine).
+        Exception: on every rank when the server could not be started or filled.
+    """
+    if br.nodes > 1:
+        raise ConfigError(
+            "a local S3 server is reachable from its own machine only; with several nodes set "
+            "storage.endpoint_url (S3_ENDPOINT) to the S3 endpoint every node can reach"
+        )
+    started, error = None, None
+    if br.ranks.main:
+        started, error = attempt(lambda: start_local_s3(cfg, stack, out))
+    agree_on_errors(error)
+    s3_cfg, s3_dir, env = distributed.gather(started, long=True)[0]
+    os.environ.update(env)
+    return s3_cfg, s3_dir
 
 
 def prepare_s3(cfg: Config, client_lib: str, local_dir: Path | None) -> Prepared:
@@ -145,55 +196,110 @@ def measure_baseline(
     *,
     repeat: int,
     evict_dir: Path | None,
+    ranks: int = 1,
 ):
-    """The raw read of the same objects, ``repeat`` times over (as many bytes as the pass):
-    ``cat`` over the files (fs), a boto3 GET pool (s3, through ``s3_storage``: the pass's own
-    storage, or for s3torchconnector passes the boto3 one over the same bucket; None: not
-    measured). With ``evict_dir`` every read is cold, as in the pass."""
+    """The raw read of the same objects, ``repeat`` times over (as many bytes as the pass), at
+    the pass's total concurrency over its ``ranks``: ``cat`` over the files (fs; one reading
+    thread per rank), a boto3 GET pool (s3, through ``s3_storage``: the pass's own storage, or
+    for s3torchconnector passes the boto3 one over the same bucket; None: not measured) of
+    ``ranks x access.concurrency`` threads. With ``evict_dir`` every read is cold, as in the
+    pass. It runs on rank 0's machine alone."""
     if storage_kind == "fs":
-        return fs_read_baseline(case_files(prepared, access) * repeat, cold=evict_dir is not None)
+        paths = case_files(prepared, access) * repeat
+        return fs_read_baseline(paths, cold=evict_dir is not None, threads=ranks)
     if s3_storage is None:
         return None
-    threads = min(cfg.access.concurrency, s3_storage.max_pool_connections)
+    threads = ranks * cfg.access.concurrency
     keys = case_keys(prepared, access) * repeat
-    return s3_get_baseline(s3_storage, keys, threads=threads, evict_dir=evict_dir)
+    return s3_get_baseline(
+        s3_storage.with_connections(max(threads, s3_storage.max_pool_connections)), keys,
+        threads=threads, evict_dir=evict_dir,
+    )  # fmt: skip
 
 
 def run_pass(
-    case: Case, pass_index: int, prep: Prepared, s3_storage, cfg: Config, classes: list[str]
-) -> tuple[dict, list[dict], object]:
-    """One pass of one configuration, then its raw baseline over as many bytes.
+    case: Case,
+    pass_index: int,
+    prep: Prepared,
+    s3_storage,
+    cfg: Config,
+    classes: list[str],
+    br: BenchRanks | None = None,
+) -> tuple[dict, list[dict], object] | None:
+    """One pass of one configuration on its ranks, then its raw baseline over as many bytes.
 
     Pass 0 is cold: with the files on this machine, every read evicts its file first and the
     pass lasts as many steps as a warm one; otherwise it reads one epoch. The baseline is
     measured right after the pass (same objects, same number of epochs, same cold or warm
-    reads), so both see the same state of a shared, noisy machine.
+    reads, the same total concurrency), so both see the same state of a shared, noisy machine.
+    Every rank calls it; the ranks of ``case.ranks`` read (:mod:`bench.ranks`), the others
+    wait.
 
     Returns:
-        ``(results row, step rows, baseline or None)``.
+        On rank 0, ``(results row, step rows of every rank, baseline or None)``; None on the
+        other ranks.
+
+    Raises:
+        Exception: on every rank when the pass or the baseline failed on any.
     """
-    evict_dir = cold_dir(prep, case.access) if pass_index == 0 else None
+    br = br or BenchRanks(ONE_RANK, [1])
+    team = br.team(case.ranks)
+    part = team.part(br.ranks.rank)
+    evict_dir = cold_dir(prep, case.access) if pass_index == 0 and part is not None else None
+    evicted = distributed.gather(evict_dir is not None if part is not None else None, long=True)
+    if not all(e for e in evicted if e is not None):  # the same reads on every rank, or none
+        evict_dir = None
     if pass_index > 0:
         cache = "warm"
     elif evict_dir is not None:
         cache = "cold (each file evicted before it is read)"
     else:
         cache = "cold (first pass; cache not evicted)"
+    shards = prep.shards if case.access == "shards" else None
     repeat = pass_repeat(
-        cfg, case_steps(case, cfg), len(prep.records),
+        cfg, case_steps(case, cfg), rank_samples(prep.records, shards, team.size),
         single_epoch=pass_index == 0 and evict_dir is None,
     )  # fmt: skip
     storage = prep.source.storage
-    row, steps = run_case(
-        case, cfg, EvictBeforeRead(storage, evict_dir) if evict_dir else storage,
-        prep.records, prep.shards if case.access == "shards" else None, classes,
-        pass_index=pass_index, repeat=repeat,
-    )  # fmt: skip
+    mine, error = None, None
+    if part is not None:
+        mine, error = attempt(lambda: run_case(
+            case, cfg, EvictBeforeRead(storage, evict_dir) if evict_dir else storage,
+            prep.records, shards, classes, pass_index=pass_index, repeat=repeat, team=team,
+            part=part,
+        ))  # fmt: skip
+    agree_on_errors(error)
+    parts = [p for p in distributed.gather(mine, long=True) if p is not None]
+    result, error = None, None
+    if br.ranks.main:
+        result, error = attempt(lambda: pass_row(
+            case, pass_index, parts, cache, prep, s3_storage, cfg, repeat, evict_dir
+        ))  # fmt: skip
+    agree_on_errors(error)  # the others waited here while rank 0 measured the baseline
+    return result
+
+
+def pass_row(
+    case: Case,
+    pass_index: int,
+    parts: list,
+    cache: str,
+    prep: Prepared,
+    s3_storage,
+    cfg: Config,
+    repeat: int,
+    evict_dir: Path | None,
+) -> tuple[dict, list[dict], object]:
+    """Rank 0's side of :func:`run_pass`: the row of the pass from its ranks' parts, and the
+    baseline measured now."""
+    row = combine(parts)
+    steps = [{**s, "pass": pass_index} for p in parts for s in p.steps]
     base = None
     if cfg.bench.baselines:
         base = measure_baseline(
-            prep, s3_storage, case.storage, case.access, cfg, repeat=repeat, evict_dir=evict_dir
-        )
+            prep, s3_storage, case.storage, case.access, cfg, repeat=repeat, evict_dir=evict_dir,
+            ranks=case.ranks,
+        )  # fmt: skip
     row.update(
         config=case.name, mode=case.mode, access=case.access, storage=case.storage,
         client_lib=case.client_lib, workers=case.workers, cache=cache,
@@ -206,52 +312,64 @@ def run_pass(
         else dict.fromkeys(BASELINE_CPU_COLUMNS, float("nan"))
     )
     row["pass"] = pass_index
-    return row, [{**s, "pass": pass_index} for s in steps], base
+    return row, steps, base
 
 
 def error_text(exc: Exception) -> str:
-    """One line for a failed configuration: the message of a user error, the exception's type
-    and message otherwise."""
+    """One line for a failed configuration: the message of a user error (or of another rank's
+    error, which names the rank), the exception's type and message otherwise."""
     text = user_message(exc).splitlines()[0] if str(exc).strip() else ""
-    return text if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {text}".rstrip(": ")
+    if isinstance(exc, (*USER_ERRORS, RankFailed)):
+        return text
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 def error_row(case: Case, pass_index: int, exc: Exception) -> dict:
     """The results row of a configuration (pass) that failed: what it was, and its error."""
     return {
         "config": case.name, "mode": case.mode, "access": case.access, "storage": case.storage,
-        "client_lib": case.client_lib, "workers": case.workers, "pass": pass_index,
-        "cache": "-", "error": error_text(exc),
+        "client_lib": case.client_lib, "workers": case.workers, "ranks": case.ranks,
+        "pass": pass_index, "cache": "-", "error": error_text(exc),
     }  # fmt: skip
 
 
-def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
+def run_bench(
+    cfg: Config, out: Path, ranks: Ranks = ONE_RANK
+) -> tuple[list[dict], list[dict], dict]:
     """Run the whole matrix; returns ``(results rows, step rows, extras)`` (see module doc).
 
     ``extras`` holds the baselines and peers measured, for the report, and ``peer_errors``
-    (peer name → error) for peers that failed.
+    (peer name → error) for peers that failed. Every rank calls it (in a process group when
+    there are several); rank 0 alone writes into ``out`` and gets the rows, the other ranks
+    get empty ones.
 
     Raises:
+        ConfigError: ``bench.ranks`` does not fit the launch (:func:`bench.ranks.check_counts`),
+            or train mode without decoding.
         Exception: the first failure, with ``bench.on_error: stop`` (a failed pass's row is
-            written first; a storage that cannot be prepared has no row yet).
+            written first; a storage that cannot be prepared has no row yet), on every rank.
     """
     if "train" in cfg.bench.modes and not cfg.bench.decode:
         raise ConfigError(
             "bench.modes has train but bench.decode is false: training needs decoded images"
         )
+    check_counts(cfg.bench.ranks, ranks.world_size)
+    br = BenchRanks(ranks, cfg.bench.ranks)
     stop = cfg.bench.on_error == "stop"
     cases = expand_matrix(cfg)
     results, steps = [], []
     baselines: list[tuple[str, int, object]] = []
     peers: dict[str, object] = {}
     peer_errors: dict[str, str] = {}
-    out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", cfg.to_dict())
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_yaml(out / "config.yaml", cfg.to_dict())
 
     def failed(case: Case, pass_index: int, exc: Exception) -> None:
-        log.error("%s (pass %d) failed: %s", case.name, pass_index, error_text(exc))
-        results.append(error_row(case, pass_index, exc))
-        write_tables(out, results, steps)
+        if ranks.main:
+            log.error("%s (pass %d) failed: %s", case.name, pass_index, error_text(exc))
+            results.append(error_row(case, pass_index, exc))
+            write_tables(out, results, steps)
         if stop:
             raise exc
 
@@ -261,13 +379,19 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
         local_s3 = "s3" in cfg.bench.storages and not (
             cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
         )
-        if "fs" in cfg.bench.storages or local_s3:
-            try:  # writes the shards the upload then carries
-                prepared[("fs", "-")] = prepare_fs(cfg)
+
+        def prepare(key: tuple[str, str], fn) -> None:
+            """Prepare one storage, rank 0 first (it writes what is missing); a failure is
+            kept (or raised, with ``stop``) on every rank alike."""
+            try:
+                prepared[key] = in_turn(fn, ranks)
             except Exception as exc:
                 if stop:
                     raise
-                unprepared[("fs", "-")] = exc
+                unprepared[key] = exc
+
+        if "fs" in cfg.bench.storages or local_s3:  # writes the shards the upload then carries
+            prepare(("fs", "-"), lambda: prepare_fs(cfg))
 
         def prepare_s3_storages() -> None:
             """Start and fill the local server when needed, open every S3 client library
@@ -275,14 +399,9 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
             filesystem's passes (a failure here then loses none of them)."""
             s3_cfg, s3_dir = cfg, None
             if local_s3:
-                s3_cfg, s3_dir = start_local_s3(cfg, stack, out)
+                s3_cfg, s3_dir = share_local_s3(cfg, stack, out, br)
             for lib in dict.fromkeys(c.client_lib for c in cases if c.storage == "s3"):
-                try:
-                    prepared[("s3", lib)] = prepare_s3(s3_cfg, lib, s3_dir)
-                except Exception as exc:
-                    if stop:
-                        raise
-                    unprepared[("s3", lib)] = exc
+                prepare(("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir))
 
         classes = None
         for case in cases:
@@ -301,42 +420,63 @@ def run_bench(cfg: Config, out: Path) -> tuple[list[dict], list[dict], dict]:
                 continue
             prep = prepared[key]
             try:
-                classes = classes or class_names(cfg, prep.records)
+                classes = classes or everywhere(lambda prep=prep: class_names(cfg, prep.records))
             except Exception as exc:
                 failed(case, 0, exc)
                 continue
             for pass_index in range(cfg.bench.passes):
                 try:
-                    row, case_steps, base = run_pass(
-                        case, pass_index, prep, _boto3_storage(prepared), cfg, classes
+                    measured = run_pass(
+                        case, pass_index, prep, _boto3_storage(prepared), cfg, classes, br
                     )
                 except Exception as exc:
                     failed(case, pass_index, exc)
                     break  # the next passes of a failed configuration would fail alike
+                if measured is None:  # not rank 0
+                    continue
+                row, case_steps, base = measured
                 results.append(row)
                 steps.extend(case_steps)
                 if base is not None:
                     baselines.append((case.name, pass_index, base))
                 write_tables(out, results, steps)
 
-        if cfg.bench.peers:
-            try:
-                measurements = list(_peer_measurements(cfg, prepared))
-            except Exception as exc:
-                if stop:
-                    raise
-                measurements = []
-                peer_errors["peers"] = error_text(exc)
-            for name, measure in measurements:
-                try:
-                    peers[name] = measure()
-                except Exception as exc:
-                    if stop:
-                        raise
-                    peer_errors[name] = error_text(exc)
-                    log.error("peer %s failed: %s", name, peer_errors[name])
+        if cfg.bench.peers and 1 in cfg.bench.ranks:  # peers are single-process loaders
+            peer_error = None
+            if ranks.main:
+                peer_error = measure_peers(cfg, prepared, peers, peer_errors, stop=stop)
+            agree_on_errors(peer_error)  # the other ranks wait while rank 0 measures
+        distributed.barrier(long=True)  # every rank is done with the local server
     add_ratios(results, peers if cfg.bench.decode else {})  # peers decode: compare like with like
     return results, steps, {"baselines": baselines, "peers": peers, "peer_errors": peer_errors}
+
+
+def measure_peers(
+    cfg: Config,
+    prepared: dict[tuple[str, str], Prepared],
+    peers: dict,
+    peer_errors: dict,
+    *,
+    stop: bool,
+) -> Exception | None:
+    """Measure every peer (:func:`_peer_measurements`) into ``peers``, or its error into
+    ``peer_errors``; returns the first failure with ``stop`` (the others are not measured)."""
+    try:
+        measurements = list(_peer_measurements(cfg, prepared))
+    except Exception as exc:
+        if stop:
+            return exc
+        measurements = []
+        peer_errors["peers"] = error_text(exc)
+    for name, measure in measurements:
+        try:
+            peers[name] = measure()
+        except Exception as exc:
+            if stop:
+                return exc
+            peer_errors[name] = error_text(exc)
+            log.error("peer %s failed: %s", name, peer_errors[name])
+    return None
 
 
 def _peer_measurements(cfg: Config, prepared: dict[tuple[str, str], Prepared]):
@@ -379,7 +519,8 @@ def _boto3_storage(prepared: dict[tuple[str, str], Prepared]):
 
 def add_ratios(results: list[dict], peers: dict) -> None:
     """``ratio_to_baseline`` (MB/s over the baseline's MB/s) and ``ratio_to_peer`` (samples/s
-    of the warm ``read`` row over the peer's samples/s) for every row that has a comparison.
+    of the warm ``read`` row of one rank over the peer's samples/s) for every row that has a
+    comparison.
     Peers always decode, so runs with ``bench.decode: false`` pass no peers."""
     for row in results:
         base = row.get("baseline_mbps", float("nan"))
@@ -387,7 +528,8 @@ def add_ratios(results: list[dict], peers: dict) -> None:
             row["throughput_mbps"] / base if base and base == base else float("nan")
         )
         peer = peers.get(f"{row['storage']}/{row['access']}")
-        if peer is not None and row["mode"] == "read" and row["cache"] == "warm":
+        alone = row.get("ranks", 1) == 1  # peers are one process
+        if peer is not None and row["mode"] == "read" and row["cache"] == "warm" and alone:
             row["peer_samples_per_s"] = peer.samples_per_s
             row["ratio_to_peer"] = row["samples_per_s"] / peer.samples_per_s
         else:

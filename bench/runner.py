@@ -34,19 +34,25 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from bench.resources import ResourceSampler
+from bench.ranks import Team, node_of_this_rank
+from bench.resources import CpuUse, ResourceSampler
 from pipelines.loaders import EpochLoader, LoaderSettings, build_loader
 from pipelines.records import Record
 from pipelines.samples import Batch
 from pipelines.shards import ShardInfo
-from pipelines.storage import Storage
+from pipelines.storage import RequestStats, Storage
 from training.config import Config
-from training.distributed import pick_device
-from training.engine import measure_steps
+from training.distributed import from_environment, pick_device
+from training.engine import Precision, measure_steps
+from training.meter import aggregate
 from training.tasks import class_to_index, task_module
 
 MODES = ("read", "emulate", "train")
+
+#: One rank reading alone.
+ONE = Team((0,))
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,8 @@ class Case:
         access: ``random``, ``objects`` or ``shards``.
         storage: ``fs`` or ``s3``.
         client_lib: ``boto3`` or ``s3torchconnector`` for s3; ``-`` for fs.
-        workers: DataLoader worker processes.
+        workers: DataLoader worker processes per rank.
+        ranks: ranks reading at once (one per accelerator; :mod:`bench.ranks`).
     """
 
     mode: str
@@ -66,12 +73,14 @@ class Case:
     storage: str
     client_lib: str
     workers: int
+    ranks: int = 1
 
     @property
     def name(self) -> str:
-        """A short label, e.g. ``s3/boto3/shards/read/w2``."""
+        """A short label, e.g. ``s3/boto3/shards/read/w2``, with ``/r4`` for 4 ranks."""
         lib = "" if self.storage == "fs" else f"/{self.client_lib}"
-        return f"{self.storage}{lib}/{self.access}/{self.mode}/w{self.workers}"
+        ranks = f"/r{self.ranks}" if self.ranks > 1 else ""
+        return f"{self.storage}{lib}/{self.access}/{self.mode}/w{self.workers}{ranks}"
 
 
 def expand_matrix(cfg: Config) -> list[Case]:
@@ -83,15 +92,19 @@ def expand_matrix(cfg: Config) -> list[Case]:
         for lib in libs:
             for access in cfg.bench.access:
                 for n in workers:
-                    for mode in cfg.bench.modes:
-                        cases.append(Case(mode, access, storage, lib, n))
+                    for ranks in sorted(set(cfg.bench.ranks)):
+                        for mode in cfg.bench.modes:
+                            cases.append(Case(mode, access, storage, lib, n, ranks))
     return cases
 
 
-def compute_fn(case: Case, cfg: Config, classes: list[str]):
+def compute_fn(case: Case, cfg: Config, classes: list[str], team: Team = ONE):
     """The per-step work of ``case.mode`` (see the module doc); returns ``compute(batch, step)``.
 
-    ``train`` builds the task's model from scratch (no download), the same for every case.
+    ``train`` builds the task's model from scratch (no download), the same for every case, on
+    this rank's device; with several ranks in ``team`` it is wrapped in
+    DistributedDataParallel over their group, so each step exchanges gradients as training
+    with ``make train NPROC=`` does.
     """
     if case.mode == "read":
         return lambda batch, step: math.nan
@@ -106,11 +119,18 @@ def compute_fn(case: Case, cfg: Config, classes: list[str]):
     torch.manual_seed(cfg.train.seed)  # the same initial model for every configuration
     task = task_module(cfg.task)
     model, _ = task.build_model(cfg, classes, pretrained=False)
-    device = pick_device(cfg.train.device)
+    device = pick_device(cfg.train.device, from_environment())
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    return task.step_fn(model, optimizer, None, device, epoch=0)
+    if team.size > 1:
+        model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            process_group=team.group,
+        )
+    precision = Precision(cfg.train.precision, device)
+    return task.step_fn(model, optimizer, None, device, epoch=0, precision=precision)
 
 
 def case_steps(case: Case, cfg: Config) -> int:
@@ -119,15 +139,26 @@ def case_steps(case: Case, cfg: Config) -> int:
     return cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps
 
 
-def pass_repeat(cfg: Config, steps: int, split_samples: int, *, single_epoch: bool) -> int:
+def pass_repeat(cfg: Config, steps: int, rank_samples: int, *, single_epoch: bool) -> int:
     """Epochs a pass reads in one iteration of its loader: enough for its warm-up and ``steps``
-    measured steps, read back to back (see ``repeat`` in :func:`pipelines.loaders.build_loader`);
+    measured steps, read back to back (see ``repeat`` in :func:`pipelines.loaders.build_loader`),
+    when each rank reads at least ``rank_samples`` samples an epoch (:func:`rank_samples`);
     one when ``single_epoch`` (a cold pass that cannot evict before each read: a second epoch
     would read from the cache the first filled)."""
     if single_epoch:
         return 1
     total = cfg.bench.warmup_steps + steps
-    return max(1, math.ceil(total * cfg.loader.batch_size / split_samples))
+    return max(1, math.ceil(total * cfg.loader.batch_size / max(rank_samples, 1)))
+
+
+def rank_samples(records: list[Record], shards: list[ShardInfo] | None, ranks: int) -> int:
+    """The fewest samples a rank reads in an epoch when ``ranks`` ranks share the split: an
+    equal part of the records; with shards, which are not cut, a part less the largest shard
+    (the shards dealt to a rank hold at least that many samples)."""
+    if ranks == 1:
+        return len(records)
+    largest = max((s.samples for s in shards), default=0) if shards else 0
+    return len(records) // ranks - largest
 
 
 def pass_batches(loader: EpochLoader, pass_index: int) -> Iterator[Batch]:
@@ -135,6 +166,55 @@ def pass_batches(loader: EpochLoader, pass_index: int) -> Iterator[Batch]:
     passes' shuffles apart."""
     loader.set_epoch(1000 * pass_index)
     yield from loader
+
+
+@dataclass
+class PassPart:
+    """One rank's part of a pass: what :func:`combine` makes the pass's row from.
+
+    Attributes:
+        row: :meth:`training.meter.EpochMeter.summary` of its measured steps.
+        steps: one dict per measured step (``case``, ``rank`` and the step's figures).
+        requests: its storage requests (TTFB percentiles over all ranks need the lists).
+        cpu: CPU spent in the measured window by the rank's process and its DataLoader
+            workers, and by its whole machine.
+        peak_rss_bytes: the most memory they held at once.
+        node: its node (torchrun's ``GROUP_RANK``): machine-wide counters are counted once
+            per node.
+    """
+
+    row: dict
+    steps: list[dict]
+    requests: RequestStats
+    cpu: CpuUse
+    peak_rss_bytes: int
+    node: int = 0
+
+
+def combine(parts: list[PassPart]) -> dict:
+    """The row of a pass from its ranks' parts (in rank order; one part: that rank's figures).
+
+    The epoch figures are :func:`training.meter.aggregate`'s (samples, bytes and requests
+    summed, ``wall_s`` the slowest rank's, ``au`` the mean and ``au_min`` the worst rank's,
+    ``data_wait_s`` the mean and ``data_wait_max_s`` the longest). ``peak_rss_mib`` is the sum
+    of the ranks' peaks (MiB); the CPU figures (:meth:`bench.resources.CpuUse.figures`) count
+    every rank's processes and each node's machine-wide counters once (its first rank's),
+    over the longest window; ``data_wait_share`` is the mean wait over the slowest wall time.
+    """
+    row = aggregate([p.row for p in parts], [p.requests for p in parts])
+    row["peak_rss_mib"] = sum(p.peak_rss_bytes for p in parts) / 2**20
+    per_node = {}
+    for part in parts:
+        per_node.setdefault(part.node, part.cpu)
+    cpu = CpuUse(
+        max(p.cpu.seconds for p in parts),
+        sum(p.cpu.client_s for p in parts),
+        sum(c.host_s for c in per_node.values()),
+        sum(c.steal_s for c in per_node.values()),
+    )
+    row.update(cpu.figures(row["bytes_read"]))
+    row["data_wait_share"] = row["data_wait_s"] / row["wall_s"] if row["wall_s"] > 0 else math.nan
+    return row
 
 
 def run_case(
@@ -147,13 +227,15 @@ def run_case(
     *,
     pass_index: int,
     repeat: int,
-) -> tuple[dict, list[dict]]:
-    """Run one pass of one configuration, reading ``repeat`` epochs at most (:func:`pass_repeat`).
+    team: Team = ONE,
+    part: int = 0,
+) -> PassPart:
+    """Run this rank's part of one pass of one configuration, reading ``repeat`` epochs at
+    most (:func:`pass_repeat`).
 
-    Returns:
-        ``(row, steps)``: the epoch figures of :meth:`training.meter.EpochMeter.summary` plus
-        ``peak_rss_mib``, ``data_wait_share`` and the CPU figures of the measured window
-        (:meth:`bench.resources.CpuUse.figures`); and one dict per measured step.
+    With several ranks in ``team``, this rank (its ``part``) reads its part of each epoch's
+    split (:func:`pipelines.loaders.build_loader`'s ``rank`` and ``world_size``, with equal
+    steps on every rank); every rank runs the same warm-up and measured steps.
     """
     task = task_module(cfg.task)
     steps = case_steps(case, cfg)
@@ -174,8 +256,11 @@ def run_case(
         shuffle_buffer=cfg.access.shuffle_buffer,
         concurrency=cfg.access.concurrency,
         repeat=repeat,
+        rank=part,
+        world_size=team.size,
+        equal_steps=team.size > 1,
     )
-    compute = compute_fn(case, cfg, classes)
+    compute = compute_fn(case, cfg, classes, team)
     with ResourceSampler() as resources:
         meter = measure_steps(
             pass_batches(loader, pass_index),
@@ -187,9 +272,12 @@ def run_case(
             desc=f"{case.name} pass {pass_index}",
             from_first_read=case.mode == "read",
         )
-    row = meter.summary()
-    row["peak_rss_mib"] = resources.peak_rss_bytes / 2**20
-    row.update(resources.cpu(meter.started, meter.finished).figures(row["bytes_read"]))
-    row["data_wait_share"] = row["data_wait_s"] / row["wall_s"] if row["wall_s"] > 0 else math.nan
-    steps = [{**vars(s), "case": case.name} for s in meter.steps]
-    return row, steps
+    rank = team.members[part]
+    return PassPart(
+        row=meter.summary(),
+        steps=[{**vars(s), "case": case.name, "rank": rank} for s in meter.steps],
+        requests=meter.requests,
+        cpu=resources.cpu(meter.started, meter.finished),
+        peak_rss_bytes=resources.peak_rss_bytes,
+        node=node_of_this_rank(),
+    )

@@ -21,6 +21,7 @@ bucket) stops retrying when most recent attempts failed, until requests succeed 
 from __future__ import annotations
 
 import collections
+import copy
 import io
 import os
 import threading
@@ -119,6 +120,19 @@ class S3Storage:
         self.list_workers = list_workers
         self.credentials_file = os.fspath(credentials_file) if credentials_file else None
         self._reset_process_state()
+
+    def with_connections(self, max_pool_connections: int) -> S3Storage:
+        """The same storage with another connection pool size (a client of its own).
+
+        Raises:
+            ValueError: ``max_pool_connections < 1``.
+        """
+        if max_pool_connections < 1:
+            raise ValueError(f"{max_pool_connections=} must be at least 1")
+        wider = copy.copy(self)
+        wider.max_pool_connections = max_pool_connections
+        wider._reset_process_state()
+        return wider
 
     # -- per-process state: client, locks, counters -------------------------------------------
 

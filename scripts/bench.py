@@ -3,11 +3,16 @@
     make bench                          # embedded dataset, filesystem + a local S3 server
     make bench CONFIG=my-cluster.yaml   # your endpoint, dataset, model and matrix
     make bench LIMIT=200                # a quick look (see quick_look)
+    make bench NPROC=2                  # two ranks reading at once (torchrun)
 
 Writes ``outputs/bench/<timestamp>/``: results.csv, steps.csv, report.md, throughput.png,
 data_wait.png, au.png and the config used; prints a short table. Exit status: 0; 1 when a
 configuration or peer failed (its error is in results.csv and report.md); 2 for a user error
 that stopped the run (one line).
+
+With ``bench.ranks`` above one, the run is a torchrun launch of its largest count: under
+torchrun (``make bench NPROC=N``) every rank runs this; started without torchrun, this starts it
+(``scripts.launch --standalone``, one node). Rank 0 writes the outputs and prints the table.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 import sys
 from pathlib import Path
 
+from training import distributed
 from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
 from training.config import Config
 
@@ -59,9 +65,18 @@ def quick_look(cfg: Config) -> list[str]:
     ]
 
 
-def bench_config(args: argparse.Namespace) -> Config:
+def launch_ranks(nproc: int, argv: list[str]) -> int:
+    """Run this benchmark again as ``nproc`` ranks on this machine under torchrun
+    (``scripts.launch --standalone``); returns the launch's exit status."""
+    from scripts.launch import main as launch
+
+    print(f"bench.ranks needs {nproc} ranks: starting them with torchrun on this machine")
+    return launch(["--standalone", "--nproc-per-node", str(nproc), "-m", "scripts.bench", *argv])
+
+
+def bench_config(args: argparse.Namespace, *, quiet: bool = False) -> Config:
     """The run's config: the file, the flags, a quick look's overrides when a limit is set
-    (:func:`quick_look`), then ``--set``.
+    (:func:`quick_look`, said unless ``quiet``), then ``--set``.
 
     Raises:
         ConfigError: an invalid file, flag or override.
@@ -71,6 +86,8 @@ def bench_config(args: argparse.Namespace) -> Config:
     if not quick:
         return cfg
     cfg = config_from_args(args, quick)
+    if quiet:
+        return cfg
     print(
         f"quick look (limit {cfg.dataset.limit}): read passes of {cfg.bench.read_steps} steps,"
         f" emulate and train passes of {cfg.bench.steps}; without LIMIT for the full benchmark"
@@ -81,19 +98,35 @@ def bench_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; user errors print one line and return 2; failed configurations
     return 1 (see the module doc)."""
+    argv = sys.argv[1:] if argv is None else argv
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        cfg = bench_config(args)
-        from bench.report import goals, table, write_report
-        from bench.run import run_bench, timestamp
-
-        out = Path(args.out) / timestamp()
-        results, steps, extras = run_bench(cfg, out)
-        write_report(out, cfg.to_dict(), results, steps, extras)
+        ranks = distributed.from_environment()
     except USER_ERRORS as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
+    rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
+    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
+    try:
+        cfg = bench_config(args, quiet=not ranks.main)
+        if not ranks.distributed and max(cfg.bench.ranks, default=1) > 1:
+            return launch_ranks(max(cfg.bench.ranks), argv)
+        from bench.report import goals, table, write_report
+        from bench.run import run_bench, timestamp
+
+        device = distributed.pick_device(cfg.train.device, ranks)
+        distributed.start(ranks, device, cfg.train.dist_timeout_s)
+        out = Path(distributed.gather(str(Path(args.out) / timestamp()))[0])  # rank 0's
+        results, steps, extras = run_bench(cfg, out, ranks)
+        if ranks.main:
+            write_report(out, cfg.to_dict(), results, steps, extras)
+    except USER_ERRORS as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.stop()
+    if not ranks.main:
+        return 0
     print(table(results))
     print("\n".join(goals(results, cfg.bench.decode)))
     print(f"report: {out / 'report.md'}")

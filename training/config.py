@@ -321,6 +321,14 @@ class BenchConfig:
         item_kind=int,
         minimum=0,
     )
+    ranks: list = opt(
+        [1],
+        "rank counts to compare (one rank per accelerator, torchrun): every configuration runs "
+        "at each; make bench NPROC=N sets [N x NNODES]",
+        kind=list,
+        item_kind=int,
+        minimum=1,
+    )
     steps: int = opt(
         12, "emulate, train: measured steps per configuration and pass", kind=int, minimum=1
     )

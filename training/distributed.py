@@ -140,15 +140,17 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def gather(obj) -> list:
+def gather(obj, *, long: bool = False) -> list:
     """``obj`` of every rank, in rank order, on every rank (``[obj]`` without a group).
 
-    ``obj`` must pickle; it travels through ``all_gather_object``.
+    ``obj`` must pickle; it travels through ``all_gather_object``. ``long``: wait for the
+    slowest rank for as long as :data:`LONG_WAIT_S` rather than ``train.dist_timeout_s``
+    (the benchmark's ranks wait there while others read or rank 0 measures a baseline).
     """
     if not dist.is_initialized():
         return [obj]
     gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    dist.all_gather_object(gathered, obj, group=_long_group if long else None)
     return gathered
 
 

@@ -1,0 +1,184 @@
+"""The benchmark over several ranks: which ranks read at each rank count, and how the ranks
+keep in step through the matrix.
+
+``make bench NPROC=4`` runs ``scripts.bench`` under torchrun, one process per (simulated or
+real) accelerator. Every rank walks the same matrix in the same order. Rank 0 does what is done
+once: it writes the shards, starts and fills a local S3 server, measures the baselines and the
+peers, and writes every output; the other ranks wait for it. At a rank count ``k`` of
+``bench.ranks`` smaller than the world size, ``k`` ranks read while the others wait: the ranks
+in use are spread evenly over the nodes (MLPerf Storage's rule for runs on several hosts):
+local rank 0 of every node first, then local rank 1 of every node, and so on. Rank 0 is always
+among them.
+
+Exceptions do not travel between processes: an error on one rank reaches the others as a
+:class:`RankFailed` carrying its text, so that every rank takes the same branch (a row with the
+error, or the end of the run with ``bench.on_error: stop``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch.distributed as dist
+
+from training import distributed
+from training.config import ConfigError
+from training.distributed import Ranks
+
+T = TypeVar("T")
+
+
+class RankFailed(RuntimeError):
+    """What another rank raised, as the text it printed (``rank N: ...``)."""
+
+
+@dataclass(frozen=True)
+class Team:
+    """The ranks that read at one rank count.
+
+    Attributes:
+        members: their global ranks, in the order that gives each its part of the split
+            (member ``i`` reads part ``i`` of ``len(members)``).
+        group: their process group (DistributedDataParallel's gradient exchange in ``train``
+            mode), or None for one rank.
+    """
+
+    members: tuple[int, ...]
+    group: object = None
+
+    @property
+    def size(self) -> int:
+        """How many ranks read."""
+        return len(self.members)
+
+    def part(self, rank: int) -> int | None:
+        """Which part of the split global rank ``rank`` reads, or None when it waits."""
+        return self.members.index(rank) if rank in self.members else None
+
+
+def spread(places: list[tuple[int, int]]) -> list[int]:
+    """Global ranks in the order the benchmark puts them to work: ``places[r]`` is rank
+    ``r``'s ``(node, local rank)``; local rank 0 of every node comes first, then local rank 1,
+    so the first ``k`` of the order are spread as evenly as can be over the nodes."""
+    return sorted(range(len(places)), key=lambda r: (places[r][1], places[r][0]))
+
+
+def node_of_this_rank() -> int:
+    """This rank's node: torchrun's ``GROUP_RANK`` (0 without torchrun).
+
+    Raises:
+        ConfigError: ``GROUP_RANK`` is not a whole number.
+    """
+    try:
+        return int(os.environ.get("GROUP_RANK", 0))
+    except ValueError:
+        raise ConfigError("GROUP_RANK must be a whole number (torchrun sets it)") from None
+
+
+def check_counts(counts: list[int], world_size: int) -> None:
+    """``bench.ranks`` fits this launch: not empty, its largest count is the world size.
+
+    Raises:
+        ConfigError: otherwise, saying how to launch.
+    """
+    if not counts:
+        raise ConfigError("bench.ranks is empty: list the rank counts to compare, e.g. [1, 2, 4]")
+    if max(counts) != world_size:
+        raise ConfigError(
+            f"bench.ranks {counts} needs {max(counts)} ranks but this launch has {world_size}: "
+            f"make bench NPROC=N runs N ranks (x NNODES) and sets bench.ranks to [N x NNODES]; "
+            'for a list, launch its largest count (ARGS="--set bench.ranks=[1,2,4]" NPROC=4)'
+        )
+
+
+class BenchRanks:
+    """This rank's view of the benchmark's ranks: the team at each rank count.
+
+    Made on every rank at the same point (process groups are created collectively).
+
+    Args:
+        ranks: this process's place (:func:`training.distributed.from_environment`).
+        counts: ``bench.ranks``, each at most the world size.
+    """
+
+    def __init__(self, ranks: Ranks, counts: list[int]):
+        self.ranks = ranks
+        places = distributed.gather((node_of_this_rank(), ranks.local_rank))
+        self.nodes = len({node for node, _ in places})
+        #: each rank's node, by global rank
+        self.node_of = [node for node, _ in places]
+        order = spread(places)
+        self.teams: dict[int, Team] = {}
+        for k in sorted(set(counts)):
+            members = tuple(order[:k])
+            if k == 1:
+                group = None
+            elif k == ranks.world_size:
+                group = dist.group.WORLD
+            else:  # every rank takes part in creating every group
+                group = dist.new_group(sorted(members))
+            self.teams[k] = Team(members, group)
+
+    def team(self, k: int) -> Team:
+        """The ranks that read at rank count ``k``."""
+        return self.teams[k]
+
+
+def in_turn(fn: Callable[[], T], ranks: Ranks) -> T:
+    """Call ``fn`` on rank 0, then, once it worked there, on the other ranks: rank 0 writes
+    what is missing (shards) before the others look for it.
+
+    Returns:
+        What ``fn`` returned on this rank.
+
+    Raises:
+        Exception: on every rank when ``fn`` failed on any: the exception itself on the rank
+            that raised it, :class:`RankFailed` naming that rank and its error elsewhere.
+    """
+    value, error = None, None
+    if ranks.main:
+        value, error = attempt(fn)
+    if distributed.gather(_text(error), long=True)[0] is None and not ranks.main:
+        value, error = attempt(fn)
+    agree_on_errors(error)
+    return value
+
+
+def agree_on_errors(error: BaseException | None) -> None:
+    """Raise on every rank when any rank had an ``error`` (this rank's own exception, or a
+    :class:`RankFailed` naming the first rank that failed); nothing when none did. A
+    collective: every rank calls it at the same point."""
+    texts = distributed.gather(_text(error), long=True)
+    if error is not None:
+        raise error
+    for rank, text in enumerate(texts):
+        if text is not None:
+            raise RankFailed(f"rank {rank}: {text}")
+
+
+def everywhere(fn: Callable[[], T]) -> T:
+    """Call ``fn`` on every rank at once; raise on every rank when it failed on any (as
+    :func:`agree_on_errors` does)."""
+    value, error = attempt(fn)
+    agree_on_errors(error)
+    return value
+
+
+def attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    """``(fn(), None)``, or ``(None, the exception fn raised)``."""
+    try:
+        return fn(), None
+    except Exception as exc:
+        return None, exc
+
+
+def _text(error: BaseException | None) -> str | None:
+    """An error as one line for the other ranks (None: no error)."""
+    if error is None:
+        return None
+    from bench.run import error_text
+
+    return error_text(error)
