@@ -23,6 +23,8 @@ import math
 import sys
 from pathlib import Path
 
+import torch
+
 from training import distributed
 from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
 from training.config import Config
@@ -114,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.report import goals, table, write_report
         from bench.run import run_bench, timestamp
 
-        device = distributed.pick_device(cfg.train.device, ranks)
+        # an accelerator per rank for train mode only: read and emulate ranks need none
+        device = (
+            distributed.pick_device(cfg.train.device, ranks)
+            if "train" in cfg.bench.modes
+            else torch.device("cpu")
+        )
         distributed.start(ranks, device, cfg.train.dist_timeout_s)
         out = Path(distributed.gather(str(Path(args.out) / timestamp()))[0])  # rank 0's
         results, steps, extras = run_bench(cfg, out, ranks)

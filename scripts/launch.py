@@ -11,8 +11,8 @@ rendezvous (which nodes are missing, what to check), and a rank that failed (whi
 what exit code or signal; its own ``[rank N]`` lines above say why). ``make train NPROC=...``
 uses it.
 
-Exit status: torchrun's (0 when every rank succeeded); 1 when a rank failed; 2 when the
-nodes did not all join.
+Exit status: 0 when every rank succeeded; the exit code of the rank that failed first (1
+when it was killed by a signal); 2 when the nodes did not all join.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             else f"exit code {failure.exitcode}"
         )
         print(
-            f"error: rank {rank} (local rank {failure.local_rank}) failed first, {how}; the "
-            f"other ranks were stopped. Its own lines ([rank {rank}]) above say why",
+            f"error: rank {rank} (local rank {failure.local_rank}) failed first, {how}; any "
+            f"other rank still running was stopped. Its own lines ([rank {rank}]) above say why",
             file=sys.stderr,
         )
-        return 1
+        return failure.exitcode if failure.exitcode > 0 else 1
     return 0
 
 

@@ -57,6 +57,10 @@ def test_fs_baseline_reads_every_byte_warm_and_cold(tmp_path):
     twice = fs_read_baseline(paths * 2, cold=True)  # a file listed twice is read twice
     assert_consistent(twice, 2 * len(paths), 2 * total)
 
+    threads = fs_read_baseline(paths * 2, threads=3, cold=True)  # one thread per rank
+    assert_consistent(threads, 2 * len(paths), 2 * total)
+    assert (threads.threads, threads.evicted) == (3, True)
+
     with pytest.raises(ValueError, match="no files"):
         fs_read_baseline([])
     with pytest.raises(FileNotFoundError):

@@ -1,0 +1,83 @@
+"""The benchmark's ranks without a process group: which ranks read at each count, how a pass's
+row is made from its ranks' parts, and what a launch that does not fit ``bench.ranks`` says.
+The torchrun run of ``make bench NPROC=2`` is in ``test_distributed.py``."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.ranks import BenchRanks, Team, check_counts, spread
+from bench.resources import CpuUse
+from bench.runner import PassPart, combine, rank_samples
+from pipelines.storage import RequestStats
+from training.config import ConfigError
+from training.distributed import ONE_RANK
+
+
+def test_the_ranks_in_use_are_spread_over_the_nodes():
+    # two nodes of three ranks: global rank = node * 3 + local rank
+    places = [(node, local) for node in (0, 1) for local in range(3)]
+    order = spread(places)
+    assert order == [0, 3, 1, 4, 2, 5]
+    for k in range(1, 7):
+        nodes = [places[r][0] for r in order[:k]]
+        assert abs(nodes.count(0) - nodes.count(1)) <= 1  # as even as k allows
+    team = Team(tuple(order[:4]))
+    assert [team.part(r) for r in range(6)] == [0, 2, None, 1, 3, None]
+
+
+def test_one_rank_without_a_process_group():
+    br = BenchRanks(ONE_RANK, [1])
+    assert br.team(1) == Team((0,)) and br.nodes == 1
+
+
+def test_a_launch_that_does_not_fit_bench_ranks_says_how_to_launch():
+    check_counts([1, 2, 4], 4)
+    with pytest.raises(ConfigError, match=r"needs 4 ranks but this launch has 2.*NPROC"):
+        check_counts([1, 2, 4], 2)
+    with pytest.raises(ConfigError, match="needs 1 ranks but this launch has 2"):
+        check_counts([1], 2)  # a rank that would only ever wait
+    with pytest.raises(ConfigError, match="empty"):
+        check_counts([], 1)
+
+
+def part(rank: int, node: int, *, samples, nbytes, wall, compute, wait, host_s) -> PassPart:
+    row = {
+        "epoch": 0, "steps": 3, "samples": samples, "skipped": 0, "bytes_read": nbytes,
+        "read_s": 0.5, "data_wait_s": wait, "compute_s": compute, "wall_s": wall,
+        "au": compute / wall, "loss": float("nan"),
+    }  # fmt: skip
+    requests = RequestStats(requests=samples, ttfb_s=[0.001 * (rank + 1)] * samples)
+    return PassPart(row, [], requests, CpuUse(wall, 1.0 + rank, host_s), (rank + 1) * 2**20, node)
+
+
+def test_a_pass_row_is_the_sum_mean_and_max_of_its_ranks():
+    parts = [
+        part(0, 0, samples=6, nbytes=600, wall=2.0, compute=1.0, wait=0.4, host_s=4.0),
+        part(1, 0, samples=4, nbytes=400, wall=4.0, compute=3.0, wait=0.8, host_s=4.2),
+        part(2, 1, samples=2, nbytes=200, wall=1.0, compute=0.5, wait=0.1, host_s=3.0),
+    ]
+    row = combine(parts)
+    assert row["ranks"] == 3 and row["samples"] == 12 and row["bytes_read"] == 1200
+    assert row["wall_s"] == 4.0  # the slowest rank's
+    assert row["throughput_mbps"] == pytest.approx(1200 / 4.0 / 1e6)
+    assert row["samples_per_s"] == pytest.approx(12 / 4.0)
+    assert row["au"] == pytest.approx((0.5 + 0.75 + 0.5) / 3)
+    assert row["au_min"] == 0.5 and row["data_wait_max_s"] == 0.8
+    assert row["requests"] == 12 and row["ttfb_p99_ms"] == pytest.approx(3.0)
+    assert row["peak_rss_mib"] == 1 + 2 + 3  # every rank's processes hold memory at once
+    # the client's CPU is every rank's; the machine's is counted once per node (4.0 + 3.0)
+    assert row["cpu_ms_per_mb"] == pytest.approx((1 + 2 + 3) * 1e3 / (1200 / 1e6))
+    assert row["host_busy_cores"] == pytest.approx((4.0 + 3.0) / 4.0)
+    assert row["data_wait_share"] == pytest.approx(row["data_wait_s"] / 4.0)
+
+
+def test_each_rank_has_enough_samples_for_the_steps_of_a_pass():
+    class Shard:
+        def __init__(self, samples):
+            self.samples = samples
+
+    records = list(range(100))
+    assert rank_samples(records, None, 1) == 100
+    assert rank_samples(records, None, 3) == 33
+    assert rank_samples(records, [Shard(30), Shard(40), Shard(30)], 2) == 50 - 40
