@@ -40,12 +40,11 @@ pytestmark = pytest.mark.integration
 RUN_LIMIT_S = 240
 
 
-def torchrun(
-    cells: Path, out: Path, *extra: str, nproc: int = 2, nodes: tuple = (), port=None, env=None
-):
+def torchrun(data, out: Path, *extra: str, nproc: int = 2, nodes: tuple = (), port=None, env=None):
     """Start ``scripts.train`` under torchrun (``scripts.launch``, as ``make train NPROC=``
-    does) with ``nproc`` ranks on a free port; ``nodes``: ``(nnodes, node_rank, timeout_s)``
-    for one node of several."""
+    does) with ``nproc`` ranks on a free port, training on ``data`` (a folder, or an
+    ``s3://`` URL with ``S3_ENDPOINT`` in ``env``); ``nodes``: ``(nnodes, node_rank,
+    timeout_s)`` for one node of several."""
     launch = ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"]
     launch += ["--master-port", str(port or free_port())]
     if nodes:
@@ -55,7 +54,7 @@ def torchrun(
     command = [
         sys.executable, "-m", "scripts.launch", *launch,
         "-m", "scripts.train", "--config", "configs/classification.yaml",
-        "--data", str(cells), "--out", str(out), "--epochs", "2", "--batch-size", "4",
+        "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "4",
         "--workers", "0", "--no-pretrained", "--arch", "resnet18",
         "--set", "model.image_size=64", "--set", "dataset.shard_size_mb=0.03",
         "--set", "train.dist_timeout_s=20", "--set", "output.trace=true", *extra,
@@ -96,6 +95,19 @@ def cells(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def s3_cells(cells, s3_server):
+    """The crops uploaded to the local S3 server: ``(data URL, environment for the run)``."""
+    from pipelines.s3 import S3Storage
+    from pipelines.s3_local import upload_tree
+
+    bucket = "dist"
+    S3Storage(bucket, endpoint_url=s3_server.endpoint).client().create_bucket(Bucket=bucket)
+    upload_tree(cells, S3Storage(bucket, "cells", endpoint_url=s3_server.endpoint),
+                progress=False)  # fmt: skip
+    return f"s3://{bucket}/cells", {"S3_ENDPOINT": s3_server.endpoint}
+
+
+@pytest.fixture(scope="module")
 def random_run(cells, tmp_path_factory):
     """One 2-rank run of random access, one epoch, shared by the tests that only read it.
     Batches of one image: the corrupt crop makes an empty batch on one rank, a step that
@@ -108,16 +120,22 @@ def random_run(cells, tmp_path_factory):
     return out, log
 
 
-@pytest.mark.parametrize("access", ["random", "shards"])  # objects: the two-node test
-def test_two_ranks_train_in_step_on_the_split_once(cells, tmp_path, access, request):
-    if access == "random":
-        out, log = request.getfixturevalue("random_run")
-    else:  # one epoch, with a DataLoader worker per rank
-        out = tmp_path / "out"
-        extra = ["--set", f"access.sequential_source={access}", "--epochs", "1"]
-        code, log = finish(torchrun(cells, out, "--access", "sequential", *extra))
-        assert code == 0, log[-3000:]
-    check_in_step(cells, out, log, access)
+def test_two_ranks_train_in_step_on_the_split_once_random_fs(cells, random_run):
+    out, log = random_run
+    check_in_step(cells, out, log, "random")
+
+
+def test_two_ranks_train_in_step_on_the_split_once_shards_s3(cells, s3_cells, tmp_path):
+    """Shards over the local S3 server, 2 ranks x 2 DataLoader workers; rank 0 writes the
+    shards into the bucket while rank 1 waits. (Objects: the two-node test.)"""
+    data, env = s3_cells
+    out = tmp_path / "out"
+    extra = ["--set", "access.sequential_source=shards", "--epochs", "1", "--workers", "2"]
+    code, log = finish(torchrun(data, out, "--access", "sequential", *extra, env=env))
+    assert code == 0, log[-3000:]
+    check_in_step(cells, out, log, "shards")
+    rows = read_rows(out / "metrics.csv")
+    assert rows[0]["storage"] == "s3"
 
 
 def check_in_step(cells: Path, out: Path, log: str, access: str) -> None:
@@ -224,20 +242,23 @@ def test_a_failing_rank_stops_every_rank(cells, tmp_path):
     assert not alive, f"processes of the run left: {alive}"
 
 
-def test_two_nodes_on_this_machine_finish_a_run_together(cells, tmp_path):
+def test_two_nodes_on_this_machine_finish_a_run_together(cells, s3_cells, tmp_path):
     """Two torchrun launches, one rank each, meet at a rendezvous on 127.0.0.1 (as two
-    machines would at MASTER_ADDR) and train together, here with the objects pattern."""
+    machines would at MASTER_ADDR) and train together, here with the objects pattern over
+    the local S3 server (the same bucket for both nodes)."""
+    data, env = s3_cells
     port = free_port()
     runs = [
-        torchrun(cells, tmp_path / f"node{n}", "--access", "sequential",
+        torchrun(data, tmp_path / f"node{n}", "--access", "sequential",
                  "--set", "access.sequential_source=objects", "--epochs", "1",
-                 "--workers", "0", nproc=1, nodes=(2, n, 60), port=port)
+                 "--workers", "0", nproc=1, nodes=(2, n, 60), port=port, env=env)
         for n in (0, 1)
     ]  # fmt: skip
     results = [finish(run) for run in runs]
     assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     assert not (tmp_path / "node1" / "metrics.csv").exists()  # rank 0 (node 0) writes
     check_in_step(cells, tmp_path / "node0", results[0][1] + results[1][1], "objects")
+    assert read_rows(tmp_path / "node0" / "metrics.csv")[0]["storage"] == "s3"
 
 
 def test_a_node_that_never_joins_ends_the_run_with_what_is_missing(cells, tmp_path):
@@ -261,7 +282,7 @@ def test_bench_runs_every_configuration_at_each_rank_count(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "scripts.bench", "--out", str(out), "--workers", "1",
+            sys.executable, "-m", "scripts.bench", "--out", str(out), "--workers", "0",
             "--batch-size", "2", "--set", f"storage.root={voc}", "--set", "storage.prefixes=['']",
             "--set", "dataset.shard_size_mb=0.03", "--set", "bench.modes=[read]",
             "--set", "bench.read_steps=3", "--set", "bench.warmup_steps=1",
@@ -280,8 +301,8 @@ def test_bench_runs_every_configuration_at_each_rank_count(tmp_path):
     names = [r["config"] for r in rows]
     for storage in ("fs", "s3/boto3"):
         for access in ("random", "objects", "shards"):
-            assert f"{storage}/{access}/read/w1" in names
-            assert f"{storage}/{access}/read/w1/r2" in names
+            assert f"{storage}/{access}/read/w0" in names
+            assert f"{storage}/{access}/read/w0/r2" in names
     for row in rows:
         mine = [s for s in steps if s["case"] == row["config"]]
         per_rank = Counter(s["rank"] for s in mine)
@@ -293,6 +314,6 @@ def test_bench_runs_every_configuration_at_each_rank_count(tmp_path):
         assert float(row["au_min"]) <= float(row["au"])
         assert float(row["data_wait_max_s"]) >= float(row["data_wait_s"])
     report = (run / "report.md").read_text()
-    assert "fs/random/read/w1/r2 | 0 | fs-read-cold (2 threads)" in report
-    assert "s3/boto3/random/read/w1/r2 | 0 | s3-get-cold (16 threads)" in report
+    assert "fs/random/read/w0/r2 | 0 | fs-read-cold (2 threads)" in report
+    assert "s3/boto3/random/read/w0/r2 | 0 | s3-get-cold (16 threads)" in report
     assert "Traceback" not in log
