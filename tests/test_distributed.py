@@ -168,7 +168,11 @@ def check_in_step(cells: Path, out: Path, log: str, access: str) -> None:
             float(row["bytes_read"]) / float(row["wall_s"]) / 1e6, rel=1e-4
         )
     trace = read_rows(out / "trace.csv")  # one row per sample the ranks trained on
-    split_ids = {r.id for r in load_folder_split(FileSystemStorage(cells), "train")[0]}
+    records = load_folder_split(FileSystemStorage(cells), "train")[0]
+    split_ids = {r.id for r in records}
+    if access != "shards":  # one read per image: its bytes are the file's (here or uploaded)
+        size = {r.id: (cells / r.image_key).stat().st_size for r in records}
+        assert all(int(t["bytes"]) == size[t["id"]] for t in trace)
     for row in rows:
         ids = [t["id"] for t in trace if t["epoch"] == row["epoch"]]
         read = int(row["samples"]) + int(row["skipped"])
