@@ -58,6 +58,12 @@ class Team:
         """Which part of the split global rank ``rank`` reads, or None when it waits."""
         return self.members.index(rank) if rank in self.members else None
 
+    def first_on_node(self, rank: int, node_of: list[int]) -> bool:
+        """Whether global rank ``rank`` is the first member on its node (``node_of[r]``: rank
+        ``r``'s node): the one that drops the node's page cache before a cold pass."""
+        here = [m for m in self.members if node_of[m] == node_of[rank]]
+        return bool(here) and here[0] == rank
+
 
 def spread(places: list[tuple[int, int]]) -> list[int]:
     """Global ranks in the order the benchmark puts them to work: ``places[r]`` is rank

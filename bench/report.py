@@ -398,7 +398,11 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
             f" | {_fmt(b.objects_per_s, 1)} | {_fmt(b.mbps)} | {_fmt(cpu['host_busy_cores'])}"
             f" | {_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)} |"
         )
-    lines += ["", "## Peers", "", "| comparison | peer | samples/s |", "|---|---|---|"]
+    lines += ["", "## Peers", ""]
+    if bench["peers"] and 1 not in bench.get("ranks", [1]):
+        lines += ["Not measured: peers are single-process loaders, measured when `bench.ranks`"
+                  " has 1.", ""]  # fmt: skip
+    lines += ["| comparison | peer | samples/s |", "|---|---|---|"]
     for name, p in extras.get("peers", {}).items():
         if p is None:
             from bench.peers import s3torchconnector_reason

@@ -224,7 +224,7 @@ def run_pass(
     s3_storage,
     cfg: Config,
     classes: list[str],
-    br: BenchRanks | None = None,
+    br: BenchRanks,
 ) -> tuple[dict, list[dict], object] | None:
     """One pass of one configuration on its ranks, then its raw baseline over as many bytes.
 
@@ -242,12 +242,15 @@ def run_pass(
     Raises:
         Exception: on every rank when the pass or the baseline failed on any.
     """
-    br = br or BenchRanks(ONE_RANK, [1])
     team = br.team(case.ranks)
     part = team.part(br.ranks.rank)
-    evict_dir = cold_dir(prep, case.access) if pass_index == 0 and part is not None else None
-    evicted = distributed.gather(evict_dir is not None if part is not None else None, long=True)
-    if not all(e for e in evicted if e is not None):  # the same reads on every rank, or none
+    evicts = pass_index == 0 and team.first_on_node(br.ranks.rank, br.node_of)
+    evict_dir = cold_dir(prep, case.access) if evicts else None
+    evicted = distributed.gather(evict_dir is not None if evicts else None, long=True)
+    cold = pass_index == 0 and all(e for e in evicted if e is not None)
+    if part is not None and cold:  # every node's cache dropped: every read evicts its file
+        evict_dir = prep.local_dir
+    else:  # the same reads on every rank, or none
         evict_dir = None
     if pass_index > 0:
         cache = "warm"

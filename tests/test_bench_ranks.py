@@ -24,6 +24,9 @@ def test_the_ranks_in_use_are_spread_over_the_nodes():
         assert abs(nodes.count(0) - nodes.count(1)) <= 1  # as even as k allows
     team = Team(tuple(order[:4]))
     assert [team.part(r) for r in range(6)] == [0, 2, None, 1, 3, None]
+    node_of = [node for node, _ in places]
+    evicting = [r for r in range(6) if team.first_on_node(r, node_of)]
+    assert evicting == [0, 3]  # one rank per node drops its page cache before a cold pass
 
 
 def test_one_rank_without_a_process_group():
