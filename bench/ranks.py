@@ -42,8 +42,8 @@ class Team:
     Attributes:
         members: their global ranks, in the order that gives each its part of the split
             (member ``i`` reads part ``i`` of ``len(members)``).
-        group: their process group (DistributedDataParallel's gradient exchange in ``train``
-            mode), or None for one rank.
+        group: their process group for DistributedDataParallel's gradient exchange in a
+            ``train`` pass (:func:`with_fresh_group`), or None.
     """
 
     members: tuple[int, ...]
@@ -101,9 +101,10 @@ def check_counts(counts: list[int], world_size: int) -> None:
 
 
 class BenchRanks:
-    """This rank's view of the benchmark's ranks: the team at each rank count.
+    """This rank's view of the benchmark's ranks: the team at each rank count, and each
+    rank's node.
 
-    Made on every rank at the same point (process groups are created collectively).
+    Made on every rank at the same point (it gathers every rank's node and local rank).
 
     Args:
         ranks: this process's place (:func:`training.distributed.from_environment`).
@@ -117,20 +118,22 @@ class BenchRanks:
         #: each rank's node, by global rank
         self.node_of = [node for node, _ in places]
         order = spread(places)
-        self.teams: dict[int, Team] = {}
-        for k in sorted(set(counts)):
-            members = tuple(order[:k])
-            if k == 1:
-                group = None
-            elif k == ranks.world_size:
-                group = dist.group.WORLD
-            else:  # every rank takes part in creating every group
-                group = dist.new_group(sorted(members))
-            self.teams[k] = Team(members, group)
+        self.teams = {k: Team(tuple(order[:k])) for k in sorted(set(counts))}
 
     def team(self, k: int) -> Team:
         """The ranks that read at rank count ``k``."""
         return self.teams[k]
+
+
+def with_fresh_group(team: Team) -> Team:
+    """``team`` with a process group of its own for one ``train`` pass (DDP's gradient
+    exchange); unchanged for one rank. Every rank calls it (creating a group is collective);
+    a new group each pass, so that a pass that failed in the middle of an exchange (one rank
+    raised, the others timed out after ``train.dist_timeout_s``) leaves no half-done
+    collective behind for the next."""
+    if team.size == 1:
+        return team
+    return Team(team.members, dist.new_group(sorted(team.members)))
 
 
 def in_turn(fn: Callable[[], T], ranks: Ranks) -> T:

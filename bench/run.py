@@ -38,6 +38,7 @@ from bench.ranks import (
     check_counts,
     everywhere,
     in_turn,
+    with_fresh_group,
 )
 from bench.report import BASELINE_CPU_COLUMNS, write_tables
 from bench.runner import (
@@ -243,6 +244,8 @@ def run_pass(
         Exception: on every rank when the pass or the baseline failed on any.
     """
     team = br.team(case.ranks)
+    if case.mode == "train":
+        team = with_fresh_group(team)
     part = team.part(br.ranks.rank)
     evicts = pass_index == 0 and team.first_on_node(br.ranks.rank, br.node_of)
     evict_dir = cold_dir(prep, case.access) if evicts else None

@@ -1,7 +1,7 @@
 """Several ranks for real: torchrun (``python -m torch.distributed.run``) as a subprocess on a
 free port, gloo on the CPU, the small ConvNet on a few BCCD cell crops.
 
-Each run checks what the issue asks of the scale-out: every rank runs the same number of
+Each run has 2 DataLoader workers per rank and checks what the issue asks of the scale-out: every rank runs the same number of
 steps; the ranks together train on the split once, less a remainder that is counted; the
 epoch's row is exactly the sum / mean / max of the per-rank rows; DDP kept the replicas
 identical; distributed evaluation equals a single-process evaluation of the same weights; a
@@ -55,7 +55,7 @@ def torchrun(data, out: Path, *extra: str, nproc: int = 2, nodes: tuple = (), po
         sys.executable, "-m", "scripts.launch", *launch,
         "-m", "scripts.train", "--config", "configs/classification.yaml",
         "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "4",
-        "--workers", "0", "--no-pretrained", "--arch", "resnet18",
+        "--workers", "2", "--no-pretrained", "--arch", "resnet18",
         "--set", "model.image_size=64", "--set", "dataset.shard_size_mb=0.03",
         "--set", "train.dist_timeout_s=20", "--set", "output.trace=true", *extra,
     ]  # fmt: skip
@@ -130,7 +130,7 @@ def test_two_ranks_train_in_step_on_the_split_once_shards_s3(cells, s3_cells, tm
     shards into the bucket while rank 1 waits. (Objects: the two-node test.)"""
     data, env = s3_cells
     out = tmp_path / "out"
-    extra = ["--set", "access.sequential_source=shards", "--epochs", "1", "--workers", "2"]
+    extra = ["--set", "access.sequential_source=shards", "--epochs", "1"]
     code, log = finish(torchrun(data, out, "--access", "sequential", *extra, env=env))
     assert code == 0, log[-3000:]
     check_in_step(cells, out, log, "shards")
@@ -255,7 +255,7 @@ def test_two_nodes_on_this_machine_finish_a_run_together(cells, s3_cells, tmp_pa
     runs = [
         torchrun(data, tmp_path / f"node{n}", "--access", "sequential",
                  "--set", "access.sequential_source=objects", "--epochs", "1",
-                 "--workers", "0", nproc=1, nodes=(2, n, 60), port=port, env=env)
+                 nproc=1, nodes=(2, n, 60), port=port, env=env)
         for n in (0, 1)
     ]  # fmt: skip
     results = [finish(run) for run in runs]
