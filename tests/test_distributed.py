@@ -1,11 +1,13 @@
 """Several ranks for real: torchrun (``python -m torch.distributed.run``) as a subprocess on a
-free port, gloo on the CPU, the small ConvNet on a few BCCD cell crops.
+free port, gloo on the CPU, ResNet-18 (BatchNorm) on a few BCCD cell crops, 2 DataLoader
+workers per rank.
 
-Each run has 2 DataLoader workers per rank and checks what the issue asks of the scale-out: every rank runs the same number of
+Each run checks what the issue asks of the scale-out: every rank runs the same number of
 steps; the ranks together train on the split once, less a remainder that is counted; the
 epoch's row is exactly the sum / mean / max of the per-rank rows; DDP kept the replicas
 identical; distributed evaluation equals a single-process evaluation of the same weights; a
-failing rank stops every rank within the timeout.
+failing rank stops every rank within the timeout; the benchmark runs its matrix on 1 and 2
+ranks.
 """
 
 from __future__ import annotations
