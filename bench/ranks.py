@@ -62,7 +62,7 @@ class Team:
         """Whether global rank ``rank`` is the first member on its node (``node_of[r]``: rank
         ``r``'s node): the one that drops the node's page cache before a cold pass."""
         here = [m for m in self.members if node_of[m] == node_of[rank]]
-        return bool(here) and here[0] == rank
+        return here[:1] == [rank]
 
 
 def spread(places: list[tuple[int, int]]) -> list[int]:
@@ -128,12 +128,21 @@ class BenchRanks:
 def with_fresh_group(team: Team) -> Team:
     """``team`` with a process group of its own for one ``train`` pass (DDP's gradient
     exchange); unchanged for one rank. Every rank calls it (creating a group is collective);
-    a new group each pass, so that a pass that failed in the middle of an exchange (one rank
-    raised, the others timed out after ``train.dist_timeout_s``) leaves no half-done
-    collective behind for the next."""
+    a new group each pass (destroyed after it: :func:`drop_group`), so that a pass that
+    failed in the middle of an exchange on gloo (one rank raised, the others timed out after
+    ``train.dist_timeout_s``) leaves no half-done collective behind for the next. On CUDA,
+    NCCL's watchdog ends a process whose exchange timed out: the launch then ends, naming
+    the rank."""
     if team.size == 1:
         return team
     return Team(team.members, dist.new_group(sorted(team.members)))
+
+
+def drop_group(team: Team, rank: int) -> None:
+    """Destroy the process group :func:`with_fresh_group` gave ``team`` (on its members;
+    nothing for a team without one)."""
+    if team.group is not None and rank in team.members:
+        dist.destroy_process_group(team.group)
 
 
 def in_turn(fn: Callable[[], T], ranks: Ranks) -> T:
@@ -160,12 +169,20 @@ def agree_on_errors(error: BaseException | None) -> None:
     """Raise on every rank when any rank had an ``error`` (this rank's own exception, or a
     :class:`RankFailed` naming the first rank that failed); nothing when none did. A
     collective: every rank calls it at the same point."""
-    texts = distributed.gather(_text(error), long=True)
+    gather_agreed(None, error)
+
+
+def gather_agreed(value, error: BaseException | None) -> list:
+    """Every rank's ``value``, in rank order, when no rank had an ``error``; otherwise raise
+    on every rank, as :func:`agree_on_errors` does. One collective (on the long group: ranks
+    may wait here while others read or rank 0 measures)."""
+    gathered = distributed.gather((value, _text(error)), long=True)
     if error is not None:
         raise error
-    for rank, text in enumerate(texts):
+    for rank, (_, text) in enumerate(gathered):
         if text is not None:
             raise RankFailed(f"rank {rank}: {text}")
+    return [v for v, _ in gathered]
 
 
 def everywhere(fn: Callable[[], T]) -> T:

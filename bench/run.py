@@ -36,7 +36,9 @@ from bench.ranks import (
     agree_on_errors,
     attempt,
     check_counts,
+    drop_group,
     everywhere,
+    gather_agreed,
     in_turn,
     with_fresh_group,
 )
@@ -246,15 +248,23 @@ def run_pass(
     team = br.team(case.ranks)
     if case.mode == "train":
         team = with_fresh_group(team)
+    try:
+        return _run_pass(case, pass_index, prep, s3_storage, cfg, classes, br, team)
+    finally:
+        drop_group(team, br.ranks.rank)
+
+
+def _run_pass(case, pass_index, prep, s3_storage, cfg, classes, br, team):
+    """:func:`run_pass` on the ``team`` of ranks that reads it."""
     part = team.part(br.ranks.rank)
-    evicts = pass_index == 0 and team.first_on_node(br.ranks.rank, br.node_of)
-    evict_dir = cold_dir(prep, case.access) if evicts else None
-    evicted = distributed.gather(evict_dir is not None if evicts else None, long=True)
+    # one rank per node drops the node's page cache; cold only when every node's was dropped
+    evicting = pass_index == 0 and team.first_on_node(br.ranks.rank, br.node_of)
+    dropped, error = None, None
+    if evicting:
+        dropped, error = attempt(lambda: cold_dir(prep, case.access) is not None)
+    evicted = gather_agreed(dropped, error)
     cold = pass_index == 0 and all(e for e in evicted if e is not None)
-    if part is not None and cold:  # every node's cache dropped: every read evicts its file
-        evict_dir = prep.local_dir
-    else:  # the same reads on every rank, or none
-        evict_dir = None
+    evict_dir = prep.local_dir if cold else None  # then every read evicts its file first
     if pass_index > 0:
         cache = "warm"
     elif evict_dir is not None:
@@ -274,8 +284,7 @@ def run_pass(
             prep.records, shards, classes, pass_index=pass_index, repeat=repeat, team=team,
             part=part,
         ))  # fmt: skip
-    agree_on_errors(error)
-    parts = [p for p in distributed.gather(mine, long=True) if p is not None]
+    parts = [p for p in gather_agreed(mine, error) if p is not None]
     result, error = None, None
     if br.ranks.main:
         result, error = attempt(lambda: pass_row(
@@ -385,6 +394,7 @@ def run_bench(
         local_s3 = "s3" in cfg.bench.storages and not (
             cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
         )
+        local_s3 = distributed.gather(local_s3)[0]  # rank 0's environment decides
 
         def prepare(key: tuple[str, str], fn) -> None:
             """Prepare one storage, rank 0 first (it writes what is missing); a failure is

@@ -1,8 +1,8 @@
 """One benchmark configuration: build its loader, run warm-up + measured steps, return figures.
 
 A configuration (:class:`Case`) is an access pattern × storage × client library × worker count
-× mode. The three modes separate what the storage can deliver from what training needs, as the
-field's benchmarks do:
+× rank count × mode (ranks: :mod:`bench.ranks`). The three modes separate what the storage can
+deliver from what training needs, as the field's benchmarks do:
 
 - ``read``: read and decode only, no model: the storage ceiling (s3torchbenchmarking's
   "entitlement" model).
@@ -28,6 +28,7 @@ the first one filled.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ from pipelines.samples import Batch
 from pipelines.shards import ShardInfo
 from pipelines.storage import RequestStats, Storage
 from training.config import Config
-from training.distributed import from_environment, pick_device
+from training.distributed import all_agree, from_environment, pick_device
 from training.engine import Precision, measure_steps
 from training.meter import aggregate
 from training.tasks import class_to_index, task_module
@@ -153,12 +154,14 @@ def pass_repeat(cfg: Config, steps: int, rank_samples: int, *, single_epoch: boo
 
 def rank_samples(records: list[Record], shards: list[ShardInfo] | None, ranks: int) -> int:
     """The fewest samples a rank reads in an epoch when ``ranks`` ranks share the split: an
-    equal part of the records; with shards, which are not cut, a part less the largest shard
-    (the shards dealt to a rank hold at least that many samples)."""
+    equal part of the records; with shards, which are not cut and are dealt one in
+    ``ranks`` to each rank, the samples of the ``len(shards) // ranks`` smallest shards."""
     if ranks == 1:
         return len(records)
-    largest = max((s.samples for s in shards), default=0) if shards else 0
-    return len(records) // ranks - largest
+    if not shards:
+        return len(records) // ranks
+    smallest = sorted(s.samples for s in shards)
+    return sum(smallest[: len(shards) // ranks])
 
 
 def pass_batches(loader: EpochLoader, pass_index: int) -> Iterator[Batch]:
@@ -198,8 +201,9 @@ def combine(parts: list[PassPart]) -> dict:
     summed, ``wall_s`` the slowest rank's, ``au`` the mean and ``au_min`` the worst rank's,
     ``data_wait_s`` the mean and ``data_wait_max_s`` the longest). ``peak_rss_mib`` is the sum
     of the ranks' peaks (MiB); the CPU figures (:meth:`bench.resources.CpuUse.figures`) count
-    every rank's processes and each node's machine-wide counters once (its first rank's),
-    over the longest window; ``data_wait_share`` is the mean wait over the slowest wall time.
+    every rank's processes and each node's machine-wide counters once (its first rank's, over
+    that rank's window), per second of the longest window; ``data_wait_share`` is the mean
+    wait over the slowest wall time.
     """
     row = aggregate([p.row for p in parts], [p.requests for p in parts])
     row["peak_rss_mib"] = sum(p.peak_rss_bytes for p in parts) / 2**20
@@ -271,6 +275,10 @@ def run_case(
             warmup_steps=cfg.bench.warmup_steps,
             desc=f"{case.name} pass {pass_index}",
             from_first_read=case.mode == "read",
+            # DDP: a batch of corrupt images on one rank skips the step on all of them
+            agree=(
+                functools.partial(all_agree, group=team.group) if team.group is not None else None
+            ),
         )
     rank = team.members[part]
     return PassPart(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench.ranks import RankFailed
 from training import distributed
 from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
 from training.config import Config
@@ -76,25 +77,26 @@ def launch_ranks(nproc: int, argv: list[str]) -> int:
     return launch(["--standalone", "--nproc-per-node", str(nproc), "-m", "scripts.bench", *argv])
 
 
-def bench_config(args: argparse.Namespace, *, quiet: bool = False) -> Config:
+def bench_config(args: argparse.Namespace) -> Config:
     """The run's config: the file, the flags, a quick look's overrides when a limit is set
-    (:func:`quick_look`, said unless ``quiet``), then ``--set``.
+    (:func:`quick_look`; :func:`say_quick_look` tells the user), then ``--set``.
 
     Raises:
         ConfigError: an invalid file, flag or override.
     """
     cfg = config_from_args(args)
     quick = quick_look(cfg)
-    if not quick:
-        return cfg
-    cfg = config_from_args(args, quick)
-    if quiet:
-        return cfg
-    print(
-        f"quick look (limit {cfg.dataset.limit}): read passes of {cfg.bench.read_steps} steps,"
-        f" emulate and train passes of {cfg.bench.steps}; without LIMIT for the full benchmark"
-    )
-    return cfg
+    return config_from_args(args, quick) if quick else cfg
+
+
+def say_quick_look(cfg: Config) -> None:
+    """Print what a quick look chose (nothing without ``dataset.limit``)."""
+    if cfg.dataset.limit is not None:
+        print(
+            f"quick look (limit {cfg.dataset.limit}): read passes of {cfg.bench.read_steps} "
+            f"steps, emulate and train passes of {cfg.bench.steps}; without LIMIT for the full "
+            "benchmark"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
     try:
-        cfg = bench_config(args, quiet=not ranks.main)
+        cfg = bench_config(args)
         if not ranks.distributed and max(cfg.bench.ranks, default=1) > 1:
             return launch_ranks(max(cfg.bench.ranks), argv)
+        if ranks.main:
+            say_quick_look(cfg)
         from bench.report import goals, table, write_report
         from bench.run import run_bench, timestamp
 
@@ -130,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
+    except RankFailed as exc:  # bench.on_error stop, after a failure on another rank
+        if not ranks.main:
+            return 0  # the rank that failed says why; rank 0 says which
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         distributed.stop()
     if not ranks.main:

@@ -83,4 +83,6 @@ def test_each_rank_has_enough_samples_for_the_steps_of_a_pass():
     records = list(range(100))
     assert rank_samples(records, None, 1) == 100
     assert rank_samples(records, None, 3) == 33
-    assert rank_samples(records, [Shard(30), Shard(40), Shard(30)], 2) == 50 - 40
+    # shards are dealt one in two: each rank gets at least one, at least the smallest
+    assert rank_samples(records, [Shard(30), Shard(40), Shard(30)], 2) == 30
+    assert rank_samples(records, [Shard(50), Shard(50)], 2) == 50

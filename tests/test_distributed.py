@@ -276,6 +276,50 @@ def test_a_node_that_never_joins_ends_the_run_with_what_is_missing(cells, tmp_pa
     assert "1/2 clients joined" in last and "NODE_RANK" in last
 
 
+def bench_ranks(voc: Path, out: Path, *sets: str) -> subprocess.Popen:
+    """``python -m scripts.bench`` on ``voc`` with a small read-only matrix, no S3 endpoint
+    from this environment, ``--set`` overrides ``sets``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    command = [
+        sys.executable, "-m", "scripts.bench", "--out", str(out), "--workers", "0",
+        "--batch-size", "2", "--set", f"storage.root={voc}", "--set", "storage.prefixes=['']",
+        "--set", "dataset.shard_size_mb=0.03", "--set", "bench.modes=[read]",
+        "--set", "bench.read_steps=3", "--set", "bench.warmup_steps=1",
+        "--set", "bench.passes=1", "--set", "bench.peers=false",
+        "--set", "model.image_size=64", "--set", "bench.ranks=[1, 2]",
+        "--set", "train.dist_timeout_s=60",
+    ]  # fmt: skip
+    for override in sets:
+        command += ["--set", override]
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_a_configuration_failing_on_its_ranks_is_a_row_and_the_ranks_go_on(tmp_path):
+    """One shard for two ranks: the two-rank shards pass fails on both ranks, which agree
+    on it; its row has the error, the next configuration still runs on both, and the run
+    ends with exit status 1 (a configuration failed), as in one process."""
+    from tests.conftest import make_voc_subset
+
+    voc = make_voc_subset(tmp_path / "bccd", {"train": 6, "test": 1})
+    out = tmp_path / "bench"
+    proc = bench_ranks(
+        voc, out, "bench.storages=[fs]", "bench.access=[shards, random]",
+        "dataset.shard_size_mb=10", "bench.baselines=false",
+    )  # fmt: skip
+    code, log = finish(proc)
+    assert code == 1, log[-3000:]
+    (run,) = out.iterdir()
+    rows = {r["config"]: r for r in read_rows(run / "results.csv")}
+    assert "1 shard(s) for 2 ranks" in rows["fs/shards/read/w0/r2"]["error"]
+    for ok in ("fs/shards/read/w0", "fs/random/read/w0", "fs/random/read/w0/r2"):
+        assert not rows[ok]["error"] and int(rows[ok]["samples"]) > 0, ok
+    assert "failed: fs/shards/read/w0/r2 (errors in results.csv" in log
+    assert "Traceback" not in log
+
+
 def test_bench_runs_every_configuration_at_each_rank_count(tmp_path):
     """`bench.ranks: [1, 2]` without torchrun: the bench starts two ranks itself; every
     configuration (fs and the local S3 server, the three patterns) runs on one rank, then on
@@ -285,20 +329,7 @@ def test_bench_runs_every_configuration_at_each_rank_count(tmp_path):
 
     voc = make_voc_subset(tmp_path / "bccd", {"train": 12, "test": 2})
     out = tmp_path / "bench"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "scripts.bench", "--out", str(out), "--workers", "0",
-            "--batch-size", "2", "--set", f"storage.root={voc}", "--set", "storage.prefixes=['']",
-            "--set", "dataset.shard_size_mb=0.03", "--set", "bench.modes=[read]",
-            "--set", "bench.read_steps=3", "--set", "bench.warmup_steps=1",
-            "--set", "bench.passes=1", "--set", "bench.peers=false",
-            "--set", "model.image_size=64", "--set", "bench.ranks=[1, 2]",
-            "--set", "train.dist_timeout_s=60",
-        ],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = bench_ranks(voc, out)
     code, log = finish(proc)
     assert code == 0, log[-3000:]
     (run,) = out.iterdir()

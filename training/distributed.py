@@ -54,8 +54,9 @@ class Ranks:
 #: A run without torchrun: one rank.
 ONE_RANK = Ranks()
 
-#: Seconds a long barrier waits (rank 0 writing the shards of a large dataset while the other
-#: ranks wait), instead of ``train.dist_timeout_s``.
+#: Seconds a long barrier or gather waits (rank 0 writing the shards of a large dataset, or,
+#: in the benchmark, measuring a baseline or peers or filling a local S3 server, while the
+#: other ranks wait; ranks waiting while others read), instead of ``train.dist_timeout_s``.
 LONG_WAIT_S = 7 * 24 * 3600
 
 _long_group = None  # a gloo group with the long timeout, made by start()
@@ -156,19 +157,20 @@ def gather(obj, *, long: bool = False) -> list:
 
 def barrier(*, long: bool = False) -> None:
     """Wait until every rank gets here (nothing without a group). ``long``: for as long as
-    :data:`LONG_WAIT_S` rather than ``train.dist_timeout_s`` (while rank 0 writes shards)."""
+    :data:`LONG_WAIT_S` rather than ``train.dist_timeout_s`` (while rank 0 works alone)."""
     if dist.is_initialized():
         dist.barrier(group=_long_group if long else None)
 
 
-def all_agree(flag: bool) -> bool:
-    """Whether ``flag`` is true on every rank (``flag`` without a group): one small
-    collective, so that every rank takes the same branch (a training step skipped on one
-    rank alone would pair the other ranks' gradient exchanges with the wrong steps)."""
+def all_agree(flag: bool, group=None) -> bool:
+    """Whether ``flag`` is true on every rank of ``group`` (default: all; ``flag`` without a
+    process group): one small collective, so that every rank takes the same branch (a
+    training step skipped on one rank alone would pair the other ranks' gradient exchanges
+    with the wrong steps)."""
     if not dist.is_initialized():
         return flag
     value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
     return bool(value.item())
 
 
