@@ -68,7 +68,8 @@ CELLS_READY := $(CELLS)/train $(CELLS)/val $(CELLS)/test
 # What `make train` needs first: the cell crops for the default classification config.
 TRAIN_DATA = $(if $(and $(filter classification,$(TASK)),$(filter configs/classification.yaml,$(CONFIG)),$(if $(DATA),,1)),$(CELLS_READY))
 
-.PHONY: setup train cells resume shards predict bench bench-memory synth archive serve stop status \
+.PHONY: setup train cells resume shards predict bench bench-memory sweep synth archive serve stop \
+	status \
 	s3-up s3-upload s3-down \
 	test test-unit fuzz lint clean help
 
@@ -108,6 +109,14 @@ bench: $(READY) $(TRAIN_DATA)
 		$(call flag,s3-prefix,$(S3_PREFIX)) $(call flag,data,$(DATA)) \
 		$(call flag,format,$(FORMAT)) $(BENCH_RANKS) $(ARGS)
 BENCH_RANKS = $(if $(strip $(NPROC)),--set 'bench.ranks=[$(shell echo $$(( $(NPROC) * $(NNODES) )))]')
+
+# MLPerf Storage's question: the most simulated accelerators kept at AU >= the workload's
+# threshold, per access pattern (WORKLOAD=retinanet|resnet50|unet3d|bccd; NPROC=N: up to N x NNODES).
+WORKLOAD ?=
+sweep: $(READY)
+	$(RUN) scripts.sweep --config $(CONFIG) $(if $(strip $(WORKLOAD)),--set sweep.workload=$(WORKLOAD)) \
+		$(SWEEP_RANKS) $(ARGS)
+SWEEP_RANKS = $(if $(strip $(NPROC)),--set 'sweep.max_accelerators=$(shell echo $$(( $(NPROC) * $(NNODES) )))')
 
 # Synthetic VOC dataset (real JPEGs, random boxes) to a directory or s3://bucket/prefix.
 SYNTH_OUT ?= data/synthetic

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from training.config import ConfigError
+
 #: MLPerf Storage v2.0, ``Submission_guidelines.md`` §6.6: the dataset is at least this many
 #: times the memory of all client nodes together.
 MEMORY_MULTIPLE = 5
@@ -103,7 +105,7 @@ WORKLOADS: dict[str, Workload] = {
         _unet3d("a100", 0.636),
         Workload(
             "bccd",
-            "this-machine",
+            "here",
             "this tool: data/bccd's train split (205 JPEGs, mean 20.8 kB, sd 0.9 kB), "
             "configs/detection.yaml's batch and workers, the detector's step time measured",
             "jpeg",
@@ -125,13 +127,13 @@ def workload(name: str, accelerator: str = "h100") -> Workload:
     ``accelerator``.
 
     Raises:
-        ValueError: no such profile; the message lists the profiles there are.
+        ConfigError: no such profile; the message lists the profiles there are.
     """
     if name == "bccd":
-        return WORKLOADS["bccd_this-machine"]
+        return WORKLOADS["bccd_here"]
     found = WORKLOADS.get(f"{name}_{accelerator}")
     if found is None:
-        raise ValueError(
+        raise ConfigError(
             f"no workload profile {name!r} for accelerator {accelerator!r}; profiles: "
             + ", ".join(sorted(WORKLOADS))
         )
@@ -179,8 +181,8 @@ def check_rules(
         Rule(
             "memory",
             dataset >= memory,
-            f"dataset {dataset / 1e9:.2f} GB; MLPerf Storage asks at least {MEMORY_MULTIPLE}x "
-            f"the memory of the {hosts} client node(s), {memory / 1e9:.2f} GB",
+            f"dataset {dataset / 1e9:.3g} GB; MLPerf Storage asks at least {MEMORY_MULTIPLE}x "
+            f"the memory of the {hosts} client node(s), {memory / 1e9:.4g} GB",
         ),
         Rule(
             "steps",

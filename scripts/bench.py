@@ -68,15 +68,6 @@ def quick_look(cfg: Config) -> list[str]:
     ]
 
 
-def launch_ranks(nproc: int, argv: list[str]) -> int:
-    """Run this benchmark again as ``nproc`` ranks on this machine under torchrun
-    (``scripts.launch --standalone``); returns the launch's exit status."""
-    from scripts.launch import main as launch
-
-    print(f"bench.ranks needs {nproc} ranks: starting them with torchrun on this machine")
-    return launch(["--standalone", "--nproc-per-node", str(nproc), "-m", "scripts.bench", *argv])
-
-
 def bench_config(args: argparse.Namespace) -> Config:
     """The run's config: the file, the flags, a quick look's overrides when a limit is set
     (:func:`quick_look`; :func:`say_quick_look` tells the user), then ``--set``.
@@ -114,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = bench_config(args)
         if not ranks.distributed and max(cfg.bench.ranks, default=1) > 1:
-            return launch_ranks(max(cfg.bench.ranks), argv)
+            from scripts.launch import relaunch
+
+            return relaunch("scripts.bench", max(cfg.bench.ranks), argv, "bench.ranks")
         if ranks.main:
             say_quick_look(cfg)
         from bench.report import goals, table, write_report

@@ -54,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def relaunch(module: str, nproc: int, argv: list[str], why: str) -> int:
+    """Run ``python -m module argv`` again as ``nproc`` ranks on this machine
+    (``--standalone``), saying ``why`` first; returns the launch's exit status (:func:`main`).
+    For commands that need several ranks when started without torchrun."""
+    print(f"{why}: starting {nproc} ranks with torchrun on this machine")
+    return main(["--standalone", "--nproc-per-node", str(nproc), "-m", module, *argv])
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

@@ -77,3 +77,17 @@ def test_objects_of_before_the_epoch_sit_out_its_garbage_collections():
     with pytest.raises(RuntimeError, match="step failed"):
         measure_steps([one], failing, epoch=0, num_samples=None)
     assert gc.get_freeze_count() == 0  # also after a failed epoch
+
+
+def test_compute_runs_on_batches_read_without_decoding_and_skips_empty_ones():
+    """Emulated compute (the benchmark's ``emulate`` mode, the sweep) runs on every batch that
+    has samples, decoded or not; a batch whose images were all corrupt skips it."""
+    computed = []
+    loader = [
+        Batch(ids=["a", "b"], nbytes=10),  # bytes only: no images
+        Batch(errors=[("c", "corrupt")]),  # nothing left to train on
+        Batch(ids=["d"], images=[torch.zeros(3, 2, 2)], targets=[{}], nbytes=5),
+    ]
+    meter = measure_steps(loader, lambda b, s: computed.append(s) or 0.0, epoch=0, num_samples=None)
+    assert computed == [0, 2]
+    assert [s.samples for s in meter.steps] == [2, 0, 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.workloads import WORKLOADS, check_rules, min_samples, workload
+from training.config import ConfigError
 
 
 def test_every_profile_names_its_source_and_fits_together():
@@ -28,9 +29,9 @@ def test_every_profile_names_its_source_and_fits_together():
 
 
 def test_an_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ValueError, match="no workload profile 'bert'.*resnet50_h100"):
+    with pytest.raises(ConfigError, match="no workload profile 'bert'.*resnet50_h100"):
         workload("bert")
-    with pytest.raises(ValueError, match="for accelerator 'b200'"):
+    with pytest.raises(ConfigError, match="for accelerator 'b200'"):
         workload("unet3d", "b200")
 
 
@@ -44,4 +45,4 @@ def test_rules_need_five_times_the_memory_and_500_steps_per_accelerator():
     few = check_rules(w, 1000, 8, 2, 16 * gib)
     assert [(r.name, r.met) for r in few] == [("memory", False), ("steps", False)]
     assert "7 steps per epoch for each of 8 accelerator(s)" in few[1].text
-    assert "at least 5x the memory of the 2 client node(s), 171.80 GB" in few[0].text
+    assert "at least 5x the memory of the 2 client node(s), 171.8 GB" in few[0].text

@@ -370,6 +370,64 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """The accelerator sweep of `make sweep` (ignored by `make train` and `make bench`)."""
+
+    workload: str = opt(
+        "retinanet",
+        "MLPerf Storage workload profile: retinanet, resnet50, unet3d, or bccd (this tool's "
+        "detector, its step time measured here)",
+        kind=str,
+        choices=("retinanet", "resnet50", "unet3d", "bccd"),
+    )
+    accelerator: str = opt(
+        "h100", "the accelerator whose step time the profile gives (h100, a100)", kind=str
+    )
+    samples: int = opt(
+        1000,
+        "samples generated to the profile for the sweep (MLPerf's size rules are checked and "
+        "reported)",
+        kind=int,
+        minimum=2,
+    )
+    max_accelerators: int = opt(
+        2,
+        "the most simulated accelerators (ranks) tried; make sweep NPROC=N sets N x NNODES",
+        kind=int,
+        minimum=1,
+    )
+    access: list = opt(
+        ["random", "shards"],
+        "access patterns searched: random (map-style), objects, shards",
+        kind=list,
+        choices=("random", "objects", "shards"),
+    )
+    workers: int = opt(
+        -1,
+        "DataLoader workers per rank; -1: the profile's read_threads",
+        kind=int,
+        minimum=-1,
+    )
+    steps: int = opt(20, "measured steps per point", kind=int, minimum=1)
+    warmup_steps: int = opt(
+        2, "steps run before measuring at every point (excluded)", kind=int, minimum=0
+    )
+    repeats: int = opt(
+        3,
+        "runs at the answer, each with a new seed (MLPerf asks for several); their spread is "
+        "reported",
+        kind=int,
+        minimum=1,
+    )
+    decode: bool = opt(False, "decode the images (MLPerf Storage does not)", kind=bool)
+    data_dir: str = opt(
+        "data/sweep",
+        "where datasets generated to a profile are kept (one folder per profile and size)",
+        kind=str,
+    )
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where results go."""
 
@@ -399,6 +457,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def to_dict(self) -> dict:
         """The configuration as plain dicts and lists (YAML/JSON serialisable)."""
