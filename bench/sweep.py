@@ -140,7 +140,7 @@ def points_config(cfg: Config, w: Workload, root: Path, computation_time_s: floa
             classes=[],
             limit=None,
             shard_size_mb=shard_mb,
-        ),  # fmt: skip
+        ),
         loader=replace(cfg.loader, batch_size=w.batch_size, num_workers=workers),
         bench=replace(
             cfg.bench,
@@ -151,7 +151,7 @@ def points_config(cfg: Config, w: Workload, root: Path, computation_time_s: floa
             baselines=False,
             peers=False,
             ranks=list(range(1, cfg.sweep.max_accelerators + 1)),
-        ),  # fmt: skip
+        ),
     )
 
 

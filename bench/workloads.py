@@ -104,20 +104,20 @@ WORKLOADS: dict[str, Workload] = {
         _unet3d("h100", 0.323),
         _unet3d("a100", 0.636),
         Workload(
-            "bccd",
-            "here",
-            "this tool: data/bccd's train split (205 JPEGs, mean 20.8 kB, sd 0.9 kB), "
+            name="bccd",
+            accelerator="here",
+            source="this tool: data/bccd's train split (205 JPEGs, mean 20.8 kB, sd 0.9 kB), "
             "configs/detection.yaml's batch and workers, the detector's step time measured",
-            "jpeg",
-            20_845,
-            935,
-            1,
-            4,
-            2,
-            None,
-            0.90,
-            205,
-        ),  # fmt: skip
+            file_format="jpeg",
+            sample_bytes=20_845,
+            sample_stdev_bytes=935,
+            samples_per_file=1,
+            batch_size=4,
+            read_threads=2,
+            computation_time_s=None,
+            au_threshold=0.90,
+            mlperf_files=205,
+        ),
     )
 }
 
