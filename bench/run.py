@@ -162,6 +162,82 @@ def prepare_s3(cfg: Config, client_lib: str, local_dir: Path | None) -> Prepared
     return Prepared(source, records, shards, local_dir)
 
 
+class Storages:
+    """The storages a run reads, each prepared when first asked for, on every rank alike.
+
+    The filesystem is prepared at once when the run reads it or fills a local S3 server from
+    it (its shards are what the server is filled with); S3 when its first configuration comes,
+    after the filesystem's (a failure there then loses none of them): a local S3 server is
+    started and filled when no endpoint is configured (rank 0's environment decides), then
+    each client library is opened.
+
+    Args:
+        cfg: the run's config (``storage.*``, ``dataset.*``).
+        out: the run's folder (a local server keeps its data there).
+        br: the ranks (:class:`bench.ranks.BenchRanks`).
+        stack: closes the local server.
+        kinds: the storage kinds the run reads (``fs``, ``s3``).
+        client_libs: the S3 client libraries it reads with.
+        stop: raise a storage's failure (``bench.on_error: stop``) instead of keeping it for
+            :meth:`get` to raise for each configuration of that storage.
+    """
+
+    def __init__(self, cfg, out, br, stack, kinds, client_libs, *, stop: bool):
+        self.cfg, self.out, self.br, self.stack, self.stop = cfg, out, br, stack, stop
+        self.client_libs = list(dict.fromkeys(client_libs))
+        self.prepared: dict[tuple[str, str], Prepared] = {}
+        self.unprepared: dict[tuple[str, str], Exception] = {}
+        endpoint = cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
+        self.local_s3 = distributed.gather("s3" in kinds and not endpoint)[0]
+        if "fs" in kinds or self.local_s3:
+            self._prepare(("fs", "-"), lambda: prepare_fs(cfg))
+
+    def get(self, kind: str, client_lib: str) -> Prepared:
+        """The prepared storage (``client_lib`` ``-`` for fs); preparing S3 the first time.
+
+        Raises:
+            Exception: why it could not be prepared (on every rank alike).
+        """
+        key = (kind, client_lib)
+        if key not in self.prepared and key not in self.unprepared:
+            try:
+                self._prepare_s3()
+            except Exception as exc:  # the local server: every S3 storage fails
+                if self.stop:
+                    raise
+                for lib in self.client_libs:
+                    self.unprepared.setdefault(("s3", lib), exc)
+        if key in self.unprepared:
+            raise self.unprepared[key]
+        return self.prepared[key]
+
+    def boto3(self):
+        """The boto3 S3 storage among the prepared ones (the GET-pool baseline uses boto3 for
+        every client library), or None."""
+        from pipelines.s3 import S3Storage
+
+        for prep in self.prepared.values():
+            if isinstance(prep.source.storage, S3Storage):
+                return prep.source.storage
+        return None
+
+    def _prepare(self, key: tuple[str, str], fn) -> None:
+        """Prepare one storage, rank 0 first (it writes what is missing)."""
+        try:
+            self.prepared[key] = in_turn(fn, self.br.ranks)
+        except Exception as exc:
+            if self.stop:
+                raise
+            self.unprepared[key] = exc
+
+    def _prepare_s3(self) -> None:
+        s3_cfg, s3_dir = self.cfg, None
+        if self.local_s3:
+            s3_cfg, s3_dir = share_local_s3(self.cfg, self.stack, self.out, self.br)
+        for lib in self.client_libs:
+            self._prepare(("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir))
+
+
 def case_keys(prepared: Prepared, access: str) -> list[str]:
     """The storage keys ``access`` reads: the shards, or the images."""
     if access == "shards":
@@ -389,52 +465,17 @@ def run_bench(
             raise exc
 
     with contextlib.ExitStack() as stack:
-        prepared: dict[tuple[str, str], Prepared] = {}
-        unprepared: dict[tuple[str, str], Exception] = {}  # storage → why it is not ready
-        local_s3 = "s3" in cfg.bench.storages and not (
-            cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
-        )
-        local_s3 = distributed.gather(local_s3)[0]  # rank 0's environment decides
-
-        def prepare(key: tuple[str, str], fn) -> None:
-            """Prepare one storage, rank 0 first (it writes what is missing); a failure is
-            kept (or raised, with ``stop``) on every rank alike."""
-            try:
-                prepared[key] = in_turn(fn, ranks)
-            except Exception as exc:
-                if stop:
-                    raise
-                unprepared[key] = exc
-
-        if "fs" in cfg.bench.storages or local_s3:  # writes the shards the upload then carries
-            prepare(("fs", "-"), lambda: prepare_fs(cfg))
-
-        def prepare_s3_storages() -> None:
-            """Start and fill the local server when needed, open every S3 client library
-            of the matrix: done when the first S3 configuration comes, after the
-            filesystem's passes (a failure here then loses none of them)."""
-            s3_cfg, s3_dir = cfg, None
-            if local_s3:
-                s3_cfg, s3_dir = share_local_s3(cfg, stack, out, br)
-            for lib in dict.fromkeys(c.client_lib for c in cases if c.storage == "s3"):
-                prepare(("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir))
-
+        libs = [c.client_lib for c in cases if c.storage == "s3"]
+        storages = Storages(cfg, out, br, stack, cfg.bench.storages, libs, stop=stop)
         classes = None
         for case in cases:
-            key = (case.storage, case.client_lib)
-            if key not in prepared and key not in unprepared:
-                try:
-                    prepare_s3_storages()
-                except Exception as exc:  # the local server: every S3 configuration fails
-                    if stop:
-                        raise
-                    for c in cases:
-                        if c.storage == "s3":
-                            unprepared.setdefault((c.storage, c.client_lib), exc)
-            if key in unprepared:
-                failed(case, 0, unprepared[key])
+            try:
+                prep = storages.get(case.storage, case.client_lib)
+            except Exception as exc:
+                if stop:
+                    raise  # a storage that cannot be prepared has no row
+                failed(case, 0, exc)
                 continue
-            prep = prepared[key]
             try:
                 classes = classes or everywhere(lambda prep=prep: class_names(cfg, prep.records))
             except Exception as exc:
@@ -442,9 +483,7 @@ def run_bench(
                 continue
             for pass_index in range(cfg.bench.passes):
                 try:
-                    measured = run_pass(
-                        case, pass_index, prep, _boto3_storage(prepared), cfg, classes, br
-                    )
+                    measured = run_pass(case, pass_index, prep, storages.boto3(), cfg, classes, br)
                 except Exception as exc:
                     failed(case, pass_index, exc)
                     break  # the next passes of a failed configuration would fail alike
@@ -460,7 +499,7 @@ def run_bench(
         if cfg.bench.peers and 1 in cfg.bench.ranks:  # peers are single-process loaders
             peer_error = None
             if ranks.main:
-                peer_error = measure_peers(cfg, prepared, peers, peer_errors, stop=stop)
+                peer_error = measure_peers(cfg, storages.prepared, peers, peer_errors, stop=stop)
             agree_on_errors(peer_error)  # the other ranks wait while rank 0 measures
         distributed.barrier(long=True)  # every rank is done with the local server
     add_ratios(results, peers if cfg.bench.decode else {})  # peers decode: compare like with like
@@ -520,17 +559,6 @@ def _peer_measurements(cfg: Config, prepared: dict[tuple[str, str], Prepared]):
                 region=storage.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
                 **common,
             )  # fmt: skip
-
-
-def _boto3_storage(prepared: dict[tuple[str, str], Prepared]):
-    """The boto3 S3 storage among the prepared ones (the GET-pool baseline uses boto3 for every
-    client library), or None."""
-    from pipelines.s3 import S3Storage
-
-    for prep in prepared.values():
-        if isinstance(prep.source.storage, S3Storage):
-            return prep.source.storage
-    return None
 
 
 def add_ratios(results: list[dict], peers: dict) -> None:
