@@ -15,11 +15,14 @@ this machine holds the files), warm-up steps excluded. The answer is then run ag
 Writes ``outputs/sweep/<timestamp>/``: ``sweep.csv`` (one row per point and repeat),
 ``report.md`` (one answer sentence per storage and access pattern, MLPerf's dataset rules,
 every point), ``au_vs_accelerators.png``, ``throughput_vs_accelerators.png`` and the config.
-Storage: the filesystem (``storage.root``); S3 and the checkpoint workload are not here yet.
+Storages: the filesystem, and S3 (``sweep.storages``; without an endpoint, a local server
+started for the sweep and filled with the dataset, as ``make bench`` does). The checkpoint
+workload is not here yet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -29,9 +32,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.ranks import BenchRanks, in_turn
+from bench.ranks import BenchRanks, check_counts, everywhere, in_turn
 from bench.report import save_figure
-from bench.run import error_text, prepare_fs, run_pass
+from bench.run import Storages, error_text, prepare_fs, run_pass
 from bench.runner import Case
 from bench.search import SearchResult, search_accelerators
 from bench.workloads import Rule, Workload, check_rules, workload
@@ -182,54 +185,68 @@ def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Se
         ConfigError: an unknown profile, samples the generator cannot make, or
             ``sweep.max_accelerators`` that is not this launch's world size.
     """
-    from bench.ranks import check_counts
-
     w = workload(cfg.sweep.workload, cfg.sweep.accelerator)
     check_counts([cfg.sweep.max_accelerators], ranks.world_size)
     root = sweep_dataset(cfg, w, ranks)
     seconds = w.computation_time_s or measure_step_time(cfg, ranks)
     pcfg = points_config(cfg, w, root, seconds)
     br = BenchRanks(ranks, pcfg.bench.ranks)
-    prep = in_turn(lambda: prepare_fs(pcfg), ranks)
-    classes = class_names(pcfg, prep.records)
-    workers = pcfg.loader.num_workers
-    rows: list[dict] = []
-
-    def point(access: str, k: int, repeat: int) -> dict | None:
-        """Every rank: measure ``k`` accelerators (rank 0 gets the row)."""
-        seeded = replace(pcfg, train=replace(pcfg.train, seed=pcfg.train.seed + repeat))
-        case = Case("emulate", access, "fs", "-", workers, k)
-        measured = run_pass(case, 0, prep, None, seeded, classes, br)
-        return None if measured is None else sweep_row(w, case, repeat, seeded, *measured[:2])
-
-    searches: list[Search] = []
     if ranks.main:
-        for access in cfg.sweep.access:
-            searches.append(search_one(cfg, w, access, point, rows, br.nodes))
-        distributed.gather(None, long=True)  # the end, for the other ranks
-    else:  # follow rank 0's points until it says the end
-        while (command := distributed.gather(None, long=True)[0]) is not None:
-            try:
-                point(*command)
-            except Exception:  # rank 0 records it; the next command comes all the same
-                pass
+        out.mkdir(parents=True, exist_ok=True)
+    lib = cfg.sweep.client_lib
+    rows: list[dict] = []
+    searches: list[Search] = []
+    with contextlib.ExitStack() as stack:
+        storages = Storages(pcfg, out, br, stack, cfg.sweep.storages, [lib], stop=False)
+        names: dict[str, list[str]] = {}  # class names, once per storage
+
+        def point(storage: str, access: str, k: int, repeat: int) -> dict | None:
+            """Every rank: measure ``k`` accelerators (rank 0 gets the row)."""
+            prep = storages.get(storage, lib if storage == "s3" else "-")
+            if storage not in names:
+                names[storage] = everywhere(lambda: class_names(pcfg, prep.records))
+            seeded = replace(pcfg, train=replace(pcfg.train, seed=pcfg.train.seed + repeat))
+            case = Case("emulate", access, storage, lib if storage == "s3" else "-",
+                        workers_per_rank(cfg, w), k)  # fmt: skip
+            # cold where the files can be evicted before each read (fs, a local server)
+            pass_index = 0 if prep.local_dir is not None else 1
+            measured = run_pass(case, pass_index, prep, None, seeded, names[storage], br)
+            if measured is None:
+                return None
+            return sweep_row(w, case, repeat, seeded, *measured[:2])
+
+        if ranks.main:
+            for storage in cfg.sweep.storages:
+                for access in cfg.sweep.access:
+                    searches.append(search_one(cfg, w, storage, access, point, rows, br.nodes))
+            distributed.gather(None, long=True)  # the end, for the other ranks
+        else:  # follow rank 0's points until it says the end
+            while (command := distributed.gather(None, long=True)[0]) is not None:
+                try:
+                    point(*command)
+                except Exception:  # rank 0 records it; the next command comes all the same
+                    pass
+        records = next(iter(storages.prepared.values())).records if storages.prepared else []
+        distributed.barrier(long=True)  # every rank is done with a local server
     facts = {
-        "workload": w, "computation_time_s": seconds, "samples": len(prep.records),
+        "workload": w, "computation_time_s": seconds, "samples": len(records),
         "nodes": br.nodes, "host_memory_bytes": psutil.virtual_memory().total,
         "dataset": str(root),
     }  # fmt: skip
     return rows, searches, facts
 
 
-def search_one(cfg: Config, w: Workload, access: str, point, rows: list, nodes: int) -> Search:
-    """Rank 0: search one access pattern, sending each point to every rank, then repeat the
-    answer; a point that fails ends this search with its error."""
-    search = Search("fs", access)
+def search_one(
+    cfg: Config, w: Workload, storage: str, access: str, point, rows: list, nodes: int
+) -> Search:
+    """Rank 0: search one storage and access pattern, sending each point to every rank, then
+    repeat the answer; a point that fails ends this search with its error."""
+    search = Search(storage, access)
 
     def measure(k: int, repeat: int) -> dict:
-        print(f"{w.name} fs/{access}: {k} accelerator(s), run {repeat + 1}")
-        distributed.gather((access, k, repeat), long=True)  # the point, to every rank
-        row = point(access, k, repeat)
+        print(f"{w.name} {storage}/{access}: {k} accelerator(s), run {repeat + 1}")
+        distributed.gather((storage, access, k, repeat), long=True)  # the point, to every rank
+        row = point(storage, access, k, repeat)
         rows.append(row)
         return row
 
@@ -238,13 +255,16 @@ def search_one(cfg: Config, w: Workload, access: str, point, rows: list, nodes: 
             lambda k: measure(k, 0)["au"], w.au_threshold, cfg.sweep.max_accelerators, nodes
         )
         answer = search.result.answer
-        print(f"{w.name} fs/{access}: answer so far {answer} accelerator(s)")
+        print(f"{w.name} {storage}/{access}: answer so far {answer} accelerator(s)")
         if answer:
-            found = next(r for r in rows if r["access"] == access and r["accelerators"] == answer)
+            found = next(
+                r for r in rows
+                if (r["storage"], r["access"], r["accelerators"]) == (storage, access, answer)
+            )  # fmt: skip
             search.repeats = [found] + [measure(answer, r) for r in range(1, cfg.sweep.repeats)]
     except Exception as exc:
         search.error = error_text(exc)
-        log.error("fs/%s: the search stopped: %s", access, search.error)
+        log.error("%s/%s: the search stopped: %s", storage, access, search.error)
     return search
 
 

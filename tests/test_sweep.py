@@ -1,7 +1,8 @@
 """`make sweep` for real: one torchrun launch of two ranks (started by the sweep itself) reads a
-tiny dataset generated to the retinanet profile, searches random and shards, repeats the
-answer, and writes its outputs. Whether a point passes depends on this machine's speed, so the
-test checks that the search followed its rule on what it measured, not a number."""
+tiny dataset generated to the retinanet profile from the filesystem and from a local S3 server
+it starts, searches random and shards on each, repeats the answer, and writes its outputs.
+Whether a point passes depends on this machine's speed, so the test checks that the search
+followed its rule on what it measured, not a number."""
 
 from __future__ import annotations
 
@@ -38,27 +39,33 @@ def test_a_tiny_sweep_searches_each_access_pattern_and_reports_the_answer(tmp_pa
     with open(run / "sweep.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     report = (run / "report.md").read_text()
-    for access in ("random", "shards"):
-        mine = [r for r in rows if r["access"] == access]
-        first = [r for r in mine if r["repeat"] == "0"]
-        # doubling from one: 2 is tried exactly when 1 passed (2 is the most there is)
-        assert [int(r["accelerators"]) for r in first] == (
-            [1, 2] if first[0]["passed"] == "True" else [1]
-        )
-        for r in mine:
-            assert 0 < float(r["au"]) <= 1 and float(r["au_min"]) <= float(r["au"])
-            nominal = float(r["samples_per_s"]) * 0.1536  # 153,600-byte samples
-            assert float(r["nominal_mbps"]) == pytest.approx(nominal, rel=1e-4)
-            assert r["cache"] == "cold (each file evicted before it is read)"
-        passed = [int(r["accelerators"]) for r in first if r["passed"] == "True"]
-        answer = max(passed, default=0)
-        repeats = [r for r in mine if int(r["accelerators"]) == answer]
-        assert len(repeats) == (2 if answer else 0) and len({r["seed"] for r in repeats}) == len(
-            repeats
-        )
-        sentence = f"- fs, {access}: {answer} simulated h100 at AU >= 85% on retinanet"
-        assert sentence in report or (answer == 0 and f"- fs, {access}: not even 1" in report)
+    for storage in ("fs", "s3"):
+        for access in ("random", "shards"):
+            check_search(rows, report, storage, access)
     assert "NOT met: dataset" in report and "500" in report  # 12 samples break both rules
     for name in ("au_vs_accelerators.png", "throughput_vs_accelerators.png", "config.yaml"):
         assert (run / name).stat().st_size > 0
     assert "Traceback" not in log
+
+
+def check_search(rows: list[dict], report: str, storage: str, access: str) -> None:
+    """The search of ``storage``/``access`` followed its rule on what it measured: doubling
+    from one (2, the most there is, tried exactly when 1 passed), the answer repeated with
+    another seed, the report's sentence saying it; every point cold."""
+    mine = [r for r in rows if (r["storage"], r["access"]) == (storage, access)]
+    first = [r for r in mine if r["repeat"] == "0"]
+    tried = [int(r["accelerators"]) for r in first]
+    assert tried == ([1, 2] if first[0]["passed"] == "True" else [1]), (storage, access)
+    for r in mine:
+        assert 0 < float(r["au"]) <= 1 and float(r["au_min"]) <= float(r["au"])
+        nominal = float(r["samples_per_s"]) * 0.1536  # 153,600-byte samples
+        assert float(r["nominal_mbps"]) == pytest.approx(nominal, rel=1e-4)
+        assert r["cache"] == "cold (each file evicted before it is read)"
+    answer = max((int(r["accelerators"]) for r in first if r["passed"] == "True"), default=0)
+    repeats = [r for r in mine if int(r["accelerators"]) == answer]
+    assert len(repeats) == (2 if answer else 0)
+    assert len({r["seed"] for r in repeats}) == len(repeats)
+    if answer:
+        assert f"- {storage}, {access}: {answer} simulated h100 at AU >= 85% on retinanet" in report
+    else:
+        assert f"- {storage}, {access}: not even 1 simulated h100" in report

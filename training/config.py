@@ -396,6 +396,16 @@ class SweepConfig:
         kind=int,
         minimum=1,
     )
+    storages: list = opt(
+        ["fs", "s3"],
+        "storages searched: the filesystem, and S3 (without an endpoint: a local server "
+        "started for the sweep and filled with the dataset)",
+        kind=list,
+        choices=("fs", "s3"),
+    )
+    client_lib: str = opt(
+        "boto3", "s3 client library", kind=str, choices=("boto3", "s3torchconnector")
+    )
     access: list = opt(
         ["random", "shards"],
         "access patterns searched: random (map-style), objects, shards",
