@@ -42,8 +42,8 @@ from pipelines.storage import FileSystemStorage, atomic_write_bytes
 from pipelines.synthetic import (
     BYTES_PER_PIXEL,
     MAX_PIXELS,
+    SPLIT_DIR,
     SynthSpec,
-    existing_dataset_key,
     generate_dataset,
 )
 from training import distributed
@@ -88,7 +88,8 @@ def sweep_dataset(cfg: Config, w: Workload, ranks: Ranks) -> Path:
     """The dataset the sweep reads: ``data/bccd`` for ``bccd``; otherwise ``sweep.samples``
     JPEGs drawn to the profile's sample size (:mod:`pipelines.synthetic`, lognormal with the
     profile's mean and standard deviation) under ``<sweep.data_dir>/<profile>-<samples>``,
-    written by rank 0 when missing while the other ranks wait.
+    written by rank 0 when missing (or left incomplete: its split file is written last) while
+    the other ranks wait.
 
     Raises:
         ConfigError: the profile's samples are larger than the JPEG generator makes (unet3d's
@@ -107,12 +108,14 @@ def sweep_dataset(cfg: Config, w: Workload, ranks: Ranks) -> Path:
     spec = SynthSpec(mean_bytes=round(w.sample_bytes), std_bytes=round(w.sample_stdev_bytes))
 
     def generate() -> None:
-        storage = FileSystemStorage(folder)
-        if existing_dataset_key(storage) is None:
-            print(f"generating {cfg.sweep.samples} samples of {w.key} into {folder}")
-            generate_dataset(
-                storage, spec, cfg.sweep.samples, test_fraction=0.0, workers=os.cpu_count() or 1
-            )
+        if (folder / SPLIT_DIR / "train.txt").exists():  # written last: the dataset is whole
+            return
+        print(f"generating {cfg.sweep.samples} samples of {w.key} into {folder}")
+        generate_dataset(
+            FileSystemStorage(folder), spec, cfg.sweep.samples, test_fraction=0.0,
+            overwrite=True,  # over what an interrupted generation left
+            workers=os.cpu_count() or 1,
+        )  # fmt: skip
 
     in_turn(generate, ranks)
     return folder

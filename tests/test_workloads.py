@@ -46,3 +46,20 @@ def test_rules_need_five_times_the_memory_and_500_steps_per_accelerator():
     assert [(r.name, r.met) for r in few] == [("memory", False), ("steps", False)]
     assert "7 steps per epoch for each of 8 accelerator(s)" in few[1].text
     assert "at least 5x the memory of the 2 client node(s), 171.8 GB" in few[0].text
+
+
+def test_the_sweep_dataset_is_generated_to_the_profile_and_again_after_an_interruption(tmp_path):
+    from bench.sweep import sweep_dataset
+    from training.config import load_config
+    from training.distributed import ONE_RANK
+
+    cfg = load_config(None, [f"sweep.data_dir={tmp_path}", "sweep.samples=3"])
+    folder = tmp_path / "retinanet_h100-3"
+    (folder / "JPEGImages").mkdir(parents=True)
+    (folder / "JPEGImages" / "synth_000000.jpg").write_bytes(b"cut short")  # no split file
+    assert sweep_dataset(cfg, workload("retinanet"), ONE_RANK) == folder
+    ids = (folder / "ImageSets/Main/train.txt").read_text().split()
+    sizes = [(folder / "JPEGImages" / f"{i}.jpg").stat().st_size for i in ids]
+    assert len(ids) == 3 and all(50_000 < n < 400_000 for n in sizes)  # ~153.6 kB samples
+    with pytest.raises(ConfigError, match="larger than the JPEG generator makes"):
+        sweep_dataset(cfg, workload("unet3d"), ONE_RANK)
