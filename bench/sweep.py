@@ -9,8 +9,8 @@ does not decode them), and each step sleeps the profile's computation time
 pattern and seed) and sends it to every rank; the ranks of the point (spread evenly over the
 nodes, :mod:`bench.ranks`) read while the others wait; every point is one cold pass
 (:func:`bench.run.run_pass`: each file evicted from the page cache before it is read, where
-this machine holds the files), warm-up steps excluded. The answer is then run again
-``sweep.repeats`` times with new seeds.
+this machine holds the files), warm-up steps excluded. The answer is run ``sweep.repeats``
+times in all: the search's run, then new seeds.
 
 Writes ``outputs/sweep/<timestamp>/``: ``sweep.csv`` (one row per point and repeat),
 ``report.md`` (one answer sentence per storage and access pattern, MLPerf's dataset rules,
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import statistics
 from dataclasses import dataclass, field, replace
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.ranks import BenchRanks, check_counts, everywhere, in_turn
+from bench.ranks import BenchRanks, agree_on_errors, attempt, everywhere, gather_agreed, in_turn
 from bench.report import save_figure
 from bench.run import Storages, error_text, prepare_fs, run_pass
 from bench.runner import Case
@@ -75,6 +74,8 @@ class Search:
         result: the search's points and answer (None when it failed).
         repeats: the rows of the runs at the answer (one per seed).
         error: why the search stopped, or ``""``.
+        repeat_error: why a repeat of the answer failed, or ``""`` (the answer stands on the
+            runs before it).
     """
 
     storage: str
@@ -82,6 +83,7 @@ class Search:
     result: SearchResult | None = None
     repeats: list[dict] = field(default_factory=list)
     error: str = ""
+    repeat_error: str = ""
 
 
 def sweep_dataset(cfg: Config, w: Workload, ranks: Ranks) -> Path:
@@ -167,8 +169,7 @@ def measure_step_time(cfg: Config, ranks: Ranks) -> float:
     computation time."""
     from bench.runner import run_case
 
-    seconds = None
-    if ranks.main:
+    def measure() -> float:
         timing = replace(cfg, bench=replace(cfg.bench, steps=3, warmup_steps=1, decode=True))
         prep = prepare_fs(timing)
         part = run_case(
@@ -177,7 +178,10 @@ def measure_step_time(cfg: Config, ranks: Ranks) -> float:
         )  # fmt: skip
         seconds = part.row["compute_s"] / part.row["steps"]
         print(f"bccd: the detector's training step takes {seconds:.3f} s here")
-    return distributed.gather(seconds, long=True)[0]
+        return seconds
+
+    seconds, error = attempt(measure) if ranks.main else (None, None)
+    return gather_agreed(seconds, error)[0]  # an error ends the sweep on every rank
 
 
 def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Search], dict]:
@@ -189,13 +193,19 @@ def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Se
             ``sweep.max_accelerators`` that is not this launch's world size.
     """
     w = workload(cfg.sweep.workload, cfg.sweep.accelerator)
-    check_counts([cfg.sweep.max_accelerators], ranks.world_size)
+    if cfg.sweep.max_accelerators != ranks.world_size:
+        raise ConfigError(
+            f"sweep.max_accelerators is {cfg.sweep.max_accelerators} but this launch has "
+            f"{ranks.world_size} rank(s): make sweep NPROC=N sets it to N x NNODES"
+        )
     root = sweep_dataset(cfg, w, ranks)
     seconds = w.computation_time_s or measure_step_time(cfg, ranks)
     pcfg = points_config(cfg, w, root, seconds)
     br = BenchRanks(ranks, pcfg.bench.ranks)
-    if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
+    made, error = (
+        attempt(lambda: out.mkdir(parents=True, exist_ok=True)) if ranks.main else (None, None)
+    )
+    agree_on_errors(error)
     lib = cfg.sweep.client_lib
     rows: list[dict] = []
     searches: list[Search] = []
@@ -245,29 +255,35 @@ def search_one(
     """Rank 0: search one storage and access pattern, sending each point to every rank, then
     repeat the answer; a point that fails ends this search with its error."""
     search = Search(storage, access)
+    first_runs: dict[int, dict] = {}  # this search's row of each count
 
     def measure(k: int, repeat: int) -> dict:
         print(f"{w.name} {storage}/{access}: {k} accelerator(s), run {repeat + 1}")
         distributed.gather((storage, access, k, repeat), long=True)  # the point, to every rank
         row = point(storage, access, k, repeat)
         rows.append(row)
+        if repeat == 0:
+            first_runs[k] = row
         return row
 
     try:
         search.result = search_accelerators(
             lambda k: measure(k, 0)["au"], w.au_threshold, cfg.sweep.max_accelerators, nodes
         )
-        answer = search.result.answer
-        print(f"{w.name} {storage}/{access}: answer so far {answer} accelerator(s)")
-        if answer:
-            found = next(
-                r for r in rows
-                if (r["storage"], r["access"], r["accelerators"]) == (storage, access, answer)
-            )  # fmt: skip
-            search.repeats = [found] + [measure(answer, r) for r in range(1, cfg.sweep.repeats)]
     except Exception as exc:
         search.error = error_text(exc)
         log.error("%s/%s: the search stopped: %s", storage, access, search.error)
+        return search
+    answer = search.result.answer
+    print(f"{w.name} {storage}/{access}: answer so far {answer} accelerator(s)")
+    if answer:
+        search.repeats = [first_runs[answer]]
+        try:
+            for repeat in range(1, cfg.sweep.repeats):
+                search.repeats.append(measure(answer, repeat))
+        except Exception as exc:  # the answer stands, on fewer runs
+            search.repeat_error = error_text(exc)
+            log.error("%s/%s: a repeat failed: %s", storage, access, search.repeat_error)
     return search
 
 
@@ -315,9 +331,9 @@ def answer_line(w: Workload, search: Search) -> str:
         f"{head} {answer} simulated {acc} at {threshold}: {sps:,.0f} samples/s, "
         f"{mbps:,.1f} MB/s measured (AU {au:.2f}; mean of {len(runs)} run(s))."
     )
-    if len(runs) > 1:
+    if len(runs) > 1 and sps > 0:
         values = [r["samples_per_s"] for r in runs]
-        spread = (max(values) - min(values)) / sps if sps else math.nan
+        spread = (max(values) - min(values)) / sps
         line += f" Repeats spread {spread:.1%} in samples/s"
         line += (
             f": more than {SPREAD_LIMIT:.0%}, so the answer is uncertain."
@@ -328,6 +344,8 @@ def answer_line(w: Workload, search: Search) -> str:
         line += " Its repeats averaged below the threshold: the boundary is noisy here."
     if search.result.capped:
         line += " Every count tried passed: more ranks (NPROC) may keep more busy."
+    if search.repeat_error:
+        line += f" A repeat failed: {search.repeat_error}"
     return line
 
 
@@ -372,14 +390,15 @@ def write_outputs(out: Path, cfg: Config, rows: list[dict], searches: list[Searc
         "",
         "## Points",
         "",
-        "| access | accelerators | run | AU | AU min | samples/s | MB/s | nominal MB/s"
-        " | data wait p50 / p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| storage | access | accelerators | run | AU | AU min | samples/s | MB/s"
+        " | nominal MB/s | data wait p50 / p99 ms | cache |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *[
-            f"| {r['access']} | {r['accelerators']} | {r['repeat'] + 1} | {r['au']:.3f}"
+            f"| {r['storage']} | {r['access']} | {r['accelerators']} | {r['repeat'] + 1}"
+            f" | {r['au']:.3f}"
             f" | {r['au_min']:.3f} | {r['samples_per_s']:.1f} | {r['throughput_mbps']:.2f}"
             f" | {r['nominal_mbps']:.2f} | {r['data_wait_p50_ms']:.1f} /"
-            f" {r['data_wait_p99_ms']:.1f} |"
+            f" {r['data_wait_p99_ms']:.1f} | {r['cache']} |"
             for r in rows
         ],
         "",
@@ -392,8 +411,10 @@ def write_outputs(out: Path, cfg: Config, rows: list[dict], searches: list[Searc
 
 
 def plot(rows: list[dict], w: Workload, out: Path) -> None:
-    """AU and MB/s against accelerators, one line per access pattern (first runs)."""
+    """AU and MB/s against accelerators, one line per storage and access pattern (the
+    search's runs)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     first = [r for r in rows if r["repeat"] == 0]
     for name, key, label in (
@@ -401,15 +422,18 @@ def plot(rows: list[dict], w: Workload, out: Path) -> None:
         ("throughput_vs_accelerators.png", "throughput_mbps", "MB/s measured"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for access in dict.fromkeys(r["access"] for r in first):
+        for storage, access in dict.fromkeys((r["storage"], r["access"]) for r in first):
             mine = sorted(
-                (r for r in first if r["access"] == access), key=lambda r: r["accelerators"]
+                (r for r in first if (r["storage"], r["access"]) == (storage, access)),
+                key=lambda r: r["accelerators"],
             )
-            ax.plot([r["accelerators"] for r in mine], [r[key] for r in mine], "o-", label=access)
+            xs, ys = [r["accelerators"] for r in mine], [r[key] for r in mine]
+            ax.plot(xs, ys, "o-", label=f"{storage}/{access}")
         if key == "au":
             threshold = f"threshold {w.au_threshold:.0%}"
             ax.axhline(w.au_threshold, color="red", linestyle="--", label=threshold)
             ax.set_ylim(0, 1.05)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole accelerators
         ax.set_xlabel(f"simulated {w.accelerator} (ranks)")
         ax.set_ylabel(label)
         ax.set_title(f"{w.name}: {label}")

@@ -4,12 +4,13 @@
     make sweep WORKLOAD=resnet50 NPROC=8         # up to 8 ranks on this node (x NNODES)
     make sweep WORKLOAD=bccd                     # this tool's detector, its step time measured
 
-MLPerf Storage's number, searched for by itself (:mod:`bench.sweep`): for each access pattern,
-double the accelerators from one until the mean AU falls below the profile's threshold, bisect,
-then repeat the answer with new seeds. Writes ``outputs/sweep/<timestamp>/`` (sweep.csv,
-report.md, two plots, config.yaml) and prints the answers. With ``sweep.max_accelerators``
-above one and no torchrun, this starts the ranks itself on this machine. Exit status: 0; 1
-when a search failed (its error is in the report); 2 for a user error (one line).
+MLPerf Storage's number, searched for by itself (:mod:`bench.sweep`): for each storage and
+access pattern, double the accelerators from one per node until the mean AU falls below the
+profile's threshold, bisect, then repeat the answer with new seeds. Writes
+``outputs/sweep/<timestamp>/`` (sweep.csv, report.md, two plots, config.yaml) and prints the
+answers. With ``sweep.max_accelerators`` above one and no torchrun, this starts the ranks
+itself on this machine. Exit status: 0; 1 when a search failed (its error is in the report);
+2 for a user error (one line).
 """
 
 from __future__ import annotations

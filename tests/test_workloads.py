@@ -63,3 +63,14 @@ def test_the_sweep_dataset_is_generated_to_the_profile_and_again_after_an_interr
     assert len(ids) == 3 and all(50_000 < n < 400_000 for n in sizes)  # ~153.6 kB samples
     with pytest.raises(ConfigError, match="larger than the JPEG generator makes"):
         sweep_dataset(cfg, workload("unet3d"), ONE_RANK)
+
+
+def test_a_sweep_launch_that_does_not_fit_max_accelerators_says_how_to_launch(tmp_path):
+    from bench.sweep import run_sweep
+    from training.config import load_config
+    from training.distributed import ONE_RANK
+
+    cfg = load_config(None, ["sweep.max_accelerators=4", f"sweep.data_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"max_accelerators is 4 but this launch has 1.*NPROC"):
+        run_sweep(cfg, tmp_path / "out", ONE_RANK)
+    assert not list(tmp_path.iterdir())  # nothing generated or written
