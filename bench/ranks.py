@@ -25,6 +25,7 @@ from typing import TypeVar
 import torch.distributed as dist
 
 from training import distributed
+from training.cli import USER_ERRORS, user_message
 from training.config import ConfigError
 from training.distributed import Ranks
 
@@ -201,10 +202,27 @@ def attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
         return None, exc
 
 
+def on_main(fn: Callable[[], T], ranks: Ranks) -> T:
+    """Call ``fn`` on rank 0 alone (what is done once: a server, a measurement, a folder);
+    every rank gets what it returned (it must pickle).
+
+    Raises:
+        Exception: on every rank when ``fn`` failed (as :func:`agree_on_errors` does).
+    """
+    value, error = attempt(fn) if ranks.main else (None, None)
+    return gather_agreed(value, error)[0]
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a failed configuration, and for the other ranks: the message of a user
+    error (or of another rank's error, which names the rank), the exception's type and
+    message otherwise."""
+    text = user_message(exc).splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, (*USER_ERRORS, RankFailed)):
+        return text
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
 def _text(error: BaseException | None) -> str | None:
     """An error as one line for the other ranks (None: no error)."""
-    if error is None:
-        return None
-    from bench.run import error_text
-
-    return error_text(error)
+    return None if error is None else error_text(error)

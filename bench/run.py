@@ -32,14 +32,15 @@ from bench.baselines import fs_read_baseline, s3_get_baseline
 from bench.page_cache import EvictBeforeRead, evict_page_cache
 from bench.ranks import (
     BenchRanks,
-    RankFailed,
     agree_on_errors,
     attempt,
     check_counts,
     drop_group,
+    error_text,
     everywhere,
     gather_agreed,
     in_turn,
+    on_main,
     with_fresh_group,
 )
 from bench.report import BASELINE_CPU_COLUMNS, write_tables
@@ -55,7 +56,6 @@ from bench.runner import (
 from pipelines.records import Record
 from pipelines.shards import ShardInfo
 from training import distributed
-from training.cli import USER_ERRORS, user_message
 from training.config import Config, ConfigError
 from training.data import DataSource, class_names, load_split, open_storage, split_shards
 from training.distributed import ONE_RANK, Ranks
@@ -144,11 +144,7 @@ def share_local_s3(
             "a local S3 server is reachable from its own machine only; with several nodes set "
             "storage.endpoint_url (S3_ENDPOINT) to the S3 endpoint every node can reach"
         )
-    started, error = None, None
-    if br.ranks.main:
-        started, error = attempt(lambda: start_local_s3(cfg, stack, out))
-    agree_on_errors(error)
-    s3_cfg, s3_dir, env = distributed.gather(started, long=True)[0]
+    s3_cfg, s3_dir, env = on_main(lambda: start_local_s3(cfg, stack, out), br.ranks)
     os.environ.update(env)
     return s3_cfg, s3_dir
 
@@ -404,15 +400,6 @@ def pass_row(
     )
     row["pass"] = pass_index
     return row, steps, base
-
-
-def error_text(exc: Exception) -> str:
-    """One line for a failed configuration: the message of a user error (or of another rank's
-    error, which names the rank), the exception's type and message otherwise."""
-    text = user_message(exc).splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, (*USER_ERRORS, RankFailed)):
-        return text
-    return f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 def error_row(case: Case, pass_index: int, exc: Exception) -> dict:

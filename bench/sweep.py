@@ -31,10 +31,10 @@ from pathlib import Path
 
 import psutil
 
-from bench.ranks import BenchRanks, agree_on_errors, attempt, everywhere, gather_agreed, in_turn
+from bench.ranks import BenchRanks, error_text, everywhere, in_turn, on_main
 from bench.report import save_figure
-from bench.run import Storages, error_text, prepare_fs, run_pass
-from bench.runner import Case
+from bench.run import Storages, prepare_fs, run_pass
+from bench.runner import Case, run_case
 from bench.search import SearchResult, search_accelerators
 from bench.workloads import Rule, Workload, check_rules, workload
 from pipelines.storage import FileSystemStorage, atomic_write_bytes
@@ -167,7 +167,6 @@ def measure_step_time(cfg: Config, ranks: Ranks) -> float:
     """The detector's training step time on this machine (seconds, the mean of 3 steps after
     one of warm-up, on ``data/bccd``), measured by rank 0 and shared: the ``bccd`` profile's
     computation time."""
-    from bench.runner import run_case
 
     def measure() -> float:
         timing = replace(cfg, bench=replace(cfg.bench, steps=3, warmup_steps=1, decode=True))
@@ -180,8 +179,7 @@ def measure_step_time(cfg: Config, ranks: Ranks) -> float:
         print(f"bccd: the detector's training step takes {seconds:.3f} s here")
         return seconds
 
-    seconds, error = attempt(measure) if ranks.main else (None, None)
-    return gather_agreed(seconds, error)[0]  # an error ends the sweep on every rank
+    return on_main(measure, ranks)  # an error ends the sweep on every rank
 
 
 def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Search], dict]:
@@ -202,10 +200,7 @@ def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Se
     seconds = w.computation_time_s or measure_step_time(cfg, ranks)
     pcfg = points_config(cfg, w, root, seconds)
     br = BenchRanks(ranks, pcfg.bench.ranks)
-    made, error = (
-        attempt(lambda: out.mkdir(parents=True, exist_ok=True)) if ranks.main else (None, None)
-    )
-    agree_on_errors(error)
+    on_main(lambda: out.mkdir(parents=True, exist_ok=True), ranks)
     lib = cfg.sweep.client_lib
     rows: list[dict] = []
     searches: list[Search] = []
@@ -215,12 +210,12 @@ def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Se
 
         def point(storage: str, access: str, k: int, repeat: int) -> dict | None:
             """Every rank: measure ``k`` accelerators (rank 0 gets the row)."""
-            prep = storages.get(storage, lib if storage == "s3" else "-")
+            client = lib if storage == "s3" else "-"
+            prep = storages.get(storage, client)
             if storage not in names:
                 names[storage] = everywhere(lambda: class_names(pcfg, prep.records))
             seeded = replace(pcfg, train=replace(pcfg.train, seed=pcfg.train.seed + repeat))
-            case = Case("emulate", access, storage, lib if storage == "s3" else "-",
-                        workers_per_rank(cfg, w), k)  # fmt: skip
+            case = Case("emulate", access, storage, client, workers_per_rank(cfg, w), k)
             # cold where the files can be evicted before each read (fs, a local server)
             pass_index = 0 if prep.local_dir is not None else 1
             measured = run_pass(case, pass_index, prep, None, seeded, names[storage], br)
