@@ -68,7 +68,8 @@ CELLS_READY := $(CELLS)/train $(CELLS)/val $(CELLS)/test
 # What `make train` needs first: the cell crops for the default classification config.
 TRAIN_DATA = $(if $(and $(filter classification,$(TASK)),$(filter configs/classification.yaml,$(CONFIG)),$(if $(DATA),,1)),$(CELLS_READY))
 
-.PHONY: setup train cells resume shards predict bench bench-memory sweep synth archive serve stop \
+.PHONY: setup train cells resume shards predict bench bench-memory sweep checkpoint-bench synth \
+	archive serve stop \
 	status \
 	s3-up s3-upload s3-down \
 	test test-unit fuzz lint clean help
@@ -117,6 +118,16 @@ sweep: $(READY)
 	$(RUN) scripts.sweep --config $(CONFIG) $(if $(strip $(WORKLOAD)),--set sweep.workload=$(WORKLOAD)) \
 		$(SWEEP_RANKS) $(ARGS)
 SWEEP_RANKS = $(if $(strip $(NPROC)),--set 'sweep.max_accelerators=$(shell echo $$(( $(NPROC) * $(NNODES) )))')
+
+# MLPerf Storage's checkpoint workload: every rank writes its part of a SIZE_GB checkpoint (fs with
+# fsync, S3 multipart), reads it back cold and compares it (NPROC=N: N x NNODES ranks at once).
+SIZE_GB ?=
+checkpoint-bench: $(READY)
+	$(RUN) scripts.checkpoint_bench --config $(CONFIG) \
+		$(if $(strip $(SIZE_GB)),--set checkpoint.size_gb=$(SIZE_GB)) \
+		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(call flag,s3-bucket,$(S3_BUCKET)) \
+		$(CHECKPOINT_RANKS) $(ARGS)
+CHECKPOINT_RANKS = $(if $(strip $(NPROC)),--set 'checkpoint.ranks=$(shell echo $$(( $(NPROC) * $(NNODES) )))')
 
 # Synthetic VOC dataset (real JPEGs, random boxes) to a directory or s3://bucket/prefix.
 SYNTH_OUT ?= data/synthetic

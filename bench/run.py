@@ -25,8 +25,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from bench.baselines import fs_read_baseline, s3_get_baseline
 from bench.page_cache import EvictBeforeRead, evict_page_cache
@@ -66,6 +68,8 @@ log = logging.getLogger(__name__)
 #: The bucket a local server gets for the run.
 LOCAL_BUCKET = "dss-bench"
 
+T = TypeVar("T")
+
 
 @dataclass
 class Prepared:
@@ -96,44 +100,73 @@ def prepare_fs(cfg: Config) -> Prepared:
     return Prepared(source, records, shards, Path(cfg.storage.root))
 
 
+def start_local_bucket(
+    stack: contextlib.ExitStack, out: Path, *, etag_hash: str = "MD5"
+) -> tuple[str, Path, dict[str, str]]:
+    """Start a local S3 server for the run with an empty bucket :data:`LOCAL_BUCKET`.
+
+    The server keeps its data in ``out/s3-server`` and stops (and that folder goes) when
+    ``stack`` closes. Its credentials go into this process's environment, where the standard
+    AWS chain (boto3, and the CRT of s3torchconnector) reads them. ``etag_hash``: see
+    :func:`pipelines.s3_local.start_server` (``""``: no ETags, for large objects read in
+    parallel ranges: rclone hashes the whole file for every request otherwise).
+
+    Returns:
+        ``(endpoint URL, the server's folder behind the bucket, the environment variables
+        set)``.
+
+    Raises:
+        pipelines.s3_local.LocalS3Error: the server did not start.
+    """
+    from pipelines.s3 import S3Storage
+    from pipelines.s3_local import local_s3
+
+    server_dir = out / "s3-server"
+    stack.callback(shutil.rmtree, server_dir, ignore_errors=True)  # after the server stopped
+    server = stack.enter_context(local_s3(server_dir, etag_hash=etag_hash))
+    env = server.env(LOCAL_BUCKET)
+    os.environ.update(env)
+    S3Storage(LOCAL_BUCKET, endpoint_url=server.endpoint).client().create_bucket(
+        Bucket=LOCAL_BUCKET
+    )
+    return server.endpoint, Path(server.data_dir) / LOCAL_BUCKET, env
+
+
 def start_local_s3(
     cfg: Config, stack: contextlib.ExitStack, out: Path
 ) -> tuple[Config, Path, dict[str, str]]:
-    """Start a local S3 server for the run and upload the dataset folder to it.
+    """Start a local S3 server for the run (:func:`start_local_bucket`) and upload the
+    dataset folder to it.
 
     The copy of ``<storage.root>/<first prefix>`` (images, annotations, splits and shards)
-    lands under ``s3://dss-bench/<first prefix>/``; the server stops when ``stack`` closes. Its
-    credentials go into this process's environment, where the standard AWS chain reads them.
+    lands under ``s3://dss-bench/<first prefix>/``.
 
     Returns:
         ``(cfg pointing at the server, the server's folder behind the bucket, the environment
         variables set)``.
     """
     from pipelines.s3 import S3Storage
-    from pipelines.s3_local import local_s3, upload_tree
+    from pipelines.s3_local import upload_tree
 
-    server_dir = out / "s3-server"
-    stack.callback(shutil.rmtree, server_dir, ignore_errors=True)  # after the server stopped
-    server = stack.enter_context(local_s3(server_dir))
-    env = server.env(LOCAL_BUCKET)
-    os.environ.update(env)
+    endpoint, bucket_dir, env = start_local_bucket(stack, out)
     prefix = cfg.storage.prefixes[0]
-    uploader = S3Storage(LOCAL_BUCKET, prefix, endpoint_url=server.endpoint)
-    uploader.client().create_bucket(Bucket=LOCAL_BUCKET)
+    uploader = S3Storage(LOCAL_BUCKET, prefix, endpoint_url=endpoint)
     folder = Path(cfg.storage.root) / prefix
-    print(f"local S3 server {server.endpoint}: uploading {folder}")
+    print(f"local S3 server {endpoint}: uploading {folder}")
     upload_tree(folder, uploader, progress=True)
-    storage = replace(
-        cfg.storage, endpoint_url=server.endpoint, bucket=LOCAL_BUCKET, prefixes=[prefix]
-    )
-    return replace(cfg, storage=storage), Path(server.data_dir) / LOCAL_BUCKET, env
+    storage = replace(cfg.storage, endpoint_url=endpoint, bucket=LOCAL_BUCKET, prefixes=[prefix])
+    return replace(cfg, storage=storage), bucket_dir, env
 
 
 def share_local_s3(
-    cfg: Config, stack: contextlib.ExitStack, out: Path, br: BenchRanks
-) -> tuple[Config, Path]:
-    """Rank 0 starts and fills the local S3 server (:func:`start_local_s3`); every rank gets
-    its endpoint and credentials (through the process group, into its environment).
+    start: Callable[[], tuple[T, Path, dict[str, str]]], br: BenchRanks
+) -> tuple[T, Path]:
+    """Rank 0 starts a local S3 server with ``start`` (:func:`start_local_s3`,
+    :func:`start_local_bucket`); every rank gets what it returned, and the server's endpoint
+    and credentials into its environment (through the process group).
+
+    Returns:
+        ``start``'s first two values.
 
     Raises:
         ConfigError: on several nodes (the server listens on 127.0.0.1 of rank 0's machine).
@@ -144,9 +177,9 @@ def share_local_s3(
             "a local S3 server is reachable from its own machine only; with several nodes set "
             "storage.endpoint_url (S3_ENDPOINT) to the S3 endpoint every node can reach"
         )
-    s3_cfg, s3_dir, env = on_main(lambda: start_local_s3(cfg, stack, out), br.ranks)
+    value, folder, env = on_main(start, br.ranks)
     os.environ.update(env)
-    return s3_cfg, s3_dir
+    return value, folder
 
 
 def prepare_s3(cfg: Config, client_lib: str, local_dir: Path | None) -> Prepared:
@@ -229,7 +262,9 @@ class Storages:
     def _prepare_s3(self) -> None:
         s3_cfg, s3_dir = self.cfg, None
         if self.local_s3:
-            s3_cfg, s3_dir = share_local_s3(self.cfg, self.stack, self.out, self.br)
+            s3_cfg, s3_dir = share_local_s3(
+                lambda: start_local_s3(self.cfg, self.stack, self.out), self.br
+            )
         for lib in self.client_libs:
             self._prepare(("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir))
 

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -662,6 +663,54 @@ class S3Storage:
             ) from None
         except Exception as exc:
             raise self._fail(exc, key, f"upload {path} to") from None
+
+    def upload_stream(
+        self, key: str, stream: BinaryIO, *, part_size: int = 16 * MiB, concurrency: int = 4
+    ) -> None:
+        """Store what ``stream`` yields, read front to back (it need not seek: a pipe), as one
+        object: a multipart upload of ``part_size``-byte parts, ``concurrency`` of them in
+        flight (boto3's ``upload_fileobj``; one PUT below ``part_size``). The object appears
+        whole, on success only: when an upload request or ``stream.read`` fails, the
+        multipart upload is aborted.
+
+        Raises:
+            StorageError: missing bucket, credentials refused, endpoint unreachable, or the
+                stream failed (its error is the cause).
+        """
+        config = TransferConfig(
+            multipart_threshold=part_size,
+            multipart_chunksize=part_size,
+            max_concurrency=concurrency,
+        )
+        try:
+            self.client().upload_fileobj(stream, self.bucket, self._key(key), Config=config)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, key, "upload to") from exc
+
+    def download_stream(
+        self, key: str, sink: BinaryIO, *, part_size: int = 16 * MiB, concurrency: int = 4
+    ) -> None:
+        """Write the object into ``sink`` (a seekable binary file: ranges arrive out of
+        order) in ranged GETs of ``part_size`` bytes, ``concurrency`` in flight (boto3's
+        ``download_fileobj``: one HEAD, then the GETs).
+
+        Raises:
+            StorageError: missing object or bucket, credentials refused, endpoint unreachable,
+                or a transfer broke.
+        """
+        config = TransferConfig(
+            multipart_threshold=part_size,
+            multipart_chunksize=part_size,
+            max_concurrency=concurrency,
+        )
+        try:
+            self.client().download_fileobj(self.bucket, self._key(key), sink, Config=config)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, key, "download") from None
 
 
 class S3Stream(io.RawIOBase):

@@ -438,6 +438,72 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """The checkpoint workload of `make checkpoint-bench` (ignored by the other commands)."""
+
+    size_gb: float = opt(
+        1.0,
+        "total checkpoint size in GB (10^9 bytes) over all ranks, each rank writing an equal "
+        "part of random bf16 tensors; ignored with checkpoint.model",
+        kind=float,
+        minimum=0.000001,
+    )
+    model: str = opt(
+        "",
+        "a training run's folder (e.g. outputs/detection): its checkpoint.pt's tensors (model "
+        "and optimizer state), split over the ranks, instead of size_gb of random tensors",
+        kind=str,
+    )
+    ranks: int = opt(
+        1,
+        "ranks writing and reading their parts at once; make checkpoint-bench NPROC=N sets "
+        "N x NNODES",
+        kind=int,
+        minimum=1,
+    )
+    storages: list = opt(
+        ["fs", "s3"],
+        "storages written to: the filesystem (checkpoint.fs_dir), and S3 (without an "
+        "endpoint: a local server started for the run)",
+        kind=list,
+        choices=("fs", "s3"),
+    )
+    methods: list = opt(
+        ["torch.save", "dcp"],
+        "torch.save: one file (fs, fsync) or object (S3, boto3 multipart upload) per rank; "
+        "dcp: torch.distributed.checkpoint (fs: FileSystemWriter; S3: s3torchconnector's "
+        "S3StorageWriter)",
+        kind=list,
+        choices=("torch.save", "dcp"),
+    )
+    checkpoints: int = opt(
+        3,
+        "checkpoints written, each then read back, compared and deleted (MLPerf Storage "
+        "writes and reads 10)",
+        kind=int,
+        minimum=1,
+    )
+    concurrency: int = opt(
+        8,
+        "per rank: multipart parts or ranged GETs in flight (boto3), writer threads (dcp)",
+        kind=int,
+        minimum=1,
+    )
+    part_size_mib: int = opt(
+        16, "S3 multipart part and ranged GET size in MiB (2^20 bytes)", kind=int, minimum=5
+    )
+    fs_dir: str = opt(
+        "",
+        "fs: the folder checkpoints are written to, on the filesystem under test (every node "
+        "sees the same folder for dcp); empty: <storage.root>/checkpoint-bench",
+        kind=str,
+    )
+    s3_prefix: str = opt(
+        "checkpoint-bench", "s3: key prefix of the checkpoints in storage.bucket", kind=str
+    )
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where results go."""
 
@@ -468,6 +534,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict:
         """The configuration as plain dicts and lists (YAML/JSON serialisable)."""

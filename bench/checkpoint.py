@@ -1,0 +1,596 @@
+"""One rank's part of a checkpoint: made, written, made cold, read back and compared.
+
+The checkpoint workload of MLPerf Storage v2.0 (mlcommons/storage ``Submission_guidelines.md``
+§2.2, ``configs/dlio/workload/llama3_8b.yaml`` and its siblings; DLIO's PyTorch checkpointing):
+every rank of a training job writes its part of the model and optimizer state at once, made
+durable (``fsync``), then reads it back. :mod:`bench.checkpoint_run` runs it over ranks,
+storages and methods; this module is what one rank does.
+
+A part is a ``{name: tensor}`` dict: random bf16 tensors of :data:`TENSOR_BYTES` each
+(:func:`random_part`), or the tensors of a training run's ``checkpoint.pt`` split over the
+ranks (:func:`model_parts`). Two methods write and read it:
+
+- ``torch.save``: one file per rank (fs: written beside its place, flushed, ``fsync``-ed,
+  renamed; read by ``torch.load``) or one object per rank (S3: ``torch.save`` streams through a
+  pipe into a boto3 multipart upload; read back by ranged GETs into memory, then ``torch.load``).
+- ``dcp``: ``torch.distributed.checkpoint.save`` / ``load`` (a collective over the ranks) with
+  ``FileSystemWriter(sync_files=True)`` on fs and s3torchconnector's ``S3StorageWriter`` /
+  ``S3StorageReader`` on S3.
+
+A write's time runs from the first byte serialised until the part is durable (fs: after
+``fsync``; S3: the upload completed); a read's from the first request until the tensors are in
+memory. Between them the checkpoint is made cold (:func:`make_cold`): its files evicted from
+the page cache (fs, and the local S3 server's files on this machine), and every read uses a new
+client. After the read, every tensor is compared byte for byte with what was written
+(:func:`differences`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.page_cache import evict_page_cache
+from pipelines.storage import StorageError
+from training.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Bytes per tensor of a random part (the last one of a part may be smaller): 64 MiB, the
+#: order of one large layer's weights of a multi-billion-parameter model in bf16.
+TENSOR_BYTES = 64 * 2**20
+
+#: The methods (``checkpoint.methods``) and the client library each uses on S3.
+S3_CLIENTS = {"torch.save": "boto3", "dcp": "s3torchconnector"}
+
+
+def random_part(nbytes: int, rank: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Rank ``rank``'s part of a random checkpoint: ``nbytes`` bytes of bf16 tensors.
+
+    Args:
+        nbytes: the part's size in bytes (an odd byte is dropped: a bf16 is two bytes).
+        rank: names the tensors (``rank<r>.layers.<i>.weight``, unique over the ranks, as
+            ``dcp`` needs) and seeds them.
+        seed: with ``rank``, the random bytes (every byte random: a storage that compresses or
+            deduplicates gains nothing).
+
+    Returns:
+        ``{name: 1-D torch.bfloat16 tensor}``, each of :data:`TENSOR_BYTES` bytes but the last.
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + rank)
+    part, left, index = {}, nbytes - nbytes % 2, 0
+    while left > 0:
+        size = min(left, TENSOR_BYTES)
+        raw = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=generator)
+        part[f"rank{rank}.layers.{index}.weight"] = raw.view(torch.bfloat16)
+        left, index = left - size, index + 1
+    return part
+
+
+def model_parts(run_dir: str | Path, world_size: int) -> list[dict[str, torch.Tensor]]:
+    """A training run's checkpoint (``<run_dir>/checkpoint.pt``: model, optimizer and
+    scheduler state), its tensors split over ``world_size`` ranks as a sharded checkpoint
+    would be: largest first, each to the rank holding the fewest bytes so far.
+
+    Returns:
+        One ``{name: tensor}`` per rank (names are the dotted paths in the checkpoint, e.g.
+        ``optimizer.state.0.momentum_buffer``; values that are not tensors are left out).
+        A rank may get nothing when there are fewer tensors than ranks.
+
+    Raises:
+        ConfigError: no ``checkpoint.pt`` there, or it cannot be read as a checkpoint.
+    """
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"checkpoint.model: no {path}: name a training run's folder (make train writes "
+            "checkpoint.pt there), or leave checkpoint.model empty for random tensors"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip or unpickler errors: one message
+        raise ConfigError(f"checkpoint.model: cannot read {path}: {exc}") from None
+    tensors = sorted(_tensors(state), key=lambda item: -item[1].nbytes)
+    if not tensors:
+        raise ConfigError(f"checkpoint.model: {path} holds no tensors")
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(world_size)]
+    loads = [0] * world_size
+    for name, tensor in tensors:
+        lightest = loads.index(min(loads))
+        parts[lightest][name] = tensor.contiguous()
+        loads[lightest] += tensor.nbytes
+    return parts
+
+
+def _tensors(value, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(dotted name, tensor)`` for every tensor in nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}.{index}" if prefix else str(index))
+
+
+def part_bytes(part: dict[str, torch.Tensor]) -> int:
+    """The bytes of a part's tensors (the payload a write must store)."""
+    return sum(t.nbytes for t in part.values())
+
+
+def differences(expected: dict[str, torch.Tensor], got: dict) -> str:
+    """How the tensors read back differ from those written; ``""`` when every tensor has the
+    same name, dtype, shape and bytes.
+
+    Returns:
+        The first difference found, e.g. ``"tensor 'rank0.layers.3.weight': 67108864 bytes
+        written, byte 1048576 differs"``.
+    """
+    missing = sorted(set(expected) - set(got))
+    if missing:
+        return f"{len(missing)} tensor(s) missing, e.g. {missing[0]!r}"
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        return f"{len(extra)} tensor(s) not written came back, e.g. {extra[0]!r}"
+    for name, tensor in expected.items():
+        other = got[name]
+        if not isinstance(other, torch.Tensor):
+            return f"{name!r} came back as {type(other).__name__}, not a tensor"
+        if other.dtype != tensor.dtype or other.shape != tensor.shape:
+            return (
+                f"tensor {name!r}: {tensor.dtype} {tuple(tensor.shape)} written, {other.dtype} "
+                f"{tuple(other.shape)} read"
+            )
+        a, b = _bytes_of(tensor), _bytes_of(other)
+        if not torch.equal(a, b):
+            first = int((a != b).nonzero()[0])
+            return f"tensor {name!r}: {tensor.nbytes} bytes written, byte {first} differs"
+    return ""
+
+
+def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's bytes as a 1-D uint8 tensor (bit patterns compared: NaN equals NaN)."""
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+@dataclass
+class Transfer:
+    """One rank's write or read of its part.
+
+    Attributes:
+        seconds: wall time of the transfer (``time.perf_counter``).
+        nbytes: the part's tensor bytes (:func:`part_bytes`).
+        operations: S3 requests by operation (``{"UploadPart": 64, ...}``; boto3 only: the
+            CRT client of s3torchconnector does not tell).
+        retries: S3 attempts after the first (boto3 only).
+        mismatch: for a read, :func:`differences` between what was written and what came
+            back (``""``: identical).
+    """
+
+    seconds: float
+    nbytes: int
+    operations: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    mismatch: str = ""
+
+
+# -- where a checkpoint goes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FsPlace:
+    """The filesystem under test: checkpoint ``i`` of a method is the folder
+    ``<root>/<method>/ckpt-<i>``; torch.save's file of rank ``r`` is ``rank-<r>.pt`` in it."""
+
+    root: Path
+
+    def folder(self, method: str, index: int) -> Path:
+        """Where checkpoint ``index`` of ``method`` is written."""
+        return self.root / method / f"ckpt-{index}"
+
+    def describe(self, method: str, index: int) -> str:
+        """The checkpoint's folder, for messages."""
+        return str(self.folder(method, index))
+
+
+@dataclass(frozen=True)
+class S3Place:
+    """An S3 bucket under test: checkpoint ``i`` of a method is the prefix
+    ``<storage's prefix>/<method>/ckpt-<i>/``.
+
+    Attributes:
+        storage: the boto3 storage whose prefix holds the run's checkpoints (also lists and
+            deletes them).
+        region: the region the CRT client of s3torchconnector signs for.
+        local_dir: the local S3 server's folder behind ``storage``'s prefix (its files are
+            evicted for a cold read), or None for a remote endpoint.
+    """
+
+    storage: object
+    region: str
+    local_dir: Path | None = None
+
+    def key(self, method: str, index: int) -> str:
+        """Checkpoint ``index`` of ``method``'s prefix, relative to the storage's."""
+        return f"{method}/ckpt-{index}"
+
+    def uri(self, method: str, index: int) -> str:
+        """``s3://bucket/prefix/method/ckpt-i`` (what ``dcp`` is given)."""
+        prefix = "/".join(p for p in (self.storage.prefix, self.key(method, index)) if p)
+        return f"s3://{self.storage.bucket}/{prefix}"
+
+    def describe(self, method: str, index: int) -> str:
+        """The checkpoint's prefix and endpoint, for messages (never credentials)."""
+        return self.storage.describe(self.key(method, index))
+
+
+# -- writes and reads ----------------------------------------------------------------------------
+
+
+def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
+    """Write rank ``rank``'s ``part`` as checkpoint ``index`` of ``method`` to ``place``.
+
+    Args:
+        cfg: ``checkpoint.*`` (:class:`training.config.CheckpointConfig`).
+
+    Raises:
+        StorageError: the storage refused or failed (the message names the place).
+    """
+    if method == "dcp":
+        return _dcp_write(place, index, part, cfg)
+    if isinstance(place, FsPlace):
+        path = place.folder(method, index) / f"rank-{rank}.pt"
+        start = time.perf_counter()
+        _save_file(part, path)
+        return Transfer(time.perf_counter() - start, part_bytes(part))
+    storage = place.storage.with_connections(cfg.concurrency)  # a new client of its own
+    counter = OperationCounter(storage.client())
+    key = f"{place.key(method, index)}/rank-{rank}.pt"
+    start = time.perf_counter()
+    with SaveStream(part) as stream:
+        storage.upload_stream(
+            key, stream, part_size=cfg.part_size_mib * 2**20, concurrency=cfg.concurrency
+        )
+    seconds = time.perf_counter() - start
+    return Transfer(seconds, part_bytes(part), counter.counts(), storage.take_stats().retries)
+
+
+def read(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
+    """Read rank ``rank``'s part of checkpoint ``index`` back, with a new client, and compare
+    it with ``part`` (untimed).
+
+    Raises:
+        StorageError: the storage failed, or what came back is not a checkpoint.
+    """
+    if method == "dcp":
+        return _dcp_read(place, index, part, cfg)
+    if isinstance(place, FsPlace):
+        path = place.folder(method, index) / f"rank-{rank}.pt"
+        start = time.perf_counter()
+        got = _load(path, str(path))
+        seconds = time.perf_counter() - start
+        return Transfer(seconds, part_bytes(part), mismatch=differences(part, got))
+    storage = place.storage.with_connections(cfg.concurrency)
+    counter = OperationCounter(storage.client())
+    key = f"{place.key(method, index)}/rank-{rank}.pt"
+    start = time.perf_counter()
+    buffer = io.BytesIO()
+    storage.download_stream(
+        key, buffer, part_size=cfg.part_size_mib * 2**20, concurrency=cfg.concurrency
+    )
+    buffer.seek(0)
+    got = _load(buffer, storage.describe(key))
+    seconds = time.perf_counter() - start
+    return Transfer(
+        seconds,
+        part_bytes(part),
+        counter.counts(),
+        storage.take_stats().retries,
+        differences(part, got),
+    )
+
+
+def _save_file(part: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, flushed and ``fsync``-ed, renamed
+    into place, the folder ``fsync``-ed: durable, and never a partial file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(part, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX: fsync the directory)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load(source, where: str) -> dict:
+    """``torch.load`` of a part (tensors only), any failure a StorageError naming ``where``."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StorageError(f"cannot read {where}: no such file") from None
+    except OSError as exc:  # torch's zip reader seeking before the start of a short file
+        raise StorageError(
+            f"cannot read {where} ({exc.strerror or exc}): the file is damaged or truncated, "
+            "or the storage failed"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file: the unpickler's or zip's error
+        raise StorageError(f"{where} is not a readable checkpoint: {exc}") from None
+
+
+class SaveStream(io.RawIOBase):
+    """``torch.save(obj)`` as a readable stream: a thread serialises ``obj`` into a pipe that
+    :meth:`read` drains, so that an upload starts with the first bytes and memory holds a pipe's
+    buffer, not a second copy of the part.
+
+    When serialising fails, :meth:`read` raises at the end of the stream instead of returning
+    ``b""``: the upload reading it fails (and is aborted) rather than storing a short object.
+    Closing the stream before its end stops the thread (its next write finds the pipe closed).
+    """
+
+    def __init__(self, obj):
+        read_fd, write_fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb")
+        self._writer = os.fdopen(write_fd, "wb")
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._save, args=(obj,), daemon=True)
+        self._thread.start()
+
+    def _save(self, obj) -> None:
+        try:
+            torch.save(obj, self._writer)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader
+            self._error = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+
+    def readable(self) -> bool:
+        """True: a stream to read."""
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all the rest for ``n < 0``); ``b""`` at the end.
+
+        Raises:
+            RuntimeError: serialising failed (its exception is the cause).
+        """
+        data = self._reader.read(n)
+        if not data:
+            self._thread.join()
+            if self._error is not None:
+                raise RuntimeError(f"torch.save failed: {self._error}") from self._error
+        return data
+
+    def readinto(self, buffer) -> int:
+        """Read into ``buffer``; the number of bytes read (0 at the end)."""
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        """Close the pipe and wait for the thread."""
+        if not self.closed:
+            self._reader.close()
+            self._thread.join()
+        super().close()
+
+
+class OperationCounter:
+    """S3 requests sent by a boto3 client, by operation (``PutObject``, ``UploadPart``,
+    ``GetObject``, ...), counted by botocore's ``before-call`` event (once per request, its
+    retries not included: those are counted by :class:`pipelines.s3.S3Storage`)."""
+
+    def __init__(self, client):
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        client.meta.events.register("before-call.s3", self._count)
+
+    def _count(self, model=None, **_kwargs) -> None:
+        name = getattr(model, "name", "unknown")
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def counts(self) -> dict[str, int]:
+        """The requests so far, by operation."""
+        with self._lock:
+            return dict(self._counts)
+
+
+# -- torch.distributed.checkpoint ----------------------------------------------------------------
+
+
+def _dcp_write(place, index: int, part: dict, cfg) -> Transfer:
+    """``dcp.save`` of every rank's part (a collective: every rank calls it at once)."""
+    from torch.distributed import checkpoint as dcp
+
+    writer = _dcp_storage(place, index, cfg, write=True)
+    start = time.perf_counter()
+    with _quiet_dcp():
+        try:
+            dcp.save(part, storage_writer=writer)
+        except (Exception, dcp.CheckpointException) as exc:  # every rank's errors, gathered
+            raise StorageError(
+                f"dcp cannot write {place.describe('dcp', index)}: {_dcp_cause(exc)}"
+            ) from None
+    return Transfer(time.perf_counter() - start, part_bytes(part))
+
+
+def _dcp_read(place, index: int, part: dict, cfg) -> Transfer:
+    """``dcp.load`` into tensors allocated beforehand (as a model's are), then compared."""
+    from torch.distributed import checkpoint as dcp
+
+    got = {name: torch.empty_like(tensor) for name, tensor in part.items()}
+    reader = _dcp_storage(place, index, cfg, write=False)
+    start = time.perf_counter()
+    with _quiet_dcp():
+        try:
+            dcp.load(got, storage_reader=reader)
+        except (Exception, dcp.CheckpointException) as exc:
+            raise StorageError(
+                f"dcp cannot read {place.describe('dcp', index)}: {_dcp_cause(exc)}"
+            ) from None
+    seconds = time.perf_counter() - start
+    return Transfer(seconds, part_bytes(part), mismatch=differences(part, got))
+
+
+def _dcp_storage(place, index: int, cfg, *, write: bool):
+    """DCP's storage writer or reader for ``place``: torch's own for fs, s3torchconnector's
+    for S3 (given a client for the place's endpoint: its constructor takes none)."""
+    from torch.distributed import checkpoint as dcp
+
+    if isinstance(place, FsPlace):
+        folder = place.folder("dcp", index)
+        if write:
+            return dcp.FileSystemWriter(folder, sync_files=True, thread_count=cfg.concurrency)
+        return dcp.FileSystemReader(folder)
+    try:
+        from s3torchconnector import S3ClientConfig
+        from s3torchconnector._s3client import S3Client
+        from s3torchconnector.dcp import S3FileSystem, S3StorageReader, S3StorageWriter
+    except ImportError:
+        raise StorageError(
+            "checkpoint method dcp on S3 needs s3torchconnector: `uv pip install "
+            "s3torchconnector`, or checkpoint.methods: [torch.save]"
+        ) from None
+    storage = place.storage
+    config = S3ClientConfig(
+        part_size=cfg.part_size_mib * 2**20,
+        force_path_style=storage.addressing_style == "path",
+        max_attempts=storage.max_attempts,
+    )
+    uri = place.uri("dcp", index)
+    if write:
+        dcp_storage = S3StorageWriter(
+            place.region, uri, s3client_config=config, thread_count=cfg.concurrency
+        )
+        constructor = None
+    else:
+        dcp_storage = S3StorageReader(place.region, uri, s3client_config=config)
+        constructor = dcp_storage._reader_constructor
+    client = S3Client(place.region, endpoint=storage.endpoint_url, s3client_config=config)
+    # s3torchconnector 1.5's writer and reader build a client without an endpoint (AWS only);
+    # their file system takes one: replace it before any request is sent
+    dcp_storage.fs = S3FileSystem(place.region, s3_client=client, reader_constructor=constructor)
+    return dcp_storage
+
+
+def _dcp_cause(exc: BaseException) -> str:
+    """DCP's error in one line: the first rank's failure of a ``CheckpointException``
+    (``failures``: rank -> the exception, or ``(exception, traceback)``), with a hint for the
+    CRT's answer to a server it cannot work with."""
+    failures = getattr(exc, "failures", None)
+    if failures:
+        rank, error = next(iter(failures.items()))
+        cause = error[0] if isinstance(error, tuple) else error
+        text = f"rank {rank}: {type(cause).__name__}: {str(cause).strip().splitlines()[0]}"
+    else:
+        lines = str(exc).strip().splitlines()
+        text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if "REQUEST_HAS_COMPLETED" in text:
+        text += (
+            " (the CRT client gave up on the upload: the server refused it or answered in a "
+            "form the CRT does not accept; S3_TORCH_CONNECTOR_DEBUG_LOGS=awscrt=debug shows why)"
+        )
+    return text
+
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    """Silence DCP's warning that it runs in a single process (one rank is a valid run), and
+    turn its writer threads' tracebacks into debug log lines (their error is what
+    ``dcp.save`` raises; a thread may outlive the call that failed)."""
+    if threading.excepthook is not _writer_thread_hook:
+        global _next_hook
+        _next_hook, threading.excepthook = threading.excepthook, _writer_thread_hook
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+_next_hook = threading.excepthook
+
+
+def _writer_thread_hook(args) -> None:
+    """``threading.excepthook``: DCP's writer threads log their error; others as before."""
+    if args.thread is not None and "_write_files_from_queue" in args.thread.name:
+        log.debug("dcp writer thread %s: %s", args.thread.name, args.exc_value)
+        return
+    _next_hook(args)
+
+
+# -- a cold read ---------------------------------------------------------------------------------
+
+
+def make_cold(place, method: str, index: int) -> str:
+    """Evict checkpoint ``index`` of ``method`` from this machine's page cache where its bytes
+    live here (fs; the local S3 server's files). Called once per node, after every rank wrote.
+
+    Returns:
+        What a read then finds (the ``cache`` column): ``evicted``, ``new client (the
+        server's own cache is not cleared)`` for a remote S3 endpoint, or ``not evicted (no
+        posix_fadvise here)``.
+
+    Raises:
+        StorageError: a file of the checkpoint cannot be opened.
+    """
+    if isinstance(place, FsPlace):
+        folder = place.folder(method, index)
+    elif place.local_dir is not None:
+        folder = place.local_dir / place.key(method, index)
+    else:
+        return "new client (the server's own cache is not cleared)"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    try:
+        evicted = evict_page_cache(files)
+    except OSError as exc:
+        raise StorageError(f"cannot evict {exc.filename}: {exc.strerror}") from None
+    return "evicted" if evicted else "not evicted (no posix_fadvise here)"
+
+
+def remove(place, method: str, index: int) -> None:
+    """Delete checkpoint ``index`` of ``method`` (only what the run wrote: its own folder or
+    prefix). fs: once per node (a missing folder is fine); S3: once.
+
+    Raises:
+        StorageError: the deletion failed.
+    """
+    if isinstance(place, FsPlace):
+        import shutil
+
+        try:
+            shutil.rmtree(place.folder(method, index))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete {exc.filename}: {exc.strerror}") from None
+        return
+    from pipelines.storage import relative_keys
+
+    prefix = place.key(method, index)
+    for key in list(relative_keys(place.storage, prefix)):
+        place.storage.delete(f"{prefix}/{key}")

@@ -1,0 +1,83 @@
+"""How fast does this storage take and give back a training job's checkpoint?
+
+    make checkpoint-bench                        # 1 GB on the filesystem and a local S3 server
+    make checkpoint-bench SIZE_GB=8 NPROC=4      # 4 ranks, 2 GB each, at once
+    make checkpoint-bench ARGS="--set checkpoint.model=outputs/detection"   # a trained model's
+
+MLPerf Storage's checkpoint workload (:mod:`bench.checkpoint_run`): every rank writes its part
+(fs with fsync, S3 with multipart uploads; torch.save and torch.distributed.checkpoint), the
+checkpoint is made cold, every rank reads its part back with a new client and compares every
+byte. Writes ``outputs/checkpoint-bench/<timestamp>/`` (results.csv, report.md, config.yaml)
+and prints one line per storage and method. With ``checkpoint.ranks`` above one and no
+torchrun, this starts the ranks itself on this machine. Exit status: 0; 1 when a storage or
+method failed or read back different bytes (the report says which); 2 for a user error (one
+line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from training import distributed
+from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_arguments(parser, flags=("s3_endpoint", "s3_bucket"))
+    parser.add_argument(
+        "--out", default="outputs/checkpoint-bench", help="parent folder of the run's folder"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the checkpoint benchmark; see the module doc for the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_args_parser().parse_args(argv)
+    try:
+        ranks = distributed.from_environment()
+        rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
+        logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
+        cfg = config_from_args(args)
+        if not ranks.distributed and cfg.checkpoint.ranks > 1:
+            from scripts.launch import relaunch
+
+            return relaunch(
+                "scripts.checkpoint_bench", cfg.checkpoint.ranks, argv, "checkpoint-bench"
+            )
+        from bench.checkpoint_run import (
+            answer_lines,
+            failed,
+            run_checkpoint_bench,
+            write_outputs,
+        )
+        from bench.run import timestamp
+
+        distributed.start(ranks, torch.device("cpu"), cfg.train.dist_timeout_s)
+        out = Path(distributed.gather(str(Path(args.out) / timestamp()))[0])  # rank 0's
+        rows = run_checkpoint_bench(cfg, out, ranks)
+        if ranks.main:
+            write_outputs(out, cfg, rows)
+    except USER_ERRORS as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.stop()
+    if not ranks.main:
+        return 0
+    print("\n".join(answer_lines(rows)))
+    print(f"report: {out / 'report.md'}")
+    return 1 if failed(rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
