@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,13 +39,7 @@ from bench.runner import Case, run_case
 from bench.search import SearchResult, search_accelerators
 from bench.workloads import Rule, Workload, check_rules, workload
 from pipelines.storage import FileSystemStorage, atomic_write_bytes
-from pipelines.synthetic import (
-    BYTES_PER_PIXEL,
-    MAX_PIXELS,
-    SPLIT_DIR,
-    SynthSpec,
-    generate_dataset,
-)
+from pipelines.synthetic import SPLIT_DIR, SynthSpec, generate_dataset
 from training import distributed
 from training.config import Config, ConfigError
 from training.data import class_names
@@ -93,25 +88,22 @@ def sweep_dataset(cfg: Config, w: Workload, ranks: Ranks) -> Path:
     written by rank 0 when missing (or left incomplete: its split file is written last) while
     the other ranks wait.
 
+    Samples larger than a JPEG the generator draws (unet3d's 146.6 MB volumes) are a JPEG
+    followed by random bytes up to their size (:data:`pipelines.synthetic.LARGEST_JPEG_BYTES`).
+
     Raises:
-        ConfigError: the profile's samples are larger than the JPEG generator makes (unet3d's
-            146.6 MB volumes).
+        ConfigError: the dataset would not fit on the disk that takes it (checked before it is
+            generated).
     """
     if w.name == "bccd":
         return Path(cfg.storage.root) / cfg.storage.prefixes[0]
-    largest = MAX_PIXELS * BYTES_PER_PIXEL
-    if w.sample_bytes > largest:
-        raise ConfigError(
-            f"{w.key}'s samples ({w.sample_bytes / 1e6:.1f} MB) are larger than the JPEG "
-            f"generator makes (about {largest / 1e6:.0f} MB): not supported by make sweep yet; "
-            "retinanet, resnet50 and bccd are"
-        )
     folder = Path(cfg.sweep.data_dir) / f"{w.key}-{cfg.sweep.samples}"
     spec = SynthSpec(mean_bytes=round(w.sample_bytes), std_bytes=round(w.sample_stdev_bytes))
 
     def generate() -> None:
         if (folder / SPLIT_DIR / "train.txt").exists():  # written last: the dataset is whole
             return
+        check_disk(cfg, w, folder)
         print(f"generating {cfg.sweep.samples} samples of {w.key} into {folder}")
         generate_dataset(
             FileSystemStorage(folder), spec, cfg.sweep.samples, test_fraction=0.0,
@@ -121,6 +113,34 @@ def sweep_dataset(cfg: Config, w: Workload, ranks: Ranks) -> Path:
 
     in_turn(generate, ranks)
     return folder
+
+
+def check_disk(cfg: Config, w: Workload, folder: Path) -> None:
+    """Refuse a dataset that would not fit on the disk that takes it: its samples, their
+    shards (with ``shards`` in ``sweep.access``) and a local S3 server's copy of both (with
+    ``s3`` in ``sweep.storages`` and no endpoint; it lives under ``outputs/``, assumed to be
+    on the same disk), against the free space of ``folder``'s filesystem.
+
+    Raises:
+        ConfigError: with the figures and the most samples that would fit.
+    """
+    copies = 2 if "shards" in cfg.sweep.access else 1
+    if "s3" in cfg.sweep.storages and not (
+        cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
+    ):
+        copies *= 2
+    per_sample = w.sample_bytes * copies
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    if cfg.sweep.samples * per_sample > 0.9 * free:
+        fit = int(0.9 * free // per_sample)
+        raise ConfigError(
+            f"sweep.samples={cfg.sweep.samples} of {w.key} ({w.sample_bytes / 1e6:.1f} MB each, "
+            f"{copies} cop{'y' if copies == 1 else 'ies'}: the samples, their shards, a local "
+            f"S3 server's copy) need about {cfg.sweep.samples * per_sample / 1e9:.1f} GB but "
+            f"{free / 1e9:.1f} GB are free on {existing}: set sweep.samples to at most {fit}, "
+            "or sweep.data_dir to a larger disk"
+        )
 
 
 def workers_per_rank(cfg: Config, w: Workload) -> int:

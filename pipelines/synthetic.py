@@ -20,7 +20,9 @@ close to the distribution's mean for any N, not only on average. The target is r
 choosing the image's pixel count (content whose compressed size per pixel is about constant:
 smooth colour fields, texture, cell-like ellipses and sensor-like grain, which compresses like a
 photo) and then the JPEG quality (a short search around :data:`BASE_QUALITY`), to within a few
-percent for sizes from about 5 KB to a few MB.
+percent for sizes from about 5 KB to a few MB. A target above :data:`LARGEST_JPEG_BYTES`
+(about 12 MB: MLPerf's unet3d volumes are 146.6 MB) is a 1 MB JPEG followed by random bytes up
+to the target, which JPEG decoders ignore.
 
 Determinism: every image depends only on ``(seed, index)`` and the size/box settings, so the same
 arguments (and the same Pillow/libjpeg and NumPy) give the same bytes, whether generated in one
@@ -61,6 +63,12 @@ MIN_Q, MAX_Q = 20, 98
 SIZE_TOLERANCE = 0.05  # an image within 5 % of its target size is accepted as it is
 BYTES_PER_PIXEL = 0.31  # measured: compressed bytes per pixel of this content at BASE_QUALITY
 HEADER_BYTES = 620  # measured: JPEG headers and tables at BASE_QUALITY (bytes)
+#: The largest sample drawn as a JPEG alone (bytes): about MAX_PIXELS' worth. A larger target
+#: (MLPerf's unet3d volumes: 146.6 MB) is a JPEG of PADDED_JPEG_BYTES followed by random bytes
+#: up to the target, which JPEG decoders ignore (they stop at the image's end marker): the
+#: storage delivers the profile's bytes, a decoder sees a real image.
+LARGEST_JPEG_BYTES = round(MAX_PIXELS * BYTES_PER_PIXEL)
+PADDED_JPEG_BYTES = 1_000_000
 ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3)  # width / height, common photo shapes
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -169,6 +177,8 @@ class Sample:
         height: image height in pixels.
         boxes: number of boxes.
         quality: the JPEG quality used.
+        padding: random bytes after the JPEG's end marker, part of ``jpeg`` (0 unless the
+            target is above :data:`LARGEST_JPEG_BYTES`).
     """
 
     image_id: str
@@ -179,6 +189,7 @@ class Sample:
     height: int
     boxes: int
     quality: int
+    padding: int = 0
 
 
 @dataclass
@@ -275,20 +286,25 @@ def generate_sample(spec: SynthSpec, index: int, count: int) -> Sample:
     ratio), 1..``max_boxes`` boxes of 5-40 % of each side inside the image (integer pixel
     coordinates, ``0 <= xmin < xmax <= width``), draws one ellipse per box in its class's colour
     over a textured background, and encodes the JPEG at the quality that comes closest to the
-    target.
+    target. A target above :data:`LARGEST_JPEG_BYTES` gets a JPEG of about
+    :data:`PADDED_JPEG_BYTES` and random bytes after it, up to the target.
     """
     rng = np.random.default_rng([spec.seed, _IMAGE_STREAM, index])
     target = target_size(spec, index)
-    pixels = min(MAX_PIXELS, max(MIN_SIDE * MIN_SIDE, (target - HEADER_BYTES) / BYTES_PER_PIXEL))
+    drawn = target if target <= LARGEST_JPEG_BYTES else PADDED_JPEG_BYTES
+    pixels = min(MAX_PIXELS, max(MIN_SIDE * MIN_SIDE, (drawn - HEADER_BYTES) / BYTES_PER_PIXEL))
     aspect = ASPECTS[rng.integers(len(ASPECTS))] * float(rng.uniform(0.9, 1.1))
     width = max(MIN_SIDE, round(math.sqrt(pixels * aspect)))
     height = max(MIN_SIDE, round(pixels / width))
     boxes, labels = _random_boxes(rng, width, height, spec)
     image = _render(rng, width, height, boxes, labels, len(spec.classes))
-    jpeg, quality = _encode_to_size(image, target)
+    jpeg, quality = _encode_to_size(image, drawn)
+    padding = max(0, target - len(jpeg)) if drawn < target else 0
+    if padding:
+        jpeg += rng.bytes(padding)
     name = image_id(index, count)
     xml = voc_annotation(name, width, height, boxes, [spec.classes[c] for c in labels])
-    return Sample(name, jpeg, xml, target, width, height, len(boxes), quality)
+    return Sample(name, jpeg, xml, target, width, height, len(boxes), quality, padding)
 
 
 def _random_boxes(

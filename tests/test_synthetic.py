@@ -17,6 +17,8 @@ from pipelines.s3 import S3Storage
 from pipelines.storage import FileSystemStorage
 from pipelines.synthetic import (
     KB,
+    LARGEST_JPEG_BYTES,
+    PADDED_JPEG_BYTES,
     PRESETS,
     SynthError,
     SynthSpec,
@@ -92,6 +94,17 @@ def test_generated_sizes_follow_their_targets():
         assert abs(len(s.jpeg) / s.target_bytes - 1) <= 0.15, (s.target_bytes, len(s.jpeg))
     normal = SynthSpec(mean_bytes=20 * KB, std_bytes=40 * KB, distribution="normal")
     assert min(target_size(normal, i) for i in range(200)) >= 2 * KB  # clipped
+
+
+def test_a_sample_larger_than_a_drawn_jpeg_is_a_jpeg_padded_to_its_size():
+    spec = SynthSpec(mean_bytes=LARGEST_JPEG_BYTES + 1_000_000, std_bytes=0)
+    sample = generate_sample(spec, 0, 1)
+    assert len(sample.jpeg) == sample.target_bytes == spec.mean_bytes  # exactly the profile's
+    assert sample.padding > 0 and len(sample.jpeg) - sample.padding < 2 * PADDED_JPEG_BYTES
+    with Image.open(io.BytesIO(sample.jpeg)) as image:  # decoders stop at the end marker
+        assert image.convert("RGB").size == (sample.width, sample.height)
+    assert generate_sample(spec, 0, 1).jpeg == sample.jpeg  # the padding is seeded too
+    assert generate_sample(spec_from_preset("mlperf"), 0, 1).padding == 0
 
 
 def test_same_arguments_same_bytes(tmp_path: Path):

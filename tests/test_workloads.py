@@ -61,8 +61,10 @@ def test_the_sweep_dataset_is_generated_to_the_profile_and_again_after_an_interr
     ids = (folder / "ImageSets/Main/train.txt").read_text().split()
     sizes = [(folder / "JPEGImages" / f"{i}.jpg").stat().st_size for i in ids]
     assert len(ids) == 3 and all(50_000 < n < 400_000 for n in sizes)  # ~153.6 kB samples
-    with pytest.raises(ConfigError, match="larger than the JPEG generator makes"):
-        sweep_dataset(cfg, workload("unet3d"), ONE_RANK)
+    many = load_config(None, [f"sweep.data_dir={tmp_path}", "sweep.samples=10000000"])
+    with pytest.raises(ConfigError, match=r"146.6 MB each, 4 copies.*set sweep.samples to at most"):
+        sweep_dataset(many, workload("unet3d"), ONE_RANK)  # samples, shards, the server's copy
+    assert not (tmp_path / "unet3d_h100-10000000").exists()
 
 
 def test_a_sweep_launch_that_does_not_fit_max_accelerators_says_how_to_launch(tmp_path):
