@@ -385,7 +385,7 @@ def write_outputs(out: Path, cfg: Config, rows: list[dict], searches: list[Searc
         "",
         *[answer_line(w, s) for s in searches],
         "",
-        f"Workload: `{w.key}` from {w.source}: samples of {w.sample_bytes / 1e3:.1f} kB mean,"
+        f"Workload: `{w.key}` from {w.source}: samples of {_size(w.sample_bytes)} mean,"
         f" batch {w.batch_size}, {workers_per_rank(cfg, w)} DataLoader worker(s) per"
         f" accelerator, {facts['computation_time_s']:.3f} s of"
         f" computation per step, AU threshold {w.au_threshold:.0%}; decoding"
@@ -423,6 +423,11 @@ def write_outputs(out: Path, cfg: Config, rows: list[dict], searches: list[Searc
         "",
     ]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode("utf-8"))
+
+
+def _size(nbytes: float) -> str:
+    """A sample size for the report: kB below 1 MB, MB above (10^3, 10^6 bytes)."""
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
 
 
 def plot(rows: list[dict], w: Workload, out: Path) -> None:
