@@ -24,7 +24,6 @@ import functools
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -601,8 +600,3 @@ def add_ratios(results: list[dict], peers: dict) -> None:
         else:
             row["peer_samples_per_s"] = float("nan")
             row["ratio_to_peer"] = float("nan")
-
-
-def timestamp() -> str:
-    """``YYYYmmdd-HHMMSS`` in local time, for the run's folder name."""
-    return time.strftime("%Y%m%d-%H%M%S")

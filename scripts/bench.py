@@ -21,7 +21,6 @@ import argparse
 import logging
 import math
 import sys
-from pathlib import Path
 
 import torch
 
@@ -111,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if ranks.main:
             say_quick_look(cfg)
         from bench.report import goals, table, write_report
-        from bench.run import run_bench, timestamp
+        from bench.run import run_bench
+        from training.outputs import run_folder
 
         # an accelerator per rank for train mode only: read and emulate ranks need none
         device = (
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             else torch.device("cpu")
         )
         distributed.start(ranks, device, cfg.train.dist_timeout_s)
-        out = Path(distributed.gather(str(Path(args.out) / timestamp()))[0])  # rank 0's
+        out = run_folder(args.out)
         results, steps, extras = run_bench(cfg, out, ranks)
         if ranks.main:
             write_report(out, cfg.to_dict(), results, steps, extras)

@@ -17,14 +17,12 @@ line).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from training import distributed
-from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+from training.cli import add_config_arguments, cpu_ranks_main
+from training.config import Config
+from training.distributed import Ranks
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,38 +40,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the checkpoint benchmark; see the module doc for the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    args = get_args_parser().parse_args(argv)
-    try:
-        ranks = distributed.from_environment()
-        rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
-        logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
-        cfg = config_from_args(args)
-        if not ranks.distributed and cfg.checkpoint.ranks > 1:
-            from scripts.launch import relaunch
+    return cpu_ranks_main(
+        argv,
+        get_args_parser(),
+        "scripts.checkpoint_bench",
+        lambda cfg: cfg.checkpoint.ranks,
+        checkpoint_bench,
+    )
 
-            return relaunch(
-                "scripts.checkpoint_bench", cfg.checkpoint.ranks, argv, "checkpoint-bench"
-            )
-        from bench.checkpoint_run import (
-            answer_lines,
-            failed,
-            run_checkpoint_bench,
-            write_outputs,
-        )
-        from bench.run import timestamp
 
-        distributed.start(ranks, torch.device("cpu"), cfg.train.dist_timeout_s)
-        out = Path(distributed.gather(str(Path(args.out) / timestamp()))[0])  # rank 0's
-        rows = run_checkpoint_bench(cfg, out, ranks)
-        if ranks.main:
-            write_outputs(out, cfg, rows)
-    except USER_ERRORS as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.stop()
+def checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> int:
+    """Every rank: its part written and read back; rank 0 writes the outputs and prints one
+    line per storage and method."""
+    from bench.checkpoint_run import answer_lines, failed, run_checkpoint_bench, write_outputs
+
+    rows = run_checkpoint_bench(cfg, out, ranks)
     if not ranks.main:
         return 0
+    write_outputs(out, cfg, rows)
     print("\n".join(answer_lines(rows)))
     print(f"report: {out / 'report.md'}")
     return 1 if failed(rows) else 0

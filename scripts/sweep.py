@@ -16,14 +16,12 @@ itself on this machine. Exit status: 0; 1 when a search failed (its error is in 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from training import distributed
-from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+from training.cli import add_config_arguments, cpu_ranks_main
+from training.config import Config
+from training.distributed import Ranks
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,31 +37,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; see the module doc for the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    args = get_args_parser().parse_args(argv)
-    try:
-        ranks = distributed.from_environment()
-        rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
-        logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
-        cfg = config_from_args(args)
-        if not ranks.distributed and cfg.sweep.max_accelerators > 1:
-            from scripts.launch import relaunch
+    return cpu_ranks_main(
+        argv, get_args_parser(), "scripts.sweep", lambda cfg: cfg.sweep.max_accelerators, sweep
+    )
 
-            return relaunch("scripts.sweep", cfg.sweep.max_accelerators, argv, "sweep")
-        from bench.run import timestamp
-        from bench.sweep import answer_line, run_sweep, write_outputs
 
-        distributed.start(ranks, torch.device("cpu"), cfg.train.dist_timeout_s)
-        out = Path(distributed.gather(str(Path(args.out) / timestamp()))[0])  # rank 0's
-        rows, searches, facts = run_sweep(cfg, out, ranks)
-        if ranks.main:
-            write_outputs(out, cfg, rows, searches, facts)
-    except USER_ERRORS as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
-        return 2
-    finally:
-        distributed.stop()
+def sweep(cfg: Config, out: Path, ranks: Ranks) -> int:
+    """Every rank: the search; rank 0 writes the outputs and prints the answers."""
+    from bench.sweep import answer_line, run_sweep, write_outputs
+
+    rows, searches, facts = run_sweep(cfg, out, ranks)
     if not ranks.main:
         return 0
+    write_outputs(out, cfg, rows, searches, facts)
     print("\n".join(answer_line(facts["workload"], s) for s in searches))
     print(f"report: {out / 'report.md'}")
     return 1 if any(s.error for s in searches) else 0

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.records import DatasetError
 from pipelines.s3_local import LocalS3Error
 from pipelines.shards import ShardError
 from pipelines.storage import StorageError
 from training.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from training.distributed import Ranks
 
 #: CLI flag → config key it overrides (Make variables map onto these flags).
 FLAG_KEYS = {
@@ -82,6 +90,51 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
             value = _yaml_string(value)  # `--out "runs #2"`, `--s3-bucket 123` stay strings
         overrides.append(f"{key}={value}")
     return load_config(args.config, [*overrides, *extra, *args.set])
+
+
+def cpu_ranks_main(
+    argv: list[str],
+    parser: argparse.ArgumentParser,
+    module: str,
+    ranks_wanted: Callable[[Config], int],
+    work: Callable[[Config, Path, Ranks], int],
+) -> int:
+    """The ``main`` of a command whose ranks need no accelerator (``make sweep``, ``make
+    checkpoint-bench``): parse ``argv`` (``--out``: the runs' parent folder), log warnings with
+    each rank's number, read the config; without torchrun and ``ranks_wanted(cfg) > 1``, start
+    that many ranks of ``python -m module argv`` on this machine
+    (:func:`scripts.launch.relaunch`); otherwise join the process group on the CPU (gloo), agree
+    on rank 0's run folder (:func:`training.outputs.run_folder`) and call ``work(cfg, out,
+    ranks)`` on every rank.
+
+    Returns:
+        The exit status: ``work``'s on rank 0 (0 on the others), the launch's after a
+        relaunch, 2 after a user error (printed as one line).
+    """
+    import torch
+
+    from training import distributed
+    from training.outputs import run_folder
+
+    args = parser.parse_args(argv)
+    try:
+        ranks = distributed.from_environment()
+        rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
+        logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
+        cfg = config_from_args(args)
+        wanted = ranks_wanted(cfg)
+        if not ranks.distributed and wanted > 1:
+            from scripts.launch import relaunch
+
+            return relaunch(module, wanted, argv, module.rpartition(".")[2].replace("_", "-"))
+        distributed.start(ranks, torch.device("cpu"), cfg.train.dist_timeout_s)
+        status = work(cfg, run_folder(args.out), ranks)
+    except USER_ERRORS as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.stop()
+    return status if ranks.main else 0
 
 
 def data_overrides(value: str) -> list[str]:

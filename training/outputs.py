@@ -7,12 +7,21 @@ import io
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
 import yaml
 
 from pipelines.storage import atomic_write_bytes
+
+
+def run_folder(parent: str | Path) -> Path:
+    """A run's folder, ``<parent>/<YYYYmmdd-HHMMSS>`` in local time, as rank 0 named it (every
+    rank gets the same; a collective with several ranks). Not created here."""
+    from training import distributed
+
+    return Path(distributed.gather(str(Path(parent) / time.strftime("%Y%m%d-%H%M%S")))[0])
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
