@@ -35,8 +35,7 @@ from bench.checkpoint_run import answer_lines, failed, run_checkpoint_bench, wri
 from pipelines.s3 import S3Storage
 from pipelines.s3_local import free_port
 from pipelines.storage import StorageError
-from tests.conftest import REPO
-from tests.test_distributed import finish
+from tests.test_distributed import run_command
 from training.config import ConfigError, load_config
 from training.distributed import ONE_RANK
 
@@ -261,19 +260,13 @@ def test_dcp_on_s3_round_trips_through_s3torchconnector(tmp_path, own_environmen
 
 @pytest.mark.integration
 def test_two_ranks_write_and_read_their_parts_at_once(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "scripts.checkpoint_bench", "--out", str(out),
-            "--set", "checkpoint.ranks=2", "--set", "checkpoint.size_gb=0.004",
-            "--set", "checkpoint.checkpoints=1", "--set", f"checkpoint.fs_dir={tmp_path / 'ck'}",
-            "--set", "train.dist_timeout_s=60",
-        ],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+    code, log = run_command(
+        "scripts.checkpoint_bench", "--out", str(out),
+        "--set", "checkpoint.ranks=2", "--set", "checkpoint.size_gb=0.004",
+        "--set", "checkpoint.checkpoints=1", "--set", f"checkpoint.fs_dir={tmp_path / 'ck'}",
+        "--set", "train.dist_timeout_s=60",
     )  # fmt: skip
-    code, log = finish(proc)
     assert code == 0, log[-3000:]
     (run,) = out.iterdir()
     with open(run / "results.csv", newline="") as f:

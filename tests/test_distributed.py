@@ -67,6 +67,18 @@ def torchrun(data, out: Path, *extra: str, nproc: int = 2, nodes: tuple = (), po
     )  # fmt: skip
 
 
+def run_command(module: str, *args: str) -> tuple[int, str]:
+    """Run ``python -m module args`` in the repository (a command that starts its own ranks),
+    without S3 settings from this environment (it starts its own local server); its exit status
+    and output (see :func:`finish`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    return finish(proc)
+
+
 def finish(proc: subprocess.Popen, limit_s: float = RUN_LIMIT_S) -> tuple[int, str]:
     """Wait for the run; kill its whole process group if it runs past ``limit_s``."""
     try:

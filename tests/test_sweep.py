@@ -7,33 +7,23 @@ followed its rule on what it measured, not a number."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_distributed import finish
+from tests.test_distributed import run_command
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_tiny_sweep_searches_each_access_pattern_and_reports_the_answer(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
     out = tmp_path / "sweep"
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "scripts.sweep", "--out", str(out),
-            "--set", "sweep.workload=retinanet", "--set", "sweep.samples=12",
-            "--set", f"sweep.data_dir={tmp_path / 'data'}", "--set", "sweep.max_accelerators=2",
-            "--set", "sweep.workers=0", "--set", "sweep.steps=2", "--set", "sweep.warmup_steps=1",
-            "--set", "sweep.repeats=2", "--set", "train.dist_timeout_s=60",
-        ],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+    code, log = run_command(
+        "scripts.sweep", "--out", str(out),
+        "--set", "sweep.workload=retinanet", "--set", "sweep.samples=12",
+        "--set", f"sweep.data_dir={tmp_path / 'data'}", "--set", "sweep.max_accelerators=2",
+        "--set", "sweep.workers=0", "--set", "sweep.steps=2", "--set", "sweep.warmup_steps=1",
+        "--set", "sweep.repeats=2", "--set", "train.dist_timeout_s=60",
     )  # fmt: skip
-    code, log = finish(proc)
     assert code == 0, log[-3000:]
     (run,) = out.iterdir()
     with open(run / "sweep.csv", newline="") as f:
