@@ -42,6 +42,7 @@ import torch
 
 from bench.page_cache import evict_page_cache
 from pipelines.storage import StorageError
+from training import distributed
 from training.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def model_parts(run_dir: str | Path, world_size: int) -> list[dict[str, torch.Te
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip or unpickler errors: one message
-        raise ConfigError(f"checkpoint.model: cannot read {path}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"checkpoint.model: cannot read {path}: {first}") from None
     tensors = sorted(_tensors(state), key=lambda item: -item[1].nbytes)
     if not tensors:
         raise ConfigError(f"checkpoint.model: {path} holds no tensors")
@@ -238,17 +240,20 @@ class S3Place:
 # -- writes and reads ----------------------------------------------------------------------------
 
 
-def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
+def write(method: str, place, index: int, rank: int, part: dict, cfg, dcp_writer=None) -> Transfer:
     """Write rank ``rank``'s ``part`` as checkpoint ``index`` of ``method`` to ``place``.
 
     Args:
         cfg: ``checkpoint.*`` (:class:`training.config.CheckpointConfig`).
+        dcp_writer: for ``dcp``, the storage writer :func:`dcp_storage` made (made before,
+            so that a failure there reaches the other ranks before ``dcp.save``'s
+            collectives).
 
     Raises:
         StorageError: the storage refused or failed (the message names the place).
     """
     if method == "dcp":
-        return _dcp_write(place, index, part, cfg)
+        return _dcp_write(place, index, part, dcp_writer)
     if isinstance(place, FsPlace):
         path = place.folder(method, index) / f"rank-{rank}.pt"
         start = time.perf_counter()
@@ -266,15 +271,16 @@ def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfe
     return Transfer(seconds, part_bytes(part), counter.counts(), storage.take_stats().retries)
 
 
-def read(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
+def read(method: str, place, index: int, rank: int, part: dict, cfg, dcp_reader=None) -> Transfer:
     """Read rank ``rank``'s part of checkpoint ``index`` back, with a new client, and compare
-    it with ``part`` (untimed).
+    it with ``part`` (untimed). ``dcp_reader``: for ``dcp``, the storage reader
+    :func:`dcp_storage` made.
 
     Raises:
         StorageError: the storage failed, or what came back is not a checkpoint.
     """
     if method == "dcp":
-        return _dcp_read(place, index, part, cfg)
+        return _dcp_read(place, index, part, dcp_reader)
     if isinstance(place, FsPlace):
         path = place.folder(method, index) / f"rank-{rank}.pt"
         start = time.perf_counter()
@@ -339,7 +345,8 @@ def _load(source, where: str) -> dict:
             "or the storage failed"
         ) from None
     except Exception as exc:  # noqa: BLE001 - a damaged file: the unpickler's or zip's error
-        raise StorageError(f"{where} is not a readable checkpoint: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StorageError(f"{where} is not a readable checkpoint: {first}") from None
 
 
 class SaveStream(io.RawIOBase):
@@ -424,15 +431,16 @@ class OperationCounter:
 # -- torch.distributed.checkpoint ----------------------------------------------------------------
 
 
-def _dcp_write(place, index: int, part: dict, cfg) -> Transfer:
-    """``dcp.save`` of every rank's part (a collective: every rank calls it at once)."""
+def _dcp_write(place, index: int, part: dict, writer) -> Transfer:
+    """``dcp.save`` of every rank's part: a collective (every rank calls it at once) on the
+    long-waiting group, so that ranks waiting for a slow one do not time out. Each rank's time
+    ends with DCP's closing collective: it is about the slowest rank's."""
     from torch.distributed import checkpoint as dcp
 
-    writer = _dcp_storage(place, index, cfg, write=True)
     start = time.perf_counter()
     with _quiet_dcp():
         try:
-            dcp.save(part, storage_writer=writer)
+            dcp.save(part, storage_writer=writer, process_group=distributed.long_group())
         except (Exception, dcp.CheckpointException) as exc:  # every rank's errors, gathered
             raise StorageError(
                 f"dcp cannot write {place.describe('dcp', index)}: {_dcp_cause(exc)}"
@@ -440,16 +448,19 @@ def _dcp_write(place, index: int, part: dict, cfg) -> Transfer:
     return Transfer(time.perf_counter() - start, part_bytes(part))
 
 
-def _dcp_read(place, index: int, part: dict, cfg) -> Transfer:
-    """``dcp.load`` into tensors allocated beforehand (as a model's are), then compared."""
+def _dcp_read(place, index: int, part: dict, reader) -> Transfer:
+    """``dcp.load`` into tensors allocated beforehand (as a model's are) and filled with the
+    complement of what is expected (a tensor DCP left unread cannot compare equal), then
+    compared."""
     from torch.distributed import checkpoint as dcp
 
     got = {name: torch.empty_like(tensor) for name, tensor in part.items()}
-    reader = _dcp_storage(place, index, cfg, write=False)
+    for name, tensor in part.items():
+        _bytes_of(got[name]).copy_(torch.bitwise_not(_bytes_of(tensor)))
     start = time.perf_counter()
     with _quiet_dcp():
         try:
-            dcp.load(got, storage_reader=reader)
+            dcp.load(got, storage_reader=reader, process_group=distributed.long_group())
         except (Exception, dcp.CheckpointException) as exc:
             raise StorageError(
                 f"dcp cannot read {place.describe('dcp', index)}: {_dcp_cause(exc)}"
@@ -458,9 +469,14 @@ def _dcp_read(place, index: int, part: dict, cfg) -> Transfer:
     return Transfer(seconds, part_bytes(part), mismatch=differences(part, got))
 
 
-def _dcp_storage(place, index: int, cfg, *, write: bool):
-    """DCP's storage writer or reader for ``place``: torch's own for fs, s3torchconnector's
-    for S3 (given a client for the place's endpoint: its constructor takes none)."""
+def dcp_storage(place, index: int, cfg, *, write: bool):
+    """DCP's storage writer (or reader) of checkpoint ``index`` on ``place``: PyTorch's own
+    for fs, s3torchconnector's for S3 (given a client for the place's endpoint: its
+    constructor takes none). No request is sent.
+
+    Raises:
+        StorageError: s3torchconnector (with its ``dcp`` extra) is not installed.
+    """
     from torch.distributed import checkpoint as dcp
 
     if isinstance(place, FsPlace):
@@ -552,8 +568,9 @@ def make_cold(place, method: str, index: int) -> str:
 
     Returns:
         What a read then finds (the ``cache`` column): ``evicted``, ``new client (the
-        server's own cache is not cleared)`` for a remote S3 endpoint, or ``not evicted (no
-        posix_fadvise here)``.
+        server's own cache is not cleared)`` for a remote S3 endpoint, ``not evicted (no
+        posix_fadvise here)``, or ``nothing found to evict in <folder>`` (the files are not
+        where this machine looked).
 
     Raises:
         StorageError: a file of the checkpoint cannot be opened.
@@ -565,6 +582,8 @@ def make_cold(place, method: str, index: int) -> str:
     else:
         return "new client (the server's own cache is not cleared)"
     files = [p for p in folder.rglob("*") if p.is_file()]
+    if not files:
+        return f"nothing found to evict in {folder}"
     try:
         evicted = evict_page_cache(files)
     except OSError as exc:
@@ -572,9 +591,10 @@ def make_cold(place, method: str, index: int) -> str:
     return "evicted" if evicted else "not evicted (no posix_fadvise here)"
 
 
-def remove(place, method: str, index: int) -> None:
+def remove(place, method: str, index: int, *, everything: bool = False) -> None:
     """Delete checkpoint ``index`` of ``method`` (only what the run wrote: its own folder or
-    prefix). fs: once per node (a missing folder is fine); S3: once.
+    prefix; ``everything``: all the run's checkpoints). fs: once per node (a missing folder is
+    fine); S3: once.
 
     Raises:
         StorageError: the deletion failed.
@@ -583,7 +603,7 @@ def remove(place, method: str, index: int) -> None:
         import shutil
 
         try:
-            shutil.rmtree(place.folder(method, index))
+            shutil.rmtree(place.root if everything else place.folder(method, index))
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -591,6 +611,6 @@ def remove(place, method: str, index: int) -> None:
         return
     from pipelines.storage import relative_keys
 
-    prefix = place.key(method, index)
+    prefix = "" if everything else place.key(method, index)
     for key in list(relative_keys(place.storage, prefix)):
-        place.storage.delete(f"{prefix}/{key}")
+        place.storage.delete(f"{prefix}/{key}" if prefix else key)

@@ -15,10 +15,10 @@ ranks; DLIO's figure for the whole job is the checkpoint's bytes over that durat
 here, per checkpoint and averaged over the checkpoints (MLPerf averages runs).
 
 Writes ``outputs/checkpoint-bench/<timestamp>/``: ``results.csv`` (one row per checkpoint,
-rank, storage, method and direction; written again after each checkpoint), ``report.md`` and
+rank, storage, method and direction; written again after each method), ``report.md`` and
 the config. The checkpoints go to ``checkpoint.fs_dir`` (default ``<storage.root>/
-checkpoint-bench``) and ``s3://<bucket>/<checkpoint.s3_prefix>/``, each in a folder or prefix
-named after the run's timestamp that is removed at the end.
+checkpoint-bench``) and ``s3://<bucket>/<checkpoint.s3_prefix>/``, each in a new folder or
+prefix of the run (``<timestamp>-<random>``) that is removed with all in it at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import statistics
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -37,6 +38,7 @@ from bench.checkpoint import (
     S3_CLIENTS,
     FsPlace,
     S3Place,
+    dcp_storage,
     make_cold,
     model_parts,
     part_bytes,
@@ -76,7 +78,7 @@ PARTS_IN_MEMORY = 3
 
 def run_checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> list[dict]:
     """Run the workload (see the module doc). Every rank calls it; rank 0 gets the rows (and
-    writes ``results.csv`` as they come), the others an empty list.
+    writes ``results.csv`` after each method), the others an empty list.
 
     Raises:
         ConfigError: ``checkpoint.ranks`` is not this launch's world size, a part would not
@@ -91,7 +93,9 @@ def run_checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> list[dict]:
     br = BenchRanks(ranks, [ranks.world_size])
     first_on_node = br.team(ranks.world_size).first_on_node(ranks.rank, br.node_of)
     on_main(lambda: out.mkdir(parents=True, exist_ok=True), ranks)
-    part = everywhere(lambda: this_part(cfg, ranks, br))
+    # free memory measured by every rank before any allocates its part
+    free = distributed.gather(psutil.virtual_memory().available)
+    part = everywhere(lambda: this_part(cfg, ranks, br, free))
     nbytes = distributed.gather(part_bytes(part))
     if ranks.main:
         print(
@@ -102,13 +106,11 @@ def run_checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> list[dict]:
     with contextlib.ExitStack() as stack:
         for kind in ck.storages:
             try:
-                place = open_place(kind, cfg, out, stack, br)
-            except Exception as exc:  # noqa: BLE001 - the storage's rows say why; go on
+                place = open_place(kind, cfg, out, stack, br, first_on_node)
+            except Exception as exc:  # noqa: BLE001 - agreed on every rank: rows say why; go on
                 rows.extend(error_row(kind, m, 1, exc) for m in ck.methods)
                 _say(ranks, f"{kind}: {error_text(exc)}")
                 continue
-            if kind == "fs" and first_on_node:
-                stack.callback(shutil.rmtree, place.root, ignore_errors=True)
             for method in ck.methods:
                 if kind == "s3" and method == "dcp" and place.local_dir is not None:
                     rows.append(skipped_row(kind, method, LOCAL_SERVER_NO_CRT_WRITES))
@@ -116,14 +118,24 @@ def run_checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> list[dict]:
                     continue
                 rows.extend(run_method(kind, method, place, part, cfg, br, first_on_node))
                 if ranks.main:
-                    write_csv(out / "results.csv", rows, RESULT_COLUMNS)
+                    save_rows(out, rows)
         distributed.barrier(long=True)  # every rank done before the folders and server go
     return rows if ranks.main else []
 
 
-def this_part(cfg: Config, ranks: Ranks, br: BenchRanks) -> dict:
+def save_rows(out: Path, rows: list[dict]) -> None:
+    """``results.csv`` so far (rank 0, after each method); a failure to write it is a warning:
+    the ranks go on in step, and the final write says it again."""
+    try:
+        write_csv(out / "results.csv", rows, RESULT_COLUMNS)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", out / "results.csv", exc)
+
+
+def this_part(cfg: Config, ranks: Ranks, br: BenchRanks, free: list[int]) -> dict:
     """This rank's part: an equal share of ``checkpoint.size_gb`` of random tensors, or its
-    share of ``checkpoint.model``'s tensors.
+    share of ``checkpoint.model``'s tensors. ``free``: every rank's free memory in bytes,
+    measured before any part was made (the least on this node counts).
 
     Raises:
         ConfigError: the ranks on this node would not hold their parts in memory, or
@@ -134,8 +146,10 @@ def this_part(cfg: Config, ranks: Ranks, br: BenchRanks) -> dict:
         return model_parts(ck.model, ranks.world_size)[ranks.rank]
     total = int(ck.size_gb * 1e9)
     nbytes = total // ranks.world_size + (ranks.rank < total % ranks.world_size)
-    here = br.node_of.count(br.node_of[ranks.rank])
-    needed, available = PARTS_IN_MEMORY * nbytes * here, psutil.virtual_memory().available
+    node = br.node_of[ranks.rank]
+    here = br.node_of.count(node)
+    available = min(f for r, f in enumerate(free) if br.node_of[r] == node)
+    needed = PARTS_IN_MEMORY * nbytes * here
     if needed > 0.9 * available:
         raise ConfigError(
             f"checkpoint.size_gb={ck.size_gb:g} needs about {needed / 1e9:.1f} GB of memory on "
@@ -146,26 +160,50 @@ def this_part(cfg: Config, ranks: Ranks, br: BenchRanks) -> dict:
     return random_part(nbytes, ranks.rank)
 
 
-def open_place(kind: str, cfg: Config, out: Path, stack: contextlib.ExitStack, br: BenchRanks):
-    """Where the run's checkpoints go on ``kind``: the fs folder, or the S3 prefix (a local
-    server started for the run when neither ``storage.endpoint_url`` nor ``S3_ENDPOINT`` names
-    one). Both are named after the run's folder (its timestamp). Every rank calls it.
+def open_place(
+    kind: str,
+    cfg: Config,
+    out: Path,
+    stack: contextlib.ExitStack,
+    br: BenchRanks,
+    first_on_node: bool,
+):
+    """Where the run's checkpoints go on ``kind``: a new folder under ``checkpoint.fs_dir``, or
+    a prefix under ``checkpoint.s3_prefix`` of the same new name (``<run folder's
+    name>-<random>``), removed with everything in it when ``stack`` closes (fs: by one rank
+    per node; S3: by rank 0). For S3, rank 0's settings decide (``storage.*``, else
+    ``S3_ENDPOINT``, ``S3_BUCKET``); without an endpoint a local server is started for the run.
+    Every rank calls it, and it fails on every rank alike.
 
     Raises:
         ConfigError: S3 without a bucket, or several nodes without an S3 endpoint.
-        Exception: the folder cannot be made, the local server did not start (every rank).
+        Exception: the folder cannot be made, the local server did not start.
     """
     ck = cfg.checkpoint
+    fs_dir = Path(ck.fs_dir or Path(cfg.storage.root) / "checkpoint-bench")
+
+    def new_name() -> str:
+        fs_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{out.name}-", dir=fs_dir)).name
+
     if kind == "fs":
-        root = Path(ck.fs_dir or Path(cfg.storage.root) / "checkpoint-bench") / out.name
-        everywhere(lambda: root.mkdir(parents=True, exist_ok=True))
+        root = fs_dir / on_main(new_name, br.ranks)
+        everywhere(lambda: root.mkdir(parents=True, exist_ok=True))  # nodes without a shared fs
+        if first_on_node:
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
         return FsPlace(root)
     from pipelines.s3 import S3Storage
 
-    prefix = f"{ck.s3_prefix.strip('/')}/{out.name}".strip("/")
-    endpoint = cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
+    endpoint, bucket, region = distributed.gather(
+        (
+            cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT"),
+            cfg.storage.bucket or os.environ.get("S3_BUCKET"),
+            cfg.storage.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+    )[0]
+    name = f"{out.name}-{os.urandom(4).hex()}"
+    prefix = "/".join(p for p in (ck.s3_prefix.strip("/"), on_main(lambda: name, br.ranks)) if p)
     local_dir = None
-    bucket = cfg.storage.bucket or os.environ.get("S3_BUCKET")
     if not endpoint:
         # no ETags: rclone would hash the whole object for every ranged GET of a read
         start = functools.partial(start_local_bucket, stack, out, etag_hash="")
@@ -177,18 +215,22 @@ def open_place(kind: str, cfg: Config, out: Path, stack: contextlib.ExitStack, b
             "checkpoint-bench on S3 needs a bucket: storage.bucket or S3_BUCKET (without an "
             "endpoint, a local server is started for the run)"
         )
-    region = cfg.storage.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    storage = S3Storage(
-        bucket,
-        prefix,
-        endpoint_url=endpoint,
-        region=region,
-        addressing_style=cfg.storage.addressing_style,
-        max_attempts=cfg.storage.max_attempts,
-        connect_timeout_s=cfg.storage.connect_timeout_s,
-        read_timeout_s=cfg.storage.read_timeout_s,
+    storage = everywhere(
+        lambda: S3Storage(
+            bucket,
+            prefix,
+            endpoint_url=endpoint,
+            region=region,
+            addressing_style=cfg.storage.addressing_style,
+            max_attempts=cfg.storage.max_attempts,
+            connect_timeout_s=cfg.storage.connect_timeout_s,
+            read_timeout_s=cfg.storage.read_timeout_s,
+        )
     )
-    return S3Place(storage, region, local_dir)
+    place = S3Place(storage, region, local_dir)
+    if br.ranks.main:
+        stack.callback(remove_all, place)
+    return place
 
 
 def run_method(
@@ -205,14 +247,16 @@ def run_method(
     for index in range(1, cfg.checkpoint.checkpoints + 1):
         where = place.describe(method, index)
         try:
-            distributed.barrier(long=True)  # the ranks start each direction together
             args = (method, place, index, ranks.rank, part, cfg.checkpoint)
-            writes = gather_agreed(*attempt(functools.partial(write, *args)))
+            writer = everywhere(functools.partial(_dcp_storage, method, place, index, cfg, True))
+            distributed.barrier(long=True)  # the ranks start each direction together
+            writes = gather_agreed(*attempt(functools.partial(write, *args, writer)))
             cold = functools.partial(make_cold, place, method, index)
             caches = gather_agreed(*attempt(cold if first_on_node else lambda: None))
             cache = next(c for c in caches if c is not None)
+            reader = everywhere(functools.partial(_dcp_storage, method, place, index, cfg, False))
             distributed.barrier(long=True)
-            reads = gather_agreed(*attempt(functools.partial(read, *args)))
+            reads = gather_agreed(*attempt(functools.partial(read, *args, reader)))
         except Exception as exc:  # noqa: BLE001 - agreed on every rank: one row, next method
             rows.append(error_row(kind, method, index, exc, where))
             _say(ranks, f"{kind} {method} checkpoint {index}: {error_text(exc)}")
@@ -228,6 +272,23 @@ def run_method(
         if ranks.main:
             print(progress_line(kind, method, index, cfg.checkpoint.checkpoints, new))
     return rows
+
+
+def _dcp_storage(method: str, place, index: int, cfg: Config, write: bool):
+    """For ``dcp``, its storage writer or reader (:func:`bench.checkpoint.dcp_storage`); None
+    for the other methods."""
+    if method != "dcp":
+        return None
+    return dcp_storage(place, index, cfg.checkpoint, write=write)
+
+
+def remove_all(place) -> None:
+    """Delete everything under the run's S3 prefix (what a failed delete or an interrupted
+    checkpoint left); a failure is a warning."""
+    try:
+        remove(place, "", 0, everything=True)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not delete %s: %s", place.storage.describe(), exc)
 
 
 def _cleanup(place, method: str, index: int, ranks: Ranks, first_on_node: bool) -> None:
@@ -326,7 +387,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (kind, method, lib, direction), by_index in groups.items():
         worst = [max(r["seconds"] for r in rs) for rs in by_index.values()]
         nbytes = [sum(r["bytes"] for r in rs) for rs in by_index.values()]
-        slowest = [min(r["throughput_mbps"] for r in rs) for rs in by_index.values()]
+        slowest = [  # ranks with nothing to write (a model with fewer tensors) left out
+            min((r["throughput_mbps"] for r in rs if r["bytes"] > 0), default=float("nan"))
+            for rs in by_index.values()
+        ]
         counted = [r["requests"] for rs in by_index.values() for r in rs if r["requests"] != ""]
         mean = statistics.fmean(worst)
         out.append(
@@ -426,7 +490,9 @@ def write_outputs(out: Path, cfg: Config, rows: list[dict]) -> None:
         ],
         "",
         "Requests are counted for boto3 (by operation in `results.csv`'s `request_kinds`); "
-        "the CRT client of s3torchconnector does not tell them. Per rank and checkpoint: "
+        "the CRT client of s3torchconnector does not tell them. dcp's time on each rank ends "
+        "with its closing collective, so every rank's is about the slowest's: its slowest-rank "
+        "MB/s is the job's share per rank, not a rank's own speed. Per rank and checkpoint: "
         "`results.csv`.",
     ]
     atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode("utf-8"))

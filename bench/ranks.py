@@ -27,13 +27,9 @@ import torch.distributed as dist
 from training import distributed
 from training.cli import USER_ERRORS, user_message
 from training.config import ConfigError
-from training.distributed import Ranks
+from training.distributed import RankFailed, Ranks
 
 T = TypeVar("T")
-
-
-class RankFailed(RuntimeError):
-    """What another rank raised, as the text it printed (``rank N: ...``)."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import sys
 
 import torch
 
-from bench.ranks import RankFailed
 from training import distributed
 from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
 from training.config import Config
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
-    except RankFailed as exc:  # bench.on_error stop, after a failure on another rank
+    except distributed.RankFailed as exc:  # bench.on_error stop, after a failure on another rank
         if not ranks.main:
             return 0  # the rank that failed says why; rank 0 says which
         print(f"error: {exc}", file=sys.stderr)

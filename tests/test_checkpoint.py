@@ -23,15 +23,25 @@ import torch
 from bench.checkpoint import (
     TENSOR_BYTES,
     FsPlace,
+    OperationCounter,
     SaveStream,
+    Transfer,
     differences,
+    make_cold,
     model_parts,
     part_bytes,
     random_part,
     read,
     write,
 )
-from bench.checkpoint_run import answer_lines, failed, run_checkpoint_bench, write_outputs
+from bench.checkpoint_run import (
+    answer_lines,
+    failed,
+    run_checkpoint_bench,
+    summarize,
+    transfer_row,
+    write_outputs,
+)
 from pipelines.s3 import S3Storage
 from pipelines.s3_local import free_port
 from pipelines.storage import StorageError
@@ -88,6 +98,28 @@ def test_a_training_checkpoint_is_split_over_the_ranks_by_bytes(tmp_path):
         model_parts(tmp_path / "bad", 2)
 
 
+def test_the_summary_takes_the_slowest_rank_per_checkpoint_then_the_mean():
+    rows = [
+        transfer_row("fs", "torch.save", index, rank, "write", Transfer(s, b), "", "")
+        for index, times in ((1, (1.0, 2.0, 1.0)), (2, (1.0, 4.0, 1.0)))
+        for rank, (s, b) in enumerate(zip(times, (1_000_000, 1_000_000, 0), strict=True))
+    ]  # rank 2 holds nothing (a model with fewer tensors than ranks)
+    (summary,) = summarize(rows)
+    assert summary["ranks"] == 3 and summary["checkpoints"] == 2 and summary["gb"] == 0.002
+    assert summary["seconds"] == pytest.approx(3.0)  # mean of the slowest: 2 s and 4 s
+    assert summary["seconds_spread"] == pytest.approx(2 / 3)
+    assert summary["throughput_mbps"] == pytest.approx((2 / 2 + 2 / 4) / 2)  # job: bytes / slowest
+    assert summary["slowest_rank_mbps"] == pytest.approx((0.5 + 0.25) / 2)  # lowest rank's, mean
+    assert summary["requests"] is None and summary["identical"]
+
+
+def test_nothing_to_evict_is_said_not_taken_for_a_cold_read(tmp_path):
+    place = FsPlace(tmp_path)
+    assert make_cold(place, "torch.save", 1).startswith("nothing found to evict in")
+    write("torch.save", place, 1, 0, random_part(1000, 0), load_config(None).checkpoint)
+    assert make_cold(place, "torch.save", 1) == "evicted"
+
+
 def test_a_damaged_checkpoint_file_is_found_when_read_back(tmp_path):
     cfg = load_config(None).checkpoint
     place, part = FsPlace(tmp_path), random_part(100_000, 0)
@@ -117,6 +149,35 @@ def test_a_failed_serialisation_aborts_the_upload_and_stores_nothing(s3_server):
         storage.upload_stream("part.pt", stream)
     loaded = torch.load(io.BytesIO(storage.read("part.pt")), weights_only=True)
     assert torch.equal(loaded["fine"], torch.arange(10))
+
+
+class BreakingStream(io.RawIOBase):
+    """``nbytes`` bytes, then an error: a stream that breaks in the middle of an upload."""
+
+    def __init__(self, nbytes: int):
+        self.left = nbytes
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            raise RuntimeError("the stream broke")
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        self.left -= n
+        return b"x" * n
+
+
+def test_a_stream_breaking_mid_multipart_upload_aborts_it(s3_server):
+    storage = S3Storage("ckpt-multipart", endpoint_url=s3_server.endpoint)
+    storage.client().create_bucket(Bucket="ckpt-multipart")
+    operations = OperationCounter(storage.client())
+    with pytest.raises(StorageError, match="the stream broke"):
+        storage.upload_stream("part.pt", BreakingStream(12 * 2**20), part_size=5 * 2**20)
+    counts = operations.counts()
+    assert counts["CreateMultipartUpload"] == 1 and counts["AbortMultipartUpload"] == 1
+    assert "CompleteMultipartUpload" not in counts
+    assert not storage.exists("part.pt")
 
 
 @pytest.fixture

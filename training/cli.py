@@ -109,7 +109,8 @@ def cpu_ranks_main(
 
     Returns:
         The exit status: ``work``'s on rank 0 (0 on the others), the launch's after a
-        relaunch, 2 after a user error (printed as one line).
+        relaunch, 2 after a user error (printed as one line by the rank that made it; rank 0
+        names that rank and returns 1), 1 when a file cannot be written (one line).
     """
     import torch
 
@@ -132,6 +133,14 @@ def cpu_ranks_main(
     except USER_ERRORS as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
+    except distributed.RankFailed as exc:  # another rank's error, agreed: it printed it
+        if not ranks.main:
+            return 0
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an output folder not writable, a full disk
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         distributed.stop()
     return status if ranks.main else 0

@@ -62,6 +62,11 @@ LONG_WAIT_S = 7 * 24 * 3600
 _long_group = None  # a gloo group with the long timeout, made by start()
 
 
+class RankFailed(RuntimeError):
+    """What another rank raised, as the text it printed (``rank N: ...``): exceptions do not
+    travel between processes (:mod:`bench.ranks` agrees on them)."""
+
+
 def from_environment() -> Ranks:
     """The ranks torchrun set in this process's environment (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``); one rank when they are not set.
@@ -153,6 +158,13 @@ def gather(obj, *, long: bool = False) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj, group=_long_group if long else None)
     return gathered
+
+
+def long_group():
+    """The process group that waits as long as :data:`LONG_WAIT_S` (gloo; None without a
+    process group): for collectives of other libraries (``torch.distributed.checkpoint``)
+    that may wait on a slow storage longer than ``train.dist_timeout_s``."""
+    return _long_group
 
 
 def barrier(*, long: bool = False) -> None:
