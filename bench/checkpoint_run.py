@@ -207,7 +207,7 @@ def open_place(
     if not endpoint:
         # no ETags: rclone would hash the whole object for every ranged GET of a read
         start = functools.partial(start_local_bucket, stack, out, etag_hash="")
-        endpoint, bucket_dir = share_local_s3(start, br)
+        endpoint, bucket_dir = share_local_s3(start, br, stack)
         bucket, local_dir = LOCAL_BUCKET, bucket_dir / prefix
         _say(br.ranks, f"local S3 server {endpoint}")
     elif not bucket:

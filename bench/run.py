@@ -106,7 +106,8 @@ def start_local_bucket(
 
     The server keeps its data in ``out/s3-server`` and stops (and that folder goes) when
     ``stack`` closes. Its credentials go into this process's environment, where the standard
-    AWS chain (boto3, and the CRT of s3torchconnector) reads them. ``etag_hash``: see
+    AWS chain (boto3, and the CRT of s3torchconnector) reads them, until ``stack`` closes.
+    ``etag_hash``: see
     :func:`pipelines.s3_local.start_server` (``""``: no ETags, for large objects read in
     parallel ranges: rclone hashes the whole file for every request otherwise).
 
@@ -124,7 +125,7 @@ def start_local_bucket(
     stack.callback(shutil.rmtree, server_dir, ignore_errors=True)  # after the server stopped
     server = stack.enter_context(local_s3(server_dir, etag_hash=etag_hash))
     env = server.env(LOCAL_BUCKET)
-    os.environ.update(env)
+    set_environment(env, stack)
     S3Storage(LOCAL_BUCKET, endpoint_url=server.endpoint).client().create_bucket(
         Bucket=LOCAL_BUCKET
     )
@@ -158,11 +159,13 @@ def start_local_s3(
 
 
 def share_local_s3(
-    start: Callable[[], tuple[T, Path, dict[str, str]]], br: BenchRanks
+    start: Callable[[], tuple[T, Path, dict[str, str]]],
+    br: BenchRanks,
+    stack: contextlib.ExitStack,
 ) -> tuple[T, Path]:
     """Rank 0 starts a local S3 server with ``start`` (:func:`start_local_s3`,
     :func:`start_local_bucket`); every rank gets what it returned, and the server's endpoint
-    and credentials into its environment (through the process group).
+    and credentials into its environment (through the process group) until ``stack`` closes.
 
     Returns:
         ``start``'s first two values.
@@ -177,8 +180,25 @@ def share_local_s3(
             "storage.endpoint_url (S3_ENDPOINT) to the S3 endpoint every node can reach"
         )
     value, folder, env = on_main(start, br.ranks)
-    os.environ.update(env)
+    if not br.ranks.main:  # rank 0's start set its own
+        set_environment(env, stack)
     return value, folder
+
+
+def set_environment(env: dict[str, str], stack: contextlib.ExitStack) -> None:
+    """Put ``env`` into this process's environment until ``stack`` closes, then put back what
+    was there (a local server's endpoint and keys must not outlive it)."""
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+
+    def restore() -> None:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    stack.callback(restore)
 
 
 def prepare_s3(cfg: Config, client_lib: str, local_dir: Path | None) -> Prepared:
@@ -262,7 +282,7 @@ class Storages:
         s3_cfg, s3_dir = self.cfg, None
         if self.local_s3:
             s3_cfg, s3_dir = share_local_s3(
-                lambda: start_local_s3(self.cfg, self.stack, self.out), self.br
+                lambda: start_local_s3(self.cfg, self.stack, self.out), self.br, self.stack
             )
         for lib in self.client_libs:
             self._prepare(("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir))
