@@ -64,7 +64,8 @@ class ClassifierHandler(ImageHandler):
         self, build: Callable[..., torch.nn.Module], spec: dict[str, Any]
     ) -> torch.nn.Module:
         """``build_classifier(arch, num_classes, grayscale=..., image_size=...)`` as
-        ``model.json`` says, after checking that ``index_to_name.json`` names every class.
+        ``model.json`` says (a model of the user's: ``function(num_classes, image_size,
+        False)``), after checking that ``index_to_name.json`` names every class.
 
         Raises:
             ValueError: ``image_size`` is not a positive integer, the labels do not match
@@ -82,6 +83,8 @@ class ClassifierHandler(ImageHandler):
         names = list(self.index_to_name.values())
         if len(set(names)) != len(names):
             raise ValueError(f"index_to_name.json names a class twice: {self.index_to_name}")
+        if "function" in spec:  # the user's: function(num_classes, image_size, pretrained)
+            return build(num_classes, self.image_size, False)
         return build(
             spec["arch"],
             num_classes,

@@ -55,7 +55,10 @@ class DetectorHandler(ImageHandler):
     def build_model(
         self, build: Callable[..., torch.nn.Module], spec: dict[str, Any]
     ) -> torch.nn.Module:
-        """``build_detector(arch, num_classes, frozen_bn=...)`` as ``model.json`` says."""
+        """``build_detector(arch, num_classes, frozen_bn=...)`` as ``model.json`` says (a
+        model of the user's: ``function(num_classes, image_size, False)``)."""
+        if "function" in spec:
+            return build(int(spec["num_classes"]), int(spec["image_size"]), False)
         return build(
             spec["arch"], int(spec["num_classes"]), frozen_bn=bool(spec.get("frozen_bn", False))
         )

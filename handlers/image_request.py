@@ -132,8 +132,10 @@ class ImageHandler(BaseHandler):
         self.mapping = self.index_to_name
 
         model_file = model_dir / manifest_model.get("modelFile", self.default_model_file)
-        module = import_model_file(model_file, self.builder)
-        model = self.build_model(getattr(module, self.builder), self.model_spec)
+        # a model of the user's (models/entry_point.py) names its own function
+        builder = self.model_spec.get("function") or self.builder
+        module = import_model_file(model_file, builder)
+        model = self.build_model(getattr(module, builder), self.model_spec)
         self.model_pt_path = str(model_dir / manifest_model.get("serializedFile", "model.pt"))
         state_dict = torch.load(self.model_pt_path, map_location=self.device, weights_only=True)
         model.load_state_dict(state_dict)

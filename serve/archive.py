@@ -4,7 +4,9 @@ The training output's ``model.json`` says its task, and the task picks what is p
 :data:`TASKS`): for ``detection`` the model file ``models/detector.py``, the handler
 ``handlers/detector_handler.py`` and the model-config YAML ``serve/detector.yaml``; for
 ``classification`` ``models/classifier.py``, ``handlers/classifier_handler.py`` and
-``serve/classifier.yaml``. Every archive also holds the state_dict ``model.pt``,
+``serve/classifier.yaml``; a model of the user's (``model.json`` has ``model_file``: see
+``models/entry_point.py``) packs the run's copy of its own file as the model file instead. Every
+archive also holds the state_dict ``model.pt``,
 ``index_to_name.json``, ``model.json`` and the handlers' shared module
 ``handlers/image_request.py``, all flat at its root. It is built by the real
 ``torch-model-archiver`` into a temporary dir inside the model store and then renamed, so
@@ -176,10 +178,15 @@ def build_archive(
             archiver failed (its last error line is in the message).
     """
     out = Path(out)
-    files = task_files(check_training_output(out))
+    spec = check_training_output(out)
+    files = task_files(spec)
     name = files.name if name is None else name
     if not _NAME_RE.match(name):
         raise ArchiveError(f"model name {name!r} must be letters, digits, '_', '-' or '.'")
+    if model_file is None and "model_file" in spec:  # the user's model: the run's copy
+        model_file = out / spec["model_file"]
+        if not model_file.is_file():
+            raise ArchiveError(f"{model_file} is missing (a run copies its model file): retrain")
     model_file = files.model_file if model_file is None else Path(model_file)
     handler = files.handler if handler is None else Path(handler)
     config_file = files.config_file if config_file is None else Path(config_file)

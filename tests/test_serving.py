@@ -25,6 +25,7 @@ from torchvision.transforms.v2.functional import resize, to_dtype
 
 from models.classifier import load_trained_classifier
 from models.detector import build_detector
+from models.entry_point import load_trained as load_own_model
 from scripts import archive as archive_cli
 from scripts import serve as serve_cli
 from scripts import train as train_cli
@@ -262,9 +263,29 @@ def classifier_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def own_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classifier of the user's (``examples/my_models.py:build_net``), trained for one epoch
+    on cell crops of 4 BCCD images, as `make train TASK=classification` runs it."""
+    from tests.test_classification import make_cells
+
+    root = tmp_path_factory.mktemp("own")
+    voc = make_voc_subset(root / "bccd", {"train": 2, "test": 2})
+    cells = make_cells(root / "cells", voc, {"train": 2, "test": 2})
+    out = root / "out"
+    code = train_cli.main([
+        "--config", "configs/classification.yaml", "--data", str(cells), "--out", str(out),
+        "--epochs", "1", "--batch-size", "8", "--workers", "0",
+        "--arch", "examples/my_models.py:build_net", "--set", "model.image_size=48",
+    ])  # fmt: skip
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
 def served(
     trained_out: Path,
     classifier_out: Path,
+    own_out: Path,
     low_threshold_config: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ):
@@ -278,8 +299,9 @@ def served(
     archive = build_archive(trained_out, store, "detector", config_file=low_threshold_config)
     assert archive == store / "detector.mar" and archive.stat().st_size > 1_000_000
     assert build_archive(classifier_out, store) == store / "classifier.mar"  # name from the task
+    assert build_archive(own_out, store, "mine") == store / "mine.mar"
     # no staging dir left
-    assert sorted(p.name for p in store.iterdir()) == ["classifier.mar", "detector.mar"]
+    assert sorted(p.name for p in store.iterdir()) == ["classifier.mar", "detector.mar", "mine.mar"]
     runtime = root / "run"
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     try:
@@ -385,7 +407,7 @@ def test_status_and_config_of_the_running_server(served, capsys):
 
 @pytest.mark.integration
 def test_classifier_is_served_next_to_the_detector(served, classifier_out: Path, http):
-    assert served.models == ["classifier", "detector"]
+    assert served.models == ["classifier", "detector", "mine"]
     crop = cell_crop("BloodImage_00007", "WBC")  # a real cell, cut from a BCCD photo
     response = http.post(
         served.prediction_url("classifier"),
@@ -422,6 +444,30 @@ def test_classifier_is_served_next_to_the_detector(served, classifier_out: Path,
 
 
 @pytest.mark.integration
+def test_a_model_of_your_own_is_archived_served_and_predicted_like_a_built_in_one(
+    served, own_out: Path, http
+):
+    spec = json.loads((own_out / "model.json").read_text())
+    assert spec["entry_point"] == "examples/my_models.py:build_net"
+    assert (own_out / "my_models.py").read_bytes() == (REPO / "examples/my_models.py").read_bytes()
+    with zipfile.ZipFile(Path(served.runtime_dir).parent / "model_store" / "mine.mar") as zf:
+        assert "my_models.py" in zf.namelist() and "classifier.py" not in zf.namelist()
+    crop = cell_crop("BloodImage_00007", "WBC")
+    response = http.post(
+        served.prediction_url("mine"), data=crop, headers={"Content-Type": "image/jpeg"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    # the served model is the trained one: the probabilities `make predict` computes
+    model, labels = load_own_model(own_out)
+    image = decode_jpeg(torch.frombuffer(bytearray(crop), dtype=torch.uint8))
+    image = resize(to_dtype(image, torch.float32, scale=True), [48, 48], antialias=True)
+    with torch.inference_mode():
+        probs = model(image[None]).softmax(dim=1)[0].tolist()
+    assert answer == pytest.approx({labels[str(i)]: p for i, p in enumerate(probs)}, abs=1e-3)
+
+
+@pytest.mark.integration
 def test_both_archives_hold_their_task_files(served):
     store = Path(served.runtime_dir).parent / "model_store"
     for name, task in (("detector", "detection"), ("classifier", "classification")):
@@ -442,6 +488,8 @@ def test_start_prints_a_curl_hint_for_every_model(served, monkeypatch, capsys):
         f"  try: curl {served.prediction_url('classifier')} -T "
         + serve_cli.example_image("classification"),
         f"  try: curl {served.prediction_url('detector')} -T {serve_cli.DETECTION_EXAMPLE}",
+        f"  try: curl {served.prediction_url('mine')} -T "
+        + serve_cli.example_image("classification"),
     ]
 
 

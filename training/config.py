@@ -218,10 +218,10 @@ class ModelConfig:
 
     arch: str = opt(
         "fasterrcnn_mobilenet_v3_large_320_fpn",
-        "detection: a torchvision Faster R-CNN; classification: convnet (the original DSS "
-        "tool's, 32x32) or resnet18",
+        "detection: a torchvision Faster R-CNN (fasterrcnn_mobilenet_v3_large_320_fpn, "
+        "fasterrcnn_resnet50_fpn); classification: convnet (the original DSS tool's, 32x32) or "
+        "resnet18; or your own: path/to/file.py:function or package.module:function",
         kind=str,
-        choices=DETECTOR_ARCHS + CLASSIFIER_ARCHS,
     )
     pretrained: bool = opt(
         True,
@@ -583,9 +583,11 @@ def check_task(cfg: Config) -> Config:
     """
     archs = DETECTOR_ARCHS if cfg.task == "detection" else CLASSIFIER_ARCHS
     formats = ("auto", *TASK_FORMATS[cfg.task])
-    if cfg.model.arch not in archs:
+    own = ":" in cfg.model.arch  # the user's function (models/entry_point.py), checked there
+    if cfg.model.arch not in archs and not own:
         raise ConfigError(
-            f"model.arch {cfg.model.arch!r} cannot do task {cfg.task}; choose {', '.join(archs)}"
+            f"model.arch {cfg.model.arch!r} cannot do task {cfg.task}; choose {', '.join(archs)}, "
+            "or your own model as path/to/file.py:function"
         )
     if cfg.dataset.format not in formats:
         raise ConfigError(

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from models import entry_point
 from pipelines.loaders import EpochLoader, LoaderSettings, build_loader
 from pipelines.records import BoxCounts, DatasetError
 from pipelines.shards import ShardInfo
@@ -186,6 +187,8 @@ def _run(
     wrap_for_ranks(training, device)
     if ranks.main:
         write_json(out / "index_to_name.json", task.index_to_name(data.classes))
+        if "model_file" in training.spec:  # the user's model: the run keeps its file
+            entry_point.copy_into(entry_point.resolve(training.spec["entry_point"]), out)
         write_json(out / "model.json", training.spec)
     run_requests = run_epochs(cfg, task, data, training, history, device, out, ranks, started)
     last = write_summary(

@@ -1,0 +1,268 @@
+"""Your own model: ``model.arch`` as ``path/to/file.py:function`` or ``package.module:function``.
+
+The function is called as ``function(num_classes, image_size, pretrained)`` (int, int, bool)
+and must return a ``torch.nn.Module`` that keeps this contract, checked on one dummy batch
+before training (:func:`build`):
+
+- classification: ``model(images)`` with ``images`` float32 ``[B, 3, S, S]`` in [0, 1]
+  (``S = image_size``, RGB, not normalised) returns float logits ``[B, num_classes]``;
+- detection: torchvision's detection interface (``torchvision.models.detection.FasterRCNN``'s):
+  in train mode ``model(images, targets)`` with a list of float32 ``[3, H, W]`` images in [0, 1]
+  and one ``{"boxes": float32 [N, 4] (x1, y1, x2, y2 pixels), "labels": int64 [N]}`` per image
+  (labels from 1; 0 is the background, counted in ``num_classes``) returns a dict of scalar
+  losses, summed for the step; in eval mode ``model(images)`` returns one ``{"boxes": [N, 4],
+  "labels": [N], "scores": [N]}`` per image.
+
+The file must stand alone (it may import installed packages, not files beside it): training
+copies it into the run's folder (:func:`copy_into`) and ``make archive`` packs that copy as the
+archive's model file, from which the serving handler and ``make predict`` build the model again
+(``pretrained`` False: the trained weights are loaded after, with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.config import ConfigError
+
+#: File names already taken at the root of an archive (a model file may not be called so).
+RESERVED_FILES = (
+    "model.pt", "model.json", "index_to_name.json", "image_request.py", "detector_handler.py",
+    "classifier_handler.py", "MAR-INF",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """Where a model of the user's comes from.
+
+    Attributes:
+        text: as the user wrote it (``examples/my_models.py:build_net``).
+        source: the Python file defining the function (absolute).
+        function: the function's name.
+    """
+
+    text: str
+    source: Path
+    function: str
+
+    @property
+    def model_file(self) -> str:
+        """The file's name in the run's folder and in the archive."""
+        return self.source.name
+
+    def spec(self) -> dict:
+        """The ``model.json`` keys that say how to build the model again."""
+        return {"entry_point": self.text, "model_file": self.model_file, "function": self.function}
+
+
+def is_entry_point(arch: str) -> bool:
+    """Whether ``model.arch`` names a function of the user's rather than a built-in model."""
+    return ":" in arch
+
+
+def resolve(text: str) -> EntryPoint:
+    """Find the file and function ``text`` names; nothing is imported yet.
+
+    Raises:
+        ConfigError: not ``file.py:function`` / ``module:function``, no such file or module,
+            a module that is not one Python file, or a file name an archive reserves.
+    """
+    target, _, function = text.rpartition(":")
+    if not target or not function.isidentifier():
+        raise ConfigError(
+            f"model.arch {text!r}: expected path/to/file.py:function or package.module:function"
+        )
+    if target.endswith(".py"):
+        source = Path(target)
+        if not source.is_file():
+            raise ConfigError(f"model.arch {text!r}: no file {source} (from {os.getcwd()})")
+    else:
+        try:
+            found = importlib.util.find_spec(target)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"model.arch {text!r}: cannot find module {target}: {exc}") from None
+        if found is None or not (found.origin or "").endswith(".py"):
+            raise ConfigError(
+                f"model.arch {text!r}: no Python file for module {target!r} (is it installed, "
+                "or on PYTHONPATH?)"
+            )
+        source = Path(found.origin)
+    if source.name in RESERVED_FILES:
+        raise ConfigError(
+            f"model.arch {text!r}: a model file may not be called {source.name} (the archive "
+            "holds a file of that name): rename it"
+        )
+    return EntryPoint(text, source.resolve(), function)
+
+
+def load_builder(entry: EntryPoint) -> Callable[..., nn.Module]:
+    """Import ``entry.source`` by its path and return the function.
+
+    Raises:
+        ConfigError: the file fails to import (its error's first line), or defines no such
+            function.
+    """
+    name = f"user_model_{entry.source.stem}"
+    spec = importlib.util.spec_from_file_location(name, entry.source)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - any error in the user's file: one line
+        raise ConfigError(
+            f"model.arch {entry.text!r}: importing {entry.source} failed: {_one_line(exc)}"
+        ) from None
+    function = getattr(module, entry.function, None)
+    if not callable(function):
+        raise ConfigError(
+            f"model.arch {entry.text!r}: {entry.source.name} defines no function {entry.function!r}"
+        )
+    return function
+
+
+def build(
+    entry: EntryPoint, task: str, num_classes: int, image_size: int, pretrained: bool
+) -> nn.Module:
+    """Call the user's function and check its model on one dummy batch (see the module doc).
+
+    Args:
+        task: ``classification`` or ``detection``.
+        num_classes: classes the model predicts (detection: the background included).
+
+    Raises:
+        ConfigError: the function fails, returns something else than a module, or its module
+            breaks the contract (the message names the entry point and what was wrong).
+    """
+    function = load_builder(entry)
+    call = f"{entry.function}({num_classes}, {image_size}, {pretrained})"
+    try:
+        model = function(num_classes, image_size, pretrained)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"model.arch {entry.text!r}: {call} raised {_one_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model.arch {entry.text!r}: {call} returned {type(model).__name__}, not a "
+            "torch.nn.Module"
+        )
+    check = check_classifier if task == "classification" else check_detector
+    try:
+        check(model, num_classes, image_size)
+    except Exception as exc:  # noqa: BLE001 - the contract, broken in any way: one line
+        raise ConfigError(
+            f"model.arch {entry.text!r} breaks the {task} contract: {_one_line(exc)} (see "
+            "models/entry_point.py or the README's 'Your own model')"
+        ) from None
+    return model
+
+
+def check_classifier(model: nn.Module, num_classes: int, image_size: int) -> None:
+    """Two random images of ``[3, S, S]`` in, float logits ``[2, num_classes]`` out.
+
+    Raises:
+        ValueError: the output is not that; any error the forward pass raises.
+    """
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, image_size, image_size))
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        raise ValueError(f"forward returned {_kind(out)}, not float logits")
+    if tuple(out.shape) != (2, num_classes):
+        raise ValueError(
+            f"2 images of 3x{image_size}x{image_size} gave logits of shape {tuple(out.shape)}, "
+            f"not (2, {num_classes})"
+        )
+
+
+def check_detector(model: nn.Module, num_classes: int, image_size: int) -> None:
+    """One training step's losses and one image's detections, on a random image.
+
+    Raises:
+        ValueError: a dict of scalar losses (train) or a list of ``{boxes, labels, scores}``
+            (eval) did not come back; any error the forward passes raise.
+    """
+    image = torch.rand(3, image_size, image_size)
+    side = float(image_size)
+    target = {
+        "boxes": torch.tensor([[side / 8, side / 8, side / 2, side / 2]]),
+        "labels": torch.tensor([min(1, num_classes - 1)], dtype=torch.int64),
+    }
+    model.train()
+    losses = model([image], [target])
+    if not isinstance(losses, dict) or not losses:
+        raise ValueError(f"train mode returned {_kind(losses)}, not a dict of losses")
+    for name, value in losses.items():
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError(f"train mode's loss {name!r} is {_kind(value)}, not a scalar tensor")
+    model.eval()
+    with torch.no_grad():
+        detections = model([image])
+    if not isinstance(detections, list | tuple) or len(detections) != 1:
+        raise ValueError(f"eval mode returned {_kind(detections)}, not one result per image")
+    found = detections[0]
+    keys = {"boxes", "labels", "scores"}
+    if not isinstance(found, dict) or not keys <= set(found):
+        raise ValueError(f"eval mode's result is {_kind(found)}, not a dict with {sorted(keys)}")
+    n = len(found["scores"])
+    if tuple(found["boxes"].shape) != (n, 4) or len(found["labels"]) != n:
+        raise ValueError(
+            f"eval mode gave boxes {tuple(found['boxes'].shape)}, labels "
+            f"{tuple(found['labels'].shape)}, scores ({n},): expected (N, 4), (N,), (N,)"
+        )
+
+
+def copy_into(entry: EntryPoint, out: Path) -> None:
+    """Copy the model file into the run's folder (atomically): the run keeps what it trained."""
+    target = out / entry.model_file
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(entry.source, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_trained(out: str | os.PathLike) -> tuple[nn.Module, dict[str, str]]:
+    """Rebuild a trained model of the user's from a training output dir, in eval mode, on the
+    CPU: ``model.json`` (``model_file``, ``function``, ``num_classes``, ``image_size``), the
+    model file the run copied, ``model.pt`` (``weights_only=True``), ``index_to_name.json``.
+
+    Raises:
+        FileNotFoundError: a file is missing (the message names it).
+        ConfigError: the model file fails to import or build.
+    """
+    out = Path(out)
+    spec = json.loads((out / "model.json").read_text(encoding="utf-8"))
+    source = out / spec["model_file"]
+    for path in (source, out / "model.pt", out / "index_to_name.json"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: train first (make train OUT={out})")
+    entry = EntryPoint(spec["entry_point"], source.resolve(), spec["function"])
+    model = load_builder(entry)(int(spec["num_classes"]), int(spec["image_size"]), False)
+    model.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
+    index_to_name = json.loads((out / "index_to_name.json").read_text(encoding="utf-8"))
+    return model.eval(), index_to_name
+
+
+def _kind(value) -> str:
+    """What a value is, for messages: a tensor's shape and dtype, else its type."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
