@@ -121,6 +121,24 @@ def load_voc_split(
     ids = read_split_ids(storage, split, root)
     if limit is not None:
         ids = ids[:limit]
+    return load_voc_ids(storage, ids, f"split {split!r}", root)
+
+
+def annotated_ids(storage: Storage, root: str = "") -> list[str]:
+    """Ids of every ``Annotations/<id>.xml``, sorted: a VOC tree without split files read
+    whole (for a hash split); empty when there is none."""
+    keys = relative_keys(storage, join_key(root, "Annotations"))
+    return sorted(k[: -len(".xml")] for k in keys if k.endswith(".xml") and "/" not in k)
+
+
+def load_voc_ids(
+    storage: Storage, ids: list[str], what: str, root: str = ""
+) -> tuple[list[DetectionRecord], BoxCounts]:
+    """Records of the images ``ids`` (``what`` names them in errors, e.g. ``split 'train'``).
+
+    Raises:
+        DatasetError: a missing or malformed annotation file.
+    """
     records, total = [], BoxCounts()
     for image_id in ids:
         key = join_key(root, f"Annotations/{image_id}.xml")
@@ -128,7 +146,7 @@ def load_voc_split(
             data = storage.read(key)
         except ObjectNotFound:
             raise DatasetError(
-                f"annotation missing for image {image_id!r} of split {split!r}: "
+                f"annotation missing for image {image_id!r} of {what}: "
                 f"{storage.describe(key)}; add it or remove the id from the split file"
             ) from None
         width, height, boxes, names, counts = parse_voc_xml(data, storage.describe(key))

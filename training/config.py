@@ -25,7 +25,7 @@ DETECTOR_ARCHS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_
 #: Classifier architectures (``models.classifier.ARCHITECTURES``).
 CLASSIFIER_ARCHS = ("convnet", "resnet18")
 #: The dataset formats that hold what each task learns from (``auto`` detects one of them).
-TASK_FORMATS = {"detection": ("voc", "coco", "oid"), "classification": ("folder",)}
+TASK_FORMATS = {"detection": ("voc", "coco", "oid", "csv"), "classification": ("folder",)}
 
 
 def opt(
@@ -123,10 +123,27 @@ class DatasetConfig:
     format: str = opt(
         "auto",
         "dataset layout; voc: Pascal VOC; coco: COCO JSON per split folder (Roboflow export); "
-        "oid: Open Images as the OIDv4 toolkit downloads it; folder: <split>/<Class>/*.jpg "
-        "(classification); auto: detected from the files",
+        "oid: Open Images as the OIDv4 toolkit downloads it; csv: TF Object Detection API / "
+        "Roboflow CSV, one row per box; folder: <split>/<Class>/*.jpg (classification); auto: "
+        "detected from the files",
         kind=str,
-        choices=("auto", "voc", "coco", "oid", "folder"),
+        choices=("auto", "voc", "coco", "oid", "csv", "folder"),
+    )
+    split: str = opt(
+        "auto",
+        "how the splits are made; files: the dataset's own split files or folders; hash: every "
+        "image of it, split by a hash of its id with split_ratios (for a dataset without "
+        "splits); auto: files when the dataset has the split, else hash (config.yaml records "
+        "which)",
+        kind=str,
+        choices=("auto", "files", "hash"),
+    )
+    split_ratios: list = opt(
+        [0.8, 0.1, 0.1],
+        "hash split: the fractions of the images in train, val and test (summing to 1)",
+        kind=list,
+        item_kind=float,
+        minimum=0,
     )
     train_split: str = opt(
         "train",
@@ -594,6 +611,12 @@ def check_task(cfg: Config) -> Config:
             f"dataset.format {cfg.dataset.format!r} has no labels for task {cfg.task}; choose "
             f"{', '.join(formats)}"
         )
+    ratios = cfg.dataset.split_ratios
+    if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6:
+        raise ConfigError(
+            f"dataset.split_ratios {ratios} must be three fractions (train, val, test) summing "
+            "to 1, e.g. [0.8, 0.1, 0.1]"
+        )
     if cfg.model.arch == "convnet" and cfg.model.image_size != 32:
         raise ConfigError(
             f"model.image_size must be 32 for model.arch convnet (its linear layers expect "
@@ -654,6 +677,8 @@ def _check(key: str, value: Any, meta) -> Any:
 def _check_list(key: str, value: list, meta) -> list:
     item_kind, choices, minimum = meta["item_kind"], meta["choices"], meta["minimum"]
     what = "names" if item_kind is str else f"{item_kind.__name__}s"
+    if item_kind is float:  # YAML reads 0 and 1 as ints
+        value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
     if not all(isinstance(v, item_kind) and not isinstance(v, bool) for v in value) or (
         item_kind is str and not meta["allow_empty"] and not all(value)
     ):

@@ -9,17 +9,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.coco import ANNOTATIONS, load_coco_split
+from pipelines.coco import available_splits as coco_splits
+from pipelines.csv_boxes import ROBOFLOW_FILE, find_split_file, load_csv_split
 from pipelines.folders import IMAGE_SUFFIXES, load_folder_split
+from pipelines.hash_split import split_index, split_of
 from pipelines.loaders import ensure_shards, shard_prefix
 from pipelines.oid import LABEL_DIR, LABEL_SUFFIX, load_oid_split
 from pipelines.records import BoxCounts, ClassificationRecord, DatasetError, Record
 from pipelines.shards import ShardInfo
 from pipelines.storage import FileSystemStorage, Storage, relative_keys
-from pipelines.voc import join_key, load_voc_split
+from pipelines.voc import annotated_ids, join_key, load_voc_ids, load_voc_split
+from pipelines.voc import available_splits as voc_splits
 from training.config import TASK_FORMATS, Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,7 @@ READERS: dict[str, Callable[..., tuple[list[Record], BoxCounts]]] = {
     "voc": load_voc_split,
     "coco": load_coco_split,
     "oid": load_oid_split,
+    "csv": load_csv_split,
     "folder": load_folder_split,
 }
 
@@ -139,6 +144,77 @@ def _local_keys_into_environment(env_file: Path) -> None:
         os.environ.setdefault(name, value)
 
 
+def has_split(storage: Storage, root: str, split: str) -> bool:
+    """Whether the dataset under ``root`` has files for ``split`` in a layout this tool reads
+    (a VOC split file, a COCO or CSV annotation file, or a ``<split>/`` folder)."""
+    return (
+        storage.exists(join_key(root, f"ImageSets/Main/{split}.txt"))
+        or storage.exists(join_key(root, f"{split}/{ANNOTATIONS}"))
+        or find_split_file(storage, split, root) is not None
+        or next(relative_keys(storage, join_key(root, split)), None) is not None
+    )
+
+
+def whole_dataset(storage: Storage, root: str) -> tuple[str, Callable[[], tuple]] | None:
+    """A dataset without split files, read whole: ``(what it is, reader)``, or None.
+
+    A VOC tree with ``Annotations/`` but no ``ImageSets/Main`` split files; a CSV export with
+    one annotation file (``<name>_labels.csv`` or ``<name>/_annotations.csv``); a COCO export
+    with one split folder. The reader returns ``(records, counts)`` of every image.
+    """
+    if not voc_splits(storage, root):
+        ids = annotated_ids(storage, root)
+        if ids:
+            return "voc (no ImageSets/Main)", lambda: load_voc_ids(
+                storage, ids, "the dataset", root
+            )
+    csv_files = [
+        key
+        for key in relative_keys(storage, root)
+        if (key.endswith("_labels.csv") and "/" not in key)
+        or (key.count("/") == 1 and key.endswith(f"/{ROBOFLOW_FILE}"))
+    ]
+    if len(csv_files) == 1:
+        name = csv_files[0]
+        split = name[: -len("_labels.csv")] if "/" not in name else name.split("/")[0]
+        return "csv", lambda: load_csv_split(storage, split, None, root)
+    coco = coco_splits(storage, root)
+    if len(coco) == 1:
+        return f"coco ({coco[0]}/{ANNOTATIONS})", lambda: load_coco_split(
+            storage, coco[0], None, root
+        )
+    return None
+
+
+def resolve_split(cfg: Config) -> Config:
+    """``cfg`` with ``dataset.split`` decided: ``auto`` becomes ``files`` when every source has
+    both splits, else ``hash`` when the sources without them can be read whole
+    (:func:`whole_dataset`); announced in the log. The run saves the result in config.yaml.
+
+    Raises:
+        pipelines.storage.StorageError: the storage cannot be read.
+    """
+    if cfg.dataset.split != "auto":
+        return cfg
+    source = open_storage(cfg)
+    splits = (cfg.dataset.train_split, cfg.dataset.eval_split)
+    lacking = [
+        root for root in source.roots if not all(has_split(source.storage, root, s) for s in splits)
+    ]
+    mode = "files"
+    if lacking and all(whole_dataset(source.storage, root) for root in lacking):
+        mode = "hash"
+        ratios = "/".join(f"{r:g}" for r in cfg.dataset.split_ratios)
+        log.info(
+            "splits: %s has no %s split files: every image is split by a hash of its id "
+            "(dataset.split hash, split_ratios %s; train, val, test)",
+            ", ".join(source.storage.describe(r) for r in lacking),
+            " / ".join(splits),
+            ratios,
+        )
+    return replace(cfg, dataset=replace(cfg.dataset, split=mode))
+
+
 def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record], BoxCounts]:
     """Records of one split from every root, limited to ``dataset.limit`` images in all.
 
@@ -157,6 +233,11 @@ def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record
         remaining = None if cfg.dataset.limit is None else cfg.dataset.limit - len(records)
         if remaining == 0:
             break
+        if cfg.dataset.split == "hash":
+            found, found_counts = hash_split(source.storage, root, cfg, split)
+            records.extend(found[:remaining] if remaining is not None else found)
+            counts.add(found_counts)
+            continue
         fmt = cfg.dataset.format
         if fmt == "auto":
             fmt = detect_format(source.storage, root, split)
@@ -184,11 +265,43 @@ def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record
     return records, counts
 
 
+def hash_split(
+    storage: Storage, root: str, cfg: Config, split: str
+) -> tuple[list[Record], BoxCounts]:
+    """The records of ``split`` in a dataset read whole, chosen by a hash of their ids
+    (:mod:`pipelines.hash_split`), in the dataset's order. The boxes the reader clipped or
+    dropped are logged for the whole dataset; the counts returned are the split's kept boxes.
+
+    Raises:
+        DatasetError: nothing there reads whole, or a split name a hash split does not make.
+    """
+    index = split_index(split)
+    whole = whole_dataset(storage, root)
+    if whole is None:
+        raise DatasetError(
+            f"dataset.split hash: {storage.describe(root or '')} is not a dataset this tool can "
+            "read whole (a VOC tree with Annotations/, one CSV file, or one COCO split folder)"
+        )
+    records, counts = whole[1]()
+    ratios = cfg.dataset.split_ratios
+    chosen = [r for r in records if split_of(r.id, ratios) == index]
+    log.info(
+        "split %s: %d images of the %d in %s, by a hash of the id; the dataset's boxes: %d kept, "
+        "%d clipped to the image, %d degenerate dropped%s",
+        split, len(chosen), len(records), storage.describe(root or ""), counts.kept,
+        counts.clipped, counts.dropped,
+        "".join(f"\n  dropped degenerate box: {where}" for where in counts.dropped_where),
+    )  # fmt: skip
+    kept = sum(len(getattr(r, "boxes", ())) for r in chosen)
+    return chosen, BoxCounts(kept=kept)
+
+
 def detect_format(storage: Storage, root: str, split: str) -> str:
     """The layout of the dataset under ``root``, found from a few existence checks.
 
     - ``voc``: ``ImageSets/Main/<split>.txt`` exists;
     - ``coco``: ``<split>/_annotations.coco.json`` exists;
+    - ``csv``: ``<split>_labels.csv`` or ``<split>/_annotations.csv`` exists;
     - ``oid``: the first image ``<split>/<Class>/<id>.jpg`` has ``<split>/<Class>/Label/<id>.txt``;
     - ``folder``: it has not.
 
@@ -201,6 +314,8 @@ def detect_format(storage: Storage, root: str, split: str) -> str:
         return "voc"
     if storage.exists(join_key(root, f"{split}/{ANNOTATIONS}")):
         return "coco"
+    if find_split_file(storage, split, root) is not None:
+        return "csv"
     base = join_key(root, split)
     for key in relative_keys(storage, base):
         parts = key.split("/")
@@ -214,7 +329,8 @@ def detect_format(storage: Storage, root: str, split: str) -> str:
         )
     raise DatasetError(
         f"cannot tell the format of split {split!r} in {storage.describe(root or '')}: found "
-        f"neither ImageSets/Main/{split}.txt (voc), {split}/{ANNOTATIONS} (coco) nor images in "
+        f"neither ImageSets/Main/{split}.txt (voc), {split}/{ANNOTATIONS} (coco), "
+        f"{split}_labels.csv or {split}/_annotations.csv (csv) nor images in "
         f"{split}/<Class>/ (oid, folder); check the path and dataset.train_split / eval_split, "
         "or set dataset.format (FORMAT=...)"
     )

@@ -37,6 +37,7 @@ from training.data import (
     class_names,
     load_split,
     open_storage,
+    resolve_split,
     split_shards,
 )
 from training.distributed import ONE_RANK, Ranks
@@ -172,6 +173,7 @@ def _run(
 ) -> dict:
     """The run, step by step: data and loaders, model and optimizer, resume, the epochs, the
     summary. Every rank runs it; rank 0 alone writes the outputs."""
+    cfg = resolve_split(cfg)  # config.yaml says whether a hash split was used
     log.debug("config: %s", cfg.to_dict())  # the log file only; the console gets its path
     log.info("config: %s", out / "config.yaml")
     if ranks.main:
