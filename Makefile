@@ -23,7 +23,7 @@ LR ?=
 LIMIT ?=
 SPLIT ?=
 ARGS ?=
-# Another dataset: DATA=<dir>[,<dir>...] or s3://bucket/prefix[,...]; FORMAT=folder|voc|coco|oid
+# Another dataset: DATA=<dir>[,<dir>...] or s3://bucket/prefix[,...]; FORMAT=folder|voc|coco|oid|csv
 # (detected when empty).
 DATA ?=
 FORMAT ?=

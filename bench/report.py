@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipelines.storage import atomic_write_bytes  # noqa: E402
-from training.outputs import write_csv, write_yaml  # noqa: E402
+from training.outputs import save_figure, write_csv, write_yaml  # noqa: E402
 
 #: The baseline's CPU figures in a results row (:meth:`bench.resources.CpuUse.figures`).
 BASELINE_CPU_COLUMNS = [
@@ -56,14 +56,6 @@ def write_report(
     plot_data_wait(steps, out / "data_wait.png")
     plot_au(measured(results), out / "au.png")
     atomic_write_bytes(out / "report.md", markdown(cfg_dict, results, extras).encode("utf-8"))
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save a PNG through a temporary file and a rename, then free the figure."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def measured(results: list[dict]) -> list[dict]:

@@ -33,7 +33,6 @@ from pathlib import Path
 import psutil
 
 from bench.ranks import BenchRanks, error_text, everywhere, in_turn, on_main
-from bench.report import save_figure
 from bench.run import Storages, prepare_fs, run_pass
 from bench.runner import Case, run_case
 from bench.search import SearchResult, search_accelerators
@@ -45,7 +44,7 @@ from training.config import Config, ConfigError
 from training.data import class_names
 from training.distributed import Ranks
 from training.meter import percentile
-from training.outputs import write_csv, write_yaml
+from training.outputs import save_figure, write_csv, write_yaml
 
 log = logging.getLogger(__name__)
 

@@ -71,8 +71,10 @@ def is_entry_point(arch: str) -> bool:
     return ":" in arch
 
 
-def resolve(text: str) -> EntryPoint:
-    """Find the file and function ``text`` names; nothing is imported yet.
+def resolve(text: str, key: str = "model.arch") -> EntryPoint:
+    """Find the file and function ``text`` names; nothing is imported yet. ``key``: the
+    setting that names it, for messages (``dataset.format`` for a dataset reader, which may
+    have any file name).
 
     Raises:
         ConfigError: not ``file.py:function`` / ``module:function``, no such file or module,
@@ -81,24 +83,24 @@ def resolve(text: str) -> EntryPoint:
     target, _, function = text.rpartition(":")
     if not target or not function.isidentifier():
         raise ConfigError(
-            f"model.arch {text!r}: expected path/to/file.py:function or package.module:function"
+            f"{key} {text!r}: expected path/to/file.py:function or package.module:function"
         )
     if target.endswith(".py"):
         source = Path(target)
         if not source.is_file():
-            raise ConfigError(f"model.arch {text!r}: no file {source} (from {os.getcwd()})")
+            raise ConfigError(f"{key} {text!r}: no file {source} (from {os.getcwd()})")
     else:
         try:
             found = importlib.util.find_spec(target)
         except (ImportError, ValueError) as exc:
-            raise ConfigError(f"model.arch {text!r}: cannot find module {target}: {exc}") from None
+            raise ConfigError(f"{key} {text!r}: cannot find module {target}: {exc}") from None
         if found is None or not (found.origin or "").endswith(".py"):
             raise ConfigError(
-                f"model.arch {text!r}: no Python file for module {target!r} (is it installed, "
+                f"{key} {text!r}: no Python file for module {target!r} (is it installed, "
                 "or on PYTHONPATH?)"
             )
         source = Path(found.origin)
-    if source.name in RESERVED_FILES:
+    if key == "model.arch" and source.name in RESERVED_FILES:
         raise ConfigError(
             f"model.arch {text!r}: a model file may not be called {source.name} (the archive "
             "holds a file of that name): rename it"
@@ -106,8 +108,9 @@ def resolve(text: str) -> EntryPoint:
     return EntryPoint(text, source.resolve(), function)
 
 
-def load_builder(entry: EntryPoint) -> Callable[..., nn.Module]:
-    """Import ``entry.source`` by its path and return the function.
+def load_builder(entry: EntryPoint, key: str = "model.arch") -> Callable:
+    """Import ``entry.source`` by its path and return the function (``key`` as in
+    :func:`resolve`).
 
     Raises:
         ConfigError: the file fails to import (its error's first line), or defines no such
@@ -120,12 +123,12 @@ def load_builder(entry: EntryPoint) -> Callable[..., nn.Module]:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - any error in the user's file: one line
         raise ConfigError(
-            f"model.arch {entry.text!r}: importing {entry.source} failed: {_one_line(exc)}"
+            f"{key} {entry.text!r}: importing {entry.source} failed: {_one_line(exc)}"
         ) from None
     function = getattr(module, entry.function, None)
     if not callable(function):
         raise ConfigError(
-            f"model.arch {entry.text!r}: {entry.source.name} defines no function {entry.function!r}"
+            f"{key} {entry.text!r}: {entry.source.name} defines no function {entry.function!r}"
         )
     return function
 

@@ -155,3 +155,16 @@ def test_a_csv_export_of_one_split_trains_with_a_recorded_hash_split(voc_root, t
     assert "split by a hash of its id" in log
     assert f"split train: {parts.count(0)} images" in log
     assert f"split test: {parts.count(2)} images" in log
+
+
+def test_a_coco_export_of_one_split_is_split_by_hash(tmp_path):
+    from tests.test_formats import write_coco
+
+    write_coco(tmp_path / "export", {"train": 12})  # only train/_annotations.coco.json
+    cfg = load_config(None, [f"storage.root={tmp_path}", "storage.prefixes=[export]"])
+    resolved = resolve_split(cfg)
+    assert resolved.dataset.split == "hash"
+    source = DataSource(FileSystemStorage(tmp_path), ("export",), "fs")
+    ids = {n: [r.id for r in load_split(source, resolved, n)[0]] for n in ("train", "test")}
+    assert len(ids["train"]) + len(ids["test"]) <= 12 and not set(ids["train"]) & set(ids["test"])
+    assert all(split_of(i, (0.8, 0.1, 0.1)) == 2 for i in ids["test"])

@@ -102,3 +102,100 @@ def test_the_config_takes_an_entry_point_for_either_task_and_names_the_choices()
         assert is_entry_point(cfg.model.arch)
     with pytest.raises(ConfigError, match="or your own model as path/to/file.py:function"):
         load_config(None, ["model.arch=resnet9000"])
+
+
+# -- your own dataset reader -----------------------------------------------------------------------
+
+READERS = """
+from pipelines.records import ClassificationRecord, DetectionRecord
+
+def boxes(storage, root, split):
+    return [DetectionRecord("a", "a.jpg", ((1, 1, 5, 5), (3, 3, 3, 9)), ("cat", "dog"), 10, 10)]
+
+def not_a_list(storage, root, split):
+    return "a.jpg"
+
+def wrong_kind(storage, root, split):
+    return [ClassificationRecord("a", "a.jpg", "cat")]
+
+def twice(storage, root, split):
+    return [DetectionRecord("a", "a.jpg", (), (), 9, 9)] * 2
+
+def raises(storage, root, split):
+    raise KeyError("labels")
+"""
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("not_a_list", "returned str, not a list"),
+        ("wrong_kind", "record 0 of wrong_kind.* is a ClassificationRecord, not a .*Detection"),
+        ("twice", "returned id 'a' twice"),
+        ("raises", r"raises\(storage, '', 'train'\) raised KeyError: 'labels'"),
+    ],
+)
+def test_a_reader_breaking_its_contract_is_refused_naming_it(tmp_path, function, message):
+    from pipelines.records import DatasetError
+    from pipelines.storage import FileSystemStorage
+    from training.data import read_own
+
+    (tmp_path / "my_reader.py").write_text(READERS)
+    with pytest.raises(DatasetError, match=message):
+        read_own(f"{tmp_path}/my_reader.py:{function}", FileSystemStorage(tmp_path), "", "train",
+                 "detection")  # fmt: skip
+
+
+def test_a_readers_degenerate_boxes_are_dropped_and_counted(tmp_path):
+    from pipelines.storage import FileSystemStorage
+    from training.data import read_own
+
+    (tmp_path / "my_reader.py").write_text(READERS)
+    (record,), counts = read_own(
+        f"{tmp_path}/my_reader.py:boxes", FileSystemStorage(tmp_path), "", "train", "detection"
+    )
+    assert record.boxes == ((1, 1, 5, 5),) and record.labels == ("cat",)
+    assert (counts.kept, counts.dropped, counts.dropped_where) == (1, 1, ["a box 1"])
+
+
+@pytest.mark.integration
+def test_your_own_reader_and_model_train_together_from_shards(tmp_path):
+    """examples/my_reader.py reads a TSV listing of cell crops; examples/my_models.py learns
+    them; sequential access writes and reads the shards of the reader's records."""
+    import csv
+
+    from scripts import train as train_cli
+    from tests.conftest import make_voc_subset
+    from tests.test_classification import make_cells
+
+    voc = make_voc_subset(tmp_path / "bccd", {"train": 2, "test": 2})
+    cells = make_cells(tmp_path / "cells", voc, {"train": 2, "test": 2})
+    for split in ("train", "test"):
+        crops = sorted((cells / split).rglob("*.jpg"))
+        lines = [f"{p.relative_to(cells)}\t{p.parent.name}" for p in crops]
+        (cells / f"{split}.tsv").write_text("# path, class\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code = train_cli.main([
+        "--config", "configs/classification.yaml", "--data", str(cells), "--out", str(out),
+        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--access", "sequential",
+        "--format", "examples/my_reader.py:read_split",
+        "--arch", "examples/my_models.py:build_net", "--set", "model.image_size=32",
+        "--set", "output.tensorboard=true",
+    ])  # fmt: skip
+    assert code == 0
+    for name in ("loss.png", "quality.png", "data_wait.png", "throughput.png"):
+        assert (out / "plots" / name).stat().st_size > 1000
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/step", "time/data_wait_s", "time/compute_s", "loss/epoch",
+            "quality/top1", "quality/balanced_acc", "throughput/samples_per_s",
+            "throughput/delivered_mbps", "throughput/au"} <= tags  # fmt: skip
+    assert [e.step for e in events.Scalars("quality/top1")] == [1]
+    with open(out / "metrics.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    train_lines = (cells / "train.tsv").read_text().count("\t")
+    assert int(row["samples"]) == train_lines  # every listed crop read once, from shards
+    assert list((cells / "shards").rglob("*.tar"))

@@ -125,9 +125,8 @@ class DatasetConfig:
         "dataset layout; voc: Pascal VOC; coco: COCO JSON per split folder (Roboflow export); "
         "oid: Open Images as the OIDv4 toolkit downloads it; csv: TF Object Detection API / "
         "Roboflow CSV, one row per box; folder: <split>/<Class>/*.jpg (classification); auto: "
-        "detected from the files",
+        "detected from the files; or your own reader: path/to/file.py:function",
         kind=str,
-        choices=("auto", "voc", "coco", "oid", "csv", "folder"),
     )
     split: str = opt(
         "auto",
@@ -527,6 +526,12 @@ class OutputConfig:
     dir: str = opt(
         "outputs/detection", "output directory (model, metrics, log, checkpoint)", kind=str
     )
+    tensorboard: bool = opt(
+        False,
+        "also write the run's charts as TensorBoard event files in OUT/tensorboard "
+        "(tensorboard --logdir outputs)",
+        kind=bool,
+    )
     trace: bool = opt(
         False,
         "write trace.csv: one row per training sample read (epoch, rank, worker, step, id, "
@@ -606,10 +611,10 @@ def check_task(cfg: Config) -> Config:
             f"model.arch {cfg.model.arch!r} cannot do task {cfg.task}; choose {', '.join(archs)}, "
             "or your own model as path/to/file.py:function"
         )
-    if cfg.dataset.format not in formats:
+    if cfg.dataset.format not in formats and ":" not in cfg.dataset.format:
         raise ConfigError(
             f"dataset.format {cfg.dataset.format!r} has no labels for task {cfg.task}; choose "
-            f"{', '.join(formats)}"
+            f"{', '.join(formats)}, or your own reader as path/to/file.py:function"
         )
     ratios = cfg.dataset.split_ratios
     if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6:

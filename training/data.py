@@ -19,9 +19,15 @@ from pipelines.folders import IMAGE_SUFFIXES, load_folder_split
 from pipelines.hash_split import split_index, split_of
 from pipelines.loaders import ensure_shards, shard_prefix
 from pipelines.oid import LABEL_DIR, LABEL_SUFFIX, load_oid_split
-from pipelines.records import BoxCounts, ClassificationRecord, DatasetError, Record
+from pipelines.records import (
+    BoxCounts,
+    ClassificationRecord,
+    DatasetError,
+    DetectionRecord,
+    Record,
+)
 from pipelines.shards import ShardInfo
-from pipelines.storage import FileSystemStorage, Storage, relative_keys
+from pipelines.storage import FileSystemStorage, Storage, StorageError, relative_keys
 from pipelines.voc import annotated_ids, join_key, load_voc_ids, load_voc_split
 from pipelines.voc import available_splits as voc_splits
 from training.config import TASK_FORMATS, Config, ConfigError
@@ -239,6 +245,11 @@ def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record
             counts.add(found_counts)
             continue
         fmt = cfg.dataset.format
+        if ":" in fmt:  # the user's reader
+            found, found_counts = read_own(fmt, source.storage, root, split, cfg.task)
+            records.extend(found[:remaining] if remaining is not None else found)
+            counts.add(found_counts)
+            continue
         if fmt == "auto":
             fmt = detect_format(source.storage, root, split)
             if fmt not in TASK_FORMATS[cfg.task]:
@@ -262,6 +273,63 @@ def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record
                 f"{record.image_key}): ids must be unique across storage.prefixes"
             )
         seen[record.id] = record.image_key
+    return records, counts
+
+
+def read_own(
+    text: str, storage: Storage, root: str, split: str, task: str
+) -> tuple[list[Record], BoxCounts]:
+    """Records from the user's reader ``function(storage, root, split) -> list of records``
+    (``dataset.format: path/to/file.py:function``): :class:`DetectionRecord` for detection,
+    :class:`ClassificationRecord` for classification, image keys relative to ``storage`` (the
+    reader joins ``root``), ids unique. Boxes are clipped or dropped and counted as for VOC.
+
+    Raises:
+        ConfigError: the reader cannot be found or imported.
+        DatasetError: it raised, or returned something else than such records (the message
+            names the reader and the first wrong record).
+        pipelines.storage.StorageError: the storage failed under it.
+    """
+    from models.entry_point import load_builder, resolve
+
+    key = "dataset.format"
+    entry = resolve(text, key)
+    read = load_builder(entry, key)
+    call = f"{entry.function}(storage, {root!r}, {split!r})"
+    try:
+        found = read(storage, root, split)
+    except (DatasetError, StorageError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DatasetError(f"{key} {text!r}: {call} raised {type(exc).__name__}: {first}") from None
+    kind = DetectionRecord if task == "detection" else ClassificationRecord
+    if not isinstance(found, list | tuple):
+        raise DatasetError(f"{key} {text!r}: {call} returned {type(found).__name__}, not a list")
+    records, counts, ids = [], BoxCounts(), set()
+    for index, record in enumerate(found):
+        if not isinstance(record, kind):
+            raise DatasetError(
+                f"{key} {text!r}: record {index} of {call} is a {type(record).__name__}, not a "
+                f"pipelines.records.{kind.__name__} (task {task})"
+            )
+        if record.id in ids:
+            raise DatasetError(f"{key} {text!r}: {call} returned id {record.id!r} twice")
+        ids.add(record.id)
+        if kind is DetectionRecord:
+            if len(record.boxes) != len(record.labels):
+                raise DatasetError(
+                    f"{key} {text!r}: record {record.id!r} has {len(record.boxes)} boxes but "
+                    f"{len(record.labels)} labels"
+                )
+            boxes, labels = [], []
+            for n, (box, label) in enumerate(zip(record.boxes, record.labels, strict=True)):
+                clipped = counts.keep(box, record.width, record.height, f"{record.id} box {n}")
+                if clipped is not None:
+                    boxes.append(clipped)
+                    labels.append(label)
+            record = replace(record, boxes=tuple(boxes), labels=tuple(labels))
+        records.append(record)
     return records, counts
 
 

@@ -44,6 +44,16 @@ def write_yaml(path: Path, data) -> None:
     atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
 
 
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as a PNG through a temporary file and a rename, then free it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def save_torch(path: Path, obj) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -30,6 +30,7 @@ from pipelines.records import BoxCounts, DatasetError
 from pipelines.shards import ShardInfo
 from pipelines.storage import RequestStats
 from training import distributed
+from training.charts import TensorBoard, write_plots
 from training.config import Config, ConfigError
 from training.data import (
     DataSource,
@@ -471,6 +472,7 @@ def run_epochs(
     # the rows of resumed epochs (an epoch written after the checkpoint was not: it runs again)
     by_rank = _read_rows(out / "metrics_by_rank.csv", before=history.first_epoch)
     traced = _read_rows(out / "trace.csv", before=history.first_epoch) if cfg.output.trace else []
+    tensorboard = None  # opened by rank 0 after its first epoch, with output.tensorboard
     for epoch in range(history.first_epoch, cfg.train.epochs + 1):
         train_loader.set_epoch(epoch)
         reads = [] if cfg.output.trace else None
@@ -577,6 +579,10 @@ def run_epochs(
         write_csv(out / "metrics.csv", history.rows, columns)
         write_csv(out / "metrics_by_rank.csv", by_rank, ["rank", *columns])
         write_csv(out / "steps.csv", history.steps, STEP_COLUMNS)
+        write_plots(out, cfg.task, history.rows, history.steps)
+        if cfg.output.tensorboard:
+            tensorboard = tensorboard or TensorBoard(out)
+            tensorboard.add_epoch(cfg.task, row, history.steps)
         if cfg.output.trace:
             write_csv(out / "trace.csv", traced, TRACE_COLUMNS)
         save_torch(out / "model.pt", training.net.state_dict())
@@ -597,6 +603,8 @@ def run_epochs(
                 "steps": history.steps,
             },
         )
+    if tensorboard is not None:
+        tensorboard.close()
     log.info("weights digest %s", weights_digest(training.net))  # the same on every rank
     return run_requests
 
