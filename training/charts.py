@@ -86,6 +86,7 @@ def write_plots(out: Path, task: str, rows: list[dict], steps: list[dict]) -> No
         ax.plot(epochs, [_num(r, column) for r in rows], "o-", label=name)
     ax.set_ylim(0, 1)
     _finish(ax, "epoch", "on the evaluation split", f"{task}: quality per epoch")
+    _epoch_ticks(ax, epochs)
     save_figure(fig, folder / "quality.png")
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -107,7 +108,7 @@ def write_plots(out: Path, task: str, rows: list[dict], steps: list[dict]) -> No
     ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
     ax.set_xlabel("epoch")
     ax.set_title("throughput per epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_ticks(ax, epochs)
     save_figure(fig, folder / "throughput.png")
 
 
@@ -154,6 +155,14 @@ def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def _epoch_ticks(ax, epochs: list[int]) -> None:
+    """A tick per epoch (a few epochs), else whole numbers only."""
+    if 0 < len(epochs) <= 20:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
 
 
 def _num(row: dict, column: str) -> float:
