@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -425,8 +426,10 @@ def import_model_file(path: Path, builder: str) -> ModuleType:
     """
     if not path.is_file():
         raise FileNotFoundError(f"model file {path.name} is missing from the model archive")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+    name = f"archived_model_{path.stem}"  # never the name of a module already imported
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in a model file look their module up there
     spec.loader.exec_module(module)
     if not callable(getattr(module, builder, None)):
         raise ValueError(f"model file {path.name} does not define {builder}")

@@ -11,7 +11,13 @@ before training (:func:`build`):
   and one ``{"boxes": float32 [N, 4] (x1, y1, x2, y2 pixels), "labels": int64 [N]}`` per image
   (labels from 1; 0 is the background, counted in ``num_classes``) returns a dict of scalar
   losses, summed for the step; in eval mode ``model(images)`` returns one ``{"boxes": [N, 4],
-  "labels": [N], "scores": [N]}`` per image.
+  "labels": [N], "scores": [N]}`` per image. Training feeds images already resized to
+  ``image_size`` (shorter side), serving and ``make predict`` at their own size and expect
+  boxes in their pixels: resize inside the model, as torchvision's ``GeneralizedRCNNTransform``
+  does.
+
+``model.grayscale`` is the built-in classifiers' option; a model of the user's gets RGB and does
+what it wants with it.
 
 The file must stand alone (it may import installed packages, not files beside it): training
 copies it into the run's folder (:func:`copy_into`) and ``make archive`` packs that copy as the
@@ -21,10 +27,12 @@ archive's model file, from which the serving handler and ``make predict`` build 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,7 +100,7 @@ def resolve(text: str, key: str = "model.arch") -> EntryPoint:
     else:
         try:
             found = importlib.util.find_spec(target)
-        except (ImportError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a package's __init__ may raise anything
             raise ConfigError(f"{key} {text!r}: cannot find module {target}: {exc}") from None
         if found is None or not (found.origin or "").endswith(".py"):
             raise ConfigError(
@@ -116,12 +124,14 @@ def load_builder(entry: EntryPoint, key: str = "model.arch") -> Callable:
         ConfigError: the file fails to import (its error's first line), or defines no such
             function.
     """
-    name = f"user_model_{entry.source.stem}"
+    name = f"user_{entry.source.stem}_{abs(hash(str(entry.source)))}"
     spec = importlib.util.spec_from_file_location(name, entry.source)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up there
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - any error in the user's file: one line
+        sys.modules.pop(name, None)
         raise ConfigError(
             f"{key} {entry.text!r}: importing {entry.source} failed: {_one_line(exc)}"
         ) from None
@@ -158,8 +168,8 @@ def build(
             "torch.nn.Module"
         )
     check = check_classifier if task == "classification" else check_detector
-    try:
-        check(model, num_classes, image_size)
+    try:  # on a copy: a train-mode pass would move BatchNorm statistics
+        check(copy.deepcopy(model), num_classes, image_size)
     except Exception as exc:  # noqa: BLE001 - the contract, broken in any way: one line
         raise ConfigError(
             f"model.arch {entry.text!r} breaks the {task} contract: {_one_line(exc)} (see "
@@ -252,8 +262,12 @@ def load_trained(out: str | os.PathLike) -> tuple[nn.Module, dict[str, str]]:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: train first (make train OUT={out})")
     entry = EntryPoint(spec["entry_point"], source.resolve(), spec["function"])
-    model = load_builder(entry)(int(spec["num_classes"]), int(spec["image_size"]), False)
-    model.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
+    build = load_builder(entry)
+    try:
+        model = build(int(spec["num_classes"]), int(spec["image_size"]), False)
+        model.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - the user's code, or weights that do not fit
+        raise ConfigError(f"cannot rebuild the model of {out}: {_one_line(exc)}") from None
     index_to_name = json.loads((out / "index_to_name.json").read_text(encoding="utf-8"))
     return model.eval(), index_to_name
 

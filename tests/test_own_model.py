@@ -123,6 +123,9 @@ def twice(storage, root, split):
 
 def raises(storage, root, split):
     raise KeyError("labels")
+
+def no_boxes(storage, root, split):
+    return [DetectionRecord("a", "a.jpg", None, (), 9, 9)]
 """
 
 
@@ -130,9 +133,10 @@ def raises(storage, root, split):
     ("function", "message"),
     [
         ("not_a_list", "returned str, not a list"),
-        ("wrong_kind", "record 0 of wrong_kind.* is a ClassificationRecord, not a .*Detection"),
+        ("wrong_kind", "record 0 of wrong_kind.* is malformed: a ClassificationRecord, not a "),
         ("twice", "returned id 'a' twice"),
         ("raises", r"raises\(storage, '', 'train'\) raised KeyError: 'labels'"),
+        ("no_boxes", "record 0 of no_boxes.* is malformed: "),
     ],
 )
 def test_a_reader_breaking_its_contract_is_refused_naming_it(tmp_path, function, message):

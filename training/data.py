@@ -161,19 +161,20 @@ def has_split(storage: Storage, root: str, split: str) -> bool:
     )
 
 
-def whole_dataset(storage: Storage, root: str) -> tuple[str, Callable[[], tuple]] | None:
-    """A dataset without split files, read whole: ``(what it is, reader)``, or None.
+def whole_dataset(
+    storage: Storage, root: str, *, with_splits: bool = False
+) -> tuple[str, Callable[[], tuple]] | None:
+    """A dataset read whole, for a hash split: ``(format, reader)``, or None.
 
-    A VOC tree with ``Annotations/`` but no ``ImageSets/Main`` split files; a CSV export with
-    one annotation file (``<name>_labels.csv`` or ``<name>/_annotations.csv``); a COCO export
-    with one split folder. The reader returns ``(records, counts)`` of every image.
+    A VOC tree's ``Annotations/`` (without ``ImageSets/Main`` split files, or whatever it has
+    with ``with_splits``: an explicit ``dataset.split: hash``); a CSV export with one annotation
+    file (``<name>_labels.csv`` or ``<name>/_annotations.csv``); a COCO export with one split
+    folder. The reader returns ``(records, counts)`` of every image.
     """
-    if not voc_splits(storage, root):
+    if with_splits or not voc_splits(storage, root):
         ids = annotated_ids(storage, root)
         if ids:
-            return "voc (no ImageSets/Main)", lambda: load_voc_ids(
-                storage, ids, "the dataset", root
-            )
+            return "voc", lambda: load_voc_ids(storage, ids, "the dataset", root)
     csv_files = [
         key
         for key in relative_keys(storage, root)
@@ -186,38 +187,57 @@ def whole_dataset(storage: Storage, root: str) -> tuple[str, Callable[[], tuple]
         return "csv", lambda: load_csv_split(storage, split, None, root)
     coco = coco_splits(storage, root)
     if len(coco) == 1:
-        return f"coco ({coco[0]}/{ANNOTATIONS})", lambda: load_coco_split(
-            storage, coco[0], None, root
-        )
+        return "coco", lambda: load_coco_split(storage, coco[0], None, root)
     return None
 
 
-def resolve_split(cfg: Config) -> Config:
+def resolve_split(cfg: Config, source: DataSource | None = None, *, announce: bool = True):
     """``cfg`` with ``dataset.split`` decided: ``auto`` becomes ``files`` when every source has
-    both splits, else ``hash`` when the sources without them can be read whole
-    (:func:`whole_dataset`); announced in the log. The run saves the result in config.yaml.
+    both splits (or ``dataset.format`` is a reader of the user's, which makes its own splits),
+    ``hash`` when no source has them and each can be read whole (:func:`whole_dataset`) in a
+    format of the task; announced in the log with ``announce``. The run saves the result in
+    config.yaml. ``source``: the opened storage (None: open it).
 
     Raises:
+        ConfigError: some sources have the splits and others do not; ``dataset.split: hash``
+            with a reader of the user's.
         pipelines.storage.StorageError: the storage cannot be read.
     """
+    own_reader = ":" in cfg.dataset.format
+    if cfg.dataset.split == "hash" and own_reader:
+        raise ConfigError(
+            "dataset.split hash splits the datasets this tool reads itself; your reader "
+            f"({cfg.dataset.format}) makes its own splits: set dataset.split auto or files"
+        )
     if cfg.dataset.split != "auto":
         return cfg
-    source = open_storage(cfg)
+    if own_reader:
+        return replace(cfg, dataset=replace(cfg.dataset, split="files"))
+    source = source or open_storage(cfg)
     splits = (cfg.dataset.train_split, cfg.dataset.eval_split)
     lacking = [
         root for root in source.roots if not all(has_split(source.storage, root, s) for s in splits)
     ]
+    whole = [whole_dataset(source.storage, root) for root in lacking]
+    readable = [w for w in whole if w is not None and w[0] in TASK_FORMATS[cfg.task]]
     mode = "files"
-    if lacking and all(whole_dataset(source.storage, root) for root in lacking):
+    if lacking and len(readable) == len(lacking):
+        if len(lacking) < len(source.roots):
+            raise ConfigError(
+                f"{', '.join(source.storage.describe(r) for r in lacking)} has no "
+                f"{' / '.join(splits)} split files but the other sources do: give every source "
+                "its split files, or set dataset.split hash to split them all by hash"
+            )
         mode = "hash"
-        ratios = "/".join(f"{r:g}" for r in cfg.dataset.split_ratios)
-        log.info(
-            "splits: %s has no %s split files: every image is split by a hash of its id "
-            "(dataset.split hash, split_ratios %s; train, val, test)",
-            ", ".join(source.storage.describe(r) for r in lacking),
-            " / ".join(splits),
-            ratios,
-        )
+        if announce:
+            ratios = "/".join(f"{r:g}" for r in cfg.dataset.split_ratios)
+            log.info(
+                "splits: %s has no %s split files: every image is split by a hash of its id "
+                "(dataset.split hash, split_ratios %s; train, val, test)",
+                ", ".join(source.storage.describe(r) for r in lacking),
+                " / ".join(splits),
+                ratios,
+            )
     return replace(cfg, dataset=replace(cfg.dataset, split=mode))
 
 
@@ -233,6 +253,7 @@ def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record
             :func:`pipelines.folders.load_folder_split`), a root whose format cannot be
             detected or does not suit ``task``, or an image id found in two roots.
     """
+    cfg = resolve_split(cfg, source, announce=False)  # the run resolved it before (logged)
     records: list[Record] = []
     counts = BoxCounts()
     for root in source.roots:
@@ -308,60 +329,75 @@ def read_own(
         raise DatasetError(f"{key} {text!r}: {call} returned {type(found).__name__}, not a list")
     records, counts, ids = [], BoxCounts(), set()
     for index, record in enumerate(found):
-        if not isinstance(record, kind):
+        try:
+            record = _checked_record(record, kind, counts)
+        except (TypeError, ValueError) as exc:
             raise DatasetError(
-                f"{key} {text!r}: record {index} of {call} is a {type(record).__name__}, not a "
-                f"pipelines.records.{kind.__name__} (task {task})"
-            )
+                f"{key} {text!r}: record {index} of {call} is malformed: {exc}"
+            ) from None
         if record.id in ids:
             raise DatasetError(f"{key} {text!r}: {call} returned id {record.id!r} twice")
         ids.add(record.id)
-        if kind is DetectionRecord:
-            if len(record.boxes) != len(record.labels):
-                raise DatasetError(
-                    f"{key} {text!r}: record {record.id!r} has {len(record.boxes)} boxes but "
-                    f"{len(record.labels)} labels"
-                )
-            boxes, labels = [], []
-            for n, (box, label) in enumerate(zip(record.boxes, record.labels, strict=True)):
-                clipped = counts.keep(box, record.width, record.height, f"{record.id} box {n}")
-                if clipped is not None:
-                    boxes.append(clipped)
-                    labels.append(label)
-            record = replace(record, boxes=tuple(boxes), labels=tuple(labels))
         records.append(record)
     return records, counts
+
+
+def _checked_record(record, kind: type, counts: BoxCounts):
+    """A reader's record, checked (types, sizes) and its boxes clipped or dropped.
+
+    Raises:
+        TypeError, ValueError: what is wrong with it.
+    """
+    if not isinstance(record, kind):
+        raise TypeError(f"a {type(record).__name__}, not a pipelines.records.{kind.__name__}")
+    if not isinstance(record.id, str) or not isinstance(record.image_key, str):
+        raise TypeError("id and image_key must be strings")
+    if kind is ClassificationRecord:
+        if not isinstance(record.label, str) or not record.label:
+            raise TypeError(f"label {record.label!r} must be a class name")
+        return record
+    if not (isinstance(record.width, int) and isinstance(record.height, int)):
+        raise TypeError(f"width {record.width!r} and height {record.height!r} must be ints")
+    if len(record.boxes) != len(record.labels):
+        raise ValueError(f"{len(record.boxes)} boxes but {len(record.labels)} labels")
+    boxes, labels = [], []
+    for n, (box, label) in enumerate(zip(record.boxes, record.labels, strict=True)):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        clipped = counts.keep((x1, y1, x2, y2), record.width, record.height, f"{record.id} box {n}")
+        if clipped is not None:
+            boxes.append(clipped)
+            labels.append(str(label))
+    return replace(record, boxes=tuple(boxes), labels=tuple(labels))
 
 
 def hash_split(
     storage: Storage, root: str, cfg: Config, split: str
 ) -> tuple[list[Record], BoxCounts]:
     """The records of ``split`` in a dataset read whole, chosen by a hash of their ids
-    (:mod:`pipelines.hash_split`), in the dataset's order. The boxes the reader clipped or
-    dropped are logged for the whole dataset; the counts returned are the split's kept boxes.
+    (:mod:`pipelines.hash_split`), in the dataset's order. The counts are the split's kept
+    boxes and the whole dataset's clipped and dropped ones (the reader sees them all).
 
     Raises:
-        DatasetError: nothing there reads whole, or a split name a hash split does not make.
+        DatasetError: nothing there reads whole in a format of the task, or a split name a hash
+            split does not make.
     """
     index = split_index(split)
-    whole = whole_dataset(storage, root)
-    if whole is None:
+    whole = whole_dataset(storage, root, with_splits=True)
+    if whole is None or whole[0] not in TASK_FORMATS[cfg.task]:
         raise DatasetError(
-            f"dataset.split hash: {storage.describe(root or '')} is not a dataset this tool can "
-            "read whole (a VOC tree with Annotations/, one CSV file, or one COCO split folder)"
+            f"dataset.split hash: {storage.describe(root or '')} holds no {cfg.task} dataset this "
+            "tool can read whole (a VOC tree's Annotations/, one CSV file, or one COCO split "
+            "folder)"
         )
     records, counts = whole[1]()
     ratios = cfg.dataset.split_ratios
     chosen = [r for r in records if split_of(r.id, ratios) == index]
     log.info(
-        "split %s: %d images of the %d in %s, by a hash of the id; the dataset's boxes: %d kept, "
-        "%d clipped to the image, %d degenerate dropped%s",
-        split, len(chosen), len(records), storage.describe(root or ""), counts.kept,
-        counts.clipped, counts.dropped,
-        "".join(f"\n  dropped degenerate box: {where}" for where in counts.dropped_where),
+        "split %s: %d images of the %d in %s, by a hash of the id",
+        split, len(chosen), len(records), storage.describe(root or ""),
     )  # fmt: skip
     kept = sum(len(getattr(r, "boxes", ())) for r in chosen)
-    return chosen, BoxCounts(kept=kept)
+    return chosen, BoxCounts(kept, counts.clipped, counts.dropped, counts.dropped_where)
 
 
 def detect_format(storage: Storage, root: str, split: str) -> str:
@@ -417,7 +453,10 @@ def split_shards(
         ``(prefix, shards, written)``; see :func:`pipelines.loaders.ensure_shards`.
     """
     base = join_key(source.roots[0], cfg.dataset.shards_prefix)
-    prefix = shard_prefix(base, split, cfg.dataset.limit)
+    name = split
+    if resolve_split(cfg, source, announce=False).dataset.split == "hash":  # its own shards
+        name = f"{split}-hash-{'_'.join(f'{r:g}' for r in cfg.dataset.split_ratios)}"
+    prefix = shard_prefix(base, name, cfg.dataset.limit)
     target_bytes = int(cfg.dataset.shard_size_mb * 1e6)
     shards, written = ensure_shards(
         source.storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard

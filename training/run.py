@@ -579,10 +579,6 @@ def run_epochs(
         write_csv(out / "metrics.csv", history.rows, columns)
         write_csv(out / "metrics_by_rank.csv", by_rank, ["rank", *columns])
         write_csv(out / "steps.csv", history.steps, STEP_COLUMNS)
-        write_plots(out, cfg.task, history.rows, history.steps)
-        if cfg.output.tensorboard:
-            tensorboard = tensorboard or TensorBoard(out)
-            tensorboard.add_epoch(cfg.task, row, history.steps)
         if cfg.output.trace:
             write_csv(out / "trace.csv", traced, TRACE_COLUMNS)
         save_torch(out / "model.pt", training.net.state_dict())
@@ -603,6 +599,13 @@ def run_epochs(
                 "steps": history.steps,
             },
         )
+        try:  # after the checkpoint: a chart that fails costs the chart only
+            write_plots(out, cfg.task, history.rows, history.steps)
+            if cfg.output.tensorboard:
+                tensorboard = tensorboard or TensorBoard(out)
+                tensorboard.add_epoch(cfg.task, row, history.steps)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("charts of epoch %d not written: %s: %s", epoch, type(exc).__name__, exc)
     if tensorboard is not None:
         tensorboard.close()
     log.info("weights digest %s", weights_digest(training.net))  # the same on every rank
