@@ -68,7 +68,7 @@ CELLS_READY := $(CELLS)/train $(CELLS)/val $(CELLS)/test
 # What `make train` needs first: the cell crops for the default classification config.
 TRAIN_DATA = $(if $(and $(filter classification,$(TASK)),$(filter configs/classification.yaml,$(CONFIG)),$(if $(DATA),,1)),$(CELLS_READY))
 
-.PHONY: setup train cells resume shards predict bench bench-memory sweep checkpoint-bench synth \
+.PHONY: setup train cells resume shards predict bench bench-memory sweep checkpoint-bench serve-bench synth \
 	archive serve stop \
 	status \
 	s3-up s3-upload s3-down \
@@ -128,6 +128,16 @@ checkpoint-bench: $(READY)
 		$(call flag,s3-endpoint,$(S3_ENDPOINT)) $(call flag,s3-bucket,$(S3_BUCKET)) \
 		$(CHECKPOINT_RANKS) $(ARGS)
 CHECKPOINT_RANKS = $(if $(strip $(NPROC)),--set 'checkpoint.ranks=$(shell echo $$(( $(NPROC) * $(NNODES) )))')
+
+# Serving under load: TorchServe started from MODEL_STORE on free ports, REQUESTS per
+# CONCURRENCY level (comma-separated) to each model (MODEL=name: that one), a share BAD of bad bodies.
+MODEL ?=
+REQUESTS ?= 1000
+CONCURRENCY ?= 8
+BAD ?= 0
+serve-bench: $(READY) $(CELLS_READY)
+	$(PY) -m scripts.serve_bench --model-store $(MODEL_STORE) $(call flag,models,$(MODEL)) \
+		--requests $(REQUESTS) --concurrency $(CONCURRENCY) --bad $(BAD) $(ARGS)
 
 # Synthetic VOC dataset (real JPEGs, random boxes) to a directory or s3://bucket/prefix.
 SYNTH_OUT ?= data/synthetic

@@ -468,6 +468,32 @@ def test_a_model_of_your_own_is_archived_served_and_predicted_like_a_built_in_on
 
 
 @pytest.mark.integration
+def test_serve_bench_measures_a_served_model_under_load(served, tmp_path):
+    """40 requests at concurrency 4 to the served detector, one in eight bad: every status as
+    expected, every report field there, the in-process figure measured."""
+    import argparse
+
+    from scripts.serve_bench import COLUMNS, measure, write_outputs
+
+    store = Path(served.runtime_dir).parent / "model_store"
+    args = argparse.Namespace(requests=40, bad=0.125)
+    (row,) = measure(args, store / "detector.mar", "detector", served, [4], cold=12.5)
+    assert row["statuses"] == "200:35 400:4 413:1"  # 5 bad: each kind once, the last too large
+    assert row["wrong"] == 0 and row["first_wrong"] == "" and row["worker_restarts"] == 0
+    assert row["requests"] == 40 and row["images_per_s"] > 0
+    assert row["latency_p50_ms"] <= row["latency_p90_ms"] <= row["latency_p99_ms"]
+    assert row["in_process_images_per_s"] > 0 and row["served_vs_in_process"] > 0
+    assert row["server_inference_ms"] > 0 and row["server_queue_ms"] >= 0
+    write_outputs(tmp_path, {"requests": 40}, [row])
+    with open(tmp_path / "results.csv") as f:
+        header, values = f.read().splitlines()
+    assert header.split(",") == COLUMNS and "" not in values.split(",")[:13]
+    for name in ("report.md", "latency.png", "throughput.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "cold start (start to every model READY): 12.5 s" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.integration
 def test_both_archives_hold_their_task_files(served):
     store = Path(served.runtime_dir).parent / "model_store"
     for name, task in (("detector", "detection"), ("classifier", "classification")):
