@@ -186,6 +186,30 @@ def test_curl_hints_use_a_cell_crop_for_classifiers(tmp_path: Path, monkeypatch)
     assert serve_cli.example_image("classification") == str(crop)
 
 
+def test_serve_bench_refuses_an_empty_store_an_unknown_model_and_bad_numbers(tmp_path, capsys):
+    from scripts import serve_bench
+
+    assert serve_bench.main(["--model-store", str(tmp_path)]) == 2
+    assert "no archives in" in capsys.readouterr().err
+    (tmp_path / "detector.mar").write_bytes(b"")
+    assert serve_bench.main(["--model-store", str(tmp_path), "--models", "nope"]) == 2
+    assert "no nope.mar in" in capsys.readouterr().err
+    assert serve_bench.main(["--model-store", str(tmp_path), "--concurrency", "x"]) == 2
+    assert "--concurrency 'x': whole numbers" in capsys.readouterr().err
+    assert serve_bench.main(["--model-store", str(tmp_path), "--bad", "1.5"]) == 2
+
+
+def test_the_bad_share_is_spread_evenly_with_each_kind_in_turn():
+    from bench.serve_load import Body, schedule
+
+    goods = [Body(b"g%d" % i, "image/jpeg", "good", 200) for i in range(3)]
+    bads = [Body(b"", "x", f"bad{i}", 400) for i in range(2)]
+    kinds = [b.kind for b in schedule(goods, bads, 20, 0.25)]
+    assert (kinds.count("bad0"), kinds.count("bad1"), kinds.count("good")) == (3, 2, 15)
+    assert kinds[3] == "bad0" and kinds[7] == "bad1"  # every fourth request
+    assert [b.kind for b in schedule(goods, bads, 5, 0.0)] == ["good"] * 5
+
+
 def test_serve_start_without_archives_says_make_archive(tmp_path: Path, capsys):
     (tmp_path / "store").mkdir()
     with pytest.raises(ServeError, match="make archive"):
