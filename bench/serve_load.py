@@ -231,7 +231,8 @@ def worker_ids(management_url: str, model: str) -> list[str]:
 def in_process(archive: Path, task: str, images: list[bytes], batch: int, rounds: int = 1) -> float:
     """Images/s of the archived model run in this process on ``images``, decoded and prepared
     as the handler does (classification: resized to the model's ``image_size``), in batches of
-    ``batch``, with torch's default thread count; the model built from the archive's own files
+    ``batch``, with torch's default thread count (TorchServe's Python workers keep it too: the
+    ``threads`` column says how many); the model built from the archive's own files
     (``model.json``, ``model.pt``, the model file) as ``make predict`` builds it."""
     import tempfile
     import zipfile

@@ -23,6 +23,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import torch
 import yaml
 
 from bench.serve_load import (
@@ -50,7 +51,7 @@ COLUMNS = [
     "model", "task", "concurrency", "requests", "bad_share", "requests_per_s", "images_per_s",
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_max_ms", "statuses", "wrong",
     "first_wrong", "worker_restarts", "server_queue_ms", "server_inference_ms", "handler_ms",
-    "prediction_ms", "in_process_images_per_s", "in_process_batch_images_per_s",
+    "prediction_ms", "in_process_images_per_s", "in_process_batch_images_per_s", "threads",
     "served_vs_in_process", "cold_start_s",
 ]  # fmt: skip
 #: Images the in-process run takes (the first of the split): enough for a steady rate.
@@ -173,6 +174,7 @@ def measure(args, archive: Path, name: str, info, levels: list[int], cold: float
             "handler_ms": after.get("handler_ms", float("nan")),
             "prediction_ms": after.get("prediction_ms", float("nan")),
             "in_process_images_per_s": alone, "in_process_batch_images_per_s": batched,
+            "threads": torch.get_num_threads(),
             "served_vs_in_process": served["images_per_s"] / alone if alone else float("nan"),
             "cold_start_s": cold,
         }  # fmt: skip
