@@ -157,9 +157,9 @@ def test_a_dataset_with_its_splits_keeps_them(voc_root):
 
 @pytest.mark.integration
 def test_a_csv_export_of_one_split_trains_with_a_recorded_hash_split(voc_root, tmp_path):
-    """A TF OD API CSV of the 12 BCCD training images (only train_labels.csv: no test split):
+    """A TF OD API CSV of 6 BCCD training images (only train_labels.csv: no test split):
     training reads it, splits it by hash, and config.yaml says so."""
-    records, _ = load_voc_split(FileSystemStorage(voc_root), "train")
+    records, _ = load_voc_split(FileSystemStorage(voc_root), "train", limit=6)
     root = tmp_path / "signs"
     (root / "images").mkdir(parents=True)
     with open(root / "train_labels.csv", "w", newline="") as f:
@@ -173,7 +173,7 @@ def test_a_csv_export_of_one_split_trains_with_a_recorded_hash_split(voc_root, t
     code = train_cli.main([
         "--data", str(root), "--out", str(out), "--epochs", "1", "--batch-size", "2",
         "--workers", "0", "--no-pretrained", "--access", "random",
-        "--set", "model.image_size=160", "--set", "dataset.split_ratios=[0.75, 0, 0.25]",
+        "--set", "model.image_size=128", "--set", "dataset.split_ratios=[0.75, 0, 0.25]",
     ])  # fmt: skip
     assert code == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())["dataset"]
