@@ -241,7 +241,7 @@ def in_process(archive: Path, task: str, images: list[bytes], batch: int, rounds
     from torchvision.io import decode_jpeg
     from torchvision.transforms.v2.functional import resize, to_dtype
 
-    from scripts.predict import load_trained
+    from training.predict import load_trained
 
     with tempfile.TemporaryDirectory() as folder:
         with zipfile.ZipFile(archive) as zf:

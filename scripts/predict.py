@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         from training.data import open_storage
-        from training.predict import expand_inputs, predict_all
+        from training.predict import expand_inputs, load_trained, predict_all
 
         storages = {}
 
@@ -71,31 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"{len(predictions)} images, {len(failures)} failed"
     print(f"{summary}; detections in {out_dir / 'detections.json'}")
     return 1 if failures else 0
-
-
-def load_trained(out: Path):
-    """``(model, index_to_name, model.json)`` of the training output ``out``, either task.
-
-    Raises:
-        FileNotFoundError: ``out`` holds no trained model (the message says to train first).
-    """
-    import json
-
-    spec_path = out / "model.json"
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path} is missing: train first (make train OUT={out})")
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    if "model_file" in spec:  # the user's model (models/entry_point.py)
-        from models.entry_point import load_trained as load_own
-
-        return (*load_own(out), spec)
-    if spec.get("task") == "classification":
-        from models.classifier import load_trained_classifier
-
-        return (*load_trained_classifier(out), spec)
-    from models.detector import load_trained_detector
-
-    return (*load_trained_detector(out), spec)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ are drawn on the image; a classifier's best class is written on a frame around i
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,3 +172,27 @@ def predict_all(
         },
     )
     return predictions, failures
+
+
+def load_trained(out: Path):
+    """``(model, index_to_name, model.json)`` of the training output ``out`` (or an
+    extracted archive), either task, a model of the user's included; in eval mode, on the CPU.
+
+    Raises:
+        FileNotFoundError: ``out`` holds no trained model (the message says to train first).
+    """
+    spec_path = out / "model.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} is missing: train first (make train OUT={out})")
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    if "model_file" in spec:  # the user's model (models/entry_point.py)
+        from models.entry_point import load_trained as load_own
+
+        return (*load_own(out), spec)
+    if spec.get("task") == "classification":
+        from models.classifier import load_trained_classifier
+
+        return (*load_trained_classifier(out), spec)
+    from models.detector import load_trained_detector
+
+    return (*load_trained_detector(out), spec)
