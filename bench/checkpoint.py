@@ -31,6 +31,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import threading
 import time
 import warnings
@@ -41,7 +42,7 @@ from pathlib import Path
 import torch
 
 from bench.page_cache import evict_page_cache
-from pipelines.storage import StorageError
+from pipelines.storage import StorageError, error_line, first_line, relative_keys
 from training import distributed
 from training.config import ConfigError
 
@@ -100,8 +101,7 @@ def model_parts(run_dir: str | Path, world_size: int) -> list[dict[str, torch.Te
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle, zip or unpickler errors: one message
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"checkpoint.model: cannot read {path}: {first}") from None
+        raise ConfigError(f"checkpoint.model: cannot read {path}: {first_line(exc)}") from None
     tensors = sorted(_tensors(state), key=lambda item: -item[1].nbytes)
     if not tensors:
         raise ConfigError(f"checkpoint.model: {path} holds no tensors")
@@ -345,8 +345,7 @@ def _load(source, where: str) -> dict:
             "or the storage failed"
         ) from None
     except Exception as exc:  # noqa: BLE001 - a damaged file: the unpickler's or zip's error
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StorageError(f"{where} is not a readable checkpoint: {first}") from None
+        raise StorageError(f"{where} is not a readable checkpoint: {first_line(exc)}") from None
 
 
 class SaveStream(io.RawIOBase):
@@ -523,10 +522,9 @@ def _dcp_cause(exc: BaseException) -> str:
     if failures:
         rank, error = next(iter(failures.items()))
         cause = error[0] if isinstance(error, tuple) else error
-        text = f"rank {rank}: {type(cause).__name__}: {str(cause).strip().splitlines()[0]}"
+        text = f"rank {rank}: {error_line(cause)}"
     else:
-        lines = str(exc).strip().splitlines()
-        text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        text = error_line(exc)
     if "REQUEST_HAS_COMPLETED" in text:
         text += (
             " (the CRT client gave up on the upload: the server refused it or answered in a "
@@ -600,8 +598,6 @@ def remove(place, method: str, index: int, *, everything: bool = False) -> None:
         StorageError: the deletion failed.
     """
     if isinstance(place, FsPlace):
-        import shutil
-
         try:
             shutil.rmtree(place.root if everything else place.folder(method, index))
         except FileNotFoundError:
@@ -609,8 +605,6 @@ def remove(place, method: str, index: int, *, everything: bool = False) -> None:
         except OSError as exc:
             raise StorageError(f"cannot delete {exc.filename}: {exc.strerror}") from None
         return
-    from pipelines.storage import relative_keys
-
     prefix = "" if everything else place.key(method, index)
     for key in list(relative_keys(place.storage, prefix)):
         place.storage.delete(f"{prefix}/{key}" if prefix else key)

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipelines.storage import error_line
 from training.config import ConfigError
 
 #: File names already taken at the root of an archive (a model file may not be called so).
@@ -133,7 +134,7 @@ def load_builder(entry: EntryPoint, key: str = "model.arch") -> Callable:
     except Exception as exc:  # noqa: BLE001 - any error in the user's file: one line
         sys.modules.pop(name, None)
         raise ConfigError(
-            f"{key} {entry.text!r}: importing {entry.source} failed: {_one_line(exc)}"
+            f"{key} {entry.text!r}: importing {entry.source} failed: {error_line(exc)}"
         ) from None
     function = getattr(module, entry.function, None)
     if not callable(function):
@@ -161,7 +162,7 @@ def build(
     try:
         model = function(num_classes, image_size, pretrained)
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"model.arch {entry.text!r}: {call} raised {_one_line(exc)}") from None
+        raise ConfigError(f"model.arch {entry.text!r}: {call} raised {error_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"model.arch {entry.text!r}: {call} returned {type(model).__name__}, not a "
@@ -172,7 +173,7 @@ def build(
         check(copy.deepcopy(model), num_classes, image_size)
     except Exception as exc:  # noqa: BLE001 - the contract, broken in any way: one line
         raise ConfigError(
-            f"model.arch {entry.text!r} breaks the {task} contract: {_one_line(exc)} (see "
+            f"model.arch {entry.text!r} breaks the {task} contract: {error_line(exc)} (see "
             "models/entry_point.py or the README's 'Your own model')"
         ) from None
     return model
@@ -267,7 +268,7 @@ def load_trained(out: str | os.PathLike) -> tuple[nn.Module, dict[str, str]]:
         model = build(int(spec["num_classes"]), int(spec["image_size"]), False)
         model.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
     except Exception as exc:  # noqa: BLE001 - the user's code, or weights that do not fit
-        raise ConfigError(f"cannot rebuild the model of {out}: {_one_line(exc)}") from None
+        raise ConfigError(f"cannot rebuild the model of {out}: {error_line(exc)}") from None
     index_to_name = json.loads((out / "index_to_name.json").read_text(encoding="utf-8"))
     return model.eval(), index_to_name
 
@@ -277,9 +278,3 @@ def _kind(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return type(value).__name__
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

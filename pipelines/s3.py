@@ -37,7 +37,13 @@ import botocore.exceptions
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
-from pipelines.storage import ObjectNotFound, PrefixNotFound, RequestStats, StorageError
+from pipelines.storage import (
+    ObjectNotFound,
+    PrefixNotFound,
+    RequestStats,
+    StorageError,
+    first_line,
+)
 
 MiB = 1024 * 1024
 
@@ -189,7 +195,7 @@ class S3Storage:
         try:
             credentials = self._session.get_credentials()
         except Exception as exc:  # noqa: BLE001 - a broken profile: say so, do not fail here
-            return f"unusable ({_first_line(exc)})"
+            return f"unusable ({first_line(exc)})"
         if credentials is None:
             return "none found"
         method = credentials.method
@@ -349,7 +355,7 @@ class S3Storage:
                     f"{where}: cannot {action}: the server is busy or failing ({code}) {tries}: "
                     "retry later, lower the number of readers, or raise max_attempts"
                 )
-            detail = f"{code}: {_first_line(text)}" if text else code
+            detail = f"{code}: {first_line(text)}" if text else code
             return code, f"{where}: cannot {action}: S3 error {detail}"
         if isinstance(exc, botocore.exceptions.NoCredentialsError | _PartialCredentials):
             return "NoCredentials", (
@@ -363,7 +369,7 @@ class S3Storage:
             )
         if isinstance(exc, botocore.exceptions.ConnectionError):
             return "unreachable", (
-                f"{where}: cannot {action}: endpoint unreachable {tries} ({_first_line(exc)}): "
+                f"{where}: cannot {action}: endpoint unreachable {tries} ({first_line(exc)}): "
                 "is the server running? check the endpoint URL (S3_ENDPOINT) and the network"
             )
         if isinstance(
@@ -375,11 +381,11 @@ class S3Storage:
         ):
             return "stream", (
                 f"{where}: cannot {action}: the connection broke mid-transfer "
-                f"({_first_line(exc)}): check the server and the network, then retry"
+                f"({first_line(exc)}): check the server and the network, then retry"
             )
         if isinstance(exc, botocore.exceptions.ParamValidationError):
-            return "invalid", f"{where}: cannot {action}: invalid request: {_first_line(exc)}"
-        return type(exc).__name__, f"{where}: cannot {action}: {_first_line(exc)}"
+            return "invalid", f"{where}: cannot {action}: invalid request: {first_line(exc)}"
+        return type(exc).__name__, f"{where}: cannot {action}: {first_line(exc)}"
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -779,11 +785,6 @@ def _no_such_bucket() -> botocore.exceptions.ClientError:
         {"Error": {"Code": "NoSuchBucket", "Message": "The specified bucket does not exist"}},
         "HeadBucket",
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def safe_url(url: str) -> str:

@@ -312,6 +312,19 @@ class FileSystemStorage:
         """Nothing to set up for a filesystem."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name when the message is empty:
+    what a one-line error message quotes of a cause."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (only the type when the message is empty)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def relative_keys(storage: Storage, prefix: str) -> Iterator[str]:
     """The keys under ``prefix``, relative to it (``a/b.jpg`` for ``<prefix>/a/b.jpg``), in
     listing order, fetched as the caller iterates.

@@ -24,6 +24,8 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousError
 from torch.distributed.run import main as torchrun_main
 
+from pipelines.storage import first_line
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run torchrun with ``argv``; return its exit status (see the module doc)."""
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         torchrun_main(argv)
     except (DistError, RendezvousError) as exc:  # the store, the network, the rendezvous
         print(
-            f"error: the nodes did not all join the rendezvous ({_first_line(exc)}): start the "
+            f"error: the nodes did not all join the rendezvous ({first_line(exc)}): start the "
             "same command on every node with its own NODE_RANK (0 to NNODES-1) and the same "
             "NNODES, MASTER_ADDR and MASTER_PORT, and check that MASTER_ADDR:MASTER_PORT is "
             "reachable from every node",
@@ -60,11 +62,6 @@ def relaunch(module: str, nproc: int, argv: list[str], why: str) -> int:
     For commands that need several ranks when started without torchrun."""
     print(f"{why}: starting {nproc} ranks with torchrun on this machine")
     return main(["--standalone", "--nproc-per-node", str(nproc), "-m", module, *argv])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,13 @@ from pipelines.records import (
     Record,
 )
 from pipelines.shards import ShardInfo
-from pipelines.storage import FileSystemStorage, Storage, StorageError, relative_keys
+from pipelines.storage import (
+    FileSystemStorage,
+    Storage,
+    StorageError,
+    error_line,
+    relative_keys,
+)
 from pipelines.voc import annotated_ids, join_key, load_voc_ids, load_voc_split
 from pipelines.voc import available_splits as voc_splits
 from training.config import TASK_FORMATS, Config, ConfigError
@@ -322,8 +328,7 @@ def read_own(
     except (DatasetError, StorageError):
         raise
     except Exception as exc:  # noqa: BLE001 - the user's code: one line
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise DatasetError(f"{key} {text!r}: {call} raised {type(exc).__name__}: {first}") from None
+        raise DatasetError(f"{key} {text!r}: {call} raised {error_line(exc)}") from None
     kind = DetectionRecord if task == "detection" else ClassificationRecord
     if not isinstance(found, list | tuple):
         raise DatasetError(f"{key} {text!r}: {call} returned {type(found).__name__}, not a list")
