@@ -260,9 +260,9 @@ def run_method(
         except Exception as exc:  # noqa: BLE001 - agreed on every rank: one row, next method
             rows.append(error_row(kind, method, index, exc, where))
             _say(ranks, f"{kind} {method} checkpoint {index}: {error_text(exc)}")
-            _cleanup(place, method, index, ranks, first_on_node)
             break
-        _cleanup(place, method, index, ranks, first_on_node)
+        finally:
+            _cleanup(place, method, index, ranks, first_on_node)
         new = [
             transfer_row(kind, method, index, rank, direction, t, cache, where)
             for direction, transfers in (("write", writes), ("read", reads))
@@ -302,13 +302,18 @@ def _cleanup(place, method: str, index: int, ranks: Ranks, first_on_node: bool) 
             log.warning("could not delete %s: %s", place.describe(method, index), exc)
 
 
+def client_lib(kind: str, method: str) -> str:
+    """The client library a method uses on a storage (``-`` on the filesystem)."""
+    return S3_CLIENTS[method] if kind == "s3" else "-"
+
+
 def transfer_row(kind, method, index, rank, direction, t, cache, where) -> dict:
     """One rank's write or read of one checkpoint, as a ``results.csv`` row."""
     s3 = kind == "s3"
     return {
         "storage": kind,
         "method": method,
-        "client_lib": S3_CLIENTS[method] if s3 else "-",
+        "client_lib": client_lib(kind, method),
         "checkpoint": index,
         "rank": rank,
         "direction": direction,
@@ -330,7 +335,7 @@ def error_row(kind: str, method: str, index: int, exc: BaseException, where: str
     return {
         "storage": kind,
         "method": method,
-        "client_lib": S3_CLIENTS[method] if kind == "s3" else "-",
+        "client_lib": client_lib(kind, method),
         "checkpoint": index,
         "rank": "",
         "direction": "",
@@ -344,7 +349,7 @@ def skipped_row(kind: str, method: str, why: str) -> dict:
     return {
         "storage": kind,
         "method": method,
-        "client_lib": S3_CLIENTS[method] if kind == "s3" else "-",
+        "client_lib": client_lib(kind, method),
         "checkpoint": "",
         "rank": "",
         "direction": "",
@@ -423,7 +428,7 @@ def answer_lines(rows: list[dict]) -> list[str]:
     summary = summarize(rows)
     lines = []
     for kind, method in dict.fromkeys((r["storage"], r["method"]) for r in rows):
-        head = f"{kind}, {method}" + (f" ({S3_CLIENTS[method]})" if kind == "s3" else "")
+        head = f"{kind}, {method}" + (f" ({client_lib(kind, method)})" if kind == "s3" else "")
         done = [s for s in summary if (s["storage"], s["method"]) == (kind, method)]
         if done:
             said = [

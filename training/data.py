@@ -401,7 +401,7 @@ def hash_split(
         "split %s: %d images of the %d in %s, by a hash of the id",
         split, len(chosen), len(records), storage.describe(root or ""),
     )  # fmt: skip
-    kept = sum(len(getattr(r, "boxes", ())) for r in chosen)
+    kept = sum(len(r.boxes) for r in chosen)  # detection records: checked above
     return chosen, BoxCounts(kept, counts.clipped, counts.dropped, counts.dropped_where)
 
 
