@@ -392,12 +392,6 @@ class SaveStream(io.RawIOBase):
                 raise RuntimeError(f"torch.save failed: {self._error}") from self._error
         return data
 
-    def readinto(self, buffer) -> int:
-        """Read into ``buffer``; the number of bytes read (0 at the end)."""
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def close(self) -> None:
         """Close the pipe and wait for the thread."""
         if not self.closed:
