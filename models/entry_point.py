@@ -31,9 +31,7 @@ import copy
 import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.storage import error_line
+from pipelines.storage import atomic_write_bytes, error_line
 from training.config import ConfigError
 
 #: File names already taken at the root of an archive (a model file may not be called so).
@@ -236,15 +234,7 @@ def check_detector(model: nn.Module, num_classes: int, image_size: int) -> None:
 
 def copy_into(entry: EntryPoint, out: Path) -> None:
     """Copy the model file into the run's folder (atomically): the run keeps what it trained."""
-    target = out / entry.model_file
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(entry.source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(out / entry.model_file, entry.source.read_bytes())
 
 
 def load_trained(out: str | os.PathLike) -> tuple[nn.Module, dict[str, str]]:
