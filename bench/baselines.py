@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.page_cache import evict_page_cache
 from bench.resources import CpuUse, process_sample
-from pipelines.s3 import S3Storage
+from pipelines.storage.s3 import S3Storage
 from training.meter import gc_frozen
 
 MiB = 1024 * 1024
@@ -170,7 +170,7 @@ def s3_get_baseline(
 
     Raises:
         ValueError: no keys, ``threads`` out of range, or ``chunk_bytes < 1``.
-        pipelines.storage.StorageError: a GET or body read failed (missing object, credentials,
+        pipelines.storage.base.StorageError: a GET or body read failed (missing object, credentials,
             endpoint unreachable; the first failure, the other reads are cancelled).
     """
     if not keys:

@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 
 from bench.page_cache import evict_page_cache
-from pipelines.storage import StorageError, error_line, first_line, relative_keys
+from common.errors import error_line, first_line
+from pipelines.storage.base import StorageError, relative_keys
 from training import distributed
 from training.config import ConfigError
 
@@ -403,7 +404,7 @@ class SaveStream(io.RawIOBase):
 class OperationCounter:
     """S3 requests sent by a boto3 client, by operation (``PutObject``, ``UploadPart``,
     ``GetObject``, ...), counted by botocore's ``before-call`` event (once per request, its
-    retries not included: those are counted by :class:`pipelines.s3.S3Storage`)."""
+    retries not included: those are counted by :class:`pipelines.storage.s3.S3Storage`)."""
 
     def __init__(self, client):
         self._lock = threading.Lock()

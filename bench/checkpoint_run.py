@@ -192,7 +192,7 @@ def open_place(
         if first_on_node:
             stack.callback(shutil.rmtree, root, ignore_errors=True)
         return FsPlace(root)
-    from pipelines.s3 import S3Storage
+    from pipelines.storage.s3 import S3Storage
 
     endpoint, bucket, region = distributed.gather(
         (
@@ -458,7 +458,7 @@ def failed(rows: list[dict]) -> bool:
 
 def write_outputs(out: Path, cfg: Config, rows: list[dict]) -> None:
     """``results.csv``, ``report.md`` and ``config.yaml`` (each atomically)."""
-    from pipelines.storage import atomic_write_bytes
+    from common.files import atomic_write_bytes
 
     write_yaml(out / "config.yaml", cfg.to_dict())
     write_csv(out / "results.csv", rows, RESULT_COLUMNS)

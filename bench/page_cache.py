@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from pipelines.storage import RequestStats, Storage
+from pipelines.storage.base import RequestStats, Storage
 
 
 def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = True) -> bool:
@@ -58,7 +58,7 @@ def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = True) 
 
 
 class EvictBeforeRead:
-    """A :class:`pipelines.storage.Storage` that drops each file from the page cache right
+    """A :class:`pipelines.storage.base.Storage` that drops each file from the page cache right
     before reading it, so every read of a pass comes from the device.
 
     Wraps the storage the loaders read (the filesystem, or a local S3 server whose files live

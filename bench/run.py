@@ -54,8 +54,8 @@ from bench.runner import (
     rank_samples,
     run_case,
 )
-from pipelines.records import Record
-from pipelines.shards import ShardInfo
+from pipelines.formats.records import Record
+from pipelines.shards.manifest import ShardInfo
 from training import distributed
 from training.config import Config, ConfigError
 from training.data import DataSource, class_names, load_split, open_storage, split_shards
@@ -108,7 +108,7 @@ def start_local_bucket(
     ``stack`` closes. Its credentials go into this process's environment, where the standard
     AWS chain (boto3, and the CRT of s3torchconnector) reads them, until ``stack`` closes.
     ``etag_hash``: see
-    :func:`pipelines.s3_local.start_server` (``""``: no ETags, for large objects read in
+    :func:`serve.local_s3.start_server` (``""``: no ETags, for large objects read in
     parallel ranges: rclone hashes the whole file for every request otherwise).
 
     Returns:
@@ -116,10 +116,10 @@ def start_local_bucket(
         set)``.
 
     Raises:
-        pipelines.s3_local.LocalS3Error: the server did not start.
+        serve.local_s3.LocalS3Error: the server did not start.
     """
-    from pipelines.s3 import S3Storage
-    from pipelines.s3_local import local_s3
+    from pipelines.storage.s3 import S3Storage
+    from serve.local_s3 import local_s3
 
     server_dir = out / "s3-server"
     stack.callback(shutil.rmtree, server_dir, ignore_errors=True)  # after the server stopped
@@ -145,8 +145,8 @@ def start_local_s3(
         ``(cfg pointing at the server, the server's folder behind the bucket, the environment
         variables set)``.
     """
-    from pipelines.s3 import S3Storage
-    from pipelines.s3_local import upload_tree
+    from pipelines.storage.s3 import S3Storage
+    from serve.local_s3 import upload_tree
 
     endpoint, bucket_dir, env = start_local_bucket(stack, out)
     prefix = cfg.storage.prefixes[0]
@@ -262,7 +262,7 @@ class Storages:
     def boto3(self):
         """The boto3 S3 storage among the prepared ones (the GET-pool baseline uses boto3 for
         every client library), or None."""
-        from pipelines.s3 import S3Storage
+        from pipelines.storage.s3 import S3Storage
 
         for prep in self.prepared.values():
             if isinstance(prep.source.storage, S3Storage):

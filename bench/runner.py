@@ -39,11 +39,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bench.ranks import Team, node_of_this_rank
 from bench.resources import CpuUse, ResourceSampler
-from pipelines.loaders import EpochLoader, LoaderSettings, build_loader
-from pipelines.records import Record
+from pipelines.access.loaders import EpochLoader, LoaderSettings, build_loader
+from pipelines.formats.records import Record
 from pipelines.samples import Batch
-from pipelines.shards import ShardInfo
-from pipelines.storage import RequestStats, Storage
+from pipelines.shards.manifest import ShardInfo
+from pipelines.storage.base import RequestStats, Storage
 from training.config import Config
 from training.distributed import all_agree, from_environment, pick_device
 from training.engine import Precision, measure_steps
@@ -142,7 +142,8 @@ def case_steps(case: Case, cfg: Config) -> int:
 
 def pass_repeat(cfg: Config, steps: int, rank_samples: int, *, single_epoch: bool) -> int:
     """Epochs a pass reads in one iteration of its loader: enough for its warm-up and ``steps``
-    measured steps, read back to back (see ``repeat`` in :func:`pipelines.loaders.build_loader`),
+    measured steps, read back to back (see ``repeat`` in
+    :func:`pipelines.access.loaders.build_loader`),
     when each rank reads at least ``rank_samples`` samples an epoch (:func:`rank_samples`);
     one when ``single_epoch`` (a cold pass that cannot evict before each read: a second epoch
     would read from the cache the first filled)."""
@@ -238,7 +239,7 @@ def run_case(
     most (:func:`pass_repeat`).
 
     With several ranks in ``team``, this rank (its ``part``) reads its part of each epoch's
-    split (:func:`pipelines.loaders.build_loader`'s ``rank`` and ``world_size``, with equal
+    split (:func:`pipelines.access.loaders.build_loader`'s ``rank`` and ``world_size``, with equal
     steps on every rank); every rank runs the same warm-up and measured steps.
     """
     task = task_module(cfg.task)

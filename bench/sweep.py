@@ -37,8 +37,9 @@ from bench.run import Storages, prepare_fs, run_pass
 from bench.runner import Case, run_case
 from bench.search import SearchResult, search_accelerators
 from bench.workloads import Rule, Workload, check_rules, workload
-from pipelines.storage import FileSystemStorage, atomic_write_bytes
-from pipelines.synthetic import SPLIT_DIR, SynthSpec, generate_dataset
+from common.files import atomic_write_bytes
+from datagen.synthetic import SPLIT_DIR, SynthSpec, generate_dataset
+from pipelines.storage.filesystem import FileSystemStorage
 from training import distributed
 from training.config import Config, ConfigError
 from training.data import class_names
@@ -82,13 +83,13 @@ class Search:
 
 def sweep_dataset(cfg: Config, w: Workload, ranks: Ranks) -> Path:
     """The dataset the sweep reads: ``data/bccd`` for ``bccd``; otherwise ``sweep.samples``
-    JPEGs drawn to the profile's sample size (:mod:`pipelines.synthetic`, lognormal with the
+    JPEGs drawn to the profile's sample size (:mod:`datagen.synthetic`, lognormal with the
     profile's mean and standard deviation) under ``<sweep.data_dir>/<profile>-<samples>``,
     written by rank 0 when missing (or left incomplete: its split file is written last) while
     the other ranks wait.
 
     Samples larger than a JPEG the generator draws (unet3d's 146.6 MB volumes) are a JPEG
-    followed by random bytes up to their size (:data:`pipelines.synthetic.LARGEST_JPEG_BYTES`).
+    followed by random bytes up to their size (:data:`datagen.synthetic.LARGEST_JPEG_BYTES`).
 
     Raises:
         ConfigError: the dataset would not fit on the disk that takes it (checked before it is

@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.storage import atomic_write_bytes, error_line
+from common.errors import error_line
+from common.files import atomic_write_bytes
 from training.config import ConfigError
 
 #: File names already taken at the root of an archive (a model file may not be called so).

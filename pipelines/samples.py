@@ -27,8 +27,8 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from pipelines.records import ClassificationRecord, DatasetError, Record
-from pipelines.storage import RequestStats
+from pipelines.formats.records import ClassificationRecord, DatasetError, Record
+from pipelines.storage.base import RequestStats
 
 
 def detection_transform(train: bool, image_size: int) -> v2.Compose:
@@ -104,8 +104,8 @@ def make_sample(
     """Decode and transform one image with its target into a sample dict (see module doc).
 
     The target follows the record: boxes and labels for a
-    :class:`pipelines.records.DetectionRecord`, the class index for a
-    :class:`pipelines.records.ClassificationRecord`.
+    :class:`pipelines.formats.records.DetectionRecord`, the class index for a
+    :class:`pipelines.formats.records.ClassificationRecord`.
     ``requests`` are the storage requests made for it (``storage.take_stats()`` after the read);
     ``read_at`` is the ``time.perf_counter()`` at which reading it began.
     With ``transform=None`` the bytes are read but not decoded (``image`` stays None and

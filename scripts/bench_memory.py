@@ -8,12 +8,12 @@ many keys, and say PASS or FAIL against the goals.
 Goals (units: GB = 10^9 bytes, MiB = 2^20 bytes):
 
 (a) Streaming a 1 GB shard adds at most 64 MiB of RSS. One WebDataset shard of ``--shard-gb``
-    is written with the project's shard writer (:func:`pipelines.shards.write_shards`, from a
+    is written with the project's shard writer (:func:`pipelines.shards.writer.write_shards`, from a
     small synthetic VOC tree whose 32 images of ~150 KB are repeated under new ids), then read
-    front to back with :func:`pipelines.shards.iter_shard`, from the filesystem and from a local
-    S3 server (``rclone serve s3`` on 127.0.0.1, serving the same file) with each S3 client
-    library: boto3 (:class:`pipelines.s3.S3Storage`) and s3torchconnector
-    (:class:`pipelines.s3_connector.S3ConnectorStorage`).
+    front to back with :func:`pipelines.shards.reader.iter_shard`, from the filesystem and from a
+    local S3 server (``rclone serve s3`` on 127.0.0.1, serving the same file) with each S3 client
+    library: boto3 (:class:`pipelines.storage.s3.S3Storage`) and s3torchconnector
+    (:class:`pipelines.storage.s3_connector.S3ConnectorStorage`).
 (b) Listing 100,000 keys holds no more than the keys. ``--keys`` tiny objects under 10
     sub-prefixes are listed with ``S3Storage.list`` (one stream, and ``list_workers=4`` across the
     sub-prefixes), once keeping the keys in a list, once only counting them. Keeping them may
@@ -48,13 +48,16 @@ from pathlib import Path
 
 import psutil
 
-from pipelines.s3 import S3Storage
-from pipelines.s3_connector import S3ConnectorStorage
-from pipelines.s3_local import LocalS3Error, local_s3
-from pipelines.shards import ShardInfo, iter_shard, write_shards
-from pipelines.storage import FileSystemStorage, StorageError
-from pipelines.synthetic import generate_dataset, spec_from_preset
-from pipelines.voc import load_voc_split
+from datagen.synthetic import generate_dataset, spec_from_preset
+from pipelines.formats.voc import load_voc_split
+from pipelines.shards.manifest import ShardInfo
+from pipelines.shards.reader import iter_shard
+from pipelines.shards.writer import write_shards
+from pipelines.storage.base import StorageError
+from pipelines.storage.filesystem import FileSystemStorage
+from pipelines.storage.s3 import S3Storage
+from pipelines.storage.s3_connector import S3ConnectorStorage
+from serve.local_s3 import LocalS3Error, local_s3
 
 GB = 10**9
 MiB = 2**20
@@ -179,7 +182,7 @@ def in_fresh_process(fn, *args):
     """
     context = get_context("forkserver")
     # not s3torchconnector: its CRT threads would not survive the fork (measured: 8 MB/s)
-    context.set_forkserver_preload(["pipelines.shards", "pipelines.s3", "psutil"])
+    context.set_forkserver_preload(["pipelines.shards.reader", "pipelines.storage.s3", "psutil"])
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()
 

@@ -6,7 +6,7 @@
 Reads every shard of the split ``--repeat`` times with each reader, in one process, from the
 page cache (a first untimed pass warms it): ``raw`` reads the files in 1 MiB chunks and parses
 nothing (the ceiling), ``webdataset`` groups the members of ``tar_file_iterator`` (Python's
-tarfile) with ``group_by_keys``, ``ours`` is :func:`pipelines.shards.iter_shard`. Prints
+tarfile) with ``group_by_keys``, ``ours`` is :func:`pipelines.shards.reader.iter_shard`. Prints
 samples/s and MB/s (10^6 bytes) of each and the ratios against raw and webdataset, all measured
 in the same run (the machine is shared: compare ratios, not absolute figures across runs).
 """
@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from pipelines.shards import ShardInfo, iter_shard
-from pipelines.storage import Storage
+from pipelines.shards.manifest import ShardInfo
+from pipelines.shards.reader import iter_shard
+from pipelines.storage.base import Storage
 from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
 from training.data import load_split, open_storage, split_shards
 
@@ -42,7 +43,7 @@ def read_webdataset(storage: Storage, shard: ShardInfo) -> int:
 
 
 def read_ours(storage: Storage, shard: ShardInfo) -> int:
-    """Samples of the shard through :func:`pipelines.shards.iter_shard`."""
+    """Samples of the shard through :func:`pipelines.shards.reader.iter_shard`."""
     return sum(1 for _ in iter_shard(storage, shard))
 
 

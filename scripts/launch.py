@@ -24,7 +24,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousError
 from torch.distributed.run import main as torchrun_main
 
-from pipelines.storage import first_line
+from common.errors import first_line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines.crops import write_crops
-from pipelines.records import DatasetError
-from pipelines.storage import FileSystemStorage, StorageError
-from pipelines.voc import load_voc_split
+from datagen.crops import write_crops
+from pipelines.formats.records import DatasetError
+from pipelines.formats.voc import load_voc_split
+from pipelines.storage.base import StorageError
+from pipelines.storage.filesystem import FileSystemStorage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.s3 import S3Storage
-from pipelines.s3_local import (
+from pipelines.storage.base import StorageError
+from pipelines.storage.s3 import S3Storage
+from serve.local_s3 import (
     DEFAULT_BUCKET,
     DEFAULT_STATE_DIR,
     LocalS3Error,
@@ -35,7 +36,6 @@ from pipelines.s3_local import (
     up,
     upload_tree,
 )
-from pipelines.storage import StorageError
 
 
 def build_parser() -> argparse.ArgumentParser:

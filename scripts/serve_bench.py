@@ -224,7 +224,7 @@ def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines.storage import atomic_write_bytes
+    from common.files import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows, COLUMNS)

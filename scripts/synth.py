@@ -23,9 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.s3_local import DEFAULT_STATE_DIR, LocalS3Error, resolve_s3
-from pipelines.storage import FileSystemStorage, Storage, StorageError
-from pipelines.synthetic import (
+from datagen.synthetic import (
     DEFAULT_CLASSES,
     DEFAULT_PRESET,
     KB,
@@ -34,6 +32,9 @@ from pipelines.synthetic import (
     generate_dataset,
     spec_from_preset,
 )
+from pipelines.storage.base import Storage, StorageError
+from pipelines.storage.filesystem import FileSystemStorage
+from serve.local_s3 import DEFAULT_STATE_DIR, LocalS3Error, resolve_s3
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -103,7 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def open_target(out: str, endpoint: str | None, env_file: Path, write_threads: int) -> Storage:
     """The storage of ``--out``: a :class:`FileSystemStorage` or an ``S3Storage`` (endpoint
-    and credentials: :func:`pipelines.s3_local.resolve_s3`, with ``env_file``'s folder as the
+    and credentials: :func:`serve.local_s3.resolve_s3`, with ``env_file``'s folder as the
     local server's state folder).
 
     Raises:
@@ -118,7 +119,7 @@ def open_target(out: str, endpoint: str | None, env_file: Path, write_threads: i
     if not bucket:
         raise SynthError(f"{out}: no bucket: write s3://bucket/prefix")
     target = resolve_s3(endpoint, bucket, None, env_file.parent)
-    from pipelines.s3 import S3Storage
+    from pipelines.storage.s3 import S3Storage
 
     return S3Storage(
         bucket,

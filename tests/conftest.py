@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.s3_local import local_s3
+from serve.local_s3 import local_s3
 
 REPO = Path(__file__).resolve().parents[1]
 BCCD = REPO / "data" / "bccd"

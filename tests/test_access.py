@@ -11,12 +11,14 @@ from collections import Counter
 import pytest
 
 from bench.page_cache import evict_page_cache
-from pipelines import sequential
-from pipelines.loaders import LoaderSettings, build_loader, ensure_shards
+from pipelines.access import shard_stream as sequential
+from pipelines.access.loaders import LoaderSettings, build_loader
+from pipelines.access.shard_stream import ShardStream
+from pipelines.formats.voc import load_voc_split, read_split_ids
 from pipelines.samples import detection_transform
-from pipelines.sequential import ShardStream
-from pipelines.storage import FileSystemStorage, RequestStats
-from pipelines.voc import load_voc_split, read_split_ids
+from pipelines.shards.writer import ensure_shards
+from pipelines.storage.base import RequestStats
+from pipelines.storage.filesystem import FileSystemStorage
 from tests.conftest import resident_fraction
 
 CLASSES = {"RBC": 1, "WBC": 2, "Platelets": 3}

@@ -9,7 +9,7 @@ import pytest
 from bench.ranks import BenchRanks, Team, check_counts, spread
 from bench.resources import CpuUse
 from bench.runner import PassPart, combine, rank_samples
-from pipelines.storage import RequestStats
+from pipelines.storage.base import RequestStats
 from training.config import ConfigError
 from training.distributed import ONE_RANK
 

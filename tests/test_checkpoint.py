@@ -42,9 +42,9 @@ from bench.checkpoint_run import (
     transfer_row,
     write_outputs,
 )
-from pipelines.s3 import S3Storage
-from pipelines.s3_local import free_port
-from pipelines.storage import StorageError
+from pipelines.storage.base import StorageError
+from pipelines.storage.s3 import S3Storage
+from serve.local_s3 import free_port
 from tests.test_distributed import run_command
 from training.config import ConfigError, load_config
 from training.distributed import ONE_RANK

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from datagen.crops import write_crops
 from models.classifier import ARCHITECTURES, build_classifier, load_trained_classifier
-from pipelines.crops import write_crops
-from pipelines.folders import load_folder_split
-from pipelines.loaders import LoaderSettings, build_loader, ensure_shards
-from pipelines.records import ClassificationRecord, DatasetError, record_from_json
+from pipelines.access.loaders import LoaderSettings, build_loader
+from pipelines.formats.folders import load_folder_split
+from pipelines.formats.records import ClassificationRecord, DatasetError, record_from_json
+from pipelines.formats.voc import load_voc_split
 from pipelines.samples import Batch, classification_transform, make_sample
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split
+from pipelines.shards.writer import ensure_shards
+from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
 from tests.conftest import make_voc_subset
 from training import classification
@@ -291,8 +292,8 @@ def test_one_epoch_of_classification_writes_accuracy_beside_throughput(
 
 @pytest.mark.integration
 def test_classification_over_s3_reads_the_same_crops(s3_server, cells_root, tmp_path, monkeypatch):
-    from pipelines.s3 import S3Storage
-    from pipelines.s3_local import upload_tree
+    from pipelines.storage.s3 import S3Storage
+    from serve.local_s3 import upload_tree
 
     bucket = "cells"
     S3Storage(bucket, endpoint_url=s3_server.endpoint).client().create_bucket(Bucket=bucket)

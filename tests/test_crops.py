@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipelines.crops import write_crops
-from pipelines.folders import load_folder_split
+from datagen.crops import write_crops
+from pipelines.formats.folders import load_folder_split
+from pipelines.formats.voc import load_voc_split
 from pipelines.samples import decode
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split
+from pipelines.storage.filesystem import FileSystemStorage
 from scripts import make_crops
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.csv_boxes import COLUMNS, load_csv_split
-from pipelines.hash_split import split_of
-from pipelines.records import DatasetError
-from pipelines.s3 import S3Storage
-from pipelines.s3_local import upload_tree
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split
+from pipelines.formats.csv_boxes import COLUMNS, load_csv_split
+from pipelines.formats.hash_split import split_of
+from pipelines.formats.records import DatasetError
+from pipelines.formats.voc import load_voc_split
+from pipelines.storage.filesystem import FileSystemStorage
+from pipelines.storage.s3 import S3Storage
 from scripts import train as train_cli
+from serve.local_s3 import upload_tree
 from training.config import ConfigError, load_config
 from training.data import DataSource, detect_format, load_split, resolve_split
 

@@ -27,12 +27,12 @@ import pytest
 import torch
 
 from models.classifier import load_trained_classifier
-from pipelines.folders import load_folder_split
-from pipelines.loaders import LoaderSettings, build_loader
-from pipelines.s3_local import free_port
+from pipelines.access.loaders import LoaderSettings, build_loader
+from pipelines.formats.folders import load_folder_split
 from pipelines.samples import classification_transform
-from pipelines.storage import FileSystemStorage
+from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
+from serve.local_s3 import free_port
 from tests.conftest import REPO
 from training import classification
 
@@ -111,8 +111,8 @@ def cells(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_cells(cells, s3_server):
     """The crops uploaded to the local S3 server: ``(data URL, environment for the run)``."""
-    from pipelines.s3 import S3Storage
-    from pipelines.s3_local import upload_tree
+    from pipelines.storage.s3 import S3Storage
+    from serve.local_s3 import upload_tree
 
     bucket = "dist"
     S3Storage(bucket, endpoint_url=s3_server.endpoint).client().create_bucket(Bucket=bucket)

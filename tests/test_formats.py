@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.coco import ANNOTATIONS, load_coco_split
-from pipelines.oid import HEADER_BYTES, image_size, load_oid_split
-from pipelines.records import DatasetError
-from pipelines.s3 import S3Storage
-from pipelines.s3_local import upload_tree
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split
+from pipelines.formats.coco import ANNOTATIONS, load_coco_split
+from pipelines.formats.oid import HEADER_BYTES, image_size, load_oid_split
+from pipelines.formats.records import DatasetError
+from pipelines.formats.voc import load_voc_split
+from pipelines.storage.filesystem import FileSystemStorage
+from pipelines.storage.s3 import S3Storage
 from scripts.train import main as train_main
+from serve.local_s3 import upload_tree
 from tests.conftest import BCCD
 from training.config import load_config
 from training.data import DataSource, load_split
@@ -283,7 +283,7 @@ def test_oid_missing_label_folder_or_file_is_an_error(oid_root):
 def test_oid_label_without_image_is_skipped_with_a_warning(oid_root, caplog):
     root, voc = oid_root
     (root / "train" / "Red_blood_cell" / f"{voc[0].id}.jpg").unlink()
-    with caplog.at_level(logging.WARNING, logger="pipelines.oid"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.formats.oid"):
         records, counts = load_oid_split(FileSystemStorage(root), "train")
     assert "skipped 1 label file(s) without their image" in caplog.text
     got = next(r for r in records if r.id == voc[0].id)

@@ -3,7 +3,7 @@
 Real shards (written by the shard writer from BCCD images) are mutated the ways storage and
 people damage files: bit flips, truncation, edited size fields (with and without a fixed-up
 header checksum) and inserted pax extended headers with well-formed and malformed records.
-Each mutated shard is read with :func:`pipelines.shards.iter_shard`:
+Each mutated shard is read with :func:`pipelines.shards.reader.iter_shard`:
 
 - with its manifest's size and CRC-32, the reader yields exactly the original samples or
   raises :class:`ShardError` naming the shard (a change it cannot see in the tar structure is
@@ -29,9 +29,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.shards import ShardError, ShardInfo, iter_shard, write_shards
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split
+from pipelines.formats.voc import load_voc_split
+from pipelines.shards.manifest import ShardError, ShardInfo
+from pipelines.shards.reader import iter_shard
+from pipelines.shards.writer import write_shards
+from pipelines.storage.filesystem import FileSystemStorage
 from tests.conftest import make_voc_subset
 
 #: Seconds one case may take (reading a ~100 kB shard takes about a millisecond).

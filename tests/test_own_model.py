@@ -107,7 +107,7 @@ def test_the_config_takes_an_entry_point_for_either_task_and_names_the_choices()
 # -- your own dataset reader -----------------------------------------------------------------------
 
 READERS = """
-from pipelines.records import ClassificationRecord, DetectionRecord
+from pipelines.formats.records import ClassificationRecord, DetectionRecord
 
 def boxes(storage, root, split):
     return [DetectionRecord("a", "a.jpg", ((1, 1, 5, 5), (3, 3, 3, 9)), ("cat", "dog"), 10, 10)]
@@ -140,8 +140,8 @@ def no_boxes(storage, root, split):
     ],
 )
 def test_a_reader_breaking_its_contract_is_refused_naming_it(tmp_path, function, message):
-    from pipelines.records import DatasetError
-    from pipelines.storage import FileSystemStorage
+    from pipelines.formats.records import DatasetError
+    from pipelines.storage.filesystem import FileSystemStorage
     from training.data import read_own
 
     (tmp_path / "my_reader.py").write_text(READERS)
@@ -151,7 +151,7 @@ def test_a_reader_breaking_its_contract_is_refused_naming_it(tmp_path, function,
 
 
 def test_a_readers_degenerate_boxes_are_dropped_and_counted(tmp_path):
-    from pipelines.storage import FileSystemStorage
+    from pipelines.storage.filesystem import FileSystemStorage
     from training.data import read_own
 
     (tmp_path / "my_reader.py").write_text(READERS)

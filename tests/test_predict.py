@@ -68,7 +68,7 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_predict_reads_an_s3_uri(trained_out, s3_server, tmp_path):
-    from pipelines.s3 import S3Storage
+    from pipelines.storage.s3 import S3Storage
 
     storage = S3Storage("predict-bucket", endpoint_url=s3_server.endpoint)
     storage.client().create_bucket(Bucket="predict-bucket")

@@ -11,9 +11,10 @@ from collections import Counter
 
 import pytest
 
-from pipelines.loaders import LoaderSettings, build_loader, ensure_shards
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split
+from pipelines.access.loaders import LoaderSettings, build_loader
+from pipelines.formats.voc import load_voc_split
+from pipelines.shards.writer import ensure_shards
+from pipelines.storage.filesystem import FileSystemStorage
 
 CLASSES = {"RBC": 1, "WBC": 2, "Platelets": 3}
 

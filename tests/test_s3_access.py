@@ -11,14 +11,17 @@ from collections import Counter
 
 import pytest
 
-from pipelines.loaders import LoaderSettings, build_loader, ensure_shards
-from pipelines.s3 import S3Storage
-from pipelines.s3_local import local_s3, upload_tree
+from pipelines.access.loaders import LoaderSettings, build_loader
+from pipelines.formats.voc import load_voc_split, read_split_ids
 from pipelines.samples import detection_transform
-from pipelines.shards import ShardError, iter_shard, read_manifest
-from pipelines.storage import FileSystemStorage, StorageError
-from pipelines.voc import load_voc_split, read_split_ids
+from pipelines.shards.manifest import ShardError, read_manifest
+from pipelines.shards.reader import iter_shard
+from pipelines.shards.writer import ensure_shards
+from pipelines.storage.base import StorageError
+from pipelines.storage.filesystem import FileSystemStorage
+from pipelines.storage.s3 import S3Storage
 from scripts import train as train_cli
+from serve.local_s3 import local_s3, upload_tree
 from tests.conftest import make_voc_subset
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipelines.s3 import S3Storage
-from pipelines.s3_connector import S3ConnectorStorage
-from pipelines.storage import ObjectNotFound
+from pipelines.storage.base import ObjectNotFound
+from pipelines.storage.s3 import S3Storage
+from pipelines.storage.s3_connector import S3ConnectorStorage
 
 pytestmark = pytest.mark.integration
 _numbers = itertools.count()
@@ -62,7 +62,7 @@ def test_open_streams_in_bounded_ranged_gets(stores, monkeypatch):
     """A stream is read in ranged GETs of STREAM_WINDOW bytes, one in flight at a time, so
     memory never holds more than one window: exact bytes, one GET per window (plus one that
     finds the end when the size is a multiple of the window)."""
-    import pipelines.s3_connector as connector
+    import pipelines.storage.s3_connector as connector
 
     boto, crt = stores
     data = os.urandom(100_000)

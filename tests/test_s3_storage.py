@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.s3 import S3Storage, S3Stream
-from pipelines.s3_local import (
+from pipelines.storage.base import StorageError, relative_keys
+from pipelines.storage.filesystem import FileSystemStorage
+from pipelines.storage.s3 import S3Storage, S3Stream
+from scripts import s3_local as cli
+from serve.local_s3 import (
     LocalS3Error,
     down,
     local_files,
@@ -30,8 +33,6 @@ from pipelines.s3_local import (
     upload_tree,
     write_env_file,
 )
-from pipelines.storage import FileSystemStorage, StorageError, relative_keys
-from scripts import s3_local as cli
 
 _bucket_numbers = itertools.count()
 
@@ -393,8 +394,8 @@ def test_listing_that_fails_on_a_later_page_raises_instead_of_shrinking(tmp_path
 @pytest.mark.integration
 def test_refused_listing_is_access_denied_not_a_missing_split(server, bucket, monkeypatch):
     """AccessDenied on the listing surfaced as "split 'train' not found"."""
-    from pipelines.folders import load_folder_split
-    from pipelines.voc import available_splits
+    from pipelines.formats.folders import load_folder_split
+    from pipelines.formats.voc import available_splits
 
     S3Storage(bucket, endpoint_url=server.endpoint).write("train/RBC/a.jpg", b"x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x" * 40)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.random_access import MapStyleDataset
-from pipelines.records import DatasetError, DetectionRecord
+from pipelines.access.map_style import MapStyleDataset
+from pipelines.formats.records import DatasetError, DetectionRecord
+from pipelines.formats.voc import load_voc_split
 from pipelines.samples import collate, decode, detection_transform, make_sample
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split
+from pipelines.storage.filesystem import FileSystemStorage
 
 
 def white_box_jpeg(width=200, height=100, box=(20, 30, 60, 90)) -> bytes:

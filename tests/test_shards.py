@@ -11,10 +11,11 @@ import zlib
 
 import pytest
 
-from pipelines.loaders import ensure_shards
-from pipelines.shards import ShardError, ShardInfo, iter_shard, read_manifest, write_shards
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split
+from pipelines.formats.voc import load_voc_split
+from pipelines.shards.manifest import ShardError, ShardInfo, read_manifest
+from pipelines.shards.reader import iter_shard
+from pipelines.shards.writer import ensure_shards, write_shards
+from pipelines.storage.filesystem import FileSystemStorage
 
 
 @pytest.fixture
@@ -222,8 +223,8 @@ def test_a_replaced_shard_of_the_same_sample_count_is_caught(split, voc_root):
 def test_corrupt_annotation_member_is_a_shard_error_in_the_stream(split, voc_root):
     """A sample whose .json member does not parse stops the stream with the shard named,
     not a bare JSONDecodeError from a DataLoader worker."""
+    from pipelines.access.shard_stream import ShardStream
     from pipelines.samples import detection_transform
-    from pipelines.sequential import ShardStream
 
     storage, records = split
     (shard,) = write_shards(storage, records, "shards/train", target_bytes=10**9)

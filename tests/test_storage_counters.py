@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipelines.s3 import S3Storage
-from pipelines.s3_connector import S3ConnectorStorage
-from pipelines.storage import FileSystemStorage
+from pipelines.storage.filesystem import FileSystemStorage
+from pipelines.storage.s3 import S3Storage
+from pipelines.storage.s3_connector import S3ConnectorStorage
 
 THREADS, READS = 8, 100
 _numbers = itertools.count()

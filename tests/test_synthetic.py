@@ -1,4 +1,4 @@
-"""The synthetic dataset generator (pipelines/synthetic.py, scripts/synth.py) and a smoke run of
+"""The synthetic dataset generator (datagen/synthetic.py, scripts/synth.py) and a smoke run of
 the memory benchmark (scripts/bench_memory.py)."""
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.s3 import S3Storage
-from pipelines.storage import FileSystemStorage
-from pipelines.synthetic import (
+from datagen.synthetic import (
     KB,
     LARGEST_JPEG_BYTES,
     PADDED_JPEG_BYTES,
@@ -29,7 +27,9 @@ from pipelines.synthetic import (
     split_mask,
     target_size,
 )
-from pipelines.voc import load_voc_split
+from pipelines.formats.voc import load_voc_split
+from pipelines.storage.filesystem import FileSystemStorage
+from pipelines.storage.s3 import S3Storage
 from scripts import synth as cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from pipelines.tar_stream import TarFormatError, iter_members
+from pipelines.shards.tar_stream import TarFormatError, iter_members
 
 LONG = "a-folder-with-a-long-name/" * 5 + "sample.with.dots.jpg"  # > 100 bytes
 
@@ -80,7 +80,7 @@ def test_corrupt_header_fails_its_checksum():
 def test_header_byte_sum_is_exact():
     """The checksum's fast byte sum (Adler-32 residue + parity) equals ``sum`` on every kind
     of block, including the extremes where the residue wraps."""
-    from pipelines.tar_stream import _byte_sum
+    from pipelines.shards.tar_stream import _byte_sum
 
     blocks = [bytes(512), b"\xff" * 512, b"0" * 512, b"\x01" + bytes(511)]
     blocks += [os.urandom(512) for _ in range(500)]
@@ -210,7 +210,7 @@ def test_size_past_the_known_length_is_refused_before_reading():
     # without a known length the member is read in bounded pieces until the data runs out
     with pytest.raises(TarFormatError, match="unexpected end of data"):
         list(iter_members(Counting(bytes(data)), chunk_size=512))
-    from pipelines.tar_stream import MAX_READ
+    from pipelines.shards.tar_stream import MAX_READ
 
     assert Counting.asked <= MAX_READ
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.records import DatasetError, sanitize_box
-from pipelines.storage import FileSystemStorage
-from pipelines.voc import load_voc_split, parse_voc_xml, read_split_ids
+from pipelines.formats.records import DatasetError, sanitize_box
+from pipelines.formats.voc import load_voc_split, parse_voc_xml, read_split_ids
+from pipelines.storage.filesystem import FileSystemStorage
 from tests.conftest import BCCD
 
 

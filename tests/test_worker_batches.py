@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from pipelines.loaders import TRANSFER_TENSOR_BYTES, EpochLoader, WorkerBatches
+from pipelines.access.loaders import TRANSFER_TENSOR_BYTES, EpochLoader, WorkerBatches
 from pipelines.samples import bytes_only_sample, collate
 
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.records import DatasetError
-from pipelines.s3_local import LocalS3Error
-from pipelines.shards import ShardError
-from pipelines.storage import StorageError
+from pipelines.formats.records import DatasetError
+from pipelines.shards.manifest import ShardError
+from pipelines.storage.base import StorageError
+from serve.local_s3 import LocalS3Error
 from training.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:

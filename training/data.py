@@ -12,30 +12,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipelines.coco import ANNOTATIONS, load_coco_split
-from pipelines.coco import available_splits as coco_splits
-from pipelines.csv_boxes import ROBOFLOW_FILE, find_split_file, load_csv_split
-from pipelines.folders import IMAGE_SUFFIXES, load_folder_split
-from pipelines.hash_split import split_index, split_of
-from pipelines.loaders import ensure_shards, shard_prefix
-from pipelines.oid import LABEL_DIR, LABEL_SUFFIX, load_oid_split
-from pipelines.records import (
+from common.errors import error_line
+from pipelines.formats.coco import ANNOTATIONS, load_coco_split
+from pipelines.formats.coco import available_splits as coco_splits
+from pipelines.formats.csv_boxes import ROBOFLOW_FILE, find_split_file, load_csv_split
+from pipelines.formats.folders import IMAGE_SUFFIXES, load_folder_split
+from pipelines.formats.hash_split import split_index, split_of
+from pipelines.formats.oid import LABEL_DIR, LABEL_SUFFIX, load_oid_split
+from pipelines.formats.records import (
     BoxCounts,
     ClassificationRecord,
     DatasetError,
     DetectionRecord,
     Record,
 )
-from pipelines.shards import ShardInfo
-from pipelines.storage import (
-    FileSystemStorage,
-    Storage,
-    StorageError,
-    error_line,
-    relative_keys,
-)
-from pipelines.voc import annotated_ids, join_key, load_voc_ids, load_voc_split
-from pipelines.voc import available_splits as voc_splits
+from pipelines.formats.voc import annotated_ids, load_voc_ids, load_voc_split
+from pipelines.formats.voc import available_splits as voc_splits
+from pipelines.shards.manifest import ShardInfo
+from pipelines.shards.writer import ensure_shards, shard_prefix
+from pipelines.storage.base import Storage, StorageError, join_key, relative_keys
+from pipelines.storage.filesystem import FileSystemStorage
 from training.config import TASK_FORMATS, Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,7 +71,7 @@ def open_storage(cfg: Config) -> DataSource:
     For ``s3``: the endpoint named by ``storage.endpoint_url`` or ``S3_ENDPOINT``; with
     neither, the local server of ``make s3-up`` when it is running and answering (its
     endpoint, bucket and keys, handed to the client: credentials set in the environment are
-    never replaced), else AWS (:func:`pipelines.s3_local.resolve_s3`). The bucket is
+    never replaced), else AWS (:func:`serve.local_s3.resolve_s3`). The bucket is
     ``storage.bucket`` or ``S3_BUCKET``. The log names the endpoint and the credential source
     (environment, profile, local server), never a key.
 
@@ -88,8 +84,8 @@ def open_storage(cfg: Config) -> DataSource:
     roots = tuple("" if p.strip("/") in ("", ".") else p.strip("/") for p in s.prefixes) or ("",)
     if s.type == "fs":
         return DataSource(FileSystemStorage(s.root), roots, "fs")
-    from pipelines.s3 import safe_url
-    from pipelines.s3_local import resolve_s3
+    from pipelines.storage.s3 import safe_url
+    from serve.local_s3 import resolve_s3
 
     target = resolve_s3(s.endpoint_url, s.bucket, s.region, LOCAL_S3_STATE)
     if not target.bucket:
@@ -101,14 +97,14 @@ def open_storage(cfg: Config) -> DataSource:
         endpoint_url=target.endpoint, region=target.region, addressing_style=s.addressing_style
     )
     if s.client_lib == "s3torchconnector":
-        from pipelines.s3_connector import S3ConnectorStorage
+        from pipelines.storage.s3_connector import S3ConnectorStorage
 
         if target.credentials_file is not None:
             _local_keys_into_environment(target.credentials_file)
         storage = S3ConnectorStorage(target.bucket, max_attempts=s.max_attempts, **common)
         credentials = "the CRT's default chain (environment, profile, instance role)"
     else:
-        from pipelines.s3 import S3Storage
+        from pipelines.storage.s3 import S3Storage
 
         storage = S3Storage(
             target.bucket,
@@ -138,7 +134,7 @@ def _local_keys_into_environment(env_file: Path) -> None:
     Raises:
         ConfigError: the environment holds other keys or a session token (never replaced).
     """
-    from pipelines.s3_local import read_env_file
+    from serve.local_s3 import read_env_file
 
     keys = {k: v for k, v in read_env_file(env_file).items() if k.startswith("AWS_")}
     user = os.environ.get("AWS_ACCESS_KEY_ID")
@@ -207,7 +203,7 @@ def resolve_split(cfg: Config, source: DataSource | None = None, *, announce: bo
     Raises:
         ConfigError: some sources have the splits and others do not; ``dataset.split: hash``
             with a reader of the user's.
-        pipelines.storage.StorageError: the storage cannot be read.
+        pipelines.storage.base.StorageError: the storage cannot be read.
     """
     own_reader = ":" in cfg.dataset.format
     if cfg.dataset.split == "hash" and own_reader:
@@ -254,9 +250,10 @@ def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record
     format :func:`detect_format` finds in each root.
 
     Raises:
-        DatasetError: as the format's reader (:func:`pipelines.voc.load_voc_split`,
-            :func:`pipelines.coco.load_coco_split`, :func:`pipelines.oid.load_oid_split`,
-            :func:`pipelines.folders.load_folder_split`), a root whose format cannot be
+        DatasetError: as the format's reader (:func:`pipelines.formats.voc.load_voc_split`,
+            :func:`pipelines.formats.coco.load_coco_split`,
+            :func:`pipelines.formats.oid.load_oid_split`,
+            :func:`pipelines.formats.folders.load_folder_split`), a root whose format cannot be
             detected or does not suit ``task``, or an image id found in two roots.
     """
     cfg = resolve_split(cfg, source, announce=False)  # the run resolved it before (logged)
@@ -315,7 +312,7 @@ def read_own(
         ConfigError: the reader cannot be found or imported.
         DatasetError: it raised, or returned something else than such records (the message
             names the reader and the first wrong record).
-        pipelines.storage.StorageError: the storage failed under it.
+        pipelines.storage.base.StorageError: the storage failed under it.
     """
     from models.entry_point import load_builder, resolve
 
@@ -354,7 +351,9 @@ def _checked_record(record, kind: type, counts: BoxCounts):
         TypeError, ValueError: what is wrong with it.
     """
     if not isinstance(record, kind):
-        raise TypeError(f"a {type(record).__name__}, not a pipelines.records.{kind.__name__}")
+        raise TypeError(
+            f"a {type(record).__name__}, not a pipelines.formats.records.{kind.__name__}"
+        )
     if not isinstance(record.id, str) or not isinstance(record.image_key, str):
         raise TypeError("id and image_key must be strings")
     if kind is ClassificationRecord:
@@ -379,7 +378,7 @@ def hash_split(
     storage: Storage, root: str, cfg: Config, split: str
 ) -> tuple[list[Record], BoxCounts]:
     """The records of ``split`` in a dataset read whole, chosen by a hash of their ids
-    (:mod:`pipelines.hash_split`), in the dataset's order. The counts are the split's kept
+    (:mod:`pipelines.formats.hash_split`), in the dataset's order. The counts are the split's kept
     boxes and the whole dataset's clipped and dropped ones (the reader sees them all).
 
     Raises:
@@ -417,7 +416,7 @@ def detect_format(storage: Storage, root: str, split: str) -> str:
     Raises:
         DatasetError: ``root`` is missing or empty, or none of these layouts is there (the
             message says what was looked for).
-        pipelines.storage.StorageError: the storage cannot be read.
+        pipelines.storage.base.StorageError: the storage cannot be read.
     """
     if storage.exists(join_key(root, f"ImageSets/Main/{split}.txt")):
         return "voc"
@@ -455,7 +454,7 @@ def split_shards(
     """The split's shards under the first root's ``dataset.shards_prefix``, written when missing.
 
     Returns:
-        ``(prefix, shards, written)``; see :func:`pipelines.loaders.ensure_shards`.
+        ``(prefix, shards, written)``; see :func:`pipelines.shards.writer.ensure_shards`.
     """
     base = join_key(source.roots[0], cfg.dataset.shards_prefix)
     name = split
@@ -470,7 +469,8 @@ def split_shards(
 
 
 def access_pattern(cfg: Config) -> str:
-    """``random``, ``shards`` or ``objects``: what :func:`pipelines.loaders.build_loader` runs."""
+    """``random``, ``shards`` or ``objects``: what
+    :func:`pipelines.access.loaders.build_loader` runs."""
     return "random" if cfg.access.mode == "random" else cfg.access.sequential_source
 
 

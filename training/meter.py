@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pipelines.storage import RequestStats
+from pipelines.storage.base import RequestStats
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipelines.storage import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 
 def run_folder(parent: str | Path) -> Path:

@@ -17,8 +17,9 @@ from torchvision.io import encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes
 
+from common.files import atomic_write_bytes
 from pipelines.samples import decode
-from pipelines.storage import StorageError, atomic_write_bytes
+from pipelines.storage.base import StorageError
 from training.outputs import write_json
 
 log = logging.getLogger(__name__)

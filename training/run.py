@@ -25,10 +25,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from models import entry_point
-from pipelines.loaders import EpochLoader, LoaderSettings, build_loader
-from pipelines.records import BoxCounts, DatasetError
-from pipelines.shards import ShardInfo
-from pipelines.storage import RequestStats
+from pipelines.access.loaders import EpochLoader, LoaderSettings, build_loader
+from pipelines.formats.records import BoxCounts, DatasetError
+from pipelines.shards.manifest import ShardInfo
+from pipelines.storage.base import RequestStats
 from training import distributed
 from training.charts import TensorBoard, write_plots
 from training.config import Config, ConfigError
@@ -146,7 +146,7 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
     """Train and evaluate as configured; write all outputs; return the last epoch's metrics row.
 
     Raises:
-        DatasetError, pipelines.storage.StorageError, pipelines.shards.ShardError,
+        DatasetError, pipelines.storage.base.StorageError, pipelines.shards.manifest.ShardError,
         training.engine.TrainingError: with a message for the user (the CLI prints it).
     """
     started = time.perf_counter()  # the trace's times count from here
@@ -232,8 +232,8 @@ def prepare_data(cfg: Config, task, ranks: Ranks = ONE_RANK) -> RunData:
     Shards missing or stale are written by rank 0 while the others wait, then found by them.
 
     Raises:
-        DatasetError, pipelines.storage.StorageError, pipelines.shards.ShardError: with a
-            message for the user.
+        DatasetError, pipelines.storage.base.StorageError, pipelines.shards.manifest.ShardError:
+            with a message for the user.
     """
     source = open_storage(cfg)
     log.info("storage: %s", source.storage.describe())

@@ -5,7 +5,7 @@ One epoch: the shard order is shuffled with a seed shared by all DataLoader work
 and passes the samples through a shuffle buffer before decoding them. Every sample of the split
 is therefore read exactly once per epoch, whatever the number of workers. This is WebDataset's
 ``shardlist → split_by_worker → tarfile_samples → shuffle → decode`` pipeline, with the shards
-opened through :class:`pipelines.storage.Storage`.
+opened through :class:`pipelines.storage.base.Storage`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,16 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms import v2
 from webdataset.filters import shuffle as shuffle_stage
 
-from pipelines.records import record_from_json
+from pipelines.formats.records import record_from_json
 from pipelines.samples import bytes_only_sample, make_sample
-from pipelines.shards import IMAGE_EXTENSIONS, ShardError, ShardInfo, iter_shard, rewrite_advice
-from pipelines.storage import RequestStats, Storage
+from pipelines.shards.manifest import (
+    IMAGE_EXTENSIONS,
+    ShardError,
+    ShardInfo,
+    rewrite_advice,
+)
+from pipelines.shards.reader import iter_shard
+from pipelines.storage.base import RequestStats, Storage
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +225,15 @@ class ShardStream(EpochStream):
         first shard was opened; for the others, when the previous one was taken. The storage
         requests made so far (the shard's open, and the next one's) land on the first sample
         of each shard; the others carry None, so their totals add up to the requests made.
-        ``read_s`` is the sample's share of the shard's reads (:func:`pipelines.shards.iter_shard`);
+        ``read_s`` is the sample's share of the shard's reads
+        (:func:`pipelines.shards.reader.iter_shard`);
         the first sample of a shard also carries the time this reader spent opening shards for
         it (waiting for the shard opened ahead, opening the next one in line), as a map-style
         read's time includes its request's time to first byte.
 
         The next shard is opened before the current one is read, so that its first bytes are
         on their way meanwhile: a filesystem's ``open`` asks the kernel to read the file ahead
-        (:meth:`pipelines.storage.FileSystemStorage.open`), an S3 ``open`` sends the GET.
+        (:meth:`pipelines.storage.filesystem.FileSystemStorage.open`), an S3 ``open`` sends the GET.
         When opening a shard took :data:`OPEN_AHEAD_S` or more (an S3 GET waiting for its
         first bytes, a metadata round trip on a network filesystem), that open is done in a
         background thread, so its latency is hidden too; a quicker one (a local file) is done

@@ -8,8 +8,9 @@ order; extra columns ignored), one file per split. Two layouts, both detected:
 
 Coordinates are pixels, ``xmin < xmax`` and ``ymin < ymax`` within ``width`` x ``height``; boxes
 outside the image are clipped, degenerate ones dropped and counted as for VOC
-(:meth:`pipelines.records.BoxCounts.keep`). The rows of one image need not be adjacent; images
-keep the order of their first row. A malformed row is an error naming the file and the line.
+(:meth:`pipelines.formats.records.BoxCounts.keep`). The rows of one image need not be
+adjacent; images keep the order of their first row. A malformed row is an error naming the
+file and the line.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import csv
 import io
 import math
 
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord
-from pipelines.storage import ObjectNotFound, Storage
-from pipelines.voc import join_key
+from pipelines.formats.records import BoxCounts, DatasetError, DetectionRecord
+from pipelines.storage.base import ObjectNotFound, Storage, join_key
 
 #: The columns a file must have.
 COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")

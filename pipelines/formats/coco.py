@@ -23,9 +23,8 @@ import json
 import math
 import posixpath
 
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord
-from pipelines.storage import ObjectNotFound, Storage, relative_keys
-from pipelines.voc import join_key
+from pipelines.formats.records import BoxCounts, DatasetError, DetectionRecord
+from pipelines.storage.base import ObjectNotFound, Storage, join_key, relative_keys
 
 ANNOTATIONS = "_annotations.coco.json"
 
@@ -144,7 +143,7 @@ def load_coco_split(
 
     Boxes are converted from COCO ``[x, y, width, height]`` to pixel ``(x1, y1, x2, y2)``,
     clipped to the image, and dropped (and counted) when nothing is left (see
-    :func:`pipelines.records.sanitize_box`).
+    :func:`pipelines.formats.records.sanitize_box`).
 
     Args:
         storage: holds the export.

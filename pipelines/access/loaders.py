@@ -28,21 +28,16 @@ from torch.utils.data import (
 )
 from torchvision.transforms import v2
 
-from pipelines.object_stream import ObjectStreamDataset
-from pipelines.random_access import MapStyleDataset
-from pipelines.records import Record
+from pipelines.access.map_style import MapStyleDataset
+from pipelines.access.object_stream import ObjectStreamDataset
+from pipelines.access.shard_stream import ShardStream
+from pipelines.formats.records import Record
 from pipelines.samples import Batch, collate
-from pipelines.sequential import ShardStream
-from pipelines.shards import (
-    MANIFEST,
+from pipelines.shards.manifest import (
     ShardError,
     ShardInfo,
-    changed_sources,
-    read_manifest,
-    record_versions,
-    write_shards,
 )
-from pipelines.storage import Storage, StorageError
+from pipelines.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -387,103 +382,3 @@ def _iterable_dataset(
             world_size=world_size,
         )
     raise ValueError(f"unknown access pattern {access!r}; choose random, shards or objects")
-
-
-def ensure_shards(
-    storage: Storage,
-    records: list[Record],
-    prefix: str,
-    *,
-    target_bytes: int,
-    on_shard: Callable[[ShardInfo], None] | None = None,
-) -> tuple[list[ShardInfo], bool]:
-    """Return the shards of ``records`` under ``prefix``, writing them first when missing or
-    when an image or annotation changed since they were written (a split with other image ids
-    is refused, as below).
-
-    Shards found are checked against the split (the same image ids) and against the data
-    (:func:`pipelines.shards.changed_sources`: each annotation's digest, each image's size
-    and version). When data changed, the shards are written again: the manifest is deleted
-    first (so a run stopped meanwhile finds no manifest and writes them again), then the
-    shards, the manifest last; shard files the new manifest no longer lists are removed.
-    Images with new versions but the same bytes keep the shards; their new versions are
-    recorded in the manifest when it can be written (else a warning: they are hashed again
-    next time).
-
-    Returns:
-        ``(shards, written)``: ``written`` is True when they were written by this call.
-
-    Raises:
-        ShardError: shards exist under ``prefix`` but hold another set of images (the dataset or
-            the split changed): the message says which folder to delete; or the data changed
-            and the shards cannot be written again there (read-only storage).
-    """
-    found = read_manifest(storage, prefix)
-    if found is None:
-        return write_shards(
-            storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
-        ), True
-    have = [i for s in found.shards for i in s.ids]
-    want = [r.id for r in records]
-    if sorted(have) != sorted(want):
-        raise ShardError(
-            f"the shards in {storage.describe(prefix)} hold {len(have)} images that are not the "
-            f"split's {len(want)}: the dataset or split changed since they were written; delete "
-            f"{storage.describe(prefix)} and they are written again on next use"
-        )
-    check = changed_sources(storage, records, found)
-    if check.changed:
-        changed = check.changed
-        log.warning(
-            "the data changed since the shards in %s were written (%d of %d samples: %s%s): "
-            "writing them again",
-            storage.describe(prefix),
-            len(changed) if found.sources is not None else len(records),
-            len(records),
-            "; ".join(changed[:3]),
-            "; ..." if len(changed) > 3 else "",
-        )
-        try:
-            storage.delete(f"{prefix}/{MANIFEST}")
-            shards = write_shards(
-                storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
-            )
-            for stale in {s.key for s in found.shards} - {s.key for s in shards}:
-                storage.delete(stale)
-        except StorageError as exc:
-            raise ShardError(
-                f"the data changed since the shards in {storage.describe(prefix)} were written "
-                f"({changed[0]}), and they cannot be written again there: {exc}; make the "
-                "folder writable, or write the shards where they are read from"
-            ) from None
-        return shards, True
-    if check.new_versions:
-        try:
-            record_versions(storage, prefix, found, check.new_versions)
-            log.info(
-                "%d images in %s have new versions but the same bytes: recorded",
-                len(check.new_versions),
-                storage.describe(prefix),
-            )
-        except StorageError as exc:
-            log.warning(
-                "%d images have new versions but the same bytes; the shards in %s are reused, "
-                "but the new versions cannot be recorded (%s): each run will hash them again",
-                len(check.new_versions),
-                storage.describe(prefix),
-                exc,
-            )
-    if found.target_bytes != target_bytes:
-        log.warning(
-            "reusing shards in %s written with a %d-byte target (config asks %d); delete the "
-            "folder to write them again",
-            storage.describe(prefix),
-            found.target_bytes,
-            target_bytes,
-        )
-    return found.shards, False
-
-
-def shard_prefix(base: str, split: str, limit: int | None) -> str:
-    """Key prefix of a split's shards: ``<base>/<split>``, or ``<base>/<split>-first<N>``."""
-    return f"{base}/{split}" if limit is None else f"{base}/{split}-first{limit}"

@@ -3,8 +3,8 @@
 Like DLIO's data generator (the one MLPerf Storage uses), this writes a dataset whose *sizes*
 match a real workload, so storage can be measured at any scale without downloading one. Unlike
 DLIO's random bytes, every image is a real, decodable JPEG with boxes drawn where the annotation
-says, in Pascal VOC layout, so the VOC reader (:func:`pipelines.voc.load_voc_split`), the shard
-writer and both access modes use it unchanged::
+says, in Pascal VOC layout, so the VOC reader (:func:`pipelines.formats.voc.load_voc_split`),
+the shard writer and every access pattern use it unchanged::
 
     JPEGImages/<id>.jpg       the images
     Annotations/<id>.xml      one VOC annotation per image: size, 1..K boxes with class names
@@ -47,7 +47,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from pipelines.storage import PrefixNotFound, Storage
+from pipelines.storage.base import PrefixNotFound, Storage
 
 KB = 1000  # bytes: KB means 10^3 bytes throughout
 
@@ -459,8 +459,8 @@ def existing_dataset_key(storage: Storage) -> str | None:
     holds none (no dataset there).
 
     Raises:
-        pipelines.storage.StorageError: the target cannot be listed (missing bucket, credentials
-            refused, endpoint unreachable).
+        pipelines.storage.base.StorageError: the target cannot be listed (missing bucket,
+            credentials refused, endpoint unreachable).
     """
     for prefix in DATASET_DIRS:
         key = _first_key(storage, prefix)
@@ -580,7 +580,7 @@ def generate_dataset(
         SynthError: the target already holds a dataset and not ``overwrite``.
         ValueError: ``count < 2``, ``test_fraction`` outside [0, 1), ``workers`` or
             ``write_threads`` below 1.
-        pipelines.storage.StorageError: a write or the initial listing failed (the first
+        pipelines.storage.base.StorageError: a write or the initial listing failed (the first
             failure; the remaining writes stop).
     """
     if count < 2:

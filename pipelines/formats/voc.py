@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord
-from pipelines.storage import ObjectNotFound, Storage, relative_keys
+from pipelines.formats.records import BoxCounts, DatasetError, DetectionRecord
+from pipelines.storage.base import ObjectNotFound, Storage, join_key, relative_keys
 
 SPLIT_DIR = "ImageSets/Main"
 
@@ -94,11 +94,6 @@ def parse_voc_xml(data: bytes, source: str) -> tuple[int, int, list, list[str], 
             boxes.append(kept)
             names.append(name)
     return width, height, boxes, names, counts
-
-
-def join_key(root: str, key: str) -> str:
-    """``root/key``, or ``key`` when the dataset sits at the storage root (``root=""``)."""
-    return f"{root.strip('/')}/{key}" if root.strip("/") else key
 
 
 def load_voc_split(

@@ -20,8 +20,8 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from pipelines.s3 import safe_url
-from pipelines.storage import ObjectNotFound, RequestStats, StorageError
+from pipelines.storage.base import ObjectNotFound, RequestStats, StorageError
+from pipelines.storage.s3 import safe_url
 
 #: Bytes per ranged GET of a streaming read (:meth:`S3ConnectorStorage.open`): two of the CRT
 #: client's 8 MiB parts, fetched in parallel; memory is bounded by one window. Measured with
@@ -291,7 +291,7 @@ class S3ConnectorStorage:
 
     def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
         """Size and ETag of each object that exists, from one listing per folder (see
-        :meth:`pipelines.s3.S3Storage.versions`).
+        :meth:`pipelines.storage.s3.S3Storage.versions`).
 
         Raises:
             StorageError: a listing fails.

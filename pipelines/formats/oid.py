@@ -33,9 +33,8 @@ from collections import defaultdict
 
 from PIL import Image
 
-from pipelines.records import BoxCounts, DatasetError, DetectionRecord
-from pipelines.storage import Storage, relative_keys
-from pipelines.voc import join_key
+from pipelines.formats.records import BoxCounts, DatasetError, DetectionRecord
+from pipelines.storage.base import Storage, join_key, relative_keys
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def load_oid_split(
     """Read one split of an OIDv4 toolkit download into records.
 
     Boxes are clipped to the image and dropped (and counted) when nothing is left (see
-    :func:`pipelines.records.sanitize_box`).
+    :func:`pipelines.formats.records.sanitize_box`).
 
     Args:
         storage: holds the download.

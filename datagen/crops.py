@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 from torchvision.io import encode_jpeg
 
-from pipelines.records import DetectionRecord
+from pipelines.formats.records import DetectionRecord
 from pipelines.samples import decode
-from pipelines.storage import Storage
+from pipelines.storage.base import Storage
 
 
 def write_crops(
@@ -41,7 +41,7 @@ def write_crops(
         Crops written per class, plus ``"skipped"``.
 
     Raises:
-        pipelines.storage.StorageError: an image cannot be read or a crop not written.
+        pipelines.storage.base.StorageError: an image cannot be read or a crop not written.
         ValueError: an image cannot be decoded (the message names it).
     """
     counts: Counter = Counter()

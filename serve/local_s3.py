@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psutil
 
-from pipelines.s3 import S3Storage
+from pipelines.storage.s3 import S3Storage
 
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = Path(".s3")
@@ -429,9 +429,9 @@ def resolve_s3(
     names AWS), then ``S3_ENDPOINT``; when neither names one, the local server of
     ``state_dir`` if it is running and answering (:func:`local_server_env`), with its bucket
     and credentials (its env file, as an absolute path); else AWS. The local server's keys are
-    for the client (:class:`pipelines.s3.S3Storage` reads them from the file), so credentials
-    set by the user in the environment stay as they are. A stale env file is ignored with a
-    warning.
+    for the client (:class:`pipelines.storage.s3.S3Storage` reads them from the file), so
+    credentials set by the user in the environment stay as they are. A stale env file is ignored
+    with a warning.
     """
     bucket = bucket or os.environ.get("S3_BUCKET") or None
     if endpoint == "":
@@ -511,7 +511,7 @@ def upload_tree(
 
     Raises:
         LocalS3Error: ``src`` is not a directory or is empty.
-        pipelines.storage.StorageError: an upload failed (the first failure; the others stop).
+        pipelines.storage.base.StorageError: an upload failed (the first failure; the others stop).
     """
     from tqdm import tqdm
 

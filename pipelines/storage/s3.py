@@ -1,4 +1,5 @@
-"""S3Storage: the :class:`~pipelines.storage.Storage` interface on S3-compatible object storage.
+"""S3Storage: the :class:`~pipelines.storage.base.Storage` interface on S3-compatible object
+storage.
 
 Works with AWS S3 and with stores that speak its protocol (MinIO, Samsung DSS, ``rclone serve
 s3``). Keys are relative to ``s3://bucket/prefix/``. One boto3 client per process, created on
@@ -37,13 +38,8 @@ import botocore.exceptions
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
-from pipelines.storage import (
-    ObjectNotFound,
-    PrefixNotFound,
-    RequestStats,
-    StorageError,
-    first_line,
-)
+from common.errors import first_line
+from pipelines.storage.base import ObjectNotFound, PrefixNotFound, RequestStats, StorageError
 
 MiB = 1024 * 1024
 
@@ -221,7 +217,7 @@ class S3Storage:
         )
         keys = {}
         if self.credentials_file:
-            from pipelines.s3_local import LocalS3Error, read_env_file
+            from serve.local_s3 import LocalS3Error, read_env_file
 
             try:
                 values = read_env_file(self.credentials_file)

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from torchdata.nodes import IterableWrapper, Loader, ParallelMapper
 from torchvision.transforms import v2
 
-from pipelines.records import Record
+from pipelines.access.shard_stream import EpochStream, worker_slot
+from pipelines.formats.records import Record
 from pipelines.samples import make_sample
-from pipelines.sequential import EpochStream, worker_slot
-from pipelines.storage import Storage
+from pipelines.storage.base import Storage
 
 
 class ObjectStreamDataset(EpochStream):
@@ -37,7 +37,7 @@ class ObjectStreamDataset(EpochStream):
         shuffle_buffer: samples held in the buffer, per worker.
         seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
         repeat: epochs read per iteration, each in listing order (see
-            :class:`pipelines.sequential.EpochStream`).
+            :class:`pipelines.access.shard_stream.EpochStream`).
         rank, world_size: rank ``r`` reads the ``r``-th contiguous slice of the listing, split
             again among its workers.
         equal_shares: give every rank ``samples // world_size`` samples (the same number of
@@ -46,7 +46,7 @@ class ObjectStreamDataset(EpochStream):
             sliced). Without it, slices differ by at most one sample (evaluation).
 
     Raises (while iterating):
-        pipelines.storage.StorageError: an object cannot be read (the message names it).
+        pipelines.storage.base.StorageError: an object cannot be read (the message names it).
     """
 
     def __init__(

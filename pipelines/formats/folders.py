@@ -7,9 +7,8 @@ classes are read as one dataset.
 
 from __future__ import annotations
 
-from pipelines.records import BoxCounts, ClassificationRecord, DatasetError
-from pipelines.storage import Storage, relative_keys
-from pipelines.voc import join_key
+from pipelines.formats.records import BoxCounts, ClassificationRecord, DatasetError
+from pipelines.storage.base import Storage, join_key, relative_keys
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -29,7 +28,7 @@ def load_folder_split(
         limit: keep the first ``limit`` images of that order.
 
     Returns:
-        ``(records, counts)``: ``counts`` is an empty :class:`pipelines.records.BoxCounts`
+        ``(records, counts)``: ``counts`` is an empty :class:`pipelines.formats.records.BoxCounts`
         (no boxes in this format; the signature is the one of every reader).
 
     Raises:

@@ -2,8 +2,8 @@
 
 The order comes from a sampler (``RandomSampler`` for training), so consecutive reads hit
 unrelated objects: the access pattern of a classic PyTorch ``Dataset`` + ``DataLoader``.
-Annotations were parsed before the epoch (see :mod:`pipelines.voc`); each ``__getitem__`` reads
-exactly one object, the encoded image.
+Annotations were parsed before the epoch (see :mod:`pipelines.formats.voc`); each
+``__getitem__`` reads exactly one object, the encoded image.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from pipelines.records import Record
+from pipelines.formats.records import Record
 from pipelines.samples import make_sample
-from pipelines.storage import Storage
+from pipelines.storage.base import Storage
 
 
 class MapStyleDataset(Dataset):
@@ -29,7 +29,7 @@ class MapStyleDataset(Dataset):
         class_to_index: class name → label id (detection: 1-based, 0 is the background).
 
     Raises (from ``__getitem__``):
-        pipelines.storage.StorageError: the image cannot be read (the message names it).
+        pipelines.storage.base.StorageError: the image cannot be read (the message names it).
     """
 
     def __init__(

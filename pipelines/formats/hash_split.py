@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from pipelines.records import DatasetError
+from pipelines.formats.records import DatasetError
 
 #: Split names and the ratio each takes (``val`` has its usual spellings).
 SPLIT_INDEX = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}

@@ -1,0 +1,1 @@
+"""One copy of the mechanisms every layer uses: atomic writes, one-line error quotes."""

@@ -1,0 +1,1 @@
+"""Access patterns: random (map-style), shards and objects (iterable-style), and the loaders."""

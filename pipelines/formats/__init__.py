@@ -1,0 +1,1 @@
+"""Dataset formats: annotation files and folders read into records."""

@@ -1,0 +1,1 @@
+"""WebDataset tar shards: layout and manifest, writer, reader, tar parser."""

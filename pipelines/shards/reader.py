@@ -1,0 +1,131 @@
+"""Read one WebDataset tar shard back front to back, checking it against its manifest
+(:mod:`pipelines.shards.manifest`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from pipelines.shards.manifest import (
+    IMAGE_EXTENSIONS,
+    ShardError,
+    ShardInfo,
+    rewrite_advice,
+)
+from pipelines.shards.tar_stream import TarFormatError, iter_members
+from pipelines.storage.base import CountingReader, Storage
+
+
+def iter_shard(
+    storage: Storage, shard: ShardInfo, stream: BinaryIO | None = None
+) -> Iterator[tuple[dict, int, float]]:
+    """Stream one shard front to back and yield its samples.
+
+    The tar is parsed by :func:`pipelines.shards.tar_stream.iter_members` from 1 MiB reads, and its
+    members grouped into samples by key as WebDataset does. Memory is bounded by one read plus
+    one tar member (one image): the shard is never held whole. Bytes are counted at the storage
+    stream, tar headers and padding included, so the ``nbytes`` of all samples of a shard add
+    up to the bytes actually read from storage. When the manifest gives the shard's size and
+    CRC-32, both are checked against the bytes streamed (no second read) before the last
+    sample is yielded: a shard damaged or replaced after it was written is an error.
+
+    Args:
+        stream: the shard already opened with ``storage.open`` (by a read-ahead), or None to
+            open it here; it is closed at the end either way.
+
+    Yields:
+        ``(sample, nbytes, read_s)``: ``sample`` maps ``"__key__"``, ``"__url__"`` (the
+        shard), an image extension and ``"json"`` to bytes; ``nbytes`` is the bytes of the
+        sample's tar members (headers, data, padding) and ``read_s`` its share of the read
+        time at the stream's rate so far (seconds); the last sample also carries the tar's end
+        blocks and the remaining read time, so a shard's samples add up to its bytes and read
+        time exactly, however large the reads.
+
+    Raises:
+        ShardError: the tar is truncated or corrupt (the message names the member), a
+            sample lacks its image or annotation or holds a member twice, the shard holds
+            fewer samples than its manifest says, or its size or CRC-32 differ from the
+            manifest's. Every message names the shard and the folder to delete.
+        pipelines.storage.base.StorageError: the shard cannot be opened.
+    """
+    where = storage.describe(shard.key)
+    stream = CountingReader(
+        stream if stream is not None else storage.open(shard.key),
+        checksum=shard.crc32 is not None,
+    )
+    limit = shard.bytes or None
+    count, given_bytes, given_s = 0, 0, 0.0
+    pending = None
+    try:
+        for sample, end in _group_by_key(iter_members(stream, limit=limit), where):
+            if "json" not in sample or sample.keys().isdisjoint(IMAGE_EXTENSIONS):
+                raise ShardError(
+                    f"shard {where}: sample {sample['__key__']!r} lacks its image or its .json "
+                    "annotation; this is not a shard written by this tool; "
+                    + rewrite_advice(storage, shard)
+                )
+            if pending is not None:
+                yield pending
+            count += 1
+            nbytes = end - given_bytes  # its members: headers, data, padding
+            read_s = stream.read_s * nbytes / stream.nbytes  # the read rate so far
+            pending = (sample, nbytes, read_s)
+            given_bytes, given_s = end, given_s + read_s
+        while stream.read(1 << 20):  # the tar's end blocks and record padding are read too
+            pass
+    except TarFormatError as exc:
+        raise ShardError(
+            f"shard {where} is truncated or corrupt after {count} of {shard.samples} samples "
+            f"({exc}); {rewrite_advice(storage, shard)}"
+        ) from None
+    finally:
+        stream.close()
+    if count != shard.samples:
+        raise ShardError(
+            f"shard {where} is truncated: it holds {count} samples, its manifest says "
+            f"{shard.samples}; {rewrite_advice(storage, shard)}"
+        )
+    if shard.crc32 is not None and (stream.nbytes, stream.crc32) != (shard.bytes, shard.crc32):
+        raise ShardError(
+            f"shard {where} changed after it was written: {stream.nbytes} bytes with CRC-32 "
+            f"{stream.crc32:08x}, its manifest says {shard.bytes} bytes with CRC-32 "
+            f"{shard.crc32:08x} (damaged or replaced); {rewrite_advice(storage, shard)}"
+        )
+    if pending is not None:  # the last sample also carries the end blocks: totals are exact
+        sample, nbytes, read_s = pending
+        yield sample, nbytes + stream.nbytes - given_bytes, read_s + stream.read_s - given_s
+
+
+def _group_by_key(
+    members: Iterator[tuple[str, bytes, int]], url: str
+) -> Iterator[tuple[dict, int]]:
+    """Group consecutive members sharing a key into samples, the WebDataset convention: the key
+    is the name up to the first ``.`` of its last path component, the rest the field name
+    (``000000007.jpg`` → key ``000000007``, field ``jpg``). Yields ``(sample, end)``, ``end``
+    the stream offset just past the sample's last member.
+
+    Raises:
+        pipelines.shards.tar_stream.TarFormatError: a sample holds two members with the same name
+            (WebDataset's ``group_by_keys`` refuses them too: the second would silently
+            replace the first).
+    """
+    sample: dict = {}
+    last_end = 0
+    for name, data, end in members:
+        folder, _, base = name.rpartition("/")
+        stem, dot, ext = base.partition(".")
+        if not dot:
+            continue  # no field name: not part of a sample
+        key = f"{folder}/{stem}" if folder else stem
+        if sample and sample["__key__"] != key:
+            yield sample, last_end
+            sample = {}
+        if not sample:
+            sample = {"__key__": key, "__url__": url}
+        elif ext in sample:
+            raise TarFormatError(f"member {name!r} appears twice in sample {key!r}")
+        sample[ext] = data
+        last_end = end
+    if sample:
+        yield sample, last_end

@@ -1,0 +1,273 @@
+"""Write a split into WebDataset tar shards, or reuse the shards already written for it
+(:mod:`pipelines.shards.manifest` describes the layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable
+
+from webdataset.writer import TarWriter
+
+from pipelines.formats.records import Record
+from pipelines.shards.manifest import (
+    IMAGE_EXTENSIONS,
+    MANIFEST,
+    ShardError,
+    ShardInfo,
+    SourceStamp,
+    _manifest_json,
+    annotation_bytes,
+    annotation_digest,
+    changed_sources,
+    read_manifest,
+    record_versions,
+)
+from pipelines.storage.base import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+
+def write_shards(
+    storage: Storage,
+    records: list[Record],
+    prefix: str,
+    *,
+    target_bytes: int,
+    on_shard: Callable[[ShardInfo], None] | None = None,
+) -> list[ShardInfo]:
+    """Write ``records`` (in order) into tar shards of about ``target_bytes`` each.
+
+    Each shard is written to a local temporary file (its CRC-32 computed as it is written) and
+    handed to ``storage.put_file`` only when complete, so a reader never sees a partial shard;
+    the manifest, with each sample's :class:`SourceStamp`, is written last. The images'
+    versions are taken before they are read, so an image replaced meanwhile shows as changed
+    on the next check, never the other way round. A shard closes before the sample that would
+    take it past ``target_bytes``; a sample larger than the target gets a shard of its own.
+    The output is deterministic: same records, same bytes.
+
+    Args:
+        storage: reads the images and receives the shards.
+        records: the split's records; their images are read from ``storage``.
+        prefix: key prefix of the shards, e.g. ``shards/train``.
+        target_bytes: target shard size in bytes (10^6 bytes = 1 MB).
+        on_shard: called with each shard once it is in place (progress reporting).
+
+    Returns:
+        The shards written, in order.
+
+    Raises:
+        pipelines.storage.base.StorageError: an image cannot be read (message names it).
+        ValueError: ``target_bytes`` is not positive or ``records`` is empty.
+    """
+    if target_bytes <= 0:
+        raise ValueError(f"{target_bytes=} must be positive")
+    if not records:
+        raise ValueError("no records to write")
+    versions = storage.versions([r.image_key for r in records])
+    shards: list[ShardInfo] = []
+    stamps: list[SourceStamp] = []
+    tmpdir = tempfile.mkdtemp(prefix="shards-")
+    writer, tmp_file, ids, size = None, None, [], 0
+
+    def finish() -> None:
+        writer.close()
+        tmp_file.close()
+        key = f"{prefix}/{os.path.basename(prefix)}-{len(shards):06d}.tar"
+        info = ShardInfo(
+            key=key,
+            bytes=tmp_file.nbytes,
+            samples=len(ids),
+            ids=tuple(ids),
+            crc32=tmp_file.crc32,
+        )
+        storage.put_file(key, tmp_file.path)
+        shards.append(info)
+        if on_shard is not None:
+            on_shard(info)
+
+    try:
+        for position, record in enumerate(records):
+            _, version = versions.get(record.image_key, (0, ""))
+            image = storage.read(record.image_key)
+            annotation = annotation_bytes(record)
+            entry = _tar_entry_bytes(len(image)) + _tar_entry_bytes(len(annotation))
+            if writer is not None and _tar_file_bytes(size + entry) > target_bytes:
+                finish()
+                writer = None
+            if writer is None:
+                tmp_file = _ChecksumFile(os.path.join(tmpdir, f"{len(shards):06d}.tar"))
+                writer = TarWriter(tmp_file, encoder=False, mtime=0, user="", group="")
+                ids, size = [], 1024  # a tar ends with two 512-byte zero blocks
+            writer.write(
+                {
+                    "__key__": f"{position:09d}",
+                    _extension(record.image_key): image,
+                    "json": annotation,
+                }
+            )
+            ids.append(record.id)
+            stamps.append(
+                SourceStamp(
+                    image_bytes=len(image),
+                    image_version=version,
+                    image_md5=hashlib.md5(image, usedforsecurity=False).hexdigest(),
+                    annotation_sha256=annotation_digest(annotation),
+                )
+            )
+            size += entry
+        finish()
+        storage.write(f"{prefix}/{MANIFEST}", _manifest_json(shards, stamps, target_bytes))
+    finally:
+        if tmp_file is not None:
+            tmp_file.close()
+        for name in os.listdir(tmpdir):
+            os.unlink(os.path.join(tmpdir, name))
+        os.rmdir(tmpdir)
+    return shards
+
+
+class _ChecksumFile:
+    """A local file opened for writing that counts the bytes written and their CRC-32."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.nbytes = 0
+        self.crc32 = 0
+        self._file = open(path, "wb")
+
+    def write(self, data) -> int:
+        """Write ``data`` and add it to the count and the checksum."""
+        self.crc32 = zlib.crc32(data, self.crc32)
+        self.nbytes += len(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        """Flush the file."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        self._file.close()
+
+
+def _tar_entry_bytes(size: int) -> int:
+    """Bytes a member of ``size`` bytes takes in a tar: a 512-byte header + data padded to 512."""
+    return 512 + (size + 511) // 512 * 512
+
+
+def _tar_file_bytes(content: int) -> int:
+    """Size of a tar file whose headers, data and end blocks take ``content`` bytes: tarfile pads
+    the file to a whole number of 10240-byte records (``tarfile.RECORDSIZE``)."""
+    return (content + tarfile.RECORDSIZE - 1) // tarfile.RECORDSIZE * tarfile.RECORDSIZE
+
+
+def _extension(key: str) -> str:
+    """The image extension used as the member suffix (``jpg``, ``png``)."""
+    ext = key.rsplit(".", 1)[-1].lower()
+    return ext if ext in IMAGE_EXTENSIONS else "jpg"
+
+
+def ensure_shards(
+    storage: Storage,
+    records: list[Record],
+    prefix: str,
+    *,
+    target_bytes: int,
+    on_shard: Callable[[ShardInfo], None] | None = None,
+) -> tuple[list[ShardInfo], bool]:
+    """Return the shards of ``records`` under ``prefix``, writing them first when missing or
+    when an image or annotation changed since they were written (a split with other image ids
+    is refused, as below).
+
+    Shards found are checked against the split (the same image ids) and against the data
+    (:func:`pipelines.shards.manifest.changed_sources`: each annotation's digest, each image's size
+    and version). When data changed, the shards are written again: the manifest is deleted
+    first (so a run stopped meanwhile finds no manifest and writes them again), then the
+    shards, the manifest last; shard files the new manifest no longer lists are removed.
+    Images with new versions but the same bytes keep the shards; their new versions are
+    recorded in the manifest when it can be written (else a warning: they are hashed again
+    next time).
+
+    Returns:
+        ``(shards, written)``: ``written`` is True when they were written by this call.
+
+    Raises:
+        ShardError: shards exist under ``prefix`` but hold another set of images (the dataset or
+            the split changed): the message says which folder to delete; or the data changed
+            and the shards cannot be written again there (read-only storage).
+    """
+    found = read_manifest(storage, prefix)
+    if found is None:
+        return write_shards(
+            storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
+        ), True
+    have = [i for s in found.shards for i in s.ids]
+    want = [r.id for r in records]
+    if sorted(have) != sorted(want):
+        raise ShardError(
+            f"the shards in {storage.describe(prefix)} hold {len(have)} images that are not the "
+            f"split's {len(want)}: the dataset or split changed since they were written; delete "
+            f"{storage.describe(prefix)} and they are written again on next use"
+        )
+    check = changed_sources(storage, records, found)
+    if check.changed:
+        changed = check.changed
+        log.warning(
+            "the data changed since the shards in %s were written (%d of %d samples: %s%s): "
+            "writing them again",
+            storage.describe(prefix),
+            len(changed) if found.sources is not None else len(records),
+            len(records),
+            "; ".join(changed[:3]),
+            "; ..." if len(changed) > 3 else "",
+        )
+        try:
+            storage.delete(f"{prefix}/{MANIFEST}")
+            shards = write_shards(
+                storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
+            )
+            for stale in {s.key for s in found.shards} - {s.key for s in shards}:
+                storage.delete(stale)
+        except StorageError as exc:
+            raise ShardError(
+                f"the data changed since the shards in {storage.describe(prefix)} were written "
+                f"({changed[0]}), and they cannot be written again there: {exc}; make the "
+                "folder writable, or write the shards where they are read from"
+            ) from None
+        return shards, True
+    if check.new_versions:
+        try:
+            record_versions(storage, prefix, found, check.new_versions)
+            log.info(
+                "%d images in %s have new versions but the same bytes: recorded",
+                len(check.new_versions),
+                storage.describe(prefix),
+            )
+        except StorageError as exc:
+            log.warning(
+                "%d images have new versions but the same bytes; the shards in %s are reused, "
+                "but the new versions cannot be recorded (%s): each run will hash them again",
+                len(check.new_versions),
+                storage.describe(prefix),
+                exc,
+            )
+    if found.target_bytes != target_bytes:
+        log.warning(
+            "reusing shards in %s written with a %d-byte target (config asks %d); delete the "
+            "folder to write them again",
+            storage.describe(prefix),
+            found.target_bytes,
+            target_bytes,
+        )
+    return found.shards, False
+
+
+def shard_prefix(base: str, split: str, limit: int | None) -> str:
+    """Key prefix of a split's shards: ``<base>/<split>``, or ``<base>/<split>-first<N>``."""
+    return f"{base}/{split}" if limit is None else f"{base}/{split}-first{limit}"

@@ -1,0 +1,204 @@
+"""A directory (local disk or a network filesystem: NFS, Lustre...) as a :class:`Storage`."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from common.files import atomic_write_bytes
+from pipelines.storage.base import (
+    ObjectNotFound,
+    PrefixNotFound,
+    RequestStats,
+    StorageError,
+)
+
+#: Bytes at the start of a file that :meth:`FileSystemStorage.open` asks the kernel to read
+#: ahead: a whole shard at this tool's sizes (``dataset.shard_size_mb``, 1 MB by default), and
+#: of a larger one (WebDataset suggests 100 MB-1 GB) enough to keep the device busy until the
+#: kernel's sequential read-ahead takes over. Page cache, not process memory (RSS).
+READ_AHEAD_BYTES = 16 * 2**20
+
+
+class FileSystemStorage:
+    """A directory on a local or network filesystem (NFS, Lustre, a mounted volume).
+
+    Args:
+        root: the directory that keys are relative to.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._stats = RequestStats()
+        self._stats_lock = threading.Lock()  # the objects pattern reads from threads
+
+    def __repr__(self) -> str:
+        return f"FileSystemStorage({str(self.root)!r})"
+
+    def __getstate__(self) -> dict:
+        # a copy sent to a DataLoader worker starts counting its own requests from zero
+        state = self.__dict__.copy()
+        state.pop("_stats_lock")
+        return {**state, "_stats": RequestStats()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stats_lock = threading.Lock()
+
+    def _count_error(self, exc: OSError) -> None:
+        with self._stats_lock:
+            self._stats.errors[type(exc).__name__] += 1
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield the keys of all regular files under ``prefix``, sorted.
+
+        Raises:
+            PrefixNotFound: the prefix is not a directory under the root.
+            StorageError: a directory under it cannot be read (permissions, I/O error): a
+                listing that skipped it would be a silently smaller dataset.
+        """
+        base = self._path(prefix)
+        if not base.is_dir():
+            raise PrefixNotFound(f"{base} is not a directory: check the dataset root in the config")
+
+        def fail(exc: OSError) -> None:
+            raise StorageError(f"cannot list {exc.filename}: {exc.strerror}") from exc
+
+        for dirpath, dirnames, filenames in os.walk(base, onerror=fail):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in sorted(filenames):
+                yield name if rel == "." else f"{rel}/{name}"
+
+    def size(self, key: str) -> int:
+        """Size of the file in bytes."""
+        try:
+            return self._path(key).stat().st_size
+        except OSError as exc:
+            raise StorageError(f"cannot stat {self._path(key)}: {exc.strerror}") from exc
+
+    def read(self, key: str) -> bytes:
+        """Read the whole file: one ``open`` + ``read`` call."""
+        with self._open(key) as f:
+            try:
+                return f.read()
+            except OSError as exc:
+                self._count_error(exc)
+                raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+
+    def open(self, key: str) -> BinaryIO:
+        """Open the file for a front-to-back read (one request), and ask the kernel to read its
+        first :data:`READ_AHEAD_BYTES` into the page cache now.
+
+        The hint is ``posix_fadvise(POSIX_FADV_WILLNEED)``: the kernel starts the device reads
+        and returns without waiting for them, so a shard opened while the previous one is
+        still being parsed (:mod:`pipelines.access.shard_stream`) arrives meanwhile, instead of the
+        first ``read`` waiting for the device. Past those bytes the kernel's own sequential
+        read-ahead goes on. Skipped where ``posix_fadvise`` does not exist (macOS, Windows) or
+        the file refuses advice; it only ever changes when bytes are read, never which.
+
+        Raises:
+            ObjectNotFound: no such file.
+            StorageError: it cannot be opened (permissions, not a file).
+        """
+        f = self._open(key)
+        if hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(f.fileno(), 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # advice only (e.g. a filesystem that does not take it)
+        return f
+
+    def _open(self, key: str) -> BinaryIO:
+        """Open the file for buffered reads (one request, counted with its time to open)."""
+        start = time.perf_counter()
+        try:
+            f = open(self._path(key), "rb")
+        except OSError as exc:
+            self._count_error(exc)
+            error = ObjectNotFound if isinstance(exc, FileNotFoundError) else StorageError
+            raise error(f"cannot open {self._path(key)}: {exc.strerror}") from exc
+        ttfb = time.perf_counter() - start
+        with self._stats_lock:
+            self._stats.requests += 1
+            self._stats.ttfb_s.append(ttfb)
+        return f
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at offset ``start``."""
+        with self._open(key) as f:
+            try:
+                f.seek(start)
+                return f.read(length)
+            except OSError as exc:
+                self._count_error(exc)
+                raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+
+    def exists(self, key: str) -> bool:
+        """Whether a regular file exists at ``key``."""
+        return self._path(key).is_file()
+
+    def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """Size and modification time (ns, as text) of each file, one ``stat`` each; files that
+        do not exist are left out.
+
+        Raises:
+            StorageError: a file cannot be looked at for another reason (permissions).
+        """
+        found = {}
+        for key in keys:
+            try:
+                st = self._path(key).stat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot stat {self._path(key)}: {exc.strerror}") from exc
+            found[key] = (st.st_size, str(st.st_mtime_ns))
+        return found
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write ``data`` to a temporary file beside the target, then rename it into place."""
+        atomic_write_bytes(self._path(key), data)
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """Move a finished local file to ``key`` (rename; copy + rename across filesystems)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except OSError:
+            with open(path, "rb") as f:
+                atomic_write_bytes(target, f.read())
+            os.unlink(path)
+
+    def delete(self, key: str) -> None:
+        """Remove the file (a missing one is fine).
+
+        Raises:
+            StorageError: it cannot be removed.
+        """
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self._path(key)}: {exc.strerror}") from exc
+
+    def describe(self, key: str = "") -> str:
+        """The file's path."""
+        return str(self._path(key))
+
+    def take_stats(self) -> RequestStats:
+        """Requests since the last call (see :class:`RequestStats`); exact while other threads
+        read (the counters change under a lock)."""
+        with self._stats_lock:
+            stats, self._stats = self._stats, RequestStats()
+        return stats
+
+    def connect(self) -> None:
+        """Nothing to set up for a filesystem."""
