@@ -5,17 +5,17 @@ The layout it reads: one tab-separated file per split, ``<root>/<split>.tsv``, a
 ``<image path relative to root>\\t<class name>``; lines starting with ``#`` are comments.
 
 The contract (``training.data.read_own``): ``read_split(storage, root, split)`` returns a list
-of ``pipelines.records.ClassificationRecord`` (classification) or ``DetectionRecord``
+of ``pipelines.formats.records.ClassificationRecord`` (classification) or ``DetectionRecord``
 (detection, boxes in pixels) whose ``image_key`` is a key of ``storage`` (join ``root``
 yourself) and whose ids are unique. ``storage`` is the run's filesystem or S3 storage
-(``pipelines.storage.Storage``: ``read``, ``list``, ``exists``...), so the same reader works on
+(``pipelines.storage.base.Storage``: ``read``, ``list``, ``exists``...), so the same reader works on
 both and with every access pattern, the shard writer and the benchmark.
 """
 
 from __future__ import annotations
 
-from pipelines.records import ClassificationRecord, DatasetError
-from pipelines.storage import ObjectNotFound, Storage
+from pipelines.formats.records import ClassificationRecord, DatasetError
+from pipelines.storage.base import ObjectNotFound, Storage
 
 
 def read_split(storage: Storage, root: str, split: str) -> list[ClassificationRecord]:
