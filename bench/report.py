@@ -11,8 +11,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.files import atomic_write_bytes
-from training.outputs import save_figure, write_csv, write_yaml  # noqa: E402
+from common.files import (
+    atomic_write_bytes,
+    save_figure,  # noqa: E402
+)
+from training.outputs import write_csv, write_yaml  # noqa: E402
 
 #: The baseline's CPU figures in a results row (:meth:`bench.resources.CpuUse.figures`).
 BASELINE_CPU_COLUMNS = [

@@ -145,8 +145,8 @@ def start_local_s3(
         ``(cfg pointing at the server, the server's folder behind the bucket, the environment
         variables set)``.
     """
+    from datagen.upload import upload_tree
     from pipelines.storage.s3 import S3Storage
-    from serve.local_s3 import upload_tree
 
     endpoint, bucket_dir, env = start_local_bucket(stack, out)
     prefix = cfg.storage.prefixes[0]

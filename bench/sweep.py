@@ -37,7 +37,7 @@ from bench.run import Storages, prepare_fs, run_pass
 from bench.runner import Case, run_case
 from bench.search import SearchResult, search_accelerators
 from bench.workloads import Rule, Workload, check_rules, workload
-from common.files import atomic_write_bytes
+from common.files import atomic_write_bytes, save_figure
 from datagen.synthetic import SPLIT_DIR, SynthSpec, generate_dataset
 from pipelines.storage.filesystem import FileSystemStorage
 from training import distributed
@@ -45,7 +45,7 @@ from training.config import Config, ConfigError
 from training.data import class_names
 from training.distributed import Ranks
 from training.meter import percentile
-from training.outputs import save_figure, write_csv, write_yaml
+from training.outputs import write_csv, write_yaml
 
 log = logging.getLogger(__name__)
 

@@ -34,20 +34,19 @@ Exit status: 0 all PASS; 1 a FAIL; 2 a setup error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import psutil
-
+from bench.resources import ResourceSampler
 from datagen.synthetic import generate_dataset, spec_from_preset
 from pipelines.formats.voc import load_voc_split
 from pipelines.shards.manifest import ShardInfo
@@ -71,44 +70,21 @@ LIST_PREFIX = "list"
 SAMPLE_INTERVAL_S = 0.002
 
 
-class RssSampler:
-    """Sample this process's resident set size in a thread while the ``with`` block runs.
-
-    Attributes (bytes): ``baseline`` (RSS on entering, after a garbage collection), ``peak``
-    (the highest sample, the entry and exit values included), ``delta`` (peak - baseline).
-    """
-
-    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S):
-        self.interval_s = interval_s
-        self._process = psutil.Process()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self.baseline = self.peak = 0
-        self.samples = 0
-
-    def _rss(self) -> int:
-        return self._process.memory_info().rss
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, self._rss())
-            self.samples += 1
-
-    def __enter__(self) -> RssSampler:
-        gc.collect()
-        self.baseline = self.peak = self._rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.peak = max(self.peak, self._rss())
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def delta(self) -> int:
-        """Peak minus baseline RSS in bytes."""
-        return self.peak - self.baseline
+@contextlib.contextmanager
+def rss_sampled():
+    """Sample this process's resident set size (:class:`bench.resources.ResourceSampler`, every
+    ``SAMPLE_INTERVAL_S``) while the block runs, after a garbage collection; yields a dict that
+    holds, once the block ends, ``baseline`` (RSS on entering), ``peak`` (the highest sample,
+    entry and exit included), both in bytes, and ``rss_samples`` (how many samples)."""
+    gc.collect()
+    figures: dict = {}
+    with ResourceSampler(interval_s=SAMPLE_INTERVAL_S) as sampler:
+        yield figures
+    figures.update(
+        baseline=sampler.samples[0].rss_bytes,
+        peak=sampler.peak_rss_bytes,
+        rss_samples=len(sampler.samples),
+    )
 
 
 # -- measurements, each run in a fresh process ----------------------------------------------------
@@ -128,19 +104,19 @@ def measure_shard(client: str, endpoint: str, root: str, key: str, samples: int)
         storage.size(key)  # the client exists and has made a request before the baseline
     shard = ShardInfo(key=key, bytes=0, samples=samples, ids=())
     count = nbytes = 0
-    with RssSampler() as rss:
+    with rss_sampled() as rss:
         start = time.perf_counter()
         for _sample, read, _seconds in iter_shard(storage, shard):
             count += 1
             nbytes += read
         seconds = time.perf_counter() - start
     return {
-        "baseline": rss.baseline,
-        "peak": rss.peak,
+        "baseline": rss["baseline"],
+        "peak": rss["peak"],
         "samples": count,
         "bytes": nbytes,
         "seconds": seconds,
-        "rss_samples": rss.samples,
+        "rss_samples": rss["rss_samples"],
     }
 
 
@@ -154,7 +130,7 @@ def measure_listing(endpoint: str, workers: int, keep: bool) -> dict:
     client.get_paginator("list_objects_v2")
     keys: list[str] = []
     count = 0
-    with RssSampler() as rss:
+    with rss_sampled() as rss:
         start = time.perf_counter()
         if keep:
             keys = list(storage.list())
@@ -165,12 +141,12 @@ def measure_listing(endpoint: str, workers: int, keep: bool) -> dict:
         seconds = time.perf_counter() - start
     keys_bytes = sys.getsizeof(keys) + sum(sys.getsizeof(k) for k in keys) if keep else 0
     return {
-        "baseline": rss.baseline,
-        "peak": rss.peak,
+        "baseline": rss["baseline"],
+        "peak": rss["peak"],
         "count": count,
         "seconds": seconds,
         "keys_bytes": keys_bytes,
-        "rss_samples": rss.samples,
+        "rss_samples": rss["rss_samples"],
     }
 
 

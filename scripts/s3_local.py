@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from datagen.upload import upload_tree
 from pipelines.storage.base import StorageError
 from pipelines.storage.s3 import S3Storage
 from serve.local_s3 import (
@@ -34,7 +35,6 @@ from serve.local_s3 import (
     running_server,
     state_paths,
     up,
-    upload_tree,
 )
 
 

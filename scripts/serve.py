@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from serve.archive import archived_task
-from serve.runtime import BASE_CONFIG, ServeError, server_status, start_server, stop_server
+from serve.properties import BASE_CONFIG, ServeError
+from serve.torchserve import server_status, start_server, stop_server
 
 PORT_OPTIONS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 #: Request body of the printed curl hint for a detector: a whole BCCD photo.

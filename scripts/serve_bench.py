@@ -36,16 +36,12 @@ from bench.serve_load import (
     summarize,
     worker_ids,
 )
+from common.files import save_figure
 from serve.archive import archived_task
-from serve.runtime import (
-    BASE_CONFIG,
-    ServeError,
-    free_ports,
-    read_properties,
-    start_server,
-    stop_server,
-)
-from training.outputs import run_folder, save_figure, write_csv, write_yaml
+from serve.process import free_ports
+from serve.properties import BASE_CONFIG, ServeError, read_properties
+from serve.torchserve import start_server, stop_server
+from training.outputs import run_folder, write_csv, write_yaml
 
 COLUMNS = [
     "model", "task", "concurrency", "requests", "bad_share", "requests_per_s", "images_per_s",

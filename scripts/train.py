@@ -1,6 +1,6 @@
 """Train a detector while measuring how fast storage feeds it.
 
-    python -m scripts.train --config configs/detection.yaml --access sequential --epochs 3
+    python -m scripts.train --config configs/detection.yaml --access shards --epochs 3
     make train TASK=detection ACCESS=random EPOCHS=1 LIMIT=20
 
 Flags override the config file; ``--set section.key=value`` overrides any other key.

@@ -4,7 +4,7 @@
     make shards SPLIT=train
 
 Shards go under ``<dataset.shards_prefix>/<split>`` of the dataset's storage (``-first<N>`` is
-appended with ``--limit N``), which is where sequential access looks for them. Existing shards
+appended with ``--limit N``), which is where the shards access pattern looks for them. Existing shards
 of the same images are reused, never overwritten; delete the folder to write them again.
 """
 

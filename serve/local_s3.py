@@ -18,24 +18,28 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import logging
 import os
 import secrets
 import shutil
-import socket
 import string
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-from pipelines.storage.s3 import S3Storage
+from pipelines.storage.env_file import read_env_file, write_env_file
+from serve.process import (
+    free_ports,
+    log_tail,
+    poll_until,
+    running_state,
+    start_detached,
+    stop,
+    write_state,
+)
 
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = Path(".s3")
@@ -105,10 +109,8 @@ def new_credentials() -> tuple[str, str]:
 
 
 def free_port(host: str = HOST) -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port that was free a moment ago on ``host`` (:func:`serve.process.free_ports`)."""
+    return free_ports(1, host)[0]
 
 
 def endpoint_answers(endpoint_port: int, timeout_s: float = 1.0) -> bool:
@@ -174,25 +176,13 @@ def start_server(
             os.devnull,  # no rclone.conf: serve the local path as is
             str(data_dir),
         ]
-        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=detach,
-            )
-        finally:
-            if log_path:
-                log.close()
+        proc = start_detached(cmd, log_path=log_path, env=env, detach=detach)
         if _wait_ready(proc, chosen, timeout_s):
             server = LocalS3(f"http://{HOST}:{chosen}", access, secret, proc.pid, data_dir)
             return server, proc
-        _terminate(proc)
+        stop(proc)
         if port is not None or attempt == 2:
-            tail = _log_tail(log_path)
+            tail = log_tail(log_path)
             raise LocalS3Error(
                 f"rclone serve s3 did not answer on {HOST}:{chosen} within {timeout_s:g} s"
                 + (" (port taken?)" if port else "")
@@ -203,33 +193,11 @@ def start_server(
 
 def _wait_ready(proc: subprocess.Popen, port: int, timeout_s: float) -> bool:
     """Poll until the server answers (True) or exits / the time is up (False)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if endpoint_answers(port, timeout_s=1.0):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _terminate(proc: subprocess.Popen | psutil.Process, timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout_s`` seconds."""
-    try:
-        proc.terminate()
-        proc.wait(timeout_s)
-    except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
-        proc.kill()
-        proc.wait(timeout_s)
-    except psutil.NoSuchProcess:
-        pass
-
-
-def _log_tail(log_path: str | os.PathLike | None, lines: int = 10) -> str:
-    if not log_path or not os.path.exists(log_path):
-        return ""
-    with open(log_path, errors="replace") as f:
-        return "".join(f.readlines()[-lines:]).rstrip()
+    done = poll_until(
+        lambda: proc.poll() is not None or endpoint_answers(port, timeout_s=1.0),
+        deadline=time.monotonic() + timeout_s,
+    )
+    return done and proc.poll() is None
 
 
 @contextlib.contextmanager
@@ -249,7 +217,7 @@ def local_s3(
     server, proc = start_server(
         tmp_dir / "data", log_path=tmp_dir / "rclone.log", timeout_s=timeout_s, etag_hash=etag_hash
     )
-    server.stop = lambda: _terminate(proc) if proc.poll() is None else None
+    server.stop = lambda: stop(proc) if proc.poll() is None else None
     try:
         yield server
     finally:
@@ -275,21 +243,9 @@ def running_server(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict | N
 
     A stale file (dead process, or a pid now used by another program) is removed.
     """
-    path = state_paths(state_dir)["state"]
-    try:
-        state = json.loads(path.read_text())
-        proc = psutil.Process(int(state["pid"]))
-        cmdline = proc.cmdline()
-    except (OSError, ValueError, KeyError, psutil.Error):
-        path.unlink(missing_ok=True)
-        return None
-    if not (cmdline and "rclone" in Path(cmdline[0]).name and "serve" in cmdline):
-        path.unlink(missing_ok=True)
-        return None
-    if state.get("data_dir") not in cmdline:
-        path.unlink(missing_ok=True)
-        return None
-    return state
+    return running_state(
+        state_paths(state_dir)["state"], lambda state: ("serve", "s3", state["data_dir"])
+    )
 
 
 def up(
@@ -321,7 +277,7 @@ def up(
         "bucket": bucket,
     }
     write_env_file(paths["env"], server.env(bucket))
-    _write_private(paths["state"], json.dumps(state, indent=1) + "\n")
+    write_state(paths["state"], state)
     return state, True
 
 
@@ -335,48 +291,10 @@ def down(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> int | None:
     pid = None
     if state is not None:
         pid = int(state["pid"])
-        with contextlib.suppress(psutil.NoSuchProcess):
-            _terminate(psutil.Process(pid))
+        stop(pid)
     paths["state"].unlink(missing_ok=True)
     paths["env"].unlink(missing_ok=True)
     return pid
-
-
-def write_env_file(path: str | os.PathLike, values: dict[str, str]) -> None:
-    """Write ``export KEY=value`` lines, mode 0600, atomically (values must be shell-safe)."""
-    lines = [f"# Local S3 server (python -m scripts.s3_local up). Load: set -a; . {path}; set +a"]
-    for key, value in values.items():
-        if not all(c.isalnum() or c in ":/._-" for c in value):
-            raise ValueError(f"{key}: value is not shell-safe")
-        lines.append(f"export {key}={value}")
-    _write_private(Path(path), "\n".join(lines) + "\n")
-
-
-def read_env_file(path: str | os.PathLike) -> dict[str, str]:
-    """The ``KEY=value`` pairs of an env file (``export`` and ``#`` comments allowed).
-
-    Raises:
-        LocalS3Error: the file does not exist or cannot be read.
-    """
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise LocalS3Error(
-            f"{path} not found: start the local server (python -m scripts.s3_local up) or set "
-            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_ENDPOINT, S3_BUCKET"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LocalS3Error(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    values = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key.strip()] = value.strip().strip("'\"")
-    return values
 
 
 def local_server_env(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict[str, str] | None:
@@ -456,80 +374,3 @@ def resolve_s3(
             env_path,
         )
     return S3Target(None, bucket, region, None, "AWS")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (mode 0600) through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-# -- upload ---------------------------------------------------------------------------------------
-
-
-def local_files(src: str | os.PathLike) -> list[tuple[Path, str]]:
-    """Every regular file under ``src`` (symlinks followed, hidden files included), sorted, as
-    ``(path, key relative to src)``.
-
-    Raises:
-        LocalS3Error: ``src`` is not a directory or holds no file.
-    """
-    src = Path(src)
-    if not src.is_dir():
-        raise LocalS3Error(f"{src} is not a directory: give the dataset folder to upload")
-    files = []
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.is_file():
-                files.append((path, path.relative_to(src).as_posix()))
-    if not files:
-        raise LocalS3Error(f"{src} holds no files: nothing to upload")
-    return files
-
-
-def upload_tree(
-    src: str | os.PathLike,
-    storage: S3Storage,
-    *,
-    workers: int = 8,
-    progress: bool = True,
-) -> tuple[int, int]:
-    """Upload every file under ``src`` to ``storage`` (key = path relative to ``src``).
-
-    ``workers`` files upload at once (threads); large files go as multipart uploads
-    (:meth:`S3Storage.put_file`). A tqdm bar shows bytes when ``progress``.
-
-    Returns:
-        ``(files, bytes)`` uploaded.
-
-    Raises:
-        LocalS3Error: ``src`` is not a directory or is empty.
-        pipelines.storage.base.StorageError: an upload failed (the first failure; the others stop).
-    """
-    from tqdm import tqdm
-
-    files = local_files(src)
-    total = sum(path.stat().st_size for path, _ in files)
-    done_bytes = 0
-    with (
-        tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc="upload") as bar,
-        ThreadPoolExecutor(workers, thread_name_prefix="s3-upload") as pool,
-    ):
-        futures = {pool.submit(storage.put_file, key, path): path for path, key in files}
-        try:
-            for future in as_completed(futures):
-                future.result()
-                size = futures[future].stat().st_size
-                done_bytes += size
-                bar.update(size)
-        finally:
-            for future in futures:
-                future.cancel()
-    return len(files), done_bytes

@@ -15,9 +15,9 @@ import pytest
 from bench.baselines import BaselineResult, fs_read_baseline, s3_get_baseline
 from bench.page_cache import EvictBeforeRead, evict_page_cache
 from bench.peers import imagefolder_peer, s3torchconnector_peer, s3torchconnector_reason
+from datagen.upload import upload_tree
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
-from serve.local_s3 import upload_tree
 from tests.conftest import resident_fraction
 
 _numbers = itertools.count()

@@ -44,7 +44,7 @@ from bench.checkpoint_run import (
 )
 from pipelines.storage.base import StorageError
 from pipelines.storage.s3 import S3Storage
-from serve.local_s3 import free_port
+from serve.process import free_ports
 from tests.test_distributed import run_command
 from training.config import ConfigError, load_config
 from training.distributed import ONE_RANK
@@ -239,7 +239,7 @@ def test_a_storage_that_cannot_be_reached_is_a_row_and_the_run_goes_on(tmp_path,
         tmp_path,
         "checkpoint.storages=[s3, fs]",
         "checkpoint.methods=[torch.save]",
-        f"storage.endpoint_url=http://127.0.0.1:{free_port()}",
+        f"storage.endpoint_url=http://127.0.0.1:{free_ports(1)[0]}",
         "storage.bucket=nowhere",
         "storage.max_attempts=1",
     )
@@ -265,7 +265,7 @@ def test_a_checkpoint_larger_than_memory_and_a_wrong_launch_are_refused(tmp_path
 def moto_endpoint(tmp_path):
     """A moto S3 server (an S3-protocol server in Python, in memory) on a free port: its
     CreateMultipartUpload answer is S3's, which the CRT client of s3torchconnector needs."""
-    port = free_port()
+    port = free_ports(1)[0]
     log = open(tmp_path / "moto.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -13,7 +14,7 @@ from training.config import ConfigError, describe_keys, load_config
 def test_shipped_detection_config_loads():
     cfg = load_config(REPO / "configs" / "detection.yaml")
     assert cfg.task == "detection"
-    assert cfg.access.mode == "sequential"
+    assert cfg.access.pattern == "shards"
     assert cfg.model.arch == "fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
@@ -24,12 +25,12 @@ def test_overrides_are_typed_and_win_over_the_file():
             "train.epochs=7",
             "train.lr=5e-4",
             "dataset.limit=20",
-            "access.mode=random",
+            "access.pattern=random",
             "loader.pin_memory=true",
         ],
     )
     assert (cfg.train.epochs, cfg.train.lr, cfg.dataset.limit) == (7, 5e-4, 20)
-    assert cfg.access.mode == "random" and cfg.loader.pin_memory is True
+    assert cfg.access.pattern == "random" and cfg.loader.pin_memory is True
 
 
 def test_empty_override_means_null_where_allowed():
@@ -52,9 +53,10 @@ def test_unknown_section_is_named():
 
 def test_invalid_choice_lists_the_allowed_values():
     with pytest.raises(
-        ConfigError, match=r"^access\.mode must be one of random, sequential; got 'sideways'$"
+        ConfigError,
+        match=r"^access\.pattern must be one of random, shards, objects; got 'sideways'$",
     ):
-        load_config(None, ["access.mode=sideways"])
+        load_config(None, ["access.pattern=sideways"])
 
 
 def test_wrong_type_and_range_are_refused():
@@ -77,7 +79,7 @@ def test_every_key_has_a_description():
     rows = describe_keys()
     assert len(rows) > 20
     assert all(help_text for _, _, help_text in rows)
-    assert ("access.mode" in [k for k, _, _ in rows]) and (
+    assert ("access.pattern" in [k for k, _, _ in rows]) and (
         "train.epochs" in [k for k, _, _ in rows]
     )
 
@@ -115,3 +117,27 @@ def test_string_flags_stay_strings_whatever_yaml_would_make_of_them():
     assert cfg.output.dir == "runs #2" and cfg.storage.bucket == "123"
     args = argparse.Namespace(config=None, set=[], data="s3://2024-01-01/p", s3_prefix=None)
     assert config_from_args(args).storage.bucket == "2024-01-01"
+
+
+@pytest.mark.parametrize(
+    ("old", "pattern"),
+    [
+        (["access.mode=random"], "random"),
+        (["access.mode=sequential"], "shards"),
+        (["access.mode=sequential", "access.sequential_source=objects"], "objects"),
+        (["access.pattern=sequential"], "shards"),
+    ],
+)
+def test_deprecated_access_keys_still_work_with_one_notice(old, pattern, caplog):
+    with caplog.at_level(logging.WARNING, logger="training.config"):
+        cfg = load_config(None, old)
+    assert cfg.access.pattern == pattern
+    (notice,) = caplog.records
+    assert "deprecated" in notice.getMessage() and "\n" not in notice.getMessage()
+
+
+def test_deprecated_access_keys_that_contradict_the_pattern_are_refused():
+    with pytest.raises(ConfigError, match="contradicts the deprecated access.mode"):
+        load_config(None, ["access.pattern=objects", "access.mode=random"])
+    with pytest.raises(ConfigError, match="use access.pattern, one of random, shards, objects"):
+        load_config(None, ["access.mode=diagonal"])

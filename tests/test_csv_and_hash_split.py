@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from datagen.upload import upload_tree
 from pipelines.formats.csv_boxes import COLUMNS, load_csv_split
 from pipelines.formats.hash_split import split_of
 from pipelines.formats.records import DatasetError
@@ -17,7 +18,6 @@ from pipelines.formats.voc import load_voc_split
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from scripts import train as train_cli
-from serve.local_s3 import upload_tree
 from training.config import ConfigError, load_config
 from training.data import DataSource, detect_format, load_split, resolve_split
 

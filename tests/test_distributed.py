@@ -32,7 +32,7 @@ from pipelines.formats.folders import load_folder_split
 from pipelines.samples import classification_transform
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
-from serve.local_s3 import free_port
+from serve.process import free_ports
 from tests.conftest import REPO
 from training import classification
 
@@ -48,7 +48,7 @@ def torchrun(data, out: Path, *extra: str, nproc: int = 2, nodes: tuple = (), po
     ``s3://`` URL with ``S3_ENDPOINT`` in ``env``); ``nodes``: ``(nnodes, node_rank,
     timeout_s)`` for one node of several."""
     launch = ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"]
-    launch += ["--master-port", str(port or free_port())]
+    launch += ["--master-port", str(port or free_ports(1)[0])]
     if nodes:
         nnodes, node_rank, timeout_s = nodes
         launch += ["--nnodes", str(nnodes), "--node-rank", str(node_rank)]
@@ -111,8 +111,8 @@ def cells(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_cells(cells, s3_server):
     """The crops uploaded to the local S3 server: ``(data URL, environment for the run)``."""
+    from datagen.upload import upload_tree
     from pipelines.storage.s3 import S3Storage
-    from serve.local_s3 import upload_tree
 
     bucket = "dist"
     S3Storage(bucket, endpoint_url=s3_server.endpoint).client().create_bucket(Bucket=bucket)
@@ -144,8 +144,8 @@ def test_two_ranks_train_in_step_on_the_split_once_shards_s3(cells, s3_cells, tm
     shards into the bucket while rank 1 waits. (Objects: the two-node test.)"""
     data, env = s3_cells
     out = tmp_path / "out"
-    extra = ["--set", "access.sequential_source=shards", "--epochs", "1"]
-    code, log = finish(torchrun(data, out, "--access", "sequential", *extra, env=env))
+    extra = ["--epochs", "1"]
+    code, log = finish(torchrun(data, out, "--access", "shards", *extra, env=env))
     assert code == 0, log[-3000:]
     check_in_step(cells, out, log, "shards")
     rows = read_rows(out / "metrics.csv")
@@ -265,10 +265,9 @@ def test_two_nodes_on_this_machine_finish_a_run_together(cells, s3_cells, tmp_pa
     machines would at MASTER_ADDR) and train together, here with the objects pattern over
     the local S3 server (the same bucket for both nodes)."""
     data, env = s3_cells
-    port = free_port()
+    port = free_ports(1)[0]
     runs = [
-        torchrun(data, tmp_path / f"node{n}", "--access", "sequential",
-                 "--set", "access.sequential_source=objects", "--epochs", "1",
+        torchrun(data, tmp_path / f"node{n}", "--access", "objects", "--epochs", "1",
                  nproc=1, nodes=(2, n, 60), port=port, env=env)
         for n in (0, 1)
     ]  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from datagen.upload import upload_tree
 from pipelines.formats.coco import ANNOTATIONS, load_coco_split
 from pipelines.formats.oid import HEADER_BYTES, image_size, load_oid_split
 from pipelines.formats.records import DatasetError
@@ -20,7 +21,6 @@ from pipelines.formats.voc import load_voc_split
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from scripts.train import main as train_main
-from serve.local_s3 import upload_tree
 from tests.conftest import BCCD
 from training.config import load_config
 from training.data import DataSource, load_split
@@ -353,7 +353,7 @@ def test_load_split_dispatches_on_dataset_format(coco_root, oid_root):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("access", ["random", "sequential"])
+@pytest.mark.parametrize("access", ["random", "shards"])
 @pytest.mark.parametrize("fmt", ["coco", "oid"])
 def test_one_epoch_trains_on_each_format(tmp_path, fmt, access):
     root = tmp_path / fmt
@@ -377,4 +377,4 @@ def test_one_epoch_trains_on_each_format(tmp_path, fmt, access):
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and float(rows[0]["samples"]) == 4 and rows[0]["errors"] == ""
-    assert rows[0]["source"] == ("shards" if access == "sequential" else "random")
+    assert rows[0]["access"] == access

@@ -181,7 +181,7 @@ def test_your_own_reader_and_model_train_together_from_shards(tmp_path):
     out = tmp_path / "out"
     code = train_cli.main([
         "--config", "configs/classification.yaml", "--data", str(cells), "--out", str(out),
-        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--access", "sequential",
+        "--epochs", "1", "--batch-size", "4", "--workers", "0", "--access", "shards",
         "--format", "examples/my_reader.py:read_split",
         "--arch", "examples/my_models.py:build_net", "--set", "model.image_size=32",
         "--set", "output.tensorboard=true",

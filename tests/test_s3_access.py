@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from datagen.upload import upload_tree
 from pipelines.access.loaders import LoaderSettings, build_loader
 from pipelines.formats.voc import load_voc_split, read_split_ids
 from pipelines.samples import detection_transform
@@ -21,7 +22,7 @@ from pipelines.storage.base import StorageError
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from scripts import train as train_cli
-from serve.local_s3 import local_s3, upload_tree
+from serve.local_s3 import local_s3
 from tests.conftest import make_voc_subset
 
 pytestmark = pytest.mark.integration
@@ -85,7 +86,7 @@ def test_train_over_s3_writes_missing_shards_and_reports_requests(s3_server, tmp
     out = tmp_path / "out"
     code = train_cli.main([
         "--storage", "s3", "--s3-endpoint", s3_server.endpoint, "--s3-bucket", bucket,
-        "--s3-prefix", "bccd", "--access", "sequential", "--limit", "4", "--epochs", "1",
+        "--s3-prefix", "bccd", "--access", "shards", "--limit", "4", "--epochs", "1",
         "--batch-size", "2", "--workers", "1", "--no-pretrained", "--out", str(out),
         "--set", "model.image_size=128",
     ])  # fmt: skip

@@ -18,21 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from datagen.upload import local_files, upload_tree
 from pipelines.storage.base import StorageError, relative_keys
+from pipelines.storage.env_file import read_env_file, write_env_file
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage, S3Stream
 from scripts import s3_local as cli
-from serve.local_s3 import (
-    LocalS3Error,
-    down,
-    local_files,
-    local_s3,
-    read_env_file,
-    running_server,
-    up,
-    upload_tree,
-    write_env_file,
-)
+from serve.local_s3 import down, local_s3, running_server, up
 
 _bucket_numbers = itertools.count()
 
@@ -313,7 +305,7 @@ def test_env_file_round_trip(tmp_path: Path):
         "S3_ENDPOINT": "http://127.0.0.1:1",
     }
     assert "export AWS_ACCESS_KEY_ID=AK123" in path.read_text()
-    with pytest.raises(LocalS3Error, match="s3_local up"):
+    with pytest.raises(StorageError, match="s3_local up"):
         read_env_file(tmp_path / "missing")
 
 

@@ -36,19 +36,15 @@ from serve.archive import (
     check_training_output,
     human_size,
 )
-from serve.runtime import (
+from serve.process import free_ports
+from serve.properties import (
     BASE_CONFIG,
-    RuntimeDir,
     ServeError,
     derive_properties,
-    free_ports,
-    list_models,
     listeners_from_properties,
     read_properties,
-    running_pid,
-    start_server,
-    stop_server,
 )
+from serve.torchserve import RuntimeDir, list_models, running_pid, start_server, stop_server
 from tests.conftest import REPO, make_voc_subset
 from tests.test_classifier_handler import cell_crop, write_classifier_output
 
@@ -263,7 +259,7 @@ def trained_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "out"
     code = train_cli.main([
         "--data", str(voc), "--out", str(out), "--epochs", "1", "--batch-size", "2",
-        "--workers", "0", "--no-pretrained", "--access", "sequential",
+        "--workers", "0", "--no-pretrained", "--access", "shards",
         "--set", "model.image_size=160",
     ])  # fmt: skip
     assert code == 0

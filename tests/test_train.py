@@ -44,14 +44,10 @@ def train(voc_root, out, *extra):
     )
 
 
-@pytest.mark.parametrize(
-    ("access", "source"),
-    [("random", "random"), ("sequential", "shards"), ("sequential", "objects")],
-)
-def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_path, access, source):
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
+def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_path, access):
     out = tmp_path / "out"
-    extra = ["--set", f"access.sequential_source={source}"] if access == "sequential" else []
-    assert train(voc_root, out, "--access", access, *extra) == 0
+    assert train(voc_root, out, "--access", access) == 0
     for name in (
         "model.pt",
         "index_to_name.json",
@@ -65,16 +61,16 @@ def test_one_epoch_writes_every_output_with_consistent_metrics(voc_root, tmp_pat
         assert (out / name).is_file(), name
     rows = read_rows(out / "metrics.csv")
     assert len(rows) == 1 and list(rows[0]) == METRICS_COLUMNS + detection.quality_columns([])
-    text = ("task", "access", "source", "storage", "errors", "pretrained")
+    text = ("task", "access", "storage", "errors", "pretrained")
     row = {k: (v if k in text else float(v)) for k, v in rows[0].items()}
-    assert (row["task"], row["access"], row["source"]) == ("detection", access, source)
+    assert (row["task"], row["access"]) == ("detection", access)
     assert row["pretrained"] == "False"  # --no-pretrained: a result judged knowing it
     assert row["storage"] == "fs" and row["errors"] == "" and row["retries"] == 0
     assert row["samples"] == 4 and row["skipped"] == 0
-    assert row["requests"] == (1 if source == "shards" else 4)  # one shard, or one per image
+    assert row["requests"] == (1 if access == "shards" else 4)  # one shard, or one per image
     assert row["bytes_per_request"] == pytest.approx(row["bytes_read"] / row["requests"], rel=1e-4)
     assert 0 < row["ttfb_p50_ms"] <= row["ttfb_p99_ms"]
-    if source in ("random", "objects"):
+    if access in ("random", "objects"):
         ids = (voc_root / "ImageSets/Main/train.txt").read_text().split()[:4]
         assert row["bytes_read"] == sum(
             (voc_root / f"JPEGImages/{i}.jpg").stat().st_size for i in ids
@@ -120,7 +116,7 @@ def test_resume_continues_from_the_checkpoint(voc_root, tmp_path):
 def test_user_errors_print_one_line_and_exit_2(voc_root, tmp_path, capsys):
     assert train(voc_root, tmp_path / "o", "--access", "diagonal") == 2
     assert capsys.readouterr().err.strip() == (
-        "error: access.mode must be one of random, sequential; got 'diagonal'"
+        "error: access.pattern must be one of random, shards, objects; got 'diagonal'"
     )
     assert train(tmp_path / "nowhere", tmp_path / "o") == 2
     assert "nowhere: it is missing or empty; check DATA=" in capsys.readouterr().err
@@ -145,7 +141,7 @@ def corrupt_second_image(voc_root):
     return image
 
 
-@pytest.mark.parametrize("access", ["random", "sequential"])
+@pytest.mark.parametrize("access", ["random", "shards"])
 def test_corrupt_jpeg_is_skipped_and_counted(voc_root, tmp_path, access):
     corrupt_second_image(voc_root)
     out = tmp_path / "out"

@@ -22,7 +22,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from training.outputs import save_figure
+from common.files import save_figure
 
 #: Quality columns of ``metrics.csv`` per task, and their names on the charts.
 QUALITY = {

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 #: CLI flag → config key it overrides (Make variables map onto these flags).
 FLAG_KEYS = {
-    "access": "access.mode",
+    "access": "access.pattern",
     "storage": "storage.type",
     "epochs": "train.epochs",
     "batch_size": "loader.batch_size",

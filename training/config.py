@@ -8,11 +8,18 @@ naming the key and what is allowed. The resolved configuration is saved with eve
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger(__name__)
+
+#: The access patterns, one word each in the training config (``access.pattern``), the
+#: benchmark's (``bench.access``, ``sweep.access``) and every output's ``access`` column.
+ACCESS_PATTERNS = ("random", "shards", "objects")
 
 
 class ConfigError(Exception):
@@ -164,7 +171,9 @@ class DatasetConfig:
         minimum=1,
         nullable=True,
     )
-    shards_prefix: str = opt("shards", "where sequential access keeps its tar shards", kind=str)
+    shards_prefix: str = opt(
+        "shards", "where the shards access pattern keeps its tar shards", kind=str
+    )
     shard_size_mb: float = opt(
         1.0, "target shard size in MB (10^6 bytes)", kind=float, minimum=0.001
     )
@@ -174,26 +183,19 @@ class DatasetConfig:
 class AccessConfig:
     """How the training loop reads the data."""
 
-    mode: str = opt(
-        "sequential",
-        "random: map-style, one read per sample; sequential: front to back (sequential_source)",
-        kind=str,
-        choices=("random", "sequential"),
-    )
-    sequential_source: str = opt(
+    pattern: str = opt(
         "shards",
-        "sequential: read tar shards, or the image objects in listing order",
+        "random: map-style, one read per sample in the sampler's order; shards: WebDataset tar "
+        "shards front to back; objects: the image objects in listing order, one read each",
         kind=str,
-        choices=("shards", "objects"),
+        choices=ACCESS_PATTERNS,
     )
-    concurrency: int = opt(
-        8, "sequential objects: reads in flight per DataLoader worker", kind=int, minimum=1
-    )
+    concurrency: int = opt(8, "objects: reads in flight per DataLoader worker", kind=int, minimum=1)
     shuffle: bool = opt(
         True, "shuffle training samples (sampler, or shard order + buffer)", kind=bool
     )
     shuffle_buffer: int = opt(
-        64, "sequential: samples in each worker's shuffle buffer", kind=int, minimum=1
+        64, "shards, objects: samples in each worker's shuffle buffer", kind=int, minimum=1
     )
     on_corrupt: str = opt(
         "skip",
@@ -213,7 +215,8 @@ class LoaderConfig:
     )
     prefetch_factor: int = opt(
         2,
-        "transfers each worker reads ahead (a batch; sequential: up to worker_batches batches)",
+        "transfers each worker reads ahead (a batch; shards, objects: up to worker_batches "
+        "batches)",
         kind=int,
         minimum=1,
     )
@@ -221,7 +224,7 @@ class LoaderConfig:
     pin_memory: bool = opt(False, "pin host memory for faster copies to a GPU", kind=bool)
     worker_batches: int = opt(
         64,
-        "sequential access: most batches a worker sends per transfer (fewer when they hold "
+        "shards, objects: most batches a worker sends per transfer (fewer when they hold "
         "over 4 MiB of decoded images); 1: one batch per transfer",
         kind=int,
         minimum=1,
@@ -316,7 +319,7 @@ class BenchConfig:
         ["random", "objects", "shards"],
         "access patterns: random (map-style), objects (listing order, N reads), shards",
         kind=list,
-        choices=("random", "objects", "shards"),
+        choices=ACCESS_PATTERNS,
     )
     storages: list = opt(
         ["fs", "s3"],
@@ -426,7 +429,7 @@ class SweepConfig:
         ["random", "shards"],
         "access patterns searched: random (map-style), objects, shards",
         kind=list,
-        choices=("random", "objects", "shards"),
+        choices=ACCESS_PATTERNS,
     )
     workers: int = opt(
         -1,
@@ -594,7 +597,46 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {section} is not a section")
         node[leaf] = yaml.safe_load(value) if value.strip() else None
-    return check_task(_build(Config, data, ""))
+    return check_task(_build(Config, _renamed_keys(data), ""))
+
+
+def _renamed_keys(data: dict) -> dict:
+    """``data`` with the keys of earlier versions in today's words, each with a one-line
+    deprecation notice: ``access.mode: random`` is ``access.pattern: random``; ``access.mode:
+    sequential`` with ``access.sequential_source: shards|objects`` (default shards) is
+    ``access.pattern: shards|objects``; ``access.pattern: sequential`` (``ACCESS=sequential``)
+    is ``shards``.
+
+    Raises:
+        ConfigError: an old key contradicts ``access.pattern``, or has a value it never had.
+    """
+    access = data.get("access")
+    if not isinstance(access, dict):
+        return data
+    access = dict(access)
+    mode = access.pop("mode", None)
+    source = access.pop("sequential_source", None)
+    if access.get("pattern") == "sequential":
+        log.warning("access pattern 'sequential' is deprecated: say shards (or objects)")
+        access["pattern"] = source or "shards"
+    elif mode is not None or source is not None:
+        if mode not in (None, "random", "sequential") or source not in (None, "shards", "objects"):
+            raise ConfigError(
+                f"access.mode {mode!r} / access.sequential_source {source!r} (deprecated): use "
+                f"access.pattern, one of {', '.join(ACCESS_PATTERNS)}"
+            )
+        pattern = "random" if mode == "random" else (source or "shards")
+        if access.get("pattern", pattern) != pattern:
+            raise ConfigError(
+                f"access.pattern {access['pattern']!r} contradicts the deprecated access.mode "
+                f"{mode!r} / access.sequential_source {source!r}: keep only access.pattern"
+            )
+        log.warning(
+            "access.mode and access.sequential_source are deprecated: use access.pattern: %s",
+            pattern,
+        )
+        access["pattern"] = pattern
+    return {**data, "access": access}
 
 
 def check_task(cfg: Config) -> Config:

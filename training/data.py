@@ -134,7 +134,7 @@ def _local_keys_into_environment(env_file: Path) -> None:
     Raises:
         ConfigError: the environment holds other keys or a session token (never replaced).
     """
-    from serve.local_s3 import read_env_file
+    from pipelines.storage.env_file import read_env_file
 
     keys = {k: v for k, v in read_env_file(env_file).items() if k.startswith("AWS_")}
     user = os.environ.get("AWS_ACCESS_KEY_ID")
@@ -466,12 +466,6 @@ def split_shards(
         source.storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
     )
     return prefix, shards, written
-
-
-def access_pattern(cfg: Config) -> str:
-    """``random``, ``shards`` or ``objects``: what
-    :func:`pipelines.access.loaders.build_loader` runs."""
-    return "random" if cfg.access.mode == "random" else cfg.access.sequential_source
 
 
 def class_names(cfg: Config, records: list[Record]) -> list[str]:

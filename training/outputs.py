@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -44,25 +43,15 @@ def write_yaml(path: Path, data) -> None:
     atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
 
 
-def save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure as a PNG through a temporary file and a rename, then free it."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def save_torch(path: Path, obj) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` of ``obj``, written atomically (serialized in memory first)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 #: Loggers of the project's packages; their INFO records go to the run's log file.
-PROJECT_LOGGERS = ("pipelines", "training", "models")
+PROJECT_LOGGERS = ("pipelines", "training", "models", "common", "datagen")
 
 
 def attach_log_file(path: Path, rank: int | None = None) -> logging.Handler:

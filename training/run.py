@@ -34,7 +34,6 @@ from training.charts import TensorBoard, write_plots
 from training.config import Config, ConfigError
 from training.data import (
     DataSource,
-    access_pattern,
     class_names,
     load_split,
     open_storage,
@@ -63,7 +62,6 @@ METRICS_COLUMNS = [
     "epoch",
     "task",
     "access",
-    "source",
     "storage",
     "pretrained",
     "ranks",
@@ -246,7 +244,7 @@ def prepare_data(cfg: Config, task, ranks: Ranks = ONE_RANK) -> RunData:
     eval_records, _ = splits[cfg.dataset.eval_split]
     classes = class_names(cfg, train_records)
     label_of = class_to_index(task, classes)
-    pattern = access_pattern(cfg)
+    pattern = cfg.access.pattern
     loaders = {}
     for name, records, train in (
         (cfg.dataset.train_split, train_records, True),
@@ -512,8 +510,7 @@ def run_epochs(
         gathered = distributed.gather((mine, meter.requests, steps, trace))
         common = {
             "task": cfg.task,
-            "access": cfg.access.mode,
-            "source": data.pattern,
+            "access": data.pattern,
             "storage": cfg.storage.type,
             "pretrained": training.pretrained,
             "boxes_dropped": data.train_counts.dropped,
@@ -664,7 +661,7 @@ def write_summary(
         "summary: %s %s on %s, epoch %d: %s, %.1f samples/s, "
         "%.2f MB/s delivered (%.2f MB/s per reader), AU %.3f; outputs in %s",
         cfg.task,
-        cfg.access.mode,
+        cfg.access.pattern,
         cfg.storage.type,
         last["epoch"],
         task.describe(last),

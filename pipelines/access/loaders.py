@@ -1,6 +1,6 @@
-"""DataLoader wiring for the two access patterns, over any storage.
+"""DataLoader wiring for the three access patterns (random, shards, objects), over any storage.
 
-``build_loader`` is the one switch between random and sequential access; everything downstream
+``build_loader`` is the one switch between the access patterns; everything downstream
 (the training loop, the meter) sees the same :class:`pipelines.samples.Batch` es either way.
 
 Iterable-style datasets (shards, objects) are batched inside the DataLoader workers, which send

@@ -40,6 +40,7 @@ from boto3.s3.transfer import TransferConfig
 
 from common.errors import first_line
 from pipelines.storage.base import ObjectNotFound, PrefixNotFound, RequestStats, StorageError
+from pipelines.storage.env_file import read_env_file
 
 MiB = 1024 * 1024
 
@@ -217,15 +218,13 @@ class S3Storage:
         )
         keys = {}
         if self.credentials_file:
-            from serve.local_s3 import LocalS3Error, read_env_file
-
             try:
                 values = read_env_file(self.credentials_file)
                 keys = {
                     "aws_access_key_id": values["AWS_ACCESS_KEY_ID"],
                     "aws_secret_access_key": values["AWS_SECRET_ACCESS_KEY"],
                 }
-            except (LocalS3Error, KeyError):
+            except (StorageError, KeyError):
                 raise StorageError(
                     f"{self.describe()}: cannot read the keys in {self.credentials_file}: start "
                     "the local server again (`make s3-up`)"

@@ -16,232 +16,46 @@ live server; a private TMPDIR per runtime dir lets a test server run next to a u
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-#: Repository root (this file is ``serve/runtime.py``).
-REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The base server configuration the derived one starts from.
-BASE_CONFIG = REPO_ROOT / "config.properties"
+from serve.process import owned_process, poll_until, start_detached, stop, write_state
+from serve.properties import (
+    BASE_CONFIG,
+    ServeError,
+    check_ports_free,
+    derive_properties,
+    listeners_from_properties,
+    read_properties,
+    write_properties,
+)
+
 #: Java main class of TorchServe's frontend; identifies its process.
 TS_MAIN_CLASS = "org.pytorch.serve.ModelServer"
+
+
 #: Oldest Java major version TorchServe 0.12 supports.
 MIN_JAVA = 17
+
+
 #: Log lines that mean a model will not become ready (TorchServe would retry forever).
 _LOAD_FAILED = re.compile(r"Load model failed|Failed to load model|ModelNotFoundException")
+
+
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class ServeError(Exception):
-    """A problem the user can fix; ``str()`` is one line that names the fix.
-
-    Attributes:
-        details: extra text for the user (e.g. the last lines of the TorchServe logs), or "".
-    """
-
-    def __init__(self, message: str, details: str = "") -> None:
-        super().__init__(message)
-        self.details = details
-
-
-# ---------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class Listener:
-    """One socket TorchServe listens on.
-
-    Attributes:
-        scheme: ``http``/``https`` for the REST APIs, ``""`` for gRPC (address and port are
-            separate keys in config.properties for gRPC).
-        host: IP address or host name to bind.
-        port: TCP port.
-    """
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        """``scheme://host:port`` (IPv6 hosts in brackets); for gRPC just ``host:port``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}" if self.scheme else f"{host}:{self.port}"
-
-    @property
-    def client_url(self) -> str:
-        """:attr:`url` with a wildcard bind address (0.0.0.0, ::) replaced by loopback, for
-        clients on this machine."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return replace(self, host=host).url
-
-    @property
-    def is_loopback(self) -> bool:
-        """True for ``localhost`` and loopback IPs (127.0.0.0/8, ::1)."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-
-@dataclass(frozen=True)
-class Listeners:
-    """The five sockets of a TorchServe instance (REST inference/management/metrics, gRPC)."""
-
-    inference: Listener
-    management: Listener
-    metrics: Listener
-    grpc_inference: Listener
-    grpc_management: Listener
-
-    def all(self) -> dict[str, Listener]:
-        """Name -> listener, in a stable order."""
-        return {
-            "inference": self.inference,
-            "management": self.management,
-            "metrics": self.metrics,
-            "grpc_inference": self.grpc_inference,
-            "grpc_management": self.grpc_management,
-        }
-
-    @property
-    def all_loopback(self) -> bool:
-        """True when no listener can be reached from another machine."""
-        return all(listener.is_loopback for listener in self.all().values())
-
-    def override(self, host: str | None = None, **ports: int | None) -> Listeners:
-        """Copy with every host replaced by ``host`` and the given ports replaced.
-
-        Args:
-            host: bind address for all five listeners, or None to keep each one's.
-            **ports: ``inference=``, ``management=``, ``metrics=``, ``grpc_inference=``,
-                ``grpc_management=``; None keeps the configured port.
-        """
-        updated = {}
-        for name, listener in self.all().items():
-            port = ports.get(name)
-            updated[name] = replace(
-                listener,
-                host=host if host is not None else listener.host,
-                port=port if port is not None else listener.port,
-            )
-        return Listeners(**updated)
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """Read a TorchServe ``config.properties`` (``key=value`` lines, ``#``/``!`` comments).
-
-    Values are kept verbatim (backslash escapes are not interpreted) so that they can be written
-    back unchanged.
-
-    Raises:
-        ServeError: the file does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ServeError(f"server configuration {path} not found: run from the repository root")
-    props: dict[str, str] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#!" or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        props[key.strip()] = value.strip()
-    return props
-
-
-def listeners_from_properties(props: dict[str, str]) -> Listeners:
-    """Parse the five listeners of a config, with TorchServe's defaults for missing keys.
-
-    Raises:
-        ServeError: an address is not ``scheme://host:port``.
-    """
-
-    def rest(key: str, default: str) -> Listener:
-        value = props.get(key, default)
-        match = re.fullmatch(r"(https?)://(\[[^\]]+\]|[^:/]+):(\d+)/?", value)
-        if match is None:
-            raise ServeError(f"{key}={value} in config.properties is not scheme://host:port")
-        return Listener(match[1], match[2].strip("[]"), int(match[3]))
-
-    def grpc(prefix: str, default_port: int) -> Listener:
-        return Listener(
-            "",
-            props.get(f"{prefix}_address", "0.0.0.0"),
-            int(props.get(f"{prefix}_port", default_port)),
-        )
-
-    return Listeners(
-        inference=rest("inference_address", "http://127.0.0.1:8080"),
-        management=rest("management_address", "http://127.0.0.1:8081"),
-        metrics=rest("metrics_address", "http://127.0.0.1:8082"),
-        grpc_inference=grpc("grpc_inference", 7070),
-        grpc_management=grpc("grpc_management", 7071),
-    )
-
-
-def derive_properties(
-    base: dict[str, str], listeners: Listeners, model_store: Path, *, token_auth: bool = False
-) -> dict[str, str]:
-    """Build the configuration a runtime dir's server runs with.
-
-    Args:
-        base: the repo's config.properties (see :func:`read_properties`).
-        listeners: addresses/ports to bind.
-        model_store: absolute model store; ``allowed_urls`` is pinned to its ``*.mar`` files.
-        token_auth: ask for token authorization even when every listener is loopback.
-
-    Returns:
-        The properties. Token authorization is on (``disable_token_authorization`` dropped)
-        whenever ``token_auth`` is set or a listener is not loopback. ``model_store`` and
-        ``load_models`` are dropped: the store and the models are given on the command line.
-
-    Raises:
-        ServeError: the model store path contains a comma (``allowed_urls`` is comma-separated).
-    """
-    props = {k: v for k, v in base.items() if k not in ("model_store", "load_models")}
-    props["inference_address"] = listeners.inference.url
-    props["management_address"] = listeners.management.url
-    props["metrics_address"] = listeners.metrics.url
-    props["grpc_inference_address"] = listeners.grpc_inference.host
-    props["grpc_inference_port"] = str(listeners.grpc_inference.port)
-    props["grpc_management_address"] = listeners.grpc_management.host
-    props["grpc_management_port"] = str(listeners.grpc_management.port)
-    if "," in str(model_store):
-        raise ServeError(f"model store path {model_store} must not contain a comma")
-    # Java regex inside a Java properties value: every backslash is written twice.
-    regex = "file://" + re.escape(str(Path(model_store).resolve())) + r"/[^/]+\.mar"
-    props["allowed_urls"] = regex.replace("\\", "\\\\")
-    if token_auth or not listeners.all_loopback:
-        props.pop("disable_token_authorization", None)
-    return props
-
-
-def write_properties(path: Path, props: dict[str, str], header: str) -> None:
-    """Write ``key=value`` lines atomically (temporary file in the same dir, then rename)."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    lines += [f"{key}={value}" for key, value in props.items()]
-    _atomic_write(Path(path), "\n".join(lines) + "\n")
-
-
-# ---------------------------------------------------------------------- runtime dir
 
 
 @dataclass(frozen=True)
@@ -332,19 +146,7 @@ def running_pid(runtime_dir: Path) -> int | None:
 
 def _is_our_server(pid: int, rt: RuntimeDir) -> bool:
     """True when ``pid`` is a live TorchServe frontend started with ``rt``'s config."""
-    import psutil  # dependency of torchserve
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmdline = proc.cmdline()
-    except psutil.Error:
-        return False
-    return TS_MAIN_CLASS in cmdline and str(rt.config) in cmdline
-
-
-# ---------------------------------------------------------------------- preflight checks
+    return owned_process(pid, (TS_MAIN_CLASS, str(rt.config))) is not None
 
 
 def check_java() -> str:
@@ -415,27 +217,6 @@ def list_models(model_store: Path) -> list[str]:
     return names
 
 
-def check_ports_free(listeners: Listeners) -> None:
-    """Check that every listener's address can be bound now.
-
-    Raises:
-        ServeError: a port is taken (names the option that changes it) or the address is not
-            one of this machine's.
-    """
-    for name, listener in listeners.all().items():
-        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((listener.host, listener.port))
-            except OSError as exc:
-                option = "--" + name.replace("_", "-") + "-port"
-                raise ServeError(
-                    f"cannot bind the {name} address {listener.url} ({exc.strerror}): stop what "
-                    f"uses it or choose another with {option}"
-                ) from None
-
-
 def _check_socket_path(rt: RuntimeDir) -> None:
     """Worker sockets are ``TMPDIR/.ts.sock.PORT``; a Unix socket path has at most 107 bytes."""
     longest = len(os.fsencode(rt.tmp / ".ts.sock.65535"))
@@ -444,9 +225,6 @@ def _check_socket_path(rt: RuntimeDir) -> None:
             f"runtime dir {rt.root} is too deep for TorchServe's worker sockets "
             f"({longest} > 107 bytes): choose a shorter --runtime-dir"
         )
-
-
-# ---------------------------------------------------------------------- start / wait / stop
 
 
 def start_server(
@@ -512,7 +290,8 @@ def start_server(
     write_properties(
         rt.config,
         props,
-        f"Derived from {Path(base_config).resolve()} by serve/runtime.py; rewritten at each start.",
+        f"Derived from {Path(base_config).resolve()} by serve/torchserve.py; rewritten at each "
+        "start.",
     )
 
     env = dict(os.environ)
@@ -533,17 +312,7 @@ def start_server(
     log_offset = _size(rt.logs / "ts_log.log")
     launcher: subprocess.Popen | None = None
     try:
-        with rt.console_log.open("ab") as console:
-            # New session: the server outlives this process and ignores the terminal's Ctrl-C.
-            launcher = subprocess.Popen(
-                cmd,
-                cwd=rt.root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        launcher = start_detached(cmd, log_path=rt.console_log, env=env, cwd=rt.root)
         try:
             code = launcher.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -562,7 +331,7 @@ def start_server(
             key_file=str(rt.key_file) if secured else None,
         )
         wait_until_ready(info, deadline=deadline, log_offset=log_offset)
-        _atomic_write(rt.state, json.dumps(asdict(info), indent=2) + "\n")
+        write_state(rt.state, asdict(info))
         return info
     except BaseException as exc:
         details = log_tails(rt)
@@ -595,29 +364,31 @@ def wait_until_ready(
     """
     rt = RuntimeDir(Path(info.runtime_dir))
     waiting_for = "GET /ping"
-    while True:
+
+    def ready() -> bool:
+        nonlocal waiting_for
         if running_pid(rt.root) != info.pid:
             raise ServeError("TorchServe exited while starting")
         failure = _load_failure(rt, log_offset)
         if failure:
             raise ServeError(f"a model failed to load: {failure}")
         keys = read_keys(rt) if info.token_auth else {}
-        if not info.token_auth or keys:
-            status, body = http_json(f"{info.inference_url}/ping", keys.get("inference"))
-            if status == 200 and isinstance(body, dict) and body.get("status") == "Healthy":
-                pending = [
-                    name
-                    for name in info.models
-                    if not model_ready(info.management_url, name, keys.get("management"))
-                ]
-                if not pending:
-                    return
-                waiting_for = f"workers READY for {', '.join(pending)}"
-            else:
-                waiting_for = f"GET /ping healthy (last answer: {status} {body})"
-        if time.monotonic() >= deadline:
-            raise ServeError(f"TorchServe not ready before the deadline: waiting for {waiting_for}")
-        time.sleep(poll_s)
+        if info.token_auth and not keys:
+            return False
+        status, body = http_json(f"{info.inference_url}/ping", keys.get("inference"))
+        if status != 200 or not isinstance(body, dict) or body.get("status") != "Healthy":
+            waiting_for = f"GET /ping healthy (last answer: {status} {body})"
+            return False
+        pending = [
+            name
+            for name in info.models
+            if not model_ready(info.management_url, name, keys.get("management"))
+        ]
+        waiting_for = f"workers READY for {', '.join(pending)}"
+        return not pending
+
+    if not poll_until(ready, deadline=deadline, poll_s=poll_s):
+        raise ServeError(f"TorchServe not ready before the deadline: waiting for {waiting_for}")
 
 
 def model_ready(management_url: str, name: str, token: str | None = None) -> bool:
@@ -641,26 +412,12 @@ def stop_server(runtime_dir: Path, *, timeout_s: float = 60.0) -> int | None:
     Returns:
         The pid that was stopped, or None when no server ran for this runtime dir.
     """
-    import psutil  # dependency of torchserve
-
     rt = RuntimeDir(Path(runtime_dir).resolve())
     pid = running_pid(rt.root)
     if pid is None:
         rt.state.unlink(missing_ok=True)
         return None
-    try:
-        proc = psutil.Process(pid)
-        children = proc.children(recursive=True)
-        proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs([proc], timeout=timeout_s)
-        for leftover in alive:
-            leftover.kill()
-        _, alive = psutil.wait_procs(children, timeout=5)
-        for leftover in alive:
-            leftover.kill()
-        psutil.wait_procs(alive, timeout=5)
-    except psutil.NoSuchProcess:
-        pass
+    stop(pid, timeout_s=timeout_s)
     for path in (rt.pid_file, rt.state, rt.key_file):
         path.unlink(missing_ok=True)
     return pid
@@ -689,9 +446,6 @@ def server_status(runtime_dir: Path) -> dict | None:
         for name in state.get("models", [])
     }
     return state
-
-
-# ---------------------------------------------------------------------- helpers
 
 
 def read_keys(rt: RuntimeDir) -> dict[str, str]:
@@ -766,33 +520,6 @@ def log_tails(rt: RuntimeDir, lines: int = 20) -> str:
         if text:
             parts.append(f"--- last lines of {path} ---\n" + "\n".join(text[-lines:]))
     return "\n".join(parts)
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports that were free on ``host`` a moment ago (for tests)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same dir and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _size(path: Path) -> int:

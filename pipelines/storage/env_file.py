@@ -1,0 +1,50 @@
+"""Credentials files in shell syntax (``export AWS_ACCESS_KEY_ID=...``), as the local S3 server
+of ``make s3-up`` writes them (``.s3/env``, mode 0600) and the S3 clients read them.
+
+Sourcing the file (``set -a; . .s3/env; set +a``) gives a shell the same keys.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from common.files import atomic_write_text
+from pipelines.storage.base import StorageError
+
+
+def write_env_file(path: str | os.PathLike, values: dict[str, str]) -> None:
+    """Write ``export KEY=value`` lines, mode 0600, atomically (values must be shell-safe)."""
+    lines = [f"# Local S3 server (python -m scripts.s3_local up). Load: set -a; . {path}; set +a"]
+    for key, value in values.items():
+        if not all(c.isalnum() or c in ":/._-" for c in value):
+            raise ValueError(f"{key}: value is not shell-safe")
+        lines.append(f"export {key}={value}")
+    atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)
+
+
+def read_env_file(path: str | os.PathLike) -> dict[str, str]:
+    """The ``KEY=value`` pairs of an env file (``export`` and ``#`` comments allowed).
+
+    Raises:
+        StorageError: the file does not exist or cannot be read.
+    """
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise StorageError(
+            f"{path} not found: start the local server (python -m scripts.s3_local up) or set "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_ENDPOINT, S3_BUCKET"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StorageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
