@@ -46,7 +46,7 @@ from pipelines.shards.manifest import ShardInfo
 from pipelines.storage.base import RequestStats, Storage
 from training.config import Config
 from training.distributed import all_agree, from_environment, pick_device
-from training.engine import Precision, measure_steps
+from training.engine import Precision, measure_steps, step_fn
 from training.meter import aggregate
 from training.tasks import class_to_index, task_module
 
@@ -131,7 +131,7 @@ def compute_fn(case: Case, cfg: Config, classes: list[str], team: Team = ONE):
             process_group=team.group,
         )
     precision = Precision(cfg.train.precision, device)
-    return task.step_fn(model, optimizer, None, device, epoch=0, precision=precision)
+    return step_fn(task, model, optimizer, None, device, epoch=0, precision=precision)
 
 
 def case_steps(case: Case, cfg: Config) -> int:

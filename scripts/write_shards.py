@@ -4,8 +4,8 @@
     make shards SPLIT=train
 
 Shards go under ``<dataset.shards_prefix>/<split>`` of the dataset's storage (``-first<N>`` is
-appended with ``--limit N``), which is where the shards access pattern looks for them. Existing shards
-of the same images are reused, never overwritten; delete the folder to write them again.
+appended with ``--limit N``), which is where the shards access pattern looks for them. Existing
+shards of the same images are reused, never overwritten; delete the folder to write them again.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.nn import functional as F
@@ -20,7 +20,7 @@ from models.classifier import build_classifier, build_pretrained_classifier
 from pipelines.samples import Batch, classification_transform
 from training import distributed
 from training.config import Config
-from training.engine import Precision, TrainingError, optimizer_step, progress_bar
+from training.engine import Precision, progress_bar
 
 #: Label id of the first class (no background class).
 LABEL_OFFSET = 0
@@ -77,38 +77,15 @@ def build_model(
     return model, spec
 
 
-def step_fn(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    device: torch.device,
-    epoch: int,
-    precision: Precision | None = None,
-) -> Callable[[Batch, int], float]:
-    """``compute`` for :func:`training.engine.measure_steps`: one optimizer step of
-    cross-entropy on the batch (images stacked to float32 ``[B, 3, S, S]``, targets int64
-    ``[B]``), in ``precision`` (default fp32); returns the mean loss of the batch.
-
-    Raises (from the returned function):
-        TrainingError: the loss is not finite.
-    """
-
-    precision = precision or Precision("fp32", device)
-
-    def step(batch: Batch, index: int) -> float:
-        images = torch.stack(batch.images).to(device, non_blocking=True)
-        targets = torch.stack(batch.targets).to(device, non_blocking=True)
-        with precision.autocast():
-            loss = F.cross_entropy(model(images), targets)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss is {loss_value} at epoch {epoch} step {index}; lower train.lr"
-            )
-        optimizer_step(loss, optimizer, scheduler, device, precision.scaler)
-        return loss_value
-
-    return step
+def forward_loss(
+    model: torch.nn.Module, batch: Batch, device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of a classifier on ``batch``: mean cross-entropy of the logits of its
+    images (stacked to float32 ``[B, 3, S, S]`` on ``device``) against its labels (int64
+    ``[B]``); no separate parts (``{}``). The step around it: :func:`training.engine.step_fn`."""
+    images = torch.stack(batch.images).to(device, non_blocking=True)
+    targets = torch.stack(batch.targets).to(device, non_blocking=True)
+    return F.cross_entropy(model(images), targets), {}
 
 
 def quality_columns(classes: list[str]) -> list[str]:

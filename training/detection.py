@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torchmetrics.detection import MeanAveragePrecision
@@ -19,7 +19,7 @@ from models.detector import build_detector, build_pretrained_detector
 from pipelines.samples import Batch, detection_transform
 from training import distributed
 from training.config import Config
-from training.engine import Precision, TrainingError, optimizer_step, progress_bar
+from training.engine import Precision, progress_bar
 
 #: Label id of the first class: 0 is the background class of torchvision's detectors.
 LABEL_OFFSET = 1
@@ -81,42 +81,17 @@ def build_model(
     return model, spec
 
 
-def step_fn(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    device: torch.device,
-    epoch: int,
-    precision: Precision | None = None,
-) -> Callable[[Batch, int], float]:
-    """``compute`` for :func:`training.engine.measure_steps`: one optimizer step of a detector
-    on the batch's list of images, in ``precision`` (default fp32); returns the summed loss.
-
-    Raises (from the returned function):
-        TrainingError: the loss is not finite.
-    """
-
-    precision = precision or Precision("fp32", device)
-
-    def step(batch: Batch, index: int) -> float:
-        images = [img.to(device, non_blocking=True) for img in batch.images]
-        targets = [
-            {k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets
-        ]
-        with precision.autocast():
-            losses = model(images, targets)
-            loss = sum(losses.values())
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss is {loss_value} at epoch {epoch} step {index} "
-                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); "
-                "lower train.lr or check the boxes"
-            )
-        optimizer_step(loss, optimizer, scheduler, device, precision.scaler)
-        return loss_value
-
-    return step
+def forward_loss(
+    model: torch.nn.Module, batch: Batch, device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of a detector on ``batch`` (its list of images and targets moved to
+    ``device``): ``(sum of the losses, each loss by name)``, as torchvision's detection models
+    return them in train mode (``loss_classifier``, ``loss_box_reg``, ``loss_objectness``,
+    ``loss_rpn_box_reg``). The step around it: :func:`training.engine.step_fn`."""
+    images = [img.to(device, non_blocking=True) for img in batch.images]
+    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets]
+    losses = model(images, targets)
+    return sum(losses.values()), losses
 
 
 def quality_columns(classes: list[str]) -> list[str]:

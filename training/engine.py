@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
+from types import ModuleType
 
 import torch
 from tqdm import tqdm
@@ -181,29 +182,55 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
-def optimizer_step(
-    loss: torch.Tensor,
+def step_fn(
+    task: ModuleType,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
-    scaler: torch.amp.GradScaler | None = None,
-) -> None:
-    """Backpropagate ``loss`` (a scalar tensor) and step the optimizer and the LR schedule
-    (through ``scaler`` for fp16: a scaled loss, unscaled gradients, a step skipped when they
-    overflowed); on CUDA, wait for the device to finish so that the step's compute time is all
-    measured."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    if scheduler is not None:
-        scheduler.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    epoch: int,
+    precision: Precision | None = None,
+) -> Callable[[Batch, int], float]:
+    """One training step, as :func:`measure_steps` calls it: ``step(batch, index) -> loss``.
+
+    The whole step, after torchvision's ``references/detection/engine.py``: the task's forward
+    pass and loss in ``precision`` (default fp32) on ``device`` (``task.forward_loss``: the
+    batch moved to the device, the model's loss); a non-finite loss stops the run; backward,
+    optimizer step (through the gradient scaler for fp16: a scaled loss, unscaled gradients, a
+    step skipped when they overflowed) and LR schedule; on CUDA, a wait for the device, so that
+    the step's compute time is all measured. Returns the loss as a float.
+
+    Raises (from the returned function):
+        TrainingError: the loss is not finite (the message has the epoch, the step and, for a
+            detector, each of its losses).
+    """
+    precision = precision or Precision("fp32", device)
+
+    def step(batch: Batch, index: int) -> float:
+        with precision.autocast():
+            loss, parts = task.forward_loss(model, batch, device)
+        value = loss.item()
+        if not math.isfinite(value):
+            detail = f" ({ {k: round(v.item(), 4) for k, v in parts.items()} })" if parts else ""
+            raise TrainingError(
+                f"loss is {value} at epoch {epoch} step {index}{detail}; lower train.lr"
+                + (" or check the boxes" if parts else "")
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if precision.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return value
+
+    return step
 
 
 def train_one_epoch(
@@ -222,8 +249,7 @@ def train_one_epoch(
 
     Args:
         model: the model ``step_fn`` trains (train mode is set here).
-        step_fn: one optimizer step on a batch, returning the loss (the task module's
-            ``step_fn``, see :mod:`training.tasks`).
+        step_fn: one optimizer step on a batch, returning the loss (:func:`step_fn`).
         loader: yields :class:`pipelines.samples.Batch` es.
         num_samples: samples expected in the epoch (for the progress bar only).
         on_corrupt: ``skip`` counts undecodable images and goes on; ``stop`` raises.

@@ -41,7 +41,7 @@ from training.data import (
     split_shards,
 )
 from training.distributed import ONE_RANK, Ranks
-from training.engine import Precision, train_one_epoch
+from training.engine import Precision, step_fn, train_one_epoch
 from training.meter import aggregate, request_summary
 from training.outputs import (
     attach_log_file,
@@ -476,7 +476,7 @@ def run_epochs(
         reads = [] if cfg.output.trace else None
         meter = train_one_epoch(
             model,
-            task.step_fn(model, optimizer, scheduler, device, epoch, training.precision),
+            step_fn(task, model, optimizer, scheduler, device, epoch, training.precision),
             train_loader,
             epoch,
             num_samples=train_loader.num_samples,

@@ -6,8 +6,8 @@ Both modules define the same names, used by :mod:`training.run` and the benchmar
 - ``transform(cfg, train)``: the sample transform;
 - ``index_to_name(classes)``: the ``index_to_name.json`` mapping;
 - ``build_model(cfg, classes, pretrained=...)``: ``(model, model.json spec)``;
-- ``step_fn(model, optimizer, scheduler, device, epoch, precision)``: one training step on a
-  batch, in ``precision`` (:class:`training.engine.Precision`);
+- ``forward_loss(model, batch, device)``: the training loss of a batch, ``(loss, parts)``; the
+  step around it (precision, backward, optimizer) is :func:`training.engine.step_fn`;
 - ``quality_columns(classes)`` / ``evaluate(...)``: the held-out figures in ``metrics.csv``;
 - ``describe(row)``: those figures in a log line.
 """
