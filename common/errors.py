@@ -1,4 +1,5 @@
-"""One-line quotes of an error, for messages that name their cause without a traceback."""
+"""The user's errors every layer raises, and one-line quotes of an error's cause for messages
+that name it without a traceback."""
 
 from __future__ import annotations
 
@@ -14,3 +15,8 @@ def error_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (only the type when the message is empty)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+class ConfigError(Exception):
+    """A configuration key is unknown or its value is invalid, or a file or function it names
+    cannot be used; the message names the key."""

@@ -28,20 +28,17 @@ archive's model file, from which the serving handler and ``make predict`` build 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from common.errors import error_line
+from common.entry_point import EntryPoint, load_builder
+from common.entry_point import resolve as find_function
+from common.errors import ConfigError, error_line
 from common.files import atomic_write_bytes
-from training.config import ConfigError
 
 #: File names already taken at the root of an archive (a model file may not be called so).
 RESERVED_FILES = (
@@ -50,97 +47,31 @@ RESERVED_FILES = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class EntryPoint:
-    """Where a model of the user's comes from.
-
-    Attributes:
-        text: as the user wrote it (``examples/my_models.py:build_net``).
-        source: the Python file defining the function (absolute).
-        function: the function's name.
-    """
-
-    text: str
-    source: Path
-    function: str
-
-    @property
-    def model_file(self) -> str:
-        """The file's name in the run's folder and in the archive."""
-        return self.source.name
-
-    def spec(self) -> dict:
-        """The ``model.json`` keys that say how to build the model again."""
-        return {"entry_point": self.text, "model_file": self.model_file, "function": self.function}
-
-
 def is_entry_point(arch: str) -> bool:
     """Whether ``model.arch`` names a function of the user's rather than a built-in model."""
     return ":" in arch
 
 
-def resolve(text: str, key: str = "model.arch") -> EntryPoint:
-    """Find the file and function ``text`` names; nothing is imported yet. ``key``: the
-    setting that names it, for messages (``dataset.format`` for a dataset reader, which may
-    have any file name).
+def resolve(text: str) -> EntryPoint:
+    """The model function ``model.arch`` names (:func:`common.entry_point.resolve`); nothing is
+    imported yet.
 
     Raises:
-        ConfigError: not ``file.py:function`` / ``module:function``, no such file or module,
-            a module that is not one Python file, or a file name an archive reserves.
+        ConfigError: as :func:`common.entry_point.resolve`, or the file has a name the archive
+            reserves.
     """
-    target, _, function = text.rpartition(":")
-    if not target or not function.isidentifier():
+    entry = find_function(text, "model.arch")
+    if entry.source.name in RESERVED_FILES:
         raise ConfigError(
-            f"{key} {text!r}: expected path/to/file.py:function or package.module:function"
+            f"model.arch {text!r}: a model file may not be called {entry.source.name} (the "
+            "archive holds a file of that name): rename it"
         )
-    if target.endswith(".py"):
-        source = Path(target)
-        if not source.is_file():
-            raise ConfigError(f"{key} {text!r}: no file {source} (from {os.getcwd()})")
-    else:
-        try:
-            found = importlib.util.find_spec(target)
-        except Exception as exc:  # noqa: BLE001 - a package's __init__ may raise anything
-            raise ConfigError(f"{key} {text!r}: cannot find module {target}: {exc}") from None
-        if found is None or not (found.origin or "").endswith(".py"):
-            raise ConfigError(
-                f"{key} {text!r}: no Python file for module {target!r} (is it installed, "
-                "or on PYTHONPATH?)"
-            )
-        source = Path(found.origin)
-    if key == "model.arch" and source.name in RESERVED_FILES:
-        raise ConfigError(
-            f"model.arch {text!r}: a model file may not be called {source.name} (the archive "
-            "holds a file of that name): rename it"
-        )
-    return EntryPoint(text, source.resolve(), function)
+    return entry
 
 
-def load_builder(entry: EntryPoint, key: str = "model.arch") -> Callable:
-    """Import ``entry.source`` by its path and return the function (``key`` as in
-    :func:`resolve`).
-
-    Raises:
-        ConfigError: the file fails to import (its error's first line), or defines no such
-            function.
-    """
-    name = f"user_{entry.source.stem}_{abs(hash(str(entry.source)))}"
-    spec = importlib.util.spec_from_file_location(name, entry.source)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look their module up there
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - any error in the user's file: one line
-        sys.modules.pop(name, None)
-        raise ConfigError(
-            f"{key} {entry.text!r}: importing {entry.source} failed: {error_line(exc)}"
-        ) from None
-    function = getattr(module, entry.function, None)
-    if not callable(function):
-        raise ConfigError(
-            f"{key} {entry.text!r}: {entry.source.name} defines no function {entry.function!r}"
-        )
-    return function
+def spec(entry: EntryPoint) -> dict:
+    """The ``model.json`` keys that say how to build the model again."""
+    return {"entry_point": entry.text, "model_file": entry.model_file, "function": entry.function}
 
 
 def build(

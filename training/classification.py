@@ -57,7 +57,8 @@ def build_model(
         size = cfg.model.image_size
         model = entry_point.build(entry, "classification", len(classes), size, pretrained)
         spec = {"task": "classification", "arch": arch, "num_classes": len(classes),
-                "image_size": size, "pretrained": pretrained, **entry.spec()}  # fmt: skip
+                "image_size": size, "pretrained": pretrained,
+                **entry_point.spec(entry)}  # fmt: skip
         return model, spec
     loaded = False
     if pretrained:

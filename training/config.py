@@ -15,15 +15,13 @@ from typing import Any
 
 import yaml
 
+from common.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: The access patterns, one word each in the training config (``access.pattern``), the
 #: benchmark's (``bench.access``, ``sweep.access``) and every output's ``access`` column.
 ACCESS_PATTERNS = ("random", "shards", "objects")
-
-
-class ConfigError(Exception):
-    """A configuration key is unknown or its value is invalid; the message names the key."""
 
 
 #: Detector architectures (``models.detector.ARCHITECTURES``; listed here so that reading a

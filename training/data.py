@@ -314,7 +314,7 @@ def read_own(
             names the reader and the first wrong record).
         pipelines.storage.base.StorageError: the storage failed under it.
     """
-    from models.entry_point import load_builder, resolve
+    from common.entry_point import load_builder, resolve
 
     key = "dataset.format"
     entry = resolve(text, key)

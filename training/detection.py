@@ -63,7 +63,8 @@ def build_model(
         size = cfg.model.image_size
         model = entry_point.build(entry, "detection", num_classes, size, pretrained)
         spec = {"task": "detection", "arch": cfg.model.arch, "num_classes": num_classes,
-                "image_size": size, "pretrained": pretrained, **entry.spec()}  # fmt: skip
+                "image_size": size, "pretrained": pretrained,
+                **entry_point.spec(entry)}  # fmt: skip
         return model, spec
     sampling = sampling_options(cfg)
     if pretrained:
