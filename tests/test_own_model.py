@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from models.entry_point import build, is_entry_point, resolve
+from models.entry_point import build, is_entry_point, resolve, spec
 from training.config import ConfigError, load_config
 
 GOOD = """
@@ -49,7 +49,7 @@ def test_a_classifier_that_keeps_the_contract_is_built(models_file):
     assert entry.function == "build_net" and entry.model_file == "my_nets.py"
     model = build(entry, "classification", 3, 16, False)
     assert isinstance(model, nn.Module)
-    assert entry.spec() == {
+    assert spec(entry) == {
         "entry_point": f"{models_file}:build_net", "model_file": "my_nets.py",
         "function": "build_net",
     }  # fmt: skip
