@@ -1,5 +1,11 @@
 """A whole training run: data, loaders, model, epochs, measurements and outputs.
 
+Read in this order: :func:`run` → :func:`_run` (the steps) → :func:`training.run_data.prepare_data`
+(storage, splits, shards, loaders) → :func:`training.trainer.build_training` (model,
+optimizer, schedule; :func:`~training.trainer.resume_from` a checkpoint) → :func:`run_epochs`
+(:func:`training.engine.train_one_epoch` with :func:`training.engine.step_fn`, the task's
+``evaluate``, the outputs of each epoch) → :func:`write_summary`.
+
 ``run(cfg)`` is what ``make train`` executes (through ``scripts/train.py``). Outputs, in
 ``cfg.output.dir``: ``config.yaml`` (resolved settings), ``metrics.csv`` (one row per epoch),
 ``steps.csv`` (one row per step), ``summary.json`` (run totals), ``benchmark.log``,
@@ -11,37 +17,23 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import random
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from models import entry_point
-from pipelines.access.loaders import EpochLoader, LoaderSettings, build_loader
-from pipelines.formats.records import BoxCounts, DatasetError
-from pipelines.shards.manifest import ShardInfo
+from pipelines.formats.records import DatasetError
 from pipelines.storage.base import RequestStats
 from training import distributed
 from training.charts import TensorBoard, write_plots
-from training.config import Config, ConfigError
-from training.data import (
-    DataSource,
-    class_names,
-    load_split,
-    open_storage,
-    resolve_split,
-    split_shards,
-)
+from training.config import Config
+from training.data import resolve_split
 from training.distributed import ONE_RANK, Ranks
-from training.engine import Precision, step_fn, train_one_epoch
+from training.engine import step_fn, train_one_epoch
 from training.meter import aggregate, request_summary
 from training.outputs import (
     attach_log_file,
@@ -51,7 +43,16 @@ from training.outputs import (
     write_json,
     write_yaml,
 )
-from training.tasks import class_to_index, task_module
+from training.run_data import RunData, prepare_data
+from training.tasks import task_module
+from training.trainer import (
+    History,
+    Training,
+    build_training,
+    resume_from,
+    weights_digest,
+    wrap_for_ranks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +128,6 @@ def run_summary(epochs: list[dict], requests: RequestStats) -> dict:
     }
 
 
-def lr_lambda(total_steps: int, warmup_steps: int):
-    """Linear warm-up to the peak LR, then cosine decay to 0 at ``total_steps`` (SGDR shape,
-    Loshchilov & Hutter 2017, without restarts). Steps past the end stay at 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def run(cfg: Config, *, resume: bool = False) -> dict:
     """Train and evaluate as configured; write all outputs; return the last epoch's metrics row.
 
@@ -197,250 +185,6 @@ def _run(
     )
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 is done
     return last
-
-
-@dataclass
-class RunData:
-    """What the data step prepared: the storage, both splits and their loaders.
-
-    Attributes:
-        source: the opened storage and dataset roots.
-        pattern: the access pattern (``random``, ``shards``, ``objects``).
-        train_records, eval_records: the splits' records.
-        train_counts: what the training split's reader kept and dropped (boxes).
-        classes: class names in label order.
-        train_loader, eval_loader: the loaders of both splits.
-    """
-
-    source: DataSource
-    pattern: str
-    train_records: list
-    eval_records: list
-    train_counts: BoxCounts
-    classes: list[str]
-    train_loader: EpochLoader
-    eval_loader: EpochLoader
-
-
-def prepare_data(cfg: Config, task, ranks: Ranks = ONE_RANK) -> RunData:
-    """Open the storage, read both splits (logging what was kept), find or write the shards,
-    and build both loaders: this rank's share of each (the training split in equal steps on
-    every rank, the evaluation split every sample once).
-
-    Shards missing or stale are written by rank 0 while the others wait, then found by them.
-
-    Raises:
-        DatasetError, pipelines.storage.base.StorageError, pipelines.shards.manifest.ShardError:
-            with a message for the user.
-    """
-    source = open_storage(cfg)
-    log.info("storage: %s", source.storage.describe())
-    splits = {}
-    for split in (cfg.dataset.train_split, cfg.dataset.eval_split):
-        records, counts = load_split(source, cfg, split)
-        log_split(cfg, split, records, counts)
-        splits[split] = records, counts
-    train_records, train_counts = splits[cfg.dataset.train_split]
-    eval_records, _ = splits[cfg.dataset.eval_split]
-    classes = class_names(cfg, train_records)
-    label_of = class_to_index(task, classes)
-    pattern = cfg.access.pattern
-    loaders = {}
-    for name, records, train in (
-        (cfg.dataset.train_split, train_records, True),
-        (cfg.dataset.eval_split, eval_records, False),
-    ):
-        shards = None
-        if pattern == "shards":
-            if ranks.main:
-                shards = find_shards(source, cfg, name, records)
-            distributed.barrier(long=True)  # writing a large dataset's shards takes a while
-            if not ranks.main:
-                shards = find_shards(source, cfg, name, records)
-        loaders[train] = build_loader(
-            source.storage,
-            records,
-            access=pattern,
-            transform=task.transform(cfg, train),
-            class_to_index=label_of,
-            settings=LoaderSettings(**asdict(cfg.loader)),
-            shuffle=train and cfg.access.shuffle,
-            seed=cfg.train.seed,
-            shards=shards,
-            shuffle_buffer=cfg.access.shuffle_buffer,
-            concurrency=cfg.access.concurrency,
-            rank=ranks.rank,
-            world_size=ranks.world_size,
-            equal_steps=train,
-        )
-    return RunData(
-        source, pattern, train_records, eval_records, train_counts, classes,
-        loaders[True], loaders[False],
-    )  # fmt: skip
-
-
-def log_split(cfg: Config, split: str, records: list, counts: BoxCounts) -> None:
-    """Log what a split holds: images per class, or the boxes kept, clipped and dropped."""
-    if cfg.task == "classification":
-        found = Counter(r.label for r in records)
-        log.info(
-            "split %s: %d images (%s)",
-            split,
-            len(records),
-            ", ".join(f"{name} {n}" for name, n in sorted(found.items())),
-        )
-        return
-    log.info(
-        "split %s: %d boxes kept, %d clipped to the image, %d degenerate dropped",
-        split,
-        counts.kept,
-        counts.clipped,
-        counts.dropped,
-    )
-    for where in counts.dropped_where:
-        log.info("dropped degenerate box: %s", where)
-
-
-def find_shards(source: DataSource, cfg: Config, split: str, records: list) -> list[ShardInfo]:
-    """The split's shards, written when missing or stale (logged either way)."""
-    storage = source.storage
-    prefix, shards, written = split_shards(
-        source,
-        cfg,
-        split,
-        records,
-        on_shard=lambda s: log.info(
-            "wrote shard %s (%d bytes, %d samples)", storage.describe(s.key), s.bytes, s.samples
-        ),
-    )
-    log.info(
-        "%s shards for split %s in %s: %d shards, %d bytes",
-        "wrote" if written else "reusing",
-        split,
-        storage.describe(prefix),
-        len(shards),
-        sum(s.bytes for s in shards),
-    )
-    return shards
-
-
-@dataclass
-class Training:
-    """The model and what trains it.
-
-    Attributes:
-        model: the model, on its device: with several ranks wrapped in
-            DistributedDataParallel (gradients averaged over the ranks at each step).
-        net: the model itself (``model.module`` under DDP): what is evaluated and saved.
-        spec: its ``model.json`` (what rebuilds it), with ``pretrained``.
-        optimizer, scheduler: AdamW or SGD; warm-up then cosine decay over every step the
-            training loader yields in all epochs (:func:`lr_lambda`).
-        precision: ``train.precision`` (mixed precision and its gradient scaler).
-    """
-
-    model: torch.nn.Module
-    net: torch.nn.Module
-    spec: dict
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    precision: Precision
-
-    @property
-    def pretrained(self) -> bool:
-        """Whether the model started from pretrained weights."""
-        return bool(self.spec["pretrained"])
-
-
-def build_training(cfg: Config, task, data: RunData, device: torch.device) -> Training:
-    """Build the model (logging whether it starts from pretrained weights), its optimizer and
-    its learning-rate schedule."""
-    model, spec = task.build_model(cfg, data.classes, pretrained=cfg.model.pretrained)
-    if spec["pretrained"]:
-        log.info("model %s: starts from pretrained weights", cfg.model.arch)
-    elif cfg.model.pretrained:
-        log.info("model %s: trained from scratch (its pretrained weights could not be had)",
-                 cfg.model.arch)  # fmt: skip
-    else:
-        log.info("model %s: trained from scratch (model.pretrained false)", cfg.model.arch)
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.train.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            params,
-            lr=cfg.train.lr,
-            momentum=cfg.train.momentum,
-            weight_decay=cfg.train.weight_decay,
-        )
-    # the steps the loader really yields: an iterable loader's workers each end with a partial
-    # batch, so an epoch can have more than ceil(samples / batch size) (see build_loader)
-    total_steps = sum(data.train_loader.steps(e) for e in range(1, cfg.train.epochs + 1))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, warmup_steps=min(100, max(1, total_steps // 10)))
-    )
-    precision = Precision(cfg.train.precision, device)
-    if precision.dtype is not None:
-        log.info("precision %s: torch.autocast(%s)%s", precision.name, device.type,
-                 " with a gradient scaler" if precision.scaler else "")  # fmt: skip
-    return Training(model, model, spec, optimizer, scheduler, precision)
-
-
-def wrap_for_ranks(training: Training, device: torch.device) -> None:
-    """With several ranks, wrap the model in DistributedDataParallel: every rank starts from
-    rank 0's weights and buffers (DDP broadcasts them here, after a resume has loaded them)
-    and gradients are averaged over the ranks at each step."""
-    if dist.is_initialized():
-        training.model = DistributedDataParallel(
-            training.net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-
-@dataclass
-class History:
-    """The epochs run so far: their ``metrics.csv`` rows and ``steps.csv`` rows (from a
-    checkpoint when resuming), and the first epoch still to run."""
-
-    rows: list[dict] = field(default_factory=list)
-    steps: list[dict] = field(default_factory=list)
-    first_epoch: int = 1
-
-
-def resume_from(
-    path: Path, training: Training, device: torch.device, ranks: Ranks = ONE_RANK
-) -> History:
-    """Load the checkpoint at ``path`` into ``training`` (model, optimizer, schedule, and
-    whether the run started from pretrained weights); return the epochs it holds. Every rank
-    loads the same file.
-
-    Raises:
-        DatasetError: there is no checkpoint.
-        ConfigError: it was written by a run with another number of ranks (the data split
-            and the step counts would not continue where they stopped).
-    """
-    if not path.exists():
-        raise DatasetError(f"--resume: no checkpoint at {path}; train without --resume first")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    written_by = ckpt.get("world_size", 1)
-    if written_by != ranks.world_size:
-        raise ConfigError(
-            f"--resume: {path} was written by a run of {written_by} rank(s), this one has "
-            f"{ranks.world_size}: resume with NPROC (x NNODES) = {written_by}, or train afresh"
-        )
-    training.net.load_state_dict(ckpt["model"])
-    training.optimizer.load_state_dict(ckpt["optimizer"])
-    training.scheduler.load_state_dict(ckpt["lr_scheduler"])
-    if training.precision.scaler is not None and ckpt.get("grad_scaler"):
-        training.precision.scaler.load_state_dict(ckpt["grad_scaler"])
-    training.spec["pretrained"] = ckpt.get("pretrained", training.pretrained)
-    found = distributed.gather((ckpt["epoch"], weights_digest(training.net)))
-    if len(set(found)) > 1:  # e.g. a node whose output folder holds another checkpoint
-        raise ConfigError(
-            f"--resume: the ranks found different checkpoints at {path} (epoch, weights: "
-            f"{found}): every node must resume from the same output folder (a shared one)"
-        )
-    log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
-    return History(ckpt["metrics"], ckpt["steps"], ckpt["epoch"] + 1)
 
 
 def run_epochs(
@@ -607,17 +351,6 @@ def run_epochs(
         tensorboard.close()
     log.info("weights digest %s", weights_digest(training.net))  # the same on every rank
     return run_requests
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """The first 16 hex digits of the SHA-256 of the model's state (tensors in key order):
-    equal on every rank when DistributedDataParallel kept the replicas in step."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        flat = tensor.detach().cpu().contiguous().reshape(-1)  # 0-dim counters too
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def write_summary(

@@ -1,0 +1,166 @@
+"""The model and what trains it: built from the configuration (optimizer, LR schedule,
+precision), wrapped for several ranks, or resumed from a run's ``checkpoint.pt``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from pipelines.formats.records import DatasetError
+from training import distributed
+from training.config import Config, ConfigError
+from training.distributed import ONE_RANK, Ranks
+from training.engine import Precision
+from training.run_data import RunData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Training:
+    """The model and what trains it.
+
+    Attributes:
+        model: the model, on its device: with several ranks wrapped in
+            DistributedDataParallel (gradients averaged over the ranks at each step).
+        net: the model itself (``model.module`` under DDP): what is evaluated and saved.
+        spec: its ``model.json`` (what rebuilds it), with ``pretrained``.
+        optimizer, scheduler: AdamW or SGD; warm-up then cosine decay over every step the
+            training loader yields in all epochs (:func:`lr_lambda`).
+        precision: ``train.precision`` (mixed precision and its gradient scaler).
+    """
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    spec: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the model started from pretrained weights."""
+        return bool(self.spec["pretrained"])
+
+
+def build_training(cfg: Config, task, data: RunData, device: torch.device) -> Training:
+    """Build the model (logging whether it starts from pretrained weights), its optimizer and
+    its learning-rate schedule."""
+    model, spec = task.build_model(cfg, data.classes, pretrained=cfg.model.pretrained)
+    if spec["pretrained"]:
+        log.info("model %s: starts from pretrained weights", cfg.model.arch)
+    elif cfg.model.pretrained:
+        log.info("model %s: trained from scratch (its pretrained weights could not be had)",
+                 cfg.model.arch)  # fmt: skip
+    else:
+        log.info("model %s: trained from scratch (model.pretrained false)", cfg.model.arch)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.train.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            params,
+            lr=cfg.train.lr,
+            momentum=cfg.train.momentum,
+            weight_decay=cfg.train.weight_decay,
+        )
+    # the steps the loader really yields: an iterable loader's workers each end with a partial
+    # batch, so an epoch can have more than ceil(samples / batch size) (see build_loader)
+    total_steps = sum(data.train_loader.steps(e) for e in range(1, cfg.train.epochs + 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, warmup_steps=min(100, max(1, total_steps // 10)))
+    )
+    precision = Precision(cfg.train.precision, device)
+    if precision.dtype is not None:
+        log.info("precision %s: torch.autocast(%s)%s", precision.name, device.type,
+                 " with a gradient scaler" if precision.scaler else "")  # fmt: skip
+    return Training(model, model, spec, optimizer, scheduler, precision)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    """Linear warm-up to the peak LR, then cosine decay to 0 at ``total_steps`` (SGDR shape,
+    Loshchilov & Hutter 2017, without restarts). Steps past the end stay at 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def wrap_for_ranks(training: Training, device: torch.device) -> None:
+    """With several ranks, wrap the model in DistributedDataParallel: every rank starts from
+    rank 0's weights and buffers (DDP broadcasts them here, after a resume has loaded them)
+    and gradients are averaged over the ranks at each step."""
+    if dist.is_initialized():
+        training.model = DistributedDataParallel(
+            training.net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+
+@dataclass
+class History:
+    """The epochs run so far: their ``metrics.csv`` rows and ``steps.csv`` rows (from a
+    checkpoint when resuming), and the first epoch still to run."""
+
+    rows: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    first_epoch: int = 1
+
+
+def resume_from(
+    path: Path, training: Training, device: torch.device, ranks: Ranks = ONE_RANK
+) -> History:
+    """Load the checkpoint at ``path`` into ``training`` (model, optimizer, schedule, and
+    whether the run started from pretrained weights); return the epochs it holds. Every rank
+    loads the same file.
+
+    Raises:
+        DatasetError: there is no checkpoint.
+        ConfigError: it was written by a run with another number of ranks (the data split
+            and the step counts would not continue where they stopped).
+    """
+    if not path.exists():
+        raise DatasetError(f"--resume: no checkpoint at {path}; train without --resume first")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    written_by = ckpt.get("world_size", 1)
+    if written_by != ranks.world_size:
+        raise ConfigError(
+            f"--resume: {path} was written by a run of {written_by} rank(s), this one has "
+            f"{ranks.world_size}: resume with NPROC (x NNODES) = {written_by}, or train afresh"
+        )
+    training.net.load_state_dict(ckpt["model"])
+    training.optimizer.load_state_dict(ckpt["optimizer"])
+    training.scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if training.precision.scaler is not None and ckpt.get("grad_scaler"):
+        training.precision.scaler.load_state_dict(ckpt["grad_scaler"])
+    training.spec["pretrained"] = ckpt.get("pretrained", training.pretrained)
+    found = distributed.gather((ckpt["epoch"], weights_digest(training.net)))
+    if len(set(found)) > 1:  # e.g. a node whose output folder holds another checkpoint
+        raise ConfigError(
+            f"--resume: the ranks found different checkpoints at {path} (epoch, weights: "
+            f"{found}): every node must resume from the same output folder (a shared one)"
+        )
+    log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
+    return History(ckpt["metrics"], ckpt["steps"], ckpt["epoch"] + 1)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """The first 16 hex digits of the SHA-256 of the model's state (tensors in key order):
+    equal on every rank when DistributedDataParallel kept the replicas in step."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)  # 0-dim counters too
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
