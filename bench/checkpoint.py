@@ -4,7 +4,8 @@ The checkpoint workload of MLPerf Storage v2.0 (mlcommons/storage ``Submission_g
 §2.2, ``configs/dlio/workload/llama3_8b.yaml`` and its siblings; DLIO's PyTorch checkpointing):
 every rank of a training job writes its part of the model and optimizer state at once, made
 durable (``fsync``), then reads it back. :mod:`bench.checkpoint_run` runs it over ranks,
-storages and methods; this module is what one rank does.
+storages and methods; this module is what one rank does (the ``dcp`` method's calls:
+:mod:`bench.checkpoint_dcp`).
 
 A part is a ``{name: tensor}`` dict: random bf16 tensors of :data:`TENSOR_BYTES` each
 (:func:`random_part`), or the tensors of a training run's ``checkpoint.pt`` split over the
@@ -34,7 +35,6 @@ import os
 import shutil
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +42,8 @@ from pathlib import Path
 import torch
 
 from bench.page_cache import evict_page_cache
-from common.errors import error_line, first_line
+from common.errors import first_line
 from pipelines.storage.base import StorageError, relative_keys
-from training import distributed
 from training.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -155,14 +154,14 @@ def differences(expected: dict[str, torch.Tensor], got: dict) -> str:
                 f"tensor {name!r}: {tensor.dtype} {tuple(tensor.shape)} written, {other.dtype} "
                 f"{tuple(other.shape)} read"
             )
-        a, b = _bytes_of(tensor), _bytes_of(other)
+        a, b = as_bytes(tensor), as_bytes(other)
         if not torch.equal(a, b):
             first = int((a != b).nonzero()[0])
             return f"tensor {name!r}: {tensor.nbytes} bytes written, byte {first} differs"
     return ""
 
 
-def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor's bytes as a 1-D uint8 tensor (bit patterns compared: NaN equals NaN)."""
     return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
 
@@ -241,20 +240,16 @@ class S3Place:
 # -- writes and reads ----------------------------------------------------------------------------
 
 
-def write(method: str, place, index: int, rank: int, part: dict, cfg, dcp_writer=None) -> Transfer:
-    """Write rank ``rank``'s ``part`` as checkpoint ``index`` of ``method`` to ``place``.
+def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
+    """Write rank ``rank``'s ``part`` as checkpoint ``index`` of ``method`` (``torch.save``;
+    ``dcp`` is :func:`bench.checkpoint_dcp.dcp_write`) to ``place``.
 
     Args:
         cfg: ``checkpoint.*`` (:class:`training.config.CheckpointConfig`).
-        dcp_writer: for ``dcp``, the storage writer :func:`dcp_storage` made (made before,
-            so that a failure there reaches the other ranks before ``dcp.save``'s
-            collectives).
 
     Raises:
         StorageError: the storage refused or failed (the message names the place).
     """
-    if method == "dcp":
-        return _dcp_write(place, index, part, dcp_writer)
     if isinstance(place, FsPlace):
         path = place.folder(method, index) / f"rank-{rank}.pt"
         start = time.perf_counter()
@@ -272,16 +267,13 @@ def write(method: str, place, index: int, rank: int, part: dict, cfg, dcp_writer
     return Transfer(seconds, part_bytes(part), counter.counts(), storage.take_stats().retries)
 
 
-def read(method: str, place, index: int, rank: int, part: dict, cfg, dcp_reader=None) -> Transfer:
+def read(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
     """Read rank ``rank``'s part of checkpoint ``index`` back, with a new client, and compare
-    it with ``part`` (untimed). ``dcp_reader``: for ``dcp``, the storage reader
-    :func:`dcp_storage` made.
+    it with ``part`` (untimed); ``torch.save`` (``dcp``: :func:`bench.checkpoint_dcp.dcp_read`).
 
     Raises:
         StorageError: the storage failed, or what came back is not a checkpoint.
     """
-    if method == "dcp":
-        return _dcp_read(place, index, part, dcp_reader)
     if isinstance(place, FsPlace):
         path = place.folder(method, index) / f"rank-{rank}.pt"
         start = time.perf_counter()
@@ -420,136 +412,6 @@ class OperationCounter:
         """The requests so far, by operation."""
         with self._lock:
             return dict(self._counts)
-
-
-# -- torch.distributed.checkpoint ----------------------------------------------------------------
-
-
-def _dcp_write(place, index: int, part: dict, writer) -> Transfer:
-    """``dcp.save`` of every rank's part: a collective (every rank calls it at once) on the
-    long-waiting group, so that ranks waiting for a slow one do not time out. Each rank's time
-    ends with DCP's closing collective: it is about the slowest rank's."""
-    from torch.distributed import checkpoint as dcp
-
-    start = time.perf_counter()
-    with _quiet_dcp():
-        try:
-            dcp.save(part, storage_writer=writer, process_group=distributed.long_group())
-        except (Exception, dcp.CheckpointException) as exc:  # every rank's errors, gathered
-            raise StorageError(
-                f"dcp cannot write {place.describe('dcp', index)}: {_dcp_cause(exc)}"
-            ) from None
-    return Transfer(time.perf_counter() - start, part_bytes(part))
-
-
-def _dcp_read(place, index: int, part: dict, reader) -> Transfer:
-    """``dcp.load`` into tensors allocated beforehand (as a model's are) and filled with the
-    complement of what is expected (a tensor DCP left unread cannot compare equal), then
-    compared."""
-    from torch.distributed import checkpoint as dcp
-
-    got = {name: torch.empty_like(tensor) for name, tensor in part.items()}
-    for name, tensor in part.items():
-        _bytes_of(got[name]).copy_(torch.bitwise_not(_bytes_of(tensor)))
-    start = time.perf_counter()
-    with _quiet_dcp():
-        try:
-            dcp.load(got, storage_reader=reader, process_group=distributed.long_group())
-        except (Exception, dcp.CheckpointException) as exc:
-            raise StorageError(
-                f"dcp cannot read {place.describe('dcp', index)}: {_dcp_cause(exc)}"
-            ) from None
-    seconds = time.perf_counter() - start
-    return Transfer(seconds, part_bytes(part), mismatch=differences(part, got))
-
-
-def dcp_storage(place, index: int, cfg, *, write: bool):
-    """DCP's storage writer (or reader) of checkpoint ``index`` on ``place``: PyTorch's own
-    for fs, s3torchconnector's for S3 (given a client for the place's endpoint: its
-    constructor takes none). No request is sent.
-
-    Raises:
-        StorageError: s3torchconnector (with its ``dcp`` extra) is not installed.
-    """
-    from torch.distributed import checkpoint as dcp
-
-    if isinstance(place, FsPlace):
-        folder = place.folder("dcp", index)
-        if write:
-            return dcp.FileSystemWriter(folder, sync_files=True, thread_count=cfg.concurrency)
-        return dcp.FileSystemReader(folder)
-    try:
-        from s3torchconnector import S3ClientConfig
-        from s3torchconnector._s3client import S3Client
-        from s3torchconnector.dcp import S3FileSystem, S3StorageReader, S3StorageWriter
-    except ImportError:
-        raise StorageError(
-            "checkpoint method dcp on S3 needs s3torchconnector: `uv pip install "
-            "s3torchconnector`, or checkpoint.methods: [torch.save]"
-        ) from None
-    storage = place.storage
-    config = S3ClientConfig(
-        part_size=cfg.part_size_mib * 2**20,
-        force_path_style=storage.addressing_style == "path",
-        max_attempts=storage.max_attempts,
-    )
-    uri = place.uri("dcp", index)
-    if write:
-        dcp_storage = S3StorageWriter(
-            place.region, uri, s3client_config=config, thread_count=cfg.concurrency
-        )
-        constructor = None
-    else:
-        dcp_storage = S3StorageReader(place.region, uri, s3client_config=config)
-        constructor = dcp_storage._reader_constructor
-    client = S3Client(place.region, endpoint=storage.endpoint_url, s3client_config=config)
-    # s3torchconnector 1.5's writer and reader build a client without an endpoint (AWS only);
-    # their file system takes one: replace it before any request is sent
-    dcp_storage.fs = S3FileSystem(place.region, s3_client=client, reader_constructor=constructor)
-    return dcp_storage
-
-
-def _dcp_cause(exc: BaseException) -> str:
-    """DCP's error in one line: the first rank's failure of a ``CheckpointException``
-    (``failures``: rank -> the exception, or ``(exception, traceback)``), with a hint for the
-    CRT's answer to a server it cannot work with."""
-    failures = getattr(exc, "failures", None)
-    if failures:
-        rank, error = next(iter(failures.items()))
-        cause = error[0] if isinstance(error, tuple) else error
-        text = f"rank {rank}: {error_line(cause)}"
-    else:
-        text = error_line(exc)
-    if "REQUEST_HAS_COMPLETED" in text:
-        text += (
-            " (the CRT client gave up on the upload: the server refused it or answered in a "
-            "form the CRT does not accept; S3_TORCH_CONNECTOR_DEBUG_LOGS=awscrt=debug shows why)"
-        )
-    return text
-
-
-@contextlib.contextmanager
-def _quiet_dcp():
-    """Silence DCP's warning that it runs in a single process (one rank is a valid run), and
-    turn its writer threads' tracebacks into debug log lines (their error is what
-    ``dcp.save`` raises; a thread may outlive the call that failed)."""
-    if threading.excepthook is not _writer_thread_hook:
-        global _next_hook
-        _next_hook, threading.excepthook = threading.excepthook, _writer_thread_hook
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        yield
-
-
-_next_hook = threading.excepthook
-
-
-def _writer_thread_hook(args) -> None:
-    """``threading.excepthook``: DCP's writer threads log their error; others as before."""
-    if args.thread is not None and "_write_files_from_queue" in args.thread.name:
-        log.debug("dcp writer thread %s: %s", args.thread.name, args.exc_value)
-        return
-    _next_hook(args)
 
 
 # -- a cold read ---------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 def checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> int:
     """Every rank: its part written and read back; rank 0 writes the outputs and prints one
     line per storage and method."""
-    from bench.checkpoint_run import answer_lines, failed, run_checkpoint_bench, write_outputs
+    from bench.checkpoint_report import answer_lines, failed, write_outputs
+    from bench.checkpoint_run import run_checkpoint_bench
 
     rows = run_checkpoint_bench(cfg, out, ranks)
     if not ranks.main:

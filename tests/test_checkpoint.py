@@ -34,14 +34,8 @@ from bench.checkpoint import (
     read,
     write,
 )
-from bench.checkpoint_run import (
-    answer_lines,
-    failed,
-    run_checkpoint_bench,
-    summarize,
-    transfer_row,
-    write_outputs,
-)
+from bench.checkpoint_report import answer_lines, failed, summarize, write_outputs
+from bench.checkpoint_run import run_checkpoint_bench, transfer_row
 from pipelines.storage.base import StorageError
 from pipelines.storage.s3 import S3Storage
 from serve.process import free_ports

@@ -92,7 +92,7 @@ def test_train_over_s3_writes_missing_shards_and_reports_requests(s3_server, tmp
     ])  # fmt: skip
     assert code == 0
     (row,) = read_metrics(out)
-    assert (row["storage"], row["source"], row["samples"]) == ("s3", "shards", "4")
+    assert (row["storage"], row["access"], row["samples"]) == ("s3", "shards", "4")
     shards = S3Storage(bucket, endpoint_url=s3_server.endpoint)
     assert shards.exists("bccd/shards/train-first4/manifest.json")  # written to S3 on first use
     assert int(row["requests"]) >= 1 and float(row["ttfb_p50_ms"]) > 0
