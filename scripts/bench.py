@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return relaunch("scripts.bench", max(cfg.bench.ranks), argv, "bench.ranks")
         if ranks.main:
             say_quick_look(cfg)
-        from bench.report import goals, table, write_report
+        from bench.diagnosis import goals
+        from bench.report import table, write_report
         from bench.run import run_bench
         from training.outputs import run_folder
 

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from bench.report import RESULT_COLUMNS, goals, plot_throughput
+from bench.diagnosis import goals
+from bench.report import RESULT_COLUMNS, plot_throughput
 from bench.runner import Case, expand_matrix
 from scripts import bench as bench_cli
 from training.config import load_config
