@@ -28,6 +28,7 @@ RESULT_COLUMNS = [
     "cpu_ms_per_mb", "host_cpu_ms_per_mb", "host_busy_cores", "host_steal_cores",
     "baseline_mbps", "baseline_objects_per_s",
     *BASELINE_CPU_COLUMNS, "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer", "error",
+    "baseline_s",  # added last, so that the columns before it keep their places
 ]  # fmt: skip
 STEP_COLUMNS = [
     "case", "pass", "rank", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",

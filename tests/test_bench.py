@@ -70,6 +70,7 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
     emulate = [r for r in rows if r["mode"] == "emulate"]
     assert all(0 < float(r["au"]) <= 1 for r in emulate)
     assert sum(float(r["cpu_ms_per_mb"]) for r in rows) > 0  # the loaders' CPU is counted
+    assert all(float(r["baseline_s"]) > 0 for r in rows)  # the column added last
     assert "| busy cores | CPU ms/MB (process / machine) |" in (run / "report.md").read_text()
     out = capsys.readouterr().out
     assert "fs/random/read/w1" in out and "report:" in out
