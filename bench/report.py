@@ -1,8 +1,15 @@
-"""Write a benchmark run's results: CSVs, plots, a Markdown report and a console table."""
+"""Write a benchmark run's results: CSVs, plots, a Markdown report and the console's text.
+
+The answers and the verdicts behind them (AU pass mark, what limits each configuration, which
+figures mean nothing for a row) come from :mod:`bench.diagnosis`; this module formats them.
+Units: MB = 10^6 bytes, seconds.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -10,7 +17,18 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.diagnosis import AU_THRESHOLD, goals, measured  # noqa: E402
+from bench.diagnosis import (  # noqa: E402
+    AU_THRESHOLD,
+    BASELINE_KIND,
+    MIN_BASELINE_S,
+    Answer,
+    answers,
+    au_applies,
+    baseline_measured,
+    cores_possible,
+    cpu_per_mb_applies,
+    measured,
+)
 from pipelines.storage import atomic_write_bytes  # noqa: E402
 from training.outputs import save_figure, write_csv, write_yaml  # noqa: E402
 
@@ -71,7 +89,7 @@ def plot_throughput(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
     names = [r["config"] for r in rows]
     ax.barh(names, [r["throughput_mbps"] for r in rows], color="#4363d8", label="delivered MB/s")
-    with_base = [r for r in rows if not math.isnan(r.get("baseline_mbps", math.nan))]
+    with_base = [r for r in rows if baseline_measured(r)]  # not too short to be a measurement
     if with_base:  # none with bench.baselines false (matplotlib cannot place an all-NaN series)
         ax.scatter(
             [r["baseline_mbps"] for r in with_base],
@@ -127,10 +145,40 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+#: What a figure marked ``n/a`` in the table means, by column (:func:`table_notes`).
+NA_NOTES = {
+    "AU": "AU, AUmin n/a: read rows have no compute, so no accelerator to keep busy.",
+    "CPU/MB": (
+        "CPU/MB n/a: in train rows the model's forward and backward passes, not the loader,"
+        " spend most of the CPU."
+    ),
+    "x base": (
+        f"x base n/a: the raw baseline read for under {MIN_BASELINE_S * 1e3:.0f} ms, too short"
+        " to be a measurement (`baseline_s` in results.csv); more `bench.read_steps` or a larger"
+        " dataset give it time."
+    ),
+}
+
+
+def _marked(results: list[dict]) -> list[str]:
+    """The columns of :data:`NA_NOTES` that have an ``n/a`` among ``results``' rows."""
+    rows = measured(results)
+    marked = {
+        "AU": any(not au_applies(r) for r in rows),
+        "CPU/MB": any(not cpu_per_mb_applies(r) for r in rows),
+        "x base": any(
+            not math.isnan(r.get("baseline_mbps", math.nan)) and not baseline_measured(r)
+            for r in rows
+        ),
+    }
+    return [column for column, any_marked in marked.items() if any_marked]
+
+
 def table(results: list[dict]) -> str:
     """A short fixed-width table of every pass: config, cache, samples/s and MB/s (over all its
-    ranks), AU (the mean over ranks, and the worst rank's), data-wait share, the loader's CPU
-    ms per MB and the ratios."""
+    ranks), AU (the mean over ranks, and the worst rank's), data-wait share (%), the loader's
+    CPU ms per MB and the ratios to the raw baseline and the peer. A figure that means nothing
+    for its row is ``n/a`` (:func:`table_notes` says why); ``–``: not measured."""
     header = (
         f"{'configuration':34} {'pass':>4} {'cache':5} {'img/s':>8} {'MB/s':>8} {'AU':>5} "
         f"{'AUmin':>5} {'wait%':>6} {'CPU/MB':>6} {'x base':>6} {'x peer':>6}"
@@ -140,13 +188,68 @@ def table(results: list[dict]) -> str:
         if r.get("error"):
             lines.append(f"{r['config']:34} {r['pass']:>4} FAILED: {r['error']}")
             continue
+        au = _fmt(r["au"]) if au_applies(r) else "n/a"
+        au_min = _fmt(r.get("au_min", r["au"])) if au_applies(r) else "n/a"
+        cpu = _fmt(r["cpu_ms_per_mb"], 1) if cpu_per_mb_applies(r) else "n/a"
+        has_base = not math.isnan(r.get("baseline_mbps", math.nan))
+        base = "n/a" if has_base and not baseline_measured(r) else _fmt(r["ratio_to_baseline"])
         lines.append(
             f"{r['config']:34} {r['pass']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
-            f"{_fmt(r['throughput_mbps']):>8} {_fmt(r['au']):>5} "
-            f"{_fmt(r.get('au_min', r['au'])):>5} {_fmt(100 * r['data_wait_share'], 0):>6} "
-            f"{_fmt(r['cpu_ms_per_mb'], 1):>6} {_fmt(r['ratio_to_baseline']):>6} "
+            f"{_fmt(r['throughput_mbps']):>8} {au:>5} {au_min:>5} "
+            f"{_fmt(100 * r['data_wait_share'], 0):>6} {cpu:>6} {base:>6} "
             f"{_fmt(r['ratio_to_peer']):>6}"
         )
+    return "\n".join(lines)
+
+
+def table_notes(results: list[dict]) -> list[str]:
+    """Why figures of :func:`table` are ``n/a``, one line per column that has one."""
+    return [NA_NOTES[column] for column in _marked(results)]
+
+
+def preface(cfg_dict: dict, results: list[dict]) -> str:
+    """What the answers measure against: the emulated accelerator, MLPerf Storage's AU pass
+    mark, read mode, the raw baselines of the storages in ``results``, cold and warm."""
+    bench, batch = cfg_dict["bench"], cfg_dict["loader"]["batch_size"]
+    seconds = bench["computation_time_s"]
+    storages = dict.fromkeys(r["storage"] for r in results if r.get("storage") in BASELINE_KIND)
+    baselines = "; ".join(f"{s}, {BASELINE_KIND[s]}" for s in storages) or "none"
+    decoding = (
+        "decoding the images as training does (`--set bench.decode=false` reads without decoding)"
+        if bench["decode"]
+        else "without decoding (`bench.decode: false`)"
+    )
+    return (
+        f"The emulated accelerator computes for {seconds} s per step of {batch} samples per"
+        f" rank (MLPerf Storage's emulation: it consumes up to {batch / seconds:.0f} samples/s"
+        f" per rank); MLPerf Storage passes a training run whose accelerator utilisation"
+        f" (AU = compute time / wall time) is at least {AU_THRESHOLD:.2f}. Read alone is read"
+        f" mode: the loader with no compute, {decoding}. The raw baseline, measured right after"
+        f" each pass over the same objects and as many bytes: {baselines}. Cold: every file"
+        " evicted from the page cache before it is read; warm: the next pass. MB = 10^6 bytes."
+    )
+
+
+def answer_lines(answers_: list[Answer], width: int | None = None) -> list[str]:
+    """The answers as Markdown bullets (one per configuration, its sentences in a paragraph),
+    or, with ``width``, as plain text wrapped to that many columns."""
+    lines = []
+    for a in answers_:
+        text = " ".join(a.sentences)
+        if width is None:
+            lines.append(f"- **{a.label}**: {text}")
+        else:
+            lines += ["", *textwrap.wrap(f"{a.label}: {text}", width, subsequent_indent="  ")]
+    return lines
+
+
+def console(cfg_dict: dict, results: list[dict], cores: int | None = None) -> str:
+    """What ``make bench`` prints at the end: the answer per configuration first, then the
+    table of every pass and why some of its figures are ``n/a``."""
+    width = 100
+    lines = textwrap.wrap(preface(cfg_dict, results), width)
+    lines += [*answer_lines(answers(results, cfg_dict["bench"]["decode"], cores), width), ""]
+    lines += [table(results), *table_notes(results)]
     return "\n".join(lines)
 
 
@@ -160,11 +263,21 @@ def failures(results: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
-    """The report: what ran, the results table, baselines, peers, the plots."""
+def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | None = None) -> str:
+    """The report: the answer per configuration, what ran, the results table, failures,
+    baselines, peers, the plots. ``cores``: the machine's (default ``os.cpu_count()``)."""
     bench = cfg_dict["bench"]
+    notes = table_notes(results)
     lines = [
         "# Storage benchmark report",
+        "",
+        "## Answer",
+        "",
+        preface(cfg_dict, results),
+        "",
+        *answer_lines(answers(results, bench["decode"], cores)),
+        "",
+        "## Results",
         "",
         f"Dataset: `{cfg_dict['storage']['root']}` split `{cfg_dict['dataset']['train_split']}`"
         f" (limit {cfg_dict['dataset']['limit']}); batch size {cfg_dict['loader']['batch_size']};"
@@ -184,10 +297,7 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         table(results),
         "```",
         "",
-        "## Performance goals",
-        "",
-        *goals(results, bench["decode"]),
-        "",
+        *([*(f"- {note}" for note in notes), ""] if notes else []),
         *failures(results),
         "## Baselines",
         "",
@@ -202,13 +312,34 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         " | busy cores | CPU ms/MB (process / machine) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    short = impossible = False
     for config, pass_index, b in extras.get("baselines", []):
         cpu = b.cpu.figures(b.bytes)
+        rates = [_fmt(b.objects_per_s, 1), _fmt(b.mbps), _fmt(cpu["host_busy_cores"])]
+        per_mb = f"{_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)}"
+        if b.seconds < MIN_BASELINE_S:  # not a measurement
+            short = True
+            rates, per_mb = ["n/a"] * 3, "n/a"
+        elif not cores_possible(cpu["host_busy_cores"], cores):
+            impossible = True
+            rates[2] = "n/a"
         lines.append(
             f"| {config} | {pass_index} | {b.name} ({b.threads} thread{'s' * (b.threads > 1)})"
             f" | {b.objects} | {_fmt(b.bytes / 1e6, 1)} | {_fmt(b.seconds, 3)}"
-            f" | {_fmt(b.objects_per_s, 1)} | {_fmt(b.mbps)} | {_fmt(cpu['host_busy_cores'])}"
-            f" | {_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)} |"
+            f" | {' | '.join(rates)} | {per_mb} |"
+        )
+    if short or impossible:
+        lines.append("")
+    if short:
+        lines.append(
+            f"- n/a: timed over less than {MIN_BASELINE_S * 1e3:.0f} ms, too short to be a"
+            " measurement (start-up, and the CPU counters' 10 ms ticks); more `bench.read_steps`"
+            " or a larger dataset give it time."
+        )
+    if impossible:
+        lines.append(
+            f"- busy cores n/a: more than the machine's {cores or os.cpu_count()} cores, the"
+            " counters' error over a short window."
         )
     lines += ["", "## Peers", ""]
     if bench["peers"] and 1 not in bench.get("ranks", [1]):
