@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 #: training workloads, 70 % for CosmoFlow).
 AU_THRESHOLD = 0.90
 
-#: A raw baseline timed over less than this (seconds) is not a measurement: its MB/s is the
-#: start of a thread pool and a first open or connection more than reading, and its CPU
-#: figures are a handful of the kernel's 10 ms per-process clock ticks (USER_HZ = 100; see
-#: :mod:`bench.resources`). 0.1 s is ten ticks. Its MB/s, the ratio to it and its CPU figures
+#: A raw baseline timed over less than this (seconds) is not a measurement: over a few
+#: milliseconds its MB/s rests on the start of its threads, the first open or connection and
+#: the scheduler (one preemption on a shared machine costs milliseconds), and its CPU figures
+#: are a handful of the kernel's 10 ms per-process clock ticks (USER_HZ = 100; see
+#: :mod:`bench.resources`); 0.1 s is ten ticks. Its MB/s, the ratio to it and its CPU figures
 #: are marked ``n/a``.
 MIN_BASELINE_S = 0.1
 
@@ -301,8 +302,10 @@ def limit(row: dict, decode: bool, cores: int | None = None) -> Limit:
     :data:`WAITING_SHARE` of the pass in storage requests (``read_s`` over ``wall_s`` per
     reader) waited on the storage (:data:`STORAGE`); otherwise the time went to per-sample work
     on the client. CPU-bound is :data:`DECODING` when the run decodes (``decode``), else
-    :data:`CLIENT_CPU`, which then says so with the CPU split (:func:`cpu_split`): the client,
-    not the storage, is the limit (warm reads of small samples from the page cache are).
+    :data:`CLIENT_CPU`, whose sentence says that the client, not the storage, is the limit
+    (as for warm reads of small samples from the page cache), with the CPU split
+    (:func:`cpu_split`), and names the other processes when the loader's own share of the
+    machine's CPU is under :data:`CLIENT_SHARE`.
 
     Args:
         row: a ``read`` row of ``results.csv``.
