@@ -1,9 +1,15 @@
-"""Write a benchmark run's results: CSVs, plots, a Markdown report and a console table."""
+"""Write a benchmark run's results: CSVs, plots, a Markdown report and the console's text.
+
+The answers and the verdicts behind them (AU pass mark, what limits each configuration, which
+figures mean nothing for a row) come from :mod:`bench.diagnosis`; this module formats them.
+Units: MB = 10^6 bytes, seconds.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -11,10 +17,19 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.files import (
-    atomic_write_bytes,
-    save_figure,  # noqa: E402
+from bench.diagnosis import (  # noqa: E402
+    AU_THRESHOLD,
+    BASELINE_KIND,
+    MIN_BASELINE_S,
+    Answer,
+    answers,
+    au_applies,
+    baseline_measured,
+    cores_possible,
+    cpu_per_mb_applies,
+    measured,
 )
+from common.files import atomic_write_bytes, save_figure  # noqa: E402
 from training.outputs import write_csv, write_yaml  # noqa: E402
 
 #: The baseline's CPU figures in a results row (:meth:`bench.resources.CpuUse.figures`).
@@ -31,13 +46,12 @@ RESULT_COLUMNS = [
     "cpu_ms_per_mb", "host_cpu_ms_per_mb", "host_busy_cores", "host_steal_cores",
     "baseline_mbps", "baseline_objects_per_s",
     *BASELINE_CPU_COLUMNS, "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer", "error",
+    "baseline_s",  # added last, so that the columns before it keep their places
 ]  # fmt: skip
 STEP_COLUMNS = [
     "case", "pass", "rank", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",
     "requests", "loss",
 ]  # fmt: skip
-#: MLPerf Storage's pass mark for accelerator utilisation (training workloads).
-MLPERF_AU = 0.90
 
 
 def write_tables(out: Path, results: list[dict], steps: list[dict]) -> None:
@@ -61,11 +75,6 @@ def write_report(
     atomic_write_bytes(out / "report.md", markdown(cfg_dict, results, extras).encode("utf-8"))
 
 
-def measured(results: list[dict]) -> list[dict]:
-    """The rows of passes that ran (not those of configurations that failed)."""
-    return [r for r in results if not r.get("error")]
-
-
 def _warm(results: list[dict]) -> list[dict]:
     """The last pass of each configuration (warm when passes > 1)."""
     last: dict[str, dict] = {}
@@ -80,7 +89,7 @@ def plot_throughput(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
     names = [r["config"] for r in rows]
     ax.barh(names, [r["throughput_mbps"] for r in rows], color="#4363d8", label="delivered MB/s")
-    with_base = [r for r in rows if not math.isnan(r.get("baseline_mbps", math.nan))]
+    with_base = [r for r in rows if baseline_measured(r)]  # not too short to be a measurement
     if with_base:  # none with bench.baselines false (matplotlib cannot place an all-NaN series)
         ax.scatter(
             [r["baseline_mbps"] for r in with_base],
@@ -120,7 +129,7 @@ def plot_au(results: list[dict], path: Path) -> None:
     rows = [r for r in _warm(results) if r["mode"] != "read"]
     fig, ax = plt.subplots(figsize=(10, 0.35 * max(1, len(rows)) + 1.5))
     ax.barh([r["config"] for r in rows], [r["au"] for r in rows], color="#3cb44b")
-    ax.axvline(MLPERF_AU, color="red", linestyle="--", label="MLPerf Storage 90%")
+    ax.axvline(AU_THRESHOLD, color="red", linestyle="--", label="MLPerf Storage 90%")
     ax.set_xlim(0, 1)
     ax.set_xlabel("AU = compute / wall")
     ax.invert_yaxis()
@@ -136,10 +145,40 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+#: What a figure marked ``n/a`` in the table means, by column (:func:`table_notes`).
+NA_NOTES = {
+    "AU": "AU, AUmin n/a: read rows have no compute, so no accelerator to keep busy.",
+    "CPU/MB": (
+        "CPU/MB n/a: in train rows the model's forward and backward passes, not the loader,"
+        " spend most of the CPU."
+    ),
+    "x base": (
+        f"x base n/a: the raw baseline read for under {MIN_BASELINE_S * 1e3:.0f} ms, too short"
+        " to be a measurement (`baseline_s` in results.csv); more `bench.read_steps` or a larger"
+        " dataset give it time."
+    ),
+}
+
+
+def _marked(results: list[dict]) -> list[str]:
+    """The columns of :data:`NA_NOTES` that have an ``n/a`` among ``results``' rows."""
+    rows = measured(results)
+    marked = {
+        "AU": any(not au_applies(r) for r in rows),
+        "CPU/MB": any(not cpu_per_mb_applies(r) for r in rows),
+        "x base": any(
+            not math.isnan(r.get("baseline_mbps", math.nan)) and not baseline_measured(r)
+            for r in rows
+        ),
+    }
+    return [column for column, any_marked in marked.items() if any_marked]
+
+
 def table(results: list[dict]) -> str:
     """A short fixed-width table of every pass: config, cache, samples/s and MB/s (over all its
-    ranks), AU (the mean over ranks, and the worst rank's), data-wait share, the loader's CPU
-    ms per MB and the ratios."""
+    ranks), AU (the mean over ranks, and the worst rank's), data-wait share (%), the loader's
+    CPU ms per MB and the ratios to the raw baseline and the peer. A figure that means nothing
+    for its row is ``n/a`` (:func:`table_notes` says why); ``–``: not measured."""
     header = (
         f"{'configuration':34} {'pass':>4} {'cache':5} {'img/s':>8} {'MB/s':>8} {'AU':>5} "
         f"{'AUmin':>5} {'wait%':>6} {'CPU/MB':>6} {'x base':>6} {'x peer':>6}"
@@ -149,188 +188,69 @@ def table(results: list[dict]) -> str:
         if r.get("error"):
             lines.append(f"{r['config']:34} {r['pass']:>4} FAILED: {r['error']}")
             continue
+        au = _fmt(r["au"]) if au_applies(r) else "n/a"
+        au_min = _fmt(r.get("au_min", r["au"])) if au_applies(r) else "n/a"
+        cpu = _fmt(r["cpu_ms_per_mb"], 1) if cpu_per_mb_applies(r) else "n/a"
+        has_base = not math.isnan(r.get("baseline_mbps", math.nan))
+        base = "n/a" if has_base and not baseline_measured(r) else _fmt(r["ratio_to_baseline"])
         lines.append(
             f"{r['config']:34} {r['pass']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
-            f"{_fmt(r['throughput_mbps']):>8} {_fmt(r['au']):>5} "
-            f"{_fmt(r.get('au_min', r['au'])):>5} {_fmt(100 * r['data_wait_share'], 0):>6} "
-            f"{_fmt(r['cpu_ms_per_mb'], 1):>6} {_fmt(r['ratio_to_baseline']):>6} "
+            f"{_fmt(r['throughput_mbps']):>8} {au:>5} {au_min:>5} "
+            f"{_fmt(100 * r['data_wait_share'], 0):>6} {cpu:>6} {base:>6} "
             f"{_fmt(r['ratio_to_peer']):>6}"
         )
     return "\n".join(lines)
 
 
-#: The benchmark's performance goals (the ratios it must reach), for :func:`goals`.
-SHARDS_GOAL = 0.9
-RANDOM_S3_GOAL = 0.9
+def table_notes(results: list[dict]) -> list[str]:
+    """Why figures of :func:`table` are ``n/a``, one line per column that has one."""
+    return [NA_NOTES[column] for column in _marked(results)]
 
 
-def goals(results: list[dict], decode: bool, cores: int | None = None) -> list[str]:
-    """The performance goals checked against this run's ``read`` rows, one line each.
+def preface(cfg_dict: dict, results: list[dict]) -> str:
+    """What the answers measure against: the emulated accelerator, MLPerf Storage's AU pass
+    mark, read mode, the raw baselines of the storages in ``results``, cold and warm."""
+    bench, batch = cfg_dict["bench"], cfg_dict["loader"]["batch_size"]
+    seconds = bench["computation_time_s"]
+    storages = dict.fromkeys(r["storage"] for r in results if r.get("storage") in BASELINE_KIND)
+    baselines = "; ".join(f"{s}, {BASELINE_KIND[s]}" for s in storages) or "none"
+    decoding = (
+        "decoding the images as training does (`--set bench.decode=false` reads without decoding)"
+        if bench["decode"]
+        else "without decoding (`bench.decode: false`)"
+    )
+    return (
+        f"The emulated accelerator computes for {seconds} s per step of {batch} samples per"
+        f" rank (MLPerf Storage's emulation: it consumes up to {batch / seconds:.0f} samples/s"
+        f" per rank); MLPerf Storage passes a training run whose accelerator utilisation"
+        f" (AU = compute time / wall time) is at least {AU_THRESHOLD:.2f}. Read alone is read"
+        f" mode: the loader with no compute, {decoding}. The raw baseline, measured right after"
+        f" each pass over the same objects and as many bytes: {baselines}. Cold: every file"
+        " evicted from the page cache before it is read; warm: the next pass. MB = 10^6 bytes."
+    )
 
-    - sequential shards reach ``SHARDS_GOAL`` x the raw baseline's MB/s (fs ``cat``, s3 GET
-      pool), per storage and cache state;
-    - random over S3 (boto3) reaches ``RANDOM_S3_GOAL`` x the GET pool's objects/s;
-    - boto3 loaders against s3torchconnector's datasets (``ratio_to_peer`` >= 1).
 
-    With ``decode`` the first line says that the rows are decode-bound (:data:`DECODING_NOTE`).
-    A goal that is not met says by how much and why, from the row's own figures (see
-    :func:`_shortfall`: too short a pass, readers waiting on storage, or the loader's time per
-    sample; and :func:`_cpu_split`: busy cores against CPU per MB, on a machine of ``cores``
-    cores, by default this one's). Rows missing from the matrix are not judged.
-    """
-    cores = cores or os.cpu_count()
-    reads = [
-        r
-        for r in measured(results)
-        if r["mode"] == "read" and r.get("client_lib") in ("-", "boto3")
-    ]
-    mode = "read" + ("" if decode else ", bench.decode false")
+def answer_lines(answers_: list[Answer], width: int | None = None) -> list[str]:
+    """The answers as Markdown bullets (one per configuration, its sentences in a paragraph),
+    or, with ``width``, as plain text wrapped to that many columns."""
     lines = []
-    for r in [r for r in reads if r["access"] == "shards"]:
-        ratio = r.get("ratio_to_baseline", math.nan)
-        if math.isnan(ratio):
-            continue
-        verdict = "met" if ratio >= SHARDS_GOAL else "NOT met"
-        line = (
-            f"- {r['config']} ({r['cache']}, {mode}): {ratio:.2f}x the raw baseline's"
-            f" MB/s (goal {SHARDS_GOAL}): {verdict}"
-        )
-        if ratio < SHARDS_GOAL and r["samples"]:
-            line += ". " + _shortfall(r, decode) + _cpu_split(r, ratio, cores)
-        lines.append(line)
-    for r in [r for r in reads if r["access"] == "random" and r["storage"] == "s3"]:
-        base = r.get("baseline_objects_per_s", math.nan)
-        if math.isnan(base):
-            continue
-        ratio = r["samples_per_s"] / base
-        verdict = "met" if ratio >= RANDOM_S3_GOAL else "NOT met"
-        lines.append(
-            f"- {r['config']} ({r['cache']}, {mode}): {ratio:.2f}x the boto3 GET pool's objects/s"
-            f" (goal {RANDOM_S3_GOAL}): {verdict}"
-        )
-    for r in [r for r in reads if r["storage"] == "s3"]:
-        ratio = r.get("ratio_to_peer", math.nan)
-        if math.isnan(ratio):
-            continue
-        line = f"- {r['config']} vs s3torchconnector's dataset: {ratio:.2f}x"
-        if ratio >= 1:
-            line += ": as fast or faster"
+    for a in answers_:
+        text = " ".join(a.sentences)
+        if width is None:
+            lines.append(f"- **{a.label}**: {text}")
         else:
-            line += (
-                f": {100 * (1 - ratio):.0f} % slower. Each boto3 GET costs more Python CPU than"
-                " the CRT client's native request; where the CPU also decodes, that time comes"
-                " out of decoding. `client_lib: s3torchconnector` runs the same loader on the"
-                " CRT client (its rows in the table)"
-            )
-        lines.append(line)
-    if not lines:
-        return ["- no read rows with baselines or peers in this matrix"]
-    if decode:  # said first: otherwise a decode-bound 0.01x reads as a storage verdict
-        lines.insert(0, DECODING_NOTE)
+            lines += ["", *textwrap.wrap(f"{a.label}: {text}", width, subsequent_indent="  ")]
     return lines
 
 
-#: The first goal line of a run that decodes (``bench.decode: true``).
-DECODING_NOTE = (
-    "- decoding on: these read rows include JPEG decoding, which on a CPU bounds them far"
-    " below what the storage delivers; the goals are about the read path, which"
-    " `--set bench.decode=false` measures alone"
-)
-
-
-#: A measured pass shorter than this is dominated by start-up (worker processes, first request).
-SHORT_PASS_S = 0.2
-
-
-#: Readers that spent at least this share of a pass in storage requests were waiting on the
-#: storage, not busy with per-sample work.
-WAITING_SHARE = 0.5
-
-
-def _shortfall(row: dict, decode: bool) -> str:
-    """Why a shards row is below the goal, from its own figures: a pass too short to leave
-    start-up behind; readers that spent most of the pass waiting in storage requests
-    (``read_s`` over ``wall_s`` per reader, :data:`WAITING_SHARE`); or else the loader's time
-    per sample against a baseline that has none."""
-    per_sample_us = 1e6 / row["samples_per_s"]
-    size_kb = row["bytes_read"] / row["samples"] / 1e3
-    readers = max(int(row["workers"]), 1) * int(row.get("ranks", 1))
-    read_share = row["read_s"] / (row["wall_s"] * readers) if row["wall_s"] > 0 else math.nan
-    if row["wall_s"] < SHORT_PASS_S:
-        return (
-            f"The pass read {row['bytes_read'] / 1e6:.1f} MB in {row['wall_s'] * 1e3:.0f} ms"
-            " from its first read: start-up (worker processes, each worker's first request, the"
-            " shuffle buffer filling) weighs on so short a pass as much as reading does. More"
-            " `bench.read_steps`, or a larger dataset (`make synth`) where a cold pass cannot"
-            " evict before each read (remote storage: one epoch), measure the storage rather"
-            " than the start-up"
-        )
-    if read_share >= WAITING_SHARE:
-        together = readers * row["read_mbps"]
-        line = (
-            f"Its {readers} reader(s) spent {read_share:.0%} of the pass in storage requests,"
-            f" at {row['read_mbps']:.0f} MB/s each while reading ({together:.0f} MB/s together;"
-            f" baseline {row['baseline_mbps']:.0f} MB/s). "
-        )
-        if together < SHARDS_GOAL * row["baseline_mbps"]:
-            return line + (
-                "Fewer reads in flight than the baseline's: more DataLoader workers"
-                " (`bench.worker_counts`) put more shard streams in flight"
-            )
-        return line + (
-            "The storage serves them as fast as the baseline; what is lost is the time each"
-            " reader spends on its samples between reads (reading and parsing take turns), and"
-            " a server on the same machine competes with that work for the CPU"
-        )
-    work = "decoding, transforms, " if decode else ""
-    return (
-        f"Storage requests took {read_share:.0%} of its readers' time; the rest is per-sample"
-        f" work: a {size_kb:.1f} kB sample every {per_sample_us:.0f} us ({work}tar parsing,"
-        " sample dicts, batching, transfer from DataLoader workers), which caps it at"
-        f" {size_kb * 1e3 / per_sample_us:.0f} MB/s on this machine; the baseline does no"
-        f" per-sample work ({row['baseline_mbps']:.0f} MB/s)"
-    )
-
-
-#: A machine whose cores were busy or stolen at least this share of a pass was CPU-bound.
-SATURATED_SHARE = 0.9
-
-
-def _cpu_split(row: dict, ratio: float, cores: int | None) -> str:
-    """The ratio to the baseline split into its two factors (see :mod:`bench.resources`):
-    busy cores (the row's over the baseline's) x CPU per MB (the baseline's over the row's),
-    both machine-wide, and what they mean; empty when the row has no CPU figures. The machine
-    counts as CPU-bound when busy plus stolen cores reach :data:`SATURATED_SHARE` of ``cores``.
-    """
-    keys = ("host_busy_cores", "host_cpu_ms_per_mb", "cpu_ms_per_mb")
-    ours = [row.get(k, math.nan) for k in keys]
-    base = [row.get(f"baseline_{k}", math.nan) for k in keys]
-    if any(math.isnan(v) or v <= 0 for v in ours + base):
-        return ""
-    busy, per_mb = ours[0] / base[0], base[1] / ours[1]
-    steal = row.get("host_steal_cores", math.nan)
-    stolen = f"; {steal:.2f} more taken by the hypervisor" if steal >= 0.05 else ""
-    text = (
-        f". CPU counters: {ratio:.2f}x = {busy:.2f} (cores busy, machine-wide: {ours[0]:.2f}"
-        f" vs the baseline's {base[0]:.2f}{f' of {cores}' if cores else ''}{stolen})"
-        f" x {per_mb:.2f} (CPU per MB, machine-wide: {ours[1]:.1f} vs {base[1]:.1f} ms; the"
-        f" loader's processes {ours[2]:.1f}, the baseline's {base[2]:.1f} ms)"
-    )
-    reasons = []
-    if busy < SHARDS_GOAL:
-        reasons.append(
-            "it kept fewer cores busy than the baseline: its readers waited (on storage"
-            " requests, or for each other) more than the baseline's"
-        )
-    if per_mb < SHARDS_GOAL:
-        reasons.append(f"it needs {1 / per_mb:.2f}x the raw read's CPU for the same bytes")
-        used = ours[0] + (0.0 if math.isnan(steal) else steal)
-        if cores and used >= SATURATED_SHARE * cores:
-            reasons.append(
-                f"the machine's {cores} cores were saturated (busy or stolen), so it cannot go"
-                " faster here without less CPU per sample or more cores"
-            )
-    return text + (": " + "; ".join(reasons) if reasons else "")
+def console(cfg_dict: dict, results: list[dict], cores: int | None = None) -> str:
+    """What ``make bench`` prints at the end: the answer per configuration first, then the
+    table of every pass and why some of its figures are ``n/a``."""
+    width = 100
+    lines = textwrap.wrap(preface(cfg_dict, results), width)
+    lines += [*answer_lines(answers(results, cfg_dict["bench"]["decode"], cores), width), ""]
+    lines += [table(results), *table_notes(results)]
+    return "\n".join(lines)
 
 
 def failures(results: list[dict]) -> list[str]:
@@ -343,11 +263,21 @@ def failures(results: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
-    """The report: what ran, the results table, baselines, peers, the plots."""
+def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | None = None) -> str:
+    """The report: the answer per configuration, what ran, the results table, failures,
+    baselines, peers, the plots. ``cores``: the machine's (default ``os.cpu_count()``)."""
     bench = cfg_dict["bench"]
+    notes = table_notes(results)
     lines = [
         "# Storage benchmark report",
+        "",
+        "## Answer",
+        "",
+        preface(cfg_dict, results),
+        "",
+        *answer_lines(answers(results, bench["decode"], cores)),
+        "",
+        "## Results",
         "",
         f"Dataset: `{cfg_dict['storage']['root']}` split `{cfg_dict['dataset']['train_split']}`"
         f" (limit {cfg_dict['dataset']['limit']}); batch size {cfg_dict['loader']['batch_size']};"
@@ -367,10 +297,7 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         table(results),
         "```",
         "",
-        "## Performance goals",
-        "",
-        *goals(results, bench["decode"]),
-        "",
+        *([*(f"- {note}" for note in notes), ""] if notes else []),
         *failures(results),
         "## Baselines",
         "",
@@ -385,13 +312,34 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict) -> str:
         " | busy cores | CPU ms/MB (process / machine) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    short = impossible = False
     for config, pass_index, b in extras.get("baselines", []):
         cpu = b.cpu.figures(b.bytes)
+        rates = [_fmt(b.objects_per_s, 1), _fmt(b.mbps), _fmt(cpu["host_busy_cores"])]
+        per_mb = f"{_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)}"
+        if b.seconds < MIN_BASELINE_S:  # not a measurement
+            short = True
+            rates, per_mb = ["n/a"] * 3, "n/a"
+        elif not cores_possible(cpu["host_busy_cores"], cores):
+            impossible = True
+            rates[2] = "n/a"
         lines.append(
             f"| {config} | {pass_index} | {b.name} ({b.threads} thread{'s' * (b.threads > 1)})"
             f" | {b.objects} | {_fmt(b.bytes / 1e6, 1)} | {_fmt(b.seconds, 3)}"
-            f" | {_fmt(b.objects_per_s, 1)} | {_fmt(b.mbps)} | {_fmt(cpu['host_busy_cores'])}"
-            f" | {_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)} |"
+            f" | {' | '.join(rates)} | {per_mb} |"
+        )
+    if short or impossible:
+        lines.append("")
+    if short:
+        lines.append(
+            f"- n/a: timed over less than {MIN_BASELINE_S * 1e3:.0f} ms, too short to be a"
+            " measurement (start-up, and the CPU counters' 10 ms ticks); more `bench.read_steps`"
+            " or a larger dataset give it time."
+        )
+    if impossible:
+        lines.append(
+            f"- busy cores n/a: more than the machine's {cores or os.cpu_count()} cores, the"
+            " counters' error over a short window."
         )
     lines += ["", "## Peers", ""]
     if bench["peers"] and 1 not in bench.get("ranks", [1]):

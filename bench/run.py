@@ -446,6 +446,7 @@ def pass_row(
         client_lib=case.client_lib, workers=case.workers, cache=cache,
         baseline_mbps=getattr(base, "mbps", float("nan")),
         baseline_objects_per_s=getattr(base, "objects_per_s", float("nan")),
+        baseline_s=getattr(base, "seconds", float("nan")),
     )  # fmt: skip
     row.update(
         base.cpu.figures(base.bytes, "baseline_")

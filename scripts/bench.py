@@ -6,9 +6,9 @@
     make bench NPROC=2                  # two ranks reading at once (torchrun)
 
 Writes ``outputs/bench/<timestamp>/``: results.csv, steps.csv, report.md, throughput.png,
-data_wait.png, au.png and the config used; prints a short table. Exit status: 0; 1 when a
-configuration or peer failed (its error is in results.csv and report.md); 2 for a user error
-that stopped the run (one line).
+data_wait.png, au.png and the config used; prints the answer per storage and access pattern,
+then a short table. Exit status: 0; 1 when a configuration or peer failed (its error is in
+results.csv and report.md); 2 for a user error that stopped the run (one line).
 
 With ``bench.ranks`` above one, the run is a torchrun launch of its largest count: under
 torchrun (``make bench NPROC=N``) every rank runs this; started without torchrun, this starts it
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             return relaunch("scripts.bench", max(cfg.bench.ranks), argv, "bench.ranks")
         if ranks.main:
             say_quick_look(cfg)
-        from bench.report import goals, table, write_report
+        from bench.report import console, write_report
         from bench.run import run_bench
         from training.outputs import run_folder
 
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.stop()
     if not ranks.main:
         return 0
-    print(table(results))
-    print("\n".join(goals(results, cfg.bench.decode)))
+    print(console(cfg.to_dict(), results))
     print(f"report: {out / 'report.md'}")
     failed = [r["config"] for r in results if r.get("error")]
     failed += [f"peer {name}" for name in extras["peer_errors"]]
