@@ -58,9 +58,10 @@ from pipelines.formats.records import Record
 from pipelines.shards.manifest import ShardInfo
 from training import distributed
 from training.config import Config, ConfigError
-from training.data import DataSource, class_names, load_split, open_storage, split_shards
+from training.data import class_names, load_split, split_shards
 from training.distributed import ONE_RANK, Ranks
 from training.outputs import write_yaml
+from training.source import DataSource, open_storage
 
 log = logging.getLogger(__name__)
 

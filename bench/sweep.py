@@ -38,7 +38,8 @@ from bench.runner import Case, run_case
 from bench.search import SearchResult, search_accelerators
 from bench.workloads import Rule, Workload, check_rules, workload
 from common.files import atomic_write_bytes, save_figure
-from datagen.synthetic import SPLIT_DIR, SynthSpec, generate_dataset
+from datagen.images import SynthSpec
+from datagen.synthetic import SPLIT_DIR, generate_dataset
 from pipelines.storage.filesystem import FileSystemStorage
 from training import distributed
 from training.config import Config, ConfigError
@@ -89,7 +90,7 @@ def sweep_dataset(cfg: Config, w: Workload, ranks: Ranks) -> Path:
     the other ranks wait.
 
     Samples larger than a JPEG the generator draws (unet3d's 146.6 MB volumes) are a JPEG
-    followed by random bytes up to their size (:data:`datagen.synthetic.LARGEST_JPEG_BYTES`).
+    followed by random bytes up to their size (:data:`datagen.images.LARGEST_JPEG_BYTES`).
 
     Raises:
         ConfigError: the dataset would not fit on the disk that takes it (checked before it is

@@ -47,7 +47,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from bench.resources import ResourceSampler
-from datagen.synthetic import generate_dataset, spec_from_preset
+from datagen.images import spec_from_preset
+from datagen.synthetic import generate_dataset
 from pipelines.formats.voc import load_voc_split
 from pipelines.shards.manifest import ShardInfo
 from pipelines.shards.reader import iter_shard

@@ -24,7 +24,8 @@ from pipelines.shards.manifest import ShardInfo
 from pipelines.shards.reader import iter_shard
 from pipelines.storage.base import Storage
 from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
-from training.data import load_split, open_storage, split_shards
+from training.data import load_split, split_shards
+from training.source import open_storage
 
 
 def read_raw(storage: Storage, shard: ShardInfo) -> int:

@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         cfg = config_from_args(args)
-        from training.data import open_storage
         from training.predict import expand_inputs, load_trained, predict_all
+        from training.source import open_storage
 
         storages = {}
 

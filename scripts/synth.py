@@ -23,15 +23,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from datagen.synthetic import (
+from datagen.images import (
     DEFAULT_CLASSES,
     DEFAULT_PRESET,
     KB,
     PRESETS,
     SynthError,
-    generate_dataset,
     spec_from_preset,
 )
+from datagen.synthetic import generate_dataset
 from pipelines.storage.base import Storage, StorageError
 from pipelines.storage.filesystem import FileSystemStorage
 from serve.local_s3 import DEFAULT_STATE_DIR, LocalS3Error, resolve_s3

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     size = [] if args.shard_size_mb is None else [f"dataset.shard_size_mb={args.shard_size_mb}"]
     try:
         cfg = config_from_args(args, size)
-        from training.data import load_split, open_storage, split_shards
+        from training.data import load_split, split_shards
+        from training.source import open_storage
 
         source = open_storage(cfg)
         storage = source.storage

@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve.torchserve import find_tool
+from serve.preflight import find_tool
 
 #: Repository root (this file is ``serve/archive.py``).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def task_files(spec: dict) -> TaskFiles:
 
 
 def find_model_archiver() -> str:
-    """Locate ``torch-model-archiver`` (see :func:`serve.torchserve.find_tool`).
+    """Locate ``torch-model-archiver`` (see :func:`serve.preflight.find_tool`).
 
     Raises:
         ArchiveError: not installed.

@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from serve.preflight import check_java, find_torchserve, list_models
 from serve.process import owned_process, poll_until, start_detached, stop, write_state
 from serve.properties import (
     BASE_CONFIG,
@@ -44,15 +43,8 @@ from serve.properties import (
 TS_MAIN_CLASS = "org.pytorch.serve.ModelServer"
 
 
-#: Oldest Java major version TorchServe 0.12 supports.
-MIN_JAVA = 17
-
-
 #: Log lines that mean a model will not become ready (TorchServe would retry forever).
 _LOAD_FAILED = re.compile(r"Load model failed|Failed to load model|ModelNotFoundException")
-
-
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -147,74 +139,6 @@ def running_pid(runtime_dir: Path) -> int | None:
 def _is_our_server(pid: int, rt: RuntimeDir) -> bool:
     """True when ``pid`` is a live TorchServe frontend started with ``rt``'s config."""
     return owned_process(pid, (TS_MAIN_CLASS, str(rt.config))) is not None
-
-
-def check_java() -> str:
-    """Check that Java >= 17 is available the way TorchServe looks for it ($JAVA_HOME, PATH).
-
-    Returns:
-        The version string, e.g. ``17.0.15``.
-
-    Raises:
-        ServeError: no java, or an older one.
-    """
-    fix = "install Java 17 (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) or set "
-    fix += "JAVA_HOME"
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    if not java or not Path(java).is_file():
-        raise ServeError(f"java not found (TorchServe needs Java {MIN_JAVA}+): {fix}")
-    try:
-        result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ServeError(f"{java} -version failed ({exc}): {fix}") from None
-    match = re.search(r'version "([^"]+)"', result.stderr + result.stdout)
-    if match is None:
-        raise ServeError(f"could not read the version of {java}: {fix}")
-    version = match[1]
-    parts = version.split(".")
-    major = int(parts[1] if parts[0] == "1" and len(parts) > 1 else re.match(r"\d+", parts[0])[0])
-    if major < MIN_JAVA:
-        raise ServeError(f"{java} is Java {version}; TorchServe 0.12 needs {MIN_JAVA}+: {fix}")
-    return version
-
-
-def find_tool(name: str) -> str | None:
-    """Locate a console script of the environment (``torchserve``, ``torch-model-archiver``):
-    next to this interpreter first, then on PATH; None when it is not installed."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file():
-        return str(beside)
-    return shutil.which(name)
-
-
-def find_torchserve() -> str:
-    """Locate the ``torchserve`` launcher.
-
-    Raises:
-        ServeError: not installed.
-    """
-    found = find_tool("torchserve")
-    if found is None:
-        raise ServeError("torchserve not found: run `make setup` (it is a dependency)")
-    return found
-
-
-def list_models(model_store: Path) -> list[str]:
-    """Names of the archives (``NAME.mar``) in a model store, sorted.
-
-    Raises:
-        ServeError: no store, no archive, or an archive name TorchServe would refuse.
-    """
-    model_store = Path(model_store)
-    archives = sorted(model_store.glob("*.mar")) if model_store.is_dir() else []
-    if not archives:
-        raise ServeError(f"no model archive (*.mar) in {model_store}: run `make archive` first")
-    names = [path.stem for path in archives]
-    bad = [name for name in names if not _MODEL_NAME.match(name)]
-    if bad:
-        raise ServeError(f"archive names {bad} in {model_store} are not valid model names")
-    return names
 
 
 def _check_socket_path(rt: RuntimeDir) -> None:

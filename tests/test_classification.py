@@ -26,7 +26,8 @@ from tests.conftest import make_voc_subset
 from training import classification
 from training.cli import data_overrides
 from training.config import CLASSIFIER_ARCHS, DETECTOR_ARCHS, ConfigError, load_config
-from training.data import DataSource, detect_format, load_split
+from training.data import detect_format, load_split
+from training.source import DataSource
 
 CLASSES = ["Platelets", "RBC", "WBC"]
 

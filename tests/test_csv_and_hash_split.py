@@ -19,7 +19,8 @@ from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from scripts import train as train_cli
 from training.config import ConfigError, load_config
-from training.data import DataSource, detect_format, load_split, resolve_split
+from training.data import detect_format, load_split, resolve_split
+from training.source import DataSource
 
 HEADER = ",".join(COLUMNS)
 

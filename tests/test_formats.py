@@ -23,7 +23,8 @@ from pipelines.storage.s3 import S3Storage
 from scripts.train import main as train_main
 from tests.conftest import BCCD
 from training.config import load_config
-from training.data import DataSource, load_split
+from training.data import load_split
+from training.source import DataSource
 
 #: Roboflow-style categories: a supercategory-only category 0 that no box uses.
 CATEGORIES = [

@@ -434,7 +434,7 @@ def user_keys(monkeypatch, tmp_path):
 def test_a_leftover_env_file_does_not_hijack_a_run(user_keys, caplog):
     """The issue's case: after a crashed `make s3-up`, .s3/env still exists; a STORAGE=s3 run
     meant for AWS went to 127.0.0.1 with the dead server's keys in place of the user's."""
-    from training.data import open_storage
+    from training.source import open_storage
 
     write_env_file(
         user_keys / ".s3/env",
@@ -457,7 +457,7 @@ def test_a_leftover_env_file_does_not_hijack_a_run(user_keys, caplog):
 
 @pytest.mark.integration
 def test_a_running_local_server_is_used_with_its_own_keys_beside_the_users(user_keys, caplog):
-    from training.data import open_storage
+    from training.source import open_storage
 
     try:
         state, _ = up(".s3")

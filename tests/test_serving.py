@@ -36,6 +36,7 @@ from serve.archive import (
     check_training_output,
     human_size,
 )
+from serve.preflight import list_models
 from serve.process import free_ports
 from serve.properties import (
     BASE_CONFIG,
@@ -44,7 +45,7 @@ from serve.properties import (
     listeners_from_properties,
     read_properties,
 )
-from serve.torchserve import RuntimeDir, list_models, running_pid, start_server, stop_server
+from serve.torchserve import RuntimeDir, running_pid, start_server, stop_server
 from tests.conftest import REPO, make_voc_subset
 from tests.test_classifier_handler import cell_crop, write_classifier_output
 

@@ -13,20 +13,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from datagen.synthetic import (
+from datagen.images import (
     KB,
     LARGEST_JPEG_BYTES,
     PADDED_JPEG_BYTES,
     PRESETS,
     SynthError,
     SynthSpec,
-    generate_dataset,
     generate_sample,
     image_id,
     spec_from_preset,
-    split_mask,
     target_size,
 )
+from datagen.synthetic import generate_dataset, split_mask
 from pipelines.formats.voc import load_voc_split
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage

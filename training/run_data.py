@@ -12,14 +12,9 @@ from pipelines.formats.records import BoxCounts
 from pipelines.shards.manifest import ShardInfo
 from training import distributed
 from training.config import Config
-from training.data import (
-    DataSource,
-    class_names,
-    load_split,
-    open_storage,
-    split_shards,
-)
+from training.data import class_names, load_split, split_shards
 from training.distributed import ONE_RANK, Ranks
+from training.source import DataSource, open_storage
 from training.tasks import class_to_index
 
 log = logging.getLogger(__name__)
