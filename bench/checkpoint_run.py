@@ -47,7 +47,7 @@ from bench.checkpoint import (
 from bench.checkpoint_dcp import dcp_read, dcp_storage, dcp_write
 from bench.checkpoint_report import RESULT_COLUMNS, client_lib, progress_line, source_text
 from bench.ranks import BenchRanks, attempt, error_text, everywhere, gather_agreed, on_main
-from bench.run import LOCAL_BUCKET, share_local_s3, start_local_bucket
+from bench.storages import LOCAL_BUCKET, share_local_s3, start_local_bucket
 from training import distributed
 from training.config import Config, ConfigError
 from training.distributed import Ranks

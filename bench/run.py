@@ -1,7 +1,7 @@
 """`make bench`: run the matrix on the filesystem and S3, with baselines and peers, then report.
 
-Order of work: prepare the data on every storage (shards written once; a local S3 server started
-and filled when ``s3`` is asked for without an endpoint), run each configuration for
+Order of work: prepare the data on every storage (:mod:`bench.storages`: shards written once; a
+local S3 server started and filled when ``s3`` is asked for without an endpoint), run each configuration for
 ``bench.passes`` passes (the first cold, the rest warm), each pass followed by its raw baseline
 (:func:`run_pass`), measure the peers, then write ``results.csv``, ``steps.csv``, ``report.md``,
 the plots and the config used.
@@ -23,14 +23,10 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
 
 from bench.baselines import fs_read_baseline, s3_get_baseline
-from bench.page_cache import EvictBeforeRead, evict_page_cache
+from bench.page_cache import EvictBeforeRead
 from bench.ranks import (
     BenchRanks,
     agree_on_errors,
@@ -40,8 +36,6 @@ from bench.ranks import (
     error_text,
     everywhere,
     gather_agreed,
-    in_turn,
-    on_main,
     with_fresh_group,
 )
 from bench.report import BASELINE_CPU_COLUMNS, write_tables
@@ -54,267 +48,20 @@ from bench.runner import (
     rank_samples,
     run_case,
 )
-from pipelines.formats.records import Record
-from pipelines.shards.manifest import ShardInfo
+from bench.storages import (
+    Prepared,
+    Storages,
+    case_files,
+    case_keys,
+    cold_dir,
+)
 from training import distributed
 from training.config import Config, ConfigError
-from training.data import class_names, load_split, split_shards
+from training.data import class_names
 from training.distributed import ONE_RANK, Ranks
 from training.outputs import write_yaml
-from training.source import DataSource, open_storage
 
 log = logging.getLogger(__name__)
-
-#: The bucket a local server gets for the run.
-LOCAL_BUCKET = "dss-bench"
-
-T = TypeVar("T")
-
-
-@dataclass
-class Prepared:
-    """One storage (and client library) ready to be read by the matrix.
-
-    Attributes:
-        source: the opened storage and dataset roots.
-        records: the split's records (image keys in this storage).
-        shards: the split's shards in this storage.
-        local_dir: the folder on this machine that the keys are relative to (the fs root, or
-            the local S3 server's bucket folder) whose page cache can be evicted for a cold
-            pass; None when the storage is remote.
-    """
-
-    source: DataSource
-    records: list[Record]
-    shards: list[ShardInfo]
-    local_dir: Path | None
-
-
-def prepare_fs(cfg: Config) -> Prepared:
-    """The filesystem dataset of ``storage.root`` / ``storage.prefixes``, its shards written
-    when missing."""
-    fs_cfg = replace(cfg, storage=replace(cfg.storage, type="fs"))
-    source = open_storage(fs_cfg)
-    records, _ = load_split(source, fs_cfg, cfg.dataset.train_split)
-    _, shards, _ = split_shards(source, fs_cfg, cfg.dataset.train_split, records)
-    return Prepared(source, records, shards, Path(cfg.storage.root))
-
-
-def start_local_bucket(
-    stack: contextlib.ExitStack, out: Path, *, etag_hash: str = "MD5"
-) -> tuple[str, Path, dict[str, str]]:
-    """Start a local S3 server for the run with an empty bucket :data:`LOCAL_BUCKET`.
-
-    The server keeps its data in ``out/s3-server`` and stops (and that folder goes) when
-    ``stack`` closes. Its credentials go into this process's environment, where the standard
-    AWS chain (boto3, and the CRT of s3torchconnector) reads them, until ``stack`` closes.
-    ``etag_hash``: see
-    :func:`serve.local_s3.start_server` (``""``: no ETags, for large objects read in
-    parallel ranges: rclone hashes the whole file for every request otherwise).
-
-    Returns:
-        ``(endpoint URL, the server's folder behind the bucket, the environment variables
-        set)``.
-
-    Raises:
-        serve.local_s3.LocalS3Error: the server did not start.
-    """
-    from pipelines.storage.s3 import S3Storage
-    from serve.local_s3 import local_s3
-
-    server_dir = out / "s3-server"
-    stack.callback(shutil.rmtree, server_dir, ignore_errors=True)  # after the server stopped
-    server = stack.enter_context(local_s3(server_dir, etag_hash=etag_hash))
-    env = server.env(LOCAL_BUCKET)
-    set_environment(env, stack)
-    S3Storage(LOCAL_BUCKET, endpoint_url=server.endpoint).client().create_bucket(
-        Bucket=LOCAL_BUCKET
-    )
-    return server.endpoint, Path(server.data_dir) / LOCAL_BUCKET, env
-
-
-def start_local_s3(
-    cfg: Config, stack: contextlib.ExitStack, out: Path
-) -> tuple[Config, Path, dict[str, str]]:
-    """Start a local S3 server for the run (:func:`start_local_bucket`) and upload the
-    dataset folder to it.
-
-    The copy of ``<storage.root>/<first prefix>`` (images, annotations, splits and shards)
-    lands under ``s3://dss-bench/<first prefix>/``.
-
-    Returns:
-        ``(cfg pointing at the server, the server's folder behind the bucket, the environment
-        variables set)``.
-    """
-    from datagen.upload import upload_tree
-    from pipelines.storage.s3 import S3Storage
-
-    endpoint, bucket_dir, env = start_local_bucket(stack, out)
-    prefix = cfg.storage.prefixes[0]
-    uploader = S3Storage(LOCAL_BUCKET, prefix, endpoint_url=endpoint)
-    folder = Path(cfg.storage.root) / prefix
-    print(f"local S3 server {endpoint}: uploading {folder}")
-    upload_tree(folder, uploader, progress=True)
-    storage = replace(cfg.storage, endpoint_url=endpoint, bucket=LOCAL_BUCKET, prefixes=[prefix])
-    return replace(cfg, storage=storage), bucket_dir, env
-
-
-def share_local_s3(
-    start: Callable[[], tuple[T, Path, dict[str, str]]],
-    br: BenchRanks,
-    stack: contextlib.ExitStack,
-) -> tuple[T, Path]:
-    """Rank 0 starts a local S3 server with ``start`` (:func:`start_local_s3`,
-    :func:`start_local_bucket`); every rank gets what it returned, and the server's endpoint
-    and credentials into its environment (through the process group) until ``stack`` closes.
-
-    Returns:
-        ``start``'s first two values.
-
-    Raises:
-        ConfigError: on several nodes (the server listens on 127.0.0.1 of rank 0's machine).
-        Exception: on every rank when the server could not be started or filled.
-    """
-    if br.nodes > 1:
-        raise ConfigError(
-            "a local S3 server is reachable from its own machine only; with several nodes set "
-            "storage.endpoint_url (S3_ENDPOINT) to the S3 endpoint every node can reach"
-        )
-    value, folder, env = on_main(start, br.ranks)
-    if not br.ranks.main:  # rank 0's start set its own
-        set_environment(env, stack)
-    return value, folder
-
-
-def set_environment(env: dict[str, str], stack: contextlib.ExitStack) -> None:
-    """Put ``env`` into this process's environment until ``stack`` closes, then put back what
-    was there (a local server's endpoint and keys must not outlive it)."""
-    before = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-
-    def restore() -> None:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-    stack.callback(restore)
-
-
-def prepare_s3(cfg: Config, client_lib: str, local_dir: Path | None) -> Prepared:
-    """The S3 dataset as ``cfg.storage`` names it, read with ``client_lib``."""
-    s3_cfg = replace(cfg, storage=replace(cfg.storage, type="s3", client_lib=client_lib))
-    source = open_storage(s3_cfg)
-    records, _ = load_split(source, s3_cfg, cfg.dataset.train_split)
-    _, shards, _ = split_shards(source, s3_cfg, cfg.dataset.train_split, records)
-    return Prepared(source, records, shards, local_dir)
-
-
-class Storages:
-    """The storages a run reads, each prepared when first asked for, on every rank alike.
-
-    The filesystem is prepared at once when the run reads it or fills a local S3 server from
-    it (its shards are what the server is filled with); S3 when its first configuration comes,
-    after the filesystem's (a failure there then loses none of them): a local S3 server is
-    started and filled when no endpoint is configured (rank 0's environment decides), then
-    each client library is opened.
-
-    Args:
-        cfg: the run's config (``storage.*``, ``dataset.*``).
-        out: the run's folder (a local server keeps its data there).
-        br: the ranks (:class:`bench.ranks.BenchRanks`).
-        stack: closes the local server.
-        kinds: the storage kinds the run reads (``fs``, ``s3``).
-        client_libs: the S3 client libraries it reads with.
-        stop: raise a storage's failure (``bench.on_error: stop``) instead of keeping it for
-            :meth:`get` to raise for each configuration of that storage.
-    """
-
-    def __init__(self, cfg, out, br, stack, kinds, client_libs, *, stop: bool):
-        self.cfg, self.out, self.br, self.stack, self.stop = cfg, out, br, stack, stop
-        self.client_libs = list(dict.fromkeys(client_libs))
-        self.prepared: dict[tuple[str, str], Prepared] = {}
-        self.unprepared: dict[tuple[str, str], Exception] = {}
-        endpoint = cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
-        self.local_s3 = distributed.gather("s3" in kinds and not endpoint)[0]
-        if "fs" in kinds or self.local_s3:
-            self._prepare(("fs", "-"), lambda: prepare_fs(cfg))
-
-    def get(self, kind: str, client_lib: str) -> Prepared:
-        """The prepared storage (``client_lib`` ``-`` for fs); preparing S3 the first time.
-
-        Raises:
-            Exception: why it could not be prepared (on every rank alike).
-        """
-        key = (kind, client_lib)
-        if key not in self.prepared and key not in self.unprepared:
-            try:
-                self._prepare_s3()
-            except Exception as exc:  # the local server: every S3 storage fails
-                if self.stop:
-                    raise
-                for lib in self.client_libs:
-                    self.unprepared.setdefault(("s3", lib), exc)
-        if key in self.unprepared:
-            raise self.unprepared[key]
-        return self.prepared[key]
-
-    def boto3(self):
-        """The boto3 S3 storage among the prepared ones (the GET-pool baseline uses boto3 for
-        every client library), or None."""
-        from pipelines.storage.s3 import S3Storage
-
-        for prep in self.prepared.values():
-            if isinstance(prep.source.storage, S3Storage):
-                return prep.source.storage
-        return None
-
-    def _prepare(self, key: tuple[str, str], fn) -> None:
-        """Prepare one storage, rank 0 first (it writes what is missing)."""
-        try:
-            self.prepared[key] = in_turn(fn, self.br.ranks)
-        except Exception as exc:
-            if self.stop:
-                raise
-            self.unprepared[key] = exc
-
-    def _prepare_s3(self) -> None:
-        s3_cfg, s3_dir = self.cfg, None
-        if self.local_s3:
-            s3_cfg, s3_dir = share_local_s3(
-                lambda: start_local_s3(self.cfg, self.stack, self.out), self.br, self.stack
-            )
-        for lib in self.client_libs:
-            self._prepare(("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir))
-
-
-def case_keys(prepared: Prepared, access: str) -> list[str]:
-    """The storage keys ``access`` reads: the shards, or the images."""
-    if access == "shards":
-        return [s.key for s in prepared.shards]
-    return [r.image_key for r in prepared.records]
-
-
-def case_files(prepared: Prepared, access: str) -> list[Path]:
-    """The local files behind what ``access`` reads (for page-cache eviction)."""
-    if prepared.local_dir is None:
-        return []
-    return [prepared.local_dir / key for key in case_keys(prepared, access)]
-
-
-def cold_dir(prepared: Prepared, access: str) -> Path | None:
-    """Prepare a cold pass: flush and evict the files ``access`` reads from the page cache.
-
-    Returns:
-        The folder they live in when that worked (then every read of the pass evicts its file
-        first: :class:`bench.page_cache.EvictBeforeRead`); None for a remote storage or a
-        platform without ``posix_fadvise``.
-    """
-    files = case_files(prepared, access)
-    if files and evict_page_cache(list(dict.fromkeys(files))):
-        return prepared.local_dir
-    return None
 
 
 def measure_baseline(

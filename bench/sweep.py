@@ -33,9 +33,10 @@ from pathlib import Path
 import psutil
 
 from bench.ranks import BenchRanks, error_text, everywhere, in_turn, on_main
-from bench.run import Storages, prepare_fs, run_pass
+from bench.run import run_pass
 from bench.runner import Case, run_case
 from bench.search import SearchResult, search_accelerators
+from bench.storages import Storages, prepare_fs
 from bench.workloads import Rule, Workload, check_rules, workload
 from common.files import atomic_write_bytes, save_figure
 from datagen.images import SynthSpec
