@@ -1,10 +1,10 @@
 """`make bench`: run the matrix on the filesystem and S3, with baselines and peers, then report.
 
 Order of work: prepare the data on every storage (:mod:`bench.storages`: shards written once; a
-local S3 server started and filled when ``s3`` is asked for without an endpoint), run each configuration for
-``bench.passes`` passes (the first cold, the rest warm), each pass followed by its raw baseline
-(:func:`run_pass`), measure the peers, then write ``results.csv``, ``steps.csv``, ``report.md``,
-the plots and the config used.
+local S3 server started and filled when ``s3`` is asked for without an endpoint), run each
+configuration for ``bench.passes`` passes (the first cold, the rest warm), each pass followed by
+its raw baseline (:func:`run_pass`), measure the peers, then write ``results.csv``,
+``steps.csv``, ``report.md``, the plots and the config used.
 
 With ``bench.ranks`` (``make bench NPROC=N``) the run is one torchrun launch of the largest
 count: every configuration runs at each rank count, its ranks reading their parts of the split
