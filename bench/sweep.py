@@ -18,6 +18,10 @@ every point), ``au_vs_accelerators.png``, ``throughput_vs_accelerators.png`` and
 Storages: the filesystem, and S3 (``sweep.storages``; without an endpoint, a local server
 started for the sweep and filled with the dataset, as ``make bench`` does). The checkpoint
 workload is not here yet.
+
+Why one module of this size: the sweep's steps (dataset, points, search, answer, outputs) are
+read in order by one reader asking "how many accelerators"; the search itself is
+:mod:`bench.search` and the passes are :mod:`bench.run`'s.
 """
 
 from __future__ import annotations

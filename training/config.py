@@ -3,6 +3,10 @@
 Every key has a default, a type and a one-line description (:func:`describe_keys` prints them;
 the README's table is the same list). Unknown keys and invalid values raise :class:`ConfigError`
 naming the key and what is allowed. The resolved configuration is saved with every run.
+
+Why one module of this size: it is the table of every key (one declaration each, with its
+default, type and description, which ``--help`` and the README print) and the loader that
+checks them; splitting the table would scatter what a user looks up in one place.
 """
 
 from __future__ import annotations
