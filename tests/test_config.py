@@ -141,3 +141,12 @@ def test_deprecated_access_keys_that_contradict_the_pattern_are_refused():
         load_config(None, ["access.pattern=objects", "access.mode=random"])
     with pytest.raises(ConfigError, match="use access.pattern, one of random, shards, objects"):
         load_config(None, ["access.mode=diagonal"])
+
+
+def test_every_key_is_listed_for_the_user(capsys):
+    from scripts.train import main
+
+    assert main(["--keys"]) == 0
+    out = capsys.readouterr().out
+    assert "access.pattern = 'shards'" in out and "checkpoint.size_gb = 1.0" in out
+    assert out.count("\n    ") == len(describe_keys())

@@ -1,8 +1,9 @@
 """Run configuration: one YAML file per task, overridden by Make variables and CLI flags.
 
-Every key has a default, a type and a one-line description (:func:`describe_keys` prints them;
-the README's table is the same list). Unknown keys and invalid values raise :class:`ConfigError`
-naming the key and what is allowed. The resolved configuration is saved with every run.
+Every key has a default, a type and a one-line description (:func:`describe_keys`; printed by
+``python -m scripts.train --keys``; the README's table shows the main ones). Unknown keys and
+invalid values raise :class:`ConfigError` naming the key and what is allowed. The resolved
+configuration is saved with every run.
 
 Why one module of this size: it is the table of every key (one declaration each, with its
 default, type and description, which ``--help`` and the README print) and the loader that
