@@ -1,28 +1,33 @@
 """Atomic file writes: a crash leaves the old file or the new one, never a partial file.
 
-The one copy every output of the tool goes through (metrics, reports, figures, configuration,
-server state, credentials files). The write goes to a temporary file in the same directory,
-then ``os.replace`` renames it over the target (atomic on POSIX within one filesystem).
+The one copy every output of the tool goes through (metrics, reports, figures, checkpoints,
+configuration, server state, credentials files): :func:`atomic_file` writes to a temporary file
+in the same directory, then ``os.replace`` renames it over the target (atomic on POSIX within
+one filesystem); the other functions are its common uses.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 # The process's umask, read once (reading it means setting it, which is not thread-safe).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into; it replaces ``path`` when the block
+    ends without an error, and is removed when it raises.
 
     Args:
-        mode: permission bits of the new file (e.g. ``0o600`` for a file holding keys);
-            None keeps ``mkstemp``'s 0600 widened by the umask, like a plain ``open``.
+        mode: permission bits of the new file (e.g. ``0o600`` for a file holding keys); None
+            gives what a plain ``open`` would (0666 less the umask).
 
     Raises:
         OSError: the directory cannot be created or written; nothing is left behind.
@@ -32,7 +37,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.chmod(tmp, 0o666 & ~_UMASK if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
@@ -41,8 +46,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None
         raise
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_file`; ``mode`` as there)."""
+    with atomic_file(path, mode=mode) as f:
+        f.write(data)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, *, mode: int | None = None) -> None:
-    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    """Write ``text`` in UTF-8 to ``path`` atomically (:func:`atomic_file`)."""
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
@@ -50,7 +61,8 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     """Save a matplotlib figure as a PNG (100 dpi), atomically, then free it."""
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)

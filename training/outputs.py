@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from common.files import atomic_write_bytes
+from common.files import atomic_file, atomic_write_bytes
 
 
 def run_folder(parent: str | Path) -> Path:
@@ -44,10 +44,9 @@ def write_yaml(path: Path, data) -> None:
 
 
 def save_torch(path: Path, obj) -> None:
-    """``torch.save`` of ``obj``, written atomically (serialized in memory first)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """``torch.save`` of ``obj`` to ``path``, atomically."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 #: Loggers of the project's packages; their INFO records go to the run's log file.
