@@ -603,6 +603,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return check_task(_build(Config, _renamed_keys(data), ""))
 
 
+_said: set[str] = set()
+
+
+def _deprecated(notice: str) -> None:
+    """Log a deprecation ``notice`` once per process (a config read twice says it once)."""
+    if notice not in _said:
+        _said.add(notice)
+        log.warning(notice)
+
+
 def _renamed_keys(data: dict) -> dict:
     """``data`` with the keys of earlier versions in today's words, each with a one-line
     deprecation notice: ``access.mode: random`` is ``access.pattern: random``; ``access.mode:
@@ -620,7 +630,7 @@ def _renamed_keys(data: dict) -> dict:
     mode = access.pop("mode", None)
     source = access.pop("sequential_source", None)
     if access.get("pattern") == "sequential":
-        log.warning("access pattern 'sequential' is deprecated: say shards (or objects)")
+        _deprecated("access pattern 'sequential' is deprecated: say shards (or objects)")
         access["pattern"] = source or "shards"
     elif mode is not None or source is not None:
         if mode not in (None, "random", "sequential") or source not in (None, "shards", "objects"):
@@ -634,9 +644,9 @@ def _renamed_keys(data: dict) -> dict:
                 f"access.pattern {access['pattern']!r} contradicts the deprecated access.mode "
                 f"{mode!r} / access.sequential_source {source!r}: keep only access.pattern"
             )
-        log.warning(
-            "access.mode and access.sequential_source are deprecated: use access.pattern: %s",
-            pattern,
+        _deprecated(
+            "access.mode and access.sequential_source are deprecated: use access.pattern: "
+            + pattern
         )
         access["pattern"] = pattern
     return {**data, "access": access}
