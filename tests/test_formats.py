@@ -354,8 +354,7 @@ def test_load_split_dispatches_on_dataset_format(coco_root, oid_root):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("access", ["random", "shards"])
-@pytest.mark.parametrize("fmt", ["coco", "oid"])
+@pytest.mark.parametrize(("fmt", "access"), [("coco", "random"), ("oid", "shards")])
 def test_one_epoch_trains_on_each_format(tmp_path, fmt, access):
     root = tmp_path / fmt
     if fmt == "coco":
