@@ -138,11 +138,26 @@ def test_deprecated_access_keys_still_work_with_one_notice(old, pattern, caplog,
     assert "deprecated" in notice.getMessage() and "\n" not in notice.getMessage()
 
 
-def test_deprecated_access_keys_that_contradict_the_pattern_are_refused():
-    with pytest.raises(ConfigError, match="contradicts the deprecated access.mode"):
-        load_config(None, ["access.pattern=objects", "access.mode=random"])
+def test_deprecated_access_keys_override_the_shipped_file_and_each_other_in_order():
+    shipped = REPO / "configs" / "detection.yaml"  # says access.pattern: shards
+    assert load_config(shipped, ["access.mode=random"]).access.pattern == "random"
+    overrides = ["access.mode=sequential", "access.sequential_source=objects"]
+    assert load_config(shipped, overrides).access.pattern == "objects"
+    overrides = ["access.sequential_source=objects", "access.mode=random", "access.mode=sequential"]
+    assert load_config(shipped, overrides).access.pattern == "objects"
+    overrides = ["access.pattern=objects", "access.mode=random"]  # the later one wins
+    assert load_config(shipped, overrides).access.pattern == "random"
     with pytest.raises(ConfigError, match="use access.pattern, one of random, shards, objects"):
         load_config(None, ["access.mode=diagonal"])
+
+
+def test_a_config_file_whose_old_keys_contradict_its_pattern_is_refused(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("access:\n  pattern: objects\n  mode: random\n")
+    with pytest.raises(ConfigError, match="contradicts the deprecated access.mode"):
+        load_config(path)
+    path.write_text("access:\n  mode: sequential\n  sequential_source: objects\n")
+    assert load_config(path).access.pattern == "objects"
 
 
 def test_every_key_is_listed_for_the_user(capsys):

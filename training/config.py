@@ -589,6 +589,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
+    data = _renamed_keys(data)
+    source = None  # the deprecated access.sequential_source last given, while the pattern is random
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -599,11 +601,55 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {section} is not a section")
-        node[leaf] = yaml.safe_load(value) if value.strip() else None
-    return check_task(_build(Config, _renamed_keys(data), ""))
+        parsed = yaml.safe_load(value) if value.strip() else None
+        if sections == ["access"] and leaf in ("mode", "sequential_source", "pattern"):
+            source = _renamed_override(node, leaf, parsed, source)
+        else:
+            node[leaf] = parsed
+    return check_task(_build(Config, data, ""))
+
+
+def _renamed_override(access: dict, leaf: str, value, source: str | None) -> str | None:
+    """Apply an override of ``access.<leaf>`` in today's words, later overrides winning over the
+    file and earlier ones: ``mode: random`` is the random pattern; ``mode: sequential`` the
+    shards or objects pattern (the ``sequential_source`` given, else the file's, else shards);
+    ``sequential_source`` picks between them (remembered while the pattern is random);
+    ``pattern: sequential`` is shards. Returns the ``sequential_source`` to remember.
+
+    Raises:
+        ConfigError: a deprecated key with a value it never had.
+    """
+    if leaf == "pattern":
+        if value == "sequential":
+            _deprecated("access pattern 'sequential' is deprecated: say shards (or objects)")
+            value = source or "shards"
+        access["pattern"] = value
+        return source
+    valid = ("random", "sequential") if leaf == "mode" else ("shards", "objects")
+    if value not in valid:
+        raise ConfigError(
+            f"access.{leaf} {value!r} (deprecated): use access.pattern, one of "
+            f"{', '.join(ACCESS_PATTERNS)}"
+        )
+    current = access.get("pattern", AccessConfig.pattern)
+    mode = "random" if current == "random" else "sequential"
+    source = source or (current if current != "random" else None)
+    if leaf == "mode":
+        mode = value
+    else:
+        source = value
+    access["pattern"] = "random" if mode == "random" else (source or "shards")
+    _deprecated(MODE_NOTICE)
+    return source
 
 
 _said: set[str] = set()
+
+#: The notice for ``access.mode`` / ``access.sequential_source``.
+MODE_NOTICE = (
+    "access.mode and access.sequential_source are deprecated: say access.pattern: random, "
+    "shards or objects"
+)
 
 
 def _deprecated(notice: str) -> None:
@@ -614,11 +660,11 @@ def _deprecated(notice: str) -> None:
 
 
 def _renamed_keys(data: dict) -> dict:
-    """``data`` with the keys of earlier versions in today's words, each with a one-line
-    deprecation notice: ``access.mode: random`` is ``access.pattern: random``; ``access.mode:
-    sequential`` with ``access.sequential_source: shards|objects`` (default shards) is
-    ``access.pattern: shards|objects``; ``access.pattern: sequential`` (``ACCESS=sequential``)
-    is ``shards``.
+    """A config file's ``data`` with the keys of earlier versions in today's words, each with a
+    one-line deprecation notice: ``access.mode: random`` is ``access.pattern: random``;
+    ``access.mode: sequential`` with ``access.sequential_source: shards|objects`` (default
+    shards) is ``access.pattern: shards|objects``; ``access.pattern: sequential`` is
+    ``shards``. (Overrides: :func:`_renamed_override`.)
 
     Raises:
         ConfigError: an old key contradicts ``access.pattern``, or has a value it never had.
@@ -644,10 +690,7 @@ def _renamed_keys(data: dict) -> dict:
                 f"access.pattern {access['pattern']!r} contradicts the deprecated access.mode "
                 f"{mode!r} / access.sequential_source {source!r}: keep only access.pattern"
             )
-        _deprecated(
-            "access.mode and access.sequential_source are deprecated: use access.pattern: "
-            + pattern
-        )
+        _deprecated(MODE_NOTICE)
         access["pattern"] = pattern
     return {**data, "access": access}
 
