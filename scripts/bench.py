@@ -25,7 +25,13 @@ import sys
 import torch
 
 from training import distributed
-from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+from training.cli import (
+    USER_ERRORS,
+    add_config_arguments,
+    config_from_args,
+    say_error,
+    user_message,
+)
 from training.config import Config
 
 #: ``emulate`` and ``train`` passes of a quick look (``--limit``) measure at most this many
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ranks = distributed.from_environment()
     except USER_ERRORS as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        say_error(user_message(exc))
         return 2
     rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
@@ -124,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         if ranks.main:
             write_report(out, cfg.to_dict(), results, steps, extras)
     except USER_ERRORS as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        say_error(user_message(exc))
         return 2
     except distributed.RankFailed as exc:  # bench.on_error stop, after a failure on another rank
         if not ranks.main:
             return 0  # the rank that failed says why; rank 0 says which
-        print(f"error: {exc}", file=sys.stderr)
+        say_error(str(exc))
         return 1
     finally:
         distributed.stop()

@@ -23,7 +23,13 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 from pipelines.shards.manifest import ShardInfo
 from pipelines.shards.reader import iter_shard
 from pipelines.storage.base import Storage
-from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+from training.cli import (
+    USER_ERRORS,
+    add_config_arguments,
+    config_from_args,
+    say_error,
+    user_message,
+)
 from training.data import load_split, split_shards
 from training.source import open_storage
 
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         records, _ = load_split(source, cfg, cfg.dataset.train_split)
         _, shards, _ = split_shards(source, cfg, cfg.dataset.train_split, records)
     except USER_ERRORS as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        say_error(user_message(exc))
         return 2
     storage = source.storage
     readers = {"raw": read_raw, "webdataset": read_webdataset, "ours": read_ours}

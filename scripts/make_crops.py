@@ -25,6 +25,7 @@ from pipelines.formats.records import DatasetError
 from pipelines.formats.voc import load_voc_split
 from pipelines.storage.base import StorageError
 from pipelines.storage.filesystem import FileSystemStorage
+from training.cli import say_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{boxes.dropped} degenerate boxes"
             )
     except (DatasetError, StorageError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say_error(str(exc))
         return 2
     return 0
 

@@ -17,7 +17,13 @@ import logging
 import sys
 from pathlib import Path
 
-from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+from training.cli import (
+    USER_ERRORS,
+    add_config_arguments,
+    config_from_args,
+    say_error,
+    user_message,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             model, index_to_name, inputs, read_bytes, out_dir, args.threshold, spec=spec
         )
     except (*USER_ERRORS, FileNotFoundError, ValueError) as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        say_error(user_message(exc))
         return 2
     what = "classes" if spec.get("task") == "classification" else "boxes"
     for p in predictions:

@@ -41,6 +41,7 @@ from serve.archive import archived_task
 from serve.process import free_ports
 from serve.properties import BASE_CONFIG, ServeError, read_properties
 from serve.torchserve import start_server, stop_server
+from training.cli import say_error
 from training.outputs import run_folder, write_csv, write_yaml
 
 COLUMNS = [
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         store, models, levels = check_args(args)
         rows = run(args, store, models, levels)
     except (UserError, ServeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say_error(str(exc))
         return 2
     out = run_folder(args.out)
     write_outputs(out, vars(args), rows)

@@ -14,7 +14,13 @@ import logging
 import os
 import sys
 
-from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+from training.cli import (
+    USER_ERRORS,
+    add_config_arguments,
+    config_from_args,
+    say_error,
+    user_message,
+)
 from training.engine import TrainingError
 
 
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run(cfg, resume=args.resume)
     except (*USER_ERRORS, TrainingError) as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        say_error(user_message(exc))
         return 2
     except KeyboardInterrupt:
         print("interrupted: outputs hold the last completed epoch", file=sys.stderr)

@@ -14,7 +14,13 @@ import argparse
 import logging
 import sys
 
-from training.cli import USER_ERRORS, add_config_arguments, config_from_args, user_message
+from training.cli import (
+    USER_ERRORS,
+    add_config_arguments,
+    config_from_args,
+    say_error,
+    user_message,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     except USER_ERRORS as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        say_error(user_message(exc))
         return 2
     if not written:
         for s in shards:

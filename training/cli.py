@@ -45,6 +45,13 @@ STRING_FLAGS = ("access", "storage", "out", "format", "arch", "s3_endpoint", "s3
 USER_ERRORS = (ConfigError, DatasetError, StorageError, ShardError, LocalS3Error)
 
 
+def say_error(text: str) -> None:
+    """Print ``error: <text>`` on stderr as one write, so that the lines of several ranks
+    failing at once never run into each other."""
+    sys.stderr.write(f"error: {text}\n")  # one write: print() writes the newline apart
+    sys.stderr.flush()
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(FLAG_KEYS)) -> None:
     """Add ``--config``, ``--set`` and the override flags named in ``flags``."""
     parser.add_argument(
@@ -131,15 +138,15 @@ def cpu_ranks_main(
         distributed.start(ranks, torch.device("cpu"), cfg.train.dist_timeout_s)
         status = work(cfg, run_folder(args.out), ranks)
     except USER_ERRORS as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        say_error(user_message(exc))
         return 2
     except distributed.RankFailed as exc:  # another rank's error, agreed: it printed it
         if not ranks.main:
             return 0
-        print(f"error: {exc}", file=sys.stderr)
+        say_error(str(exc))
         return 1
     except OSError as exc:  # an output folder not writable, a full disk
-        print(f"error: {exc}", file=sys.stderr)
+        say_error(str(exc))
         return 1
     finally:
         distributed.stop()
