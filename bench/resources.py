@@ -143,10 +143,16 @@ class ResourceSampler:
     samples, so a measured window that starts and ends between samples (after a warm-up) is
     still charged only its own CPU. Accuracy: the samples' spacing and the kernel's 10 ms
     per-process clock tick, so windows under a second are approximate.
+
+    With ``rss_only`` each sample reads this process's RSS alone (no CPU counters, no scan of
+    the children: tens of microseconds instead of milliseconds), so that a memory measurement
+    can sample every few milliseconds without the sampler taking a core (``make
+    bench-memory``); :meth:`cpu` then means nothing.
     """
 
-    def __init__(self, interval_s: float = 0.05):
+    def __init__(self, interval_s: float = 0.05, *, rss_only: bool = False):
         self.interval_s = interval_s
+        self.rss_only = rss_only
         self.samples: list[Sample] = []
         self._me = psutil.Process()
         self._ignored: set[int] = set()  # children running before the block
@@ -164,6 +170,8 @@ class ResourceSampler:
         return CpuUse.between(interpolate(self.samples, start), interpolate(self.samples, end))
 
     def _take(self) -> Sample:
+        if self.rss_only:
+            return Sample(time.perf_counter(), self._me.memory_info().rss, 0.0, 0.0)
         own = process_sample()
         rss = own.rss_bytes
         for child in self._me.children(recursive=True):

@@ -73,13 +73,14 @@ SAMPLE_INTERVAL_S = 0.002
 
 @contextlib.contextmanager
 def rss_sampled():
-    """Sample this process's resident set size (:class:`bench.resources.ResourceSampler`, every
-    ``SAMPLE_INTERVAL_S``) while the block runs, after a garbage collection; yields a dict that
-    holds, once the block ends, ``baseline`` (RSS on entering), ``peak`` (the highest sample,
-    entry and exit included), both in bytes, and ``rss_samples`` (how many samples)."""
+    """Sample this process's resident set size (:class:`bench.resources.ResourceSampler` with
+    ``rss_only``, every ``SAMPLE_INTERVAL_S``) while the block runs, after a garbage
+    collection. Yields a dict that holds, once the block ends, ``baseline`` (RSS on entering)
+    and ``peak`` (the highest sample, entry and exit included), both in bytes, and
+    ``rss_samples`` (how many samples, entry and exit included)."""
     gc.collect()
     figures: dict = {}
-    with ResourceSampler(interval_s=SAMPLE_INTERVAL_S) as sampler:
+    with ResourceSampler(interval_s=SAMPLE_INTERVAL_S, rss_only=True) as sampler:
         yield figures
     figures.update(
         baseline=sampler.samples[0].rss_bytes,

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.storage.base import StorageError
 from pipelines.storage.env_file import read_env_file, write_env_file
 from serve.process import (
     free_ports,
@@ -244,7 +245,9 @@ def running_server(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict | N
     A stale file (dead process, or a pid now used by another program) is removed.
     """
     return running_state(
-        state_paths(state_dir)["state"], lambda state: ("serve", "s3", state["data_dir"])
+        state_paths(state_dir)["state"],
+        lambda state: ("serve", "s3", state["data_dir"]),
+        program="rclone",
     )
 
 
@@ -310,7 +313,7 @@ def local_server_env(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict[s
             return None
         values = read_env_file(state_paths(state_dir)["env"])
         return values if values.get("S3_ENDPOINT") == state["endpoint"] else None
-    except (LocalS3Error, KeyError, ValueError, TypeError):  # a damaged state or env file
+    except (StorageError, KeyError, ValueError, TypeError):  # a damaged state or env file
         return None
 
 

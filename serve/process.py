@@ -83,9 +83,12 @@ def poll_until(ready: Callable[[], bool], *, deadline: float, poll_s: float = 0.
         time.sleep(poll_s)
 
 
-def owned_process(pid: int, marks: Sequence[str]) -> psutil.Process | None:
+def owned_process(
+    pid: int, marks: Sequence[str], program: str | None = None
+) -> psutil.Process | None:
     """The live process ``pid`` when its command line holds every one of ``marks`` as an
-    argument, else None (no such process, a zombie, or another program now using the pid)."""
+    argument (and its program's file name contains ``program``, when given), else None (no
+    such process, a zombie, or another program now using the pid)."""
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -93,12 +96,19 @@ def owned_process(pid: int, marks: Sequence[str]) -> psutil.Process | None:
         cmdline = proc.cmdline()
     except psutil.Error:
         return None
+    if program is not None and not (cmdline and program in Path(cmdline[0]).name):
+        return None
     return proc if all(mark in cmdline for mark in marks) else None
 
 
 def stop(proc: psutil.Process | subprocess.Popen | int, *, timeout_s: float = 10.0) -> None:
     """SIGTERM ``proc``; after ``timeout_s`` seconds SIGKILL it, then its children that are
-    still alive 5 s later. A process already gone is not an error."""
+    still alive 5 s later. A process already gone is not an error; a ``Popen`` that already
+    exited is not signalled (its pid may be another program's by now), and one stopped here is
+    reaped (its ``returncode`` set)."""
+    popen = proc if isinstance(proc, subprocess.Popen) else None
+    if popen is not None and popen.poll() is not None:
+        return
     try:
         proc = psutil.Process(proc if isinstance(proc, int) else proc.pid)
         children = proc.children(recursive=True)
@@ -112,6 +122,8 @@ def stop(proc: psutil.Process | subprocess.Popen | int, *, timeout_s: float = 10
         psutil.wait_procs([*alive, proc], timeout=5)
     except psutil.NoSuchProcess:
         pass
+    if popen is not None:
+        popen.wait(5)
 
 
 def write_state(path: Path, state: dict) -> None:
@@ -119,9 +131,12 @@ def write_state(path: Path, state: dict) -> None:
     atomic_write_text(path, json.dumps(state, indent=2) + "\n", mode=0o600)
 
 
-def running_state(path: Path, marks: Callable[[dict], Sequence[str]]) -> dict | None:
-    """The state in ``path`` when its ``pid`` still runs with the command-line ``marks(state)``;
-    else None, and a stale or unreadable file is removed."""
+def running_state(
+    path: Path, marks: Callable[[dict], Sequence[str]], program: str | None = None
+) -> dict | None:
+    """The state in ``path`` when its ``pid`` still runs with the command-line ``marks(state)``
+    (and ``program``: :func:`owned_process`); else None, and a stale or unreadable file is
+    removed."""
     try:
         state = json.loads(Path(path).read_text(encoding="utf-8"))
         pid = int(state["pid"])
@@ -129,7 +144,7 @@ def running_state(path: Path, marks: Callable[[dict], Sequence[str]]) -> dict | 
     except (OSError, ValueError, KeyError, TypeError):
         Path(path).unlink(missing_ok=True)
         return None
-    if owned_process(pid, expected) is None:
+    if owned_process(pid, expected, program) is None:
         Path(path).unlink(missing_ok=True)
         return None
     return state

@@ -208,10 +208,11 @@ def derive_properties(
 
 
 def write_properties(path: Path, props: dict[str, str], header: str) -> None:
-    """Write ``key=value`` lines atomically (temporary file in the same dir, then rename)."""
+    """Write ``key=value`` lines atomically, mode 0600 (every key of the base configuration is
+    copied, a keystore password a user added among them)."""
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{key}={value}" for key, value in props.items()]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)
 
 
 def check_ports_free(listeners: Listeners) -> None:

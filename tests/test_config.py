@@ -138,15 +138,35 @@ def test_deprecated_access_keys_still_work_with_one_notice(old, pattern, caplog,
     assert "deprecated" in notice.getMessage() and "\n" not in notice.getMessage()
 
 
-def test_deprecated_access_keys_override_the_shipped_file_and_each_other_in_order():
-    shipped = REPO / "configs" / "detection.yaml"  # says access.pattern: shards
-    assert load_config(shipped, ["access.mode=random"]).access.pattern == "random"
-    overrides = ["access.mode=sequential", "access.sequential_source=objects"]
-    assert load_config(shipped, overrides).access.pattern == "objects"
-    overrides = ["access.sequential_source=objects", "access.mode=random", "access.mode=sequential"]
-    assert load_config(shipped, overrides).access.pattern == "objects"
-    overrides = ["access.pattern=objects", "access.mode=random"]  # the later one wins
-    assert load_config(shipped, overrides).access.pattern == "random"
+OLD_FILE = "access:\n  mode: random\n  sequential_source: objects\n"
+
+
+@pytest.mark.parametrize(
+    ("file", "overrides", "pattern"),
+    [
+        ("shipped", ["access.mode=random"], "random"),
+        ("shipped", ["access.pattern=sequential"], "shards"),
+        ("shipped", ["access.mode=sequential", "access.sequential_source=objects"], "objects"),
+        ("shipped", ["access.sequential_source=objects", "access.mode=random"], "random"),
+        ("shipped", ["access.pattern=objects", "access.mode=random"], "random"),  # later wins
+        ("shipped", ["access.pattern=random", "access.sequential_source=objects"], "random"),
+        (OLD_FILE, [], "random"),
+        (OLD_FILE, ["access.mode=sequential"], "objects"),  # the file's source, as before
+        (OLD_FILE, ["access.pattern=sequential"], "objects"),  # ACCESS=sequential, as before
+        ("access:\n  pattern: objects\n  mode: sequential\n", [], "objects"),
+    ],
+)
+def test_deprecated_access_keys_work_as_they_did_over_files_old_and_new(
+    tmp_path, file, overrides, pattern
+):
+    path = REPO / "configs" / "detection.yaml"  # says access.pattern: shards
+    if file != "shipped":
+        path = tmp_path / "old.yaml"
+        path.write_text(file)
+    assert load_config(path, overrides).access.pattern == pattern
+
+
+def test_a_deprecated_key_with_a_value_it_never_had_is_refused():
     with pytest.raises(ConfigError, match="use access.pattern, one of random, shards, objects"):
         load_config(None, ["access.mode=diagonal"])
 

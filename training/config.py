@@ -589,8 +589,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
-    data = _renamed_keys(data)
-    source = None  # the deprecated access.sequential_source last given, while the pattern is random
+    data, source = _renamed_keys(data)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -610,21 +609,24 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def _renamed_override(access: dict, leaf: str, value, source: str | None) -> str | None:
-    """Apply an override of ``access.<leaf>`` in today's words, later overrides winning over the
-    file and earlier ones: ``mode: random`` is the random pattern; ``mode: sequential`` the
-    shards or objects pattern (the ``sequential_source`` given, else the file's, else shards);
-    ``sequential_source`` picks between them (remembered while the pattern is random);
-    ``pattern: sequential`` is shards. Returns the ``sequential_source`` to remember.
+    """Apply an override of ``access.<leaf>``, later overrides winning over the file and earlier
+    ones, the deprecated keys as they worked before: ``mode: random`` is the random pattern;
+    ``mode: sequential`` (``pattern: sequential``, ``ACCESS=sequential``) the last
+    ``sequential_source`` known (``source``: given, or the file's, or the file's shards or
+    objects pattern), else shards; ``sequential_source`` sets it, and the pattern unless that
+    is random. Returns the ``sequential_source`` known after it.
 
     Raises:
         ConfigError: a deprecated key with a value it never had.
     """
-    if leaf == "pattern":
-        if value == "sequential":
-            _deprecated("access pattern 'sequential' is deprecated: say shards (or objects)")
-            value = source or "shards"
+    if leaf == "pattern" and value != "sequential":
         access["pattern"] = value
-        return source
+        return value if value in ("shards", "objects") else source
+    if leaf == "pattern":
+        _deprecated("access pattern 'sequential' is deprecated: say shards (or objects)")
+        leaf, value = "mode", "sequential"
+    else:
+        _deprecated(MODE_NOTICE)
     valid = ("random", "sequential") if leaf == "mode" else ("shards", "objects")
     if value not in valid:
         raise ConfigError(
@@ -632,15 +634,12 @@ def _renamed_override(access: dict, leaf: str, value, source: str | None) -> str
             f"{', '.join(ACCESS_PATTERNS)}"
         )
     current = access.get("pattern", AccessConfig.pattern)
-    mode = "random" if current == "random" else "sequential"
-    source = source or (current if current != "random" else None)
     if leaf == "mode":
-        mode = value
-    else:
-        source = value
-    access["pattern"] = "random" if mode == "random" else (source or "shards")
-    _deprecated(MODE_NOTICE)
-    return source
+        access["pattern"] = "random" if value == "random" else (source or "shards")
+        return source
+    if current != "random":
+        access["pattern"] = value
+    return value
 
 
 _said: set[str] = set()
@@ -659,40 +658,51 @@ def _deprecated(notice: str) -> None:
         log.warning(notice)
 
 
-def _renamed_keys(data: dict) -> dict:
+def _renamed_keys(data: dict) -> tuple[dict, str | None]:
     """A config file's ``data`` with the keys of earlier versions in today's words, each with a
-    one-line deprecation notice: ``access.mode: random`` is ``access.pattern: random``;
-    ``access.mode: sequential`` with ``access.sequential_source: shards|objects`` (default
-    shards) is ``access.pattern: shards|objects``; ``access.pattern: sequential`` is
-    ``shards``. (Overrides: :func:`_renamed_override`.)
+    one-line deprecation notice (``access.mode: random`` is ``access.pattern: random``;
+    ``access.mode: sequential`` with ``access.sequential_source: shards|objects``, default
+    shards, is that pattern; ``access.pattern: sequential`` is shards, or the file's
+    ``sequential_source``), and the ``sequential_source`` it names (its old key, or its shards or
+    objects pattern) for the overrides (:func:`_renamed_override`).
 
     Raises:
         ConfigError: an old key contradicts ``access.pattern``, or has a value it never had.
     """
     access = data.get("access")
     if not isinstance(access, dict):
-        return data
+        return data, None
     access = dict(access)
     mode = access.pop("mode", None)
     source = access.pop("sequential_source", None)
-    if access.get("pattern") == "sequential":
+    pattern = access.get("pattern")
+    if mode not in (None, "random", "sequential") or source not in (None, "shards", "objects"):
+        raise ConfigError(
+            f"access.mode {mode!r} / access.sequential_source {source!r} (deprecated): use "
+            f"access.pattern, one of {', '.join(ACCESS_PATTERNS)}"
+        )
+    if pattern == "sequential":
         _deprecated("access pattern 'sequential' is deprecated: say shards (or objects)")
-        access["pattern"] = source or "shards"
+        pattern = source or "shards"
     elif mode is not None or source is not None:
-        if mode not in (None, "random", "sequential") or source not in (None, "shards", "objects"):
+        _deprecated(MODE_NOTICE)
+        old = "random" if mode == "random" else (source or pattern or "shards")
+        agrees = (
+            pattern is None
+            or pattern == old
+            or (mode == "sequential" and source is None and pattern in ("shards", "objects"))
+        )
+        if not agrees:
             raise ConfigError(
-                f"access.mode {mode!r} / access.sequential_source {source!r} (deprecated): use "
-                f"access.pattern, one of {', '.join(ACCESS_PATTERNS)}"
-            )
-        pattern = "random" if mode == "random" else (source or "shards")
-        if access.get("pattern", pattern) != pattern:
-            raise ConfigError(
-                f"access.pattern {access['pattern']!r} contradicts the deprecated access.mode "
+                f"access.pattern {pattern!r} contradicts the deprecated access.mode "
                 f"{mode!r} / access.sequential_source {source!r}: keep only access.pattern"
             )
-        _deprecated(MODE_NOTICE)
+        pattern = pattern or old
+    if pattern is not None:
         access["pattern"] = pattern
-    return {**data, "access": access}
+    if source is None and pattern in ("shards", "objects"):
+        source = pattern
+    return {**data, "access": access}, source
 
 
 def check_task(cfg: Config) -> Config:
