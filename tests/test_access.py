@@ -238,3 +238,27 @@ def test_steps_are_the_batches_the_loader_really_yields(voc_root, access, worker
         assert sum(1 for _ in loader) == loader.steps(epoch), (access, workers, epoch)
     if access != "random" and workers == 2:  # 6 + 6 samples: 2 + 2 batches of 5, not 3
         assert max(loader.steps(e) for e in (1, 2, 3)) > naive
+
+
+def test_objects_charge_each_request_to_the_batch_of_the_image_it_read(voc_root):
+    # A shuffle buffer larger than the split: with the requests taken when a sample left the
+    # buffer, the first batch carried every request of the epoch (and a bench's warm-up steps
+    # swallowed them); each image's read is its own request.
+    storage = FileSystemStorage(voc_root)
+    records, _ = load_voc_split(storage, "train", limit=12)
+    loader = build_loader(
+        storage,
+        records,
+        access="objects",
+        transform=detection_transform(True, 64),
+        class_to_index=CLASSES,
+        settings=LoaderSettings(batch_size=3, num_workers=0),
+        shuffle=True,
+        seed=0,
+        shuffle_buffer=64,
+        concurrency=2,
+    )
+    loader.set_epoch(1)
+    per_batch = [batch.requests.requests for batch in loader]
+    assert sum(per_batch) == 12
+    assert max(per_batch) <= 3 + 2  # its own reads, give or take the reads in flight

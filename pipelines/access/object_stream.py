@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from pipelines.access.shard_stream import EpochStream, worker_slot
 from pipelines.formats.records import Record
 from pipelines.samples import make_sample
-from pipelines.storage.base import Storage
+from pipelines.storage.base import RequestStats, Storage
 
 
 class ObjectStreamDataset(EpochStream):
@@ -125,10 +125,15 @@ class ObjectStreamDataset(EpochStream):
         each, rest = divmod(len(self.records), self.world_size)
         return (each + (rank < rest)) * self.repeat
 
-    def _fetch(self, record: Record) -> tuple[Record, bytes, float, float]:
+    def _fetch(self, record: Record) -> tuple[Record, bytes, float, float, RequestStats]:
+        """Read one image (in a mapper thread) with its read time, start and the requests taken
+        right after it: this read's, give or take a concurrent one's, so that a sample carries
+        its own request through the shuffle buffer (taken when it is yielded, the buffer's
+        first sample carried every request of the buffer, charged to warm-up steps)."""
         start = time.perf_counter()
         data = self.storage.read(record.image_key)
-        return record, data, time.perf_counter() - start, start
+        read_s = time.perf_counter() - start
+        return record, data, read_s, start, self.storage.take_stats()
 
     def __iter__(self) -> Iterator[dict]:
         worker_id, num_workers = worker_slot()
@@ -140,7 +145,8 @@ class ObjectStreamDataset(EpochStream):
             in_order=True,
             method="thread",
         )
-        for record, data, read_s, read_at in self.buffer_shuffled(iter(Loader(node)), worker_id):
+        fetched = self.buffer_shuffled(iter(Loader(node)), worker_id)
+        for record, data, read_s, read_at, requests in fetched:
             yield make_sample(
                 record,
                 data,
@@ -148,6 +154,6 @@ class ObjectStreamDataset(EpochStream):
                 read_s=read_s,
                 transform=self.transform,
                 class_to_index=self.class_to_index,
-                requests=self.storage.take_stats(),
+                requests=requests,
                 read_at=read_at,
             )
