@@ -173,3 +173,24 @@ def test_s3torchconnector_peers_count_samples_and_bytes(s3_jpegs, s3_server, kin
     )
     assert result.bytes == total  # every object read once, fully
     assert result.samples_per_s == pytest.approx(18 / result.seconds)
+
+
+def test_a_baseline_too_short_to_time_reads_the_objects_over_until_it_is_not(voc_root):
+    from bench.diagnosis import MIN_BASELINE_S
+    from bench.run import MAX_BASELINE_ROUNDS, measure_baseline
+    from bench.storages import prepare_fs
+    from training.config import load_config
+
+    cfg = load_config(
+        None,
+        [f"storage.root={voc_root.parent}", f"storage.prefixes=[{voc_root.name}]",
+         "dataset.limit=4", "dataset.classes=[RBC, WBC, Platelets]"],
+    )  # fmt: skip
+    prepared = prepare_fs(cfg)
+    one_round = sum(os.path.getsize(voc_root.parent / r.image_key) for r in prepared.records)
+    base = measure_baseline(prepared, None, "fs", "random", cfg, repeat=1, evict_dir=None)
+    rounds, rest = divmod(base.bytes, one_round)
+    assert rest == 0 and base.objects == rounds * 4  # whole rounds over the same four images
+    # 4 small images from the page cache take well under 0.1 s: read over until they do not
+    assert base.seconds >= MIN_BASELINE_S or rounds == MAX_BASELINE_ROUNDS
+    assert rounds > 1
