@@ -61,6 +61,7 @@ from training import distributed
 from training.config import Config, ConfigError
 from training.data import class_names
 from training.distributed import ONE_RANK, Ranks
+from training.meter import gc_frozen
 from training.outputs import write_yaml
 
 log = logging.getLogger(__name__)
@@ -91,30 +92,32 @@ def measure_baseline(
 
     A read over in less than :data:`bench.diagnosis.MIN_BASELINE_S` (a small dataset from the
     page cache: a few milliseconds) is no measurement: the objects are then read over again,
-    as many more times as should last about 1.5 times that, until one does (at most
+    as many more times as should last about twice that, until one does (at most
     :data:`MAX_BASELINE_ROUNDS` times over), and that longer read is the baseline."""
-    rounds = repeat
-    base = _raw_read(prepared, s3_storage, storage_kind, access, cfg, rounds, evict_dir, ranks)
-    while base is not None and base.seconds < MIN_BASELINE_S and rounds < MAX_BASELINE_ROUNDS:
-        more = math.ceil(1.5 * MIN_BASELINE_S / max(base.seconds, 1e-3) * rounds)
-        rounds = min(MAX_BASELINE_ROUNDS, max(more, 2 * rounds))
-        base = _raw_read(prepared, s3_storage, storage_kind, access, cfg, rounds, evict_dir, ranks)
-    return base
-
-
-def _raw_read(prepared, s3_storage, storage_kind, access, cfg, repeat, evict_dir, ranks):
-    """One raw read for :func:`measure_baseline`, ``repeat`` times over the objects."""
     if storage_kind == "fs":
-        paths = case_files(prepared, access) * repeat
-        return fs_read_baseline(paths, cold=evict_dir is not None, threads=ranks)
-    if s3_storage is None:
+        files = case_files(prepared, access)
+
+        def read(rounds: int):
+            return fs_read_baseline(files * rounds, cold=evict_dir is not None, threads=ranks)
+
+    elif s3_storage is None:
         return None
-    threads = ranks * cfg.access.concurrency
-    keys = case_keys(prepared, access) * repeat
-    return s3_get_baseline(
-        s3_storage.with_connections(max(threads, s3_storage.max_pool_connections)), keys,
-        threads=threads, evict_dir=evict_dir,
-    )  # fmt: skip
+    else:
+        threads = ranks * cfg.access.concurrency
+        keys = case_keys(prepared, access)
+        client = s3_storage.with_connections(max(threads, s3_storage.max_pool_connections))
+
+        def read(rounds: int):  # one client for every round: making one takes ~0.3 s
+            return s3_get_baseline(client, keys * rounds, threads=threads, evict_dir=evict_dir)
+
+    rounds = repeat
+    with gc_frozen():  # one collection for every round (0.2 s with torch loaded)
+        base = read(rounds)
+        while base.seconds < MIN_BASELINE_S and rounds < MAX_BASELINE_ROUNDS:
+            more = math.ceil(2 * MIN_BASELINE_S / max(base.seconds, 1e-3) * rounds)
+            rounds = min(MAX_BASELINE_ROUNDS, max(more, 2 * rounds))
+            base = read(rounds)
+    return base
 
 
 def run_pass(

@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 
 from pipelines.storage.base import RequestStats
 
+#: How many :func:`gc_frozen` blocks this thread is inside.
+_frozen_depth = 0
+
 
 @contextlib.contextmanager
 def gc_frozen() -> Iterator[None]:
@@ -47,14 +50,20 @@ def gc_frozen() -> Iterator[None]:
     Python docs advise before forking) until exit: collections meanwhile traverse only what
     the measurement creates, and DataLoader workers forked meanwhile inherit the freeze.
     Every measured loop uses it (epochs, the benchmark's baselines and peers), so all sides
-    are measured alike.
+    are measured alike. Nested blocks (a baseline read over several times) collect and freeze
+    once, in the outermost one.
     """
-    gc.collect()
-    gc.freeze()
+    global _frozen_depth
+    if _frozen_depth == 0:
+        gc.collect()
+        gc.freeze()
+    _frozen_depth += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        _frozen_depth -= 1
+        if _frozen_depth == 0:
+            gc.unfreeze()
 
 
 @dataclass
