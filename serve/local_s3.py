@@ -109,11 +109,6 @@ def new_credentials() -> tuple[str, str]:
     return access, secret
 
 
-def free_port(host: str = HOST) -> int:
-    """A TCP port that was free a moment ago on ``host`` (:func:`serve.process.free_ports`)."""
-    return free_ports(1, host)[0]
-
-
 def endpoint_answers(endpoint_port: int, timeout_s: float = 1.0) -> bool:
     """Whether an HTTP server answers on 127.0.0.1:``endpoint_port`` (any status counts)."""
     conn = http.client.HTTPConnection(HOST, endpoint_port, timeout=timeout_s)
@@ -162,7 +157,7 @@ def start_server(
     access, secret = new_credentials()
     env = {**os.environ, "RCLONE_AUTH_KEY": f'"{access},{secret}"'}
     for attempt in range(3):
-        chosen = port or free_port()
+        chosen = port or free_ports(1, HOST)[0]
         cmd = [
             rclone,
             "serve",

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from serve.preflight import check_java, find_torchserve, list_models
-from serve.process import owned_process, poll_until, start_detached, stop, write_state
+from serve.process import log_tail, owned_process, poll_until, start_detached, stop, write_state
 from serve.properties import (
     BASE_CONFIG,
     ServeError,
@@ -441,12 +441,9 @@ def log_tails(rt: RuntimeDir, lines: int = 20) -> str:
     for path in (rt.logs / "ts_log.log", rt.logs / "model_log.log", rt.console_log):
         if path == rt.console_log and parts:
             break
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except FileNotFoundError:
-            continue
+        text = log_tail(path, lines)
         if text:
-            parts.append(f"--- last lines of {path} ---\n" + "\n".join(text[-lines:]))
+            parts.append(f"--- last lines of {path} ---\n{text}")
     return "\n".join(parts)
 
 

@@ -623,7 +623,7 @@ def _renamed_override(access: dict, leaf: str, value, source: str | None) -> str
         access["pattern"] = value
         return value if value in ("shards", "objects") else source
     if leaf == "pattern":
-        _deprecated("access pattern 'sequential' is deprecated: say shards (or objects)")
+        _deprecated(SEQUENTIAL_NOTICE)
         leaf, value = "mode", "sequential"
     else:
         _deprecated(MODE_NOTICE)
@@ -644,6 +644,8 @@ def _renamed_override(access: dict, leaf: str, value, source: str | None) -> str
 
 _said: set[str] = set()
 
+#: The notice for ``access.pattern: sequential`` (``ACCESS=sequential``).
+SEQUENTIAL_NOTICE = "access pattern 'sequential' is deprecated: say shards (or objects)"
 #: The notice for ``access.mode`` / ``access.sequential_source``.
 MODE_NOTICE = (
     "access.mode and access.sequential_source are deprecated: say access.pattern: random, "
@@ -682,7 +684,7 @@ def _renamed_keys(data: dict) -> tuple[dict, str | None]:
             f"access.pattern, one of {', '.join(ACCESS_PATTERNS)}"
         )
     if pattern == "sequential":
-        _deprecated("access pattern 'sequential' is deprecated: say shards (or objects)")
+        _deprecated(SEQUENTIAL_NOTICE)
         pattern = source or "shards"
     elif mode is not None or source is not None:
         _deprecated(MODE_NOTICE)
