@@ -111,12 +111,19 @@ bench: $(READY) $(TRAIN_DATA)
 		$(call flag,format,$(FORMAT)) $(BENCH_RANKS) $(ARGS)
 BENCH_RANKS = $(if $(strip $(NPROC)),--set 'bench.ranks=[$(shell echo $$(( $(NPROC) * $(NNODES) )))]')
 
-# MLPerf Storage's question: the most simulated accelerators kept at AU >= the workload's
-# threshold, per access pattern (WORKLOAD=retinanet|resnet50|unet3d|bccd; NPROC=N: up to N x NNODES).
+# MLPerf Storage v3.0's question: the most simulated accelerators kept at AU >= the workload's
+# threshold, per access pattern, and what ran out (WORKLOAD=retinanet|unet3d|resnet50|cosmoflow|bccd,
+# ACCELERATOR=b200|mi355|h100|a100; ACCELERATORS=1,2,4: those counts, no search; RULES=closed;
+# NPROC=N: up to N x NNODES, else as many as this node's memory hosts).
 WORKLOAD ?=
+ACCELERATOR ?=
+ACCELERATORS ?=
+RULES ?=
 sweep: $(READY)
 	$(RUN) scripts.sweep --config $(CONFIG) $(if $(strip $(WORKLOAD)),--set sweep.workload=$(WORKLOAD)) \
-		$(SWEEP_RANKS) $(ARGS)
+		$(if $(strip $(ACCELERATOR)),--set sweep.accelerator=$(ACCELERATOR)) \
+		$(if $(strip $(ACCELERATORS)),--set 'sweep.points=[$(ACCELERATORS)]') \
+		$(if $(strip $(RULES)),--set sweep.rules=$(RULES)) $(SWEEP_RANKS) $(ARGS)
 SWEEP_RANKS = $(if $(strip $(NPROC)),--set 'sweep.max_accelerators=$(shell echo $$(( $(NPROC) * $(NNODES) )))')
 
 # MLPerf Storage's checkpoint workload: every rank writes its part of a SIZE_GB checkpoint (fs with

@@ -57,6 +57,38 @@ def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = True) 
     return True
 
 
+class _EvictOnClose:
+    """A binary stream that calls ``evict`` once, when it is closed."""
+
+    def __init__(self, stream: BinaryIO, evict):
+        self._stream = stream
+        self._evict = evict
+        self._closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        return self._stream.read(n)
+
+    def readinto(self, buffer) -> int:
+        return self._stream.readinto(buffer)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._stream.close()
+            finally:
+                self._evict()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class EvictBeforeRead:
     """A :class:`pipelines.storage.base.Storage` that drops each file from the page cache right
     before reading it, so every read of a pass comes from the device.
@@ -66,9 +98,15 @@ class EvictBeforeRead:
     ``local_dir / key`` with :func:`evict_page_cache` (no flush: the files were flushed when the
     pass began); everything else is passed through. Only for the benchmark.
 
-    Limits: as :func:`evict_page_cache`. With several DataLoader workers, a worker evicting a
-    file that another one is still reading (the same shard in consecutive epochs) makes that
-    one read it from the device again; the bytes it delivers are counted once.
+    Each file is evicted again once it has been read (a stream: when it is closed), so that its
+    pages do not wait in the cache for the next reader of the file (the next epoch's, or
+    another rank's).
+
+    Limits: as :func:`evict_page_cache`. With several readers, one evicting a file that another
+    one is still reading (the same shard in consecutive epochs) makes that one read it from
+    the device again; the bytes it delivers are counted once. Two readers opening the same
+    file at nearly the same moment share one device read (the sweep's ``cache_share`` shows
+    how much of a pass that was).
 
     Args:
         storage: the storage to wrap.
@@ -83,19 +121,26 @@ class EvictBeforeRead:
         evict_page_cache([self.local_dir / key], flush=False)
 
     def read(self, key: str) -> bytes:
-        """Evict, then read the whole object."""
+        """Evict, read the whole object, evict again (the next reader of the file, in the
+        next epoch or on another rank, finds none of its pages)."""
         self._evict(key)
-        return self.storage.read(key)
+        try:
+            return self.storage.read(key)
+        finally:
+            self._evict(key)
 
     def open(self, key: str) -> BinaryIO:
-        """Evict, then open the object for streaming."""
+        """Evict, then open the object for streaming; closing the stream evicts again."""
         self._evict(key)
-        return self.storage.open(key)
+        return _EvictOnClose(self.storage.open(key), lambda: self._evict(key))
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
-        """Evict, then read ``length`` bytes from offset ``start``."""
+        """Evict, read ``length`` bytes from offset ``start``, evict again."""
         self._evict(key)
-        return self.storage.read_range(key, start, length)
+        try:
+            return self.storage.read_range(key, start, length)
+        finally:
+            self._evict(key)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """As the wrapped storage."""

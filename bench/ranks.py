@@ -40,7 +40,8 @@ class Team:
         members: their global ranks, in the order that gives each its part of the split
             (member ``i`` reads part ``i`` of ``len(members)``).
         group: their process group for DistributedDataParallel's gradient exchange in a
-            ``train`` pass (:func:`with_fresh_group`), or None.
+            ``train`` pass, or the per-step barrier of an ``emulate`` one
+            (:func:`with_fresh_group`); None otherwise.
     """
 
     members: tuple[int, ...]

@@ -12,6 +12,12 @@ and waiting when they sit idle while requests are in flight. Two counters tell t
   machines while this one's cores wanted to run, on a virtual machine) is counted apart: busy
   plus steal near the number of cores means the machine was CPU-bound.
 
+Two more counters say whether the client ran out of memory and whether the page cache answered
+reads: the machine's available memory (``MemAvailable`` of ``/proc/meminfo``, psutil's
+``virtual_memory().available``), and the bytes read from the block device that holds the data
+(``/proc/diskstats``, psutil's ``disk_io_counters``): bytes delivered beyond those came from
+memory.
+
 Over a window of ``seconds`` that read ``nbytes``, MB/s (10^6 bytes/s) = host busy cores /
 host CPU seconds per MB, so the ratio of two measurements' MB/s is exactly (the ratio of their
 busy cores) x (the inverse ratio of their CPU per MB): the first factor says who kept the
@@ -22,9 +28,11 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import psutil
 
@@ -40,6 +48,10 @@ class Sample:
         host_s: busy CPU seconds of the whole machine, all cores, cumulative.
         steal_s: CPU seconds a hypervisor ran other machines while this one's cores wanted to
             run (Linux guests; 0 elsewhere), cumulative.
+        available_bytes: memory the machine can still give without swapping (bytes; 0 when
+            not read).
+        device_read_bytes: bytes read from the sampler's block device since boot (0 when not
+            read).
     """
 
     at: float
@@ -47,6 +59,8 @@ class Sample:
     client_s: float
     host_s: float
     steal_s: float = 0.0
+    available_bytes: int = 0
+    device_read_bytes: int = 0
 
 
 def host_times() -> tuple[float, float]:
@@ -55,6 +69,30 @@ def host_times() -> tuple[float, float]:
     t = psutil.cpu_times()
     busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
     return busy, getattr(t, "steal", 0.0)
+
+
+def device_of(path: str | os.PathLike) -> str | None:
+    """The block device that holds ``path``, by its name in ``/proc/diskstats`` (``vda``,
+    ``sda1``, ``nvme0n1p2``, ``dm-0``), from ``/sys/dev/block/MAJOR:MINOR``; None where no
+    block device of this machine does (tmpfs, overlay, NFS and other network filesystems) or
+    off Linux.
+
+    Raises:
+        OSError: ``path`` does not exist.
+    """
+    st = os.stat(path)
+    link = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    return link.resolve().name if link.exists() else None
+
+
+def device_read_bytes(device: str | None) -> int:
+    """Bytes read from ``device`` (:func:`device_of`) since boot; 0 for None or a device
+    psutil does not list."""
+    if device is None:
+        return 0
+    counters = psutil.disk_io_counters(perdisk=True) or {}
+    found = counters.get(device)
+    return found.read_bytes if found is not None else 0
 
 
 def process_sample() -> Sample:
@@ -127,6 +165,8 @@ def interpolate(samples: list[Sample], at: float) -> Sample:
         a.client_s + w * (b.client_s - a.client_s),
         a.host_s + w * (b.host_s - a.host_s),
         a.steal_s + w * (b.steal_s - a.steal_s),
+        min(a.available_bytes, b.available_bytes),
+        round(a.device_read_bytes + w * (b.device_read_bytes - a.device_read_bytes)),
     )
 
 
@@ -148,11 +188,18 @@ class ResourceSampler:
     the children: tens of microseconds instead of milliseconds), so that a memory measurement
     can sample every few milliseconds without the sampler taking a core (``make
     bench-memory``); :meth:`cpu` then means nothing.
+
+    Otherwise each sample also reads the machine's available memory and the bytes read from
+    ``device`` (:func:`device_of`; None: not read): :meth:`min_available_bytes` and
+    :meth:`device_bytes` give them over a window.
     """
 
-    def __init__(self, interval_s: float = 0.05, *, rss_only: bool = False):
+    def __init__(
+        self, interval_s: float = 0.05, *, rss_only: bool = False, device: str | None = None
+    ):
         self.interval_s = interval_s
         self.rss_only = rss_only
+        self.device = device
         self.samples: list[Sample] = []
         self._me = psutil.Process()
         self._ignored: set[int] = set()  # children running before the block
@@ -169,10 +216,28 @@ class ResourceSampler:
         """CPU spent between the ``time.perf_counter()`` times ``start`` and ``end``."""
         return CpuUse.between(interpolate(self.samples, start), interpolate(self.samples, end))
 
+    def min_available_bytes(self, start: float, end: float) -> int:
+        """The least memory the machine had available between the ``time.perf_counter()``
+        times ``start`` and ``end`` (bytes; the samples around the window count)."""
+        inside = [s.available_bytes for s in self.samples if start <= s.at <= end]
+        edges = [interpolate(self.samples, start), interpolate(self.samples, end)]
+        return min([*inside, *(s.available_bytes for s in edges)])
+
+    def device_bytes(self, start: float, end: float) -> int:
+        """Bytes read from the sampler's ``device`` between ``start`` and ``end`` (0 without
+        one), interpolated between samples."""
+        first, last = interpolate(self.samples, start), interpolate(self.samples, end)
+        return max(0, last.device_read_bytes - first.device_read_bytes)
+
     def _take(self) -> Sample:
         if self.rss_only:
             return Sample(time.perf_counter(), self._me.memory_info().rss, 0.0, 0.0)
         own = process_sample()
+        own = replace(
+            own,
+            available_bytes=psutil.virtual_memory().available,
+            device_read_bytes=device_read_bytes(self.device),
+        )
         rss = own.rss_bytes
         for child in self._me.children(recursive=True):
             if child.pid in self._ignored:

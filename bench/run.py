@@ -146,8 +146,8 @@ def run_pass(
         Exception: on every rank when the pass or the baseline failed on any.
     """
     team = br.team(case.ranks)
-    if case.mode == "train":
-        team = with_fresh_group(team)
+    if case.mode == "train" or (case.mode == "emulate" and cfg.bench.sync == "step"):
+        team = with_fresh_group(team)  # DDP's gradient exchange, or the per-step barrier
     try:
         return _run_pass(case, pass_index, prep, s3_storage, cfg, classes, br, team)
     finally:
@@ -182,7 +182,7 @@ def _run_pass(case, pass_index, prep, s3_storage, cfg, classes, br, team):
         mine, error = attempt(lambda: run_case(
             case, cfg, EvictBeforeRead(storage, evict_dir) if evict_dir else storage,
             prep.records, shards, classes, pass_index=pass_index, repeat=repeat, team=team,
-            part=part,
+            part=part, local_dir=prep.local_dir,
         ))  # fmt: skip
     parts = [p for p in gather_agreed(mine, error) if p is not None]
     result, error = None, None

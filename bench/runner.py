@@ -30,15 +30,19 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
+import psutil
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from bench.ranks import Team, node_of_this_rank
-from bench.resources import CpuUse, ResourceSampler
+from bench.resources import CpuUse, ResourceSampler, device_of
 from pipelines.access.loaders import EpochLoader, LoaderSettings, build_loader
 from pipelines.formats.records import Record
 from pipelines.samples import Batch
@@ -185,6 +189,12 @@ class PassPart:
         peak_rss_bytes: the most memory they held at once.
         node: its node (torchrun's ``GROUP_RANK``): machine-wide counters are counted once
             per node.
+        cores: CPU cores of its node (``os.cpu_count()``).
+        memory_bytes: memory of its node (bytes).
+        min_available_bytes: the least memory its node had available in the window (bytes).
+        device_read_bytes: bytes read from the block device holding the data on its node in
+            the window, or None where no block device of this machine holds it (a remote
+            storage, a network filesystem, tmpfs).
     """
 
     row: dict
@@ -193,6 +203,10 @@ class PassPart:
     cpu: CpuUse
     peak_rss_bytes: int
     node: int = 0
+    cores: int = 1
+    memory_bytes: int = 0
+    min_available_bytes: int = 0
+    device_read_bytes: int | None = None
 
 
 def combine(parts: list[PassPart]) -> dict:
@@ -205,20 +219,41 @@ def combine(parts: list[PassPart]) -> dict:
     every rank's processes and each node's machine-wide counters once (its first rank's, over
     that rank's window), per second of the longest window; ``data_wait_share`` is the mean
     wait over the slowest wall time.
+
+    What a client node may have run out of, from each node's first rank: ``client_cpu_busy``,
+    the busiest node's share of its cores busy or stolen (0 to 1); ``memory_available_share``,
+    the least memory any node had available over its memory (0 to 1); ``cache_share``, the
+    share of the bytes delivered that did not come from the block devices holding the data
+    (the page cache's, 0 to 1; NaN where no block device of these machines holds the data).
     """
     row = aggregate([p.row for p in parts], [p.requests for p in parts])
     row["peak_rss_mib"] = sum(p.peak_rss_bytes for p in parts) / 2**20
-    per_node = {}
+    per_node: dict[int, PassPart] = {}
     for part in parts:
-        per_node.setdefault(part.node, part.cpu)
+        per_node.setdefault(part.node, part)
+    firsts = list(per_node.values())
     cpu = CpuUse(
         max(p.cpu.seconds for p in parts),
         sum(p.cpu.client_s for p in parts),
-        sum(c.host_s for c in per_node.values()),
-        sum(c.steal_s for c in per_node.values()),
+        sum(p.cpu.host_s for p in firsts),
+        sum(p.cpu.steal_s for p in firsts),
     )
     row.update(cpu.figures(row["bytes_read"]))
     row["data_wait_share"] = row["data_wait_s"] / row["wall_s"] if row["wall_s"] > 0 else math.nan
+    row["client_cpu_busy"] = max(
+        (p.cpu.host_s + p.cpu.steal_s) / (p.cpu.seconds * p.cores) if p.cpu.seconds > 0 else 0.0
+        for p in firsts
+    )
+    row["memory_available_share"] = min(
+        p.min_available_bytes / p.memory_bytes if p.memory_bytes else math.nan for p in firsts
+    )
+    device = [p.device_read_bytes for p in firsts if p.device_read_bytes is not None]
+    row["device_read_bytes"] = sum(device) if device else math.nan
+    row["cache_share"] = (
+        min(1.0, max(0.0, 1 - sum(device) / row["bytes_read"]))
+        if device and row["bytes_read"] > 0
+        else math.nan
+    )
     return row
 
 
@@ -234,13 +269,19 @@ def run_case(
     repeat: int,
     team: Team = ONE,
     part: int = 0,
+    local_dir: Path | None = None,
 ) -> PassPart:
     """Run this rank's part of one pass of one configuration, reading ``repeat`` epochs at
     most (:func:`pass_repeat`).
 
     With several ranks in ``team``, this rank (its ``part``) reads its part of each epoch's
     split (:func:`pipelines.access.loaders.build_loader`'s ``rank`` and ``world_size``, with equal
-    steps on every rank); every rank runs the same warm-up and measured steps.
+    steps on every rank); every rank runs the same warm-up and measured steps. In ``emulate``
+    mode with ``bench.sync: step`` and a process group in ``team``, the ranks wait for each
+    other before every step after the first (:func:`step_barrier`).
+
+    ``local_dir``: the folder on this machine that the storage's keys live in, whose block
+    device's reads are counted (:attr:`PassPart.device_read_bytes`); None: not counted.
     """
     task = task_module(cfg.task)
     steps = case_steps(case, cfg)
@@ -266,7 +307,8 @@ def run_case(
         equal_steps=team.size > 1,
     )
     compute = compute_fn(case, cfg, classes, team)
-    with ResourceSampler() as resources:
+    device = device_of(local_dir) if local_dir is not None else None
+    with ResourceSampler(device=device) as resources:
         meter = measure_steps(
             pass_batches(loader, pass_index),
             compute,
@@ -278,8 +320,11 @@ def run_case(
             from_first_read=case.mode == "read",
             # DDP: a batch of corrupt images on one rank skips the step on all of them
             agree=(
-                functools.partial(all_agree, group=team.group) if team.group is not None else None
+                functools.partial(all_agree, group=team.group)
+                if team.group is not None and case.mode == "train"
+                else None
             ),
+            sync=step_barrier(case, cfg, team),
         )
     rank = team.members[part]
     return PassPart(
@@ -289,4 +334,25 @@ def run_case(
         cpu=resources.cpu(meter.started, meter.finished),
         peak_rss_bytes=resources.peak_rss_bytes,
         node=node_of_this_rank(),
+        cores=os.cpu_count() or 1,
+        memory_bytes=psutil.virtual_memory().total,
+        min_available_bytes=resources.min_available_bytes(meter.started, meter.finished),
+        device_read_bytes=(
+            resources.device_bytes(meter.started, meter.finished) if device else None
+        ),
     )
+
+
+def step_barrier(case: Case, cfg: Config, team: Team):
+    """The per-step collective of an ``emulate`` pass on several ranks, or None.
+
+    In data-parallel training every rank waits for the others at each step (the gradient
+    all-reduce); DLIO, the engine of MLPerf Storage, puts a barrier in every step. With
+    ``bench.sync: step`` the simulated accelerators of ``team`` do the same: a barrier on its
+    process group before each step after the first, whose wait counts as data wait (a rank
+    waits for the slowest rank's data), so one slow reader lowers every rank's AU. With
+    ``none`` (or one rank, or no group) each rank steps on its own.
+    """
+    if case.mode != "emulate" or cfg.bench.sync != "step" or team.group is None:
+        return None
+    return functools.partial(dist.barrier, group=team.group)

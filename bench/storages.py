@@ -56,14 +56,14 @@ class Prepared:
     local_dir: Path | None
 
 
-def prepare_fs(cfg: Config) -> Prepared:
+def prepare_fs(cfg: Config, *, shards: bool = True) -> Prepared:
     """The filesystem dataset of ``storage.root`` / ``storage.prefixes``, its shards written
-    when missing."""
+    when missing (``shards``: only when an access pattern of the run reads them)."""
     fs_cfg = replace(cfg, storage=replace(cfg.storage, type="fs"))
     source = open_storage(fs_cfg)
     records, _ = load_split(source, fs_cfg, cfg.dataset.train_split)
-    _, shards, _ = split_shards(source, fs_cfg, cfg.dataset.train_split, records)
-    return Prepared(source, records, shards, Path(cfg.storage.root))
+    found = split_shards(source, fs_cfg, cfg.dataset.train_split, records)[1] if shards else []
+    return Prepared(source, records, found, Path(cfg.storage.root))
 
 
 def start_local_bucket(
@@ -100,13 +100,14 @@ def start_local_bucket(
 
 
 def start_local_s3(
-    cfg: Config, stack: contextlib.ExitStack, out: Path
+    cfg: Config, stack: contextlib.ExitStack, out: Path, *, shards: bool = True
 ) -> tuple[Config, Path, dict[str, str]]:
     """Start a local S3 server for the run (:func:`start_local_bucket`) and upload the
     dataset folder to it.
 
-    The copy of ``<storage.root>/<first prefix>`` (images, annotations, splits and shards)
-    lands under ``s3://dss-bench/<first prefix>/``.
+    The copy of ``<storage.root>/<first prefix>`` (images, annotations, splits, and the
+    shards folder ``dataset.shards_prefix`` when ``shards``) lands under
+    ``s3://dss-bench/<first prefix>/``.
 
     Returns:
         ``(cfg pointing at the server, the server's folder behind the bucket, the environment
@@ -120,7 +121,8 @@ def start_local_s3(
     uploader = S3Storage(LOCAL_BUCKET, prefix, endpoint_url=endpoint)
     folder = Path(cfg.storage.root) / prefix
     print(f"local S3 server {endpoint}: uploading {folder}")
-    upload_tree(folder, uploader, progress=True)
+    skip = () if shards else (cfg.dataset.shards_prefix,)
+    upload_tree(folder, uploader, progress=True, exclude=skip)
     storage = replace(cfg.storage, endpoint_url=endpoint, bucket=LOCAL_BUCKET, prefixes=[prefix])
     return replace(cfg, storage=storage), bucket_dir, env
 
@@ -168,13 +170,16 @@ def set_environment(env: dict[str, str], stack: contextlib.ExitStack) -> None:
     stack.callback(restore)
 
 
-def prepare_s3(cfg: Config, client_lib: str, local_dir: Path | None) -> Prepared:
-    """The S3 dataset as ``cfg.storage`` names it, read with ``client_lib``."""
+def prepare_s3(
+    cfg: Config, client_lib: str, local_dir: Path | None, *, shards: bool = True
+) -> Prepared:
+    """The S3 dataset as ``cfg.storage`` names it, read with ``client_lib`` (its shards found
+    or written only when ``shards``)."""
     s3_cfg = replace(cfg, storage=replace(cfg.storage, type="s3", client_lib=client_lib))
     source = open_storage(s3_cfg)
     records, _ = load_split(source, s3_cfg, cfg.dataset.train_split)
-    _, shards, _ = split_shards(source, s3_cfg, cfg.dataset.train_split, records)
-    return Prepared(source, records, shards, local_dir)
+    found = split_shards(source, s3_cfg, cfg.dataset.train_split, records)[1] if shards else []
+    return Prepared(source, records, found, local_dir)
 
 
 class Storages:
@@ -195,17 +200,20 @@ class Storages:
         client_libs: the S3 client libraries it reads with.
         stop: raise a storage's failure (``bench.on_error: stop``) instead of keeping it for
             :meth:`get` to raise for each configuration of that storage.
+        shards: whether an access pattern of the run reads shards (else none are written or
+            uploaded).
     """
 
-    def __init__(self, cfg, out, br, stack, kinds, client_libs, *, stop: bool):
+    def __init__(self, cfg, out, br, stack, kinds, client_libs, *, stop: bool, shards=True):
         self.cfg, self.out, self.br, self.stack, self.stop = cfg, out, br, stack, stop
+        self.shards = shards
         self.client_libs = list(dict.fromkeys(client_libs))
         self.prepared: dict[tuple[str, str], Prepared] = {}
         self.unprepared: dict[tuple[str, str], Exception] = {}
         endpoint = cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
         self.local_s3 = distributed.gather("s3" in kinds and not endpoint)[0]
         if "fs" in kinds or self.local_s3:
-            self._prepare(("fs", "-"), lambda: prepare_fs(cfg))
+            self._prepare(("fs", "-"), lambda: prepare_fs(cfg, shards=shards))
 
     def get(self, kind: str, client_lib: str) -> Prepared:
         """The prepared storage (``client_lib`` ``-`` for fs); preparing S3 the first time.
@@ -249,10 +257,14 @@ class Storages:
         s3_cfg, s3_dir = self.cfg, None
         if self.local_s3:
             s3_cfg, s3_dir = share_local_s3(
-                lambda: start_local_s3(self.cfg, self.stack, self.out), self.br, self.stack
+                lambda: start_local_s3(self.cfg, self.stack, self.out, shards=self.shards),
+                self.br,
+                self.stack,
             )
         for lib in self.client_libs:
-            self._prepare(("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir))
+            self._prepare(
+                ("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir, shards=self.shards)
+            )
 
 
 def case_keys(prepared: Prepared, access: str) -> list[str]:

@@ -10,9 +10,10 @@ from pipelines.storage.base import StorageError
 from pipelines.storage.s3 import S3Storage
 
 
-def local_files(src: str | os.PathLike) -> list[tuple[Path, str]]:
+def local_files(src: str | os.PathLike, exclude: tuple[str, ...] = ()) -> list[tuple[Path, str]]:
     """Every regular file under ``src`` (symlinks followed, hidden files included), sorted, as
-    ``(path, key relative to src)``.
+    ``(path, key relative to src)``; the folders named in ``exclude`` (directly under
+    ``src``) are left out.
 
     Raises:
         StorageError: ``src`` is not a directory or holds no file.
@@ -22,6 +23,8 @@ def local_files(src: str | os.PathLike) -> list[tuple[Path, str]]:
         raise StorageError(f"{src} is not a directory: give the dataset folder to upload")
     files = []
     for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
+        if Path(dirpath) == src:
+            dirnames[:] = [d for d in dirnames if d not in exclude]
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -38,8 +41,10 @@ def upload_tree(
     *,
     workers: int = 8,
     progress: bool = True,
+    exclude: tuple[str, ...] = (),
 ) -> tuple[int, int]:
-    """Upload every file under ``src`` to ``storage`` (key = path relative to ``src``).
+    """Upload every file under ``src`` to ``storage`` (key = path relative to ``src``), but
+    those of the folders directly under ``src`` named in ``exclude``.
 
     ``workers`` files upload at once (threads); large files go as multipart uploads
     (:meth:`S3Storage.put_file`). A tqdm bar shows bytes when ``progress``.
@@ -53,7 +58,7 @@ def upload_tree(
     """
     from tqdm import tqdm
 
-    files = local_files(src)
+    files = local_files(src, exclude)
     total = sum(path.stat().st_size for path, _ in files)
     done_bytes = 0
     with (

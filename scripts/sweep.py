@@ -1,16 +1,21 @@
-"""How many simulated accelerators does this storage keep at or above a workload's AU threshold?
+"""How many simulated accelerators does this storage keep at or above a workload's AU threshold,
+and what runs out there: the storage, the client's CPU or memory?
 
-    make sweep WORKLOAD=retinanet                # simulated h100, up to 2 of them here
-    make sweep WORKLOAD=resnet50 NPROC=8         # up to 8 ranks on this node (x NNODES)
-    make sweep WORKLOAD=bccd                     # this tool's detector, its step time measured
+    make sweep                                   # retinanet on b200; fs and a local S3 server
+    make sweep WORKLOAD=unet3d ACCELERATOR=b200  # MLPerf Storage v3.0's other closed workload
+    make sweep ACCELERATORS=1,2,4,8              # those counts, no search: a curve
+    make sweep RULES=closed                      # no answer unless every v3.0 rule holds
+    make sweep NPROC=8 NNODES=2 NODE_RANK=...    # up to 8 per node on 2 client nodes
 
-MLPerf Storage's number, searched for by itself (:mod:`bench.sweep`): for each storage and
-access pattern, double the accelerators from one per node until the mean AU falls below the
-profile's threshold, bisect, then repeat the answer with new seeds. Writes
-``outputs/sweep/<timestamp>/`` (sweep.csv, report.md, two plots, config.yaml) and prints the
-answers. With ``sweep.max_accelerators`` above one and no torchrun, this starts the ranks
-itself on this machine. Exit status: 0; 1 when a search failed (its error is in the report);
-2 for a user error (one line).
+MLPerf Storage's number, searched for by itself (:mod:`bench.sweep.run`): for each storage and
+access pattern, double the accelerators until the mean AU falls below the profile's threshold
+or the client runs out, bisect, then run the answer again with new seeds. Without torchrun and
+``sweep.max_accelerators: auto`` one rank is measured first and the node's memory sets how many
+ranks start (:mod:`bench.sweep.launch`). Writes ``outputs/sweep/<timestamp>/`` (sweep.csv,
+report.md, points/*/summary.json, two plots, config.yaml) and prints each point and the
+answers. Exit status: 0; 1 when a search failed (its error is in the report); 2 for a user
+error (one line), or, with ``sweep.rules: closed``, rules that fail before anything runs (one
+line each); 3 when closed rules fail on what was measured (the report lists them).
 """
 
 from __future__ import annotations
@@ -37,21 +42,29 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; see the module doc for the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    return cpu_ranks_main(
-        argv, get_args_parser(), "scripts.sweep", lambda cfg: cfg.sweep.max_accelerators, sweep
-    )
+    return cpu_ranks_main(argv, get_args_parser(), "scripts.sweep", launch_size, sweep)
+
+
+def launch_size(cfg: Config) -> int:
+    """The ranks to start (:func:`bench.sweep.launch.launch_size`)."""
+    from bench.sweep.launch import launch_size as size
+
+    return size(cfg)
 
 
 def sweep(cfg: Config, out: Path, ranks: Ranks) -> int:
-    """Every rank: the search; rank 0 writes the outputs and prints the answers."""
-    from bench.sweep import answer_line, run_sweep, write_outputs
+    """Every rank: the sweep; rank 0 writes the outputs and prints the answers."""
+    from bench.sweep.report import answer_line, write_outputs
+    from bench.sweep.run import run_sweep
 
     rows, searches, facts = run_sweep(cfg, out, ranks)
     if not ranks.main:
         return 0
     write_outputs(out, cfg, rows, searches, facts)
-    print("\n".join(answer_line(facts["workload"], s) for s in searches))
+    print("\n".join(answer_line(facts["workload"], s, facts) for s in searches))
     print(f"report: {out / 'report.md'}")
+    if any(s.refused for s in searches):
+        return 3
     return 1 if any(s.error for s in searches) else 0
 
 

@@ -1,8 +1,8 @@
-"""`make sweep` for real: one torchrun launch of two ranks (started by the sweep itself) reads a
-tiny dataset generated to the retinanet profile from the filesystem and from a local S3 server
-it starts, searches random and shards on each, repeats the answer, and writes its outputs.
-Whether a point passes depends on this machine's speed, so the test checks that the search
-followed its rule on what it measured, not a number."""
+"""`make sweep` for real: one torchrun launch of two ranks (started by the sweep itself, stepping
+together) reads a tiny dataset generated to the retinanet_b200 profile from the filesystem and
+from a local S3 server it starts, searches random and shards on each, repeats the answer, and
+writes its outputs. Whether a point passes depends on this machine's speed, so the test checks
+that the search followed its rule on what it measured, not a number."""
 
 from __future__ import annotations
 
@@ -35,27 +35,34 @@ def test_a_tiny_sweep_searches_each_access_pattern_and_reports_the_answer(tmp_pa
     assert "NOT met: dataset" in report and "500" in report  # 12 samples break both rules
     for name in ("au_vs_accelerators.png", "throughput_vs_accelerators.png", "config.yaml"):
         assert (run / name).stat().st_size > 0
+    assert len(list(run.glob("points/*/summary.json"))) == len(rows)  # DLIO's names, per point
     assert "Traceback" not in log
 
 
 def check_search(rows: list[dict], report: str, storage: str, access: str) -> None:
     """The search of ``storage``/``access`` followed its rule on what it measured: doubling
-    from one (2, the most there is, tried exactly when 1 passed), the answer repeated with
-    another seed, the report's sentence saying it; every point cold."""
+    from one (2, the most there is, tried exactly when 1 passed with the client's headroom
+    left), the answer repeated with another seed, the report's sentence saying it with its
+    limit; every point cold."""
     mine = [r for r in rows if (r["storage"], r["access"]) == (storage, access)]
     first = [r for r in mine if r["repeat"] == "0"]
     tried = [int(r["accelerators"]) for r in first]
-    assert tried == ([1, 2] if first[0]["passed"] == "True" else [1]), (storage, access)
+    more = first[0]["passed"] == "True" and first[0]["limit"] == ""
+    assert tried == ([1, 2] if more else [1]), (storage, access, first)
     for r in mine:
         assert 0 < float(r["au"]) <= 1 and float(r["au_min"]) <= float(r["au"])
-        nominal = float(r["samples_per_s"]) * 0.1536  # 153,600-byte samples
-        assert float(r["nominal_mbps"]) == pytest.approx(nominal, rel=1e-4)
+        dlio = float(r["samples_per_s"]) * 322_957 / 2**20  # DLIO's MB/s: MiB of mean samples
+        assert float(r["train_io_mean_MB_per_second"]) == pytest.approx(dlio, rel=1e-4)
         assert r["cache"] == "cold (each file evicted before it is read)"
+        assert 0 <= float(r["client_cpu_busy"]) <= 1.01
+        assert r["limit"] in ("", "storage", "client CPU", "client memory")
     answer = max((int(r["accelerators"]) for r in first if r["passed"] == "True"), default=0)
     repeats = [r for r in mine if int(r["accelerators"]) == answer]
     assert len(repeats) == (2 if answer else 0)
     assert len({r["seed"] for r in repeats}) == len(repeats)
+    line = next(x for x in report.splitlines() if x.startswith(f"- {storage}, {access}:"))
     if answer:
-        assert f"- {storage}, {access}: {answer} simulated h100 at AU >= 85% on retinanet" in report
+        assert f"{answer} simulated b200 ({answer} per client node) at AU >= 85%" in line
     else:
-        assert f"- {storage}, {access}: not even 1 simulated h100" in report
+        assert "not even 1 simulated b200" in line
+    assert "Limit: " in line

@@ -108,7 +108,8 @@ def cpu_ranks_main(
 ) -> int:
     """The ``main`` of a command whose ranks need no accelerator (``make sweep``, ``make
     checkpoint-bench``): parse ``argv`` (``--out``: the runs' parent folder), log warnings with
-    each rank's number, read the config; without torchrun and ``ranks_wanted(cfg) > 1``, start
+    each rank's number, read the config; without torchrun and ``ranks_wanted(cfg) > 1`` (called
+    only without torchrun: it may measure this machine first), start
     that many ranks of ``python -m module argv`` on this machine
     (:func:`scripts.launch.relaunch`); otherwise join the process group on the CPU (gloo), agree
     on rank 0's run folder (:func:`training.outputs.run_folder`) and call ``work(cfg, out,
@@ -130,8 +131,8 @@ def cpu_ranks_main(
         rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
         logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
         cfg = config_from_args(args)
-        wanted = ranks_wanted(cfg)
-        if not ranks.distributed and wanted > 1:
+        wanted = 1 if ranks.distributed else ranks_wanted(cfg)
+        if wanted > 1:
             from scripts.launch import relaunch
 
             return relaunch(module, wanted, argv, module.rpartition(".")[2].replace("_", "-"))

@@ -48,13 +48,16 @@ def opt(
     nullable=False,
     item_kind: type = str,
     allow_empty: bool = False,
+    auto: bool = False,
 ):
     """Declare a configuration key: its default, type, allowed values and description.
 
     For ``kind=list``, ``item_kind`` is the type of the items and ``choices`` / ``minimum``
-    apply to each item; ``allow_empty`` accepts empty strings as items.
+    apply to each item; ``allow_empty`` accepts empty strings as items; ``auto`` accepts the
+    word ``auto`` besides values of ``kind``.
     """
     meta = {
+        "auto": auto,
         "help": help,
         "kind": kind,
         "choices": choices,
@@ -378,6 +381,13 @@ class BenchConfig:
         "decode and transform images in the benchmark; false measures the read path alone",
         kind=bool,
     )
+    sync: str = opt(
+        "step",
+        "emulate on several ranks: step = the ranks wait for each other at every step (a "
+        "barrier, as data-parallel training and DLIO do); none = each rank steps on its own",
+        kind=str,
+        choices=("step", "none"),
+    )
     baselines: bool = opt(
         True, "measure a raw read baseline after each pass (cat over files, boto3 GETs)", kind=bool
     )
@@ -397,13 +407,16 @@ class SweepConfig:
 
     workload: str = opt(
         "retinanet",
-        "MLPerf Storage workload profile: retinanet, resnet50, unet3d, or bccd (this tool's "
-        "detector, its step time measured here)",
+        "MLPerf Storage v3.0 workload: retinanet, unet3d (closed), resnet50, cosmoflow (whatif), "
+        "or bccd (this tool's detector, its step time measured here)",
         kind=str,
-        choices=("retinanet", "resnet50", "unet3d", "bccd"),
+        choices=("retinanet", "unet3d", "resnet50", "cosmoflow", "bccd"),
     )
     accelerator: str = opt(
-        "h100", "the accelerator whose step time the profile gives (h100, a100)", kind=str
+        "b200",
+        "the simulated accelerator: b200, mi355 (closed), h100, a100 (whatif)",
+        kind=str,
+        choices=("b200", "mi355", "h100", "a100"),
     )
     samples: int = opt(
         1000,
@@ -412,11 +425,28 @@ class SweepConfig:
         kind=int,
         minimum=2,
     )
-    max_accelerators: int = opt(
-        2,
-        "the most simulated accelerators (ranks) tried; make sweep NPROC=N sets N x NNODES",
+    max_accelerators: int | str = opt(
+        "auto",
+        "the most simulated accelerators (ranks) tried; auto: as many as this node's memory "
+        "hosts (one rank measured first); make sweep NPROC=N sets N x NNODES",
         kind=int,
         minimum=1,
+        auto=True,
+    )
+    points: list = opt(
+        [],
+        "accelerator counts to measure, no search (a curve), e.g. [1, 2, 4, 8] "
+        "(ACCELERATORS=1,2,4,8); empty: search",
+        kind=list,
+        item_kind=int,
+        minimum=1,
+    )
+    rules: str = opt(
+        "quick",
+        "quick: state MLPerf Storage v3.0's unmet rules and answer; closed: no answer unless "
+        "every rule holds (exit status 2 before running, 3 after)",
+        kind=str,
+        choices=("quick", "closed"),
     )
     storages: list = opt(
         ["fs", "s3"],
@@ -440,14 +470,29 @@ class SweepConfig:
         kind=int,
         minimum=-1,
     )
-    steps: int = opt(20, "measured steps per point", kind=int, minimum=1)
+    steps: int = opt(
+        100,
+        "measured steps per point and rank (rules=closed: one epoch, at least 500)",
+        kind=int,
+        minimum=1,
+    )
     warmup_steps: int = opt(
-        2, "steps run before measuring at every point (excluded)", kind=int, minimum=0
+        1,
+        "steps left out at the start of every point (MLPerf leaves out the first)",
+        kind=int,
+        minimum=0,
+    )
+    sync: str = opt(
+        "step",
+        "step: the simulated accelerators wait for each other at every step (data-parallel "
+        "training, DLIO's barrier); none: each on its own",
+        kind=str,
+        choices=("step", "none"),
     )
     repeats: int = opt(
         3,
-        "runs at the answer, each with a new seed (MLPerf asks for several); their spread is "
-        "reported",
+        "runs at the answer in all, the search's first, then new seeds (rules=closed: a "
+        "warm-up run and 5 more); their mean and spread are reported",
         kind=int,
         minimum=1,
     )
@@ -765,6 +810,8 @@ def _build(cls, data: Any, prefix: str):
 
 def _check(key: str, value: Any, meta) -> Any:
     kind, choices, minimum = meta["kind"], meta["choices"], meta["minimum"]
+    if meta["auto"] and value == "auto":
+        return value
     if value is None:
         if meta["nullable"]:
             return None
@@ -779,7 +826,8 @@ def _check(key: str, value: Any, meta) -> Any:
     if kind is bool and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
         value = value.lower() in ("true", "1")
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r} ({meta['help']})")
+        also = " or auto" if meta["auto"] else ""
+        raise ConfigError(f"{key} must be {kind.__name__}{also}, got {value!r} ({meta['help']})")
     if kind is list:
         return _check_list(key, value, meta)
     if choices and value not in choices:

@@ -47,6 +47,7 @@ def measure_steps(
     from_first_read: bool = False,
     trace: list | None = None,
     agree: Callable[[bool], bool] | None = None,
+    sync: Callable[[], object] | None = None,
 ) -> EpochMeter:
     """Pull batches from ``loader`` and run ``compute`` on each, timing both sides.
 
@@ -77,6 +78,9 @@ def measure_steps(
         agree: with several ranks, ``agree(has images)`` is True when every rank's batch has
             images (:func:`training.distributed.all_agree`): ``compute`` runs only then, so
             that a batch of corrupt images on one rank skips the step on all of them.
+        sync: called before asking for every batch but the first: a collective that makes
+            the ranks step together (the benchmark's simulated accelerators,
+            :func:`bench.runner.step_barrier`); its wait counts as the step's data wait.
 
     Full garbage collections are kept out of the epoch (:func:`training.meter.gc_frozen`).
 
@@ -100,6 +104,8 @@ def measure_steps(
         try:
             while max_steps is None or step < warmup_steps + max_steps:
                 waited = time.perf_counter()
+                if sync is not None and step > 0:
+                    sync()
                 try:
                     batch = next(iterator)
                 except StopIteration:

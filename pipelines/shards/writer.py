@@ -45,7 +45,9 @@ def write_shards(
 
     Each shard is written to a local temporary file (its CRC-32 computed as it is written) and
     handed to ``storage.put_file`` only when complete, so a reader never sees a partial shard;
-    the manifest, with each sample's :class:`SourceStamp`, is written last. The images'
+    the manifest, with each sample's :class:`SourceStamp`, is written last. When writing fails
+    (a full disk, an unreadable image, an interruption) the shards already written are
+    removed again, so that a failed run leaves no half set behind. The images'
     versions are taken before they are read, so an image replaced meanwhile shows as changed
     on the next check, never the other way round. A shard closes before the sample that would
     take it past ``target_bytes``; a sample larger than the target gets a shard of its own.
@@ -123,6 +125,9 @@ def write_shards(
             size += entry
         finish()
         storage.write(f"{prefix}/{MANIFEST}", _manifest_json(shards, stamps, target_bytes))
+    except BaseException:
+        _remove(storage, [s.key for s in shards])  # no half-written set is left behind
+        raise
     finally:
         if tmp_file is not None:
             tmp_file.close()
@@ -130,6 +135,16 @@ def write_shards(
             os.unlink(os.path.join(tmpdir, name))
         os.rmdir(tmpdir)
     return shards
+
+
+def _remove(storage: Storage, keys: list[str]) -> None:
+    """Delete ``keys`` from ``storage`` as far as it goes (a failure is logged: the error that
+    led here is the one to raise)."""
+    for key in keys:
+        try:
+            storage.delete(key)
+        except StorageError as exc:
+            log.warning("could not remove the partial shard %s: %s", key, exc)
 
 
 class _ChecksumFile:

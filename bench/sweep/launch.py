@@ -1,0 +1,71 @@
+"""Before a sweep's ranks start: the closed rules that need nothing run, and how many ranks to
+start (``sweep.max_accelerators: auto``: one rank measured on this node first)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import psutil
+
+from bench.runner import Case, run_case
+from bench.storages import prepare_fs
+from bench.sweep.dataset import sweep_dataset
+from bench.sweep.points import allow_readers_beyond_cores, points_config, workers_per_rank
+from bench.sweep.run import check_before
+from bench.sweep.sizing import PeakMemory, Sizing, hand_to_ranks, size_node
+from bench.sweep.workloads import Workload, workload
+from training.config import Config
+from training.data import class_names
+from training.distributed import ONE_RANK
+
+#: Steps of the one-rank measurement, at least: enough for every DataLoader worker to read a
+#: few batches (its memory grows with what it has read and sent).
+PROBE_STEPS = 12
+
+
+def launch_size(cfg: Config) -> int:
+    """How many ranks a sweep started without torchrun needs on this machine: the largest of
+    ``sweep.points``, ``sweep.max_accelerators``, or with ``auto`` what :func:`probe_node`
+    finds (handed to the ranks for the report). With ``sweep.rules: closed`` the rules that
+    need nothing run are checked first, for this one node.
+
+    Raises:
+        bench.sweep.rules.RulesNotMet: ``closed`` and a rule fails.
+        ConfigError: an unknown profile, a dataset that does not fit on the disk.
+    """
+    w = workload(cfg.sweep.workload, cfg.sweep.accelerator)
+    check_before(cfg, w, 1, psutil.virtual_memory().total)
+    if cfg.sweep.points:
+        return max(cfg.sweep.points)
+    if cfg.sweep.max_accelerators != "auto":
+        return cfg.sweep.max_accelerators
+    sizing = probe_node(cfg, w)
+    hand_to_ranks(sizing)
+    print(f"sweep: {sizing.sentence()}", flush=True)
+    return sizing.accelerators
+
+
+def probe_node(cfg: Config, w: Workload) -> Sizing:
+    """Measure one simulated accelerator (this process and its DataLoader workers reading
+    :data:`PROBE_STEPS` steps of the sweep's dataset on the filesystem, with the first
+    access pattern of ``sweep.access``) and size the node from its peak memory
+    (:func:`bench.sweep.sizing.size_node`). The dataset is generated first when missing (the
+    ranks then find it)."""
+    allow_readers_beyond_cores()
+    root = sweep_dataset(cfg, w, ONE_RANK)
+    seconds = w.computation_time_s or 0.2  # bccd's step time does not change the memory
+    steps = max(PROBE_STEPS, 3 * workers_per_rank(cfg, w))
+    pcfg = points_config(cfg, w, root, seconds, 1)
+    pcfg = replace(pcfg, bench=replace(pcfg.bench, steps=steps, warmup_steps=1))
+    access = cfg.sweep.access[0]
+    prep = prepare_fs(pcfg, shards=access == "shards")
+    case = Case("emulate", access, "fs", "-", workers_per_rank(cfg, w), 1)
+    print(f"sweep: measuring one simulated {w.accelerator}'s memory ({access}, {steps} steps)")
+    with PeakMemory() as peak:
+        run_case(
+            case, pcfg, prep.source.storage, prep.records,
+            prep.shards if access == "shards" else None, class_names(pcfg, prep.records),
+            pass_index=1, repeat=max(1, -(-(steps + 1) * w.batch_size // len(prep.records))),
+        )  # fmt: skip
+    memory = psutil.virtual_memory()
+    return size_node(peak.peak_bytes, memory.available, memory.total)
