@@ -2,7 +2,7 @@
 many keys, and say PASS or FAIL against the goals.
 
     python -m scripts.bench_memory                          # 1 GB shard, 100,000 keys
-    python -m scripts.bench_memory --shard-gb 0.2 --keys 20000
+    python -m scripts.bench_memory --shard-gb 0.2 --listing-keys 20000
     python -m scripts.bench_memory --skip-list              # only (a)
 
 Goals (units: GB = 10^9 bytes, MiB = 2^20 bytes):
@@ -14,7 +14,7 @@ Goals (units: GB = 10^9 bytes, MiB = 2^20 bytes):
     local S3 server (``rclone serve s3`` on 127.0.0.1, serving the same file) with each S3 client
     library: boto3 (:class:`pipelines.storage.s3.S3Storage`) and s3torchconnector
     (:class:`pipelines.storage.s3_connector.S3ConnectorStorage`).
-(b) Listing 100,000 keys holds no more than the keys. ``--keys`` tiny objects under 10
+(b) Listing 100,000 keys holds no more than the keys. ``--listing-keys`` tiny objects under 10
     sub-prefixes are listed with ``S3Storage.list`` (one stream, and ``list_workers=4`` across the
     sub-prefixes), once keeping the keys in a list, once only counting them. Keeping them may
     add at most the keys' own memory (``sys.getsizeof`` of the list and of every key) plus
@@ -58,6 +58,7 @@ from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from pipelines.storage.s3_connector import S3ConnectorStorage
 from serve.local_s3 import LocalS3Error, local_s3
+from training.cli import add_keys_argument
 
 GB = 10**9
 MiB = 2**20
@@ -222,12 +223,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--shard-gb", type=float, default=1.0, help="shard size in GB (10^9 bytes; default 1.0)"
     )
-    parser.add_argument("--keys", type=int, default=100_000, help="keys to list (default: 100000)")
+    parser.add_argument(
+        "--listing-keys", type=int, default=100_000, help="keys to list (default: 100000)"
+    )
     parser.add_argument(
         "--tmp-dir", type=Path, help="where the temporary folder goes (default: the system's)"
     )
     parser.add_argument("--skip-shard", action="store_true", help="skip (a), shard streaming")
     parser.add_argument("--skip-list", action="store_true", help="skip (b), listing")
+    add_keys_argument(parser, config=False)
     return parser
 
 
@@ -303,9 +307,10 @@ def run_listing(server, keys: int) -> list[bool]:
 def main(argv: list[str] | None = None) -> int:
     """Build the data, start the server, measure, print; 0 when every goal passes."""
     args = get_args_parser().parse_args(argv)
-    if args.shard_gb <= 0 or args.keys < SUBPREFIXES:
+    if args.shard_gb <= 0 or args.listing_keys < SUBPREFIXES:
         print(
-            f"bench_memory: error: --shard-gb must be positive and --keys at least {SUBPREFIXES}",
+            "bench_memory: error: --shard-gb must be positive and --listing-keys at least "
+            f"{SUBPREFIXES}",
             file=sys.stderr,
         )
         return 2
@@ -330,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not args.skip_list:
             start = time.perf_counter()
-            make_keys(bucket_dir, args.keys)
+            make_keys(bucket_dir, args.listing_keys)
             print(
-                f"created {args.keys} keys under {SUBPREFIXES} prefixes in "
+                f"created {args.listing_keys} keys under {SUBPREFIXES} prefixes in "
                 f"{time.perf_counter() - start:.1f} s",
                 flush=True,
             )
@@ -342,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             if shard is not None:
                 results["(a) streaming a shard"] = run_shard(server, shard, bucket_dir)
             if not args.skip_list:
-                results["(b) listing keys"] = run_listing(server, args.keys)
+                results["(b) listing keys"] = run_listing(server, args.listing_keys)
     except (LocalS3Error, StorageError, OSError) as exc:
         print(f"bench_memory: error: {exc}", file=sys.stderr)
         return 2

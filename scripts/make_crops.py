@@ -25,7 +25,7 @@ from pipelines.formats.records import DatasetError
 from pipelines.formats.voc import load_voc_split
 from pipelines.storage.base import StorageError
 from pipelines.storage.filesystem import FileSystemStorage
-from training.cli import say_error
+from training.cli import add_keys_argument, say_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="data/bccd_cells", help="output folder (default: %(default)s)"
     )
     parser.add_argument("--splits", default="train,val,test", help="comma-separated VOC splits")
+    add_keys_argument(parser, config=False)
     args = parser.parse_args(argv)
     source, out = FileSystemStorage(args.src), Path(args.out)
     try:

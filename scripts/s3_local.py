@@ -36,6 +36,7 @@ from serve.local_s3 import (
     state_paths,
     up,
 )
+from training.cli import add_keys_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument(
         "--workers", type=int, default=8, help="files uploaded at once (default: 8)"
     )
+    add_keys_argument(parser, config=False)
     return parser
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from serve.archive import archived_task
 from serve.properties import BASE_CONFIG, ServeError
 from serve.torchserve import server_status, start_server, stop_server
+from training.cli import add_keys_argument
 
 PORT_OPTIONS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 #: Request body of the printed curl hint for a detector: a whole BCCD photo.
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_runtime_dir(sub.add_parser("status", help="say whether this runtime dir's server runs"))
     add_runtime_dir(sub.add_parser("stop", help="stop the server this runtime dir started"))
+    add_keys_argument(parser, config=False)
     return parser
 
 

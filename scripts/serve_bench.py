@@ -41,7 +41,7 @@ from serve.archive import archived_task
 from serve.process import free_ports
 from serve.properties import BASE_CONFIG, ServeError, read_properties
 from serve.torchserve import start_server, stop_server
-from training.cli import say_error
+from training.cli import add_keys_argument, say_error
 from training.outputs import run_folder, write_csv, write_yaml
 
 COLUMNS = [
@@ -68,6 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bad", type=float, default=0.0, help="share of bad bodies, 0 to 1")
     parser.add_argument("--out", default="outputs/serve-bench", help="parent of the run folder")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for the server start")
+    add_keys_argument(parser, config=False)
     return parser
 
 

@@ -35,6 +35,7 @@ from datagen.synthetic import generate_dataset
 from pipelines.storage.base import Storage, StorageError
 from pipelines.storage.filesystem import FileSystemStorage
 from serve.local_s3 import DEFAULT_STATE_DIR, LocalS3Error, resolve_s3
+from training.cli import add_keys_argument
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -99,6 +100,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "and no endpoint is named (default: .s3/env)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_keys_argument(parser, config=False)
     return parser
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from training.cli import (
@@ -34,32 +33,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--no-pretrained", action="store_true", help="overrides model.pretrained=false"
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument(
-        "--keys",
-        action="store_true",
-        help="print every config key with its default and description, then exit",
-    )
     return parser
-
-
-def print_keys() -> None:
-    """Every configuration key, its default and its description, one per line."""
-    from training.config import describe_keys
-
-    try:
-        for key, default, description in describe_keys():
-            print(f"{key} = {default!r}\n    {description}")
-        sys.stdout.flush()
-    except BrokenPipeError:  # `| head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load the config, run training; user errors print one line and return 2."""
     args = get_args_parser().parse_args(argv)
-    if args.keys:
-        print_keys()
-        return 0
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.INFO)  # DEBUG records (the full config) go to the log file only
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", handlers=[console])

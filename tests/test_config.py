@@ -183,7 +183,30 @@ def test_a_config_file_whose_old_keys_contradict_its_pattern_is_refused(tmp_path
 def test_every_key_is_listed_for_the_user(capsys):
     from scripts.train import main
 
-    assert main(["--keys"]) == 0
+    with pytest.raises(SystemExit) as done:
+        main(["--keys"])
+    assert done.value.code == 0
     out = capsys.readouterr().out
     assert "access.pattern = 'shards'" in out and "checkpoint.size_gb = 1.0" in out
     assert out.count("\n    ") == len(describe_keys())
+
+
+SCRIPTS_WITH_CONFIG = ("bench", "bench_shards", "checkpoint_bench", "predict", "sweep", "train",
+                       "write_shards")  # fmt: skip
+SCRIPTS_WITHOUT = ("archive", "bench_memory", "make_crops", "s3_local", "serve", "serve_bench",
+                   "synth")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SCRIPTS_WITH_CONFIG + SCRIPTS_WITHOUT)
+def test_every_script_answers_keys(name, capsys):
+    import importlib
+
+    main = importlib.import_module(f"scripts.{name}").main
+    with pytest.raises(SystemExit) as done:
+        main(["--keys"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    if name in SCRIPTS_WITH_CONFIG:
+        assert "sweep.max_accelerators = 'auto'" in out and "bench.sync = 'step'" in out
+    else:
+        assert "reads no configuration file" in out

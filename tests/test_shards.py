@@ -44,6 +44,20 @@ def test_round_trip_keeps_image_bytes_and_annotations(split):
     assert total == sum(s.bytes for s in shards)  # every byte of every shard counted once
 
 
+def test_a_write_that_fails_part_way_leaves_no_shard_behind(split, voc_root):
+    from dataclasses import replace
+
+    from pipelines.storage.base import StorageError
+
+    storage, records = split
+    gone = replace(records[-1], image_key="JPEGImages/not_there.jpg")  # fails after a few shards
+    with pytest.raises(StorageError, match="not_there.jpg"):
+        write_shards(storage, [*records[:-1], gone], "shards/train", target_bytes=100_000)
+    left = sorted((voc_root / "shards").rglob("*")) if (voc_root / "shards").exists() else []
+    assert [p for p in left if p.is_file()] == []  # the shards put before the failure went
+    assert len(write_shards(storage, records, "shards/train", target_bytes=100_000)) > 1
+
+
 def test_each_sample_is_charged_the_bytes_of_its_own_members(split):
     storage, records = split
     (shard,) = write_shards(storage, records, "shards/train", target_bytes=10**9)

@@ -201,7 +201,7 @@ def test_bench_memory_smoke(tmp_path: Path):
             "scripts.bench_memory",
             "--shard-gb",
             "0.01",
-            "--keys",
+            "--listing-keys",
             "500",
             "--tmp-dir",
             str(tmp_path),

@@ -52,8 +52,48 @@ def say_error(text: str) -> None:
     sys.stderr.flush()
 
 
+def print_keys() -> None:
+    """Every configuration key, its default and its description, one per line."""
+    from training.config import describe_keys
+
+    try:
+        for key, default, description in describe_keys():
+            print(f"{key} = {default!r}\n    {description}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class _KeysAction(argparse.Action):
+    """``--keys``: print the configuration keys (or say there are none), then exit 0."""
+
+    def __init__(self, option_strings, dest, config: bool = True, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.config = config
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.config:
+            print_keys()
+        else:
+            print("this command reads no configuration file: every setting is a flag (--help)")
+        parser.exit()
+
+
+def add_keys_argument(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+    """Add ``--keys``: every configuration key with its default and description (``config``),
+    or, for a command that reads no configuration, a line saying so."""
+    parser.add_argument(
+        "--keys",
+        action=_KeysAction,
+        config=config,
+        help="print every config key with its default and description, then exit"
+        if config
+        else "say that this command reads no config keys (its settings are flags), then exit",
+    )
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(FLAG_KEYS)) -> None:
-    """Add ``--config``, ``--set`` and the override flags named in ``flags``."""
+    """Add ``--config``, ``--set``, ``--keys`` and the override flags named in ``flags``."""
     parser.add_argument(
         "--config", default="configs/detection.yaml", help="YAML config file (default: %(default)s)"
     )
@@ -75,6 +115,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(FLAG_KEYS)
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set access.shuffle_buffer=128 (repeatable)",
     )
+    add_keys_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:

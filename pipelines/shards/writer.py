@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -129,6 +130,9 @@ def write_shards(
         _remove(storage, [s.key for s in shards])  # no half-written set is left behind
         raise
     finally:
+        if writer is not None:
+            with contextlib.suppress(Exception):  # closed already, or the error is raised
+                writer.close()
         if tmp_file is not None:
             tmp_file.close()
         for name in os.listdir(tmpdir):
