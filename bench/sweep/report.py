@@ -12,6 +12,7 @@ from pathlib import Path
 from bench.sweep.limits import (
     CACHE_SHARE_LIMIT,
     CAP,
+    CLIENT_CPU,
     CLIENT_MEMORY,
     CPU_BUSY_LIMIT,
     MEMORY_AVAILABLE_LIMIT,
@@ -82,7 +83,7 @@ def answer_line(w: Workload, search, facts: dict) -> str:
         first = min(result.points, key=lambda p: p.accelerators)
         return (
             f"{head} not even {first.accelerators} simulated {acc} at {threshold}"
-            f" (AU {first.au:.2f}). {limit}"
+            f" (AU {first.au:.2f}). {limit}{shared_cores(search, kind, facts)}"
         )
     runs = search.runs
     sps = statistics.mean(r["samples_per_s"] for r in runs)
@@ -114,10 +115,21 @@ def answer_line(w: Workload, search, facts: dict) -> str:
             f" More than {CACHE_SHARE_LIMIT:.0%} of the bytes came from the page cache: this"
             " answer measured memory, not the storage."
         )
-    line += f" {limit}"
+    line += f" {limit}{shared_cores(search, kind, facts)}"
     if search.repeat_error:
         line += f" A run at the answer failed: {search.repeat_error}"
     return line
+
+
+def shared_cores(search, kind: str, facts: dict) -> str:
+    """A sentence for a client CPU limit on a local S3 server started for the sweep, which
+    runs on the client's cores: the storage and the client then share them; else ``""``."""
+    if kind == CLIENT_CPU and search.storage == "s3" and facts.get("local_s3"):
+        return (
+            " The local S3 server started for the sweep runs on these cores too: with a remote"
+            " endpoint (S3_ENDPOINT) the client has them to itself."
+        )
+    return ""
 
 
 def write_outputs(out: Path, cfg: Config, rows: list[dict], searches: list, facts: dict) -> None:

@@ -174,6 +174,7 @@ def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Se
             pcfg, out, br, stack, cfg.sweep.storages, [lib], stop=False,
             shards="shards" in cfg.sweep.access,
         )  # fmt: skip
+        facts["local_s3"] = storages.local_s3
         names: dict[str, list[str]] = {}  # class names, once per storage
 
         def point(storage: str, access: str, k: int, repeat: int) -> dict | None:
