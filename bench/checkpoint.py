@@ -268,7 +268,7 @@ def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfe
             key, stream, part_size=cfg.part_size_mib * 2**20, concurrency=cfg.concurrency
         )
     seconds = time.perf_counter() - start
-    return Transfer(seconds, part_bytes(part), counter.counts(), storage.take_stats().retries)
+    return Transfer(seconds, part_bytes(part), counter.counts(), counter.retries())
 
 
 def read(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
@@ -299,7 +299,7 @@ def read(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer
         seconds,
         part_bytes(part),
         counter.counts(),
-        storage.take_stats().retries,
+        counter.retries(),
         differences(part, got),
     )
 
@@ -399,18 +399,33 @@ class SaveStream(io.RawIOBase):
 
 class OperationCounter:
     """S3 requests sent by a boto3 client, by operation (``PutObject``, ``UploadPart``,
-    ``GetObject``, ...), counted by botocore's ``before-call`` event (once per request, its
-    retries not included: those are counted by :class:`pipelines.storage.s3.S3Storage`)."""
+    ``GetObject``, ...), counted by botocore's ``before-call`` event (once per request), and
+    their retries (``request-created`` events of attempts after the first). The client is a
+    transfer's own (:meth:`pipelines.storage.s3.S3Storage.with_connections`), so its counts
+    are that transfer's, whatever its threads."""
 
     def __init__(self, client):
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._retries = 0
         client.meta.events.register("before-call.s3", self._count)
+        client.meta.events.register("request-created.s3", self._count_retry)
 
     def _count(self, model=None, **_kwargs) -> None:
         name = getattr(model, "name", "unknown")
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + 1
+
+    def _count_retry(self, request=None, **_kwargs) -> None:
+        attempt = getattr(request, "context", {}).get("retries", {}).get("attempt", 1)
+        if attempt > 1:
+            with self._lock:
+                self._retries += 1
+
+    def retries(self) -> int:
+        """The attempts retried so far."""
+        with self._lock:
+            return self._retries
 
     def counts(self) -> dict[str, int]:
         """The requests so far, by operation."""

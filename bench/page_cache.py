@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from pipelines.storage.base import RequestStats, Storage
+from pipelines.storage.base import CallStats, MeteredStream, Storage
 
 
 def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = True) -> bool:
@@ -121,24 +121,34 @@ class EvictBeforeRead:
         evict_page_cache([self.local_dir / key], flush=False)
 
     def read(self, key: str) -> bytes:
+        """:meth:`fetch`'s bytes."""
+        return self.fetch(key)[0]
+
+    def fetch(self, key: str) -> tuple[bytes, CallStats]:
         """Evict, read the whole object, evict again (the next reader of the file, in the
         next epoch or on another rank, finds none of its pages)."""
         self._evict(key)
         try:
-            return self.storage.read(key)
+            return self.storage.fetch(key)
         finally:
             self._evict(key)
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> MeteredStream:
         """Evict, then open the object for streaming; closing the stream evicts again."""
         self._evict(key)
-        return _EvictOnClose(self.storage.open(key), lambda: self._evict(key))
+        stream = self.storage.open(key)
+        stream.raw = _EvictOnClose(stream.raw, lambda: self._evict(key))
+        return stream
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
+        """:meth:`fetch_range`'s bytes."""
+        return self.fetch_range(key, start, length)[0]
+
+    def fetch_range(self, key: str, start: int, length: int) -> tuple[bytes, CallStats]:
         """Evict, read ``length`` bytes from offset ``start``, evict again."""
         self._evict(key)
         try:
-            return self.storage.read_range(key, start, length)
+            return self.storage.fetch_range(key, start, length)
         finally:
             self._evict(key)
 
@@ -173,10 +183,6 @@ class EvictBeforeRead:
     def describe(self, key: str = "") -> str:
         """As the wrapped storage."""
         return self.storage.describe(key)
-
-    def take_stats(self) -> RequestStats:
-        """As the wrapped storage."""
-        return self.storage.take_stats()
 
     def connect(self) -> None:
         """As the wrapped storage."""

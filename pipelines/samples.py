@@ -9,7 +9,8 @@ A *sample* is the dict every access pattern yields, one per image::
      "nbytes": int,      # bytes read from storage for this sample
      "read_s": float,    # seconds spent in storage reads for this sample
      "read_at": float,   # time.perf_counter() when its reading began (inf: unknown)
-     "requests": RequestStats | None,  # storage requests made for it (None: none)
+     "requests": CallStats,  # the figures of the storage call that read it (a shard's:
+                             # this sample's share)
      "error": str | None}
 
 A sample whose image cannot be decoded has ``image=None`` and ``error`` set; :func:`collate`
@@ -28,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from pipelines.formats.records import ClassificationRecord, DatasetError, Record
-from pipelines.storage.base import RequestStats
+from pipelines.storage.base import CallStats, RequestStats
 
 
 def detection_transform(train: bool, image_size: int) -> v2.Compose:
@@ -94,11 +95,9 @@ def make_sample(
     record: Record,
     data: bytes,
     *,
-    nbytes: int,
-    read_s: float,
+    read: CallStats,
     transform: v2.Compose | None,
     class_to_index: dict[str, int],
-    requests: RequestStats | None = None,
     read_at: float = math.inf,
 ) -> dict:
     """Decode and transform one image with its target into a sample dict (see module doc).
@@ -106,15 +105,18 @@ def make_sample(
     The target follows the record: boxes and labels for a
     :class:`pipelines.formats.records.DetectionRecord`, the class index for a
     :class:`pipelines.formats.records.ClassificationRecord`.
-    ``requests`` are the storage requests made for it (``storage.take_stats()`` after the read);
-    ``read_at`` is the ``time.perf_counter()`` at which reading it began.
+
+    ``read`` holds the figures of the storage call that read it (a shard's: this sample's
+    share): its bytes, seconds and requests become the sample's; ``read_at`` is the
+    ``time.perf_counter()`` at which reading it began.
+
     With ``transform=None`` the bytes are read but not decoded (``image`` stays None and
     ``error`` None): the benchmark's measure of the storage path without decode cost.
 
     Raises:
         DatasetError: a label is not one of the configured classes.
     """
-    sample = bytes_only_sample(record.id, nbytes, read_s, requests, read_at)
+    sample = bytes_only_sample(record.id, read, read_at)
     names = [record.label] if isinstance(record, ClassificationRecord) else record.labels
     try:
         labels = torch.tensor([class_to_index[name] for name in names], dtype=torch.int64)
@@ -144,22 +146,16 @@ def make_sample(
     return sample
 
 
-def bytes_only_sample(
-    image_id: str,
-    nbytes: int,
-    read_s: float,
-    requests: RequestStats | None = None,
-    read_at: float = math.inf,
-) -> dict:
+def bytes_only_sample(image_id: str, read: CallStats, read_at: float = math.inf) -> dict:
     """A sample whose bytes were read but not decoded (``image`` None, ``error`` None): what
     the benchmark's read path yields with ``bench.decode: false``, and the start of every
-    sample (see the module doc for the keys)."""
+    sample (see the module doc for the keys; ``read``: the figures of its read)."""
     return {
         "id": image_id,
-        "nbytes": nbytes,
-        "read_s": read_s,
+        "nbytes": read.nbytes,
+        "read_s": read.seconds,
         "read_at": read_at,
-        "requests": requests,
+        "requests": read,
         "image": None,
         "error": None,
     }
@@ -227,8 +223,7 @@ def collate(samples: list[dict]) -> Batch:
         batch.nbytes += sample["nbytes"]
         batch.read_s += sample["read_s"]
         batch.read_at = min(batch.read_at, sample["read_at"])
-        if sample["requests"] is not None:
-            batch.requests.merge(sample["requests"])
+        batch.requests.add(sample["requests"])
         if sample["error"] is not None:
             batch.errors.append((sample["id"], sample["error"]))
             continue

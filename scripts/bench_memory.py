@@ -109,9 +109,9 @@ def measure_shard(client: str, endpoint: str, root: str, key: str, samples: int)
     count = nbytes = 0
     with rss_sampled() as rss:
         start = time.perf_counter()
-        for _sample, read, _seconds in iter_shard(storage, shard):
+        for _sample, read in iter_shard(storage, shard):
             count += 1
-            nbytes += read
+            nbytes += read.nbytes
         seconds = time.perf_counter() - start
     return {
         "baseline": rss["baseline"],

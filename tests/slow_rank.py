@@ -32,9 +32,9 @@ class SlowReads:
         self.storage = storage
         self.delay_s = delay_s
 
-    def read(self, key: str) -> bytes:
+    def fetch(self, key: str):
         time.sleep(self.delay_s)
-        return self.storage.read(key)
+        return self.storage.fetch(key)
 
     def __getattr__(self, name: str):
         return getattr(self.storage, name)

@@ -20,6 +20,7 @@ from pipelines.formats.records import ClassificationRecord, DatasetError, record
 from pipelines.formats.voc import load_voc_split
 from pipelines.samples import Batch, classification_transform, make_sample
 from pipelines.shards.writer import ensure_shards
+from pipelines.storage.base import CallStats
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
 from tests.conftest import make_voc_subset
@@ -163,15 +164,14 @@ def test_a_classification_sample_is_a_square_image_and_its_class_index(cells_roo
     sample = make_sample(
         record,
         storage.read(record.image_key),
-        nbytes=0,
-        read_s=0.0,
+        read=CallStats(nbytes=0),
         transform=classification_transform(True, 48),
         class_to_index={name: i for i, name in enumerate(CLASSES)},
     )
     assert sample["image"].shape == (3, 48, 48) and sample["image"].dtype == torch.float32
     assert sample["target"].dtype == torch.int64 and int(sample["target"]) == 1
     with pytest.raises(DatasetError, match=r"class 'RBC' is not one of the configured classes"):
-        make_sample(record, b"", nbytes=0, read_s=0.0, transform=None, class_to_index={"WBC": 0})
+        make_sample(record, b"", read=CallStats(), transform=None, class_to_index={"WBC": 0})
 
 
 def test_record_json_round_trip_picks_the_record_kind():

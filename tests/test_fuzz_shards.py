@@ -85,7 +85,7 @@ def shard(tmp_path_factory):
     records, _ = load_voc_split(storage, "train")
     (info,) = write_shards(storage, records, "shards/train", target_bytes=10**7)
     data = storage.read(info.key)
-    samples = [sample for sample, _, _ in iter_shard(storage, info)]
+    samples = [sample for sample, _ in iter_shard(storage, info)]
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         headers = [m.offset for m in tar.getmembers()]
     return storage, info, data, samples, headers
@@ -179,7 +179,7 @@ def damage(original: bytes, headers: list[int], plan: list[tuple]) -> bytes:
 
 def read(storage, info: ShardInfo, data: bytes) -> list[dict]:
     with time_limit(CASE_LIMIT_S):
-        return [sample for sample, _, _ in iter_shard(storage, info, io.BytesIO(data))]
+        return [sample for sample, _ in iter_shard(storage, info, io.BytesIO(data))]
 
 
 def test_undamaged_shard_reads_back_whole(shard):

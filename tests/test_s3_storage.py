@@ -92,7 +92,7 @@ def test_open_streams_with_bounded_reads(store: S3Storage):
     payload = os.urandom(3 * 1024 * 1024 + 17)
     store.write("blob", payload)
     with store.open("blob") as stream:
-        assert isinstance(stream, S3Stream)
+        assert isinstance(stream.raw, S3Stream)
         assert stream.read(10) == payload[:10]
         chunks = []
         while chunk := stream.read(65536):
@@ -145,7 +145,7 @@ def test_wrong_secret_names_bucket_and_credentials(server, bucket, monkeypatch, 
         assert bucket in message and server.endpoint in message
         assert "AWS_SECRET_ACCESS_KEY" in message and "access denied" in message
         assert "x" * 40 not in message and server.secret_key not in message
-    assert storage.take_stats().errors.total() == 4
+        assert sum(n for _, n in info.value.stats.errors) == 1  # the failed call's own figures
 
 
 @pytest.mark.integration
@@ -184,18 +184,20 @@ def test_missing_bucket(server):
 @pytest.mark.integration
 def test_missing_key(store: S3Storage):
     store.write("present", b"1")
-    store.take_stats()
+    failed = []
     for call in (
         lambda: store.read("gone"),
         lambda: store.open("gone"),
         lambda: store.read_range("gone", 0, 5),
         lambda: store.size("gone"),
     ):
-        with pytest.raises(StorageError, match=rf"s3://{store.bucket}/ds/gone .*no such object"):
+        missing = rf"s3://{store.bucket}/ds/gone .*no such object"
+        with pytest.raises(StorageError, match=missing) as e:
             call()
+        failed.append(e.value.stats)
     assert not store.exists("gone")
-    stats = store.take_stats()
-    assert stats.errors["NoSuchKey"] == 4 and stats.requests == 3
+    assert [dict(f.errors) for f in failed] == [{"NoSuchKey": 1}] * 4
+    assert [f.requests for f in failed] == [1, 1, 1, 1]
 
 
 @pytest.mark.integration
@@ -219,14 +221,13 @@ def test_stopped_server_is_unreachable_after_retries(server, tmp_path):
             with pytest.raises(StorageError, match="s3://bkt/big .*connection broke"):
                 while stream.read(2**20):
                     pass
-            storage.take_stats()
             with pytest.raises(StorageError) as info:
                 storage.read("k")
     message = str(info.value)
     assert "unreachable after 3 attempts" in message and other.endpoint in message
     assert "s3://bkt/k" in message
-    stats = storage.take_stats()
-    assert stats.retries == 2 and stats.errors == {"unreachable": 1} and stats.requests == 1
+    stats = info.value.stats  # the failed read's own figures
+    assert stats.retries == 2 and dict(stats.errors) == {"unreachable": 1} and stats.requests == 1
 
 
 def test_silent_server_times_out(monkeypatch):
@@ -240,30 +241,33 @@ def test_silent_server_times_out(monkeypatch):
         storage = S3Storage(
             "bkt", endpoint_url=endpoint, region="us-east-1", max_attempts=2, read_timeout_s=0.3
         )
-        with pytest.raises(StorageError, match=r"s3://bkt/k .*no response within 0.3 s after 2"):
+        with pytest.raises(
+            StorageError, match=r"s3://bkt/k .*no response within 0.3 s after 2"
+        ) as info:
             storage.read("k")
-    stats = storage.take_stats()
-    assert stats.errors == {"timeout": 1} and stats.retries == 1
+    stats = info.value.stats
+    assert dict(stats.errors) == {"timeout": 1} and stats.retries == 1
 
 
 @pytest.mark.integration
-def test_stats_count_gets_and_ttfb(store: S3Storage):
+def test_each_read_carries_its_own_get_and_ttfb(store: S3Storage):
     store.write("k", b"0123456789")
-    store.take_stats()
-    store.read("k")
+    data, whole = store.fetch("k")
     with store.open("k") as f:
-        f.read()
-    store.read_range("k", 2, 2)
-    store.size("k"), store.exists("k"), list(store.list())  # not GETs
-    stats = store.take_stats()
-    assert stats.requests == 3 and stats.retries == 0 and not stats.errors
-    assert len(stats.ttfb_s) == 3 and all(0 < t < 5 for t in stats.ttfb_s)
-    assert store.take_stats().requests == 0  # reset
+        streamed = f.read()
+        opened = f.stats()
+    part, ranged = store.fetch_range("k", 2, 2)
+    assert (data, streamed, part) == (b"0123456789", b"0123456789", b"23")
+    for stats, nbytes in ((whole, 10), (opened, 10), (ranged, 2)):
+        assert (stats.nbytes, stats.requests, stats.retries, stats.errors) == (nbytes, 1, 0, ())
+        assert len(stats.ttfb_s) == 1 and 0 < stats.ttfb_s[0] <= stats.seconds < 5
+    past, beyond = store.fetch_range("k", 20, 5)  # past the end: nothing, one GET (416)
+    assert past == b"" and (beyond.nbytes, beyond.requests) == (0, 1)
 
 
 def _child_reads(storage: S3Storage, queue) -> None:
-    data = storage.read("k")
-    queue.put((data, storage.take_stats().requests, id(storage.client())))
+    data, stats = storage.fetch("k")
+    queue.put((data, stats.requests, id(storage.client())))
 
 
 @pytest.mark.integration
@@ -273,8 +277,7 @@ def test_pickles_and_works_after_fork(store: S3Storage, server):
     blob = pickle.dumps(store)
     assert server.secret_key.encode() not in blob and server.access_key.encode() not in blob
     copy = pickle.loads(blob)
-    assert copy._client is None and copy.read("k") == b"payload"
-    assert copy.take_stats().requests == 1
+    assert copy._client is None and copy.fetch("k")[1].requests == 1
 
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()

@@ -12,6 +12,7 @@ from pipelines.access.map_style import MapStyleDataset
 from pipelines.formats.records import DatasetError, DetectionRecord
 from pipelines.formats.voc import load_voc_split
 from pipelines.samples import collate, decode, detection_transform, make_sample
+from pipelines.storage.base import CallStats
 from pipelines.storage.filesystem import FileSystemStorage
 
 
@@ -32,8 +33,7 @@ def test_box_covers_the_same_pixels_after_resize_and_flip(seed):
     sample = make_sample(
         RECORD,
         white_box_jpeg(),
-        nbytes=1,
-        read_s=0.0,
+        read=CallStats(nbytes=1),
         transform=detection_transform(True, 50),
         class_to_index={"cell": 1},
     )
@@ -55,8 +55,7 @@ def test_flip_is_applied_to_image_and_box_together():
         sample = make_sample(
             RECORD,
             white_box_jpeg(),
-            nbytes=1,
-            read_s=0.0,
+            read=CallStats(nbytes=1),
             transform=detection_transform(True, 100),
             class_to_index={"cell": 1},
         )
@@ -84,8 +83,7 @@ def test_unknown_class_is_refused_with_the_image_named():
         make_sample(
             RECORD,
             white_box_jpeg(),
-            nbytes=1,
-            read_s=0.0,
+            read=CallStats(nbytes=1),
             transform=detection_transform(False, 50),
             class_to_index={"RBC": 1},
         )

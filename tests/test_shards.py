@@ -16,6 +16,7 @@ from pipelines.shards.manifest import ShardError, ShardInfo, read_manifest
 from pipelines.shards.reader import iter_shard
 from pipelines.shards.writer import ensure_shards, write_shards
 from pipelines.storage.filesystem import FileSystemStorage
+from tests.helpers import CountingStorage
 
 
 @pytest.fixture
@@ -34,12 +35,12 @@ def test_round_trip_keeps_image_bytes_and_annotations(split):
     total = 0
     for shard in shards:
         assert storage.size(shard.key) == shard.bytes <= 100_000
-        for sample, nbytes, _ in iter_shard(storage, shard):
+        for sample, share in iter_shard(storage, shard):
             annotation = json.loads(sample["json"])
             record = by_id.pop(annotation["id"])
             assert sample["jpg"] == storage.read(record.image_key)  # image bytes unchanged
             assert annotation == record.to_json()
-            total += nbytes
+            total += share.nbytes
     assert not by_id
     assert total == sum(s.bytes for s in shards)  # every byte of every shard counted once
 
@@ -66,10 +67,13 @@ def test_each_sample_is_charged_the_bytes_of_its_own_members(split):
     def span(sample):  # two members: a 512-byte header each, data padded to 512 bytes
         return sum(512 + -(-len(sample[k]) // 512) * 512 for k in ("jpg", "json"))
 
-    assert [nbytes for _, nbytes, _ in samples[:-1]] == [span(s) for s, _, _ in samples[:-1]]
-    last, nbytes, _ = samples[-1]
-    assert nbytes == span(last) + shard.bytes - sum(span(s) for s, _, _ in samples)
-    assert all(read_s >= 0 for _, _, read_s in samples)
+    assert [share.nbytes for _, share in samples[:-1]] == [span(s) for s, _ in samples[:-1]]
+    last, share = samples[-1]
+    assert share.nbytes == span(last) + shard.bytes - sum(span(s) for s, _ in samples)
+    assert all(share.seconds >= 0 for _, share in samples)
+    # the shard's one request (its open) on its first sample; the shares add up to the stream
+    assert [share.requests for _, share in samples] == [1] + [0] * (len(samples) - 1)
+    assert sum(share.nbytes for _, share in samples) == shard.bytes
 
 
 def test_manifest_lists_the_shards(split):
@@ -264,7 +268,7 @@ def shard_labels(storage, shards):
     return {
         json.loads(s["json"])["id"]: json.loads(s["json"])["labels"]
         for shard in shards
-        for s, _, _ in iter_shard(storage, shard)
+        for s, _ in iter_shard(storage, shard)
     }
 
 
@@ -295,7 +299,7 @@ def test_replaced_image_rewrites_the_shards(split, voc_root, caplog):
     images = {
         json.loads(s["json"])["id"]: s["jpg"]
         for shard in shards
-        for s, _, _ in iter_shard(storage, shard)
+        for s, _ in iter_shard(storage, shard)
     }
     assert images[records[2].id] == target.read_bytes()
 
@@ -330,10 +334,10 @@ def test_manifest_without_sources_is_rewritten(split, voc_root, caplog):
 def test_unchanged_data_reuses_the_shards_without_reading_images(split):
     storage, records = split
     ensure_shards(storage, records, "shards/train", target_bytes=100_000)
-    storage.take_stats()
-    _, written = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
+    counted = CountingStorage(storage)
+    _, written = ensure_shards(counted, records, "shards/train", target_bytes=100_000)
     assert not written
-    assert storage.take_stats().requests == 1  # the manifest; images are only stat'ed
+    assert counted.reads == 1  # the manifest; images are only stat'ed
 
 
 def test_same_bytes_with_a_new_modification_time_keep_the_shards(split, voc_root, caplog):
@@ -344,13 +348,13 @@ def test_same_bytes_with_a_new_modification_time_keep_the_shards(split, voc_root
     shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
     for record in records[:3]:
         os.utime(voc_root / record.image_key, ns=(10**18, 10**18))
-    storage.take_stats()
-    again, written = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
+    counted = CountingStorage(storage)
+    again, written = ensure_shards(counted, records, "shards/train", target_bytes=100_000)
     assert not written and again == shards
-    assert storage.take_stats().requests == 1 + 3  # reads: the manifest, three images hashed
+    assert counted.reads == 1 + 3  # reads: the manifest, three images hashed
     assert "3 images in" in caplog.text and "new versions but the same bytes" in caplog.text
     sources = read_manifest(storage, "shards/train").sources
     assert sources[records[0].id].image_version == str(10**18)
-    storage.take_stats()
-    _, written = ensure_shards(storage, records, "shards/train", target_bytes=100_000)
-    assert not written and storage.take_stats().requests == 1  # ... then only the manifest
+    counted = CountingStorage(storage)
+    _, written = ensure_shards(counted, records, "shards/train", target_bytes=100_000)
+    assert not written and counted.reads == 1  # ... then only the manifest

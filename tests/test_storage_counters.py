@@ -1,5 +1,7 @@
-"""Request counters are exact under concurrency, for every storage: the objects pattern reads
-from ``access.concurrency`` threads, and a lost update would make fs and S3 rows disagree."""
+"""Every read carries its own figures, made by the storage call itself: 8 threads x 200
+concurrent reads through each storage attribute exactly one request to each read (no shared
+counter to race on); and through the loaders, the figures of the steps add up to the epoch's
+for every access pattern, with and without DataLoader workers."""
 
 from __future__ import annotations
 
@@ -10,57 +12,98 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from pipelines.access.loaders import LoaderSettings, build_loader
+from pipelines.formats.voc import load_voc_split
+from pipelines.samples import detection_transform
+from pipelines.shards.writer import ensure_shards
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from pipelines.storage.s3_connector import S3ConnectorStorage
+from training.engine import measure_steps
 
-THREADS, READS = 8, 100
+THREADS, READS = 8, 200
+KEYS = 50  # each thread reads the keys round and round: 200 reads
 _numbers = itertools.count()
 
 
-def hammer(storage, keys: list[str]) -> None:
-    """``THREADS`` threads, each reading every key of ``keys`` (``READS`` of them) and taking
-    the stats now and then, as the objects pattern does for each sample: every request is
-    counted once, with its TTFB in the same snapshot."""
-    taken = []
+def hammer(storage, keys: list[str], size: int) -> None:
+    """``THREADS`` threads, each with ``READS`` reads of ``keys`` in turn (whole objects,
+    ranges and streams): each read's figures hold exactly its own request and bytes."""
 
-    def reader(_):
-        for key in keys:
-            storage.read(key)
-            taken.append(storage.take_stats())
+    def reader(thread: int) -> list:
+        got = []
+        for i in range(READS):
+            key = keys[(thread + i) % len(keys)]
+            if i % 3 == 0:
+                data, stats = storage.fetch(key)
+            elif i % 3 == 1:
+                data, stats = storage.fetch_range(key, 10, 20)
+            else:
+                with storage.open(key) as stream:
+                    data = stream.read()
+                    stats = stream.stats()
+            got.append((len(data), stats))
+        return got
 
     storage.connect()
-    storage.take_stats()
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often, so that an unlocked update races
+    sys.setswitchinterval(1e-6)  # switch threads often, so that shared state would race
     try:
         with ThreadPoolExecutor(THREADS) as pool:
-            list(pool.map(reader, range(THREADS)))
+            reads = [r for rs in pool.map(reader, range(THREADS)) for r in rs]
     finally:
         sys.setswitchinterval(interval)
-    taken.append(storage.take_stats())
-    assert sum(t.requests for t in taken) == THREADS * READS
-    assert sum(len(t.ttfb_s) for t in taken) == THREADS * READS
-    assert all(t.requests == len(t.ttfb_s) for t in taken)  # no request split from its TTFB
+    assert len(reads) == THREADS * READS
+    for nbytes, stats in reads:
+        assert (stats.requests, len(stats.ttfb_s), stats.retries, stats.errors) == (1, 1, 0, ())
+        assert stats.nbytes == nbytes in (size, 20)
+        assert 0 < stats.ttfb_s[0] <= stats.seconds
 
 
-def test_filesystem_counters_are_exact_under_threads(tmp_path):
-    for i in range(READS):
+def test_filesystem_reads_each_carry_one_request_under_threads(tmp_path):
+    for i in range(KEYS):
         (tmp_path / f"{i}.bin").write_bytes(b"x" * 100)
-    hammer(FileSystemStorage(tmp_path), [f"{i}.bin" for i in range(READS)])
+    hammer(FileSystemStorage(tmp_path), [f"{i}.bin" for i in range(KEYS)], 100)
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("client", ["boto3", "s3torchconnector"])
-def test_s3_counters_are_exact_under_threads(s3_server, client):
+def test_s3_reads_each_carry_one_request_under_threads(s3_server, client):
     bucket = f"count-{os.getpid()}-{next(_numbers)}"
     boto = S3Storage(bucket, endpoint_url=s3_server.endpoint, max_pool_connections=THREADS)
     boto.client().create_bucket(Bucket=bucket)
-    keys = [f"k/{i}.bin" for i in range(READS)]
+    keys = [f"k/{i}.bin" for i in range(KEYS)]
     for key in keys:
         boto.write(key, b"y" * 100)
     if client == "boto3":
         storage = boto
     else:
         storage = S3ConnectorStorage(bucket, endpoint_url=s3_server.endpoint)
-    hammer(storage, keys)
+    hammer(storage, keys, 100)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("access", ["random", "shards", "objects"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_steps_figures_add_up_to_the_epochs(voc_root, access, workers):
+    storage = FileSystemStorage(voc_root)
+    records, _ = load_voc_split(storage, "train")  # 12 images
+    shards = None
+    if access == "shards":
+        shards, _ = ensure_shards(storage, records, "shards/train", target_bytes=60_000)
+    loader = build_loader(
+        storage, records, access=access, transform=detection_transform(True, 64),
+        class_to_index={"RBC": 1, "WBC": 2, "Platelets": 3},
+        settings=LoaderSettings(batch_size=2, num_workers=workers), shuffle=True, seed=0,
+        shards=shards, shuffle_buffer=4, concurrency=4,
+    )  # fmt: skip
+    loader.set_epoch(0)
+    meter = measure_steps(loader, lambda batch, step: 0.0, 0, num_samples=None)
+    files = (
+        [voc_root / s.key for s in shards] if shards else [voc_root / r.image_key for r in records]
+    )
+    summary = meter.summary()
+    assert summary["requests"] == sum(s.requests for s in meter.steps) == len(files)
+    assert summary["bytes_read"] == sum(s.bytes_read for s in meter.steps)
+    assert summary["bytes_read"] == sum(f.stat().st_size for f in files)  # every byte, once
+    assert len(meter.requests.ttfb_s) == len(files) and not meter.requests.errors

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pipelines.access.loaders import TRANSFER_TENSOR_BYTES, EpochLoader, WorkerBatches
 from pipelines.samples import bytes_only_sample, collate
+from pipelines.storage.base import CallStats
 
 
 class Samples(IterableDataset):
@@ -19,7 +20,8 @@ class Samples(IterableDataset):
 
     def __iter__(self):
         for i in range(self.count):
-            sample = bytes_only_sample(f"id{i}", nbytes=10 + i, read_s=0.001, read_at=100.0 + i)
+            read = CallStats(nbytes=10 + i, seconds=0.001)
+            sample = bytes_only_sample(f"id{i}", read, read_at=100.0 + i)
             if self.image_bytes:
                 sample["image"] = torch.zeros(self.image_bytes, dtype=torch.uint8)
                 sample["target"] = i

@@ -322,7 +322,6 @@ def build_loader(
     )
 
     def set_epoch(epoch: int) -> None:
-        storage.take_stats()  # requests made before the epoch (index building) do not count
         reseed(epoch)
         epoch_loader._epoch = epoch
 

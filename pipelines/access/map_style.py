@@ -51,15 +51,12 @@ class MapStyleDataset(Dataset):
         record = self.records[index]
         self.storage.connect()  # a worker's first read: keep the client set-up out of read_at
         start = time.perf_counter()
-        data = self.storage.read(record.image_key)
-        read_s = time.perf_counter() - start
+        data, read = self.storage.fetch(record.image_key)
         return make_sample(
             record,
             data,
-            nbytes=len(data),
-            read_s=read_s,
+            read=read,
             transform=self.transform,
             class_to_index=self.class_to_index,
-            requests=self.storage.take_stats(),
             read_at=start,
         )

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from pipelines.access.shard_stream import EpochStream, worker_slot
 from pipelines.formats.records import Record
 from pipelines.samples import make_sample
-from pipelines.storage.base import RequestStats, Storage
+from pipelines.storage.base import CallStats, Storage
 
 
 class ObjectStreamDataset(EpochStream):
@@ -125,15 +125,13 @@ class ObjectStreamDataset(EpochStream):
         each, rest = divmod(len(self.records), self.world_size)
         return (each + (rank < rest)) * self.repeat
 
-    def _fetch(self, record: Record) -> tuple[Record, bytes, float, float, RequestStats]:
-        """Read one image (in a mapper thread) with its read time, start and the requests taken
-        right after it: this read's, give or take a concurrent one's, so that a sample carries
-        its own request through the shuffle buffer (taken when it is yielded, the buffer's
-        first sample carried every request of the buffer, charged to warm-up steps)."""
+    def _fetch(self, record: Record) -> tuple[Record, bytes, CallStats, float]:
+        """Read one image (in a mapper thread): its bytes, the figures of that read (made by
+        the storage call itself, whatever the other threads read meanwhile) and when it
+        began."""
         start = time.perf_counter()
-        data = self.storage.read(record.image_key)
-        read_s = time.perf_counter() - start
-        return record, data, read_s, start, self.storage.take_stats()
+        data, read = self.storage.fetch(record.image_key)
+        return record, data, read, start
 
     def __iter__(self) -> Iterator[dict]:
         worker_id, num_workers = worker_slot()
@@ -146,14 +144,12 @@ class ObjectStreamDataset(EpochStream):
             method="thread",
         )
         fetched = self.buffer_shuffled(iter(Loader(node)), worker_id)
-        for record, data, read_s, read_at, requests in fetched:
+        for record, data, read, read_at in fetched:
             yield make_sample(
                 record,
                 data,
-                nbytes=len(data),
-                read_s=read_s,
+                read=read,
                 transform=self.transform,
                 class_to_index=self.class_to_index,
-                requests=requests,
                 read_at=read_at,
             )

@@ -32,7 +32,7 @@ from pipelines.shards.manifest import (
     rewrite_advice,
 )
 from pipelines.shards.reader import iter_shard
-from pipelines.storage.base import RequestStats, Storage
+from pipelines.storage.base import CallStats, Storage
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +192,9 @@ class ShardStream(EpochStream):
         worker_id, num_workers = worker_slot()
         raw_samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
         samples = self.buffer_shuffled(raw_samples, worker_id)
-        for raw, nbytes, read_s, image_id, read_at, requests in samples:
+        for raw, read, image_id, read_at in samples:
             if self.transform is None:  # the read path alone: the annotation is not parsed
-                yield bytes_only_sample(image_id, nbytes, read_s, requests, read_at)
+                yield bytes_only_sample(image_id, read, read_at)
                 continue
             ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
             try:
@@ -208,28 +208,20 @@ class ShardStream(EpochStream):
             yield make_sample(
                 record,
                 raw[ext],
-                nbytes=nbytes,
-                read_s=read_s,
+                read=read,
                 transform=self.transform,
                 class_to_index=self.class_to_index,
-                requests=requests,
                 read_at=read_at,
             )
 
-    def _raw_samples(
-        self, shards: list[ShardInfo]
-    ) -> Iterator[tuple[dict, int, float, str, float, RequestStats | None]]:
-        """``(raw sample, nbytes, read_s, image id, read_at, requests)`` of each shard in turn;
+    def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, CallStats, str, float]]:
+        """``(raw sample, its share of the read, image id, read_at)`` of each shard in turn;
         the ids come from the manifest, which lists them in tar order. ``read_at`` is when this
         generator started on the sample (``time.perf_counter()``): for the first, before the
-        first shard was opened; for the others, when the previous one was taken. The storage
-        requests made so far (the shard's open, and the next one's) land on the first sample
-        of each shard; the others carry None, so their totals add up to the requests made.
-        ``read_s`` is the sample's share of the shard's reads
-        (:func:`pipelines.shards.reader.iter_shard`);
-        the first sample of a shard also carries the time this reader spent opening shards for
-        it (waiting for the shard opened ahead, opening the next one in line), as a map-style
-        read's time includes its request's time to first byte.
+        first shard was opened; for the others, when the previous one was taken. The share is
+        :func:`pipelines.shards.reader.iter_shard`'s: the shard's stream keeps the figures of
+        its open (the GET, its TTFB, the seconds opening took, wherever it was done) and of its
+        reads, and its samples' shares add up to them.
 
         The next shard is opened before the current one is read, so that its first bytes are
         on their way meanwhile: a filesystem's ``open`` asks the kernel to read the file ahead
@@ -246,7 +238,6 @@ class ShardStream(EpochStream):
             opening = None  # the next shard, being opened ahead
             try:
                 for i, shard in enumerate(shards):
-                    waited = time.perf_counter()
                     if opening is None:
                         stream, open_s = _timed_open(self.storage, shard.key)
                     else:
@@ -256,12 +247,10 @@ class ShardStream(EpochStream):
                             opening = pool.submit(_timed_open, self.storage, shards[i + 1].key)
                         else:
                             opening = _open_now(self.storage, shards[i + 1].key)
-                    waited = time.perf_counter() - waited  # opening is reading too (TTFB)
                     samples = iter_shard(self.storage, shard, stream)
-                    requests = self.storage.take_stats()
-                    for (raw, nbytes, read_s), image_id in zip(samples, shard.ids, strict=True):
-                        yield raw, nbytes, read_s + waited, image_id, read_at, requests
-                        read_at, requests, waited = time.perf_counter(), None, 0.0
+                    for (raw, read), image_id in zip(samples, shard.ids, strict=True):
+                        yield raw, read, image_id, read_at
+                        read_at = time.perf_counter()
             finally:  # stopped early (or failed): close the shard opened ahead
                 if opening is not None and opening.exception() is None:
                     opening.result()[0].close()

@@ -14,13 +14,13 @@ from pipelines.shards.manifest import (
     rewrite_advice,
 )
 from pipelines.shards.tar_stream import TarFormatError, iter_members
-from pipelines.storage.base import CountingReader, Storage
+from pipelines.storage.base import CallStats, CountingReader, MeteredStream, Storage
 
 
 def iter_shard(
     storage: Storage, shard: ShardInfo, stream: BinaryIO | None = None
-) -> Iterator[tuple[dict, int, float]]:
-    """Stream one shard front to back and yield its samples.
+) -> Iterator[tuple[dict, CallStats]]:
+    """Stream one shard front to back and yield its samples, each with its share of the read.
 
     The tar is parsed by :func:`pipelines.shards.tar_stream.iter_members` from 1 MiB reads, and its
     members grouped into samples by key as WebDataset does. Memory is bounded by one read plus
@@ -32,15 +32,17 @@ def iter_shard(
 
     Args:
         stream: the shard already opened with ``storage.open`` (by a read-ahead), or None to
-            open it here; it is closed at the end either way.
+            open it here; it is closed at the end either way. A stream without figures of its
+            own (``stats()``: a plain file object) is counted from here on.
 
     Yields:
-        ``(sample, nbytes, read_s)``: ``sample`` maps ``"__key__"``, ``"__url__"`` (the
-        shard), an image extension and ``"json"`` to bytes; ``nbytes`` is the bytes of the
-        sample's tar members (headers, data, padding) and ``read_s`` its share of the read
-        time at the stream's rate so far (seconds); the last sample also carries the tar's end
-        blocks and the remaining read time, so a shard's samples add up to its bytes and read
-        time exactly, however large the reads.
+        ``(sample, share)``: ``sample`` maps ``"__key__"``, ``"__url__"`` (the shard), an
+        image extension and ``"json"`` to bytes; ``share`` (a :class:`CallStats`) holds the
+        bytes of the sample's tar members (headers, data, padding), its share of the stream's
+        seconds at the stream's rate so far, and the requests the stream sent since the
+        previous sample (the first sample: the shard's GET); the last sample also carries the
+        tar's end blocks and whatever remains, so a shard's shares add up to the stream's
+        figures exactly, however large the reads.
 
     Raises:
         ShardError: the tar is truncated or corrupt (the message names the member), a
@@ -50,15 +52,15 @@ def iter_shard(
         pipelines.storage.base.StorageError: the shard cannot be opened.
     """
     where = storage.describe(shard.key)
-    stream = CountingReader(
-        stream if stream is not None else storage.open(shard.key),
-        checksum=shard.crc32 is not None,
-    )
+    metered = stream if stream is not None else storage.open(shard.key)
+    if not hasattr(metered, "stats"):
+        metered = MeteredStream(metered, CallStats())
+    counted = CountingReader(metered, checksum=shard.crc32 is not None)
     limit = shard.bytes or None
-    count, given_bytes, given_s = 0, 0, 0.0
+    count, given = 0, CallStats()
     pending = None
     try:
-        for sample, end in _group_by_key(iter_members(stream, limit=limit), where):
+        for sample, end in _group_by_key(iter_members(counted, limit=limit), where):
             if "json" not in sample or sample.keys().isdisjoint(IMAGE_EXTENSIONS):
                 raise ShardError(
                     f"shard {where}: sample {sample['__key__']!r} lacks its image or its .json "
@@ -68,11 +70,15 @@ def iter_shard(
             if pending is not None:
                 yield pending
             count += 1
-            nbytes = end - given_bytes  # its members: headers, data, padding
-            read_s = stream.read_s * nbytes / stream.nbytes  # the read rate so far
-            pending = (sample, nbytes, read_s)
-            given_bytes, given_s = end, given_s + read_s
-        while stream.read(1 << 20):  # the tar's end blocks and record padding are read too
+            now = metered.stats()
+            nbytes = end - given.nbytes  # its members: headers, data, padding
+            requests = now.since(given)
+            share = CallStats(
+                nbytes, now.seconds * nbytes / max(now.nbytes, 1),  # the read rate so far
+                requests.requests, requests.retries, requests.ttfb_s, requests.errors,
+            )  # fmt: skip
+            pending, given = (sample, share), given + share
+        while counted.read(1 << 20):  # the tar's end blocks and record padding are read too
             pass
     except TarFormatError as exc:
         raise ShardError(
@@ -80,21 +86,21 @@ def iter_shard(
             f"({exc}); {rewrite_advice(storage, shard)}"
         ) from None
     finally:
-        stream.close()
+        counted.close()
     if count != shard.samples:
         raise ShardError(
             f"shard {where} is truncated: it holds {count} samples, its manifest says "
             f"{shard.samples}; {rewrite_advice(storage, shard)}"
         )
-    if shard.crc32 is not None and (stream.nbytes, stream.crc32) != (shard.bytes, shard.crc32):
+    if shard.crc32 is not None and (counted.nbytes, counted.crc32) != (shard.bytes, shard.crc32):
         raise ShardError(
-            f"shard {where} changed after it was written: {stream.nbytes} bytes with CRC-32 "
-            f"{stream.crc32:08x}, its manifest says {shard.bytes} bytes with CRC-32 "
+            f"shard {where} changed after it was written: {counted.nbytes} bytes with CRC-32 "
+            f"{counted.crc32:08x}, its manifest says {shard.bytes} bytes with CRC-32 "
             f"{shard.crc32:08x} (damaged or replaced); {rewrite_advice(storage, shard)}"
         )
-    if pending is not None:  # the last sample also carries the end blocks: totals are exact
-        sample, nbytes, read_s = pending
-        yield sample, nbytes + stream.nbytes - given_bytes, read_s + stream.read_s - given_s
+    if pending is not None:  # the last sample also carries the rest: totals are exact
+        sample, share = pending
+        yield sample, share + metered.stats().since(given)
 
 
 def _group_by_key(

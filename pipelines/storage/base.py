@@ -17,7 +17,14 @@ from typing import BinaryIO, Protocol
 
 
 class StorageError(Exception):
-    """A read or write failed for a reason the user can act on; the message names the key."""
+    """A read or write failed for a reason the user can act on; the message names the key.
+
+    Attributes:
+        stats: the figures of the call that failed (its requests and the error's kind in
+            ``errors``), where the storage made them; None otherwise.
+    """
+
+    stats: CallStats | None = None
 
 
 class ObjectNotFound(StorageError):
@@ -29,22 +36,81 @@ class PrefixNotFound(ObjectNotFound):
     a listing that fails or is refused is a plain :class:`StorageError`, never this."""
 
 
+@dataclass(frozen=True)
+class CallStats:
+    """The figures of one storage call, made by the call itself: a whole-object read, a ranged
+    read, or a stream (so far). Immutable; callers sum them, nothing is ever reset.
+
+    Attributes:
+        nbytes: bytes the call returned.
+        seconds: wall time spent inside the call (for a stream: its open and its reads).
+        requests: requests sent (S3: GETs, one per window of a windowed stream; filesystem: one
+            ``open``).
+        retries: attempts retried after a transient failure (boto3; the CRT does not say).
+        ttfb_s: time to first byte of each request, seconds (S3: until the response headers
+            or the first part arrived, retries and backoff included; filesystem: ``open``).
+        errors: failed requests by kind, ``((kind, count), ...)`` (on the
+            :class:`StorageError` of a call that failed).
+    """
+
+    nbytes: int = 0
+    seconds: float = 0.0
+    requests: int = 0
+    retries: int = 0
+    ttfb_s: tuple[float, ...] = ()
+    errors: tuple[tuple[str, int], ...] = ()
+
+    def __add__(self, other: CallStats) -> CallStats:
+        errors = Counter(dict(self.errors))
+        errors.update(dict(other.errors))
+        return CallStats(
+            self.nbytes + other.nbytes,
+            self.seconds + other.seconds,
+            self.requests + other.requests,
+            self.retries + other.retries,
+            self.ttfb_s + other.ttfb_s,
+            tuple(sorted(errors.items())),
+        )
+
+    def since(self, before: CallStats) -> CallStats:
+        """What this call did after ``before``, an earlier figure of the same stream (its
+        counts minus ``before``'s, the TTFBs after ``before``'s)."""
+        errors = Counter(dict(self.errors))
+        errors.subtract(dict(before.errors))
+        return CallStats(
+            self.nbytes - before.nbytes,
+            self.seconds - before.seconds,
+            self.requests - before.requests,
+            self.retries - before.retries,
+            self.ttfb_s[len(before.ttfb_s) :],
+            tuple(sorted((k, n) for k, n in errors.items() if n)),
+        )
+
+
 @dataclass
 class RequestStats:
-    """Storage requests made by one process since the last :meth:`Storage.take_stats`.
+    """The requests of many storage calls, summed (a batch, an epoch, a pass).
 
     Attributes:
         requests: read requests sent (S3: GET; filesystem: one ``open`` per read).
-        retries: requests retried after a transient failure (throttling, connection errors).
+        retries: requests retried after transient failures (throttling, connection errors).
         errors: failed requests by kind (e.g. ``{"NoSuchKey": 1, "timeout": 2}``).
-        ttfb_s: time to first byte of each request in seconds (S3: until the response headers
-            arrived; filesystem: until ``open`` returned).
+        ttfb_s: time to first byte of each request in seconds.
     """
 
     requests: int = 0
     retries: int = 0
     errors: Counter = field(default_factory=Counter)
     ttfb_s: list[float] = field(default_factory=list)
+
+    def add(self, call: CallStats | None) -> None:
+        """Add one call's requests (None: a sample that made none)."""
+        if call is None or not (call.requests or call.retries or call.errors):
+            return
+        self.requests += call.requests
+        self.retries += call.retries
+        self.errors.update(dict(call.errors))
+        self.ttfb_s.extend(call.ttfb_s)
 
     def merge(self, other: RequestStats) -> None:
         """Add ``other``'s counts into this one."""
@@ -54,6 +120,70 @@ class RequestStats:
         self.retries += other.retries
         self.errors.update(other.errors)
         self.ttfb_s.extend(other.ttfb_s)
+
+
+class MeteredStream:
+    """A storage's stream of one object that keeps its own figures (:meth:`stats`): the
+    requests of its open (``opened``) and any it sends while reading (:meth:`count_request`:
+    a windowed S3 stream), and the bytes and seconds of its reads.
+
+    Args:
+        raw: the binary stream (``read``, ``close``).
+        opened: the figures of opening it (its request, TTFB, retries, seconds).
+    """
+
+    def __init__(self, raw, opened: CallStats):
+        self.raw = raw
+        self._opened = opened
+        self._nbytes = 0
+        self._read_s = 0.0
+        self._ttfb: list[float] = []
+        #: whether :meth:`close` was called
+        self.closed = False
+
+    def count_request(self, ttfb_s: float) -> None:
+        """Count a request the stream sent, with its time to first byte."""
+        self._ttfb.append(ttfb_s)
+
+    def add_open_seconds(self, seconds: float) -> None:
+        """Count ``seconds`` spent opening the stream (its first request, when the stream
+        sent it itself)."""
+        self._read_s += seconds
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (the rest when ``n < 0``), timed; ``b""`` at the end."""
+        start = time.perf_counter()
+        data = self.raw.read(n)
+        self._read_s += time.perf_counter() - start
+        self._nbytes += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        """Fill ``buffer`` with up to ``len(buffer)`` bytes; the number read (0 at the end)."""
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def stats(self) -> CallStats:
+        """The stream's figures so far: its open, the requests sent since, its reads."""
+        return self._opened + CallStats(
+            self._nbytes, self._read_s, len(self._ttfb), 0, tuple(self._ttfb)
+        )
+
+    def fileno(self) -> int:
+        """The file descriptor of a file's stream (OSError for others)."""
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        """Close the stream."""
+        self.raw.close()
+        self.closed = True
+
+    def __enter__(self) -> MeteredStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Storage(Protocol):
@@ -77,12 +207,22 @@ class Storage(Protocol):
         """Read a whole object. Raises :class:`StorageError` when missing or unreadable."""
         ...
 
-    def open(self, key: str) -> BinaryIO:
-        """Open an object for streaming, front to back, with bounded memory."""
+    def fetch(self, key: str) -> tuple[bytes, CallStats]:
+        """Read a whole object with the figures of that read (:class:`CallStats`). Raises
+        :class:`StorageError` when missing or unreadable."""
+        ...
+
+    def open(self, key: str) -> MeteredStream:
+        """Open an object for streaming, front to back, with bounded memory; the stream's
+        ``stats()`` gives its figures so far."""
         ...
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """Read ``length`` bytes from byte offset ``start`` (fewer at the end of the object)."""
+        ...
+
+    def fetch_range(self, key: str, start: int, length: int) -> tuple[bytes, CallStats]:
+        """:meth:`read_range` with the figures of that read."""
         ...
 
     def exists(self, key: str) -> bool:
@@ -110,10 +250,6 @@ class Storage(Protocol):
 
     def describe(self, key: str = "") -> str:
         """Where ``key`` lives, for messages: a path or URI. Never contains credentials."""
-        ...
-
-    def take_stats(self) -> RequestStats:
-        """The requests this process made since the last call, and start counting afresh."""
         ...
 
     def connect(self) -> None:
@@ -145,26 +281,22 @@ def relative_keys(storage: Storage, prefix: str) -> Iterator[str]:
 
 
 class CountingReader:
-    """Wrap a binary stream and count the bytes and seconds spent in its ``read`` calls, and the
-    CRC-32 of the bytes read.
+    """Wrap a binary stream and count the bytes read through it, and their CRC-32.
 
-    ``nbytes`` (bytes) and ``read_s`` (seconds, ``time.perf_counter``) only grow; callers take
-    differences to attribute reads to samples. With ``checksum``, ``crc32`` is ``zlib.crc32``
-    of every byte read so far (~0.4 ms of CPU per MB here), so a whole stream can be checked
-    against a recorded checksum without a second read; without, it stays None.
+    ``nbytes`` only grows; callers take differences to attribute reads to samples. With
+    ``checksum``, ``crc32`` is ``zlib.crc32`` of every byte read so far (~0.4 ms of CPU per
+    MB here), so a whole stream can be checked against a recorded checksum without a second
+    read; without, it stays None.
     """
 
     def __init__(self, stream: BinaryIO, *, checksum: bool = False):
         self.stream = stream
         self.nbytes = 0
-        self.read_s = 0.0
         self.crc32 = 0 if checksum else None
 
     def read(self, n: int = -1) -> bytes:
         """Read up to ``n`` bytes (all when ``n < 0``) from the wrapped stream."""
-        start = time.perf_counter()
         data = self.stream.read(n)
-        self.read_s += time.perf_counter() - start
         self.nbytes += len(data)
         if self.crc32 is not None:
             self.crc32 = zlib.crc32(data, self.crc32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,9 +10,10 @@ from typing import BinaryIO
 
 from common.files import atomic_write_bytes
 from pipelines.storage.base import (
+    CallStats,
+    MeteredStream,
     ObjectNotFound,
     PrefixNotFound,
-    RequestStats,
     StorageError,
 )
 
@@ -33,25 +33,16 @@ class FileSystemStorage:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self._stats = RequestStats()
-        self._stats_lock = threading.Lock()  # the objects pattern reads from threads
 
     def __repr__(self) -> str:
         return f"FileSystemStorage({str(self.root)!r})"
 
-    def __getstate__(self) -> dict:
-        # a copy sent to a DataLoader worker starts counting its own requests from zero
-        state = self.__dict__.copy()
-        state.pop("_stats_lock")
-        return {**state, "_stats": RequestStats()}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._stats_lock = threading.Lock()
-
-    def _count_error(self, exc: OSError) -> None:
-        with self._stats_lock:
-            self._stats.errors[type(exc).__name__] += 1
+    def _error(self, exc: OSError, what: str, key: str, error=StorageError) -> StorageError:
+        """A :class:`StorageError` (or ``error``) for ``exc`` naming the file, carrying one
+        failed request of the error's kind in its ``stats``."""
+        failed = error(f"cannot {what} {self._path(key)}: {exc.strerror}")
+        failed.stats = CallStats(requests=1, errors=((type(exc).__name__, 1),))
+        return failed
 
     def _path(self, key: str) -> Path:
         return self.root / key
@@ -86,14 +77,26 @@ class FileSystemStorage:
 
     def read(self, key: str) -> bytes:
         """Read the whole file: one ``open`` + ``read`` call."""
-        with self._open(key) as f:
-            try:
-                return f.read()
-            except OSError as exc:
-                self._count_error(exc)
-                raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+        return self.fetch(key)[0]
 
-    def open(self, key: str) -> BinaryIO:
+    def fetch(self, key: str) -> tuple[bytes, CallStats]:
+        """Read the whole file (one ``open``, its time the TTFB, and one ``read``), with the
+        figures of that read.
+
+        Raises:
+            ObjectNotFound: no such file.
+            StorageError: it cannot be opened or read (permissions, I/O error).
+        """
+        start = time.perf_counter()
+        f, ttfb = self._open(key)
+        with f:
+            try:
+                data = f.read()
+            except OSError as exc:
+                raise self._error(exc, "read", key) from exc
+        return data, CallStats(len(data), time.perf_counter() - start, 1, 0, (ttfb,))
+
+    def open(self, key: str) -> MeteredStream:
         """Open the file for a front-to-back read (one request), and ask the kernel to read its
         first :data:`READ_AHEAD_BYTES` into the page cache now.
 
@@ -104,42 +107,54 @@ class FileSystemStorage:
         read-ahead goes on. Skipped where ``posix_fadvise`` does not exist (macOS, Windows) or
         the file refuses advice; it only ever changes when bytes are read, never which.
 
+        Returns:
+            The file as a stream that keeps its figures (``stats()``).
+
         Raises:
             ObjectNotFound: no such file.
             StorageError: it cannot be opened (permissions, not a file).
         """
-        f = self._open(key)
+        start = time.perf_counter()
+        f, ttfb = self._open(key)
         if hasattr(os, "posix_fadvise"):
             try:
                 os.posix_fadvise(f.fileno(), 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
             except OSError:
                 pass  # advice only (e.g. a filesystem that does not take it)
-        return f
+        opened = CallStats(0, time.perf_counter() - start, 1, 0, (ttfb,))
+        return MeteredStream(_ReadErrors(f, self, key), opened)
 
-    def _open(self, key: str) -> BinaryIO:
-        """Open the file for buffered reads (one request, counted with its time to open)."""
+    def _open(self, key: str) -> tuple[BinaryIO, float]:
+        """Open the file for buffered reads: the file and the seconds ``open`` took."""
         start = time.perf_counter()
         try:
             f = open(self._path(key), "rb")
         except OSError as exc:
-            self._count_error(exc)
             error = ObjectNotFound if isinstance(exc, FileNotFoundError) else StorageError
-            raise error(f"cannot open {self._path(key)}: {exc.strerror}") from exc
-        ttfb = time.perf_counter() - start
-        with self._stats_lock:
-            self._stats.requests += 1
-            self._stats.ttfb_s.append(ttfb)
-        return f
+            raise self._error(exc, "open", key, error) from exc
+        return f, time.perf_counter() - start
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """Read ``length`` bytes at offset ``start``."""
-        with self._open(key) as f:
+        return self.fetch_range(key, start, length)[0]
+
+    def fetch_range(self, key: str, start: int, length: int) -> tuple[bytes, CallStats]:
+        """``length`` bytes at offset ``start`` (one ``open``, a seek, one ``read``), with the
+        figures of that read.
+
+        Raises:
+            ObjectNotFound: no such file.
+            StorageError: it cannot be opened or read.
+        """
+        began = time.perf_counter()
+        f, ttfb = self._open(key)
+        with f:
             try:
                 f.seek(start)
-                return f.read(length)
+                data = f.read(length)
             except OSError as exc:
-                self._count_error(exc)
-                raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
+                raise self._error(exc, "read", key) from exc
+        return data, CallStats(len(data), time.perf_counter() - began, 1, 0, (ttfb,))
 
     def exists(self, key: str) -> bool:
         """Whether a regular file exists at ``key``."""
@@ -193,12 +208,24 @@ class FileSystemStorage:
         """The file's path."""
         return str(self._path(key))
 
-    def take_stats(self) -> RequestStats:
-        """Requests since the last call (see :class:`RequestStats`); exact while other threads
-        read (the counters change under a lock)."""
-        with self._stats_lock:
-            stats, self._stats = self._stats, RequestStats()
-        return stats
-
     def connect(self) -> None:
         """Nothing to set up for a filesystem."""
+
+
+class _ReadErrors:
+    """A file whose read errors become :class:`StorageError` naming it."""
+
+    def __init__(self, f: BinaryIO, storage: FileSystemStorage, key: str):
+        self._f, self._storage, self._key = f, storage, key
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._f.read(n)
+        except OSError as exc:
+            raise self._storage._error(exc, "read", self._key) from exc
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()

@@ -43,7 +43,13 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
 from common.errors import first_line
-from pipelines.storage.base import ObjectNotFound, PrefixNotFound, RequestStats, StorageError
+from pipelines.storage.base import (
+    CallStats,
+    MeteredStream,
+    ObjectNotFound,
+    PrefixNotFound,
+    StorageError,
+)
 from pipelines.storage.env_file import read_env_file
 
 MiB = 1024 * 1024
@@ -142,20 +148,19 @@ class S3Storage:
         wider._reset_process_state()
         return wider
 
-    # -- per-process state: client, locks, counters -------------------------------------------
+    # -- per-process state: client, locks --------------------------------------------------------
 
     def _reset_process_state(self) -> None:
-        """Forget the client and counters (new object, unpickled copy, or forked child)."""
+        """Forget the client (new object, unpickled copy, or forked child)."""
         self._pid = os.getpid()
         self._client = None
         self._session = None
         self._client_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self._stats = RequestStats()
+        self._calls = threading.local()  # the retries of the GET this thread is sending
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_client", "_session", "_client_lock", "_stats_lock", "_stats", "_pid"):
+        for name in ("_client", "_session", "_client_lock", "_calls", "_pid"):
             state.pop(name, None)
         return state
 
@@ -253,24 +258,11 @@ class S3Storage:
         return client
 
     def _on_request_created(self, request, **_kwargs) -> None:
-        """botocore hook, once per attempt: attempts after the first are retries."""
+        """botocore hook, once per attempt, in the thread that sends the request: attempts
+        after the first of a GET are its retries."""
         attempt = getattr(request, "context", {}).get("retries", {}).get("attempt", 1)
-        if attempt > 1:
-            with self._stats_lock:
-                self._stats.retries += 1
-
-    def take_stats(self) -> RequestStats:
-        """This process's requests since the last call, and start counting afresh.
-
-        ``requests`` counts GETs (:meth:`read`, :meth:`open`, :meth:`read_range`); ``retries``
-        every retried attempt of any request; ``errors`` failed requests by kind (the S3 error
-        code, or ``unreachable`` / ``timeout`` / ``stream``); ``ttfb_s`` the seconds from each
-        GET call until its response headers arrived, retries and backoff included.
-        """
-        self._check_process()
-        with self._stats_lock:
-            stats, self._stats = self._stats, RequestStats()
-        return stats
+        if attempt > 1 and getattr(self._calls, "retries", None) is not None:
+            self._calls.retries += 1
 
     # -- naming ----------------------------------------------------------------------------------
 
@@ -304,22 +296,23 @@ class S3Storage:
     def _fail(
         self, exc: BaseException, key: str | None, action: str, *, mid_stream: bool = False
     ) -> StorageError:
-        """Count ``exc`` in the stats and turn it into a one-line :class:`StorageError`.
+        """Turn ``exc`` into a one-line :class:`StorageError` whose ``stats`` hold one failed
+        request of its kind.
 
         ``mid_stream``: the failure came while reading a response body (not retried).
         """
         if mid_stream and isinstance(exc, botocore.exceptions.ReadTimeoutError):
-            with self._stats_lock:
-                self._stats.errors["timeout"] += 1
-            return StorageError(
+            kind = "timeout"
+            failed = StorageError(
                 f"{self._where(key)}: cannot {action}: the transfer stalled (no data for "
                 f"{self.read_timeout_s} s): check the server and the network, or raise "
                 "read_timeout_s"
             )
-        kind, message = self._explain(exc, key, action)
-        with self._stats_lock:
-            self._stats.errors[kind] += 1
-        return ObjectNotFound(message) if kind == "NoSuchKey" else StorageError(message)
+        else:
+            kind, message = self._explain(exc, key, action)
+            failed = ObjectNotFound(message) if kind == "NoSuchKey" else StorageError(message)
+        failed.stats = CallStats(requests=0 if mid_stream else 1, errors=((kind, 1),))
+        return failed
 
     def _explain(self, exc: BaseException, key: str | None, action: str) -> tuple[str, str]:
         where = self._where(key)
@@ -388,26 +381,30 @@ class S3Storage:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def _get(self, key: str, action: str, **params) -> dict | None:
-        """One GET: count it, time it until the headers arrived; return the response.
+    def _get(self, key: str, action: str, **params) -> tuple[dict, CallStats] | None:
+        """One GET: the response and its figures (one request, its TTFB: the seconds until the
+        headers arrived, retries and backoff included, and its retries).
 
         Returns ``None`` for a Range starting at or past the end of the object (InvalidRange).
+
+        Raises:
+            StorageError: the GET failed (:class:`ObjectNotFound` for a missing object).
         """
         client = self.client()
+        self._calls.retries = 0
         start = time.perf_counter()
         try:
             response = client.get_object(Bucket=self.bucket, Key=self._key(key), **params)
         except Exception as exc:
-            with self._stats_lock:
-                self._stats.requests += 1
+            retries, self._calls.retries = self._calls.retries, None
             if "Range" in params and _code(exc) in ("InvalidRange", "416"):
                 return None
-            raise self._fail(exc, key, action) from None
+            failed = self._fail(exc, key, action)
+            failed.stats += CallStats(retries=retries)
+            raise failed from None
+        retries, self._calls.retries = self._calls.retries, None
         ttfb = time.perf_counter() - start
-        with self._stats_lock:  # the request and its TTFB land in the same snapshot
-            self._stats.requests += 1
-            self._stats.ttfb_s.append(ttfb)
-        return response
+        return response, CallStats(0, ttfb, 1, retries, (ttfb,))
 
     def read(self, key: str) -> bytes:
         """The whole object, in one GET.
@@ -416,15 +413,26 @@ class S3Storage:
             StorageError: missing object or bucket, credentials refused, endpoint unreachable or
                 timing out after the retries, or the connection broke while reading the body.
         """
-        return self._read_body(self._get(key, "read"), key, "read")
+        return self.fetch(key)[0]
 
-    def open(self, key: str) -> S3Stream:
-        """Stream the object front to back (one GET; memory bounded by the ``read(n)`` sizes).
+    def fetch(self, key: str) -> tuple[bytes, CallStats]:
+        """The whole object in one GET, with the figures of that read.
+
+        Raises:
+            StorageError: as :meth:`read`.
+        """
+        response, opened = self._get(key, "read")
+        return self._read_body(response, opened, key, "read")
+
+    def open(self, key: str) -> MeteredStream:
+        """Stream the object front to back (one GET; memory bounded by the ``read(n)`` sizes);
+        the stream's ``stats()`` gives its figures.
 
         Raises:
             StorageError: as :meth:`read`; errors while reading the stream are StorageError too.
         """
-        return S3Stream(self, key, self._get(key, "open")["Body"])
+        response, opened = self._get(key, "open")
+        return MeteredStream(S3Stream(self, key, response["Body"]), opened)
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from byte offset ``start`` in one ranged GET (fewer at the end).
@@ -435,24 +443,39 @@ class S3Storage:
             StorageError: as :meth:`read`.
             ValueError: ``start`` is negative.
         """
+        return self.fetch_range(key, start, length)[0]
+
+    def fetch_range(self, key: str, start: int, length: int) -> tuple[bytes, CallStats]:
+        """:meth:`read_range` with the figures of that read (no request for ``length <= 0``).
+
+        Raises:
+            StorageError: as :meth:`read`.
+            ValueError: ``start`` is negative.
+        """
         if start < 0:
             raise ValueError(f"{start=} must not be negative")
         if length <= 0:
-            return b""
-        response = self._get(key, "read a range of", Range=f"bytes={start}-{start + length - 1}")
-        if response is None:  # start at or past the end: like reading a file there
-            return b""
-        return self._read_body(response, key, "read a range of")
+            return b"", CallStats()
+        began = time.perf_counter()
+        got = self._get(key, "read a range of", Range=f"bytes={start}-{start + length - 1}")
+        if got is None:  # start at or past the end: like reading a file there
+            return b"", CallStats(0, time.perf_counter() - began, 1)
+        return self._read_body(*got, key, "read a range of")
 
-    def _read_body(self, response: dict, key: str, action: str) -> bytes:
-        """The whole body of a GET response; a broken transfer becomes a StorageError."""
+    def _read_body(
+        self, response: dict, opened: CallStats, key: str, action: str
+    ) -> tuple[bytes, CallStats]:
+        """The whole body of a GET response and the GET's figures with it; a broken transfer
+        becomes a StorageError."""
         body = response["Body"]
+        start = time.perf_counter()
         try:
-            return body.read()
+            data = body.read()
         except Exception as exc:
             raise self._fail(exc, key, action, mid_stream=True) from None
         finally:
             body.close()
+        return data, opened + CallStats(len(data), time.perf_counter() - start)
 
     def _head(self, key: str) -> dict:
         try:

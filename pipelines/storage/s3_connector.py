@@ -13,7 +13,7 @@ Here a stream is read in ranged GETs of :data:`STREAM_WINDOW` bytes, one in flig
 each part dropped once read (:class:`ObjectStream`): memory is bounded by one window.
 
 Why one module of this size: it is one back end (the :class:`Storage` interface over the CRT
-client), and its bounded-memory stream, error mapping and request counting share the client.
+client), and its bounded-memory stream and error mapping share the client.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from pipelines.storage.base import ObjectNotFound, RequestStats, StorageError
+from pipelines.storage.base import CallStats, MeteredStream, ObjectNotFound, StorageError
 from pipelines.storage.s3 import safe_url
 
 #: Bytes per ranged GET of a streaming read (:meth:`S3ConnectorStorage.open`): two of the CRT
@@ -58,10 +58,11 @@ class S3ConnectorStorage:
 
     Credentials come from the CRT's standard chain (environment, profile, instance role).
     One client per process, created on first use under a lock (the objects pattern reads from
-    several threads) and again in a forked or unpickled copy (DataLoader workers). Stats: one
-    request per GET (``read``, ``read_range``: one; ``open``: one per :data:`STREAM_WINDOW`
-    bytes), counted under a lock; ``ttfb_s`` is measured until the GET's first part arrived.
-    Retries happen inside the CRT client and cannot be counted (``retries`` stays 0).
+    several threads) and again in a forked or unpickled copy (DataLoader workers). Figures
+    (:class:`pipelines.storage.base.CallStats`, per call): one request per GET (``fetch``,
+    ``fetch_range``: one; ``open``: one per :data:`STREAM_WINDOW` bytes), ``ttfb_s`` measured
+    until the GET's first part arrived. Retries happen inside the CRT client and cannot be
+    counted (``retries`` stays 0).
 
     Raises:
         StorageError: s3torchconnector is not installed (message says how to install it).
@@ -90,19 +91,17 @@ class S3ConnectorStorage:
         self.max_attempts = max_attempts
         self._reset_process_state()
 
-    # -- per-process state: client, locks, counters -------------------------------------------
+    # -- per-process state: client, lock ---------------------------------------------------------
 
     def _reset_process_state(self) -> None:
-        """Forget the client and counters (new object, unpickled copy, or forked child)."""
+        """Forget the client (new object, unpickled copy, or forked child)."""
         self._pid = os.getpid()
         self._client = None
         self._client_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self._stats = RequestStats()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_client", "_client_lock", "_stats_lock", "_stats", "_pid"):
+        for name in ("_client", "_client_lock", "_pid"):
             state.pop(name, None)
         return state
 
@@ -137,19 +136,6 @@ class S3ConnectorStorage:
         """Create this process's client now (no request is sent)."""
         self.client()
 
-    def take_stats(self) -> RequestStats:
-        """Requests since the last call, and start counting afresh."""
-        if self._pid != os.getpid():
-            self._reset_process_state()
-        with self._stats_lock:
-            stats, self._stats = self._stats, RequestStats()
-        return stats
-
-    def _count_request(self, ttfb_s: float) -> None:
-        with self._stats_lock:
-            self._stats.requests += 1
-            self._stats.ttfb_s.append(ttfb_s)
-
     # -- naming and errors -----------------------------------------------------------------------
 
     def _uri(self, key: str) -> str:
@@ -161,45 +147,52 @@ class S3ConnectorStorage:
         endpoint = safe_url(self.endpoint_url) if self.endpoint_url else f"AWS {self.region}"
         return f"{self._uri(key)} ({endpoint}, s3torchconnector)"
 
-    def _fail(self, exc: Exception, key: str, action: str) -> StorageError:
-        """Count ``exc`` and turn it into a one-line :class:`StorageError` naming the object."""
+    def _fail(self, exc: Exception, key: str, action: str, *, request: bool = True) -> StorageError:
+        """Turn ``exc`` into a one-line :class:`StorageError` naming the object, whose
+        ``stats`` hold the failed request (``request``: one was sent) and its kind."""
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         missing = any(m in text.lower() for m in _MISSING)
         kind = "NoSuchKey" if missing else type(exc).__name__
-        with self._stats_lock:
-            self._stats.errors[kind] += 1
         hint = (
             "check the key and the prefix"
             if missing
             else "check the endpoint, the bucket and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
         )
         error = ObjectNotFound if missing else StorageError
-        return error(f"{self.describe(key)}: cannot {action}: {text}; {hint}")
+        failed = error(f"{self.describe(key)}: cannot {action}: {text}; {hint}")
+        failed.stats = CallStats(requests=int(request), errors=((kind, 1),))
+        return failed
 
     # -- reads -----------------------------------------------------------------------------------
 
     def _stream(
         self, key: str, action: str, start: int = 0, end: int | None = None, window: int = 0
-    ) -> ObjectStream:
+    ) -> MeteredStream:
         """An :class:`ObjectStream` of bytes ``start`` to ``end`` (exclusive; None: the end of
-        the object), its first GET sent and its first part received."""
-        stream = self.client().get_object(
+        the object), its first GET sent and its first part received, metered: its ``stats()``
+        count every GET it sends."""
+        began = time.perf_counter()
+        raw = self.client().get_object(
             self.bucket,
             key,
             reader_constructor=lambda *, bucket, key, get_object_info, get_stream: ObjectStream(
                 self, key, action, get_stream, start=start, end=end, window=window
             ),
         )
-        stream.next_get()
+        stream = MeteredStream(raw, CallStats())
+        raw.on_request = stream.count_request
+        raw.next_get()
+        stream.add_open_seconds(time.perf_counter() - began)
         return stream
 
     def _get(self, key: str, action: str, get, *, ranged: bool):
-        """Send one GET (``get()`` returns the CRT's iterator of parts), count it and wait for
-        its first part (its time is the request's TTFB).
+        """Send one GET (``get()`` returns the CRT's iterator of parts) and wait for its first
+        part.
 
         Returns:
-            ``(first part, the other parts)``, or None for a ``ranged`` GET whose range starts
-            at or past the end of the object (HTTP 416, InvalidRange).
+            ``(first part, the other parts, its TTFB in seconds)``, or ``(None, None, TTFB)``
+            for a ``ranged`` GET whose range starts at or past the end of the object (HTTP
+            416, InvalidRange).
 
         Raises:
             StorageError: the request failed (:class:`ObjectNotFound` for a missing object).
@@ -210,15 +203,11 @@ class S3ConnectorStorage:
             first = next(parts, b"")
         except Exception as exc:  # noqa: BLE001 - the CRT raises S3Exception and others
             if ranged and any(m in str(exc).lower() for m in _NO_RANGE):
-                self._count_request(time.perf_counter() - began)
-                return None
-            with self._stats_lock:  # a failed GET is a request too, as for boto3
-                self._stats.requests += 1
+                return None, None, time.perf_counter() - began
             raise self._fail(exc, key, action) from None
-        self._count_request(time.perf_counter() - began)
-        return first, parts
+        return first, parts, time.perf_counter() - began
 
-    def open(self, key: str) -> ObjectStream:
+    def open(self, key: str) -> MeteredStream:
         """Stream the object front to back in ranged GETs of :data:`STREAM_WINDOW` bytes, each
         read as it arrives: memory bounded by one window, whatever the object's size.
 
@@ -234,8 +223,17 @@ class S3ConnectorStorage:
         Raises:
             StorageError: as :meth:`open`.
         """
+        return self.fetch(key)[0]
+
+    def fetch(self, key: str) -> tuple[bytes, CallStats]:
+        """The whole object (one GET), with the figures of that read.
+
+        Raises:
+            StorageError: as :meth:`open`.
+        """
         with self._stream(key, "read") as stream:
-            return stream.read()
+            data = stream.read()
+            return data, stream.stats()
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from offset ``start`` in one ranged GET (fewer at the end of the
@@ -245,12 +243,22 @@ class S3ConnectorStorage:
             StorageError: as :meth:`open`.
             ValueError: ``start`` is negative.
         """
+        return self.fetch_range(key, start, length)[0]
+
+    def fetch_range(self, key: str, start: int, length: int) -> tuple[bytes, CallStats]:
+        """:meth:`read_range` with the figures of that read (no request for ``length <= 0``).
+
+        Raises:
+            StorageError: as :meth:`open`.
+            ValueError: ``start`` is negative.
+        """
         if start < 0:
             raise ValueError(f"{start=} must not be negative")
         if length <= 0:
-            return b""
+            return b"", CallStats()
         with self._stream(key, "read a range of", start, start + length) as stream:
-            return stream.read()
+            data = stream.read()
+            return data, stream.stats()
 
     def size(self, key: str) -> int:
         """Size in bytes (one HEAD).
@@ -380,6 +388,8 @@ class ObjectStream:
         self._part = memoryview(b"")
         self._window_left = 0  # bytes of the current window not yet received
         self._closed = False
+        #: called with each GET's time to first byte (the :class:`MeteredStream` around it)
+        self.on_request = lambda ttfb_s: None
 
     def next_get(self) -> bool:
         """Send the next GET (the first, or the next window); False at the end."""
@@ -390,16 +400,17 @@ class ObjectStream:
         if self._window:
             stop = start + self._window if stop is None else min(stop, start + self._window)
         unranged = start == 0 and stop is None
-        got = self._storage._get(
+        first, parts, ttfb = self._storage._get(
             self._key,
             self._action,
             lambda: self._get_stream(None, None) if unranged else self._get_stream(start, stop),
             ranged=not unranged,
         )
-        if got is None:
+        self.on_request(ttfb)
+        if parts is None:
             self._parts = None
             return False
-        first, self._parts = got
+        self._parts = parts
         self._part = memoryview(first)
         self._window_left = (stop - start) if stop is not None else -1
         return True
@@ -412,7 +423,7 @@ class ObjectStream:
             try:
                 part = next(self._parts, None)
             except Exception as exc:  # noqa: BLE001 - the CRT raises S3Exception and others
-                raise self._storage._fail(exc, self._key, "stream") from None
+                raise self._storage._fail(exc, self._key, "stream", request=False) from None
             if part is not None:
                 self._part = memoryview(part)
                 return True
