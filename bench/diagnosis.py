@@ -26,6 +26,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from bench.ratios import passes, unstable
+
 #: MLPerf Storage's pass mark for accelerator utilisation: a training run passes when
 #: AU = compute time / wall time is at least this (MLPerf Storage rules, Rules.md 3.3.2
 #: "trainingAcceleratorUtilizationCheck"; the minimum is 90 % for the 3D U-Net and ResNet-50
@@ -167,7 +169,7 @@ def answers(results: list[dict], decode: bool, cores: int | None = None) -> list
         cores: the machine's cores (default ``os.cpu_count()``).
     """
     groups: dict[tuple, list[dict]] = {}
-    for row in results:
+    for row in passes(results):  # each pass's median repeat, with its ratios' medians
         key = tuple(row.get(k) for k in ("storage", "client_lib", "access", "workers", "ranks"))
         groups.setdefault(key, []).append(row)
     return [_answer(rows, decode, cores) for rows in groups.values()]
@@ -290,11 +292,18 @@ def _ceiling(row: dict) -> str:
             f"raw baseline n/a: it read the same {base * seconds:.1f} MB in {_duration(seconds)},"
             f" under the {_duration(MIN_BASELINE_S)} a measurement needs"
         )
-    ratio = _nan(row, "ratio_to_baseline")
+    ratio = _nan(row, "ratio_to_baseline_median")
+    if math.isnan(ratio):
+        ratio = _nan(row, "ratio_to_baseline")
     if math.isnan(ratio):
         ratio = row["throughput_mbps"] / base
     share = f"{_percent(ratio)} of" if ratio <= 1 else f"{ratio:.2f}x"
-    return f"{share} the raw baseline's {_num(base)} MB/s"
+    low, high = _nan(row, "ratio_to_baseline_min"), _nan(row, "ratio_to_baseline_max")
+    spread = "" if math.isnan(low) or low == high else f", {low:.2f}x-{high:.2f}x over the repeats"
+    text = f"{share} the raw baseline's {_num(base)} MB/s{spread}"
+    if unstable(ratio, low, high):
+        text += "; unstable: the machine was busy, not a finding"
+    return text
 
 
 def limit(row: dict, decode: bool, cores: int | None = None) -> Limit:

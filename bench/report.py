@@ -29,6 +29,7 @@ from bench.diagnosis import (  # noqa: E402
     cpu_per_mb_applies,
     measured,
 )
+from bench.ratios import UNSTABLE_SPREAD, median_spread, passes, ratio_text  # noqa: E402
 from common.files import atomic_write_bytes, save_figure  # noqa: E402
 from training.outputs import write_csv, write_yaml  # noqa: E402
 
@@ -47,10 +48,12 @@ RESULT_COLUMNS = [
     "baseline_mbps", "baseline_objects_per_s",
     *BASELINE_CPU_COLUMNS, "ratio_to_baseline", "peer_samples_per_s", "ratio_to_peer", "error",
     "baseline_s",  # added last, so that the columns before it keep their places
+    "repeat", "ratio_to_baseline_median", "ratio_to_baseline_min", "ratio_to_baseline_max",
+    "ratio_to_peer_median", "ratio_to_peer_min", "ratio_to_peer_max", "unstable",
 ]  # fmt: skip
 STEP_COLUMNS = [
     "case", "pass", "rank", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",
-    "requests", "loss",
+    "requests", "loss", "repeat",
 ]  # fmt: skip
 
 
@@ -78,7 +81,7 @@ def write_report(
 def _warm(results: list[dict]) -> list[dict]:
     """The last pass of each configuration (warm when passes > 1)."""
     last: dict[str, dict] = {}
-    for row in results:
+    for row in passes(results):
         last[row["config"]] = row
     return list(last.values())
 
@@ -175,16 +178,19 @@ def _marked(results: list[dict]) -> list[str]:
 
 
 def table(results: list[dict]) -> str:
-    """A short fixed-width table of every pass: config, cache, samples/s and MB/s (over all its
-    ranks), AU (the mean over ranks, and the worst rank's), data-wait share (%), the loader's
-    CPU ms per MB and the ratios to the raw baseline and the peer. A figure that means nothing
-    for its row is ``n/a`` (:func:`table_notes` says why); ``–``: not measured."""
+    """A short fixed-width table of every pass (its median repeat, :func:`passes`): config,
+    cache, samples/s and MB/s (over all its ranks), AU (the mean over ranks, and the worst
+    rank's), data-wait share (%), the loader's CPU ms per MB, and the ratios to the raw
+    baseline and the peer as the median over the repeats with their range, ``!`` when they
+    spread more than :data:`bench.ratios.UNSTABLE_SPREAD` (the machine was busy). A figure
+    that means nothing for its row is ``n/a`` (:func:`table_notes` says why); ``–``: not
+    measured."""
     header = (
         f"{'configuration':34} {'pass':>4} {'cache':5} {'img/s':>8} {'MB/s':>8} {'AU':>5} "
-        f"{'AUmin':>5} {'wait%':>6} {'CPU/MB':>6} {'x base':>6} {'x peer':>6}"
+        f"{'AUmin':>5} {'wait%':>6} {'CPU/MB':>6} {'x base':>17} {'x peer':>17}"
     )
     lines = [header, "-" * len(header)]
-    for r in results:
+    for r in passes(results):
         if r.get("error"):
             lines.append(f"{r['config']:34} {r['pass']:>4} FAILED: {r['error']}")
             continue
@@ -192,12 +198,14 @@ def table(results: list[dict]) -> str:
         au_min = _fmt(r.get("au_min", r["au"])) if au_applies(r) else "n/a"
         cpu = _fmt(r["cpu_ms_per_mb"], 1) if cpu_per_mb_applies(r) else "n/a"
         has_base = not math.isnan(r.get("baseline_mbps", math.nan))
-        base = "n/a" if has_base and not baseline_measured(r) else _fmt(r["ratio_to_baseline"])
+        base = (
+            "n/a" if has_base and not baseline_measured(r) else ratio_text(r, "ratio_to_baseline")
+        )
         lines.append(
             f"{r['config']:34} {r['pass']:>4} {r['cache'][:5]:5} {_fmt(r['samples_per_s'], 1):>8} "
             f"{_fmt(r['throughput_mbps']):>8} {au:>5} {au_min:>5} "
-            f"{_fmt(100 * r['data_wait_share'], 0):>6} {cpu:>6} {base:>6} "
-            f"{_fmt(r['ratio_to_peer']):>6}"
+            f"{_fmt(100 * r['data_wait_share'], 0):>6} {cpu:>6} {base:>17} "
+            f"{ratio_text(r, 'ratio_to_peer'):>17}"
         )
     return "\n".join(lines)
 
@@ -291,7 +299,12 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | Non
         " over the ranks (MLPerf Storage) and AUmin the worst rank's; AU = compute / wall"
         " (MLPerf Storage); CPU/MB = CPU ms per MB of the benchmark"
         " process and its DataLoader workers; x base = MB/s over the raw baseline's"
-        " MB/s measured in the same run; x peer = samples/s over the peer's (warm read passes).",
+        " MB/s, measured right after the pass; x peer = samples/s over the peer's, measured"
+        " right after that (warm read passes). Each pass ran"
+        f" {bench.get('repeats', 1)} time(s), interleaved with its baseline and peer (A B A B);"
+        " the table shows the median repeat's figures and each ratio's median over the repeats"
+        f" with its range; `!`: the repeats spread more than {UNSTABLE_SPREAD:.0%}, unstable:"
+        " the machine was busy, not a finding.",
         "",
         "```",
         table(results),
@@ -345,15 +358,16 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | Non
     if bench["peers"] and 1 not in bench.get("ranks", [1]):
         lines += ["Not measured: peers are single-process loaders, measured when `bench.ranks`"
                   " has 1.", ""]  # fmt: skip
-    lines += ["| comparison | peer | samples/s |", "|---|---|---|"]
-    for name, p in extras.get("peers", {}).items():
-        if p is None:
-            from bench.peers import s3torchconnector_reason
-
-            why = s3torchconnector_reason() or "not available"
-            lines.append(f"| {name} | not measured: {why} | – |")
-        else:
-            lines.append(f"| {name} | {getattr(p, 'name', name)} | {_fmt(p.samples_per_s, 1)} |")
+    lines += [
+        "Each measured right after the warm read pass it is compared with, once per repeat.",
+        "",
+        "| comparison | peer | samples/s (median, range over repeats) |",
+        "|---|---|---|",
+    ]
+    for name, runs in extras.get("peers", {}).items():
+        median, low, high = median_spread([p.samples_per_s for p in runs])
+        spread = f" ({_fmt(low, 1)}-{_fmt(high, 1)})" if len(runs) > 1 else ""
+        lines.append(f"| {name} | {runs[0].name} | {_fmt(median, 1)}{spread} |")
     for name, error in extras.get("peer_errors", {}).items():
         lines.append(f"| {name} | failed: {error} | – |")
     lines += [

@@ -2,9 +2,12 @@
 
 Order of work: prepare the data on every storage (:mod:`bench.storages`: shards written once; a
 local S3 server started and filled when ``s3`` is asked for without an endpoint), run each
-configuration for ``bench.passes`` passes (the first cold, the rest warm), each pass followed by
-its raw baseline (:func:`run_pass`), measure the peers, then write ``results.csv``,
-``steps.csv``, ``report.md``, the plots and the config used.
+configuration for ``bench.passes`` passes (the first cold, the rest warm), each pass
+``bench.repeats`` times, each time followed by its raw baseline (:func:`run_pass`) and, for a
+warm read pass of one rank, its peer loader (:func:`measure_peer`): A B C A B C, so that both
+sides of every ratio see the same state of the machine (:mod:`bench.ratios`: the median over
+the repeats, with its spread); then write ``results.csv``, ``steps.csv``, ``report.md``, the
+plots and the config used.
 
 With ``bench.ranks`` (``make bench NPROC=N``) the run is one torchrun launch of the largest
 count: every configuration runs at each rank count, its ranks reading their parts of the split
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -40,6 +44,7 @@ from bench.ranks import (
     gather_agreed,
     with_fresh_group,
 )
+from bench.ratios import summarize
 from bench.report import BASELINE_CPU_COLUMNS, write_tables
 from bench.runner import (
     Case,
@@ -297,101 +302,105 @@ def run_bench(
             except Exception as exc:
                 failed(case, 0, exc)
                 continue
-            for pass_index in range(cfg.bench.passes):
+            for pass_index, repeat in itertools.product(
+                range(cfg.bench.passes), range(cfg.bench.repeats)
+            ):
                 try:
                     measured = run_pass(case, pass_index, prep, storages.boto3(), cfg, classes, br)
                 except Exception as exc:
                     failed(case, pass_index, exc)
                     break  # the next passes of a failed configuration would fail alike
+                peer = None
+                name = peer_name(case, pass_index, cfg)
+                if name is not None:  # right after the pass and its baseline: A B C A B C
+                    peer, error = None, None
+                    if ranks.main:
+                        peer, error = attempt(
+                            functools.partial(measure_peer, name, cfg, storages.prepared)
+                        )
+                        if error is not None:
+                            peer_errors[name] = error_text(error)
+                            log.error("peer %s failed: %s", name, peer_errors[name])
+                    agree_on_errors(error if stop else None)  # the others wait meanwhile
+                    if peer is not None:
+                        peers.setdefault(name, []).append(peer)
                 if measured is None:  # not rank 0
                     continue
                 row, case_steps, base = measured
+                row["repeat"] = repeat
+                add_ratios(row, peer)
                 results.append(row)
-                steps.extend(case_steps)
+                steps.extend({**s, "repeat": repeat} for s in case_steps)
                 if base is not None:
                     baselines.append((case.name, pass_index, base))
                 write_tables(out, results, steps)
-
-        if cfg.bench.peers and 1 in cfg.bench.ranks:  # peers are single-process loaders
-            peer_error = None
-            if ranks.main:
-                peer_error = measure_peers(cfg, storages.prepared, peers, peer_errors, stop=stop)
-            agree_on_errors(peer_error)  # the other ranks wait while rank 0 measures
         distributed.barrier(long=True)  # every rank is done with the local server
-    add_ratios(results, peers if cfg.bench.decode else {})  # peers decode: compare like with like
+    summarize(results)
+    if ranks.main:
+        write_tables(out, results, steps)
     return results, steps, {"baselines": baselines, "peers": peers, "peer_errors": peer_errors}
 
 
-def measure_peers(
-    cfg: Config,
-    prepared: dict[tuple[str, str], Prepared],
-    peers: dict,
-    peer_errors: dict,
-    *,
-    stop: bool,
-) -> Exception | None:
-    """Measure every peer (:func:`_peer_measurements`) into ``peers``, or its error into
-    ``peer_errors``; returns the first failure with ``stop`` (the others are not measured)."""
-    try:
-        measurements = list(_peer_measurements(cfg, prepared))
-    except Exception as exc:
-        if stop:
-            return exc
-        measurements = []
-        peer_errors["peers"] = error_text(exc)
-    for name, measure in measurements:
-        try:
-            peers[name] = measure()
-        except Exception as exc:
-            if stop:
-                return exc
-            peer_errors[name] = error_text(exc)
-            log.error("peer %s failed: %s", name, peer_errors[name])
-    return None
+def peer_name(case: Case, pass_index: int, cfg: Config) -> str | None:
+    """The peer a pass is compared with (``<storage>/<access>``), or None: peers are
+    single-process loaders that decode, compared with warm ``read`` passes of one rank that
+    decode too (like with like)."""
+    if not (cfg.bench.peers and cfg.bench.decode) or case.mode != "read" or case.ranks != 1:
+        return None
+    if pass_index == 0:  # cold: the peer's reads would be warm
+        return None
+    name = f"{case.storage}/{case.access}"
+    return name if name in PEER_NAMES else None
 
 
-def _peer_measurements(cfg: Config, prepared: dict[tuple[str, str], Prepared]):
-    """``(name, measure)`` for each peer loader this matrix compares with; ``measure()`` runs
-    it (:mod:`bench.peers`)."""
-    from bench.peers import imagefolder_peer, s3torchconnector_peer
+#: The comparisons that have a peer (:func:`measure_peer`).
+PEER_NAMES = ("fs/random", "s3/random", "s3/objects")
+
+
+def measure_peer(name: str, cfg: Config, prepared: dict[tuple[str, str], Prepared]):
+    """Measure the peer loader of ``name`` (:data:`PEER_NAMES`) once over the objects of the
+    prepared storage (:mod:`bench.peers`), with the run's batch size, first worker count,
+    image size and ``bench.read_steps`` batches.
+
+    Raises:
+        ConfigError: the storage the peer reads was not prepared (an S3 run without boto3).
+        Exception: what the peer raised.
+    """
+    from bench.peers import imagefolder_peer, s3torchconnector_peer, s3torchconnector_reason
 
     workers = (cfg.bench.worker_counts or [cfg.loader.num_workers])[0]
     common = dict(
         batch_size=cfg.loader.batch_size, num_workers=workers,
         image_size=cfg.model.image_size, max_batches=cfg.bench.read_steps,
     )  # fmt: skip
-    if "fs" in cfg.bench.storages and ("fs", "-") in prepared:
-        paths = case_files(prepared[("fs", "-")], "random")
-        yield "fs/random", functools.partial(imagefolder_peer, paths, **common)
-    for (storage_kind, lib), prep in prepared.items():
-        if storage_kind != "s3" or lib != "boto3":
-            continue
-        storage = prep.source.storage
-        keys = [storage._key(r.image_key) for r in prep.records]
-        for kind, access in (("map", "random"), ("iterable", "objects")):
-            yield f"s3/{access}", functools.partial(
-                s3torchconnector_peer, kind, storage.bucket, keys,
-                endpoint=storage.endpoint_url,
-                region=storage.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                **common,
-            )  # fmt: skip
+    if name == "fs/random":
+        return imagefolder_peer(case_files(prepared[("fs", "-")], "random"), **common)
+    prep = prepared.get(("s3", "boto3"))
+    if prep is None:
+        raise ConfigError(f"peer {name} reads with boto3's listing: add boto3 to bench.client_libs")
+    storage = prep.source.storage
+    kind = "map" if name == "s3/random" else "iterable"
+    if s3torchconnector_reason() is not None:
+        raise ConfigError(f"not measured: {s3torchconnector_reason()}")
+    return s3torchconnector_peer(
+        kind, storage.bucket, [storage._key(r.image_key) for r in prep.records],
+        endpoint=storage.endpoint_url,
+        region=storage.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), **common,
+    )  # fmt: skip
 
 
-def add_ratios(results: list[dict], peers: dict) -> None:
-    """``ratio_to_baseline`` (MB/s over the baseline's MB/s) and ``ratio_to_peer`` (samples/s
-    of the warm ``read`` row of one rank over the peer's samples/s) for every row that has a
-    comparison.
-    Peers always decode, so runs with ``bench.decode: false`` pass no peers."""
-    for row in results:
-        base = row.get("baseline_mbps", float("nan"))
-        row["ratio_to_baseline"] = (
-            row["throughput_mbps"] / base if base and base == base else float("nan")
-        )
-        peer = peers.get(f"{row['storage']}/{row['access']}")
-        alone = row.get("ranks", 1) == 1  # peers are one process
-        if peer is not None and row["mode"] == "read" and row["cache"] == "warm" and alone:
-            row["peer_samples_per_s"] = peer.samples_per_s
-            row["ratio_to_peer"] = row["samples_per_s"] / peer.samples_per_s
-        else:
-            row["peer_samples_per_s"] = float("nan")
-            row["ratio_to_peer"] = float("nan")
+def add_ratios(row: dict, peer) -> None:
+    """The row's own ratios: ``ratio_to_baseline`` (MB/s over its baseline's MB/s, measured
+    right after it) and ``ratio_to_peer`` (samples/s over those of ``peer``, measured right
+    after that; None: no peer for this pass). :func:`bench.ratios.summarize` then gives each
+    pass's median and spread over its repeats."""
+    base = row.get("baseline_mbps", float("nan"))
+    row["ratio_to_baseline"] = (
+        row["throughput_mbps"] / base if base and base == base else float("nan")
+    )
+    row["peer_samples_per_s"] = peer.samples_per_s if peer is not None else float("nan")
+    row["ratio_to_peer"] = (
+        row["samples_per_s"] / peer.samples_per_s
+        if peer is not None and peer.samples_per_s > 0
+        else float("nan")
+    )

@@ -228,38 +228,55 @@ def worker_ids(management_url: str, model: str) -> list[str]:
     return sorted(f"{w.get('id')}@{w.get('startTime')}" for w in info[0].get("workers", []))
 
 
+class InProcess:
+    """The archived model run in this process on ``images``, decoded and prepared as the
+    handler does (classification: resized to the model's ``image_size``), with torch's default
+    thread count (TorchServe's Python workers keep it too: the ``threads`` column says how
+    many); the model built from the archive's own files (``model.json``, ``model.pt``, the
+    model file) as ``make predict`` builds it. Built once, timed as often as needed
+    (:meth:`images_per_s`), so that it can run right after each served run."""
+
+    def __init__(self, archive: Path, task: str, images: list[bytes]):
+        import tempfile
+        import zipfile
+
+        import torch
+        from torchvision.io import decode_jpeg
+        from torchvision.transforms.v2.functional import resize, to_dtype
+
+        from training.predict import load_trained
+
+        with tempfile.TemporaryDirectory() as folder:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(folder)
+            self.model, _, spec = load_trained(Path(folder))
+        self.task = task
+        self.tensors = []
+        for data in images:
+            image = to_dtype(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)),
+                             torch.float32, scale=True)  # fmt: skip
+            if task == "classification":
+                size = int(spec["image_size"])
+                image = resize(image, [size, size], antialias=True).clamp_(0, 1)
+            self.tensors.append(image)
+
+    def images_per_s(self, batch: int, rounds: int = 1) -> float:
+        """Images/s over ``rounds`` passes of the images in batches of ``batch``."""
+        import torch
+
+        start, done = time.perf_counter(), 0
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for i in range(0, len(self.tensors), batch):
+                    chunk = self.tensors[i : i + batch]
+                    if self.task == "classification":
+                        self.model(torch.stack(chunk))
+                    else:
+                        self.model(chunk)
+                    done += len(chunk)
+        return done / (time.perf_counter() - start)
+
+
 def in_process(archive: Path, task: str, images: list[bytes], batch: int, rounds: int = 1) -> float:
-    """Images/s of the archived model run in this process on ``images``, decoded and prepared
-    as the handler does (classification: resized to the model's ``image_size``), in batches of
-    ``batch``, with torch's default thread count (TorchServe's Python workers keep it too: the
-    ``threads`` column says how many); the model built from the archive's own files
-    (``model.json``, ``model.pt``, the model file) as ``make predict`` builds it."""
-    import tempfile
-    import zipfile
-
-    import torch
-    from torchvision.io import decode_jpeg
-    from torchvision.transforms.v2.functional import resize, to_dtype
-
-    from training.predict import load_trained
-
-    with tempfile.TemporaryDirectory() as folder:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(folder)
-        model, _, spec = load_trained(Path(folder))
-    tensors = []
-    for data in images:
-        image = to_dtype(decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)),
-                         torch.float32, scale=True)  # fmt: skip
-        if task == "classification":
-            size = int(spec["image_size"])
-            image = resize(image, [size, size], antialias=True).clamp_(0, 1)
-        tensors.append(image)
-    start, done = time.perf_counter(), 0
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for i in range(0, len(tensors), batch):
-                chunk = tensors[i : i + batch]
-                model(torch.stack(chunk)) if task == "classification" else model(chunk)
-                done += len(chunk)
-    return done / (time.perf_counter() - start)
+    """Images/s of the archived model run in this process (:class:`InProcess`), once."""
+    return InProcess(archive, task, images).images_per_s(batch, rounds)

@@ -8,8 +8,11 @@ start to every model's workers READY), sends ``--requests`` requests per concurr
 each model (:mod:`bench.serve_load`: real images of the evaluation split, round robin; a share
 ``--bad`` of deliberately bad bodies, each of which must get its 4xx), reads TorchServe's own
 metrics and the workers before and after, runs the same model in this process on the same
-images, stops the server. Writes ``outputs/serve-bench/<timestamp>/`` (results.csv, report.md,
-latency.png, throughput.png) and prints a table. Exit status: 0; 1 when an answer was wrong or a
+images right after each served run (``--repeats`` runs per level, the requests shared among
+them: the served/in-process ratio is the median of the runs' ratios, with its range, flagged
+unstable when it spreads more than 10 %), stops the server. Writes
+``outputs/serve-bench/<timestamp>/`` (results.csv, report.md, latency.png, throughput.png) and
+prints a table. Exit status: 0; 1 when an answer was wrong or a
 worker restarted; 2 for a user error (one line).
 """
 
@@ -26,10 +29,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from bench.ratios import median_spread, ratio_text, unstable
 from bench.serve_load import (
+    InProcess,
     bad_bodies,
     good_bodies,
-    in_process,
     schedule,
     send_all,
     server_metrics,
@@ -49,7 +53,8 @@ COLUMNS = [
     "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_max_ms", "statuses", "wrong",
     "first_wrong", "worker_restarts", "server_queue_ms", "server_inference_ms", "handler_ms",
     "prediction_ms", "in_process_images_per_s", "in_process_batch_images_per_s", "threads",
-    "served_vs_in_process", "cold_start_s",
+    "served_vs_in_process", "cold_start_s", "repeat", "served_vs_in_process_median",
+    "served_vs_in_process_min", "served_vs_in_process_max", "unstable",
 ]  # fmt: skip
 #: Images the in-process run takes (the first of the split): enough for a steady rate.
 IN_PROCESS_IMAGES = 16
@@ -64,6 +69,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-store", default="model_store", help="folder of *.mar archives")
     parser.add_argument("--models", default="", help="comma-separated model names; empty: all")
     parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs per concurrency level, the requests shared among them, each followed by the "
+        "in-process run (A B A B): the served/in-process ratio is their median and range",
+    )
     parser.add_argument("--concurrency", default="8", help="comma-separated concurrency levels")
     parser.add_argument("--bad", type=float, default=0.0, help="share of bad bodies, 0 to 1")
     parser.add_argument("--out", default="outputs/serve-bench", help="parent of the run folder")
@@ -115,6 +127,8 @@ def check_args(args) -> tuple[Path, list[str], list[int]]:
         ) from None
     if not levels or min(levels) < 1 or args.requests < 1 or not 0 <= args.bad < 1:
         raise UserError("concurrency and requests must be >= 1, bad a share in [0, 1)")
+    if not 1 <= args.repeats <= args.requests:
+        raise UserError("repeats must be between 1 and the requests per level")
     return store, models, levels
 
 
@@ -144,43 +158,66 @@ def run(args, store: Path, models: list[str], levels: list[int]) -> list[dict]:
 
 
 def measure(args, archive: Path, name: str, info, levels: list[int], cold: float) -> list[dict]:
-    """The rows of one model: one per concurrency level."""
+    """The rows of one model: per concurrency level, ``args.repeats`` runs (the level's
+    requests shared among them), each followed by the model run in this process on the same
+    images; every row of a level carries the median and range of its runs' ratios."""
     task = archived_task(archive)
     goods = good_bodies(task)
     handler = archive_handler_config(archive, name)
     max_request = int(read_properties(BASE_CONFIG).get("max_request_size", 6553500))
     bads = bad_bodies(goods[0].data, int(handler.get("max_image_pixels", 40_000_000)), max_request)
     batch = int(handler.get("batchSize", 1))
-    images = [g.data for g in goods[:IN_PROCESS_IMAGES]]
-    alone = in_process(archive, task, images, 1)
-    batched = in_process(archive, task, images, batch) if batch > 1 else alone
+    local = InProcess(archive, task, [g.data for g in goods[:IN_PROCESS_IMAGES]])
+    local.images_per_s(1)  # warm-up: the first run pays for lazy initialisation
     rows = []
+    repeats = getattr(args, "repeats", 1)
     for level in levels:
-        before, workers = (
-            server_metrics(info.metrics_url).get(name, {}),
-            worker_ids(info.management_url, name),
-        )
-        bodies = schedule(goods, bads, args.requests, args.bad)
-        samples, wall = send_all(task, info.prediction_url(name), bodies, level)
-        after = server_metrics(info.metrics_url).get(name, {})
-        served = summarize(samples, wall)
-        per = per_request(before, after)
-        row = {
-            "model": name, "task": task, "concurrency": level, "bad_share": args.bad, **served,
-            "worker_restarts": int(worker_ids(info.management_url, name) != workers),
-            "server_queue_ms": per("queue_us"), "server_inference_ms": per("inference_us"),
-            "handler_ms": after.get("handler_ms", float("nan")),
-            "prediction_ms": after.get("prediction_ms", float("nan")),
-            "in_process_images_per_s": alone, "in_process_batch_images_per_s": batched,
-            "threads": torch.get_num_threads(),
-            "served_vs_in_process": served["images_per_s"] / alone if alone else float("nan"),
-            "cold_start_s": cold,
-        }  # fmt: skip
-        print(f"{name} concurrency {level}: {served['images_per_s']:.1f} images/s, p50 "
-              f"{served['latency_p50_ms']:.0f} ms, p99 {served['latency_p99_ms']:.0f} ms, "
-              f"{served['statuses']}, {served['wrong']} wrong")  # fmt: skip
-        rows.append(row)
+        mine = []
+        for repeat in range(repeats):
+            share = args.requests // repeats + (repeat < args.requests % repeats)
+            row = served_run(args, name, task, info, level, goods, bads, share)
+            alone = local.images_per_s(1)  # right after the served run: A B A B
+            batched = local.images_per_s(batch) if batch > 1 else alone
+            row.update(
+                repeat=repeat, in_process_images_per_s=alone,
+                in_process_batch_images_per_s=batched, threads=torch.get_num_threads(),
+                served_vs_in_process=row["images_per_s"] / alone if alone else float("nan"),
+                cold_start_s=cold,
+            )  # fmt: skip
+            mine.append(row)
+        median, low, high = median_spread([r["served_vs_in_process"] for r in mine])
+        for row in mine:
+            row.update(
+                served_vs_in_process_median=median, served_vs_in_process_min=low,
+                served_vs_in_process_max=high, unstable="in-process" if unstable(
+                    median, low, high) else "",
+            )  # fmt: skip
+        rows += mine
     return rows
+
+
+def served_run(args, name, task, info, level, goods, bads, requests: int) -> dict:
+    """``requests`` requests at ``level`` concurrent to the served model: its row's served
+    figures, TorchServe's own per-request figures and whether a worker restarted."""
+    before, workers = (
+        server_metrics(info.metrics_url).get(name, {}),
+        worker_ids(info.management_url, name),
+    )
+    bodies = schedule(goods, bads, requests, args.bad)
+    samples, wall = send_all(task, info.prediction_url(name), bodies, level)
+    after = server_metrics(info.metrics_url).get(name, {})
+    served = summarize(samples, wall)
+    per = per_request(before, after)
+    print(f"{name} concurrency {level}: {served['images_per_s']:.1f} images/s, p50 "
+          f"{served['latency_p50_ms']:.0f} ms, p99 {served['latency_p99_ms']:.0f} ms, "
+          f"{served['statuses']}, {served['wrong']} wrong")  # fmt: skip
+    return {
+        "model": name, "task": task, "concurrency": level, "bad_share": args.bad, **served,
+        "worker_restarts": int(worker_ids(info.management_url, name) != workers),
+        "server_queue_ms": per("queue_us"), "server_inference_ms": per("inference_us"),
+        "handler_ms": after.get("handler_ms", float("nan")),
+        "prediction_ms": after.get("prediction_ms", float("nan")),
+    }  # fmt: skip
 
 
 def per_request(before: dict, after: dict):
@@ -203,15 +240,18 @@ def archive_handler_config(archive: Path, name: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     """The console's table."""
-    lines = ["model        conc  images/s  p50 ms  p99 ms  statuses                 wrong  "
-             "in-process  served/in-process"]  # fmt: skip
+    lines = ["model        conc  run  images/s  p50 ms  p99 ms  statuses                 wrong  "
+             "in-process  served/in-process (median, range)"]  # fmt: skip
     for r in rows:
+        ratio = ratio_text(r, "served_vs_in_process") if r.get("repeat", 0) == 0 else ""
         lines.append(
-            f"{r['model']:<12} {r['concurrency']:>4}  {r['images_per_s']:>8.1f}  "
-            f"{r['latency_p50_ms']:>6.0f}  {r['latency_p99_ms']:>6.0f}  {r['statuses']:<24} "
-            f"{r['wrong']:>5}  {r['in_process_images_per_s']:>10.1f}  "
-            f"{r['served_vs_in_process']:>17.2f}"
+            f"{r['model']:<12} {r['concurrency']:>4}  {r.get('repeat', 0) + 1:>3}  "
+            f"{r['images_per_s']:>8.1f}  {r['latency_p50_ms']:>6.0f}  "
+            f"{r['latency_p99_ms']:>6.0f}  {r['statuses']:<24} {r['wrong']:>5}  "
+            f"{r['in_process_images_per_s']:>10.1f}  {ratio:>17}"
         )
+    if any(r.get("unstable") for r in rows):
+        lines.append("!: the runs' ratios spread more than 10 %: unstable, the machine was busy")
     return "\n".join(lines)
 
 
@@ -256,19 +296,26 @@ def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
         "# Serving under load", "",
         f"TorchServe cold start (start to every model READY): {rows[0]['cold_start_s']:.1f} s."
         if rows else "", "",
-        "| model | concurrency | requests | bad | images/s | p50 / p90 / p99 / max ms | statuses"
-        " | wrong | worker restarts | server queue / inference ms | in-process images/s (batch 1"
-        " / archive's batch) | served / in-process |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | concurrency | run | requests | bad | images/s | p50 / p90 / p99 / max ms"
+        " | statuses | wrong | worker restarts | server queue / inference ms | in-process"
+        " images/s (batch 1 / archive's batch) | served / in-process (the run's; median and"
+        " range of the level's runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[
-            f"| {r['model']} | {r['concurrency']} | {r['requests']} | {r['bad_share']:g} |"
+            f"| {r['model']} | {r['concurrency']} | {r.get('repeat', 0) + 1} | {r['requests']} |"
+            f" {r['bad_share']:g} |"
             f" {r['images_per_s']:.1f} | {r['latency_p50_ms']:.0f} / {r['latency_p90_ms']:.0f} /"
             f" {r['latency_p99_ms']:.0f} / {r['latency_max_ms']:.0f} | {r['statuses']} |"
             f" {r['wrong']} | {r['worker_restarts']} | {r['server_queue_ms']:.1f} /"
             f" {r['server_inference_ms']:.1f} | {r['in_process_images_per_s']:.1f} /"
-            f" {r['in_process_batch_images_per_s']:.1f} | {r['served_vs_in_process']:.2f} |"
+            f" {r['in_process_batch_images_per_s']:.1f} | {r['served_vs_in_process']:.2f};"
+            f" {ratio_text(r, 'served_vs_in_process')} |"
             for r in rows
         ],
+        "",
+        "Each level ran as interleaved runs (served, then the same model in this process on the"
+        " same images: A B A B); `!`: the runs' ratios spread more than 10 %, unstable, the"
+        " machine was busy.",
         "",
         "images/s: good images answered 200 per second of wall time; latency: every request, "
         "client side, send to last byte; server queue / inference: TorchServe's own "

@@ -35,7 +35,7 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
         "--set", "bench.modes=[read, emulate]", "--set", "bench.steps=2",
         "--set", "bench.read_steps=8",
         "--set", "bench.warmup_steps=1", "--set", "bench.computation_time_s=0.01",
-        "--set", "model.image_size=64",
+        "--set", "model.image_size=64", "--set", "bench.repeats=2",
     ])  # fmt: skip
     assert code == 0
     (run,) = (tmp_path / "bench").iterdir()
@@ -45,7 +45,19 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
     with open(run / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == RESULT_COLUMNS
-    assert len(rows) == 2 * 3 * 2 * 2  # modes x access x storages x passes
+    assert len(rows) == 2 * 3 * 2 * 2 * 2  # modes x access x storages x passes x repeats
+    by_pass: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_pass.setdefault((r["config"], r["pass"]), []).append(r)
+    for group in by_pass.values():  # each pass measured twice, interleaved with its baseline
+        assert [r["repeat"] for r in group] == ["0", "1"]
+        ratios = sorted(float(r["ratio_to_baseline"]) for r in group)
+        median = float(group[0]["ratio_to_baseline_median"])  # the CSV keeps 6 digits
+        assert median == pytest.approx(sum(ratios) / 2, rel=1e-4)
+        assert (float(group[0]["ratio_to_baseline_min"]), float(group[0]["ratio_to_baseline_max"])
+                ) == pytest.approx(tuple(ratios), rel=1e-4)  # fmt: skip
+        spread = (ratios[1] - ratios[0]) / (sum(ratios) / 2)
+        assert ("baseline" in group[0]["unstable"]) == (spread > 0.10)
     assert {r["cache"] for r in rows if r["pass"] == "0"} == {
         "cold (each file evicted before it is read)"  # fs, and the local S3 server's files
     }
@@ -66,6 +78,10 @@ def test_bench_writes_results_steps_report_and_plots(voc_root, tmp_path, capsys,
     warm_reads = [r for r in rows if r["mode"] == "read" and r["pass"] == "1"]
     compared = {(r["storage"], r["access"]) for r in warm_reads if r["ratio_to_peer"] != "nan"}
     assert compared == {("fs", "random"), ("s3", "random"), ("s3", "objects")}
+    for storage, access in compared:  # the peer measured again after each repeat
+        peer = [r["peer_samples_per_s"] for r in warm_reads if (r["storage"], r["access"]) == (
+            storage, access)]  # fmt: skip
+        assert len(peer) == 2 and peer[0] != peer[1]
     emulate = [r for r in rows if r["mode"] == "emulate"]
     assert all(0 < float(r["au"]) <= 1 for r in emulate)
     assert sum(float(r["cpu_ms_per_mb"]) for r in rows) > 0  # the loaders' CPU is counted
@@ -128,7 +144,7 @@ def _bench(voc_root, out, *extra):
         "--set", "dataset.shard_size_mb=0.1", "--set", "model.image_size=64",
         "--set", "bench.modes=[read]", "--set", "bench.access=[random, shards]",
         "--set", "bench.read_steps=3", "--set", "bench.warmup_steps=0",
-        "--set", "bench.passes=1", "--set", "bench.peers=false",
+        "--set", "bench.passes=1", "--set", "bench.peers=false", "--set", "bench.repeats=1",
         "--s3-endpoint", "http://127.0.0.1:1", "--s3-bucket", "nowhere",
         "--set", "storage.max_attempts=1", "--set", "storage.connect_timeout_s=1",
         *extra,

@@ -499,17 +499,23 @@ def test_serve_bench_measures_a_served_model_under_load(served, tmp_path, monkey
 
     monkeypatch.setattr(serve_bench, "IN_PROCESS_IMAGES", 4)
     store = Path(served.runtime_dir).parent / "model_store"
-    args = argparse.Namespace(requests=20, bad=0.25)
-    (row,) = measure(args, store / "detector.mar", "detector", served, [4], cold=12.5)
-    assert row["statuses"] == "200:15 400:4 413:1"  # 5 bad: each kind once, the last too large
-    assert row["wrong"] == 0 and row["first_wrong"] == "" and row["worker_restarts"] == 0
-    assert row["requests"] == 20 and row["images_per_s"] > 0
-    assert row["latency_p50_ms"] <= row["latency_p90_ms"] <= row["latency_p99_ms"]
-    assert row["in_process_images_per_s"] > 0 and row["served_vs_in_process"] > 0
-    assert row["server_inference_ms"] > 0 and row["server_queue_ms"] >= 0
-    write_outputs(tmp_path, {"requests": 20}, [row])
+    args = argparse.Namespace(requests=40, bad=0.25, repeats=2)
+    rows = measure(args, store / "detector.mar", "detector", served, [4], cold=12.5)
+    assert [r["repeat"] for r in rows] == [0, 1]  # two runs, each followed by in-process
+    for row in rows:  # 5 bad of 20: each kind once, the last too large
+        assert row["statuses"] == "200:15 400:4 413:1"
+        assert row["wrong"] == 0 and row["first_wrong"] == "" and row["worker_restarts"] == 0
+        assert row["requests"] == 20 and row["images_per_s"] > 0
+        assert row["latency_p50_ms"] <= row["latency_p90_ms"] <= row["latency_p99_ms"]
+        assert row["in_process_images_per_s"] > 0 and row["served_vs_in_process"] > 0
+        assert row["server_inference_ms"] > 0 and row["server_queue_ms"] >= 0
+    ratios = sorted(r["served_vs_in_process"] for r in rows)
+    assert rows[0]["served_vs_in_process_median"] == pytest.approx(sum(ratios) / 2)
+    assert (rows[1]["served_vs_in_process_min"], rows[1]["served_vs_in_process_max"]) == (
+        ratios[0], ratios[1])  # fmt: skip
+    write_outputs(tmp_path, {"requests": 40}, rows)
     with open(tmp_path / "results.csv") as f:
-        header, values = f.read().splitlines()
+        header, values, _ = f.read().splitlines()
     assert header.split(",") == COLUMNS and "" not in values.split(",")[:13]
     for name in ("report.md", "latency.png", "throughput.png"):
         assert (tmp_path / name).stat().st_size > 0

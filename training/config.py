@@ -370,6 +370,13 @@ class BenchConfig:
     passes: int = opt(
         2, "passes per configuration: the first is cold, the others warm", kind=int, minimum=1
     )
+    repeats: int = opt(
+        3,
+        "times each pass is measured, each right before its raw baseline and peer (A B A B); "
+        "ratios are the median over them with their spread",
+        kind=int,
+        minimum=1,
+    )
     computation_time_s: float = opt(
         0.2,
         "emulate: seconds of compute per step (MLPerf Storage / DLIO computation_time)",

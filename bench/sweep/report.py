@@ -9,6 +9,7 @@ import math
 import statistics
 from pathlib import Path
 
+from bench.ratios import UNSTABLE_SPREAD, median_spread, unstable
 from bench.sweep.limits import (
     CACHE_SHARE_LIMIT,
     CAP,
@@ -25,9 +26,6 @@ from common.files import atomic_write_bytes, save_figure
 from training.config import Config
 from training.outputs import write_csv, write_json, write_yaml
 
-#: Runs at the answer whose samples/s spread by more than this (max - min over the mean) are
-#: said to disagree.
-SPREAD_LIMIT = 0.05
 #: The report says so when the worst rank's AU is more than this below the mean (MLPerf's
 #: answer uses the mean; a gap this large means one rank's reads lagged the others').
 WORST_GAP = 0.05
@@ -86,29 +84,31 @@ def answer_line(w: Workload, search, facts: dict) -> str:
             f" (AU {first.au:.2f}). {limit}{shared_cores(search, kind, facts)}"
         )
     runs = search.runs
-    sps = statistics.mean(r["samples_per_s"] for r in runs)
-    mbps = statistics.mean(r["throughput_mbps"] for r in runs)
-    dlio = statistics.mean(r["train_io_mean_MB_per_second"] for r in runs)
-    au = statistics.mean(r["au"] for r in runs)
+    sps, low, high = median_spread([r["samples_per_s"] for r in runs])
+    mbps = statistics.median(r["throughput_mbps"] for r in runs)
+    dlio = statistics.median(r["train_io_mean_MB_per_second"] for r in runs)
+    au = statistics.median(r["au"] for r in runs)
     worst = min(r["au_min"] for r in runs)
     per_node = result.answer // facts["nodes"]
     line = (
         f"{head} {result.answer} simulated {acc} ({per_node} per client node) at {threshold}:"
         f" {sps:,.0f} samples/s, {mbps:,.1f} MB/s measured, {dlio:,.1f} MiB/s as DLIO reports"
-        f" it (AU {au:.2f}; mean of {len(runs)} run(s))."
+        f" it (AU {au:.2f}; median of {len(runs)} run(s))."
     )
     if au - worst > WORST_GAP:
         line += f" The worst rank's AU was {worst:.2f}: one rank's reads lagged."
-    if len(runs) > 1 and sps > 0:
-        values = [r["samples_per_s"] for r in runs]
-        spread = (max(values) - min(values)) / sps
-        line += f" Runs spread {spread:.1%} in samples/s"
+    if len(runs) > 1:
+        mean = statistics.mean(r["samples_per_s"] for r in runs)
         line += (
-            f": more than {SPREAD_LIMIT:.0%}, so the answer is uncertain."
-            if spread > SPREAD_LIMIT
-            else "."
+            f" Runs {low:,.0f}-{high:,.0f} samples/s (mean {mean:,.0f}, MLPerf's figure)"
+            + (
+                f": they spread more than {UNSTABLE_SPREAD:.0%}, unstable: the machine was"
+                " busy, so the answer is not a finding."
+                if unstable(sps, low, high)
+                else "."
+            )
         )
-    if au < w.au_threshold:
+    if statistics.mean(r["au"] for r in runs) < w.au_threshold:
         line += " Its runs averaged below the threshold: the boundary is noisy here."
     if any(cache_served(r) for r in runs):
         line += (
