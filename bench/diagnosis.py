@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from bench.ratios import passes, unstable
+from bench.ratios import fmt_ratio, passes, unstable
 
 #: MLPerf Storage's pass mark for accelerator utilisation: a training run passes when
 #: AU = compute time / wall time is at least this (MLPerf Storage rules, Rules.md 3.3.2
@@ -299,7 +299,11 @@ def _ceiling(row: dict) -> str:
         ratio = row["throughput_mbps"] / base
     share = f"{_percent(ratio)} of" if ratio <= 1 else f"{ratio:.2f}x"
     low, high = _nan(row, "ratio_to_baseline_min"), _nan(row, "ratio_to_baseline_max")
-    spread = "" if math.isnan(low) or low == high else f", {low:.2f}x-{high:.2f}x over the repeats"
+    spread = (
+        ""
+        if math.isnan(low) or low == high
+        else f", {fmt_ratio(low)}x-{fmt_ratio(high)}x over the repeats"
+    )
     text = f"{share} the raw baseline's {_num(base)} MB/s{spread}"
     if unstable(ratio, low, high):
         text += "; unstable: the machine was busy, not a finding"

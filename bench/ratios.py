@@ -42,8 +42,9 @@ def unstable(median: float, low: float, high: float) -> bool:
 def summarize(results: list[dict]) -> None:
     """Add to every row the summary of its pass's repeats (rows with the same ``config`` and
     ``pass``): for each of :data:`RATIOS`, ``<ratio>_median``, ``_min``, ``_max``; and
-    ``unstable``, the ratios (``baseline``, ``peer``) whose repeats spread more than
-    :data:`UNSTABLE_SPREAD` (``""``: none)."""
+    ``unstable``, the ratios (``baseline``, ``peer``) the reports give whose repeats spread
+    more than :data:`UNSTABLE_SPREAD` (``""``: none; the ratio to the baseline is given for
+    ``read`` rows only: the others' MB/s is their compute's)."""
     groups: dict[tuple, list[dict]] = {}
     for row in results:
         if not row.get("error"):
@@ -54,7 +55,8 @@ def summarize(results: list[dict]) -> None:
         for ratio in RATIOS:
             median, low, high = median_spread([r.get(ratio, math.nan) for r in rows])
             summary.update({f"{ratio}_median": median, f"{ratio}_min": low, f"{ratio}_max": high})
-            if unstable(median, low, high):
+            reported = ratio != "ratio_to_baseline" or rows[0].get("mode", "read") == "read"
+            if reported and unstable(median, low, high):
                 flags.append(ratio.removeprefix("ratio_to_"))
         for row in rows:
             row.update(summary, unstable=";".join(flags))
@@ -67,16 +69,23 @@ def representative(rows: list[dict]) -> dict:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def fmt_ratio(value: float, digits: int = 2) -> str:
+    """A ratio with ``digits`` decimals, or under 0.1 ``digits`` significant digits
+    (``0.83``, ``0.0021``)."""
+    return f"{value:.{digits}f}" if abs(value) >= 0.1 else f"{value:.{digits}g}"
+
+
 def ratio_text(row: dict, ratio: str, digits: int = 2) -> str:
-    """A ratio for tables: ``0.93`` for one repeat, ``0.93 (0.90-0.95)`` for several, ``!``
-    appended when unstable; ``–`` when not measured."""
+    """A ratio for tables: ``0.93`` for one repeat, ``0.93 (0.90-0.95)`` for several (under
+    0.1: two significant digits, ``0.0021``), ``!`` appended when unstable; ``–`` when not
+    measured."""
     median = row.get(f"{ratio}_median", row.get(ratio, math.nan))
     if median is None or median != median:
         return "–"
     low, high = row.get(f"{ratio}_min", median), row.get(f"{ratio}_max", median)
-    text = f"{median:.{digits}f}"
+    text = fmt_ratio(median, digits)
     if high - low > 0:
-        text += f" ({low:.{digits}f}-{high:.{digits}f})"
+        text += f" ({fmt_ratio(low, digits)}-{fmt_ratio(high, digits)})"
     if unstable(median, low, high):
         text += "!"
     return text

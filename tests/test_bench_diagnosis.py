@@ -112,10 +112,12 @@ def test_au_of_read_rows_and_cpu_per_mb_of_train_rows_are_marked_na():
     assert read[5:7] == ["n/a", "n/a"] and read[8] == "10.0"  # AU, AUmin; CPU/MB
     assert train[5:7] == ["0.99", "0.99"] and train[8] == "n/a"
     assert emul[5:7] == ["0.95", "0.95"] and emul[8] == "10.0"
+    assert [read[-2], train[-2], emul[-2]] == ["0.02", "n/a", "n/a"]  # x base: read rows only
     notes = table_notes(rows)
     assert notes[0].startswith("AU, AUmin n/a: read rows have no compute")
     assert notes[1].startswith("CPU/MB n/a: in train rows the model's")
-    assert table_notes([emulate(0.95)]) == []
+    assert notes[2].startswith("x base n/a in emulate and train rows")
+    assert len(table_notes([fs()])) == 1  # AU only: a read row keeps its ratio to the baseline
 
 
 def test_limited_by_storage_requests_when_readers_wait_in_them():

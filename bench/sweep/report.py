@@ -99,14 +99,11 @@ def answer_line(w: Workload, search, facts: dict) -> str:
         line += f" The worst rank's AU was {worst:.2f}: one rank's reads lagged."
     if len(runs) > 1:
         mean = statistics.mean(r["samples_per_s"] for r in runs)
-        line += (
-            f" Runs {low:,.0f}-{high:,.0f} samples/s (mean {mean:,.0f}, MLPerf's figure)"
-            + (
-                f": they spread more than {UNSTABLE_SPREAD:.0%}, unstable: the machine was"
-                " busy, so the answer is not a finding."
-                if unstable(sps, low, high)
-                else "."
-            )
+        line += f" Runs {low:,.0f}-{high:,.0f} samples/s (mean {mean:,.0f}, MLPerf's figure)" + (
+            f": they spread more than {UNSTABLE_SPREAD:.0%}, unstable: the machine was"
+            " busy, so the answer is not a finding."
+            if unstable(sps, low, high)
+            else "."
         )
     if statistics.mean(r["au"] for r in runs) < w.au_threshold:
         line += " Its runs averaged below the threshold: the boundary is noisy here."
