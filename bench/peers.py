@@ -10,24 +10,43 @@ configuration can be reported as a ratio to what an ordinary user of that librar
   DataLoader) or ``S3IterableDataset`` (listing order), reading each ``S3Reader`` fully and
   decoding with torchvision.
 
-Timing: the first ``warmup_batches`` batches (worker start-up, first connections) are drawn
-and not counted; the clock starts at the next ``next()`` and stops when the last measured
-batch arrives. Units: seconds, bytes, samples/s, MB/s = 10^6 bytes/s.
+- :func:`webdataset_peer`: plain ``webdataset.WebDataset`` over the same shards (files),
+  decoding and resizing each sample's image.
+
+Timing, the rule of our own ``read`` passes (:func:`training.engine.measure_steps` with
+``from_first_read``): the first ``warmup_batches`` batches (worker start-up, first
+connections) are drawn and not counted; the clock starts when the reading of the first
+measured batch's earliest sample began (each item carries the ``time.perf_counter()`` at which
+its read began), if that was before the batch was asked for (read ahead by the workers during
+the warm-up; never earlier than the first ask), and stops when the last measured batch
+arrives. Batches read ahead are thus not credited as delivered in no time, on either side.
+Units: seconds, bytes, samples/s, MB/s = 10^6 bytes/s.
+
+Work: each peer does what our loaders do per sample, so that the ratio compares the loading,
+not the work: it decodes the image (torchvision's decoder; the ImageFolder-style peer PIL's,
+as ``ImageFolder`` does) and applies the same torchvision ``transforms.v2`` detection pipeline
+to it and its boxes (:func:`pipelines.samples.detection_transform`: resize, flip, float32),
+giving ``(image, {"boxes", "labels"})`` as ours gives; the boxes come from the split's records
+(by file or object key) or, for WebDataset, from each sample's ``.json`` annotation.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchvision import tv_tensors
 from torchvision.datasets.folder import default_loader
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
+from pipelines.formats.records import DetectionRecord, record_from_json
+from pipelines.samples import classification_transform, detection_transform
 from training.meter import gc_frozen
 
 
@@ -56,16 +75,67 @@ class PeerResult:
     warmup_batches: int
 
 
-def _resize(image_size: int) -> v2.Compose:
-    """Resize the shorter side to ``image_size`` pixels (aspect kept), then float32 in [0, 1]."""
-    return v2.Compose(
-        [v2.Resize(image_size, antialias=True), v2.ToDtype(torch.float32, scale=True)]
+class DetectionWork:
+    """Our per-sample work on a decoded image: its record's boxes and labels as torchvision
+    targets, then the detection ``transforms.v2`` pipeline on both
+    (:func:`pipelines.samples.detection_transform`, training's: resize, flip, float32).
+
+    Args:
+        image_size: the shorter side after resizing, pixels.
+        class_to_index: class name to label id (our loaders' mapping).
+    """
+
+    def __init__(self, image_size: int, class_to_index: dict[str, int]):
+        self.transform = detection_transform(True, image_size)
+        self.class_to_index = class_to_index
+
+    def __call__(self, image: torch.Tensor, record: DetectionRecord) -> tuple:
+        """``(image float32 [3, H', W'], {"boxes": BoundingBoxes [N, 4], "labels": int64
+        [N]})`` for a ``uint8 [3, H, W]`` image."""
+        boxes = tv_tensors.BoundingBoxes(
+            torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
+            format="XYXY",
+            canvas_size=tuple(image.shape[-2:]),
+        )
+        labels = torch.tensor([self.class_to_index[n] for n in record.labels], dtype=torch.int64)
+        return self.transform(tv_tensors.Image(image), {"boxes": boxes, "labels": labels})
+
+
+class ClassificationWork:
+    """Our per-sample work for classification: the classification ``transforms.v2`` pipeline
+    (:func:`pipelines.samples.classification_transform`, training's) and the record's class
+    index; the same call as :class:`DetectionWork`."""
+
+    def __init__(self, image_size: int, class_to_index: dict[str, int]):
+        self.transform = classification_transform(True, image_size)
+        self.class_to_index = class_to_index
+
+    def __call__(self, image: torch.Tensor, record) -> tuple:
+        """``(image float32 [3, S, S], int64 [] class index)``."""
+        label = torch.tensor(self.class_to_index[record.label], dtype=torch.int64)
+        return self.transform(tv_tensors.Image(image)), label
+
+
+def work_for(task: str, image_size: int, class_to_index: dict[str, int]):
+    """The per-sample work of ``task`` (``detection`` or ``classification``)."""
+    kind = DetectionWork if task == "detection" else ClassificationWork
+    return kind(image_size, class_to_index)
+
+
+def decode(data: bytes) -> torch.Tensor:
+    """JPEG/PNG bytes to ``uint8 [3, H, W]`` RGB with torchvision's decoder."""
+    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
+
+
+def collate_images(items: list[tuple]) -> tuple[list, list, int, float]:
+    """Batch ``(image, target, nbytes, read_at)`` items into ``(images, targets, total bytes,
+    earliest read_at)``; images may differ in size."""
+    return (
+        [item[0] for item in items],
+        [item[1] for item in items],
+        sum(item[2] for item in items),
+        min((item[3] for item in items), default=float("inf")),
     )
-
-
-def collate_images(items: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], int]:
-    """Batch ``(image, nbytes)`` items into ``(images, total bytes)``; images may differ in size."""
-    return [image for image, _ in items], sum(nbytes for _, nbytes in items)
 
 
 def _measure(
@@ -77,6 +147,7 @@ def _measure(
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches={max_batches} must be at least 1")
     with gc_frozen():  # as our loaders are measured (training.engine.measure_steps)
+        asked = time.perf_counter()
         batches = iter(loader)
         try:
             for _ in range(warmup_batches):
@@ -86,14 +157,16 @@ def _measure(
                         "give more objects or fewer warm-up batches"
                     )
             samples = nbytes = count = 0
-            start = time.perf_counter()
-            for images, batch_bytes in batches:
+            start = first_read = time.perf_counter()
+            for images, _targets, batch_bytes, read_at in batches:
                 samples += len(images)
                 nbytes += batch_bytes
+                first_read = min(first_read, read_at)
                 count += 1
                 if count == max_batches:
                     break
-            seconds = time.perf_counter() - start
+            end = time.perf_counter()
+            seconds = end - max(first_read, asked) if first_read < start else end - start
         finally:
             del batches  # stops the DataLoader's workers now, not at garbage collection
     if count == 0:
@@ -113,31 +186,39 @@ def _measure(
 
 class ImageFileDataset(Dataset):
     """What an ``ImageFolder`` user gets, over a list of files: PIL ``default_loader`` +
-    ``transforms.v2`` (ToImage, Resize, ToDtype float32). Items are ``(image, file size in bytes)``
-    (the size takes the place of ImageFolder's class index).
+    ``transforms.v2``, with our per-sample work (:class:`DetectionWork`). Items are ``(image,
+    target, file size in bytes, when its read began)``.
 
     Raises:
         OSError: a file is missing (when listed) or unreadable (when loaded).
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int):
+    def __init__(self, paths: Sequence[str | os.PathLike], records, work: DetectionWork):
         self.paths = [os.fspath(p) for p in paths]
+        self.records = list(records)
         self.sizes = [os.path.getsize(p) for p in self.paths]
-        self.transform = v2.Compose([v2.ToImage(), _resize(image_size)])
+        self.to_image = v2.PILToTensor()
+        self.work = work
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(default_loader(self.paths[i])), self.sizes[i]
+    def __getitem__(self, i: int) -> tuple:
+        read_at = time.perf_counter()
+        image = self.to_image(default_loader(self.paths[i]))
+        return *self.work(image, self.records[i]), self.sizes[i], read_at
 
 
 def imagefolder_peer(
     paths: Sequence[str | os.PathLike],
+    records: Sequence[DetectionRecord],
     *,
     batch_size: int,
     num_workers: int,
     image_size: int,
+    class_to_index: dict[str, int],
+    task: str = "detection",
+    epochs: int = 1,
     max_batches: int | None = None,
     warmup_batches: int = 2,
     seed: int = 0,
@@ -146,6 +227,12 @@ def imagefolder_peer(
 
     Args:
         paths: image files (JPEG/PNG), the same ones the compared configuration reads.
+        records: their records (the boxes), in the same order.
+        class_to_index: class name to label id.
+        task: ``detection`` or ``classification``: the per-sample work (:func:`work_for`).
+        epochs: epochs read back to back in one iteration, as the compared pass reads them
+            (each worker's share of an epoch, so that the tail of an epoch, where workers
+            with fewer items have finished, is the same on both sides).
         batch_size: images per batch.
         num_workers: DataLoader worker processes (0: load in this process).
         image_size: shorter side after resizing, in pixels.
@@ -163,13 +250,15 @@ def imagefolder_peer(
     if not paths:
         raise ValueError("imagefolder_peer: no files")
     loader = DataLoader(
-        ImageFileDataset(paths, image_size),
+        ImageFileDataset(paths, records, work_for(task, image_size, class_to_index)),
         batch_size=batch_size,
-        shuffle=True,
+        sampler=RandomSampler(
+            range(len(paths)), num_samples=len(paths) * epochs,
+            generator=torch.Generator().manual_seed(seed),
+        ),
         num_workers=num_workers,
         collate_fn=collate_images,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    )  # fmt: skip
     return _measure("imagefolder", loader, warmup_batches=warmup_batches, max_batches=max_batches)
 
 
@@ -182,35 +271,40 @@ def s3torchconnector_reason() -> str | None:
     return None
 
 
-class ReadDecodeResize:
+class ReadDecodeDetect:
     """s3torchconnector transform: read the ``S3Reader`` to the end, decode it with torchvision
-    (RGB), resize; returns ``(image, bytes read)``.
+    (RGB), do our per-sample work with its record's boxes (:class:`DetectionWork`; the record
+    found by the reader's key); returns ``(image, target, bytes read, when the read began)``.
 
     Raises:
         s3torchconnector.S3Exception: the GET failed; RuntimeError: the bytes do not decode.
     """
 
-    def __init__(self, image_size: int):
-        self.transform = _resize(image_size)
+    def __init__(self, records_by_key: dict[str, DetectionRecord], work: DetectionWork):
+        self.records_by_key = records_by_key
+        self.work = work
 
-    def __call__(self, reader) -> tuple[torch.Tensor, int]:
+    def __call__(self, reader) -> tuple:
+        read_at = time.perf_counter()
         data = reader.read()
-        image = decode_image(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB
-        )
-        return self.transform(image), len(data)
+        image, target = self.work(decode(data), self.records_by_key[reader.key])
+        return image, target, len(data), read_at
 
 
 def s3torchconnector_peer(
     kind: str,
     bucket: str,
     keys: Sequence[str],
+    records: Sequence[DetectionRecord],
     *,
     endpoint: str | None,
     region: str,
     batch_size: int,
     num_workers: int,
     image_size: int,
+    class_to_index: dict[str, int],
+    task: str = "detection",
+    epochs: int = 1,
     max_batches: int | None = None,
     warmup_batches: int = 2,
     seed: int = 0,
@@ -227,6 +321,12 @@ def s3torchconnector_peer(
         kind: ``"map"`` or ``"iterable"``.
         bucket: bucket name.
         keys: full object keys inside the bucket (prefix included).
+        records: their records (the boxes), in the same order.
+        class_to_index: class name to label id.
+        task: ``detection`` or ``classification``: the per-sample work (:func:`work_for`).
+        epochs: epochs read back to back in one iteration, as the compared pass reads them
+            (each worker's share of an epoch, so that the tail of an epoch, where workers
+            with fewer items have finished, is the same on both sides).
         endpoint: custom endpoint URL (MinIO, DSS, a local server); None for AWS.
         region: region name (the CRT client needs one, e.g. ``us-east-1``).
         batch_size: images per batch.
@@ -258,14 +358,19 @@ def s3torchconnector_peer(
     common = dict(
         region=region,
         endpoint=endpoint,
-        transform=ReadDecodeResize(image_size),
+        transform=ReadDecodeDetect(
+            dict(zip(keys, records, strict=True)), work_for(task, image_size, class_to_index)
+        ),
         s3client_config=S3ClientConfig(force_path_style=force_path_style),
     )
     if kind == "map":
         dataset = S3MapDataset.from_objects(uris, **common)
-        shuffle = dict(shuffle=True, generator=torch.Generator().manual_seed(seed))
+        shuffle = dict(sampler=RandomSampler(
+            range(len(uris)), num_samples=len(uris) * epochs,
+            generator=torch.Generator().manual_seed(seed),
+        ))  # fmt: skip
     else:
-        dataset = S3IterableDataset.from_objects(uris, enable_sharding=True, **common)
+        dataset = S3IterableDataset.from_objects(uris * epochs, enable_sharding=True, **common)
         shuffle = {}
     loader = DataLoader(
         dataset,
@@ -277,3 +382,65 @@ def s3torchconnector_peer(
     return _measure(
         f"s3torchconnector-{kind}", loader, warmup_batches=warmup_batches, max_batches=max_batches
     )
+
+
+class _DecodeShardSample:
+    """WebDataset stage: a raw sample (``jpg`` bytes, ``json``, ``__key__``...) to ``(image,
+    target, bytes of its image and annotation, read_at)``: the image decoded with torchvision,
+    its ``.json`` annotation parsed (this tool's shard format), our per-sample work
+    (:class:`DetectionWork`); ``read_at`` is when this stage took the sample (WebDataset reads
+    the tar in its own pipeline)."""
+
+    def __init__(self, work: DetectionWork):
+        self.work = work
+
+    def __call__(self, sample: dict) -> tuple:
+        read_at = time.perf_counter()
+        data = next(sample[k] for k in ("jpg", "jpeg", "png") if k in sample)
+        record = record_from_json(json.loads(sample["json"]), sample["__key__"])
+        image, target = self.work(decode(data), record)
+        return image, target, len(data) + len(sample["json"]), read_at
+
+
+def webdataset_peer(
+    shard_paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int,
+    num_workers: int,
+    image_size: int,
+    class_to_index: dict[str, int],
+    task: str = "detection",
+    epochs: int = 1,
+    max_batches: int | None = None,
+    warmup_batches: int = 2,
+    seed: int = 0,
+) -> PeerResult:
+    """Plain ``webdataset.WebDataset`` over the shard files (the ones our ``shards`` pattern
+    reads), shard order shuffled (``shardshuffle``), each worker reading its share of the
+    shards (``wds.split_by_worker``), each sample decoded with our per-sample work
+    (:class:`DetectionWork`, its boxes from its ``.json``), batched by the DataLoader; each
+    worker reads its shards ``epochs`` times (``repeat``), as our pass does.
+
+    Returns:
+        A :class:`PeerResult` named ``webdataset``.
+
+    Raises:
+        ValueError: no shards, or fewer than ``warmup_batches + 1`` batches.
+    """
+    import webdataset as wds
+
+    if not shard_paths:
+        raise ValueError("webdataset_peer: no shards")
+    urls = [os.fspath(p) for p in shard_paths]
+    dataset = (
+        wds.WebDataset(
+            urls, shardshuffle=len(urls), nodesplitter=None, workersplitter=wds.split_by_worker,
+            seed=seed, empty_check=False,
+        )
+        .map(_DecodeShardSample(work_for(task, image_size, class_to_index)))
+        .repeat(nepochs=epochs)
+    )  # fmt: skip
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images
+    )
+    return _measure("webdataset", loader, warmup_batches=warmup_batches, max_batches=max_batches)

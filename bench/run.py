@@ -27,7 +27,6 @@ import functools
 import itertools
 import logging
 import math
-import os
 from pathlib import Path
 
 from bench.baselines import fs_read_baseline, s3_get_baseline
@@ -68,6 +67,7 @@ from training.data import class_names
 from training.distributed import ONE_RANK, Ranks
 from training.meter import gc_frozen
 from training.outputs import write_yaml
+from training.tasks import class_to_index, task_module
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def run_bench(
                     peer, error = None, None
                     if ranks.main:
                         peer, error = attempt(
-                            functools.partial(measure_peer, name, cfg, storages.prepared)
+                            functools.partial(measure_peer, name, cfg, storages.prepared, classes)
                         )
                         if error is not None:
                             peer_errors[name] = error_text(error)
@@ -342,50 +342,73 @@ def run_bench(
 
 
 def peer_name(case: Case, pass_index: int, cfg: Config) -> str | None:
-    """The peer a pass is compared with (``<storage>/<access>``), or None: peers are
-    single-process loaders that decode, compared with warm ``read`` passes of one rank that
-    decode too (like with like)."""
+    """The peer a pass is compared with (:data:`PEERS`), or None: peers are single-process
+    loaders that decode, compared with warm ``read`` passes of one rank that decode too (like
+    with like); on S3 with the same client library (the AWS CRT: s3torchconnector), so that
+    the ratio compares the loaders, not the clients."""
     if not (cfg.bench.peers and cfg.bench.decode) or case.mode != "read" or case.ranks != 1:
         return None
     if pass_index == 0:  # cold: the peer's reads would be warm
         return None
     name = f"{case.storage}/{case.access}"
-    return name if name in PEER_NAMES else None
+    if case.storage == "s3" and case.client_lib != "s3torchconnector":
+        return None
+    return name if name in PEERS else None
 
 
-#: The comparisons that have a peer (:func:`measure_peer`).
-PEER_NAMES = ("fs/random", "s3/random", "s3/objects")
+#: The comparisons that have a peer, and the peer (:func:`measure_peer`).
+PEERS = {
+    "fs/random": "ImageFolder-style (PIL, a shuffled DataLoader)",
+    "fs/shards": "webdataset.WebDataset over the same shards",
+    "s3/random": "s3torchconnector S3MapDataset",
+    "s3/objects": "s3torchconnector S3IterableDataset",
+}
 
 
-def measure_peer(name: str, cfg: Config, prepared: dict[tuple[str, str], Prepared]):
-    """Measure the peer loader of ``name`` (:data:`PEER_NAMES`) once over the objects of the
+def measure_peer(
+    name: str, cfg: Config, prepared: dict[tuple[str, str], Prepared], classes: list[str]
+):
+    """Measure the peer loader of ``name`` (:data:`PEERS`) once over the objects of the
     prepared storage (:mod:`bench.peers`), with the run's batch size, first worker count,
-    image size and ``bench.read_steps`` batches.
+    image size, classes and ``bench.read_steps`` batches.
 
     Raises:
-        ConfigError: the storage the peer reads was not prepared (an S3 run without boto3).
+        ConfigError: the storage the peer reads was not prepared, or s3torchconnector cannot
+            be imported.
         Exception: what the peer raised.
     """
-    from bench.peers import imagefolder_peer, s3torchconnector_peer, s3torchconnector_reason
+    from bench.peers import (
+        imagefolder_peer,
+        s3torchconnector_peer,
+        s3torchconnector_reason,
+        webdataset_peer,
+    )
 
+    if name.startswith("fs/"):
+        prep = prepared[("fs", "-")]
+    else:
+        prep = prepared.get(("s3", "s3torchconnector"))
+        if prep is None:
+            raise ConfigError(f"peer {name}: s3torchconnector is not in bench.client_libs")
+        if s3torchconnector_reason() is not None:
+            raise ConfigError(f"not measured: {s3torchconnector_reason()}")
     workers = (cfg.bench.worker_counts or [cfg.loader.num_workers])[0]
     common = dict(
-        batch_size=cfg.loader.batch_size, num_workers=workers,
-        image_size=cfg.model.image_size, max_batches=cfg.bench.read_steps,
+        batch_size=cfg.loader.batch_size, num_workers=workers, image_size=cfg.model.image_size,
+        class_to_index=class_to_index(task_module(cfg.task), classes), task=cfg.task,
+        # the epochs of the warm read pass it is compared with, read back to back as there
+        epochs=pass_repeat(cfg, cfg.bench.read_steps, len(prep.records), single_epoch=False),
+        max_batches=cfg.bench.read_steps, warmup_batches=cfg.bench.warmup_steps,
     )  # fmt: skip
+    if name == "fs/shards":
+        return webdataset_peer(case_files(prep, "shards"), **common)
     if name == "fs/random":
-        return imagefolder_peer(case_files(prepared[("fs", "-")], "random"), **common)
-    prep = prepared.get(("s3", "boto3"))
-    if prep is None:
-        raise ConfigError(f"peer {name} reads with boto3's listing: add boto3 to bench.client_libs")
+        return imagefolder_peer(case_files(prep, "random"), prep.records, **common)
     storage = prep.source.storage
     kind = "map" if name == "s3/random" else "iterable"
-    if s3torchconnector_reason() is not None:
-        raise ConfigError(f"not measured: {s3torchconnector_reason()}")
     return s3torchconnector_peer(
-        kind, storage.bucket, [storage._key(r.image_key) for r in prep.records],
-        endpoint=storage.endpoint_url,
-        region=storage.region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), **common,
+        kind, storage.bucket, [r.image_key for r in prep.records], prep.records,
+        endpoint=storage.endpoint_url, region=storage.region, **common,
     )  # fmt: skip
 
 

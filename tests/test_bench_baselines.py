@@ -11,11 +11,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.baselines import BaselineResult, fs_read_baseline, s3_get_baseline
 from bench.page_cache import EvictBeforeRead, evict_page_cache
-from bench.peers import imagefolder_peer, s3torchconnector_peer, s3torchconnector_reason
+from bench.peers import (
+    DetectionWork,
+    decode,
+    imagefolder_peer,
+    s3torchconnector_peer,
+    s3torchconnector_reason,
+    webdataset_peer,
+)
 from datagen.upload import upload_tree
+from pipelines.formats.voc import load_voc_split
+from pipelines.shards.writer import write_shards
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from tests.conftest import resident_fraction
@@ -102,32 +112,69 @@ def test_eviction_drops_the_pages_and_evict_before_read_reads_cold(tmp_path):
         evict_page_cache([tmp_path / "missing"])
 
 
+CLASSES = {"RBC": 1, "WBC": 2, "Platelets": 3}
+
+
 def jpegs(voc_root: Path) -> list[Path]:
     return sorted((voc_root / "JPEGImages").glob("*.jpg"))
 
 
-def test_imagefolder_peer_counts_samples_and_bytes(voc_root):
+def records_of(voc_root: Path, paths: list[Path]) -> list:
+    """The records (boxes) of ``paths``, in their order, from both splits of the VOC tree."""
+    storage = FileSystemStorage(voc_root)
+    by_name = {
+        Path(r.image_key).name: r
+        for split in ("train", "test")
+        for r in load_voc_split(storage, split)[0]
+    }
+    return [by_name[p.name] for p in paths]
+
+
+def test_imagefolder_peer_counts_samples_and_bytes_and_builds_the_targets(voc_root):
     paths = jpegs(voc_root)  # 18 images
+    records = records_of(voc_root, paths)
     total = sum(p.stat().st_size for p in paths)
+    common = dict(image_size=64, class_to_index=CLASSES)
     everything = imagefolder_peer(
-        paths, batch_size=4, num_workers=0, image_size=64, warmup_batches=0
+        paths, records, batch_size=4, num_workers=0, warmup_batches=0, **common
     )
     assert (everything.name, everything.samples, everything.batches) == ("imagefolder", 18, 5)
     assert everything.bytes == total
     assert everything.samples_per_s == pytest.approx(18 / everything.seconds)
     assert everything.mbps == pytest.approx(total / everything.seconds / 1e6)
 
-    after_warmup = imagefolder_peer(paths, batch_size=4, num_workers=2, image_size=64)
+    after_warmup = imagefolder_peer(paths, records, batch_size=4, num_workers=2, **common)
     assert (after_warmup.samples, after_warmup.batches) == (18 - 2 * 4, 3)
     assert (after_warmup.warmup_batches, after_warmup.seconds > 0) == (2, True)
+    twice = imagefolder_peer(
+        paths, records, batch_size=4, num_workers=0, warmup_batches=0, epochs=2, **common
+    )
+    assert (twice.samples, twice.bytes) == (36, 2 * total)  # two epochs, back to back
 
     limited = imagefolder_peer(
-        paths, batch_size=4, num_workers=0, image_size=64, max_batches=1, warmup_batches=1
+        paths, records, batch_size=4, num_workers=0, max_batches=1, warmup_batches=1, **common
     )
     assert (limited.samples, limited.batches) == (4, 1)
 
     with pytest.raises(ValueError, match="warm-up"):
-        imagefolder_peer(paths, batch_size=8, num_workers=0, image_size=64, warmup_batches=3)
+        imagefolder_peer(paths, records, batch_size=8, num_workers=0, warmup_batches=3, **common)
+    image, target = DetectionWork(64, CLASSES)(decode(paths[0].read_bytes()), records[0])
+    assert image.dtype == torch.float32 and min(image.shape[-2:]) == 64  # our transform's work
+    assert len(target["boxes"]) == len(target["labels"]) == len(records[0].boxes)
+
+
+def test_webdataset_peer_reads_the_shards_each_worker_its_share_per_epoch(voc_root):
+    storage = FileSystemStorage(voc_root)
+    records, _ = load_voc_split(storage, "train")  # 12 images
+    shards = write_shards(storage, records, "shards/train", target_bytes=60_000)
+    files = [voc_root / s.key for s in shards]
+    result = webdataset_peer(
+        files, batch_size=4, num_workers=2, image_size=64, class_to_index=CLASSES,
+        warmup_batches=0, epochs=2,
+    )  # fmt: skip
+    assert result.name == "webdataset" and result.samples == 24  # every sample, twice
+    members = sum(len(storage.read(r.image_key)) for r in records)
+    assert result.bytes > 2 * members  # images and their annotations
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +188,12 @@ def s3_jpegs(s3_server, tmp_path_factory):
     storage.client().create_bucket(Bucket=bucket)
     upload_tree(voc / "JPEGImages", storage, progress=False)
     paths = jpegs(voc)
+    by_name.update(zip((p.name for p in paths), records_of(voc, paths), strict=True))
     return storage, [p.name for p in paths], sum(p.stat().st_size for p in paths)
+
+
+#: The records of the S3 test's objects, by object name (filled by ``s3_jpegs``).
+by_name: dict = {}
 
 
 @pytest.mark.integration
@@ -160,9 +212,11 @@ def test_s3_baseline_reads_every_byte(s3_jpegs):
 def test_s3torchconnector_peers_count_samples_and_bytes(s3_jpegs, s3_server, kind):
     assert s3torchconnector_reason() is None  # installed with the project
     storage, keys, total = s3_jpegs
+    records = [by_name[k] for k in keys]
     result = s3torchconnector_peer(
-        kind, storage.bucket, [storage._key(k) for k in keys], endpoint=s3_server.endpoint,
-        region="us-east-1", batch_size=4, num_workers=2, image_size=64, warmup_batches=0,
+        kind, storage.bucket, [storage._key(k) for k in keys], records,
+        endpoint=s3_server.endpoint, region="us-east-1", batch_size=4, num_workers=2,
+        image_size=64, class_to_index=CLASSES, warmup_batches=0,
     )  # fmt: skip
     assert result is not None
     # iterable: each of the 2 workers batches its own half (9 objects: 4 + 4 + 1)

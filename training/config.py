@@ -334,8 +334,9 @@ class BenchConfig:
         choices=("fs", "s3"),
     )
     client_libs: list = opt(
-        ["boto3"],
-        "s3 client libraries to compare (boto3, s3torchconnector)",
+        ["boto3", "s3torchconnector"],
+        "s3 client libraries to compare (boto3, s3torchconnector: the AWS CRT, which the S3 "
+        "peers use too)",
         kind=list,
         choices=("boto3", "s3torchconnector"),
     )
