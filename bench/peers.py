@@ -13,14 +13,12 @@ configuration can be reported as a ratio to what an ordinary user of that librar
 - :func:`webdataset_peer`: plain ``webdataset.WebDataset`` over the same shards (files),
   decoding and resizing each sample's image.
 
-Timing, the rule of our own ``read`` passes (:func:`training.engine.measure_steps` with
-``from_first_read``): the first ``warmup_batches`` batches (worker start-up, first
-connections) are drawn and not counted; the clock starts when the reading of the first
-measured batch's earliest sample began (each item carries the ``time.perf_counter()`` at which
-its read began), if that was before the batch was asked for (read ahead by the workers during
-the warm-up; never earlier than the first ask), and stops when the last measured batch
-arrives. Batches read ahead are thus not credited as delivered in no time, on either side.
-Units: seconds, bytes, samples/s, MB/s = 10^6 bytes/s.
+Timing, a loader benchmark's usual rule, which our read passes also report
+(``samples_per_s_after_warmup``) for the ratio to a peer: the first ``warmup_batches``
+batches (worker start-up, first connections) are drawn and not counted; the clock starts at
+the next ``next()`` and stops when the last measured batch arrives (batches the workers read
+ahead during the warm-up count, on both sides alike: the same batch size, workers and
+prefetch). Units: seconds, bytes, samples/s, MB/s = 10^6 bytes/s.
 
 Work: each peer does what our loaders do per sample, so that the ratio compares the loading,
 not the work: it decodes the image (torchvision's decoder; the ImageFolder-style peer PIL's,
@@ -34,12 +32,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, get_worker_info
 from torchvision import tv_tensors
 from torchvision.datasets.folder import default_loader
 from torchvision.io import ImageReadMode, decode_image
@@ -127,15 +126,10 @@ def decode(data: bytes) -> torch.Tensor:
     return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
 
 
-def collate_images(items: list[tuple]) -> tuple[list, list, int, float]:
-    """Batch ``(image, target, nbytes, read_at)`` items into ``(images, targets, total bytes,
-    earliest read_at)``; images may differ in size."""
-    return (
-        [item[0] for item in items],
-        [item[1] for item in items],
-        sum(item[2] for item in items),
-        min((item[3] for item in items), default=float("inf")),
-    )
+def collate_images(items: list[tuple]) -> tuple[list, list, int]:
+    """Batch ``(image, target, nbytes)`` items into ``(images, targets, total bytes)``;
+    images may differ in size."""
+    return [item[0] for item in items], [item[1] for item in items], sum(i[2] for i in items)
 
 
 def _measure(
@@ -147,7 +141,6 @@ def _measure(
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches={max_batches} must be at least 1")
     with gc_frozen():  # as our loaders are measured (training.engine.measure_steps)
-        asked = time.perf_counter()
         batches = iter(loader)
         try:
             for _ in range(warmup_batches):
@@ -157,16 +150,14 @@ def _measure(
                         "give more objects or fewer warm-up batches"
                     )
             samples = nbytes = count = 0
-            start = first_read = time.perf_counter()
-            for images, _targets, batch_bytes, read_at in batches:
+            start = time.perf_counter()
+            for images, _targets, batch_bytes in batches:
                 samples += len(images)
                 nbytes += batch_bytes
-                first_read = min(first_read, read_at)
                 count += 1
                 if count == max_batches:
                     break
-            end = time.perf_counter()
-            seconds = end - max(first_read, asked) if first_read < start else end - start
+            seconds = time.perf_counter() - start
         finally:
             del batches  # stops the DataLoader's workers now, not at garbage collection
     if count == 0:
@@ -187,7 +178,7 @@ def _measure(
 class ImageFileDataset(Dataset):
     """What an ``ImageFolder`` user gets, over a list of files: PIL ``default_loader`` +
     ``transforms.v2``, with our per-sample work (:class:`DetectionWork`). Items are ``(image,
-    target, file size in bytes, when its read began)``.
+    target, file size in bytes)``.
 
     Raises:
         OSError: a file is missing (when listed) or unreadable (when loaded).
@@ -204,9 +195,8 @@ class ImageFileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple:
-        read_at = time.perf_counter()
         image = self.to_image(default_loader(self.paths[i]))
-        return *self.work(image, self.records[i]), self.sizes[i], read_at
+        return *self.work(image, self.records[i]), self.sizes[i]
 
 
 def imagefolder_peer(
@@ -274,7 +264,7 @@ def s3torchconnector_reason() -> str | None:
 class ReadDecodeDetect:
     """s3torchconnector transform: read the ``S3Reader`` to the end, decode it with torchvision
     (RGB), do our per-sample work with its record's boxes (:class:`DetectionWork`; the record
-    found by the reader's key); returns ``(image, target, bytes read, when the read began)``.
+    found by the reader's key); returns ``(image, target, bytes read)``.
 
     Raises:
         s3torchconnector.S3Exception: the GET failed; RuntimeError: the bytes do not decode.
@@ -285,10 +275,42 @@ class ReadDecodeDetect:
         self.work = work
 
     def __call__(self, reader) -> tuple:
-        read_at = time.perf_counter()
         data = reader.read()
         image, target = self.work(decode(data), self.records_by_key[reader.key])
-        return image, target, len(data), read_at
+        return image, target, len(data)
+
+
+class ReadBytes:
+    """s3torchconnector transform: read the ``S3Reader`` to the end; ``(bytes, key, when the
+    read began)``, decoded later (:class:`ShuffledDecode`)."""
+
+    def __call__(self, reader) -> tuple[bytes, str]:
+        return reader.read(), reader.key
+
+
+class ShuffledDecode(IterableDataset):
+    """What our ``objects`` pattern does after its reads, around another library's stream of
+    ``(bytes, key)``: WebDataset's shuffle buffer of ``shuffle_buffer`` items (our
+    loaders' stage, seeded per worker), then decode and our per-sample work."""
+
+    def __init__(self, stream, records_by_key: dict, work, shuffle_buffer: int, seed: int = 0):
+        self.stream = stream
+        self.records_by_key = records_by_key
+        self.work = work
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+
+    def __iter__(self):
+        from webdataset.filters import shuffle as shuffle_stage
+
+        worker = get_worker_info()
+        rng = random.Random(f"{self.seed}-{worker.id if worker else 0}")
+        items = iter(self.stream)
+        if self.shuffle_buffer > 1:
+            items = shuffle_stage(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(items)
+        for data, key in items:
+            image, target = self.work(decode(data), self.records_by_key[key])
+            yield image, target, len(data)
 
 
 def s3torchconnector_peer(
@@ -305,6 +327,7 @@ def s3torchconnector_peer(
     class_to_index: dict[str, int],
     task: str = "detection",
     epochs: int = 1,
+    shuffle_buffer: int = 1,
     max_batches: int | None = None,
     warmup_batches: int = 2,
     seed: int = 0,
@@ -314,7 +337,9 @@ def s3torchconnector_peer(
 
     ``kind="map"``: ``S3MapDataset.from_objects``, shuffled by ``DataLoader(shuffle=True)``.
     ``kind="iterable"``: ``S3IterableDataset.from_objects`` in the order of ``keys`` (listing
-    order), sharded across the workers (``enable_sharding=True``: each object once per epoch).
+    order), sharded across the workers (``enable_sharding=True``: each object once per epoch),
+    through a shuffle buffer of ``shuffle_buffer`` objects as our ``objects`` pattern
+    (:class:`ShuffledDecode`).
     Credentials come from the standard AWS chain (environment, profile), as for boto3.
 
     Args:
@@ -370,7 +395,12 @@ def s3torchconnector_peer(
             generator=torch.Generator().manual_seed(seed),
         ))  # fmt: skip
     else:
-        dataset = S3IterableDataset.from_objects(uris * epochs, enable_sharding=True, **common)
+        common["transform"] = ReadBytes()
+        dataset = ShuffledDecode(
+            S3IterableDataset.from_objects(uris * epochs, enable_sharding=True, **common),
+            dict(zip(keys, records, strict=True)), work_for(task, image_size, class_to_index),
+            shuffle_buffer, seed,
+        )  # fmt: skip
         shuffle = {}
     loader = DataLoader(
         dataset,
@@ -386,20 +416,18 @@ def s3torchconnector_peer(
 
 class _DecodeShardSample:
     """WebDataset stage: a raw sample (``jpg`` bytes, ``json``, ``__key__``...) to ``(image,
-    target, bytes of its image and annotation, read_at)``: the image decoded with torchvision,
+    target, bytes of its image and annotation)``: the image decoded with torchvision,
     its ``.json`` annotation parsed (this tool's shard format), our per-sample work
-    (:class:`DetectionWork`); ``read_at`` is when this stage took the sample (WebDataset reads
-    the tar in its own pipeline)."""
+    (:class:`DetectionWork`)."""
 
     def __init__(self, work: DetectionWork):
         self.work = work
 
     def __call__(self, sample: dict) -> tuple:
-        read_at = time.perf_counter()
         data = next(sample[k] for k in ("jpg", "jpeg", "png") if k in sample)
         record = record_from_json(json.loads(sample["json"]), sample["__key__"])
         image, target = self.work(decode(data), record)
-        return image, target, len(data) + len(sample["json"]), read_at
+        return image, target, len(data) + len(sample["json"])
 
 
 def webdataset_peer(
@@ -411,13 +439,15 @@ def webdataset_peer(
     class_to_index: dict[str, int],
     task: str = "detection",
     epochs: int = 1,
+    shuffle_buffer: int = 1,
     max_batches: int | None = None,
     warmup_batches: int = 2,
     seed: int = 0,
 ) -> PeerResult:
     """Plain ``webdataset.WebDataset`` over the shard files (the ones our ``shards`` pattern
     reads), shard order shuffled (``shardshuffle``), each worker reading its share of the
-    shards (``wds.split_by_worker``), each sample decoded with our per-sample work
+    shards (``wds.split_by_worker``), its samples through a shuffle buffer of
+    ``shuffle_buffer`` samples as our ``shards`` pattern, each decoded with our per-sample work
     (:class:`DetectionWork`, its boxes from its ``.json``), batched by the DataLoader; each
     worker reads its shards ``epochs`` times (``repeat``), as our pass does.
 
@@ -437,6 +467,7 @@ def webdataset_peer(
             urls, shardshuffle=len(urls), nodesplitter=None, workersplitter=wds.split_by_worker,
             seed=seed, empty_check=False,
         )
+        .shuffle(max(shuffle_buffer, 0), initial=max(shuffle_buffer, 0))
         .map(_DecodeShardSample(work_for(task, image_size, class_to_index)))
         .repeat(nepochs=epochs)
     )  # fmt: skip

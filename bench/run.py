@@ -45,6 +45,7 @@ from bench.ranks import (
 )
 from bench.ratios import summarize
 from bench.report import BASELINE_CPU_COLUMNS, write_tables
+from bench.resources import ResourceSampler
 from bench.runner import (
     Case,
     case_steps,
@@ -398,32 +399,40 @@ def measure_peer(
         class_to_index=class_to_index(task_module(cfg.task), classes), task=cfg.task,
         # the epochs of the warm read pass it is compared with, read back to back as there
         epochs=pass_repeat(cfg, cfg.bench.read_steps, len(prep.records), single_epoch=False),
+        shuffle_buffer=cfg.access.shuffle_buffer,
         max_batches=cfg.bench.read_steps, warmup_batches=cfg.bench.warmup_steps,
     )  # fmt: skip
-    if name == "fs/shards":
-        return webdataset_peer(case_files(prep, "shards"), **common)
-    if name == "fs/random":
-        return imagefolder_peer(case_files(prep, "random"), prep.records, **common)
-    storage = prep.source.storage
-    kind = "map" if name == "s3/random" else "iterable"
-    return s3torchconnector_peer(
-        kind, storage.bucket, [r.image_key for r in prep.records], prep.records,
-        endpoint=storage.endpoint_url, region=storage.region, **common,
-    )  # fmt: skip
+    # under the same sampler as our passes (bench.runner.run_case): its thread takes the
+    # same share of this process's CPU on both sides
+    with ResourceSampler():
+        if name == "fs/shards":
+            return webdataset_peer(case_files(prep, "shards"), **common)
+        if name == "fs/random":
+            common.pop("shuffle_buffer")  # map-style: the sampler shuffles
+            return imagefolder_peer(case_files(prep, "random"), prep.records, **common)
+        storage = prep.source.storage
+        kind = "map" if name == "s3/random" else "iterable"
+        if kind == "map":
+            common.pop("shuffle_buffer")
+        return s3torchconnector_peer(
+            kind, storage.bucket, [r.image_key for r in prep.records], prep.records,
+            endpoint=storage.endpoint_url, region=storage.region, **common,
+        )  # fmt: skip
 
 
 def add_ratios(row: dict, peer) -> None:
     """The row's own ratios: ``ratio_to_baseline`` (MB/s over its baseline's MB/s, measured
     right after it) and ``ratio_to_peer`` (samples/s over those of ``peer``, measured right
-    after that; None: no peer for this pass). :func:`bench.ratios.summarize` then gives each
-    pass's median and spread over its repeats."""
+    after that; None: no peer for this pass), the latter with both sides timed from the end
+    of the warm-up (``samples_per_s_after_warmup``: the peer's clock, read-ahead credited
+    alike). :func:`bench.ratios.summarize` then gives each pass's median and spread over its
+    repeats."""
     base = row.get("baseline_mbps", float("nan"))
     row["ratio_to_baseline"] = (
         row["throughput_mbps"] / base if base and base == base else float("nan")
     )
     row["peer_samples_per_s"] = peer.samples_per_s if peer is not None else float("nan")
+    ours = row.get("samples_per_s_after_warmup", row["samples_per_s"])  # the peer's clock
     row["ratio_to_peer"] = (
-        row["samples_per_s"] / peer.samples_per_s
-        if peer is not None and peer.samples_per_s > 0
-        else float("nan")
+        ours / peer.samples_per_s if peer is not None and peer.samples_per_s > 0 else float("nan")
     )

@@ -152,6 +152,7 @@ def measure_steps(
         finally:
             meter.finish()
             bar.close()
+        meter.warmed_up = meter.started
         if from_first_read and first_read < meter.started:
             meter.started = max(first_read, asked)
         return meter

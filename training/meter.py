@@ -92,6 +92,8 @@ class EpochMeter:
     requests: RequestStats = field(default_factory=RequestStats)
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
+    #: when the warm-up ended (the clock's start before any ``from_first_read`` adjustment)
+    warmed_up: float | None = None
 
     def add(self, record: StepRecord, requests: RequestStats | None = None) -> None:
         """Record one step and the storage requests made for its batch."""
@@ -125,6 +127,11 @@ class EpochMeter:
             "throughput_mbps": _ratio(nbytes, wall) / 1e6,
             "samples_per_s": _ratio(samples, wall),
             "au": _ratio(compute, wall),
+            # the classic loader benchmark's rate: from the end of the warm-up, read-ahead
+            # credited (what peer loaders are timed by)
+            "samples_per_s_after_warmup": _ratio(
+                samples, (self.finished or time.perf_counter()) - (self.warmed_up or self.started)
+            ),
             "loss": sum(losses) / len(losses) if losses else math.nan,
             **request_summary(self.requests, nbytes),
         }
@@ -168,9 +175,17 @@ def aggregate(rows: list[dict], requests: list[RequestStats]) -> dict:
         "samples_per_s": _ratio(samples, wall),
         "au": sum(r["au"] for r in rows) / n,
         "au_min": min(r["au"] for r in rows),
+        "samples_per_s_after_warmup": _ratio(samples, max(_after_warmup_s(r) for r in rows)),
         "loss": sum(losses) / len(losses) if losses else math.nan,
         **request_summary(merged, nbytes),
     }
+
+
+def _after_warmup_s(row: dict) -> float:
+    """A rank's seconds from the end of its warm-up (its samples over its rate from there;
+    its wall time when the row has no such rate)."""
+    rate = row.get("samples_per_s_after_warmup", math.nan)
+    return row["samples"] / rate if rate == rate and rate > 0 else row["wall_s"]
 
 
 def request_summary(stats: RequestStats, nbytes: int) -> dict:

@@ -165,14 +165,15 @@ class ShardStream(EpochStream):
         self, worker_id: int, num_workers: int, epoch: int | None = None, rank: int | None = None
     ) -> list[ShardInfo]:
         """The shards worker ``worker_id`` of ``num_workers`` (of rank ``rank``, default this
-        one) reads in one iteration, in order: its share of each repeated epoch's rank shards
-        in turn (``epoch``: that iteration's first epoch; None: the one set by
-        :meth:`set_epoch`)."""
+        one) reads in one iteration, in order: every ``num_workers``-th shard of the repeated
+        epochs' rank shards one after the other (``epoch``: that iteration's first epoch;
+        None: the one set by :meth:`set_epoch`). Dealt across the epochs, not within each, so
+        that a shard count that does not divide by the workers does not give the same workers
+        the extra shard in every epoch (5 shards, 2 workers, 10 epochs: 25 and 25, not 30 and
+        20, which left one worker reading alone for the last third of a benchmark pass)."""
         first = self.epoch if epoch is None else epoch
-        order = []
-        for epoch in range(first, first + self.repeat):
-            order.extend(self.rank_shards(epoch, rank)[worker_id::num_workers])
-        return order
+        order = [s for e in range(first, first + self.repeat) for s in self.rank_shards(e, rank)]
+        return order[worker_id::num_workers]
 
     def worker_samples(
         self, worker_id: int, num_workers: int, epoch: int, rank: int | None = None
