@@ -50,6 +50,7 @@ RESULT_COLUMNS = [
     "baseline_s",  # added last, so that the columns before it keep their places
     "repeat", "ratio_to_baseline_median", "ratio_to_baseline_min", "ratio_to_baseline_max",
     "ratio_to_peer_median", "ratio_to_peer_min", "ratio_to_peer_max", "unstable",
+    "samples_per_s_after_warmup",
 ]  # fmt: skip
 STEP_COLUMNS = [
     "case", "pass", "rank", "step", "samples", "bytes_read", "read_s", "data_wait_s", "compute_s",

@@ -317,14 +317,16 @@ def run_bench(
                     peer, error = None, None
                     if ranks.main:
                         peer, error = attempt(
-                            functools.partial(measure_peer, name, cfg, storages.prepared, classes)
+                            functools.partial(
+                                measure_peer, name, cfg, storages.prepared, classes, case.workers
+                            )
                         )
                         if error is not None:
                             peer_errors[name] = error_text(error)
                             log.error("peer %s failed: %s", name, peer_errors[name])
                     agree_on_errors(error if stop else None)  # the others wait meanwhile
                     if peer is not None:
-                        peers.setdefault(name, []).append(peer)
+                        peers.setdefault(f"{name}, {case.workers} workers", []).append(peer)
                 if measured is None:  # not rank 0
                     continue
                 row, case_steps, base = measured
@@ -367,11 +369,15 @@ PEERS = {
 
 
 def measure_peer(
-    name: str, cfg: Config, prepared: dict[tuple[str, str], Prepared], classes: list[str]
+    name: str,
+    cfg: Config,
+    prepared: dict[tuple[str, str], Prepared],
+    classes: list[str],
+    workers: int,
 ):
     """Measure the peer loader of ``name`` (:data:`PEERS`) once over the objects of the
-    prepared storage (:mod:`bench.peers`), with the run's batch size, first worker count,
-    image size, classes and ``bench.read_steps`` batches.
+    prepared storage (:mod:`bench.peers`), with the run's batch size, the compared pass's
+    DataLoader ``workers``, image size, classes and ``bench.read_steps`` batches.
 
     Raises:
         ConfigError: the storage the peer reads was not prepared, or s3torchconnector cannot
@@ -393,7 +399,6 @@ def measure_peer(
             raise ConfigError(f"peer {name}: s3torchconnector is not in bench.client_libs")
         if s3torchconnector_reason() is not None:
             raise ConfigError(f"not measured: {s3torchconnector_reason()}")
-    workers = (cfg.bench.worker_counts or [cfg.loader.num_workers])[0]
     common = dict(
         batch_size=cfg.loader.batch_size, num_workers=workers, image_size=cfg.model.image_size,
         class_to_index=class_to_index(task_module(cfg.task), classes), task=cfg.task,

@@ -153,6 +153,7 @@ def _bench(voc_root, out, *extra):
         "--set", "bench.modes=[read]", "--set", "bench.access=[random, shards]",
         "--set", "bench.read_steps=3", "--set", "bench.warmup_steps=0",
         "--set", "bench.passes=1", "--set", "bench.peers=false", "--set", "bench.repeats=1",
+        "--set", "bench.client_libs=[boto3]",
         "--s3-endpoint", "http://127.0.0.1:1", "--s3-bucket", "nowhere",
         "--set", "storage.max_attempts=1", "--set", "storage.connect_timeout_s=1",
         *extra,

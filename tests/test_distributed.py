@@ -297,6 +297,7 @@ def bench_ranks(voc: Path, out: Path, *sets: str) -> subprocess.Popen:
         "--set", "dataset.shard_size_mb=0.03", "--set", "bench.modes=[read]",
         "--set", "bench.read_steps=3", "--set", "bench.warmup_steps=1",
         "--set", "bench.passes=1", "--set", "bench.peers=false", "--set", "bench.repeats=1",
+        "--set", "bench.client_libs=[boto3]",
         "--set", "model.image_size=64", "--set", "bench.ranks=[1, 2]",
         "--set", "train.dist_timeout_s=60",
     ]  # fmt: skip
