@@ -1,5 +1,5 @@
 # dss-ai-benchmark: train on data from storage while measuring it, then ship the model.
-#   make train TASK=detection ACCESS=shards        (or ACCESS=random|objects; TASK=classification)
+#   make train TASK=detection ACCESS=sequential    (or ACCESS=shards|random|objects; TASK=classification)
 #   make train NPROC=4                             (4 ranks under torchrun; NNODES=2 NODE_RANK=...)
 #   make archive && make serve                     then: curl -T img.jpg http://127.0.0.1:8080/predictions/detector
 #   make stop

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
@@ -119,65 +118,27 @@ def test_string_flags_stay_strings_whatever_yaml_would_make_of_them():
     assert config_from_args(args).storage.bucket == "2024-01-01"
 
 
-@pytest.mark.parametrize(
-    ("old", "pattern"),
-    [
-        (["access.mode=random"], "random"),
-        (["access.mode=sequential"], "shards"),
-        (["access.mode=sequential", "access.sequential_source=objects"], "objects"),
-        (["access.pattern=sequential"], "shards"),
-    ],
-)
-def test_deprecated_access_keys_still_work_with_one_notice(old, pattern, caplog, monkeypatch):
-    monkeypatch.setattr("training.config._said", set())
-    with caplog.at_level(logging.WARNING, logger="training.config"):
-        cfg = load_config(None, old)
-        assert load_config(None, old) == cfg  # read again: no second notice
-    assert cfg.access.pattern == pattern
-    (notice,) = caplog.records
-    assert "deprecated" in notice.getMessage() and "\n" not in notice.getMessage()
+@pytest.mark.parametrize("where", ["override", "file"])
+def test_sequential_is_the_shards_pattern_without_a_notice(where, tmp_path, caplog):
+    if where == "override":
+        cfg = load_config(None, ["access.pattern=sequential", "bench.access=[sequential]"])
+    else:
+        path = tmp_path / "mine.yaml"
+        path.write_text("access:\n  pattern: sequential\nsweep:\n  access: [random, sequential]\n")
+        cfg = load_config(path)
+        assert cfg.sweep.access == ["random", "shards"]
+    assert cfg.access.pattern == "shards"
+    assert not caplog.records  # the user's own word: no deprecation, no warning
 
 
-OLD_FILE = "access:\n  mode: random\n  sequential_source: objects\n"
-
-
-@pytest.mark.parametrize(
-    ("file", "overrides", "pattern"),
-    [
-        ("shipped", ["access.mode=random"], "random"),
-        ("shipped", ["access.pattern=sequential"], "shards"),
-        ("shipped", ["access.mode=sequential", "access.sequential_source=objects"], "objects"),
-        ("shipped", ["access.sequential_source=objects", "access.mode=random"], "random"),
-        ("shipped", ["access.pattern=objects", "access.mode=random"], "random"),  # later wins
-        ("shipped", ["access.pattern=random", "access.sequential_source=objects"], "random"),
-        (OLD_FILE, [], "random"),
-        (OLD_FILE, ["access.mode=sequential"], "objects"),  # the file's source, as before
-        (OLD_FILE, ["access.pattern=sequential"], "objects"),  # ACCESS=sequential, as before
-        ("access:\n  pattern: objects\n  mode: sequential\n", [], "objects"),
-    ],
-)
-def test_deprecated_access_keys_work_as_they_did_over_files_old_and_new(
-    tmp_path, file, overrides, pattern
-):
-    path = REPO / "configs" / "detection.yaml"  # says access.pattern: shards
-    if file != "shipped":
-        path = tmp_path / "old.yaml"
-        path.write_text(file)
-    assert load_config(path, overrides).access.pattern == pattern
-
-
-def test_a_deprecated_key_with_a_value_it_never_had_is_refused():
-    with pytest.raises(ConfigError, match="use access.pattern, one of random, shards, objects"):
-        load_config(None, ["access.mode=diagonal"])
-
-
-def test_a_config_file_whose_old_keys_contradict_its_pattern_is_refused(tmp_path):
+@pytest.mark.parametrize("old", ["access.mode=random", "access.sequential_source=objects"])
+def test_an_access_key_of_an_earlier_version_names_the_key_that_replaced_it(old, tmp_path):
+    with pytest.raises(ConfigError, match=r"^access\.\w+ was replaced by access\.pattern: "):
+        load_config(None, [old])
     path = tmp_path / "old.yaml"
-    path.write_text("access:\n  pattern: objects\n  mode: random\n")
-    with pytest.raises(ConfigError, match="contradicts the deprecated access.mode"):
-        load_config(path)
     path.write_text("access:\n  mode: sequential\n  sequential_source: objects\n")
-    assert load_config(path).access.pattern == "objects"
+    with pytest.raises(ConfigError, match="access.mode was replaced by access.pattern"):
+        load_config(path)
 
 
 def test_every_key_is_listed_for_the_user(capsys):

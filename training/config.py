@@ -25,7 +25,8 @@ from common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: The access patterns, one word each in the training config (``access.pattern``), the
-#: benchmark's (``bench.access``, ``sweep.access``) and every output's ``access`` column.
+#: benchmark's (``bench.access``, ``sweep.access``) and every output's ``access`` column;
+#: ``sequential`` is accepted everywhere as the shards pattern's other name.
 ACCESS_PATTERNS = ("random", "shards", "objects")
 
 
@@ -191,8 +192,9 @@ class AccessConfig:
 
     pattern: str = opt(
         "shards",
-        "random: map-style, one read per sample in the sampler's order; shards: WebDataset tar "
-        "shards front to back; objects: the image objects in listing order, one read each",
+        "random: map-style, one read per sample in the sampler's order; shards (or "
+        "sequential): WebDataset tar shards front to back; objects: the image objects in "
+        "listing order, one read each",
         kind=str,
         choices=ACCESS_PATTERNS,
     )
@@ -642,7 +644,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
-    data, source = _renamed_keys(data)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -653,111 +654,46 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {section} is not a section")
-        parsed = yaml.safe_load(value) if value.strip() else None
-        if sections == ["access"] and leaf in ("mode", "sequential_source", "pattern"):
-            source = _renamed_override(node, leaf, parsed, source)
-        else:
-            node[leaf] = parsed
-    return check_task(_build(Config, data, ""))
+        node[leaf] = yaml.safe_load(value) if value.strip() else None
+    return check_task(_build(Config, _first_class_words(data), ""))
 
 
-def _renamed_override(access: dict, leaf: str, value, source: str | None) -> str | None:
-    """Apply an override of ``access.<leaf>``, later overrides winning over the file and earlier
-    ones, the deprecated keys as they worked before: ``mode: random`` is the random pattern;
-    ``mode: sequential`` (``pattern: sequential``, ``ACCESS=sequential``) the last
-    ``sequential_source`` known (``source``: given, or the file's, or the file's shards or
-    objects pattern), else shards; ``sequential_source`` sets it, and the pattern unless that
-    is random. Returns the ``sequential_source`` known after it.
+#: The streaming pattern's other name: ``ACCESS=sequential`` (the command this tool was asked
+#: for) reads the tar shards front to back, as ``shards`` does.
+SEQUENTIAL = "sequential"
 
-    Raises:
-        ConfigError: a deprecated key with a value it never had.
-    """
-    if leaf == "pattern" and value != "sequential":
-        access["pattern"] = value
-        return value if value in ("shards", "objects") else source
-    if leaf == "pattern":
-        _deprecated(SEQUENTIAL_NOTICE)
-        leaf, value = "mode", "sequential"
-    else:
-        _deprecated(MODE_NOTICE)
-    valid = ("random", "sequential") if leaf == "mode" else ("shards", "objects")
-    if value not in valid:
-        raise ConfigError(
-            f"access.{leaf} {value!r} (deprecated): use access.pattern, one of "
-            f"{', '.join(ACCESS_PATTERNS)}"
-        )
-    current = access.get("pattern", AccessConfig.pattern)
-    if leaf == "mode":
-        access["pattern"] = "random" if value == "random" else (source or "shards")
-        return source
-    if current != "random":
-        access["pattern"] = value
-    return value
+#: Keys of earlier versions, refused with the key that replaced them.
+REPLACED_KEYS = {
+    "mode": "access.pattern: random, shards (sequential) or objects",
+    "sequential_source": "access.pattern: shards (sequential) or objects",
+}
 
 
-_said: set[str] = set()
-
-#: The notice for ``access.pattern: sequential`` (``ACCESS=sequential``).
-SEQUENTIAL_NOTICE = "access pattern 'sequential' is deprecated: say shards (or objects)"
-#: The notice for ``access.mode`` / ``access.sequential_source``.
-MODE_NOTICE = (
-    "access.mode and access.sequential_source are deprecated: say access.pattern: random, "
-    "shards or objects"
-)
+def _pattern(value):
+    """``sequential`` is the shards pattern; other values as given (checked later)."""
+    return "shards" if value == SEQUENTIAL else value
 
 
-def _deprecated(notice: str) -> None:
-    """Log a deprecation ``notice`` once per process (a config read twice says it once)."""
-    if notice not in _said:
-        _said.add(notice)
-        log.warning(notice)
-
-
-def _renamed_keys(data: dict) -> tuple[dict, str | None]:
-    """A config file's ``data`` with the keys of earlier versions in today's words, each with a
-    one-line deprecation notice (``access.mode: random`` is ``access.pattern: random``;
-    ``access.mode: sequential`` with ``access.sequential_source: shards|objects``, default
-    shards, is that pattern; ``access.pattern: sequential`` is shards, or the file's
-    ``sequential_source``), and the ``sequential_source`` it names (its old key, or its shards or
-    objects pattern) for the overrides (:func:`_renamed_override`).
+def _first_class_words(data: dict) -> dict:
+    """``data`` with ``sequential`` read as ``shards`` wherever an access pattern is named
+    (``access.pattern``, ``bench.access``, ``sweep.access``).
 
     Raises:
-        ConfigError: an old key contradicts ``access.pattern``, or has a value it never had.
+        ConfigError: an access key of an earlier version (``access.mode``,
+            ``access.sequential_source``), naming the key that replaced it.
     """
     access = data.get("access")
-    if not isinstance(access, dict):
-        return data, None
-    access = dict(access)
-    mode = access.pop("mode", None)
-    source = access.pop("sequential_source", None)
-    pattern = access.get("pattern")
-    if mode not in (None, "random", "sequential") or source not in (None, "shards", "objects"):
-        raise ConfigError(
-            f"access.mode {mode!r} / access.sequential_source {source!r} (deprecated): use "
-            f"access.pattern, one of {', '.join(ACCESS_PATTERNS)}"
-        )
-    if pattern == "sequential":
-        _deprecated(SEQUENTIAL_NOTICE)
-        pattern = source or "shards"
-    elif mode is not None or source is not None:
-        _deprecated(MODE_NOTICE)
-        old = "random" if mode == "random" else (source or pattern or "shards")
-        agrees = (
-            pattern is None
-            or pattern == old
-            or (mode == "sequential" and source is None and pattern in ("shards", "objects"))
-        )
-        if not agrees:
-            raise ConfigError(
-                f"access.pattern {pattern!r} contradicts the deprecated access.mode "
-                f"{mode!r} / access.sequential_source {source!r}: keep only access.pattern"
-            )
-        pattern = pattern or old
-    if pattern is not None:
-        access["pattern"] = pattern
-    if source is None and pattern in ("shards", "objects"):
-        source = pattern
-    return {**data, "access": access}, source
+    if isinstance(access, dict):
+        for old, new in REPLACED_KEYS.items():
+            if old in access:
+                raise ConfigError(f"access.{old} was replaced by {new}")
+        if "pattern" in access:
+            data = {**data, "access": {**access, "pattern": _pattern(access["pattern"])}}
+    for section in ("bench", "sweep"):
+        block = data.get(section)
+        if isinstance(block, dict) and isinstance(block.get("access"), list):
+            data = {**data, section: {**block, "access": [_pattern(a) for a in block["access"]]}}
+    return data
 
 
 def check_task(cfg: Config) -> Config:
