@@ -50,7 +50,7 @@ def test_epoch_loader_takes_groups_apart_across_workers():
     dataset = WorkerBatches(Samples(40), batch_size=4, max_batches=4)
     loader = DataLoader(dataset, batch_size=None, collate_fn=lambda g: g, num_workers=2)
     epoch = EpochLoader(
-        loader, num_samples=80, set_epoch=lambda e: None, steps=lambda e: 20, grouped=True
+        loader, num_samples=80, reseed=lambda e: None, steps=lambda e: 20, grouped=True
     )
     ids = [i for batch in epoch for i in batch.ids]
     # each worker iterates its own copy of this (unsplit) dataset: every id twice, in batches

@@ -67,7 +67,7 @@ class EpochLoader:
             them when ``grouped``.
         num_samples: samples per epoch (this rank's, about, with several ranks: for progress
             bars).
-        set_epoch: call with the epoch number before iterating, to vary the shuffle.
+        reseed: chooses an epoch's shuffle (:meth:`set_epoch` calls it).
         steps: the number of batches the epoch given yields (see :func:`build_loader`).
         share: the samples of the split that fall to this rank in the epoch given, before a
             remainder is dropped to give every rank the same number of steps (one rank: the
@@ -79,19 +79,26 @@ class EpochLoader:
 
     loader: DataLoader
     num_samples: int
-    set_epoch: Callable[[int], None]
+    reseed: Callable[[int], None]
     steps: Callable[[int], int]
     share: Callable[[int], int] | None = None
     grouped: bool = False
     limit: Callable[[int], int] | None = None
-    _epoch: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call with the epoch number before iterating, to vary the shuffle. (A method, not a
+        closure over the loader: a reference cycle made the DataLoader's persistent workers
+        wait 5 s each to be stopped when it was collected.)"""
+        self.reseed(epoch)
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
         """The epoch's batches, one at a time, in the order the DataLoader delivers them (at
         most ``limit(epoch)`` of them, for the epoch last set)."""
         batches = self._batches()
         if self.limit is not None:
-            batches = itertools.islice(batches, self.limit(self._epoch))
+            batches = itertools.islice(batches, self.limit(self.epoch))
         yield from batches
 
     def _batches(self) -> Iterator[Batch]:
@@ -317,16 +324,9 @@ def build_loader(
         if distributed and equal_steps:
             limit = steps
 
-    epoch_loader = EpochLoader(
-        loader, num_samples, None, steps, share, grouped=access != "random", limit=limit
+    return EpochLoader(
+        loader, num_samples, reseed, steps, share, grouped=access != "random", limit=limit
     )
-
-    def set_epoch(epoch: int) -> None:
-        reseed(epoch)
-        epoch_loader._epoch = epoch
-
-    epoch_loader.set_epoch = set_epoch
-    return epoch_loader
 
 
 def _iterable_dataset(
