@@ -2,12 +2,12 @@
 
 Order of work: prepare the data on every storage (:mod:`bench.storages`: shards written once; a
 local S3 server started and filled when ``s3`` is asked for without an endpoint), run each
-configuration for ``bench.passes`` passes (the first cold, the rest warm), each pass
-``bench.repeats`` times, each time followed by its raw baseline (:func:`run_pass`) and, for a
-warm read pass of one rank, its peer loader (:func:`measure_peer`): A B C A B C, so that both
-sides of every ratio see the same state of the machine (:mod:`bench.ratios`: the median over
-the repeats, with its spread); then write ``results.csv``, ``steps.csv``, ``report.md``, the
-plots and the config used.
+configuration for ``bench.passes`` passes (the first cold, the rest warm), each ``read`` pass
+(the rows whose ratios the reports give) ``bench.repeats`` times, each time followed by its raw
+baseline (:func:`run_pass`) and, for a warm read pass of one rank, its peer loader
+(:func:`measure_peer`): A B C A B C, so that both sides of every ratio see the same state of
+the machine (:mod:`bench.ratios`: the median over the repeats, with its spread); then write
+``results.csv``, ``steps.csv``, ``report.md``, the plots and the config used.
 
 With ``bench.ranks`` (``make bench NPROC=N``) the run is one torchrun launch of the largest
 count: every configuration runs at each rank count, its ranks reading their parts of the split
@@ -303,9 +303,8 @@ def run_bench(
             except Exception as exc:
                 failed(case, 0, exc)
                 continue
-            for pass_index, repeat in itertools.product(
-                range(cfg.bench.passes), range(cfg.bench.repeats)
-            ):
+            repeats = cfg.bench.repeats if case.mode == "read" else 1  # the rows with ratios
+            for pass_index, repeat in itertools.product(range(cfg.bench.passes), range(repeats)):
                 try:
                     measured = run_pass(case, pass_index, prep, storages.boto3(), cfg, classes, br)
                 except Exception as exc:

@@ -2,46 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from serve.local_s3 import local_s3
-
-REPO = Path(__file__).resolve().parents[1]
-BCCD = REPO / "data" / "bccd"
-
-
-def make_voc_subset(dest: Path, splits: dict[str, int]) -> Path:
-    """Copy the first ``n`` ids of each BCCD split (images, annotations, split file) to ``dest``."""
-    (dest / "ImageSets" / "Main").mkdir(parents=True)
-    (dest / "Annotations").mkdir()
-    (dest / "JPEGImages").mkdir()
-    for split, n in splits.items():
-        ids = (BCCD / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:n]
-        (dest / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        for image_id in ids:
-            shutil.copy(BCCD / "Annotations" / f"{image_id}.xml", dest / "Annotations")
-            shutil.copy(BCCD / "JPEGImages" / f"{image_id}.jpg", dest / "JPEGImages")
-    return dest
-
-
-def resident_fraction(path: Path) -> float:
-    """The share of the file's pages in the page cache, from Linux ``mincore(2)``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    size = path.stat().st_size
-    pages = -(-size // mmap.PAGESIZE)
-    vector = (ctypes.c_ubyte * pages)()
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
-        address = ctypes.addressof(ctypes.c_char.from_buffer(m))
-        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
-            pytest.skip(f"mincore failed: {os.strerror(ctypes.get_errno())}")
-        del address  # release the buffer export before the mmap closes
-    return sum(v & 1 for v in vector) / pages
+from tests.helpers import make_voc_subset
 
 
 @pytest.fixture
@@ -50,10 +16,10 @@ def voc_root(tmp_path: Path) -> Path:
     return make_voc_subset(tmp_path / "bccd", {"train": 12, "test": 6})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """A local S3 server (rclone serve s3, free port) for one test module, its credentials in the
-    environment; stopped at teardown."""
+    """A local S3 server (rclone serve s3, free port) shared by the whole session (each test
+    makes its own bucket), its credentials in the environment; stopped at the end."""
     with local_s3(tmp_path_factory.mktemp("s3")) as srv, pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", srv.access_key)
         mp.setenv("AWS_SECRET_ACCESS_KEY", srv.secret_key)
@@ -65,3 +31,15 @@ def s3_server(tmp_path_factory):
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
             mp.delenv(name, raising=False)
         yield srv
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark what a test needs from its fixtures: ``server`` for the local S3 server,
+    ``torchserve`` for a running TorchServe (``served``), so that ``-m "not server"`` and the
+    like select by need."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "s3_server" in names or "server" in names:
+            item.add_marker(pytest.mark.server)
+        if "served" in names:
+            item.add_marker(pytest.mark.torchserve)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from bench.ranks import Team
 from bench.runner import Case, run_case
 from bench.storages import prepare_fs
-from tests.conftest import REPO
+from tests.helpers import REPO
 from training.config import load_config
 from training.data import class_names
 

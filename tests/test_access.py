@@ -19,7 +19,7 @@ from pipelines.samples import detection_transform
 from pipelines.shards.writer import ensure_shards
 from pipelines.storage.base import RequestStats
 from pipelines.storage.filesystem import FileSystemStorage
-from tests.conftest import resident_fraction
+from tests.helpers import resident_fraction
 
 CLASSES = {"RBC": 1, "WBC": 2, "Platelets": 3}
 

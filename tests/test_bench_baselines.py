@@ -28,7 +28,7 @@ from pipelines.formats.voc import load_voc_split
 from pipelines.shards.writer import write_shards
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
-from tests.conftest import resident_fraction
+from tests.helpers import resident_fraction
 
 _numbers = itertools.count()
 
@@ -180,7 +180,7 @@ def test_webdataset_peer_reads_the_shards_each_worker_its_share_per_epoch(voc_ro
 @pytest.fixture(scope="module")
 def s3_jpegs(s3_server, tmp_path_factory):
     """The 18 BCCD JPEGs of a VOC tree in a new bucket under ``imgs/``: (storage, keys, sizes)."""
-    from tests.conftest import make_voc_subset
+    from tests.helpers import make_voc_subset
 
     voc = make_voc_subset(tmp_path_factory.mktemp("voc") / "bccd", {"train": 12, "test": 6})
     bucket = f"bench-baselines-{os.getpid()}-{next(_numbers)}"

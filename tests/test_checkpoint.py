@@ -39,7 +39,7 @@ from bench.checkpoint_run import run_checkpoint_bench, transfer_row
 from pipelines.storage.base import StorageError
 from pipelines.storage.s3 import S3Storage
 from serve.process import free_ports
-from tests.test_distributed import run_command
+from tests.helpers import run_command
 from training.config import ConfigError, load_config
 from training.distributed import ONE_RANK
 

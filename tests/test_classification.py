@@ -12,18 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from datagen.crops import write_crops
 from models.classifier import ARCHITECTURES, build_classifier, load_trained_classifier
 from pipelines.access.loaders import LoaderSettings, build_loader
 from pipelines.formats.folders import load_folder_split
 from pipelines.formats.records import ClassificationRecord, DatasetError, record_from_json
-from pipelines.formats.voc import load_voc_split
 from pipelines.samples import Batch, classification_transform, make_sample
 from pipelines.shards.writer import ensure_shards
 from pipelines.storage.base import CallStats
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
-from tests.conftest import make_voc_subset
+from tests.helpers import make_cells, make_voc_subset
 from training import classification
 from training.cli import data_overrides
 from training.config import CLASSIFIER_ARCHS, DETECTOR_ARCHS, ConfigError, load_config
@@ -31,15 +29,6 @@ from training.data import detect_format, load_split
 from training.source import DataSource
 
 CLASSES = ["Platelets", "RBC", "WBC"]
-
-
-def make_cells(dest: Path, voc: Path, splits: dict[str, int]) -> Path:
-    """Crop the cells of the first ``n`` images of each VOC split into ``dest/<split>/<Class>``."""
-    source = FileSystemStorage(voc)
-    for split, n in splits.items():
-        records, _ = load_voc_split(source, split, limit=n)
-        write_crops(source, records, FileSystemStorage(dest), split)
-    return dest
 
 
 @pytest.fixture

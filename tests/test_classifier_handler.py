@@ -9,82 +9,22 @@ answer.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import math
 import shutil
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from ts.utils.util import list_classes_from_module
 
 from handlers.classifier_handler import ClassifierHandler
-from models.classifier import build_classifier
-from tests.test_detector_handler import FakeContext, jpeg_bytes, png_bytes
+from tests.helpers import FakeContext, cell_crop, jpeg_bytes, png_bytes, write_classifier_output
 
 REPO = Path(__file__).resolve().parents[1]
 BCCD = REPO / "data" / "bccd"
 LABELS = {"0": "Platelets", "1": "RBC", "2": "WBC"}
-
-
-def write_classifier_output(
-    out: Path,
-    *,
-    arch: str = "convnet",
-    image_size: int = 32,
-    labels: dict[str, str] = LABELS,
-    logits: list[float] | None = None,
-    model_file: bool = False,
-) -> Path:
-    """Write what a classification training run leaves in OUT, from an untrained model.
-
-    Args:
-        logits: rig the last layer so that every image gets these logits; None keeps the
-            (seeded) random weights.
-        model_file: also copy ``models/classifier.py`` as ``classifier.py``, as in an
-            extracted archive.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = build_classifier(arch, len(labels), image_size=image_size)
-    if logits is not None:
-        last = model.network.fc if arch == "resnet18" else model.network.classifier[-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.copy_(torch.tensor(logits))
-    torch.save(model.state_dict(), out / "model.pt")
-    (out / "index_to_name.json").write_text(json.dumps(labels))
-    spec = {
-        "task": "classification",
-        "arch": arch,
-        "num_classes": len(labels),
-        "image_size": image_size,
-        "grayscale": False,
-    }
-    (out / "model.json").write_text(json.dumps(spec))
-    if model_file:
-        shutil.copy(REPO / "models" / "classifier.py", out / "classifier.py")
-    return out
-
-
-def cell_crop(image_id: str = "BloodImage_00007", label: str = "WBC") -> bytes:
-    """JPEG bytes of the first ``label`` cell of a real BCCD photo, cut at its annotated box."""
-    root = ET.parse(BCCD / "Annotations" / f"{image_id}.xml").getroot()
-    for obj in root.iter("object"):
-        if obj.findtext("name") == label:
-            box = obj.find("bndbox")
-            xyxy = [int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")]
-            break
-    else:
-        raise AssertionError(f"no {label} in {image_id}")
-    buffer = io.BytesIO()
-    with Image.open(BCCD / "JPEGImages" / f"{image_id}.jpg") as photo:
-        photo.convert("RGB").crop(xyxy).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
 
 
 def make_handler(model_dir: Path, **knobs) -> ClassifierHandler:

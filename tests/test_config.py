@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from training.config import ConfigError, describe_keys, load_config
 
 

@@ -187,7 +187,7 @@ def test_a_csv_export_of_one_split_trains_with_a_recorded_hash_split(voc_root, t
 
 
 def test_a_coco_export_of_one_split_is_split_by_hash(tmp_path):
-    from tests.test_formats import write_coco
+    from tests.helpers import write_coco
 
     write_coco(tmp_path / "export", {"train": 12})  # only train/_annotations.coco.json
     cfg = load_config(None, [f"storage.root={tmp_path}", "storage.prefixes=[export]"])

@@ -14,58 +14,21 @@ import io
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
-from torchvision.io import decode_jpeg
 from ts.context import Context
 
 from handlers.detector_handler import DetectorHandler
 from handlers.image_request import NoImageError, request_body
 from models.detector import build_detector
+from tests.helpers import FakeContext, jpeg_bytes, png_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 JPEG = REPO / "data" / "bccd" / "JPEGImages" / "BloodImage_00007.jpg"
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 LABELS = {"0": "__background__", "1": "Platelets", "2": "RBC", "3": "WBC"}
-
-
-class FakeContext:
-    """Stand-in for ``ts.context.Context`` with what the project's handlers use.
-
-    It carries the model dir, manifest and model-config YAML the way TorchServe's worker fills
-    them, and records the per-request HTTP statuses and content types the handler sets.
-    ``name`` is the archive's model name: ``detector`` (model file ``detector.py``, handler
-    ``detector_handler.py``) or ``classifier``.
-    """
-
-    def __init__(
-        self, model_dir: Path, handler_config: dict | None = None, name: str = "detector"
-    ) -> None:
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 4}
-        self.manifest = {
-            "model": {
-                "modelName": name,
-                "modelFile": f"{name}.py",
-                "serializedFile": "model.pt",
-                "handler": f"{name}_handler.py",
-            }
-        }
-        self.model_yaml_config = {"handler": handler_config} if handler_config else {}
-        self.timings: list[tuple] = []
-        self.metrics = SimpleNamespace(add_time=lambda *args: self.timings.append(args))
-        self.statuses: dict[int, tuple[int, str]] = {}
-        self.content_types: dict[int, str] = {}
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        """Record the status of request ``idx``."""
-        self.statuses[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        """Record the content type of request ``idx``."""
-        self.content_types[idx] = value
 
 
 def write_rigged_model_dir(model_dir: Path) -> Path:
@@ -106,22 +69,6 @@ def make_handler(model_dir: Path, **knobs) -> DetectorHandler:
     h = DetectorHandler()
     h.initialize(FakeContext(model_dir, knobs))
     return h
-
-
-def jpeg_bytes() -> bytes:
-    """The real 640x480 BCCD photo."""
-    return JPEG.read_bytes()
-
-
-def png_bytes(size: tuple[int, int] | None = None) -> bytes:
-    """The same photo as PNG (pixels as torchvision decodes the JPEG), optionally resized."""
-    pixels = decode_jpeg(torch.frombuffer(bytearray(jpeg_bytes()), dtype=torch.uint8))
-    image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
-    if size is not None:
-        image = image.resize(size)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def assert_detections(dets: list, width: int, height: int, threshold: float = 0.5) -> None:

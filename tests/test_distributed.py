@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,13 +32,10 @@ from pipelines.samples import classification_transform
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
 from serve.process import free_ports
-from tests.conftest import REPO
+from tests.helpers import REPO, RUN_LIMIT_S, finish
 from training import classification
 
-pytestmark = pytest.mark.integration
-
-#: Seconds a test run may take before it counts as a hang.
-RUN_LIMIT_S = 240
+pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
 
 def torchrun(data, out: Path, *extra: str, nproc: int = 2, nodes: tuple = (), port=None, env=None):
@@ -67,29 +63,6 @@ def torchrun(data, out: Path, *extra: str, nproc: int = 2, nodes: tuple = (), po
     )  # fmt: skip
 
 
-def run_command(module: str, *args: str) -> tuple[int, str]:
-    """Run ``python -m module args`` in the repository (a command that starts its own ranks),
-    without S3 settings from this environment (it starts its own local server); its exit status
-    and output (see :func:`finish`)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    return finish(proc)
-
-
-def finish(proc: subprocess.Popen, limit_s: float = RUN_LIMIT_S) -> tuple[int, str]:
-    """Wait for the run; kill its whole process group if it runs past ``limit_s``."""
-    try:
-        out, _ = proc.communicate(timeout=limit_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun ran past {limit_s} s:\n{out[-3000:]}")
-    return proc.returncode, out
-
-
 def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -97,8 +70,7 @@ def read_rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory):
-    from tests.conftest import make_voc_subset
-    from tests.test_classification import make_cells
+    from tests.helpers import make_cells, make_voc_subset
 
     root = tmp_path_factory.mktemp("dist")
     voc = make_voc_subset(root / "bccd", {"train": 2, "test": 2})
@@ -313,7 +285,7 @@ def test_a_configuration_failing_on_its_ranks_is_a_row_and_the_ranks_go_on(tmp_p
     """One shard for two ranks: the two-rank shards pass fails on both ranks, which agree
     on it; its row has the error, the next configuration still runs on both, and the run
     ends with exit status 1 (a configuration failed), as in one process."""
-    from tests.conftest import make_voc_subset
+    from tests.helpers import make_voc_subset
 
     voc = make_voc_subset(tmp_path / "bccd", {"train": 6, "test": 1})
     out = tmp_path / "bench"
@@ -337,7 +309,7 @@ def test_bench_runs_every_configuration_at_each_rank_count(tmp_path):
     configuration (fs and the local S3 server, the three patterns) runs on one rank, then on
     two at once; a two-rank row is its ranks' steps summed, both ranks in step; the baseline
     reads at the same total concurrency."""
-    from tests.conftest import make_voc_subset
+    from tests.helpers import make_voc_subset
 
     voc = make_voc_subset(tmp_path / "bccd", {"train": 12, "test": 2})
     out = tmp_path / "bench"

@@ -17,65 +17,21 @@ from datagen.upload import upload_tree
 from pipelines.formats.coco import ANNOTATIONS, load_coco_split
 from pipelines.formats.oid import HEADER_BYTES, image_size, load_oid_split
 from pipelines.formats.records import DatasetError
-from pipelines.formats.voc import load_voc_split
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from scripts.train import main as train_main
-from tests.conftest import BCCD
-from tests.helpers import CountingStorage
+from tests.helpers import (
+    BCCD,
+    CountingStorage,
+    voc_records,
+    write_coco,
+)
 from training.config import load_config
 from training.data import load_split
 from training.source import DataSource
 
-#: Roboflow-style categories: a supercategory-only category 0 that no box uses.
-CATEGORIES = [
-    {"id": 0, "name": "cells", "supercategory": "none"},
-    {"id": 1, "name": "Platelets", "supercategory": "cells"},
-    {"id": 2, "name": "RBC", "supercategory": "cells"},
-    {"id": 3, "name": "WBC", "supercategory": "cells"},
-]
-CATEGORY_ID = {c["name"]: c["id"] for c in CATEGORIES}
 #: OID class names have spaces in labels and underscores in folder names (toolkit style).
 OID_NAME = {"RBC": "Red blood cell", "WBC": "White blood cell", "Platelets": "Platelets"}
-
-
-def voc_records(split: str, n: int):
-    records, _ = load_voc_split(FileSystemStorage(BCCD), split, limit=n)
-    return records
-
-
-def coco_doc(records) -> dict:
-    """A COCO detection document for VOC records (bbox = [x, y, width, height] in pixels)."""
-    images, annotations = [], []
-    for image_id, r in enumerate(records, 1):
-        images.append(
-            {"id": image_id, "file_name": f"{r.id}.jpg", "width": r.width, "height": r.height}
-        )
-        for (x1, y1, x2, y2), name in zip(r.boxes, r.labels, strict=True):
-            annotations.append(
-                {
-                    "id": len(annotations),
-                    "image_id": image_id,
-                    "category_id": CATEGORY_ID[name],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
-                }
-            )
-    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
-
-
-def write_coco(dest: Path, splits: dict[str, int]) -> dict[str, list]:
-    """A Roboflow-style export of the first ``n`` BCCD images of each split; the VOC records."""
-    sources = {}
-    for split, n in splits.items():
-        records = voc_records(split, n)
-        (dest / split).mkdir(parents=True)
-        for r in records:
-            shutil.copy(BCCD / r.image_key, dest / split)
-        (dest / split / ANNOTATIONS).write_text(json.dumps(coco_doc(records), indent=1))
-        sources[split] = records
-    return sources
 
 
 def write_oid(dest: Path, split: str, records) -> None:

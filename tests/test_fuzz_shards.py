@@ -34,14 +34,14 @@ from pipelines.shards.manifest import ShardError, ShardInfo
 from pipelines.shards.reader import iter_shard
 from pipelines.shards.writer import write_shards
 from pipelines.storage.filesystem import FileSystemStorage
-from tests.conftest import make_voc_subset
+from tests.helpers import make_voc_subset
 
 #: Seconds one case may take (reading a ~100 kB shard takes about a millisecond).
 CASE_LIMIT_S = 2.0
 
 settings.register_profile(
     "default",
-    max_examples=300,
+    max_examples=50,  # make test; make fuzz runs 20,000
     derandomize=True,  # seeded: the same cases on every run of make test
     deadline=None,  # the per-case limit below is a real interrupt, not a report afterwards
     database=None,

@@ -169,8 +169,7 @@ def test_your_own_reader_and_model_train_together_from_shards(tmp_path):
     import csv
 
     from scripts import train as train_cli
-    from tests.conftest import make_voc_subset
-    from tests.test_classification import make_cells
+    from tests.helpers import make_cells, make_voc_subset
 
     voc = make_voc_subset(tmp_path / "bccd", {"train": 2, "test": 2})
     cells = make_cells(tmp_path / "cells", voc, {"train": 2, "test": 2})

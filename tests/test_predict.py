@@ -10,7 +10,7 @@ from torchvision.io import decode_jpeg
 
 from models.detector import build_detector
 from scripts import predict as predict_cli
-from tests.conftest import BCCD
+from tests.helpers import BCCD
 from training.predict import expand_inputs
 
 IMAGE = BCCD / "JPEGImages" / "BloodImage_00007.jpg"

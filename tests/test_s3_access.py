@@ -23,8 +23,7 @@ from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from scripts import train as train_cli
 from serve.local_s3 import local_s3
-from tests.conftest import make_voc_subset
-from tests.helpers import CountingStorage
+from tests.helpers import CountingStorage, make_voc_subset
 
 pytestmark = pytest.mark.integration
 

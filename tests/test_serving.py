@@ -46,8 +46,7 @@ from serve.properties import (
     read_properties,
 )
 from serve.torchserve import RuntimeDir, running_pid, start_server, stop_server
-from tests.conftest import REPO, make_voc_subset
-from tests.test_classifier_handler import cell_crop, write_classifier_output
+from tests.helpers import REPO, cell_crop, make_voc_subset, write_classifier_output
 
 JPEG = REPO / "data" / "bccd" / "JPEGImages" / "BloodImage_00007.jpg"
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -287,7 +286,7 @@ def classifier_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def own_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A classifier of the user's (``examples/my_models.py:build_net``), trained for one epoch
     on cell crops of 4 BCCD images, as `make train TASK=classification` runs it."""
-    from tests.test_classification import make_cells
+    from tests.helpers import make_cells
 
     root = tmp_path_factory.mktemp("own")
     voc = make_voc_subset(root / "bccd", {"train": 2, "test": 2})

@@ -10,9 +10,9 @@ import csv
 
 import pytest
 
-from tests.test_distributed import run_command
+from tests.helpers import run_command
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
 
 def test_a_tiny_sweep_searches_each_access_pattern_and_reports_the_answer(tmp_path):

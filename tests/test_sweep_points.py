@@ -14,7 +14,7 @@ from bench.sweep.points import points_config
 from bench.sweep.workloads import workload
 from pipelines.access.loaders import LoaderSettings, build_loader
 from scripts.sweep import main as sweep_main
-from tests.conftest import REPO
+from tests.helpers import REPO
 from training.config import load_config
 from training.data import class_names
 from training.engine import measure_steps

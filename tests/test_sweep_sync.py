@@ -12,10 +12,9 @@ import sys
 import pytest
 
 from serve.process import free_ports
-from tests.conftest import REPO
-from tests.test_distributed import finish
+from tests.helpers import REPO, finish
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
 
 def test_a_slow_rank_lowers_every_ranks_au_only_when_the_ranks_step_together():

@@ -7,7 +7,7 @@ import pytest
 from pipelines.formats.records import DatasetError, sanitize_box
 from pipelines.formats.voc import load_voc_split, parse_voc_xml, read_split_ids
 from pipelines.storage.filesystem import FileSystemStorage
-from tests.conftest import BCCD
+from tests.helpers import BCCD
 
 
 def test_bccd_splits_have_the_documented_sizes():

@@ -375,8 +375,8 @@ class BenchConfig:
     )
     repeats: int = opt(
         3,
-        "times each pass is measured, each right before its raw baseline and peer (A B A B); "
-        "ratios are the median over them with their spread",
+        "times each read pass is measured, each right before its raw baseline and peer (A B A "
+        "B); ratios are the median over them with their spread",
         kind=int,
         minimum=1,
     )
