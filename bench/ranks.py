@@ -24,8 +24,8 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
+from common.errors import UserError, user_message
 from training import distributed
-from training.cli import USER_ERRORS, user_message
 from training.config import ConfigError
 from training.distributed import RankFailed, Ranks
 
@@ -215,7 +215,7 @@ def error_text(exc: BaseException) -> str:
     error (or of another rank's error, which names the rank), the exception's type and
     message otherwise."""
     text = user_message(exc).splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, (*USER_ERRORS, RankFailed)):
+    if isinstance(exc, (UserError, RankFailed)):
         return text
     return f"{type(exc).__name__}: {text}".rstrip(": ")
 

@@ -75,7 +75,7 @@ def start_local_bucket(
     ``stack`` closes. Its credentials go into this process's environment, where the standard
     AWS chain (boto3, and the CRT of s3torchconnector) reads them, until ``stack`` closes.
     ``etag_hash``: see
-    :func:`serve.local_s3.start_server` (``""``: no ETags, for large objects read in
+    :func:`local_s3.server.start_server` (``""``: no ETags, for large objects read in
     parallel ranges: rclone hashes the whole file for every request otherwise).
 
     Returns:
@@ -83,10 +83,10 @@ def start_local_bucket(
         set)``.
 
     Raises:
-        serve.local_s3.LocalS3Error: the server did not start.
+        local_s3.server.LocalS3Error: the server did not start.
     """
+    from local_s3.server import local_s3
     from pipelines.storage.s3 import S3Storage
-    from serve.local_s3 import local_s3
 
     server_dir = out / "s3-server"
     stack.callback(shutil.rmtree, server_dir, ignore_errors=True)  # after the server stopped

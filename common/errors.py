@@ -3,6 +3,8 @@ that name it without a traceback."""
 
 from __future__ import annotations
 
+import sys
+
 
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message, or its type's name when the message is empty:
@@ -17,6 +19,33 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-class ConfigError(Exception):
+class UserError(Exception):
+    """What the user can act on (a bad key, a missing file, an unreachable endpoint, a damaged
+    shard...): commands print it as one line (:func:`say_error`) and exit with status 2.
+    Every layer's such errors derive from it."""
+
+
+class ConfigError(UserError):
     """A configuration key is unknown or its value is invalid, or a file or function it names
     cannot be used; the message names the key."""
+
+
+def user_message(exc: BaseException) -> str:
+    """The one-line message of a user-facing error.
+
+    An error raised in a DataLoader worker or a torchdata thread reaches the main process
+    re-raised with the worker's traceback as its message; only the original message is kept.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    name = type(exc).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
+def say_error(text: str) -> None:
+    """Print ``error: <text>`` on stderr as one write, so that the lines of several ranks
+    failing at once never run into each other."""
+    sys.stderr.write(f"error: {text}\n")  # one write: print() writes the newline apart
+    sys.stderr.flush()

@@ -19,8 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli.args import add_keys_argument
 from serve.archive import TASKS, ArchiveError, build_archive, human_size
-from training.cli import add_keys_argument
 
 
 def default_outputs() -> list[Path]:

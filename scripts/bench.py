@@ -24,14 +24,9 @@ import sys
 
 import torch
 
+from cli.args import add_config_arguments, config_from_args
+from common.errors import UserError, say_error, user_message
 from training import distributed
-from training.cli import (
-    USER_ERRORS,
-    add_config_arguments,
-    config_from_args,
-    say_error,
-    user_message,
-)
 from training.config import Config
 
 #: ``emulate`` and ``train`` passes of a quick look (``--limit``) measure at most this many
@@ -101,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         ranks = distributed.from_environment()
-    except USER_ERRORS as exc:
+    except UserError as exc:
         say_error(user_message(exc))
         return 2
     rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
@@ -109,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = bench_config(args)
         if not ranks.distributed and max(cfg.bench.ranks, default=1) > 1:
-            from scripts.launch import relaunch
+            from cli.launch import relaunch
 
             return relaunch("scripts.bench", max(cfg.bench.ranks), argv, "bench.ranks")
         if ranks.main:
@@ -129,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         results, steps, extras = run_bench(cfg, out, ranks)
         if ranks.main:
             write_report(out, cfg.to_dict(), results, steps, extras)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         say_error(user_message(exc))
         return 2
     except distributed.RankFailed as exc:  # bench.on_error stop, after a failure on another rank

@@ -47,8 +47,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from bench.resources import ResourceSampler
+from cli.args import add_keys_argument
 from datagen.images import spec_from_preset
 from datagen.synthetic import generate_dataset
+from local_s3.server import LocalS3Error, local_s3
 from pipelines.formats.voc import load_voc_split
 from pipelines.shards.manifest import ShardInfo
 from pipelines.shards.reader import iter_shard
@@ -57,8 +59,6 @@ from pipelines.storage.base import StorageError
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from pipelines.storage.s3_connector import S3ConnectorStorage
-from serve.local_s3 import LocalS3Error, local_s3
-from training.cli import add_keys_argument
 
 GB = 10**9
 MiB = 2**20

@@ -20,16 +20,11 @@ from collections.abc import Callable
 
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from cli.args import add_config_arguments, config_from_args
+from common.errors import UserError, say_error, user_message
 from pipelines.shards.manifest import ShardInfo
 from pipelines.shards.reader import iter_shard
 from pipelines.storage.base import Storage
-from training.cli import (
-    USER_ERRORS,
-    add_config_arguments,
-    config_from_args,
-    say_error,
-    user_message,
-)
 from training.data import load_split, split_shards
 from training.source import open_storage
 
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         source = open_storage(cfg)
         records, _ = load_split(source, cfg, cfg.dataset.train_split)
         _, shards, _ = split_shards(source, cfg, cfg.dataset.train_split, records)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         say_error(user_message(exc))
         return 2
     storage = source.storage

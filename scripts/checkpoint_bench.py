@@ -20,7 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.cli import add_config_arguments, cpu_ranks_main
+from cli.args import add_config_arguments
+from cli.ranks import cpu_ranks_main
 from training.config import Config
 from training.distributed import Ranks
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cli.args import add_keys_argument
+from common.errors import say_error
 from datagen.crops import write_crops
 from pipelines.formats.records import DatasetError
 from pipelines.formats.voc import load_voc_split
 from pipelines.storage.base import StorageError
 from pipelines.storage.filesystem import FileSystemStorage
-from training.cli import add_keys_argument, say_error
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,13 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-from training.cli import (
-    USER_ERRORS,
-    add_config_arguments,
-    config_from_args,
-    say_error,
-    user_message,
-)
+from cli.args import add_config_arguments, config_from_args
+from common.errors import UserError, say_error, user_message
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         predictions, failures = predict_all(
             model, index_to_name, inputs, read_bytes, out_dir, args.threshold, spec=spec
         )
-    except (*USER_ERRORS, FileNotFoundError, ValueError) as exc:
+    except (UserError, FileNotFoundError, ValueError) as exc:
         say_error(user_message(exc))
         return 2
     what = "classes" if spec.get("task") == "classification" else "boxes"

@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from cli.args import add_keys_argument
 from datagen.upload import upload_tree
-from pipelines.storage.base import StorageError
-from pipelines.storage.s3 import S3Storage
-from serve.local_s3 import (
+from local_s3.server import (
     DEFAULT_BUCKET,
     DEFAULT_STATE_DIR,
     LocalS3Error,
@@ -36,7 +35,8 @@ from serve.local_s3 import (
     state_paths,
     up,
 )
-from training.cli import add_keys_argument
+from pipelines.storage.base import StorageError
+from pipelines.storage.s3 import S3Storage
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,10 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli.args import add_keys_argument
 from serve.archive import archived_task
 from serve.properties import BASE_CONFIG, ServeError
 from serve.torchserve import server_status, start_server, stop_server
-from training.cli import add_keys_argument
 
 PORT_OPTIONS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 #: Request body of the printed curl hint for a detector: a whole BCCD photo.

@@ -40,12 +40,13 @@ from bench.serve_load import (
     summarize,
     worker_ids,
 )
+from cli.args import add_keys_argument
+from common.errors import say_error
 from common.files import save_figure
+from common.process import free_ports
 from serve.archive import archived_task
-from serve.process import free_ports
 from serve.properties import BASE_CONFIG, ServeError, read_properties
 from serve.torchserve import start_server, stop_server
-from training.cli import add_keys_argument, say_error
 from training.outputs import run_folder, write_csv, write_yaml
 
 COLUMNS = [

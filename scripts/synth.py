@@ -23,6 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli.args import add_keys_argument
 from datagen.images import (
     DEFAULT_CLASSES,
     DEFAULT_PRESET,
@@ -32,10 +33,9 @@ from datagen.images import (
     spec_from_preset,
 )
 from datagen.synthetic import generate_dataset
+from local_s3.server import DEFAULT_STATE_DIR, LocalS3Error, resolve_s3
 from pipelines.storage.base import Storage, StorageError
 from pipelines.storage.filesystem import FileSystemStorage
-from serve.local_s3 import DEFAULT_STATE_DIR, LocalS3Error, resolve_s3
-from training.cli import add_keys_argument
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -106,7 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def open_target(out: str, endpoint: str | None, env_file: Path, write_threads: int) -> Storage:
     """The storage of ``--out``: a :class:`FileSystemStorage` or an ``S3Storage`` (endpoint
-    and credentials: :func:`serve.local_s3.resolve_s3`, with ``env_file``'s folder as the
+    and credentials: :func:`local_s3.server.resolve_s3`, with ``env_file``'s folder as the
     local server's state folder).
 
     Raises:

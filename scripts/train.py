@@ -13,13 +13,8 @@ import argparse
 import logging
 import sys
 
-from training.cli import (
-    USER_ERRORS,
-    add_config_arguments,
-    config_from_args,
-    say_error,
-    user_message,
-)
+from cli.args import add_config_arguments, config_from_args
+from common.errors import UserError, say_error, user_message
 from training.engine import TrainingError
 
 
@@ -47,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.run import run  # heavy imports only once the config is valid
 
         run(cfg, resume=args.resume)
-    except (*USER_ERRORS, TrainingError) as exc:
+    except (UserError, TrainingError) as exc:
         say_error(user_message(exc))
         return 2
     except KeyboardInterrupt:

@@ -14,13 +14,8 @@ import argparse
 import logging
 import sys
 
-from training.cli import (
-    USER_ERRORS,
-    add_config_arguments,
-    config_from_args,
-    say_error,
-    user_message,
-)
+from cli.args import add_config_arguments, config_from_args
+from common.errors import UserError, say_error, user_message
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             ),
         )
-    except USER_ERRORS as exc:
+    except UserError as exc:
         say_error(user_message(exc))
         return 2
     if not written:

@@ -15,7 +15,7 @@ live server; a private TMPDIR per runtime dir lets a test server run next to a u
 
 Why one module of this size: start, wait, stop and status of one TorchServe share its runtime
 dir and its readiness checks; the configuration is :mod:`serve.properties`, the checks before a
-start :mod:`serve.preflight`, the process mechanics :mod:`serve.process`.
+start :mod:`serve.preflight`, the process mechanics :mod:`common.process`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common.process import log_tail, owned_process, poll_until, start_detached, stop, write_state
 from serve.preflight import check_java, find_torchserve, list_models
-from serve.process import log_tail, owned_process, poll_until, start_detached, stop, write_state
 from serve.properties import (
     BASE_CONFIG,
     ServeError,

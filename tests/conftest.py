@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.local_s3 import local_s3
+from local_s3.server import local_s3
 from tests.helpers import make_voc_subset
 
 

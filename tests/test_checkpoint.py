@@ -36,9 +36,9 @@ from bench.checkpoint import (
 )
 from bench.checkpoint_report import answer_lines, failed, summarize, write_outputs
 from bench.checkpoint_run import run_checkpoint_bench, transfer_row
+from common.process import free_ports
 from pipelines.storage.base import StorageError
 from pipelines.storage.s3 import S3Storage
-from serve.process import free_ports
 from tests.helpers import run_command
 from training.config import ConfigError, load_config
 from training.distributed import ONE_RANK

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli.args import data_overrides
 from models.classifier import ARCHITECTURES, build_classifier, load_trained_classifier
 from pipelines.access.loaders import LoaderSettings, build_loader
 from pipelines.formats.folders import load_folder_split
@@ -23,7 +24,6 @@ from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
 from tests.helpers import make_cells, make_voc_subset
 from training import classification
-from training.cli import data_overrides
 from training.config import CLASSIFIER_ARCHS, DETECTOR_ARCHS, ConfigError, load_config
 from training.data import detect_format, load_split
 from training.source import DataSource

@@ -88,7 +88,7 @@ def test_data_paths_with_backslashes_and_both_quotes_survive_the_overrides(tmp_p
     backslash and both quote kinds."""
     import argparse
 
-    from training.cli import config_from_args
+    from cli.args import config_from_args
 
     odd = tmp_path / 'it\'s a "dataset" \\ here'
     second = tmp_path / "plain"
@@ -106,7 +106,7 @@ def test_data_paths_with_backslashes_and_both_quotes_survive_the_overrides(tmp_p
 def test_string_flags_stay_strings_whatever_yaml_would_make_of_them():
     import argparse
 
-    from training.cli import config_from_args
+    from cli.args import config_from_args
 
     args = argparse.Namespace(
         config=None, set=[], data=None, s3_prefix=None, out="runs #2", s3_bucket="123",

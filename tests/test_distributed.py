@@ -25,13 +25,13 @@ import psutil
 import pytest
 import torch
 
+from common.process import free_ports
 from models.classifier import load_trained_classifier
 from pipelines.access.loaders import LoaderSettings, build_loader
 from pipelines.formats.folders import load_folder_split
 from pipelines.samples import classification_transform
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
-from serve.process import free_ports
 from tests.helpers import REPO, RUN_LIMIT_S, finish
 from training import classification
 

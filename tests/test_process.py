@@ -8,7 +8,7 @@ import stat
 import sys
 import time
 
-from serve.process import (
+from common.process import (
     free_ports,
     owned_process,
     poll_until,

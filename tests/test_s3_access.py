@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 from datagen.upload import upload_tree
+from local_s3.server import local_s3
 from pipelines.access.loaders import LoaderSettings, build_loader
 from pipelines.formats.voc import load_voc_split, read_split_ids
 from pipelines.samples import detection_transform
@@ -22,7 +23,6 @@ from pipelines.storage.base import StorageError
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from scripts import train as train_cli
-from serve.local_s3 import local_s3
 from tests.helpers import CountingStorage, make_voc_subset
 
 pytestmark = pytest.mark.integration

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from datagen.upload import local_files, upload_tree
+from local_s3.server import down, local_s3, running_server, up
 from pipelines.storage.base import StorageError, relative_keys
 from pipelines.storage.env_file import read_env_file, write_env_file
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage, S3Stream
 from scripts import s3_local as cli
-from serve.local_s3 import down, local_s3, running_server, up
 
 _bucket_numbers = itertools.count()
 

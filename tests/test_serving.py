@@ -23,6 +23,7 @@ import torch
 from torchvision.io import decode_jpeg
 from torchvision.transforms.v2.functional import resize, to_dtype
 
+from common.process import free_ports
 from models.classifier import load_trained_classifier
 from models.detector import build_detector
 from models.entry_point import load_trained as load_own_model
@@ -37,7 +38,6 @@ from serve.archive import (
     human_size,
 )
 from serve.preflight import list_models
-from serve.process import free_ports
 from serve.properties import (
     BASE_CONFIG,
     ServeError,

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from serve.process import free_ports
+from common.process import free_ports
 from tests.helpers import REPO, finish
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]

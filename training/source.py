@@ -43,7 +43,7 @@ def open_storage(cfg: Config) -> DataSource:
     For ``s3``: the endpoint named by ``storage.endpoint_url`` or ``S3_ENDPOINT``; with
     neither, the local server of ``make s3-up`` when it is running and answering (its
     endpoint, bucket and keys, handed to the client: credentials set in the environment are
-    never replaced), else AWS (:func:`serve.local_s3.resolve_s3`). The bucket is
+    never replaced), else AWS (:func:`local_s3.server.resolve_s3`). The bucket is
     ``storage.bucket`` or ``S3_BUCKET``. The log names the endpoint and the credential source
     (environment, profile, local server), never a key.
 
@@ -56,8 +56,8 @@ def open_storage(cfg: Config) -> DataSource:
     roots = tuple("" if p.strip("/") in ("", ".") else p.strip("/") for p in s.prefixes) or ("",)
     if s.type == "fs":
         return DataSource(FileSystemStorage(s.root), roots, "fs")
+    from local_s3.server import resolve_s3
     from pipelines.storage.s3 import safe_url
-    from serve.local_s3 import resolve_s3
 
     target = resolve_s3(s.endpoint_url, s.bucket, s.region, LOCAL_S3_STATE)
     if not target.bucket:

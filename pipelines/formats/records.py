@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.errors import UserError
 
-class DatasetError(Exception):
+
+class DatasetError(UserError):
     """The dataset itself is wrong (missing or malformed file); the message names the file."""
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from common.errors import UserError
 from pipelines.formats.records import Record
 from pipelines.storage.base import Storage
 
@@ -34,7 +35,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 MANIFEST_VERSION = 2
 
 
-class ShardError(Exception):
+class ShardError(UserError):
     """A shard is truncated, corrupt or inconsistent with its manifest; the message names it."""
 
 

@@ -15,8 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
+from common.errors import UserError
 
-class StorageError(Exception):
+
+class StorageError(UserError):
     """A read or write failed for a reason the user can act on; the message names the key.
 
     Attributes:

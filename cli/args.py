@@ -1,24 +1,14 @@
-"""What the command-line scripts share: config flags, overrides, one-line user errors."""
+"""The commands' configuration flags: ``--config``, ``--set``, ``--keys`` and the overrides that
+Make variables map onto, read into a :class:`training.config.Config`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pipelines.formats.records import DatasetError
-from pipelines.shards.manifest import ShardError
-from pipelines.storage.base import StorageError
-from serve.local_s3 import LocalS3Error
 from training.config import Config, ConfigError, load_config
-
-if TYPE_CHECKING:
-    from training.distributed import Ranks
 
 #: CLI flag → config key it overrides (Make variables map onto these flags).
 FLAG_KEYS = {
@@ -40,16 +30,6 @@ FLAG_KEYS = {
 
 #: Flags whose values are strings, whatever they look like to YAML (numbers, dates, ``#``).
 STRING_FLAGS = ("access", "storage", "out", "format", "arch", "s3_endpoint", "s3_bucket")
-
-#: Errors that are the user's to fix: printed as one line, exit status 2.
-USER_ERRORS = (ConfigError, DatasetError, StorageError, ShardError, LocalS3Error)
-
-
-def say_error(text: str) -> None:
-    """Print ``error: <text>`` on stderr as one write, so that the lines of several ranks
-    failing at once never run into each other."""
-    sys.stderr.write(f"error: {text}\n")  # one write: print() writes the newline apart
-    sys.stderr.flush()
 
 
 def print_keys() -> None:
@@ -140,61 +120,6 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     return load_config(args.config, [*overrides, *extra, *args.set])
 
 
-def cpu_ranks_main(
-    argv: list[str],
-    parser: argparse.ArgumentParser,
-    module: str,
-    ranks_wanted: Callable[[Config], int],
-    work: Callable[[Config, Path, Ranks], int],
-) -> int:
-    """The ``main`` of a command whose ranks need no accelerator (``make sweep``, ``make
-    checkpoint-bench``): parse ``argv`` (``--out``: the runs' parent folder), log warnings with
-    each rank's number, read the config; without torchrun and ``ranks_wanted(cfg) > 1`` (called
-    only without torchrun: it may measure this machine first), start
-    that many ranks of ``python -m module argv`` on this machine
-    (:func:`scripts.launch.relaunch`); otherwise join the process group on the CPU (gloo), agree
-    on rank 0's run folder (:func:`training.outputs.run_folder`) and call ``work(cfg, out,
-    ranks)`` on every rank.
-
-    Returns:
-        The exit status: ``work``'s on rank 0 (0 on the others), the launch's after a
-        relaunch, 2 after a user error (printed as one line by the rank that made it; rank 0
-        names that rank and returns 1), 1 when a file cannot be written (one line).
-    """
-    import torch
-
-    from training import distributed
-    from training.outputs import run_folder
-
-    args = parser.parse_args(argv)
-    try:
-        ranks = distributed.from_environment()
-        rank = f" [rank {ranks.rank}]" if ranks.distributed else ""
-        logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s{rank} %(message)s")
-        cfg = config_from_args(args)
-        wanted = 1 if ranks.distributed else ranks_wanted(cfg)
-        if wanted > 1:
-            from scripts.launch import relaunch
-
-            return relaunch(module, wanted, argv, module.rpartition(".")[2].replace("_", "-"))
-        distributed.start(ranks, torch.device("cpu"), cfg.train.dist_timeout_s)
-        status = work(cfg, run_folder(args.out), ranks)
-    except USER_ERRORS as exc:
-        say_error(user_message(exc))
-        return 2
-    except distributed.RankFailed as exc:  # another rank's error, agreed: it printed it
-        if not ranks.main:
-            return 0
-        say_error(str(exc))
-        return 1
-    except OSError as exc:  # an output folder not writable, a full disk
-        say_error(str(exc))
-        return 1
-    finally:
-        distributed.stop()
-    return status if ranks.main else 0
-
-
 def data_overrides(value: str) -> list[str]:
     """Config overrides that point a run at the dataset(s) of ``DATA=`` / ``--data``.
 
@@ -253,17 +178,3 @@ def _yaml_string(text: str) -> str:
 def _yaml_list(items: list[str]) -> str:
     """A YAML flow list of double-quoted strings (safe for any path)."""
     return "[" + ", ".join(_yaml_string(item) for item in items) + "]"
-
-
-def user_message(exc: Exception) -> str:
-    """The one-line message of a user-facing error.
-
-    An error raised in a DataLoader worker or a torchdata thread reaches the main process
-    re-raised with the worker's traceback as its message; only the original message is kept.
-    """
-    text = str(exc).strip()
-    if "Original Traceback" not in text:
-        return text
-    last = text.splitlines()[-1]
-    name = type(exc).__name__
-    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last

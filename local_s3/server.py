@@ -30,9 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.storage.base import StorageError
-from pipelines.storage.env_file import read_env_file, write_env_file
-from serve.process import (
+from common.errors import UserError
+from common.process import (
     free_ports,
     log_tail,
     poll_until,
@@ -41,6 +40,8 @@ from serve.process import (
     stop,
     write_state,
 )
+from pipelines.storage.base import StorageError
+from pipelines.storage.env_file import read_env_file, write_env_file
 
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = Path(".s3")
@@ -48,7 +49,7 @@ DEFAULT_BUCKET = "dss-bench"
 DEFAULT_REGION = "us-east-1"
 
 
-class LocalS3Error(Exception):
+class LocalS3Error(UserError):
     """The local server cannot be started, found or used; the message says what to do."""
 
 
