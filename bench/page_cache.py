@@ -4,8 +4,8 @@ A benchmark pass is "cold" when every byte it reads comes from the device, not f
 Evicting the files once before the pass makes its first epoch cold; :class:`EvictBeforeRead`
 makes every read cold, so a cold pass can last as many epochs as a warm one instead of the few
 milliseconds one epoch of a small dataset takes (where start-up would weigh as much as reading).
-The raw baselines evict the same way (:func:`bench.baselines.fs_read_baseline`), so both sides
-pay the same system call per file.
+The raw baselines evict the same way (:func:`bench.loading.baselines.fs_read_baseline`), so both
+sides pay the same system call per file.
 """
 
 from __future__ import annotations

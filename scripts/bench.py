@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return relaunch("scripts.bench", max(cfg.bench.ranks), argv, "bench.ranks")
         if ranks.main:
             say_quick_look(cfg)
-        from bench.report import console, write_report
-        from bench.run import run_bench
+        from bench.loading.report import console, write_report
+        from bench.loading.run import run_bench
         from training.outputs import run_folder
 
         # an accelerator per rank for train mode only: read and emulate ranks need none

@@ -4,7 +4,7 @@
     make checkpoint-bench SIZE_GB=8 NPROC=4      # 4 ranks, 2 GB each, at once
     make checkpoint-bench ARGS="--set checkpoint.model=outputs/detection"   # a trained model's
 
-MLPerf Storage's checkpoint workload (:mod:`bench.checkpoint_run`): every rank writes its part
+MLPerf Storage's checkpoint workload (:mod:`bench.checkpoint.run`): every rank writes its part
 (fs with fsync, S3 with multipart uploads; torch.save and torch.distributed.checkpoint), the
 checkpoint is made cold, every rank reads its part back with a new client and compares every
 byte. Writes ``outputs/checkpoint-bench/<timestamp>/`` (results.csv, report.md, config.yaml)
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 def checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> int:
     """Every rank: its part written and read back; rank 0 writes the outputs and prints one
     line per storage and method."""
-    from bench.checkpoint_report import answer_lines, failed, write_outputs
-    from bench.checkpoint_run import run_checkpoint_bench
+    from bench.checkpoint.report import answer_lines, failed, write_outputs
+    from bench.checkpoint.run import run_checkpoint_bench
 
     rows = run_checkpoint_bench(cfg, out, ranks)
     if not ranks.main:

@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import torch.distributed as dist
 
+from bench.loading.case import Case, run_case
 from bench.ranks import Team
-from bench.runner import Case, run_case
 from bench.storages import prepare_fs
 from tests.helpers import REPO
 from training.config import load_config

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from bench.report import RESULT_COLUMNS, plot_throughput
-from bench.runner import Case, expand_matrix
+from bench.loading.case import Case, expand_matrix
+from bench.loading.report import RESULT_COLUMNS, plot_throughput
 from scripts import bench as bench_cli
 from training.config import load_config
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.baselines import BaselineResult, fs_read_baseline, s3_get_baseline
-from bench.page_cache import EvictBeforeRead, evict_page_cache
-from bench.peers import (
+from bench.loading.baselines import BaselineResult, fs_read_baseline, s3_get_baseline
+from bench.loading.peers import (
     DetectionWork,
     decode,
     imagefolder_peer,
@@ -23,6 +22,7 @@ from bench.peers import (
     s3torchconnector_reason,
     webdataset_peer,
 )
+from bench.page_cache import EvictBeforeRead, evict_page_cache
 from datagen.upload import upload_tree
 from pipelines.formats.voc import load_voc_split
 from pipelines.shards.writer import write_shards
@@ -230,8 +230,8 @@ def test_s3torchconnector_peers_count_samples_and_bytes(s3_jpegs, s3_server, kin
 
 
 def test_a_baseline_too_short_to_time_reads_the_objects_over_until_it_is_not(voc_root):
-    from bench.diagnosis import MIN_BASELINE_S
-    from bench.run import MAX_BASELINE_ROUNDS, measure_baseline
+    from bench.loading.diagnosis import MIN_BASELINE_S
+    from bench.loading.run import MAX_BASELINE_ROUNDS, measure_baseline
     from bench.storages import prepare_fs
     from training.config import load_config
 

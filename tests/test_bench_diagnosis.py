@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from bench import diagnosis
-from bench.diagnosis import (
+from bench.loading import diagnosis
+from bench.loading.diagnosis import (
     CLIENT_CPU,
     DECODING,
     STORAGE,
@@ -16,7 +16,7 @@ from bench.diagnosis import (
     cpu_split,
     limit,
 )
-from bench.report import console, markdown, table, table_notes
+from bench.loading.report import console, markdown, table, table_notes
 from bench.resources import CpuUse
 
 NAN = float("nan")

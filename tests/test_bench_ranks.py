@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.loading.case import PassPart, combine, rank_samples
 from bench.ranks import BenchRanks, Team, check_counts, spread
 from bench.resources import CpuUse
-from bench.runner import PassPart, combine, rank_samples
 from pipelines.storage.base import RequestStats
 from training.config import ConfigError
 from training.distributed import ONE_RANK

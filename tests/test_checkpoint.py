@@ -20,7 +20,7 @@ import pytest
 import requests
 import torch
 
-from bench.checkpoint import (
+from bench.checkpoint.parts import (
     TENSOR_BYTES,
     FsPlace,
     OperationCounter,
@@ -34,8 +34,8 @@ from bench.checkpoint import (
     read,
     write,
 )
-from bench.checkpoint_report import answer_lines, failed, summarize, write_outputs
-from bench.checkpoint_run import run_checkpoint_bench, transfer_row
+from bench.checkpoint.report import answer_lines, failed, summarize, write_outputs
+from bench.checkpoint.run import run_checkpoint_bench, transfer_row
 from common.process import free_ports
 from pipelines.storage.base import StorageError
 from pipelines.storage.s3 import S3Storage

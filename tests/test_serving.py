@@ -196,7 +196,7 @@ def test_serve_bench_refuses_an_empty_store_an_unknown_model_and_bad_numbers(tmp
 
 
 def test_the_bad_share_is_spread_evenly_with_each_kind_in_turn():
-    from bench.serve_load import Body, schedule
+    from bench.serving.load import Body, schedule
 
     goods = [Body(b"g%d" % i, "image/jpeg", "good", 200) for i in range(3)]
     bads = [Body(b"", "x", f"bad{i}", 400) for i in range(2)]
@@ -493,10 +493,11 @@ def test_serve_bench_measures_a_served_model_under_load(served, tmp_path, monkey
     expected, every report field there, the in-process figure measured (on 4 images here)."""
     import argparse
 
-    from scripts import serve_bench
-    from scripts.serve_bench import COLUMNS, measure, write_outputs
+    from bench.serving import run as serve_run
+    from bench.serving.report import COLUMNS, write_outputs
+    from bench.serving.run import measure
 
-    monkeypatch.setattr(serve_bench, "IN_PROCESS_IMAGES", 4)
+    monkeypatch.setattr(serve_run, "IN_PROCESS_IMAGES", 4)
     store = Path(served.runtime_dir).parent / "model_store"
     args = argparse.Namespace(requests=40, bad=0.25, repeats=2)
     rows = measure(args, store / "detector.mar", "detector", served, [4], cold=12.5)

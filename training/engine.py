@@ -80,7 +80,7 @@ def measure_steps(
             that a batch of corrupt images on one rank skips the step on all of them.
         sync: called before asking for every batch but the first: a collective that makes
             the ranks step together (the benchmark's simulated accelerators,
-            :func:`bench.runner.step_barrier`); its wait counts as the step's data wait.
+            :func:`bench.loading.case.step_barrier`); its wait counts as the step's data wait.
 
     Full garbage collections are kept out of the epoch (:func:`training.meter.gc_frozen`).
 

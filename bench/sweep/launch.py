@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import psutil
 
-from bench.runner import Case, run_case
+from bench.loading.case import Case, run_case
 from bench.storages import prepare_fs
 from bench.sweep.dataset import sweep_dataset
 from bench.sweep.points import allow_readers_beyond_cores, points_config, workers_per_rank

@@ -3,7 +3,7 @@
 MLPerf Storage's users most often misread two kinds of run (mlcommons/storage issues #490, #464,
 #337): one whose AU fell because the client ran out (its cores busy, its memory gone) and one
 whose AU held because a cache answered, both reported as the storage's. A sweep point carries
-the client's figures measured over its window (:func:`bench.runner.combine`:
+the client's figures measured over its window (:func:`bench.loading.case.combine`:
 ``client_cpu_busy``, ``memory_available_share``, ``cache_share``), and this module reads them.
 A point whose client ran out is never the storage's limit.
 """

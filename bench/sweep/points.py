@@ -1,6 +1,6 @@
 """One sweep point: the configuration its simulated accelerators run, and its row.
 
-A simulated accelerator is a rank in the benchmark's ``emulate`` mode (:mod:`bench.runner`):
+A simulated accelerator is a rank in the benchmark's ``emulate`` mode (:mod:`bench.loading.case`):
 its DataLoader workers (the profile's ``read_threads``) read real bytes of the dataset with the
 access pattern, nothing is decoded (MLPerf does not decode), and each step sleeps the
 profile's computation time; with ``sweep.sync: step`` the ranks wait for each other at every
@@ -19,7 +19,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from bench.runner import Case, run_case
+from bench.loading.case import Case, run_case
 from bench.storages import prepare_fs
 from bench.sweep.limits import point_limit
 from bench.sweep.workloads import Workload
@@ -131,7 +131,7 @@ def measure_step_time(cfg: Config) -> float:
 def sweep_row(
     w: Workload, case: Case, repeat: int, cfg: Config, row: dict, steps: list, nodes: int
 ) -> dict:
-    """A ``sweep.csv`` row from a point's results row (:func:`bench.runner.combine`) and its
+    """A ``sweep.csv`` row from a point's results row (:func:`bench.loading.case.combine`) and its
     ranks' steps.
 
     MB/s measured = bytes read / wall time (10^6 bytes/s); ``train_io_mean_MB_per_second`` is

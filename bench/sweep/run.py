@@ -6,8 +6,8 @@ One launch of as many ranks as the sweep may use (:func:`largest_count`) runs it
 chooses each point (how many accelerators, on which storage, with which access pattern and
 seed) and sends it to every rank; the ranks of the point (spread evenly over the nodes,
 :mod:`bench.ranks`) read while the others wait (:mod:`bench.sweep.points`). Every point is one
-cold pass (:func:`bench.run.run_pass`: each file evicted from the page cache before it is read,
-where this machine holds the files). Per storage and access pattern the counts are searched
+cold pass (:func:`bench.loading.run.run_pass`: each file evicted from the page cache before it is
+read, where this machine holds the files). Per storage and access pattern the counts are searched
 (:mod:`bench.sweep.search`) or taken from ``sweep.points``, then the answer is run again
 (``sweep.repeats``; ``sweep.rules: closed``: the search's run is the warm-up and
 :data:`bench.sweep.rules.RUNS` more are the result). The outputs are
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psutil
 
+from bench.loading.case import Case
+from bench.loading.run import run_pass
 from bench.ranks import BenchRanks, error_text, everywhere, node_of_this_rank, on_main
-from bench.run import run_pass
-from bench.runner import Case
 from bench.storages import Storages
 from bench.sweep.dataset import dataset_folder, dataset_samples, sweep_dataset
 from bench.sweep.points import (

@@ -1,7 +1,7 @@
 """What a benchmark run's figures mean: the answers that ``report.md`` and the console lead with.
 
-:mod:`bench.report` formats; this module decides, from the rows of ``results.csv``
-(:data:`bench.report.RESULT_COLUMNS`):
+:mod:`bench.loading.report` formats; this module decides, from the rows of ``results.csv``
+(:data:`bench.loading.report.RESULT_COLUMNS`):
 
 - per storage and access pattern (:func:`answers`): whether the loader keeps the emulated
   accelerator at or above MLPerf Storage's AU pass mark (:data:`AU_THRESHOLD`), at what

@@ -11,7 +11,7 @@ the machine (:mod:`bench.ratios`: the median over the repeats, with its spread);
 
 With ``bench.ranks`` (``make bench NPROC=N``) the run is one torchrun launch of the largest
 count: every configuration runs at each rank count, its ranks reading their parts of the split
-at once, and its row is the pass over all of them (:func:`bench.runner.combine`); what is done
+at once, and its row is the pass over all of them (:func:`bench.loading.case.combine`); what is done
 once (shards, the local server, baselines, peers, outputs) is rank 0's (:mod:`bench.ranks`).
 
 ``results.csv`` and ``steps.csv`` are written again after every pass, so a failure late in the
@@ -29,8 +29,18 @@ import logging
 import math
 from pathlib import Path
 
-from bench.baselines import fs_read_baseline, s3_get_baseline
-from bench.diagnosis import MIN_BASELINE_S
+from bench.loading.baselines import fs_read_baseline, s3_get_baseline
+from bench.loading.case import (
+    Case,
+    case_steps,
+    combine,
+    expand_matrix,
+    pass_repeat,
+    rank_samples,
+    run_case,
+)
+from bench.loading.diagnosis import MIN_BASELINE_S
+from bench.loading.report import BASELINE_CPU_COLUMNS, write_tables
 from bench.page_cache import EvictBeforeRead
 from bench.ranks import (
     BenchRanks,
@@ -44,17 +54,7 @@ from bench.ranks import (
     with_fresh_group,
 )
 from bench.ratios import summarize
-from bench.report import BASELINE_CPU_COLUMNS, write_tables
 from bench.resources import ResourceSampler
-from bench.runner import (
-    Case,
-    case_steps,
-    combine,
-    expand_matrix,
-    pass_repeat,
-    rank_samples,
-    run_case,
-)
 from bench.storages import (
     Prepared,
     Storages,
@@ -73,8 +73,8 @@ from training.tasks import class_to_index, task_module
 log = logging.getLogger(__name__)
 
 #: Most times a pass's objects are read over to make its raw baseline last
-#: :data:`bench.diagnosis.MIN_BASELINE_S` (:func:`measure_baseline`): 1,000 times the embedded
-#: dataset's 4 MB is a few hundred milliseconds from the page cache.
+#: :data:`bench.loading.diagnosis.MIN_BASELINE_S` (:func:`measure_baseline`): 1,000 times the
+#: embedded dataset's 4 MB is a few hundred milliseconds from the page cache.
 MAX_BASELINE_ROUNDS = 1000
 
 
@@ -96,8 +96,8 @@ def measure_baseline(
     ``ranks x access.concurrency`` threads. With ``evict_dir`` every read is cold, as in the
     pass. It runs on rank 0's machine alone.
 
-    A read over in less than :data:`bench.diagnosis.MIN_BASELINE_S` (a small dataset from the
-    page cache: a few milliseconds) is no measurement: the objects are then read over again,
+    A read over in less than :data:`bench.loading.diagnosis.MIN_BASELINE_S` (a small dataset from
+    the page cache: a few milliseconds) is no measurement: the objects are then read over again,
     as many more times as should last about twice that, until one does (at most
     :data:`MAX_BASELINE_ROUNDS` times over), and that longer read is the baseline."""
     if storage_kind == "fs":
@@ -375,7 +375,7 @@ def measure_peer(
     workers: int,
 ):
     """Measure the peer loader of ``name`` (:data:`PEERS`) once over the objects of the
-    prepared storage (:mod:`bench.peers`), with the run's batch size, the compared pass's
+    prepared storage (:mod:`bench.loading.peers`), with the run's batch size, the compared pass's
     DataLoader ``workers``, image size, classes and ``bench.read_steps`` batches.
 
     Raises:
@@ -383,7 +383,7 @@ def measure_peer(
             be imported.
         Exception: what the peer raised.
     """
-    from bench.peers import (
+    from bench.loading.peers import (
         imagefolder_peer,
         s3torchconnector_peer,
         s3torchconnector_reason,
@@ -406,7 +406,7 @@ def measure_peer(
         shuffle_buffer=cfg.access.shuffle_buffer,
         max_batches=cfg.bench.read_steps, warmup_batches=cfg.bench.warmup_steps,
     )  # fmt: skip
-    # under the same sampler as our passes (bench.runner.run_case): its thread takes the
+    # under the same sampler as our passes (bench.loading.case.run_case): its thread takes the
     # same share of this process's CPU on both sides
     with ResourceSampler():
         if name == "fs/shards":

@@ -2,7 +2,7 @@
 ``load`` of every rank's part at once (a collective), with PyTorch's ``FileSystemWriter`` /
 ``FileSystemReader`` on fs and s3torchconnector's ``S3StorageWriter`` / ``S3StorageReader`` on
 S3 (https://pytorch.org/docs/stable/distributed.checkpoint.html; s3torchconnector's
-``dcp`` module). The parts, places and comparison are :mod:`bench.checkpoint`'s."""
+``dcp`` module). The parts, places and comparison are :mod:`bench.checkpoint.parts`'s."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from bench.checkpoint import FsPlace, Transfer, as_bytes, differences, part_bytes
+from bench.checkpoint.parts import FsPlace, Transfer, as_bytes, differences, part_bytes
 from common.errors import error_line
 from pipelines.storage.base import StorageError
 from training import distributed

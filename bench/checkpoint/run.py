@@ -2,7 +2,7 @@
 per rank and for the slowest rank, as MLPerf Storage reports it.
 
 Every rank of one launch (``checkpoint.ranks``; ``make checkpoint-bench NPROC=N``) holds its
-part of a checkpoint (:mod:`bench.checkpoint`). For each storage (``checkpoint.storages``) and
+part of a checkpoint (:mod:`bench.checkpoint.parts`). For each storage (``checkpoint.storages``) and
 method (``checkpoint.methods``), ``checkpoint.checkpoints`` times: the ranks write their parts
 at once, the checkpoint is made cold (one rank per node evicts its files), the ranks read their
 parts back at once with new clients and compare every byte, and the checkpoint is deleted. The
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import psutil
 
-from bench.checkpoint import (
+from bench.checkpoint.dcp import dcp_read, dcp_storage, dcp_write
+from bench.checkpoint.parts import (
     FsPlace,
     S3Place,
     make_cold,
@@ -44,8 +45,7 @@ from bench.checkpoint import (
     remove,
     write,
 )
-from bench.checkpoint_dcp import dcp_read, dcp_storage, dcp_write
-from bench.checkpoint_report import RESULT_COLUMNS, client_lib, progress_line, source_text
+from bench.checkpoint.report import RESULT_COLUMNS, client_lib, progress_line, source_text
 from bench.ranks import BenchRanks, attempt, error_text, everywhere, gather_agreed, on_main
 from bench.storages import LOCAL_BUCKET, share_local_s3, start_local_bucket
 from training import distributed
@@ -271,10 +271,10 @@ def run_method(
 def _transfer(
     method: str, place, index: int, rank: int, part: dict, cfg: Config, direction, dcp_io
 ):
-    """This rank's write or read (``direction``: :func:`bench.checkpoint.write` or ``read``) of
-    checkpoint ``index``, as a call for :func:`bench.ranks.attempt`: ``dcp``'s through its
-    storage writer or reader ``dcp_io`` (made in an agreed step before, so that a failure there
-    reaches the other ranks before DCP's collectives)."""
+    """This rank's write or read (``direction``: :func:`bench.checkpoint.parts.write` or
+    ``read``) of checkpoint ``index``, as a call for :func:`bench.ranks.attempt`: ``dcp``'s
+    through its storage writer or reader ``dcp_io`` (made in an agreed step before, so that a
+    failure there reaches the other ranks before DCP's collectives)."""
     if method == "dcp":
         call = dcp_write if direction is write else dcp_read
         return functools.partial(call, place, index, part, dcp_io)
@@ -282,7 +282,7 @@ def _transfer(
 
 
 def _dcp_storage(method: str, place, index: int, cfg: Config, write: bool):
-    """For ``dcp``, its storage writer or reader (:func:`bench.checkpoint_dcp.dcp_storage`); None
+    """For ``dcp``, its storage writer or reader (:func:`bench.checkpoint.dcp.dcp_storage`); None
     for the other methods."""
     if method != "dcp":
         return None

@@ -1,7 +1,7 @@
 """Write a benchmark run's results: CSVs, plots, a Markdown report and the console's text.
 
 The answers and the verdicts behind them (AU pass mark, what limits each configuration, which
-figures mean nothing for a row) come from :mod:`bench.diagnosis`; this module formats them.
+figures mean nothing for a row) come from :mod:`bench.loading.diagnosis`; this module formats them.
 Units: MB = 10^6 bytes, seconds.
 """
 
@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.diagnosis import (  # noqa: E402
+from bench.loading.diagnosis import (  # noqa: E402
     AU_THRESHOLD,
     BASELINE_KIND,
     MIN_BASELINE_S,

@@ -3,9 +3,9 @@
 The checkpoint workload of MLPerf Storage v2.0 (mlcommons/storage ``Submission_guidelines.md``
 §2.2, ``configs/dlio/workload/llama3_8b.yaml`` and its siblings; DLIO's PyTorch checkpointing):
 every rank of a training job writes its part of the model and optimizer state at once, made
-durable (``fsync``), then reads it back. :mod:`bench.checkpoint_run` runs it over ranks,
+durable (``fsync``), then reads it back. :mod:`bench.checkpoint.run` runs it over ranks,
 storages and methods; this module is what one rank does (the ``dcp`` method's calls:
-:mod:`bench.checkpoint_dcp`).
+:mod:`bench.checkpoint.dcp`).
 
 A part is a ``{name: tensor}`` dict: random bf16 tensors of :data:`TENSOR_BYTES` each
 (:func:`random_part`), or the tensors of a training run's ``checkpoint.pt`` split over the
@@ -27,7 +27,7 @@ client. After the read, every tensor is compared byte for byte with what was wri
 
 Why one module of this size: the parts, the two places (fs, S3), the ``torch.save`` write and
 read, the S3 stream adapter and the cold read are what one rank does and are read together;
-``dcp``'s calls are :mod:`bench.checkpoint_dcp`.
+``dcp``'s calls are :mod:`bench.checkpoint.dcp`.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ class S3Place:
 
 def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
     """Write rank ``rank``'s ``part`` as checkpoint ``index`` of ``method`` (``torch.save``;
-    ``dcp`` is :func:`bench.checkpoint_dcp.dcp_write`) to ``place``.
+    ``dcp`` is :func:`bench.checkpoint.dcp.dcp_write`) to ``place``.
 
     Args:
         cfg: ``checkpoint.*`` (:class:`training.config.CheckpointConfig`).
@@ -273,7 +273,7 @@ def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfe
 
 def read(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
     """Read rank ``rank``'s part of checkpoint ``index`` back, with a new client, and compare
-    it with ``part`` (untimed); ``torch.save`` (``dcp``: :func:`bench.checkpoint_dcp.dcp_read`).
+    it with ``part`` (untimed); ``torch.save`` (``dcp``: :func:`bench.checkpoint.dcp.dcp_read`).
 
     Raises:
         StorageError: the storage failed, or what came back is not a checkpoint.

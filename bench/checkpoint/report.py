@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from bench.checkpoint import S3_CLIENTS
+from bench.checkpoint.parts import S3_CLIENTS
 from common.files import atomic_write_bytes
 from training.config import Config
 from training.outputs import write_csv, write_yaml

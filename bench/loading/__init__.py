@@ -1,0 +1,3 @@
+"""`make bench`: each access pattern against the raw storage baseline and peer libraries,
+interleaved and repeated. Reading order: run (the matrix), case (one configuration), baselines,
+peers, diagnosis, report."""

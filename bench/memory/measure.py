@@ -1,0 +1,118 @@
+"""The memory benchmark's measurements, each made in a fresh process: the resident set size
+(RSS, bytes) added by streaming one shard, and by listing many keys."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+from bench.resources import ResourceSampler
+from pipelines.shards.manifest import ShardInfo
+from pipelines.shards.reader import iter_shard
+from pipelines.storage.filesystem import FileSystemStorage
+from pipelines.storage.s3 import S3Storage
+from pipelines.storage.s3_connector import S3ConnectorStorage
+
+GB = 10**9
+MiB = 2**20
+SHARD_LIMIT_MIB = 64.0
+LIST_OVERHEAD_MIB = 16.0
+FLAT_LIMIT_MIB = 16.0
+SUBPREFIXES = 10
+BUCKET = "bench"
+SHARD_PREFIX = "shards/bench"
+LIST_PREFIX = "list"
+SAMPLE_INTERVAL_S = 0.002
+
+
+def rss_sampled():
+    """Sample this process's resident set size (:class:`bench.resources.ResourceSampler` with
+    ``rss_only``, every ``SAMPLE_INTERVAL_S``) while the block runs, after a garbage
+    collection. Yields a dict that holds, once the block ends, ``baseline`` (RSS on entering)
+    and ``peak`` (the highest sample, entry and exit included), both in bytes, and
+    ``rss_samples`` (how many samples, entry and exit included)."""
+    gc.collect()
+    figures: dict = {}
+    with ResourceSampler(interval_s=SAMPLE_INTERVAL_S, rss_only=True) as sampler:
+        yield figures
+    figures.update(
+        baseline=sampler.samples[0].rss_bytes,
+        peak=sampler.peak_rss_bytes,
+        rss_samples=len(sampler.samples),
+    )
+
+
+def measure_shard(client: str, endpoint: str, root: str, key: str, samples: int) -> dict:
+    """Stream one shard with ``iter_shard``: from the folder ``root`` (``client`` ``fs``) or
+    from ``s3://bench/`` at ``endpoint`` with ``client`` ``boto3`` or ``s3torchconnector``;
+    return RSS figures (bytes), bytes read and seconds."""
+    if client == "fs":
+        storage = FileSystemStorage(root)
+    else:
+        if client == "boto3":
+            storage = S3Storage(BUCKET, endpoint_url=endpoint)
+        else:
+            storage = S3ConnectorStorage(BUCKET, endpoint_url=endpoint)
+        storage.size(key)  # the client exists and has made a request before the baseline
+    shard = ShardInfo(key=key, bytes=0, samples=samples, ids=())
+    count = nbytes = 0
+    with rss_sampled() as rss:
+        start = time.perf_counter()
+        for _sample, read in iter_shard(storage, shard):
+            count += 1
+            nbytes += read.nbytes
+        seconds = time.perf_counter() - start
+    return {
+        "baseline": rss["baseline"],
+        "peak": rss["peak"],
+        "samples": count,
+        "bytes": nbytes,
+        "seconds": seconds,
+        "rss_samples": rss["rss_samples"],
+    }
+
+
+def measure_listing(endpoint: str, workers: int, keep: bool) -> dict:
+    """List ``s3://bench/list/`` with ``S3Storage.list`` and ``list_workers=workers``, keeping
+    the keys in a list (``keep``) or only counting them; return RSS figures and the keys' own
+    memory (bytes)."""
+    storage = S3Storage(BUCKET, LIST_PREFIX, endpoint_url=endpoint, list_workers=workers)
+    client = storage.client()  # warm: client, ListObjectsV2 model and parser, paginator
+    client.list_objects_v2(Bucket=BUCKET, Prefix=f"{LIST_PREFIX}/", MaxKeys=5)
+    client.get_paginator("list_objects_v2")
+    keys: list[str] = []
+    count = 0
+    with rss_sampled() as rss:
+        start = time.perf_counter()
+        if keep:
+            keys = list(storage.list())
+            count = len(keys)
+        else:
+            for _key in storage.list():
+                count += 1
+        seconds = time.perf_counter() - start
+    keys_bytes = sys.getsizeof(keys) + sum(sys.getsizeof(k) for k in keys) if keep else 0
+    return {
+        "baseline": rss["baseline"],
+        "peak": rss["peak"],
+        "count": count,
+        "seconds": seconds,
+        "keys_bytes": keys_bytes,
+        "rss_samples": rss["rss_samples"],
+    }
+
+
+def in_fresh_process(fn, *args):
+    """Run ``fn(*args)`` in a new process and return its result.
+
+    The process is forked from a fork server that has only imported the data path's modules
+    (torch, webdataset, boto3): it starts in milliseconds, with none of this process's heap.
+    """
+    context = get_context("forkserver")
+    # not s3torchconnector: its CRT threads would not survive the fork (measured: 8 MB/s)
+    context.set_forkserver_preload(["pipelines.shards.reader", "pipelines.storage.s3", "psutil"])
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()

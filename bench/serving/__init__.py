@@ -1,0 +1,1 @@
+"""`make serve-bench`: TorchServe under load, against the same model run in process."""

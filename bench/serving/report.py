@@ -1,0 +1,110 @@
+"""`make serve-bench`'s outputs: the console's table, ``results.csv``, ``report.md``,
+``latency.png``, ``throughput.png`` and ``settings.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.ratios import ratio_text
+from common.files import save_figure
+from training.outputs import write_csv, write_yaml
+
+COLUMNS = [
+    "model", "task", "concurrency", "requests", "bad_share", "requests_per_s", "images_per_s",
+    "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_max_ms", "statuses", "wrong",
+    "first_wrong", "worker_restarts", "server_queue_ms", "server_inference_ms", "handler_ms",
+    "prediction_ms", "in_process_images_per_s", "in_process_batch_images_per_s", "threads",
+    "served_vs_in_process", "cold_start_s", "repeat", "served_vs_in_process_median",
+    "served_vs_in_process_min", "served_vs_in_process_max", "unstable",
+]  # fmt: skip
+
+
+def table(rows: list[dict]) -> str:
+    """The console's table."""
+    lines = ["model        conc  run  images/s  p50 ms  p99 ms  statuses                 wrong  "
+             "in-process  served/in-process (median, range)"]  # fmt: skip
+    for r in rows:
+        ratio = ratio_text(r, "served_vs_in_process") if r.get("repeat", 0) == 0 else ""
+        lines.append(
+            f"{r['model']:<12} {r['concurrency']:>4}  {r.get('repeat', 0) + 1:>3}  "
+            f"{r['images_per_s']:>8.1f}  {r['latency_p50_ms']:>6.0f}  "
+            f"{r['latency_p99_ms']:>6.0f}  {r['statuses']:<24} {r['wrong']:>5}  "
+            f"{r['in_process_images_per_s']:>10.1f}  {ratio:>17}"
+        )
+    if any(r.get("unstable") for r in rows):
+        lines.append("!: the runs' ratios spread more than 10 %: unstable, the machine was busy")
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
+    """``results.csv``, ``report.md``, ``latency.png``, ``throughput.png``, ``settings.yaml``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.files import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", rows, COLUMNS)
+    write_yaml(out / "settings.yaml", settings)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for m in models:
+        mine = [r for r in rows if r["model"] == m]
+        for p, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^:")):
+            ax.plot([r["concurrency"] for r in mine], [r[f"latency_{p}_ms"] for r in mine], style,
+                    label=f"{m} {p}")  # fmt: skip
+    ax.set_xlabel("concurrent requests")
+    ax.set_ylabel("client latency, ms")
+    ax.set_title("latency vs concurrency")
+    ax.legend()
+    save_figure(fig, out / "latency.png")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for m in models:
+        mine = [r for r in rows if r["model"] == m]
+        ax.plot([r["concurrency"] for r in mine], [r["images_per_s"] for r in mine], "o-",
+                label=f"{m} served")  # fmt: skip
+        ax.axhline(mine[0]["in_process_images_per_s"], ls=":", color=ax.lines[-1].get_color(),
+                   label=f"{m} in-process, batch 1")  # fmt: skip
+    ax.set_xlabel("concurrent requests")
+    ax.set_ylabel("good images answered per second")
+    ax.set_ylim(bottom=0)
+    ax.set_title("throughput vs concurrency")
+    ax.legend()
+    save_figure(fig, out / "throughput.png")
+    lines = [
+        "# Serving under load", "",
+        f"TorchServe cold start (start to every model READY): {rows[0]['cold_start_s']:.1f} s."
+        if rows else "", "",
+        "| model | concurrency | run | requests | bad | images/s | p50 / p90 / p99 / max ms"
+        " | statuses | wrong | worker restarts | server queue / inference ms | in-process"
+        " images/s (batch 1 / archive's batch) | served / in-process (the run's; median and"
+        " range of the level's runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['model']} | {r['concurrency']} | {r.get('repeat', 0) + 1} | {r['requests']} |"
+            f" {r['bad_share']:g} |"
+            f" {r['images_per_s']:.1f} | {r['latency_p50_ms']:.0f} / {r['latency_p90_ms']:.0f} /"
+            f" {r['latency_p99_ms']:.0f} / {r['latency_max_ms']:.0f} | {r['statuses']} |"
+            f" {r['wrong']} | {r['worker_restarts']} | {r['server_queue_ms']:.1f} /"
+            f" {r['server_inference_ms']:.1f} | {r['in_process_images_per_s']:.1f} /"
+            f" {r['in_process_batch_images_per_s']:.1f} | {r['served_vs_in_process']:.2f};"
+            f" {ratio_text(r, 'served_vs_in_process')} |"
+            for r in rows
+        ],
+        "",
+        "Each level ran as interleaved runs (served, then the same model in this process on the"
+        " same images: A B A B); `!`: the runs' ratios spread more than 10 %, unstable, the"
+        " machine was busy.",
+        "",
+        "images/s: good images answered 200 per second of wall time; latency: every request, "
+        "client side, send to last byte; server queue / inference: TorchServe's own "
+        "ts_queue_latency_microseconds / ts_inference_latency_microseconds per request over "
+        "the run. First wrong answers: "
+        + ("; ".join(f"{r['model']}@{r['concurrency']}: {r['first_wrong']}" for r in rows
+                     if r["first_wrong"]) or "none."),  # fmt: skip
+        "",
+        "![latency](latency.png)", "", "![throughput](throughput.png)",
+    ]  # fmt: skip
+    atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode("utf-8"))
