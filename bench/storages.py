@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +20,7 @@ from bench.ranks import (
     in_turn,
     on_main,
 )
+from common.settings import replace
 from pipelines.formats.records import Record
 from pipelines.shards.manifest import ShardInfo
 from training import distributed

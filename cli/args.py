@@ -32,12 +32,12 @@ FLAG_KEYS = {
 STRING_FLAGS = ("access", "storage", "out", "format", "arch", "s3_endpoint", "s3_bucket")
 
 
-def print_keys() -> None:
-    """Every configuration key, its default and its description, one per line."""
+def print_keys(command: type[Config] = Config) -> None:
+    """Every key of ``command``'s configuration, its default and its description."""
     from training.config import describe_keys
 
     try:
-        for key, default, description in describe_keys():
+        for key, default, description in describe_keys(command):
             print(f"{key} = {default!r}\n    {description}")
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has what it wanted
@@ -47,33 +47,40 @@ def print_keys() -> None:
 class _KeysAction(argparse.Action):
     """``--keys``: print the configuration keys (or say there are none), then exit 0."""
 
-    def __init__(self, option_strings, dest, config: bool = True, **kwargs):
+    def __init__(self, option_strings, dest, config: type[Config] | None = Config, **kwargs):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
         self.config = config
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if self.config:
-            print_keys()
+        if self.config is not None:
+            print_keys(self.config)
         else:
             print("this command reads no configuration file: every setting is a flag (--help)")
         parser.exit()
 
 
-def add_keys_argument(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
-    """Add ``--keys``: every configuration key with its default and description (``config``),
-    or, for a command that reads no configuration, a line saying so."""
+def add_keys_argument(
+    parser: argparse.ArgumentParser, *, config: type[Config] | None = Config
+) -> None:
+    """Add ``--keys``: every key of the configuration class ``config`` with its default and
+    description, or, for a command that reads no configuration (None), a line saying so."""
     parser.add_argument(
         "--keys",
         action=_KeysAction,
         config=config,
         help="print every config key with its default and description, then exit"
-        if config
+        if config is not None
         else "say that this command reads no config keys (its settings are flags), then exit",
     )
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(FLAG_KEYS)) -> None:
-    """Add ``--config``, ``--set``, ``--keys`` and the override flags named in ``flags``."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    flags: tuple[str, ...] = tuple(FLAG_KEYS),
+    command: type[Config] = Config,
+) -> None:
+    """Add ``--config``, ``--set``, ``--keys`` and the override flags named in ``flags``, for
+    a command whose configuration class is ``command`` (:func:`config_from_args` reads it)."""
     parser.add_argument(
         "--config", default="configs/detection.yaml", help="YAML config file (default: %(default)s)"
     )
@@ -95,11 +102,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(FLAG_KEYS)
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set access.shuffle_buffer=128 (repeatable)",
     )
-    add_keys_argument(parser)
+    add_keys_argument(parser, config=command)
+    parser.set_defaults(config_command=command)
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
-    """Load ``args.config`` with the flags' overrides, then ``extra``, then ``--set`` ones.
+    """Load ``args.config`` with the flags' overrides, then ``extra``, then ``--set`` ones, as
+    the command's configuration class (:func:`add_config_arguments`; :class:`Config` when none).
 
     Raises:
         ConfigError: as :func:`training.config.load_config`.
@@ -117,7 +126,8 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
         elif flag in STRING_FLAGS:
             value = _yaml_string(value)  # `--out "runs #2"`, `--s3-bucket 123` stay strings
         overrides.append(f"{key}={value}")
-    return load_config(args.config, [*overrides, *extra, *args.set])
+    command = getattr(args, "config_command", Config)
+    return load_config(args.config, [*overrides, *extra, *args.set], command)
 
 
 def data_overrides(value: str) -> list[str]:

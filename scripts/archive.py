@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "classifier, after the task in model.json); needs --out",
     )
     parser.add_argument("--version", default="1.0", help="model version in the archive manifest")
-    add_keys_argument(parser, config=False)
+    add_keys_argument(parser, config=None)
     args = parser.parse_args(argv)
     if args.name is not None and args.out is None:
         parser.error("--name needs --out (without --out every trained task is archived)")

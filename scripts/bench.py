@@ -24,10 +24,10 @@ import sys
 
 import torch
 
+from bench.loading.config import BenchConfig
 from cli.args import add_config_arguments, config_from_args
 from common.errors import UserError, say_error, user_message
 from training import distributed
-from training.config import Config
 
 #: ``emulate`` and ``train`` passes of a quick look (``--limit``) measure at most this many
 #: steps: on a CPU a real detector step takes seconds, and these passes are most of the run.
@@ -39,13 +39,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_config_arguments(parser, flags=("limit", "workers", "batch_size", "s3_endpoint",
-                                        "s3_bucket", "s3_prefix", "data", "format"))  # fmt: skip
+    flags = ("limit", "workers", "batch_size", "s3_endpoint", "s3_bucket", "s3_prefix", "data",
+             "format")  # fmt: skip
+    add_config_arguments(parser, flags=flags, command=BenchConfig)
     parser.add_argument("--out", default="outputs/bench", help="parent folder of the run's folder")
     return parser
 
 
-def quick_look(cfg: Config) -> list[str]:
+def quick_look(cfg: BenchConfig) -> list[str]:
     """The overrides that make a benchmark with ``dataset.limit`` N (``LIMIT=N``, ``--limit``)
     a quick look, as config overrides (empty without a limit).
 
@@ -67,7 +68,7 @@ def quick_look(cfg: Config) -> list[str]:
     ]
 
 
-def bench_config(args: argparse.Namespace) -> Config:
+def bench_config(args: argparse.Namespace) -> BenchConfig:
     """The run's config: the file, the flags, a quick look's overrides when a limit is set
     (:func:`quick_look`; :func:`say_quick_look` tells the user), then ``--set``.
 
@@ -79,7 +80,7 @@ def bench_config(args: argparse.Namespace) -> Config:
     return config_from_args(args, quick) if quick else cfg
 
 
-def say_quick_look(cfg: Config) -> None:
+def say_quick_look(cfg: BenchConfig) -> None:
     """Print what a quick look chose (nothing without ``dataset.limit``)."""
     if cfg.dataset.limit is not None:
         print(

@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--skip-shard", action="store_true", help="skip (a), shard streaming")
     parser.add_argument("--skip-list", action="store_true", help="skip (b), listing")
-    add_keys_argument(parser, config=False)
+    add_keys_argument(parser, config=None)
     return parser
 
 

@@ -20,9 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.checkpoint.config import CheckpointBenchConfig
 from cli.args import add_config_arguments
 from cli.ranks import cpu_ranks_main
-from training.config import Config
 from training.distributed import Ranks
 
 
@@ -31,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_config_arguments(parser, flags=("s3_endpoint", "s3_bucket"))
+    add_config_arguments(parser, flags=("s3_endpoint", "s3_bucket"), command=CheckpointBenchConfig)
     parser.add_argument(
         "--out", default="outputs/checkpoint-bench", help="parent folder of the run's folder"
     )
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
-def checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> int:
+def checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) -> int:
     """Every rank: its part written and read back; rank 0 writes the outputs and prints one
     line per storage and method."""
     from bench.checkpoint.report import answer_lines, failed, write_outputs

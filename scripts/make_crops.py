@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="data/bccd_cells", help="output folder (default: %(default)s)"
     )
     parser.add_argument("--splits", default="train,val,test", help="comma-separated VOC splits")
-    add_keys_argument(parser, config=False)
+    add_keys_argument(parser, config=None)
     args = parser.parse_args(argv)
     source, out = FileSystemStorage(args.src), Path(args.out)
     try:

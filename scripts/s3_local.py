@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument(
         "--workers", type=int, default=8, help="files uploaded at once (default: 8)"
     )
-    add_keys_argument(parser, config=False)
+    add_keys_argument(parser, config=None)
     return parser
 
 

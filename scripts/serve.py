@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_runtime_dir(sub.add_parser("status", help="say whether this runtime dir's server runs"))
     add_runtime_dir(sub.add_parser("stop", help="stop the server this runtime dir started"))
-    add_keys_argument(parser, config=False)
+    add_keys_argument(parser, config=None)
     return parser
 
 

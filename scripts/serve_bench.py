@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bad", type=float, default=0.0, help="share of bad bodies, 0 to 1")
     parser.add_argument("--out", default="outputs/serve-bench", help="parent of the run folder")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for the server start")
-    add_keys_argument(parser, config=False)
+    add_keys_argument(parser, config=None)
     return parser
 
 

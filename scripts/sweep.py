@@ -24,9 +24,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.sweep.config import SweepConfig
 from cli.args import add_config_arguments
 from cli.ranks import cpu_ranks_main
-from training.config import Config
 from training.distributed import Ranks
 
 
@@ -35,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_config_arguments(parser, flags=())
+    add_config_arguments(parser, flags=(), command=SweepConfig)
     parser.add_argument("--out", default="outputs/sweep", help="parent folder of the run's folder")
     return parser
 
@@ -46,14 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     return cpu_ranks_main(argv, get_args_parser(), "scripts.sweep", launch_size, sweep)
 
 
-def launch_size(cfg: Config) -> int:
+def launch_size(cfg: SweepConfig) -> int:
     """The ranks to start (:func:`bench.sweep.launch.launch_size`)."""
     from bench.sweep.launch import launch_size as size
 
     return size(cfg)
 
 
-def sweep(cfg: Config, out: Path, ranks: Ranks) -> int:
+def sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> int:
     """Every rank: the sweep; rank 0 writes the outputs and prints the answers."""
     from bench.sweep.report import answer_line, write_outputs
     from bench.sweep.run import run_sweep

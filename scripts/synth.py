@@ -100,7 +100,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "and no endpoint is named (default: .s3/env)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_keys_argument(parser, config=False)
+    add_keys_argument(parser, config=None)
     return parser
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
 
 import torch.distributed as dist
 
 from bench.loading.case import Case, run_case
+from bench.loading.config import BenchConfig
 from bench.ranks import Team
 from bench.storages import prepare_fs
+from common.settings import replace
 from tests.helpers import REPO
 from training.config import load_config
 from training.data import class_names
@@ -50,6 +51,7 @@ def main() -> None:
             "bench.warmup_steps=1", "bench.computation_time_s=0.05", "loader.batch_size=2",
             "dataset.limit=40",
         ],
+        BenchConfig,
     )  # fmt: skip
     prep = prepare_fs(cfg, shards=False)
     storage = SlowReads(prep.source.storage, DELAY_S if rank == 1 else 0.0)

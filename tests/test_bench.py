@@ -8,6 +8,7 @@ import re
 import pytest
 
 from bench.loading.case import Case, expand_matrix
+from bench.loading.config import BenchConfig
 from bench.loading.report import RESULT_COLUMNS, plot_throughput
 from scripts import bench as bench_cli
 from training.config import load_config
@@ -16,9 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_matrix_is_every_combination_storage_major():
-    cfg = load_config(
-        None, ["bench.worker_counts=[0, 2]", "bench.client_libs=[boto3, s3torchconnector]"]
-    )
+    overrides = ["bench.worker_counts=[0, 2]", "bench.client_libs=[boto3, s3torchconnector]"]
+    cfg = load_config(None, overrides, BenchConfig)
     cases = expand_matrix(cfg)
     assert len(cases) == 3 * 3 * 2 * (1 + 2)  # modes x access x workers x (fs + 2 s3 clients)
     assert cases[0] == Case("read", "random", "fs", "-", 0)

@@ -230,6 +230,7 @@ def test_s3torchconnector_peers_count_samples_and_bytes(s3_jpegs, s3_server, kin
 
 
 def test_a_baseline_too_short_to_time_reads_the_objects_over_until_it_is_not(voc_root):
+    from bench.loading.config import BenchConfig
     from bench.loading.diagnosis import MIN_BASELINE_S
     from bench.loading.run import MAX_BASELINE_ROUNDS, measure_baseline
     from bench.storages import prepare_fs
@@ -238,7 +239,7 @@ def test_a_baseline_too_short_to_time_reads_the_objects_over_until_it_is_not(voc
     cfg = load_config(
         None,
         [f"storage.root={voc_root.parent}", f"storage.prefixes=[{voc_root.name}]",
-         "dataset.limit=4", "dataset.classes=[RBC, WBC, Platelets]"],
+         "dataset.limit=4", "dataset.classes=[RBC, WBC, Platelets]"], BenchConfig,
     )  # fmt: skip
     prepared = prepare_fs(cfg)
     one_round = sum(os.path.getsize(voc_root.parent / r.image_key) for r in prepared.records)

@@ -20,6 +20,7 @@ import pytest
 import requests
 import torch
 
+from bench.checkpoint.config import CheckpointBenchConfig, CheckpointSection
 from bench.checkpoint.parts import (
     TENSOR_BYTES,
     FsPlace,
@@ -110,12 +111,13 @@ def test_the_summary_takes_the_slowest_rank_per_checkpoint_then_the_mean():
 def test_nothing_to_evict_is_said_not_taken_for_a_cold_read(tmp_path):
     place = FsPlace(tmp_path)
     assert make_cold(place, "torch.save", 1).startswith("nothing found to evict in")
-    write("torch.save", place, 1, 0, random_part(1000, 0), load_config(None).checkpoint)
+    settings = CheckpointSection()
+    write("torch.save", place, 1, 0, random_part(1000, 0), settings)
     assert make_cold(place, "torch.save", 1) == "evicted"
 
 
 def test_a_damaged_checkpoint_file_is_found_when_read_back(tmp_path):
-    cfg = load_config(None).checkpoint
+    cfg = CheckpointSection()
     place, part = FsPlace(tmp_path), random_part(100_000, 0)
     write("torch.save", place, 1, 0, part, cfg)
     path = place.folder("torch.save", 1) / "rank-0.pt"
@@ -193,6 +195,7 @@ def bench_config(tmp_path: Path, *overrides: str):
             "checkpoint.size_gb=0.003", "checkpoint.checkpoints=2", "checkpoint.concurrency=2",
             f"checkpoint.fs_dir={tmp_path / 'ckpt'}", *overrides,
         ],
+        CheckpointBenchConfig,
     )  # fmt: skip
 
 

@@ -120,12 +120,17 @@ def test_string_flags_stay_strings_whatever_yaml_would_make_of_them():
 
 @pytest.mark.parametrize("where", ["override", "file"])
 def test_sequential_is_the_shards_pattern_without_a_notice(where, tmp_path, caplog):
+    from bench.loading.config import BenchConfig
+    from bench.sweep.config import SweepConfig
+
     if where == "override":
-        cfg = load_config(None, ["access.pattern=sequential", "bench.access=[sequential]"])
+        overrides = ["access.pattern=sequential", "bench.access=[sequential]"]
+        cfg = load_config(None, overrides, BenchConfig)
+        assert cfg.bench.access == ["shards"]
     else:
         path = tmp_path / "mine.yaml"
         path.write_text("access:\n  pattern: sequential\nsweep:\n  access: [random, sequential]\n")
-        cfg = load_config(path)
+        cfg = load_config(path, command=SweepConfig)
         assert cfg.sweep.access == ["random", "shards"]
     assert cfg.access.pattern == "shards"
     assert not caplog.records  # the user's own word: no deprecation, no warning
@@ -148,17 +153,24 @@ def test_every_key_is_listed_for_the_user(capsys):
         main(["--keys"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    assert "access.pattern = 'shards'" in out and "checkpoint.size_gb = 1.0" in out
+    assert "access.pattern = 'shards'" in out and "loader.batch_size = 4" in out
     assert out.count("\n    ") == len(describe_keys())
+    assert "bench." not in out and "sweep." not in out and "checkpoint." not in out
 
 
-SCRIPTS_WITH_CONFIG = ("bench", "bench_shards", "checkpoint_bench", "predict", "sweep", "train",
-                       "write_shards")  # fmt: skip
+#: Each command with a configuration, and a key only its own configuration has (None: the
+#: shared sections only).
+SCRIPTS_WITH_CONFIG = {
+    "bench": "bench.sync = 'step'", "sweep": "sweep.max_accelerators = 'auto'",
+    "checkpoint_bench": "checkpoint.size_gb = 1.0", "bench_shards": None, "predict": None,
+    "train": None, "write_shards": None,
+}  # fmt: skip
 SCRIPTS_WITHOUT = ("archive", "bench_memory", "make_crops", "s3_local", "serve", "serve_bench",
                    "synth")  # fmt: skip
+OWN_SECTIONS = ("bench.", "sweep.", "checkpoint.")
 
 
-@pytest.mark.parametrize("name", SCRIPTS_WITH_CONFIG + SCRIPTS_WITHOUT)
+@pytest.mark.parametrize("name", [*SCRIPTS_WITH_CONFIG, *SCRIPTS_WITHOUT])
 def test_every_script_answers_keys(name, capsys):
     import importlib
 
@@ -167,7 +179,63 @@ def test_every_script_answers_keys(name, capsys):
         main(["--keys"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    if name in SCRIPTS_WITH_CONFIG:
-        assert "sweep.max_accelerators = 'auto'" in out and "bench.sync = 'step'" in out
-    else:
+    if name not in SCRIPTS_WITH_CONFIG:
         assert "reads no configuration file" in out
+        return
+    assert "access.pattern = 'shards'" in out
+    own = SCRIPTS_WITH_CONFIG[name]
+    others = [s for s in OWN_SECTIONS if own is None or not own.startswith(s)]
+    assert own is None or own in out
+    assert not [line for line in out.splitlines() if line.startswith(tuple(others))]
+
+
+def test_a_file_may_hold_every_commands_sections_and_each_reads_its_own(tmp_path):
+    from bench.loading.config import BenchConfig
+
+    path = tmp_path / "all.yaml"
+    path.write_text("train:\n  epochs: 2\nbench:\n  repeats: 5\nsweep:\n  steps: 7\n")
+    assert load_config(path).train.epochs == 2  # make train leaves bench and sweep out
+    assert not hasattr(load_config(path), "bench")
+    assert load_config(path, command=BenchConfig).bench.repeats == 5
+    with pytest.raises(ConfigError, match=r"^bench\.repeats is read by make bench, not here$"):
+        load_config(None, ["bench.repeats=2"])
+
+
+def test_a_list_key_names_its_wrong_item_and_a_repeated_one():
+    from bench.loading.config import BenchConfig
+
+    with pytest.raises(ConfigError, match=r"^bench\.access: 'sideways' is not one of random, "):
+        load_config(None, ["bench.access=[random, sideways]"], BenchConfig)
+    with pytest.raises(ConfigError, match=r"^bench\.worker_counts: -1 must be >= 0$"):
+        load_config(None, ["bench.worker_counts=[2, -1]"], BenchConfig)
+    with pytest.raises(ConfigError, match=r"^bench\.ranks lists an item twice: \[1, 1\]$"):
+        load_config(None, ["bench.ranks=[1, 1]"], BenchConfig)
+    with pytest.raises(ConfigError, match=r"^bench\.ranks must be a list of ints; got 'x'$"):
+        load_config(None, ["bench.ranks=x"], BenchConfig)
+    with pytest.raises(ConfigError, match=r"^dataset\.classes must be a list of names; got"):
+        load_config(None, ["dataset.classes=[a, '']"])
+    assert load_config(None, ["dataset.split_ratios=[0.8, 0.1, 0.1]"]).dataset.split_ratios == [
+        0.8, 0.1, 0.1]  # fmt: skip
+
+
+def test_a_value_that_may_be_auto_says_so():
+    from bench.sweep.config import SweepConfig
+
+    with pytest.raises(ConfigError, match=r"^sweep\.max_accelerators must be int or auto, got 'x'"):
+        load_config(None, ["sweep.max_accelerators=x"], SweepConfig)
+    with pytest.raises(ConfigError, match=r"^sweep\.max_accelerators must be >= 1; got 0$"):
+        load_config(None, ["sweep.max_accelerators=0"], SweepConfig)
+    assert load_config(None, ["sweep.max_accelerators=4"], SweepConfig).sweep.max_accelerators == 4
+
+
+def test_a_section_must_be_a_mapping_and_a_required_value_set():
+    with pytest.raises(ConfigError, match=r"^train must be a mapping, got 3$"):
+        load_config(None, ["train=3"])
+    with pytest.raises(ConfigError, match=r"^train\.epochs must be set \(training epochs\)$"):
+        load_config(None, ["train.epochs="])
+
+
+def test_the_configuration_is_frozen():
+    cfg = load_config(None)
+    with pytest.raises(Exception, match="frozen"):
+        cfg.train.epochs = 3

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, replace
 
 from bench.storages import prepare_fs
+from bench.sweep.config import SweepConfig
 from bench.sweep.points import points_config
 from bench.sweep.workloads import workload
-from pipelines.access.loaders import LoaderSettings, build_loader
+from common.settings import replace
+from pipelines.access.loaders import build_loader
 from scripts.sweep import main as sweep_main
 from tests.helpers import REPO
 from training.config import load_config
@@ -28,7 +29,7 @@ def early_samples(cfg, prep, *, compute_s: float = 0.3) -> tuple[int, int]:
     loader = build_loader(
         prep.source.storage, prep.records, access="random", transform=None,
         class_to_index=class_to_index(task_module("detection"), class_names(cfg, prep.records)),
-        settings=LoaderSettings(**asdict(cfg.loader)), shuffle=True, seed=0,
+        settings=cfg.loader, shuffle=True, seed=0,
     )  # fmt: skip
     loader.set_epoch(0)
     trace: list = []
@@ -41,7 +42,7 @@ def early_samples(cfg, prep, *, compute_s: float = 0.3) -> tuple[int, int]:
 
 
 def test_read_ahead_when_the_measured_steps_begin_is_one_batch_per_reader():
-    base = load_config(REPO / "configs/detection.yaml", ["bench.decode=false"])
+    base = load_config(REPO / "configs/detection.yaml", command=SweepConfig)
     w = workload("bccd")  # batch 4, 2 readers
     sweep_cfg = points_config(base, w, REPO / "data/bccd", 0.3, 1)
     prep = prepare_fs(sweep_cfg, shards=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.sweep.config import SweepConfig
 from bench.sweep.rules import (
     RulesNotMet,
     after_rules,
@@ -50,7 +51,7 @@ def test_every_profile_holds_the_release_files_values_and_cites_them(key):
 
 
 def test_the_default_is_retinanet_on_b200_and_bccd_is_measured_here():
-    cfg = load_config(None)
+    cfg = load_config(None, command=SweepConfig)
     w = workload(cfg.sweep.workload, cfg.sweep.accelerator)
     assert w.key == "retinanet_b200" and w.division == "closed"
     assert workload("bccd").computation_time_s is None
@@ -109,7 +110,7 @@ def test_the_sweep_dataset_is_generated_to_the_profile_and_again_after_an_interr
     from bench.sweep.dataset import sweep_dataset
     from training.distributed import ONE_RANK
 
-    cfg = load_config(None, [f"sweep.data_dir={tmp_path}", "sweep.samples=3"])
+    cfg = load_config(None, [f"sweep.data_dir={tmp_path}", "sweep.samples=3"], SweepConfig)
     folder = tmp_path / "retinanet_b200-3"
     (folder / "JPEGImages").mkdir(parents=True)
     (folder / "JPEGImages" / "synth_000000.jpg").write_bytes(b"cut short")  # no split file
@@ -118,12 +119,14 @@ def test_the_sweep_dataset_is_generated_to_the_profile_and_again_after_an_interr
     sizes = [(folder / "JPEGImages" / f"{i}.jpg").stat().st_size for i in ids]
     assert len(ids) == 3 and all(100_000 < n < 700_000 for n in sizes)  # ~323 kB samples
     monkeypatch.delenv("S3_ENDPOINT", raising=False)  # a local server's copy counts
-    many = load_config(None, [f"sweep.data_dir={tmp_path}", "sweep.samples=10000000"])
+    overrides = [f"sweep.data_dir={tmp_path}", "sweep.samples=10000000"]
+    many = load_config(None, overrides, SweepConfig)
     with pytest.raises(ConfigError, match=r"146.6 MB each, 4 copies.*set sweep.samples to at most"):
         sweep_dataset(many, workload("unet3d"), ONE_RANK)  # samples, shards, the server's copy
     random_only = load_config(
         None,
         [f"sweep.data_dir={tmp_path}", "sweep.samples=10000000", "sweep.access=[random]"],
+        SweepConfig,
     )
     with pytest.raises(ConfigError, match=r"2 copies: the samples, a local S3 server's copy"):
         sweep_dataset(random_only, workload("unet3d"), ONE_RANK)  # no shards written
@@ -134,11 +137,13 @@ def test_a_sweep_launch_that_does_not_fit_says_how_to_launch(tmp_path):
     from bench.sweep.run import largest_count
     from training.distributed import Ranks
 
-    cfg = load_config(None, ["sweep.max_accelerators=4", f"sweep.data_dir={tmp_path}"])
+    overrides = ["sweep.max_accelerators=4", f"sweep.data_dir={tmp_path}"]
+    cfg = load_config(None, overrides, SweepConfig)
     with pytest.raises(ConfigError, match=r"max_accelerators is 4 but this launch has 2.*NPROC"):
         largest_count(cfg, Ranks(0, 2))
-    assert largest_count(load_config(None), Ranks(0, 6)) == 6  # auto: the launch's ranks
-    points = load_config(None, ["sweep.points=[1, 2, 4]"])
+    auto = load_config(None, command=SweepConfig)
+    assert largest_count(auto, Ranks(0, 6)) == 6  # auto: the launch's ranks
+    points = load_config(None, ["sweep.points=[1, 2, 4]"], SweepConfig)
     assert largest_count(points, Ranks(0, 4)) == 4
     with pytest.raises(ConfigError, match=r"sweep.points \[1, 2, 4\] needs 4 ranks"):
         largest_count(points, Ranks(0, 2))

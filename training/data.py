@@ -8,11 +8,12 @@ Shared by ``scripts/train.py`` (through :mod:`training.run`), ``scripts/write_sh
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 
 from common.errors import error_line
+from common.settings import replace
 from pipelines.formats.coco import ANNOTATIONS, load_coco_split
 from pipelines.formats.coco import available_splits as coco_splits
 from pipelines.formats.csv_boxes import ROBOFLOW_FILE, find_split_file, load_csv_split
@@ -265,7 +266,7 @@ def _checked_record(record, kind: type, counts: BoxCounts):
         if clipped is not None:
             boxes.append(clipped)
             labels.append(str(label))
-    return replace(record, boxes=tuple(boxes), labels=tuple(labels))
+    return dataclasses.replace(record, boxes=tuple(boxes), labels=tuple(labels))
 
 
 def hash_split(

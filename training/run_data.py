@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from pipelines.access.loaders import EpochLoader, LoaderSettings, build_loader
+from pipelines.access.loaders import EpochLoader, build_loader
 from pipelines.formats.records import BoxCounts
 from pipelines.shards.manifest import ShardInfo
 from training import distributed
@@ -84,7 +84,7 @@ def prepare_data(cfg: Config, task, ranks: Ranks = ONE_RANK) -> RunData:
             access=pattern,
             transform=task.transform(cfg, train),
             class_to_index=label_of,
-            settings=LoaderSettings(**asdict(cfg.loader)),
+            settings=cfg.loader,
             shuffle=train and cfg.access.shuffle,
             seed=cfg.train.seed,
             shards=shards,

@@ -249,7 +249,7 @@ def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfe
     ``dcp`` is :func:`bench.checkpoint.dcp.dcp_write`) to ``place``.
 
     Args:
-        cfg: ``checkpoint.*`` (:class:`training.config.CheckpointConfig`).
+        cfg: ``checkpoint.*`` (:class:`bench.checkpoint.config.CheckpointSection`).
 
     Raises:
         StorageError: the storage refused or failed (the message names the place).

@@ -8,9 +8,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from bench.checkpoint.config import CheckpointBenchConfig
 from bench.checkpoint.parts import S3_CLIENTS
 from common.files import atomic_write_bytes
-from training.config import Config
 from training.outputs import write_csv, write_yaml
 
 RESULT_COLUMNS = [
@@ -104,7 +104,7 @@ def failed(rows: list[dict]) -> bool:
     return any(r["error"] and not r.get("skipped") for r in rows)
 
 
-def write_outputs(out: Path, cfg: Config, rows: list[dict]) -> None:
+def write_outputs(out: Path, cfg: CheckpointBenchConfig, rows: list[dict]) -> None:
     """``results.csv``, ``report.md`` and ``config.yaml`` (each atomically)."""
     write_yaml(out / "config.yaml", cfg.to_dict())
     write_csv(out / "results.csv", rows, RESULT_COLUMNS)
@@ -154,7 +154,7 @@ def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def source_text(cfg: Config) -> str:
+def source_text(cfg: CheckpointBenchConfig) -> str:
     """What the checkpoint is, for the console and the report."""
     ck = cfg.checkpoint
     if ck.model:

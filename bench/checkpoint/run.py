@@ -33,6 +33,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.checkpoint.config import CheckpointBenchConfig
 from bench.checkpoint.dcp import dcp_read, dcp_storage, dcp_write
 from bench.checkpoint.parts import (
     FsPlace,
@@ -49,7 +50,7 @@ from bench.checkpoint.report import RESULT_COLUMNS, client_lib, progress_line, s
 from bench.ranks import BenchRanks, attempt, error_text, everywhere, gather_agreed, on_main
 from bench.storages import LOCAL_BUCKET, share_local_s3, start_local_bucket
 from training import distributed
-from training.config import Config, ConfigError
+from training.config import ConfigError
 from training.distributed import Ranks
 from training.outputs import write_csv
 
@@ -70,7 +71,7 @@ LOCAL_SERVER_NO_CRT_WRITES = (
 PARTS_IN_MEMORY = 3
 
 
-def run_checkpoint_bench(cfg: Config, out: Path, ranks: Ranks) -> list[dict]:
+def run_checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) -> list[dict]:
     """Run the workload (see the module doc). Every rank calls it; rank 0 gets the rows (and
     writes ``results.csv`` after each method), the others an empty list.
 
@@ -126,7 +127,7 @@ def save_rows(out: Path, rows: list[dict]) -> None:
         log.warning("cannot write %s: %s", out / "results.csv", exc)
 
 
-def this_part(cfg: Config, ranks: Ranks, br: BenchRanks, free: list[int]) -> dict:
+def this_part(cfg: CheckpointBenchConfig, ranks: Ranks, br: BenchRanks, free: list[int]) -> dict:
     """This rank's part: an equal share of ``checkpoint.size_gb`` of random tensors, or its
     share of ``checkpoint.model``'s tensors. ``free``: every rank's free memory in bytes,
     measured before any part was made (the least on this node counts).
@@ -156,7 +157,7 @@ def this_part(cfg: Config, ranks: Ranks, br: BenchRanks, free: list[int]) -> dic
 
 def open_place(
     kind: str,
-    cfg: Config,
+    cfg: CheckpointBenchConfig,
     out: Path,
     stack: contextlib.ExitStack,
     br: BenchRanks,
@@ -228,7 +229,13 @@ def open_place(
 
 
 def run_method(
-    kind: str, method: str, place, part: dict, cfg: Config, br: BenchRanks, first_on_node: bool
+    kind: str,
+    method: str,
+    place,
+    part: dict,
+    cfg: CheckpointBenchConfig,
+    br: BenchRanks,
+    first_on_node: bool,
 ) -> list[dict]:
     """``checkpoint.checkpoints`` checkpoints of ``method`` on ``place``: written, made cold,
     read back and compared, deleted. Every rank calls it; rank 0's rows are the result.
@@ -269,7 +276,14 @@ def run_method(
 
 
 def _transfer(
-    method: str, place, index: int, rank: int, part: dict, cfg: Config, direction, dcp_io
+    method: str,
+    place,
+    index: int,
+    rank: int,
+    part: dict,
+    cfg: CheckpointBenchConfig,
+    direction,
+    dcp_io,
 ):
     """This rank's write or read (``direction``: :func:`bench.checkpoint.parts.write` or
     ``read``) of checkpoint ``index``, as a call for :func:`bench.ranks.attempt`: ``dcp``'s
@@ -281,7 +295,7 @@ def _transfer(
     return functools.partial(direction, method, place, index, rank, part, cfg.checkpoint)
 
 
-def _dcp_storage(method: str, place, index: int, cfg: Config, write: bool):
+def _dcp_storage(method: str, place, index: int, cfg: CheckpointBenchConfig, write: bool):
     """For ``dcp``, its storage writer or reader (:func:`bench.checkpoint.dcp.dcp_storage`); None
     for the other methods."""
     if method != "dcp":

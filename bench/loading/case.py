@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -41,14 +41,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from bench.loading.config import BenchConfig
 from bench.ranks import Team, node_of_this_rank
 from bench.resources import CpuUse, ResourceSampler, device_of
-from pipelines.access.loaders import EpochLoader, LoaderSettings, build_loader
+from common.settings import replace
+from pipelines.access.loaders import EpochLoader, build_loader
 from pipelines.formats.records import Record
 from pipelines.samples import Batch
 from pipelines.shards.manifest import ShardInfo
 from pipelines.storage.base import RequestStats, Storage
-from training.config import Config
 from training.distributed import all_agree, from_environment, pick_device
 from training.engine import Precision, measure_steps, step_fn
 from training.meter import aggregate
@@ -88,7 +89,7 @@ class Case:
         return f"{self.storage}{lib}/{self.access}/{self.mode}/w{self.workers}{ranks}"
 
 
-def expand_matrix(cfg: Config) -> list[Case]:
+def expand_matrix(cfg: BenchConfig) -> list[Case]:
     """All configurations of ``cfg.bench``, storage-major so each store's data stays warm."""
     workers = cfg.bench.worker_counts or [cfg.loader.num_workers]
     cases = []
@@ -103,7 +104,7 @@ def expand_matrix(cfg: Config) -> list[Case]:
     return cases
 
 
-def compute_fn(case: Case, cfg: Config, classes: list[str], team: Team = ONE):
+def compute_fn(case: Case, cfg: BenchConfig, classes: list[str], team: Team = ONE):
     """The per-step work of ``case.mode`` (see the module doc); returns ``compute(batch, step)``.
 
     ``train`` builds the task's model from scratch (no download), the same for every case, on
@@ -138,13 +139,13 @@ def compute_fn(case: Case, cfg: Config, classes: list[str], team: Team = ONE):
     return step_fn(task, model, optimizer, None, device, epoch=0, precision=precision)
 
 
-def case_steps(case: Case, cfg: Config) -> int:
+def case_steps(case: Case, cfg: BenchConfig) -> int:
     """Measured steps of a pass of ``case``: ``bench.read_steps`` in ``read`` mode, else
     ``bench.steps``."""
     return cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps
 
 
-def pass_repeat(cfg: Config, steps: int, rank_samples: int, *, single_epoch: bool) -> int:
+def pass_repeat(cfg: BenchConfig, steps: int, rank_samples: int, *, single_epoch: bool) -> int:
     """Epochs a pass reads in one iteration of its loader: enough for its warm-up and ``steps``
     measured steps, read back to back (see ``repeat`` in
     :func:`pipelines.access.loaders.build_loader`),
@@ -259,7 +260,7 @@ def combine(parts: list[PassPart]) -> dict:
 
 def run_case(
     case: Case,
-    cfg: Config,
+    cfg: BenchConfig,
     storage: Storage,
     records: list[Record],
     shards: list[ShardInfo] | None,
@@ -292,7 +293,7 @@ def run_case(
         transform=task.transform(cfg, train=True) if cfg.bench.decode else None,
         class_to_index=class_to_index(task, classes),
         settings=replace(
-            LoaderSettings(**asdict(cfg.loader)),
+            cfg.loader,
             num_workers=case.workers,
             persistent_workers=False,  # one iteration per loader (see pass_repeat)
         ),
@@ -343,7 +344,7 @@ def run_case(
     )
 
 
-def step_barrier(case: Case, cfg: Config, team: Team):
+def step_barrier(case: Case, cfg: BenchConfig, team: Team):
     """The per-step collective of an ``emulate`` pass on several ranks, or None.
 
     In data-parallel training every rank waits for the others at each step (the gradient

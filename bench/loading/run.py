@@ -39,6 +39,7 @@ from bench.loading.case import (
     rank_samples,
     run_case,
 )
+from bench.loading.config import BenchConfig
 from bench.loading.diagnosis import MIN_BASELINE_S
 from bench.loading.report import BASELINE_CPU_COLUMNS, write_tables
 from bench.page_cache import EvictBeforeRead
@@ -63,7 +64,7 @@ from bench.storages import (
     cold_dir,
 )
 from training import distributed
-from training.config import Config, ConfigError
+from training.config import ConfigError
 from training.data import class_names
 from training.distributed import ONE_RANK, Ranks
 from training.meter import gc_frozen
@@ -83,7 +84,7 @@ def measure_baseline(
     s3_storage,
     storage_kind: str,
     access: str,
-    cfg: Config,
+    cfg: BenchConfig,
     *,
     repeat: int,
     evict_dir: Path | None,
@@ -131,7 +132,7 @@ def run_pass(
     pass_index: int,
     prep: Prepared,
     s3_storage,
-    cfg: Config,
+    cfg: BenchConfig,
     classes: list[str],
     br: BenchRanks,
 ) -> tuple[dict, list[dict], object] | None:
@@ -207,7 +208,7 @@ def pass_row(
     cache: str,
     prep: Prepared,
     s3_storage,
-    cfg: Config,
+    cfg: BenchConfig,
     repeat: int,
     evict_dir: Path | None,
 ) -> tuple[dict, list[dict], object]:
@@ -247,7 +248,7 @@ def error_row(case: Case, pass_index: int, exc: Exception) -> dict:
 
 
 def run_bench(
-    cfg: Config, out: Path, ranks: Ranks = ONE_RANK
+    cfg: BenchConfig, out: Path, ranks: Ranks = ONE_RANK
 ) -> tuple[list[dict], list[dict], dict]:
     """Run the whole matrix; returns ``(results rows, step rows, extras)`` (see module doc).
 
@@ -343,7 +344,7 @@ def run_bench(
     return results, steps, {"baselines": baselines, "peers": peers, "peer_errors": peer_errors}
 
 
-def peer_name(case: Case, pass_index: int, cfg: Config) -> str | None:
+def peer_name(case: Case, pass_index: int, cfg: BenchConfig) -> str | None:
     """The peer a pass is compared with (:data:`PEERS`), or None: peers are single-process
     loaders that decode, compared with warm ``read`` passes of one rank that decode too (like
     with like); on S3 with the same client library (the AWS CRT: s3torchconnector), so that
@@ -369,7 +370,7 @@ PEERS = {
 
 def measure_peer(
     name: str,
-    cfg: Config,
+    cfg: BenchConfig,
     prepared: dict[tuple[str, str], Prepared],
     classes: list[str],
     workers: int,

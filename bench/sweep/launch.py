@@ -3,18 +3,17 @@ start (``sweep.max_accelerators: auto``: one rank measured on this node first)."
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import psutil
 
 from bench.loading.case import Case, run_case
 from bench.storages import prepare_fs
+from bench.sweep.config import SweepConfig
 from bench.sweep.dataset import sweep_dataset
 from bench.sweep.points import allow_readers_beyond_cores, points_config, workers_per_rank
 from bench.sweep.run import check_before
 from bench.sweep.sizing import PeakMemory, Sizing, hand_to_ranks, size_node
 from bench.sweep.workloads import Workload, workload
-from training.config import Config
+from common.settings import replace
 from training.data import class_names
 from training.distributed import ONE_RANK
 
@@ -23,7 +22,7 @@ from training.distributed import ONE_RANK
 PROBE_STEPS = 12
 
 
-def launch_size(cfg: Config) -> int:
+def launch_size(cfg: SweepConfig) -> int:
     """How many ranks a sweep started without torchrun needs on this machine: the largest of
     ``sweep.points``, ``sweep.max_accelerators``, or with ``auto`` what :func:`probe_node`
     finds (handed to the ranks for the report). With ``sweep.rules: closed`` the rules that
@@ -45,7 +44,7 @@ def launch_size(cfg: Config) -> int:
     return sizing.accelerators
 
 
-def probe_node(cfg: Config, w: Workload) -> Sizing:
+def probe_node(cfg: SweepConfig, w: Workload) -> Sizing:
     """Measure one simulated accelerator (this process and its DataLoader workers reading
     :data:`PROBE_STEPS` steps of the sweep's dataset on the filesystem, with the first
     access pattern of ``sweep.access``) and size the node from its peak memory

@@ -16,14 +16,15 @@ import math
 import socket
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 from bench.loading.case import Case, run_case
+from bench.loading.config import BenchConfig, BenchSection, bench_config
 from bench.storages import prepare_fs
+from bench.sweep.config import SweepConfig
 from bench.sweep.limits import point_limit
 from bench.sweep.workloads import Workload
-from training.config import Config
+from common.settings import replace
 from training.data import class_names
 from training.meter import percentile
 
@@ -55,15 +56,15 @@ def allow_readers_beyond_cores() -> None:
     warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
 
 
-def workers_per_rank(cfg: Config, w: Workload) -> int:
+def workers_per_rank(cfg: SweepConfig, w: Workload) -> int:
     """DataLoader workers of each simulated accelerator: ``sweep.workers``, or the profile's
     ``read_threads`` when it is -1."""
     return w.read_threads if cfg.sweep.workers < 0 else cfg.sweep.workers
 
 
 def points_config(
-    cfg: Config, w: Workload, root: Path, computation_time_s: float, largest: int
-) -> Config:
+    cfg: SweepConfig, w: Workload, root: Path, computation_time_s: float, largest: int
+) -> BenchConfig:
     """The benchmark configuration every point runs: the dataset at ``root`` (VOC), the
     profile's batch size and readers with read-ahead bounded (:data:`PREFETCH_FACTOR`, one
     batch per transfer, :data:`SHUFFLE_BUFFER`), its computation time, the sweep's steps and
@@ -74,8 +75,18 @@ def points_config(
         if w.samples_per_file > 1
         else cfg.dataset.shard_size_mb
     )
+    bench = BenchSection(
+        decode=cfg.sweep.decode,
+        computation_time_s=computation_time_s,
+        steps=cfg.sweep.steps,
+        warmup_steps=cfg.sweep.warmup_steps,
+        sync=cfg.sweep.sync,
+        baselines=False,
+        peers=False,
+        ranks=list(range(1, largest + 1)),
+    )
     return replace(
-        cfg,
+        bench_config(cfg, bench),
         storage=replace(cfg.storage, type="fs", root=str(root.parent), prefixes=[root.name]),
         dataset=replace(
             cfg.dataset,
@@ -93,17 +104,6 @@ def points_config(
             prefetch_factor=PREFETCH_FACTOR,
             worker_batches=1,
         ),
-        bench=replace(
-            cfg.bench,
-            decode=cfg.sweep.decode,
-            computation_time_s=computation_time_s,
-            steps=cfg.sweep.steps,
-            warmup_steps=cfg.sweep.warmup_steps,
-            sync=cfg.sweep.sync,
-            baselines=False,
-            peers=False,
-            ranks=list(range(1, largest + 1)),
-        ),
     )
 
 
@@ -114,10 +114,10 @@ def epoch_steps(samples: int, w: Workload, accelerators: int, warmup_steps: int)
     return max(1, samples // (w.batch_size * accelerators) - warmup_steps)
 
 
-def measure_step_time(cfg: Config) -> float:
+def measure_step_time(cfg: SweepConfig) -> float:
     """The detector's training step time on this machine (seconds, the mean of 3 steps after
     one of warm-up, on ``data/bccd``): the ``bccd`` profile's computation time."""
-    timing = replace(cfg, bench=replace(cfg.bench, steps=3, warmup_steps=1, decode=True))
+    timing = bench_config(cfg, BenchSection(steps=3, warmup_steps=1, decode=True))
     prep = prepare_fs(timing, shards=False)
     part = run_case(
         Case("train", "random", "fs", "-", 0), timing, prep.source.storage, prep.records,
@@ -129,7 +129,7 @@ def measure_step_time(cfg: Config) -> float:
 
 
 def sweep_row(
-    w: Workload, case: Case, repeat: int, cfg: Config, row: dict, steps: list, nodes: int
+    w: Workload, case: Case, repeat: int, cfg: BenchConfig, row: dict, steps: list, nodes: int
 ) -> dict:
     """A ``sweep.csv`` row from a point's results row (:func:`bench.loading.case.combine`) and its
     ranks' steps.

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 from bench.ratios import UNSTABLE_SPREAD, median_spread, unstable
+from bench.sweep.config import SweepConfig
 from bench.sweep.limits import (
     CACHE_SHARE_LIMIT,
     CAP,
@@ -23,7 +24,6 @@ from bench.sweep.limits import (
 from bench.sweep.points import PREFETCH_FACTOR, SWEEP_COLUMNS, summary_json, workers_per_rank
 from bench.sweep.workloads import Workload
 from common.files import atomic_write_bytes, save_figure
-from training.config import Config
 from training.outputs import write_csv, write_json, write_yaml
 
 #: The report says so when the worst rank's AU is more than this below the mean (MLPerf's
@@ -129,7 +129,9 @@ def shared_cores(search, kind: str, facts: dict) -> str:
     return ""
 
 
-def write_outputs(out: Path, cfg: Config, rows: list[dict], searches: list, facts: dict) -> None:
+def write_outputs(
+    out: Path, cfg: SweepConfig, rows: list[dict], searches: list, facts: dict
+) -> None:
     """``sweep.csv``, ``report.md``, ``points/*/summary.json``, the two plots and
     ``config.yaml`` (each atomically)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,7 @@ def write_outputs(out: Path, cfg: Config, rows: list[dict], searches: list, fact
     atomic_write_bytes(out / "report.md", text.encode("utf-8"))
 
 
-def report_lines(cfg: Config, rows: list[dict], searches: list, facts: dict) -> list[str]:
+def report_lines(cfg: SweepConfig, rows: list[dict], searches: list, facts: dict) -> list[str]:
     """The lines of ``report.md``."""
     w = facts["workload"]
     sizing = facts.get("sizing")
@@ -219,7 +221,7 @@ def report_lines(cfg: Config, rows: list[dict], searches: list, facts: dict) -> 
     return lines
 
 
-def _steps(cfg: Config) -> str:
+def _steps(cfg: SweepConfig) -> str:
     """The steps of every point, for the report."""
     left_out = f"{cfg.sweep.warmup_steps} step(s) left out"
     if cfg.sweep.rules == "closed":

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -30,6 +30,7 @@ from bench.loading.case import Case
 from bench.loading.run import run_pass
 from bench.ranks import BenchRanks, error_text, everywhere, node_of_this_rank, on_main
 from bench.storages import Storages
+from bench.sweep.config import SweepConfig
 from bench.sweep.dataset import dataset_folder, dataset_samples, sweep_dataset
 from bench.sweep.points import (
     allow_readers_beyond_cores,
@@ -44,8 +45,9 @@ from bench.sweep.rules import RUNS, Rule, after_rules, before_rules, refuse_unme
 from bench.sweep.search import Point, SearchResult, measure_points, search_accelerators
 from bench.sweep.sizing import from_launcher
 from bench.sweep.workloads import Workload, workload
+from common.settings import replace
 from training import distributed
-from training.config import Config, ConfigError
+from training.config import ConfigError
 from training.data import class_names
 from training.distributed import Ranks
 
@@ -82,7 +84,7 @@ class Search:
         return any(not r.met for r in self.rules)
 
 
-def largest_count(cfg: Config, ranks: Ranks) -> int:
+def largest_count(cfg: SweepConfig, ranks: Ranks) -> int:
     """The most simulated accelerators this launch's sweep runs: the largest of
     ``sweep.points``, else the launch's world size (``sweep.max_accelerators`` is ``auto`` or
     must equal it).
@@ -119,7 +121,7 @@ def host_facts() -> dict:
     }
 
 
-def check_before(cfg: Config, w: Workload, nodes: int, memory_bytes: int) -> list[Rule]:
+def check_before(cfg: SweepConfig, w: Workload, nodes: int, memory_bytes: int) -> list[Rule]:
     """The rules checkable before the sweep runs, for ``nodes`` client nodes of
     ``memory_bytes`` in all; with ``sweep.rules: closed``, refused when one fails.
 
@@ -134,7 +136,7 @@ def check_before(cfg: Config, w: Workload, nodes: int, memory_bytes: int) -> lis
     return rules
 
 
-def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Search], dict]:
+def run_sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> tuple[list[dict], list[Search], dict]:
     """Run the sweep (see the module doc). Every rank calls it; rank 0 gets the rows, the
     searches and the facts of the report, the others empty ones.
 
@@ -217,7 +219,7 @@ def run_sweep(cfg: Config, out: Path, ranks: Ranks) -> tuple[list[dict], list[Se
 
 
 def search_one(
-    cfg: Config, w: Workload, storage: str, access: str, point, rows: list, facts: dict
+    cfg: SweepConfig, w: Workload, storage: str, access: str, point, rows: list, facts: dict
 ) -> Search:
     """Rank 0: search one storage and access pattern (or measure ``sweep.points``), sending
     each point to every rank, then run the answer again; a point that fails ends this search

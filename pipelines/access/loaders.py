@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 from torch.utils.data import (
     DataLoader,
     DistributedSampler,
@@ -28,6 +29,7 @@ from torch.utils.data import (
 )
 from torchvision.transforms import v2
 
+from common.settings import Int, Section
 from pipelines.access.map_style import MapStyleDataset
 from pipelines.access.object_stream import ObjectStreamDataset
 from pipelines.access.shard_stream import ShardStream
@@ -46,16 +48,27 @@ log = logging.getLogger(__name__)
 TRANSFER_TENSOR_BYTES = 4 * 2**20
 
 
-@dataclass(frozen=True)
-class LoaderSettings:
-    """DataLoader knobs (see ``loader.*`` in the config)."""
+class LoaderSettings(Section):
+    """torch DataLoader settings (the ``loader`` section of the configuration)."""
 
-    batch_size: int
-    num_workers: int
-    prefetch_factor: int = 2
-    persistent_workers: bool = False
-    pin_memory: bool = False
-    worker_batches: int = 64
+    batch_size: Int = Field(4, ge=1, description="images per training step")
+    num_workers: Int = Field(
+        2, ge=0, description="DataLoader worker processes (0: read in the main process)"
+    )
+    prefetch_factor: Int = Field(
+        2,
+        ge=1,
+        description="transfers each worker reads ahead (a batch; shards, objects: up to "
+        "worker_batches batches)",
+    )
+    persistent_workers: bool = Field(False, description="keep workers alive between epochs")
+    pin_memory: bool = Field(False, description="pin host memory for faster copies to a GPU")
+    worker_batches: Int = Field(
+        64,
+        ge=1,
+        description="shards, objects: most batches a worker sends per transfer (fewer when "
+        "they hold over 4 MiB of decoded images); 1: one batch per transfer",
+    )
 
 
 @dataclass
