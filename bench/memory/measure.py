@@ -28,6 +28,7 @@ LIST_PREFIX = "list"
 SAMPLE_INTERVAL_S = 0.002
 
 
+@contextlib.contextmanager
 def rss_sampled():
     """Sample this process's resident set size (:class:`bench.resources.ResourceSampler` with
     ``rss_only``, every ``SAMPLE_INTERVAL_S``) while the block runs, after a garbage
