@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -327,3 +328,52 @@ def test_mixed_precision_trains_resumes_and_keeps_float32_weights(cells_root, tm
     assert bool(ckpt["grad_scaler"]) == (precision == "fp16")
     assert train_cells(str(cells_root), out, *mixed, "--epochs", "2", "--resume") == 0
     assert len(read_rows(out / "metrics.csv")) == 2
+
+
+@pytest.mark.integration
+def test_a_training_class_of_the_users_trains_measures_and_resumes(cells_root, tmp_path):
+    """``train.task: examples/my_task.py:LabelSmoothing``: its loss (with a part of its own in
+    the step's error text) and its optimizer (SGD, Nesterov) train, are measured and resume."""
+    out = tmp_path / "out"
+    own = ("--access", "random", "--set", "train.task=examples/my_task.py:LabelSmoothing")
+    assert train_cells(str(cells_root), out, *own) == 0
+    (row,) = read_rows(out / "metrics.csv")
+    assert math.isfinite(float(row["loss"])) and 0 <= float(row["top1"]) <= 1
+    assert float(row["compute_s"]) > 0 and float(row["data_wait_s"]) >= 0
+    group = torch.load(out / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert group["nesterov"] is True and "betas" not in group  # SGD, not the default AdamW
+    assert train_cells(str(cells_root), out, *own, "--epochs", "2", "--resume") == 0
+    assert [r["epoch"] for r in read_rows(out / "metrics.csv")] == ["1", "2"]
+    constant = tmp_path / "constant.py"  # the loss trained on is the class's: 7 at every step
+    constant.write_text(
+        "from training.tasks import ClassificationTask\n\n"
+        "class Seven(ClassificationTask):\n"
+        "    def forward_loss(self, model, batch, device):\n"
+        "        loss, parts = super().forward_loss(model, batch, device)\n"
+        "        return loss * 0 + 7.0, parts\n"
+    )
+    seven = ("--access", "random", "--set", f"train.task={constant}:Seven")
+    assert train_cells(str(cells_root), tmp_path / "seven", *seven) == 0
+    assert float(read_rows(tmp_path / "seven" / "metrics.csv")[0]["loss"]) == 7.0
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("examples/my_task.py:Nope", "defines no"),
+        ("examples/my_models.py:build_net", "must name a class that subclasses training.tasks."
+         "ClassificationTask"),
+        ("examples/none.py:X", "no file examples/none.py"),
+    ],
+)  # fmt: skip
+def test_a_training_class_that_cannot_serve_is_refused_naming_the_key(reference, message):
+    from training.tasks import load_task
+
+    cfg = load_config("configs/classification.yaml", [f"train.task={reference}"])
+    with pytest.raises(ConfigError, match=rf"^train\.task .*{re.escape(message)}"):
+        load_task(cfg)
+    detection = load_config(
+        "configs/detection.yaml", ["train.task=examples/my_task.py:LabelSmoothing"]
+    )
+    with pytest.raises(ConfigError, match=r"subclasses training\.tasks\.DetectionTask"):
+        load_task(detection)

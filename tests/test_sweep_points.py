@@ -19,7 +19,7 @@ from tests.helpers import REPO
 from training.config import load_config
 from training.data import class_names
 from training.engine import measure_steps
-from training.tasks import class_to_index, task_module
+from training.tasks import class_to_index, load_task
 
 
 def early_samples(cfg, prep, *, compute_s: float = 0.3) -> tuple[int, int]:
@@ -28,7 +28,7 @@ def early_samples(cfg, prep, *, compute_s: float = 0.3) -> tuple[int, int]:
     states, one batch per DataLoader worker."""
     loader = build_loader(
         prep.source.storage, prep.records, access="random", transform=None,
-        class_to_index=class_to_index(task_module("detection"), class_names(cfg, prep.records)),
+        class_to_index=class_to_index(load_task(cfg), class_names(cfg, prep.records)),
         settings=cfg.loader, shuffle=True, seed=0,
     )  # fmt: skip
     loader.set_epoch(0)

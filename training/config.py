@@ -267,6 +267,12 @@ class TrainSection(Section):
         ge=0.0,
         description="weight decay",
     )
+    task: Str = Field(
+        "",
+        description="your own training class: path/to/file.py:Class, a subclass of "
+        "training.tasks.DetectionTask or ClassificationTask (the loss, and optionally the "
+        "optimizer and evaluation); empty: the built-in task",
+    )
     seed: Int = Field(
         0,
         description="seed for model init, sampler and shuffles",

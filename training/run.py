@@ -3,22 +3,21 @@
 Read in this order: :func:`run` → :func:`_run` (the steps) → :func:`training.run_data.prepare_data`
 (storage, splits, shards, loaders) → :func:`training.trainer.build_training` (model,
 optimizer, schedule; :func:`~training.trainer.resume_from` a checkpoint) → :func:`run_epochs`
-(:func:`training.engine.train_one_epoch` with :func:`training.engine.step_fn`, the task's
-``evaluate``, the outputs of each epoch) → :func:`write_summary`.
+(:func:`train_and_evaluate` on every rank: :func:`training.engine.train_one_epoch` with
+:func:`training.engine.step_fn`, then the task's ``evaluate``; the ranks' parts gathered and
+written by :class:`training.epoch_outputs.EpochOutputs`) →
+:func:`training.epoch_outputs.write_summary`.
 
 ``run(cfg)`` is what ``make train`` executes (through ``scripts/train.py``). Outputs, in
 ``cfg.output.dir``: ``config.yaml`` (resolved settings), ``metrics.csv`` (one row per epoch),
 ``steps.csv`` (one row per step), ``summary.json`` (run totals), ``benchmark.log``,
-``model.pt`` (state_dict),
-``model.json`` + ``index_to_name.json`` (what serving needs to rebuild the model) and
-``checkpoint.pt`` (what ``--resume`` continues from).
+``model.pt`` (state_dict), ``model.json`` + ``index_to_name.json`` (what serving needs to
+rebuild the model) and ``checkpoint.pt`` (what ``--resume`` continues from).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -26,25 +25,23 @@ from pathlib import Path
 import torch
 
 from models import entry_point
-from pipelines.formats.records import DatasetError
 from pipelines.storage.base import RequestStats
 from training import distributed
-from training.charts import TensorBoard, write_plots
 from training.config import Config
 from training.data import resolve_split
 from training.distributed import ONE_RANK, Ranks
 from training.engine import step_fn, train_one_epoch
-from training.meter import aggregate, request_summary
-from training.outputs import (
-    attach_log_file,
-    detach_log_file,
-    save_torch,
-    write_csv,
-    write_json,
-    write_yaml,
+from training.epoch_outputs import (
+    METRICS_COLUMNS,
+    TRACE_COLUMNS,
+    EpochOutputs,
+    RankEpoch,
+    log_epoch,
+    write_summary,
 )
+from training.outputs import attach_log_file, detach_log_file, write_json, write_yaml
 from training.run_data import RunData, prepare_data
-from training.tasks import task_module
+from training.tasks import Task, load_task
 from training.trainer import (
     History,
     Training,
@@ -54,78 +51,9 @@ from training.trainer import (
     wrap_for_ranks,
 )
 
+__all__ = ["METRICS_COLUMNS", "TRACE_COLUMNS", "run", "run_epochs", "train_and_evaluate"]
+
 log = logging.getLogger(__name__)
-
-#: ``metrics.csv`` columns common to both tasks; the task's quality columns follow them
-#: (detection: ``map_50, map, ...``; classification: ``top1, top5, balanced_acc, acc_<class>...``,
-#: see the task modules' ``quality_columns``).
-METRICS_COLUMNS = [
-    "epoch",
-    "task",
-    "access",
-    "storage",
-    "pretrained",
-    "ranks",
-    "samples",
-    "skipped",
-    "samples_dropped",
-    "boxes_dropped",
-    "bytes_read",
-    "read_s",
-    "data_wait_s",
-    "data_wait_max_s",
-    "compute_s",
-    "wall_s",
-    "read_mbps",
-    "throughput_mbps",
-    "samples_per_s",
-    "au",
-    "au_min",
-    "requests",
-    "bytes_per_request",
-    "retries",
-    "ttfb_p50_ms",
-    "ttfb_p99_ms",
-    "errors",
-    "loss",
-    "lr",
-]
-STEP_COLUMNS = [
-    "epoch",
-    "rank",
-    "step",
-    "samples",
-    "skipped",
-    "bytes_read",
-    "read_s",
-    "data_wait_s",
-    "compute_s",
-    "requests",
-    "retries",
-    "loss",
-]
-
-
-#: ``trace.csv`` (``output.trace``): one row per training sample the loop received.
-TRACE_COLUMNS = [
-    "epoch", "rank", "worker", "step", "id", "bytes", "read_start_s", "read_end_s",
-]  # fmt: skip
-
-
-def run_summary(epochs: list[dict], requests: RequestStats) -> dict:
-    """Totals of the epochs this invocation ran, and their storage request figures."""
-    nbytes = sum(e["bytes_read"] for e in epochs)
-    wall = sum(e["wall_s"] for e in epochs)
-    return {
-        "first_epoch": epochs[0]["epoch"],
-        "last_epoch_run": epochs[-1]["epoch"],
-        "samples": sum(e["samples"] for e in epochs),
-        "skipped": sum(e["skipped"] for e in epochs),
-        "bytes_read": nbytes,
-        "wall_s": wall,
-        "throughput_mbps": nbytes / wall / 1e6 if wall > 0 else math.nan,
-        **request_summary(requests, nbytes),
-    }
 
 
 def run(cfg: Config, *, resume: bool = False) -> dict:
@@ -167,7 +95,7 @@ def _run(
         write_yaml(out / "config.yaml", cfg.to_dict())
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    task = task_module(cfg.task)
+    task = load_task(cfg)
     data = prepare_data(cfg, task, ranks)
     training = build_training(cfg, task, data, device)
     history = History()
@@ -189,7 +117,7 @@ def _run(
 
 def run_epochs(
     cfg: Config,
-    task,
+    task: Task,
     data: RunData,
     training: Training,
     history: History,
@@ -198,219 +126,87 @@ def run_epochs(
     ranks: Ranks = ONE_RANK,
     started: float = 0.0,
 ) -> RequestStats:
-    """Train and evaluate each epoch still to run; after each, gather every rank's figures
-    and (rank 0) write ``metrics.csv`` (the epoch over all ranks,
-    :func:`training.meter.aggregate`), ``metrics_by_rank.csv``, ``steps.csv``, ``model.pt``
-    and ``checkpoint.pt``, and with ``output.trace`` ``trace.csv`` (times in seconds from
-    ``started``, each rank's own ``time.perf_counter``). Returns this invocation's storage
-    requests over all ranks (TTFB lists are not checkpointed)."""
+    """Train and evaluate each epoch still to run; after each, gather every rank's part and
+    (rank 0) write the epoch's outputs (:class:`training.epoch_outputs.EpochOutputs`).
+
+    Args:
+        started: the run's start (``time.perf_counter``): ``trace.csv``'s times count from it.
+
+    Returns:
+        This invocation's storage requests over all ranks (TTFB lists are not checkpointed).
+    """
     if history.first_epoch > cfg.train.epochs:
         log.info("nothing to do: the checkpoint is at epoch %d of %d",
                  history.first_epoch - 1, cfg.train.epochs)  # fmt: skip
     run_requests = RequestStats()
-    columns = METRICS_COLUMNS + task.quality_columns(data.classes)
-    train_loader, eval_loader = data.train_loader, data.eval_loader
-    model, optimizer, scheduler = training.model, training.optimizer, training.scheduler
-    # the rows of resumed epochs (an epoch written after the checkpoint was not: it runs again)
-    by_rank = _read_rows(out / "metrics_by_rank.csv", before=history.first_epoch)
-    traced = _read_rows(out / "trace.csv", before=history.first_epoch) if cfg.output.trace else []
-    tensorboard = None  # opened by rank 0 after its first epoch, with output.tensorboard
+    outputs = EpochOutputs(cfg, out, METRICS_COLUMNS + task.quality_columns(data.classes), history)
     for epoch in range(history.first_epoch, cfg.train.epochs + 1):
-        train_loader.set_epoch(epoch)
-        reads = [] if cfg.output.trace else None
-        meter = train_one_epoch(
-            model,
-            step_fn(task, model, optimizer, scheduler, device, epoch, training.precision),
-            train_loader,
-            epoch,
-            num_samples=train_loader.num_samples,
-            on_corrupt=cfg.access.on_corrupt,
-            trace=reads,
-            agree=distributed.all_agree if ranks.distributed else None,
-        )
-        distributed.share_buffers(training.net)  # rank 0's BatchNorm statistics everywhere
-        eval_loader.set_epoch(epoch)
-        quality = task.evaluate(
-            training.net,  # not the DDP wrapper: ranks evaluate different numbers of batches
-            eval_loader,
-            device,
-            num_samples=eval_loader.num_samples,
-            classes=data.classes,
-            precision=training.precision,
-        )
-        mine = meter.summary()
-        mine["samples_dropped"] = max(
-            0, train_loader.share(epoch) - mine["samples"] - mine["skipped"]
-        )
-        steps = [{**vars(s), "rank": ranks.rank} for s in meter.steps]
-        trace = [
-            {
-                "epoch": epoch, "rank": ranks.rank, "worker": worker, "step": step,
-                "id": image_id, "bytes": nbytes,
-                "read_start_s": read_at - started, "read_end_s": read_at + read_s - started,
-            }
-            for step, worker, image_id, nbytes, read_at, read_s in reads or ()
-        ]  # fmt: skip
-        gathered = distributed.gather((mine, meter.requests, steps, trace))
+        mine, quality = train_and_evaluate(cfg, task, data, training, device, epoch, ranks, started)
+        gathered: list[RankEpoch] = distributed.gather(mine)
         common = {
-            "task": cfg.task,
-            "access": data.pattern,
-            "storage": cfg.storage.type,
-            "pretrained": training.pretrained,
-            "boxes_dropped": data.train_counts.dropped,
-            "lr": optimizer.param_groups[0]["lr"],
-            **quality,
-        }
-        row = {**aggregate([g[0] for g in gathered], [g[1] for g in gathered]), **common}
-        for rank, (rank_row, *_) in enumerate(gathered):
-            by_rank.append(
-                {
-                    **rank_row,
-                    "ranks": len(gathered),
-                    "au_min": rank_row["au"],
-                    "data_wait_max_s": rank_row["data_wait_s"],
-                    **common,
-                    "rank": rank,
-                }
-            )
-        history.rows.append(row)
-        history.steps.extend(s for g in gathered for s in g[2])
-        traced.extend(t for g in gathered for t in g[3])
-        for _, requests, *_ in gathered:
-            run_requests.merge(requests)
+            "task": cfg.task, "access": data.pattern, "storage": cfg.storage.type,
+            "pretrained": training.pretrained, "boxes_dropped": data.train_counts.dropped,
+            "lr": training.optimizer.param_groups[0]["lr"], **quality,
+        }  # fmt: skip
+        row = outputs.add(gathered, common)
+        for part in gathered:
+            run_requests.merge(part.requests)
         if ranks.distributed:
+            s = mine.summary
             log.info(
                 "epoch %d, this rank: %d samples (%d dropped), data wait %.1f s, AU %.3f",
-                epoch,
-                mine["samples"],
-                mine["samples_dropped"],
-                mine["data_wait_s"],
-                mine["au"],
-            )
-        if not ranks.main:
-            continue
-        log.info(
-            "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, "
-            "delivered %.2f MB/s, data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, %s",
-            epoch,
-            row["samples"],
-            row["skipped"],
-            row["samples_per_s"],
-            row["read_mbps"],
-            row["throughput_mbps"],
-            row["data_wait_s"],
-            row["compute_s"],
-            row["au"],
-            row["loss"],
-            task.describe(row),
-        )
-        if ranks.distributed:
-            worst = min(range(len(gathered)), key=lambda r: gathered[r][0]["au"])
-            log.info(
-                "epoch %d over %d ranks: AU mean %.3f, worst %.3f (rank %d); longest data wait "
-                "%.1f s; %d samples dropped to keep the ranks in step",
-                epoch,
-                ranks.world_size,
-                row["au"],
-                row["au_min"],
-                worst,
-                row["data_wait_max_s"],
-                row["samples_dropped"],
-            )
-        write_csv(out / "metrics.csv", history.rows, columns)
-        write_csv(out / "metrics_by_rank.csv", by_rank, ["rank", *columns])
-        write_csv(out / "steps.csv", history.steps, STEP_COLUMNS)
-        if cfg.output.trace:
-            write_csv(out / "trace.csv", traced, TRACE_COLUMNS)
-        save_torch(out / "model.pt", training.net.state_dict())
-        save_torch(
-            out / "checkpoint.pt",
-            {
-                "model": training.net.state_dict(),
-                "world_size": ranks.world_size,
-                "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(),
-                "grad_scaler": (
-                    training.precision.scaler.state_dict() if training.precision.scaler else {}
-                ),
-                "epoch": epoch,
-                "pretrained": training.pretrained,
-                "args": cfg.to_dict(),
-                "metrics": history.rows,
-                "steps": history.steps,
-            },
-        )
-        try:  # after the checkpoint: a chart that fails costs the chart only
-            write_plots(out, cfg.task, history.rows, history.steps)
-            if cfg.output.tensorboard:
-                tensorboard = tensorboard or TensorBoard(out)
-                tensorboard.add_epoch(cfg.task, row, history.steps)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("charts of epoch %d not written: %s: %s", epoch, type(exc).__name__, exc)
-    if tensorboard is not None:
-        tensorboard.close()
+                epoch, s["samples"], s["samples_dropped"], s["data_wait_s"], s["au"],
+            )  # fmt: skip
+        if ranks.main:
+            log_epoch(epoch, row, task, gathered)
+            outputs.write(epoch, training, ranks.world_size)
+    outputs.close()
     log.info("weights digest %s", weights_digest(training.net))  # the same on every rank
     return run_requests
 
 
-def write_summary(
+def train_and_evaluate(
     cfg: Config,
-    task,
-    history: History,
-    run_requests: RequestStats,
-    out: Path,
-    *,
-    pretrained: bool,
-    main: bool = True,
-) -> dict:
-    """Write ``summary.json`` (this invocation's epochs, the last epoch's row; rank 0 only)
-    and log the storage and summary lines; return the last epoch's row.
+    task: Task,
+    data: RunData,
+    training: Training,
+    device: torch.device,
+    epoch: int,
+    ranks: Ranks,
+    started: float,
+) -> tuple[RankEpoch, dict]:
+    """This rank's epoch: train on its share of the split, then evaluate.
 
-    Raises:
-        DatasetError: no epoch ran at all.
+    Returns:
+        ``(part, quality)``: this rank's :class:`~training.epoch_outputs.RankEpoch` and the
+        task's held-out figures (the same on every rank).
     """
-    if not history.rows:
-        raise DatasetError("no epoch ran")
-    last = history.rows[-1]
-    run_epochs_rows = history.rows[history.first_epoch - 1 :]  # the earlier ones were resumed
-    summary = run_summary(run_epochs_rows, run_requests) if run_epochs_rows else {}
-    if not main:
-        return last
-    write_json(out / "summary.json", {**summary, "pretrained": pretrained, "last_epoch": last})
-    if summary:
-        log.info(
-            "storage over epochs %d-%d: %d requests, %.0f bytes/request, %d retries, "
-            "TTFB p50 %.2f ms p99 %.2f ms, errors: %s",
-            summary["first_epoch"],
-            summary["last_epoch_run"],
-            summary["requests"],
-            summary["bytes_per_request"],
-            summary["retries"],
-            summary["ttfb_p50_ms"],
-            summary["ttfb_p99_ms"],
-            summary["errors"] or "none",
-        )
-    log.info(
-        "summary: %s %s on %s, epoch %d: %s, %.1f samples/s, "
-        "%.2f MB/s delivered (%.2f MB/s per reader), AU %.3f; outputs in %s",
-        cfg.task,
-        cfg.access.pattern,
-        cfg.storage.type,
-        last["epoch"],
-        task.describe(last),
-        last["samples_per_s"],
-        last["throughput_mbps"],
-        last["read_mbps"],
-        last["au"],
-        out,
+    train_loader, eval_loader = data.train_loader, data.eval_loader
+    train_loader.set_epoch(epoch)
+    reads: list | None = [] if cfg.output.trace else None
+    step = step_fn(task, training.model, training.optimizer, training.scheduler, device, epoch,
+                   training.precision)  # fmt: skip
+    meter = train_one_epoch(
+        training.model, step, train_loader, epoch, num_samples=train_loader.num_samples,
+        on_corrupt=cfg.access.on_corrupt, trace=reads,
+        agree=distributed.all_agree if ranks.distributed else None,
+    )  # fmt: skip
+    distributed.share_buffers(training.net)  # rank 0's BatchNorm statistics everywhere
+    eval_loader.set_epoch(epoch)
+    quality = task.evaluate(
+        training.net,  # not the DDP wrapper: ranks evaluate different numbers of batches
+        eval_loader, device, num_samples=eval_loader.num_samples, classes=data.classes,
+        precision=training.precision,
+    )  # fmt: skip
+    summary = meter.summary()
+    summary["samples_dropped"] = max(
+        0, train_loader.share(epoch) - summary["samples"] - summary["skipped"]
     )
-    return last
-
-
-def _read_rows(path: Path, *, before: int) -> list[dict]:
-    """The rows of epochs before ``before`` in a CSV written earlier (``metrics_by_rank.csv``
-    or ``trace.csv`` of the epochs a resumed run already has); empty when it is missing."""
-    if before <= 1 or not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [row for row in csv.DictReader(f) if int(row["epoch"]) < before]
+    steps = [{**vars(s), "rank": ranks.rank} for s in meter.steps]
+    trace = [
+        {"epoch": epoch, "rank": ranks.rank, "worker": worker, "step": step, "id": image_id,
+         "bytes": nbytes, "read_start_s": read_at - started,
+         "read_end_s": read_at + read_s - started}
+        for step, worker, image_id, nbytes, read_at, read_s in reads or ()
+    ]  # fmt: skip
+    return RankEpoch(summary, meter.requests, steps, trace), quality

@@ -19,6 +19,7 @@ from training.config import Config, ConfigError
 from training.distributed import ONE_RANK, Ranks
 from training.engine import Precision
 from training.run_data import RunData
+from training.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ class Training:
         return bool(self.spec["pretrained"])
 
 
-def build_training(cfg: Config, task, data: RunData, device: torch.device) -> Training:
-    """Build the model (logging whether it starts from pretrained weights), its optimizer and
-    its learning-rate schedule."""
+def build_training(cfg: Config, task: Task, data: RunData, device: torch.device) -> Training:
+    """Build the model (logging whether it starts from pretrained weights), its optimizer (the
+    task's :meth:`~training.tasks.Task.build_optimizer`) and its learning-rate schedule."""
     model, spec = task.build_model(cfg, data.classes, pretrained=cfg.model.pretrained)
     if spec["pretrained"]:
         log.info("model %s: starts from pretrained weights", cfg.model.arch)
@@ -62,16 +63,7 @@ def build_training(cfg: Config, task, data: RunData, device: torch.device) -> Tr
     else:
         log.info("model %s: trained from scratch (model.pretrained false)", cfg.model.arch)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.train.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            params,
-            lr=cfg.train.lr,
-            momentum=cfg.train.momentum,
-            weight_decay=cfg.train.weight_decay,
-        )
+    optimizer = task.build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     # the steps the loader really yields: an iterable loader's workers each end with a partial
     # batch, so an epoch can have more than ceil(samples / batch size) (see build_loader)
     total_steps = sum(data.train_loader.steps(e) for e in range(1, cfg.train.epochs + 1))
@@ -116,6 +108,23 @@ class History:
     rows: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
     first_epoch: int = 1
+
+
+def checkpoint_state(
+    training: Training, epoch: int, world_size: int, args: dict, history: History
+) -> dict:
+    """What ``checkpoint.pt`` holds after ``epoch``: the model, optimizer, schedule and
+    gradient scaler states, the run's settings (``args``) and the epochs so far; what
+    :func:`resume_from` loads."""
+    scaler = training.precision.scaler
+    return {
+        "model": training.net.state_dict(), "world_size": world_size,
+        "optimizer": training.optimizer.state_dict(),
+        "lr_scheduler": training.scheduler.state_dict(),
+        "grad_scaler": scaler.state_dict() if scaler else {}, "epoch": epoch,
+        "pretrained": training.pretrained, "args": args, "metrics": history.rows,
+        "steps": history.steps,
+    }  # fmt: skip
 
 
 def resume_from(

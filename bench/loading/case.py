@@ -53,7 +53,7 @@ from pipelines.storage.base import RequestStats, Storage
 from training.distributed import all_agree, from_environment, pick_device
 from training.engine import Precision, measure_steps, step_fn
 from training.meter import aggregate
-from training.tasks import class_to_index, task_module
+from training.tasks import class_to_index, load_task
 
 MODES = ("read", "emulate", "train")
 
@@ -123,7 +123,7 @@ def compute_fn(case: Case, cfg: BenchConfig, classes: list[str], team: Team = ON
 
         return emulate
     torch.manual_seed(cfg.train.seed)  # the same initial model for every configuration
-    task = task_module(cfg.task)
+    task = load_task(cfg)
     model, _ = task.build_model(cfg, classes, pretrained=False)
     device = pick_device(cfg.train.device, from_environment())
     model.to(device).train()
@@ -284,7 +284,7 @@ def run_case(
     ``local_dir``: the folder on this machine that the storage's keys live in, whose block
     device's reads are counted (:attr:`PassPart.device_read_bytes`); None: not counted.
     """
-    task = task_module(cfg.task)
+    task = load_task(cfg)
     steps = case_steps(case, cfg)
     loader = build_loader(
         storage,

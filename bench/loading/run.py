@@ -69,7 +69,7 @@ from training.data import class_names
 from training.distributed import ONE_RANK, Ranks
 from training.meter import gc_frozen
 from training.outputs import write_yaml
-from training.tasks import class_to_index, task_module
+from training.tasks import class_to_index, load_task
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def measure_peer(
             raise ConfigError(f"not measured: {s3torchconnector_reason()}")
     common = dict(
         batch_size=cfg.loader.batch_size, num_workers=workers, image_size=cfg.model.image_size,
-        class_to_index=class_to_index(task_module(cfg.task), classes), task=cfg.task,
+        class_to_index=class_to_index(load_task(cfg), classes), task=cfg.task,
         # the epochs of the warm read pass it is compared with, read back to back as there
         epochs=pass_repeat(cfg, cfg.bench.read_steps, len(prep.records), single_epoch=False),
         shuffle_buffer=cfg.access.shuffle_buffer,

@@ -1,0 +1,256 @@
+"""What a training run writes after each epoch and at its end: ``metrics.csv`` (the epoch over
+all ranks), ``metrics_by_rank.csv``, ``steps.csv``, ``trace.csv`` (``output.trace``),
+``model.pt``, ``checkpoint.pt``, the charts and TensorBoard's events, ``summary.json``, and the
+log lines that say the same."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.formats.records import DatasetError
+from pipelines.storage.base import RequestStats
+from training.charts import TensorBoard, write_plots
+from training.config import Config
+from training.meter import aggregate, request_summary
+from training.outputs import save_torch, write_csv, write_json
+from training.tasks import Task
+from training.trainer import History, Training, checkpoint_state
+
+log = logging.getLogger(__name__)
+
+#: ``metrics.csv`` columns common to both tasks; the task's quality columns follow them
+#: (detection: ``map_50, map, ...``; classification: ``top1, top5, balanced_acc, acc_<class>...``,
+#: see the task modules' ``quality_columns``).
+METRICS_COLUMNS = [
+    "epoch",
+    "task",
+    "access",
+    "storage",
+    "pretrained",
+    "ranks",
+    "samples",
+    "skipped",
+    "samples_dropped",
+    "boxes_dropped",
+    "bytes_read",
+    "read_s",
+    "data_wait_s",
+    "data_wait_max_s",
+    "compute_s",
+    "wall_s",
+    "read_mbps",
+    "throughput_mbps",
+    "samples_per_s",
+    "au",
+    "au_min",
+    "requests",
+    "bytes_per_request",
+    "retries",
+    "ttfb_p50_ms",
+    "ttfb_p99_ms",
+    "errors",
+    "loss",
+    "lr",
+]
+STEP_COLUMNS = [
+    "epoch",
+    "rank",
+    "step",
+    "samples",
+    "skipped",
+    "bytes_read",
+    "read_s",
+    "data_wait_s",
+    "compute_s",
+    "requests",
+    "retries",
+    "loss",
+]
+
+
+#: ``trace.csv`` (``output.trace``): one row per training sample the loop received.
+TRACE_COLUMNS = [
+    "epoch", "rank", "worker", "step", "id", "bytes", "read_start_s", "read_end_s",
+]  # fmt: skip
+
+
+@dataclass
+class RankEpoch:
+    """One rank's part of an epoch, as it travels to rank 0.
+
+    Attributes:
+        summary: its figures (:meth:`training.meter.EpochMeter.summary`) with
+            ``samples_dropped``.
+        requests: its storage requests.
+        steps: its ``steps.csv`` rows.
+        trace: its ``trace.csv`` rows (empty without ``output.trace``).
+    """
+
+    summary: dict
+    requests: RequestStats
+    steps: list[dict]
+    trace: list[dict]
+
+
+class EpochOutputs:
+    """The files a run writes after each epoch (rank 0), with the rows of the epochs before.
+
+    Args:
+        cfg: the run's configuration.
+        out: the run's folder.
+        columns: ``metrics.csv``'s columns (:data:`METRICS_COLUMNS` and the task's).
+        history: the epochs so far (from the checkpoint when resuming); rows of a resumed
+            run's earlier epochs in ``metrics_by_rank.csv`` and ``trace.csv`` are kept, those
+            of an epoch written after the checkpoint are not (it runs again).
+    """
+
+    def __init__(self, cfg: Config, out: Path, columns: list[str], history: History):
+        self.cfg, self.out, self.columns, self.history = cfg, out, columns, history
+        self.by_rank = _read_rows(out / "metrics_by_rank.csv", before=history.first_epoch)
+        trace = cfg.output.trace
+        self.traced = _read_rows(out / "trace.csv", before=history.first_epoch) if trace else []
+        self.tensorboard: TensorBoard | None = None  # opened after the first epoch, if asked
+
+    def add(self, gathered: list[RankEpoch], common: dict) -> dict:
+        """Add an epoch's rows from every rank's part; return its ``metrics.csv`` row (the
+        epoch over all ranks, :func:`training.meter.aggregate`, with ``common``)."""
+        parts = [g.summary for g in gathered]
+        row = {**aggregate(parts, [g.requests for g in gathered]), **common}
+        for rank, part in enumerate(parts):
+            self.by_rank.append(
+                {**part, "ranks": len(parts), "au_min": part["au"],
+                 "data_wait_max_s": part["data_wait_s"], **common, "rank": rank}
+            )  # fmt: skip
+        self.history.rows.append(row)
+        self.history.steps.extend(s for g in gathered for s in g.steps)
+        self.traced.extend(t for g in gathered for t in g.trace)
+        return row
+
+    def write(self, epoch: int, training: Training, world_size: int) -> None:
+        """Write the CSVs, ``model.pt`` and ``checkpoint.pt`` after ``epoch``, then the charts
+        (a chart that fails is a warning: it costs the chart only)."""
+        history, out = self.history, self.out
+        write_csv(out / "metrics.csv", history.rows, self.columns)
+        write_csv(out / "metrics_by_rank.csv", self.by_rank, ["rank", *self.columns])
+        write_csv(out / "steps.csv", history.steps, STEP_COLUMNS)
+        if self.cfg.output.trace:
+            write_csv(out / "trace.csv", self.traced, TRACE_COLUMNS)
+        save_torch(out / "model.pt", training.net.state_dict())
+        save_torch(
+            out / "checkpoint.pt",
+            checkpoint_state(training, epoch, world_size, self.cfg.to_dict(), history),
+        )
+        try:
+            write_plots(out, self.cfg.task, history.rows, history.steps)
+            if self.cfg.output.tensorboard:
+                self.tensorboard = self.tensorboard or TensorBoard(out)
+                self.tensorboard.add_epoch(self.cfg.task, history.rows[-1], history.steps)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("charts of epoch %d not written: %s: %s", epoch, type(exc).__name__, exc)
+
+    def close(self) -> None:
+        """Close TensorBoard's event file, if one was opened."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def log_epoch(epoch: int, row: dict, task: Task, gathered: list[RankEpoch]) -> None:
+    """The epoch's line (over all ranks) and, with several ranks, the worst rank's."""
+    log.info(
+        "epoch %d: %d samples (%d skipped), %.1f samples/s, read %.2f MB/s, "
+        "delivered %.2f MB/s, data wait %.1f s, compute %.1f s, AU %.3f, loss %.4f, %s",
+        epoch, row["samples"], row["skipped"], row["samples_per_s"], row["read_mbps"],
+        row["throughput_mbps"], row["data_wait_s"], row["compute_s"], row["au"], row["loss"],
+        task.describe(row),
+    )  # fmt: skip
+    if len(gathered) > 1:
+        worst = min(range(len(gathered)), key=lambda r: gathered[r].summary["au"])
+        log.info(
+            "epoch %d over %d ranks: AU mean %.3f, worst %.3f (rank %d); longest data wait "
+            "%.1f s; %d samples dropped to keep the ranks in step",
+            epoch, len(gathered), row["au"], row["au_min"], worst, row["data_wait_max_s"],
+            row["samples_dropped"],
+        )  # fmt: skip
+
+
+def run_summary(epochs: list[dict], requests: RequestStats) -> dict:
+    """Totals of the epochs this invocation ran, and their storage request figures."""
+    nbytes = sum(e["bytes_read"] for e in epochs)
+    wall = sum(e["wall_s"] for e in epochs)
+    return {
+        "first_epoch": epochs[0]["epoch"],
+        "last_epoch_run": epochs[-1]["epoch"],
+        "samples": sum(e["samples"] for e in epochs),
+        "skipped": sum(e["skipped"] for e in epochs),
+        "bytes_read": nbytes,
+        "wall_s": wall,
+        "throughput_mbps": nbytes / wall / 1e6 if wall > 0 else math.nan,
+        **request_summary(requests, nbytes),
+    }
+
+
+def write_summary(
+    cfg: Config,
+    task,
+    history: History,
+    run_requests: RequestStats,
+    out: Path,
+    *,
+    pretrained: bool,
+    main: bool = True,
+) -> dict:
+    """Write ``summary.json`` (this invocation's epochs, the last epoch's row; rank 0 only)
+    and log the storage and summary lines; return the last epoch's row.
+
+    Raises:
+        DatasetError: no epoch ran at all.
+    """
+    if not history.rows:
+        raise DatasetError("no epoch ran")
+    last = history.rows[-1]
+    run_epochs_rows = history.rows[history.first_epoch - 1 :]  # the earlier ones were resumed
+    summary = run_summary(run_epochs_rows, run_requests) if run_epochs_rows else {}
+    if not main:
+        return last
+    write_json(out / "summary.json", {**summary, "pretrained": pretrained, "last_epoch": last})
+    if summary:
+        log.info(
+            "storage over epochs %d-%d: %d requests, %.0f bytes/request, %d retries, "
+            "TTFB p50 %.2f ms p99 %.2f ms, errors: %s",
+            summary["first_epoch"],
+            summary["last_epoch_run"],
+            summary["requests"],
+            summary["bytes_per_request"],
+            summary["retries"],
+            summary["ttfb_p50_ms"],
+            summary["ttfb_p99_ms"],
+            summary["errors"] or "none",
+        )
+    log.info(
+        "summary: %s %s on %s, epoch %d: %s, %.1f samples/s, "
+        "%.2f MB/s delivered (%.2f MB/s per reader), AU %.3f; outputs in %s",
+        cfg.task,
+        cfg.access.pattern,
+        cfg.storage.type,
+        last["epoch"],
+        task.describe(last),
+        last["samples_per_s"],
+        last["throughput_mbps"],
+        last["read_mbps"],
+        last["au"],
+        out,
+    )
+    return last
+
+
+def _read_rows(path: Path, *, before: int) -> list[dict]:
+    """The rows of epochs before ``before`` in a CSV written earlier (``metrics_by_rank.csv``
+    or ``trace.csv`` of the epochs a resumed run already has); empty when it is missing."""
+    if before <= 1 or not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) < before]
