@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Team:
+class RankSubset:
     """The ranks that read at one rank count.
 
     Attributes:
@@ -99,7 +99,7 @@ def check_counts(counts: list[int], world_size: int) -> None:
 
 
 class BenchRanks:
-    """This rank's view of the benchmark's ranks: the team at each rank count, and each
+    """This rank's view of the benchmark's ranks: the subset at each rank count, and each
     rank's node.
 
     Made on every rank at the same point (it gathers every rank's node and local rank).
@@ -116,34 +116,34 @@ class BenchRanks:
         #: each rank's node, by global rank
         self.node_of = [node for node, _ in places]
         order = spread(places)
-        self.teams = {k: Team(tuple(order[:k])) for k in sorted(set(counts))}
+        self.subsets = {k: RankSubset(tuple(order[:k])) for k in sorted(set(counts))}
 
-    def team(self, k: int) -> Team:
+    def subset(self, k: int) -> RankSubset:
         """The ranks that read at rank count ``k``."""
-        return self.teams[k]
+        return self.subsets[k]
 
 
-def with_fresh_group(team: Team) -> Team:
-    """``team`` with a process group of its own for one ``train`` pass (DDP's gradient
+def with_fresh_group(subset: RankSubset) -> RankSubset:
+    """``subset`` with a process group of its own for one ``train`` pass (DDP's gradient
     exchange); unchanged for one rank. Every rank calls it (creating a group is collective);
     a new group each pass (destroyed after it: :func:`drop_group`), so that a pass that
     failed in the middle of an exchange on gloo (one rank raised, the others timed out after
     ``train.dist_timeout_s``) leaves no half-done collective behind for the next. On CUDA,
     NCCL's watchdog ends a process whose exchange timed out: the launch then ends, naming
     the rank."""
-    if team.size == 1:
-        return team
-    return Team(team.members, dist.new_group(sorted(team.members)))
+    if subset.size == 1:
+        return subset
+    return RankSubset(subset.members, dist.new_group(sorted(subset.members)))
 
 
-def drop_group(team: Team, rank: int) -> None:
-    """Destroy the process group :func:`with_fresh_group` gave ``team`` (on its members;
-    nothing for a team without one)."""
-    if team.group is not None and rank in team.members:
-        dist.destroy_process_group(team.group)
+def drop_group(subset: RankSubset, rank: int) -> None:
+    """Destroy the process group :func:`with_fresh_group` gave ``subset`` (on its members;
+    nothing for a subset without one)."""
+    if subset.group is not None and rank in subset.members:
+        dist.destroy_process_group(subset.group)
 
 
-def in_turn(fn: Callable[[], T], ranks: Ranks) -> T:
+def main_process_first(fn: Callable[[], T], ranks: Ranks) -> T:
     """Call ``fn`` on rank 0, then, once it worked there, on the other ranks: rank 0 writes
     what is missing (shards) before the others look for it.
 

@@ -17,7 +17,7 @@ from typing import TypeVar
 from bench.page_cache import evict_page_cache
 from bench.ranks import (
     BenchRanks,
-    in_turn,
+    main_process_first,
     on_main,
 )
 from common.settings import replace
@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 
 @dataclass
-class Prepared:
+class PreparedStorage:
     """One storage (and client library) ready to be read by the matrix.
 
     Attributes:
@@ -57,14 +57,14 @@ class Prepared:
     local_dir: Path | None
 
 
-def prepare_fs(cfg: Config, *, shards: bool = True) -> Prepared:
+def prepare_fs(cfg: Config, *, shards: bool = True) -> PreparedStorage:
     """The filesystem dataset of ``storage.root`` / ``storage.prefixes``, its shards written
     when missing (``shards``: only when an access pattern of the run reads them)."""
     fs_cfg = replace(cfg, storage=replace(cfg.storage, type="fs"))
     source = open_storage(fs_cfg)
     records, _ = load_split(source, fs_cfg, cfg.dataset.train_split)
     found = split_shards(source, fs_cfg, cfg.dataset.train_split, records)[1] if shards else []
-    return Prepared(source, records, found, Path(cfg.storage.root))
+    return PreparedStorage(source, records, found, Path(cfg.storage.root))
 
 
 def start_local_bucket(
@@ -130,7 +130,7 @@ def start_local_s3(
 
 def share_local_s3(
     start: Callable[[], tuple[T, Path, dict[str, str]]],
-    br: BenchRanks,
+    bench_ranks: BenchRanks,
     stack: contextlib.ExitStack,
 ) -> tuple[T, Path]:
     """Rank 0 starts a local S3 server with ``start`` (:func:`start_local_s3`,
@@ -144,13 +144,13 @@ def share_local_s3(
         ConfigError: on several nodes (the server listens on 127.0.0.1 of rank 0's machine).
         Exception: on every rank when the server could not be started or filled.
     """
-    if br.nodes > 1:
+    if bench_ranks.nodes > 1:
         raise ConfigError(
             "a local S3 server is reachable from its own machine only; with several nodes set "
             "storage.endpoint_url (S3_ENDPOINT) to the S3 endpoint every node can reach"
         )
-    value, folder, env = on_main(start, br.ranks)
-    if not br.ranks.main:  # rank 0's start set its own
+    value, folder, env = on_main(start, bench_ranks.ranks)
+    if not bench_ranks.ranks.main:  # rank 0's start set its own
         set_environment(env, stack)
     return value, folder
 
@@ -173,14 +173,14 @@ def set_environment(env: dict[str, str], stack: contextlib.ExitStack) -> None:
 
 def prepare_s3(
     cfg: Config, client_lib: str, local_dir: Path | None, *, shards: bool = True
-) -> Prepared:
+) -> PreparedStorage:
     """The S3 dataset as ``cfg.storage`` names it, read with ``client_lib`` (its shards found
     or written only when ``shards``)."""
     s3_cfg = replace(cfg, storage=replace(cfg.storage, type="s3", client_lib=client_lib))
     source = open_storage(s3_cfg)
     records, _ = load_split(source, s3_cfg, cfg.dataset.train_split)
     found = split_shards(source, s3_cfg, cfg.dataset.train_split, records)[1] if shards else []
-    return Prepared(source, records, found, local_dir)
+    return PreparedStorage(source, records, found, local_dir)
 
 
 class Storages:
@@ -195,7 +195,7 @@ class Storages:
     Args:
         cfg: the run's config (``storage.*``, ``dataset.*``).
         out: the run's folder (a local server keeps its data there).
-        br: the ranks (:class:`bench.ranks.BenchRanks`).
+        bench_ranks: the ranks (:class:`bench.ranks.BenchRanks`).
         stack: closes the local server.
         kinds: the storage kinds the run reads (``fs``, ``s3``).
         client_libs: the S3 client libraries it reads with.
@@ -205,18 +205,26 @@ class Storages:
             uploaded).
     """
 
-    def __init__(self, cfg, out, br, stack, kinds, client_libs, *, stop: bool, shards=True):
-        self.cfg, self.out, self.br, self.stack, self.stop = cfg, out, br, stack, stop
+    def __init__(
+        self, cfg, out, bench_ranks, stack, kinds, client_libs, *, stop: bool, shards=True
+    ):
+        self.cfg, self.out, self.bench_ranks, self.stack, self.stop = (
+            cfg,
+            out,
+            bench_ranks,
+            stack,
+            stop,
+        )
         self.shards = shards
         self.client_libs = list(dict.fromkeys(client_libs))
-        self.prepared: dict[tuple[str, str], Prepared] = {}
+        self.prepared: dict[tuple[str, str], PreparedStorage] = {}
         self.unprepared: dict[tuple[str, str], Exception] = {}
         endpoint = cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
         self.local_s3 = distributed.gather("s3" in kinds and not endpoint)[0]
         if "fs" in kinds or self.local_s3:
             self._prepare(("fs", "-"), lambda: prepare_fs(cfg, shards=shards))
 
-    def get(self, kind: str, client_lib: str) -> Prepared:
+    def get(self, kind: str, client_lib: str) -> PreparedStorage:
         """The prepared storage (``client_lib`` ``-`` for fs); preparing S3 the first time.
 
         Raises:
@@ -240,15 +248,15 @@ class Storages:
         every client library), or None."""
         from pipelines.storage.s3 import S3Storage
 
-        for prep in self.prepared.values():
-            if isinstance(prep.source.storage, S3Storage):
-                return prep.source.storage
+        for target in self.prepared.values():
+            if isinstance(target.source.storage, S3Storage):
+                return target.source.storage
         return None
 
     def _prepare(self, key: tuple[str, str], fn) -> None:
         """Prepare one storage, rank 0 first (it writes what is missing)."""
         try:
-            self.prepared[key] = in_turn(fn, self.br.ranks)
+            self.prepared[key] = main_process_first(fn, self.bench_ranks.ranks)
         except Exception as exc:
             if self.stop:
                 raise
@@ -259,7 +267,7 @@ class Storages:
         if self.local_s3:
             s3_cfg, s3_dir = share_local_s3(
                 lambda: start_local_s3(self.cfg, self.stack, self.out, shards=self.shards),
-                self.br,
+                self.bench_ranks,
                 self.stack,
             )
         for lib in self.client_libs:
@@ -268,21 +276,21 @@ class Storages:
             )
 
 
-def case_keys(prepared: Prepared, access: str) -> list[str]:
+def case_keys(prepared: PreparedStorage, access: str) -> list[str]:
     """The storage keys ``access`` reads: the shards, or the images."""
     if access == "shards":
         return [s.key for s in prepared.shards]
     return [r.image_key for r in prepared.records]
 
 
-def case_files(prepared: Prepared, access: str) -> list[Path]:
+def case_files(prepared: PreparedStorage, access: str) -> list[Path]:
     """The local files behind what ``access`` reads (for page-cache eviction)."""
     if prepared.local_dir is None:
         return []
     return [prepared.local_dir / key for key in case_keys(prepared, access)]
 
 
-def cold_dir(prepared: Prepared, access: str) -> Path | None:
+def cold_dir(prepared: PreparedStorage, access: str) -> Path | None:
     """Prepare a cold pass: flush and evict the files ``access`` reads from the page cache.
 
     Returns:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from bench.loading.case import Case, run_case
 from bench.loading.config import BenchConfig
-from bench.ranks import Team
+from bench.ranks import RankSubset
 from bench.storages import prepare_fs
 from common.settings import replace
 from tests.helpers import REPO
@@ -53,16 +53,16 @@ def main() -> None:
         ],
         BenchConfig,
     )  # fmt: skip
-    prep = prepare_fs(cfg, shards=False)
-    storage = SlowReads(prep.source.storage, DELAY_S if rank == 1 else 0.0)
-    classes = class_names(cfg, prep.records)
+    target = prepare_fs(cfg, shards=False)
+    storage = SlowReads(target.source.storage, DELAY_S if rank == 1 else 0.0)
+    classes = class_names(cfg, target.records)
     aus = {}
     for sync in ("step", "none"):
-        team = Team((0, 1), dist.new_group([0, 1]))
+        subset = RankSubset((0, 1), dist.new_group([0, 1]))
         part = run_case(
             Case("emulate", "random", "fs", "-", 0, 2),
-            replace(cfg, bench=replace(cfg.bench, sync=sync)), storage, prep.records, None,
-            classes, pass_index=1, repeat=1, team=team, part=rank,
+            replace(cfg, bench=replace(cfg.bench, sync=sync)), storage, target.records, None,
+            classes, pass_index=1, repeat=1, subset=subset, part=rank,
         )  # fmt: skip
         gathered = [None, None]
         dist.all_gather_object(gathered, part.row["au"])

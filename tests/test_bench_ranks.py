@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench.loading.case import PassPart, combine, rank_samples
-from bench.ranks import BenchRanks, Team, check_counts, spread
+from bench.ranks import BenchRanks, RankSubset, check_counts, spread
 from bench.resources import CpuUse
 from pipelines.storage.base import RequestStats
 from training.config import ConfigError
@@ -22,16 +22,16 @@ def test_the_ranks_in_use_are_spread_over_the_nodes():
     for k in range(1, 7):
         nodes = [places[r][0] for r in order[:k]]
         assert abs(nodes.count(0) - nodes.count(1)) <= 1  # as even as k allows
-    team = Team(tuple(order[:4]))
-    assert [team.part(r) for r in range(6)] == [0, 2, None, 1, 3, None]
+    subset = RankSubset(tuple(order[:4]))
+    assert [subset.part(r) for r in range(6)] == [0, 2, None, 1, 3, None]
     node_of = [node for node, _ in places]
-    evicting = [r for r in range(6) if team.first_on_node(r, node_of)]
+    evicting = [r for r in range(6) if subset.first_on_node(r, node_of)]
     assert evicting == [0, 3]  # one rank per node drops its page cache before a cold pass
 
 
 def test_one_rank_without_a_process_group():
-    br = BenchRanks(ONE_RANK, [1])
-    assert br.team(1) == Team((0,)) and br.nodes == 1
+    bench_ranks = BenchRanks(ONE_RANK, [1])
+    assert bench_ranks.subset(1) == RankSubset((0,)) and bench_ranks.nodes == 1
 
 
 def test_a_launch_that_does_not_fit_bench_ranks_says_how_to_launch():

@@ -23,7 +23,7 @@ import torch
 from bench.checkpoint.config import CheckpointBenchConfig, CheckpointSection
 from bench.checkpoint.parts import (
     TENSOR_BYTES,
-    FsPlace,
+    FsLocation,
     OperationCounter,
     SaveStream,
     Transfer,
@@ -109,26 +109,26 @@ def test_the_summary_takes_the_slowest_rank_per_checkpoint_then_the_mean():
 
 
 def test_nothing_to_evict_is_said_not_taken_for_a_cold_read(tmp_path):
-    place = FsPlace(tmp_path)
-    assert make_cold(place, "torch.save", 1).startswith("nothing found to evict in")
+    location = FsLocation(tmp_path)
+    assert make_cold(location, "torch.save", 1).startswith("nothing found to evict in")
     settings = CheckpointSection()
-    write("torch.save", place, 1, 0, random_part(1000, 0), settings)
-    assert make_cold(place, "torch.save", 1) == "evicted"
+    write("torch.save", location, 1, 0, random_part(1000, 0), settings)
+    assert make_cold(location, "torch.save", 1) == "evicted"
 
 
 def test_a_damaged_checkpoint_file_is_found_when_read_back(tmp_path):
     cfg = CheckpointSection()
-    place, part = FsPlace(tmp_path), random_part(100_000, 0)
-    write("torch.save", place, 1, 0, part, cfg)
-    path = place.folder("torch.save", 1) / "rank-0.pt"
-    assert not list(path.parent.glob(".*.tmp"))  # written beside, renamed into place
+    location, part = FsLocation(tmp_path), random_part(100_000, 0)
+    write("torch.save", location, 1, 0, part, cfg)
+    path = location.folder("torch.save", 1) / "rank-0.pt"
+    assert not list(path.parent.glob(".*.tmp"))  # written beside, renamed into location
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert "differs" in read("torch.save", place, 1, 0, part, cfg).mismatch
+    assert "differs" in read("torch.save", location, 1, 0, part, cfg).mismatch
     path.write_bytes(bytes(data[:5000]))
     with pytest.raises(StorageError, match="damaged or truncated"):
-        read("torch.save", place, 1, 0, part, cfg)
+        read("torch.save", location, 1, 0, part, cfg)
 
 
 # -- S3 ------------------------------------------------------------------------------------------

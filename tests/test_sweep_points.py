@@ -22,13 +22,13 @@ from training.engine import measure_steps
 from training.tasks import class_to_index, load_task
 
 
-def early_samples(cfg, prep, *, compute_s: float = 0.3) -> tuple[int, int]:
+def early_samples(cfg, target, *, compute_s: float = 0.3) -> tuple[int, int]:
     """Samples of the measured steps whose read began before the measured clock started, with
     ``cfg``'s loader settings (each step sleeps ``compute_s``); and the bound the sweep
     states, one batch per DataLoader worker."""
     loader = build_loader(
-        prep.source.storage, prep.records, access="random", transform=None,
-        class_to_index=class_to_index(load_task(cfg), class_names(cfg, prep.records)),
+        target.source.storage, target.records, access="random", transform=None,
+        class_to_index=class_to_index(load_task(cfg), class_names(cfg, target.records)),
         settings=cfg.loader, shuffle=True, seed=0,
     )  # fmt: skip
     loader.set_epoch(0)
@@ -45,12 +45,12 @@ def test_read_ahead_when_the_measured_steps_begin_is_one_batch_per_reader():
     base = load_config(REPO / "configs/detection.yaml", command=SweepConfig)
     w = workload("bccd")  # batch 4, 2 readers
     sweep_cfg = points_config(base, w, REPO / "data/bccd", 0.3, 1)
-    prep = prepare_fs(sweep_cfg, shards=False)
-    early, bound = early_samples(sweep_cfg, prep)
+    target = prepare_fs(sweep_cfg, shards=False)
+    early, bound = early_samples(sweep_cfg, target)
     assert 0 < early <= bound  # read while the warm-up step computed: one batch per reader
     # PyTorch's default of two batches per worker reads further ahead: the bound is the setting's
     default = replace(sweep_cfg, loader=replace(sweep_cfg.loader, prefetch_factor=2))
-    assert early_samples(default, prep)[0] > bound
+    assert early_samples(default, target)[0] > bound
 
 
 def test_a_random_only_sweep_writes_no_shards_and_a_summary_per_point(tmp_path, capsys):

@@ -2,7 +2,7 @@
 ``load`` of every rank's part at once (a collective), with PyTorch's ``FileSystemWriter`` /
 ``FileSystemReader`` on fs and s3torchconnector's ``S3StorageWriter`` / ``S3StorageReader`` on
 S3 (https://pytorch.org/docs/stable/distributed.checkpoint.html; s3torchconnector's
-``dcp`` module). The parts, places and comparison are :mod:`bench.checkpoint.parts`'s."""
+``dcp`` module). The parts, locations and comparison are :mod:`bench.checkpoint.parts`'s."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from bench.checkpoint.parts import FsPlace, Transfer, as_bytes, differences, part_bytes
+from bench.checkpoint.parts import FsLocation, Transfer, as_bytes, differences, part_bytes
 from common.errors import error_line
 from pipelines.storage.base import StorageError
 from training import distributed
@@ -22,7 +22,7 @@ from training import distributed
 log = logging.getLogger(__name__)
 
 
-def dcp_write(place, index: int, part: dict, writer) -> Transfer:
+def dcp_write(location, index: int, part: dict, writer) -> Transfer:
     """``dcp.save`` of every rank's part: a collective (every rank calls it at once) on the
     long-waiting group, so that ranks waiting for a slow one do not time out. Each rank's time
     ends with DCP's closing collective: it is about the slowest rank's."""
@@ -34,12 +34,12 @@ def dcp_write(place, index: int, part: dict, writer) -> Transfer:
             dcp.save(part, storage_writer=writer, process_group=distributed.long_group())
         except (Exception, dcp.CheckpointException) as exc:  # every rank's errors, gathered
             raise StorageError(
-                f"dcp cannot write {place.describe('dcp', index)}: {_dcp_cause(exc)}"
+                f"dcp cannot write {location.describe('dcp', index)}: {_dcp_cause(exc)}"
             ) from None
     return Transfer(time.perf_counter() - start, part_bytes(part))
 
 
-def dcp_read(place, index: int, part: dict, reader) -> Transfer:
+def dcp_read(location, index: int, part: dict, reader) -> Transfer:
     """``dcp.load`` into tensors allocated beforehand (as a model's are) and filled with the
     complement of what is expected (a tensor DCP left unread cannot compare equal), then
     compared."""
@@ -54,15 +54,15 @@ def dcp_read(place, index: int, part: dict, reader) -> Transfer:
             dcp.load(got, storage_reader=reader, process_group=distributed.long_group())
         except (Exception, dcp.CheckpointException) as exc:
             raise StorageError(
-                f"dcp cannot read {place.describe('dcp', index)}: {_dcp_cause(exc)}"
+                f"dcp cannot read {location.describe('dcp', index)}: {_dcp_cause(exc)}"
             ) from None
     seconds = time.perf_counter() - start
     return Transfer(seconds, part_bytes(part), mismatch=differences(part, got))
 
 
-def dcp_storage(place, index: int, cfg, *, write: bool):
-    """DCP's storage writer (or reader) of checkpoint ``index`` on ``place``: PyTorch's own
-    for fs, s3torchconnector's for S3 (given a client for the place's endpoint: its
+def dcp_storage(location, index: int, cfg, *, write: bool):
+    """DCP's storage writer (or reader) of checkpoint ``index`` on ``location``: PyTorch's own
+    for fs, s3torchconnector's for S3 (given a client for the location's endpoint: its
     constructor takes none). No request is sent.
 
     Raises:
@@ -70,8 +70,8 @@ def dcp_storage(place, index: int, cfg, *, write: bool):
     """
     from torch.distributed import checkpoint as dcp
 
-    if isinstance(place, FsPlace):
-        folder = place.folder("dcp", index)
+    if isinstance(location, FsLocation):
+        folder = location.folder("dcp", index)
         if write:
             return dcp.FileSystemWriter(folder, sync_files=True, thread_count=cfg.concurrency)
         return dcp.FileSystemReader(folder)
@@ -84,25 +84,25 @@ def dcp_storage(place, index: int, cfg, *, write: bool):
             "checkpoint method dcp on S3 needs s3torchconnector: `uv pip install "
             "s3torchconnector`, or checkpoint.methods: [torch.save]"
         ) from None
-    storage = place.storage
+    storage = location.storage
     config = S3ClientConfig(
         part_size=cfg.part_size_mib * 2**20,
         force_path_style=storage.addressing_style == "path",
         max_attempts=storage.max_attempts,
     )
-    uri = place.uri("dcp", index)
+    uri = location.uri("dcp", index)
     if write:
         dcp_storage = S3StorageWriter(
-            place.region, uri, s3client_config=config, thread_count=cfg.concurrency
+            location.region, uri, s3client_config=config, thread_count=cfg.concurrency
         )
         constructor = None
     else:
-        dcp_storage = S3StorageReader(place.region, uri, s3client_config=config)
+        dcp_storage = S3StorageReader(location.region, uri, s3client_config=config)
         constructor = dcp_storage._reader_constructor
-    client = S3Client(place.region, endpoint=storage.endpoint_url, s3client_config=config)
+    client = S3Client(location.region, endpoint=storage.endpoint_url, s3client_config=config)
     # s3torchconnector 1.5's writer and reader build a client without an endpoint (AWS only);
     # their file system takes one: replace it before any request is sent
-    dcp_storage.fs = S3FileSystem(place.region, s3_client=client, reader_constructor=constructor)
+    dcp_storage.fs = S3FileSystem(location.region, s3_client=client, reader_constructor=constructor)
     return dcp_storage
 
 

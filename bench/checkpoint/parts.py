@@ -11,7 +11,7 @@ A part is a ``{name: tensor}`` dict: random bf16 tensors of :data:`TENSOR_BYTES`
 (:func:`random_part`), or the tensors of a training run's ``checkpoint.pt`` split over the
 ranks (:func:`model_parts`). Two methods write and read it:
 
-- ``torch.save``: one file per rank (fs: written beside its place, flushed, ``fsync``-ed,
+- ``torch.save``: one file per rank (fs: written beside its location, flushed, ``fsync``-ed,
   renamed; read by ``torch.load``) or one object per rank (S3: ``torch.save`` streams through a
   pipe into a boto3 multipart upload; read back by ranged GETs into memory, then ``torch.load``).
 - ``dcp``: ``torch.distributed.checkpoint.save`` / ``load`` (a collective over the ranks) with
@@ -25,7 +25,7 @@ the page cache (fs, and the local S3 server's files on this machine), and every 
 client. After the read, every tensor is compared byte for byte with what was written
 (:func:`differences`).
 
-Why one module of this size: the parts, the two places (fs, S3), the ``torch.save`` write and
+Why one module of this size: the parts, the two locations (fs, S3), the ``torch.save`` write and
 read, the S3 stream adapter and the cold read are what one rank does and are read together;
 ``dcp``'s calls are :mod:`bench.checkpoint.dcp`.
 """
@@ -195,7 +195,7 @@ class Transfer:
 
 
 @dataclass(frozen=True)
-class FsPlace:
+class FsLocation:
     """The filesystem under test: checkpoint ``i`` of a method is the folder
     ``<root>/<method>/ckpt-<i>``; torch.save's file of rank ``r`` is ``rank-<r>.pt`` in it."""
 
@@ -211,7 +211,7 @@ class FsPlace:
 
 
 @dataclass(frozen=True)
-class S3Place:
+class S3Location:
     """An S3 bucket under test: checkpoint ``i`` of a method is the prefix
     ``<storage's prefix>/<method>/ckpt-<i>/``.
 
@@ -244,24 +244,24 @@ class S3Place:
 # -- writes and reads ----------------------------------------------------------------------------
 
 
-def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
+def write(method: str, location, index: int, rank: int, part: dict, cfg) -> Transfer:
     """Write rank ``rank``'s ``part`` as checkpoint ``index`` of ``method`` (``torch.save``;
-    ``dcp`` is :func:`bench.checkpoint.dcp.dcp_write`) to ``place``.
+    ``dcp`` is :func:`bench.checkpoint.dcp.dcp_write`) to ``location``.
 
     Args:
         cfg: ``checkpoint.*`` (:class:`bench.checkpoint.config.CheckpointSection`).
 
     Raises:
-        StorageError: the storage refused or failed (the message names the place).
+        StorageError: the storage refused or failed (the message names the location).
     """
-    if isinstance(place, FsPlace):
-        path = place.folder(method, index) / f"rank-{rank}.pt"
+    if isinstance(location, FsLocation):
+        path = location.folder(method, index) / f"rank-{rank}.pt"
         start = time.perf_counter()
         _save_file(part, path)
         return Transfer(time.perf_counter() - start, part_bytes(part))
-    storage = place.storage.with_connections(cfg.concurrency)  # a new client of its own
+    storage = location.storage.with_connections(cfg.concurrency)  # a new client of its own
     counter = OperationCounter(storage.client())
-    key = f"{place.key(method, index)}/rank-{rank}.pt"
+    key = f"{location.key(method, index)}/rank-{rank}.pt"
     start = time.perf_counter()
     with SaveStream(part) as stream:
         storage.upload_stream(
@@ -271,22 +271,22 @@ def write(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfe
     return Transfer(seconds, part_bytes(part), counter.counts(), counter.retries())
 
 
-def read(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer:
+def read(method: str, location, index: int, rank: int, part: dict, cfg) -> Transfer:
     """Read rank ``rank``'s part of checkpoint ``index`` back, with a new client, and compare
     it with ``part`` (untimed); ``torch.save`` (``dcp``: :func:`bench.checkpoint.dcp.dcp_read`).
 
     Raises:
         StorageError: the storage failed, or what came back is not a checkpoint.
     """
-    if isinstance(place, FsPlace):
-        path = place.folder(method, index) / f"rank-{rank}.pt"
+    if isinstance(location, FsLocation):
+        path = location.folder(method, index) / f"rank-{rank}.pt"
         start = time.perf_counter()
         got = _load(path, str(path))
         seconds = time.perf_counter() - start
         return Transfer(seconds, part_bytes(part), mismatch=differences(part, got))
-    storage = place.storage.with_connections(cfg.concurrency)
+    storage = location.storage.with_connections(cfg.concurrency)
     counter = OperationCounter(storage.client())
-    key = f"{place.key(method, index)}/rank-{rank}.pt"
+    key = f"{location.key(method, index)}/rank-{rank}.pt"
     start = time.perf_counter()
     buffer = io.BytesIO()
     storage.download_stream(
@@ -306,7 +306,7 @@ def read(method: str, place, index: int, rank: int, part: dict, cfg) -> Transfer
 
 def _save_file(part: dict, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, flushed and ``fsync``-ed, renamed
-    into place, the folder ``fsync``-ed: durable, and never a partial file at ``path``."""
+    into location, the folder ``fsync``-ed: durable, and never a partial file at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -436,7 +436,7 @@ class OperationCounter:
 # -- a cold read ---------------------------------------------------------------------------------
 
 
-def make_cold(place, method: str, index: int) -> str:
+def make_cold(location, method: str, index: int) -> str:
     """Evict checkpoint ``index`` of ``method`` from this machine's page cache where its bytes
     live here (fs; the local S3 server's files). Called once per node, after every rank wrote.
 
@@ -449,10 +449,10 @@ def make_cold(place, method: str, index: int) -> str:
     Raises:
         StorageError: a file of the checkpoint cannot be opened.
     """
-    if isinstance(place, FsPlace):
-        folder = place.folder(method, index)
-    elif place.local_dir is not None:
-        folder = place.local_dir / place.key(method, index)
+    if isinstance(location, FsLocation):
+        folder = location.folder(method, index)
+    elif location.local_dir is not None:
+        folder = location.local_dir / location.key(method, index)
     else:
         return "new client (the server's own cache is not cleared)"
     files = [p for p in folder.rglob("*") if p.is_file()]
@@ -465,7 +465,7 @@ def make_cold(place, method: str, index: int) -> str:
     return "evicted" if evicted else "not evicted (no posix_fadvise here)"
 
 
-def remove(place, method: str, index: int, *, everything: bool = False) -> None:
+def remove(location, method: str, index: int, *, everything: bool = False) -> None:
     """Delete checkpoint ``index`` of ``method`` (only what the run wrote: its own folder or
     prefix; ``everything``: all the run's checkpoints). fs: once per node (a missing folder is
     fine); S3: once.
@@ -473,14 +473,14 @@ def remove(place, method: str, index: int, *, everything: bool = False) -> None:
     Raises:
         StorageError: the deletion failed.
     """
-    if isinstance(place, FsPlace):
+    if isinstance(location, FsLocation):
         try:
-            shutil.rmtree(place.root if everything else place.folder(method, index))
+            shutil.rmtree(location.root if everything else location.folder(method, index))
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise StorageError(f"cannot delete {exc.filename}: {exc.strerror}") from None
         return
-    prefix = "" if everything else place.key(method, index)
-    for key in list(relative_keys(place.storage, prefix)):
-        place.storage.delete(f"{prefix}/{key}" if prefix else key)
+    prefix = "" if everything else location.key(method, index)
+    for key in list(relative_keys(location.storage, prefix)):
+        location.storage.delete(f"{prefix}/{key}" if prefix else key)

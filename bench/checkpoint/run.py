@@ -36,8 +36,8 @@ import psutil
 from bench.checkpoint.config import CheckpointBenchConfig
 from bench.checkpoint.dcp import dcp_read, dcp_storage, dcp_write
 from bench.checkpoint.parts import (
-    FsPlace,
-    S3Place,
+    FsLocation,
+    S3Location,
     make_cold,
     model_parts,
     part_bytes,
@@ -85,12 +85,14 @@ def run_checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) ->
             f"checkpoint.ranks is {ck.ranks} but this launch has {ranks.world_size} rank(s): "
             "make checkpoint-bench NPROC=N sets it to N x NNODES"
         )
-    br = BenchRanks(ranks, [ranks.world_size])
-    first_on_node = br.team(ranks.world_size).first_on_node(ranks.rank, br.node_of)
+    bench_ranks = BenchRanks(ranks, [ranks.world_size])
+    first_on_node = bench_ranks.subset(ranks.world_size).first_on_node(
+        ranks.rank, bench_ranks.node_of
+    )
     on_main(lambda: out.mkdir(parents=True, exist_ok=True), ranks)
     # free memory measured by every rank before any allocates its part
     free = distributed.gather(psutil.virtual_memory().available)
-    part = everywhere(lambda: this_part(cfg, ranks, br, free))
+    part = everywhere(lambda: this_part(cfg, ranks, bench_ranks, free))
     nbytes = distributed.gather(part_bytes(part))
     if ranks.main:
         print(
@@ -101,17 +103,19 @@ def run_checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) ->
     with contextlib.ExitStack() as stack:
         for kind in ck.storages:
             try:
-                place = open_place(kind, cfg, out, stack, br, first_on_node)
+                location = open_place(kind, cfg, out, stack, bench_ranks, first_on_node)
             except Exception as exc:  # noqa: BLE001 - agreed on every rank: rows say why; go on
                 rows.extend(error_row(kind, m, 1, exc) for m in ck.methods)
                 _say(ranks, f"{kind}: {error_text(exc)}")
                 continue
             for method in ck.methods:
-                if kind == "s3" and method == "dcp" and place.local_dir is not None:
+                if kind == "s3" and method == "dcp" and location.local_dir is not None:
                     rows.append(skipped_row(kind, method, LOCAL_SERVER_NO_CRT_WRITES))
                     _say(ranks, f"{kind} {method}: not run: {LOCAL_SERVER_NO_CRT_WRITES}")
                     continue
-                rows.extend(run_method(kind, method, place, part, cfg, br, first_on_node))
+                rows.extend(
+                    run_method(kind, method, location, part, cfg, bench_ranks, first_on_node)
+                )
                 if ranks.main:
                     save_rows(out, rows)
         distributed.barrier(long=True)  # every rank done before the folders and server go
@@ -127,7 +131,9 @@ def save_rows(out: Path, rows: list[dict]) -> None:
         log.warning("cannot write %s: %s", out / "results.csv", exc)
 
 
-def this_part(cfg: CheckpointBenchConfig, ranks: Ranks, br: BenchRanks, free: list[int]) -> dict:
+def this_part(
+    cfg: CheckpointBenchConfig, ranks: Ranks, bench_ranks: BenchRanks, free: list[int]
+) -> dict:
     """This rank's part: an equal share of ``checkpoint.size_gb`` of random tensors, or its
     share of ``checkpoint.model``'s tensors. ``free``: every rank's free memory in bytes,
     measured before any part was made (the least on this node counts).
@@ -141,9 +147,9 @@ def this_part(cfg: CheckpointBenchConfig, ranks: Ranks, br: BenchRanks, free: li
         return model_parts(ck.model, ranks.world_size)[ranks.rank]
     total = int(ck.size_gb * 1e9)
     nbytes = total // ranks.world_size + (ranks.rank < total % ranks.world_size)
-    node = br.node_of[ranks.rank]
-    here = br.node_of.count(node)
-    available = min(f for r, f in enumerate(free) if br.node_of[r] == node)
+    node = bench_ranks.node_of[ranks.rank]
+    here = bench_ranks.node_of.count(node)
+    available = min(f for r, f in enumerate(free) if bench_ranks.node_of[r] == node)
     needed = PARTS_IN_MEMORY * nbytes * here
     if needed > 0.9 * available:
         raise ConfigError(
@@ -160,7 +166,7 @@ def open_place(
     cfg: CheckpointBenchConfig,
     out: Path,
     stack: contextlib.ExitStack,
-    br: BenchRanks,
+    bench_ranks: BenchRanks,
     first_on_node: bool,
 ):
     """Where the run's checkpoints go on ``kind``: a new folder under ``checkpoint.fs_dir``, or
@@ -182,11 +188,11 @@ def open_place(
         return Path(tempfile.mkdtemp(prefix=f"{out.name}-", dir=fs_dir)).name
 
     if kind == "fs":
-        root = fs_dir / on_main(new_name, br.ranks)
+        root = fs_dir / on_main(new_name, bench_ranks.ranks)
         everywhere(lambda: root.mkdir(parents=True, exist_ok=True))  # nodes without a shared fs
         if first_on_node:
             stack.callback(shutil.rmtree, root, ignore_errors=True)
-        return FsPlace(root)
+        return FsLocation(root)
     from pipelines.storage.s3 import S3Storage
 
     endpoint, bucket, region = distributed.gather(
@@ -197,14 +203,16 @@ def open_place(
         )
     )[0]
     name = f"{out.name}-{os.urandom(4).hex()}"
-    prefix = "/".join(p for p in (ck.s3_prefix.strip("/"), on_main(lambda: name, br.ranks)) if p)
+    prefix = "/".join(
+        p for p in (ck.s3_prefix.strip("/"), on_main(lambda: name, bench_ranks.ranks)) if p
+    )
     local_dir = None
     if not endpoint:
         # no ETags: rclone would hash the whole object for every ranged GET of a read
         start = functools.partial(start_local_bucket, stack, out, etag_hash="")
-        endpoint, bucket_dir = share_local_s3(start, br, stack)
+        endpoint, bucket_dir = share_local_s3(start, bench_ranks, stack)
         bucket, local_dir = LOCAL_BUCKET, bucket_dir / prefix
-        _say(br.ranks, f"local S3 server {endpoint}")
+        _say(bench_ranks.ranks, f"local S3 server {endpoint}")
     elif not bucket:
         raise ConfigError(
             "checkpoint-bench on S3 needs a bucket: storage.bucket or S3_BUCKET (without an "
@@ -222,40 +230,42 @@ def open_place(
             read_timeout_s=cfg.storage.read_timeout_s,
         )
     )
-    place = S3Place(storage, region, local_dir)
-    if br.ranks.main:
-        stack.callback(remove_all, place)
-    return place
+    location = S3Location(storage, region, local_dir)
+    if bench_ranks.ranks.main:
+        stack.callback(remove_all, location)
+    return location
 
 
 def run_method(
     kind: str,
     method: str,
-    place,
+    location,
     part: dict,
     cfg: CheckpointBenchConfig,
-    br: BenchRanks,
+    bench_ranks: BenchRanks,
     first_on_node: bool,
 ) -> list[dict]:
-    """``checkpoint.checkpoints`` checkpoints of ``method`` on ``place``: written, made cold,
+    """``checkpoint.checkpoints`` checkpoints of ``method`` on ``location``: written, made cold,
     read back and compared, deleted. Every rank calls it; rank 0's rows are the result.
 
     A failure on any rank stops the method on every rank, with one error row; what was
     measured before it stays.
     """
-    ranks = br.ranks
+    ranks = bench_ranks.ranks
     rows: list[dict] = []
     for index in range(1, cfg.checkpoint.checkpoints + 1):
-        where = place.describe(method, index)
+        where = location.describe(method, index)
         try:
-            call = functools.partial(_transfer, method, place, index, ranks.rank, part, cfg)
-            writer = everywhere(functools.partial(_dcp_storage, method, place, index, cfg, True))
+            call = functools.partial(_transfer, method, location, index, ranks.rank, part, cfg)
+            writer = everywhere(functools.partial(_dcp_storage, method, location, index, cfg, True))
             distributed.barrier(long=True)  # the ranks start each direction together
             writes = gather_agreed(*attempt(call(write, writer)))
-            cold = functools.partial(make_cold, place, method, index)
+            cold = functools.partial(make_cold, location, method, index)
             caches = gather_agreed(*attempt(cold if first_on_node else lambda: None))
             cache = next(c for c in caches if c is not None)
-            reader = everywhere(functools.partial(_dcp_storage, method, place, index, cfg, False))
+            reader = everywhere(
+                functools.partial(_dcp_storage, method, location, index, cfg, False)
+            )
             distributed.barrier(long=True)
             reads = gather_agreed(*attempt(call(read, reader)))
         except Exception as exc:  # noqa: BLE001 - agreed on every rank: one row, next method
@@ -263,7 +273,7 @@ def run_method(
             _say(ranks, f"{kind} {method} checkpoint {index}: {error_text(exc)}")
             break
         finally:
-            _cleanup(place, method, index, ranks, first_on_node)
+            _cleanup(location, method, index, ranks, first_on_node)
         new = [
             transfer_row(kind, method, index, rank, direction, t, cache, where)
             for direction, transfers in (("write", writes), ("read", reads))
@@ -277,7 +287,7 @@ def run_method(
 
 def _transfer(
     method: str,
-    place,
+    location,
     index: int,
     rank: int,
     part: dict,
@@ -291,36 +301,36 @@ def _transfer(
     failure there reaches the other ranks before DCP's collectives)."""
     if method == "dcp":
         call = dcp_write if direction is write else dcp_read
-        return functools.partial(call, place, index, part, dcp_io)
-    return functools.partial(direction, method, place, index, rank, part, cfg.checkpoint)
+        return functools.partial(call, location, index, part, dcp_io)
+    return functools.partial(direction, method, location, index, rank, part, cfg.checkpoint)
 
 
-def _dcp_storage(method: str, place, index: int, cfg: CheckpointBenchConfig, write: bool):
+def _dcp_storage(method: str, location, index: int, cfg: CheckpointBenchConfig, write: bool):
     """For ``dcp``, its storage writer or reader (:func:`bench.checkpoint.dcp.dcp_storage`); None
     for the other methods."""
     if method != "dcp":
         return None
-    return dcp_storage(place, index, cfg.checkpoint, write=write)
+    return dcp_storage(location, index, cfg.checkpoint, write=write)
 
 
-def remove_all(place) -> None:
+def remove_all(location) -> None:
     """Delete everything under the run's S3 prefix (what a failed delete or an interrupted
     checkpoint left); a failure is a warning."""
     try:
-        remove(place, "", 0, everything=True)
+        remove(location, "", 0, everything=True)
     except Exception as exc:  # noqa: BLE001
-        log.warning("could not delete %s: %s", place.storage.describe(), exc)
+        log.warning("could not delete %s: %s", location.storage.describe(), exc)
 
 
-def _cleanup(place, method: str, index: int, ranks: Ranks, first_on_node: bool) -> None:
+def _cleanup(location, method: str, index: int, ranks: Ranks, first_on_node: bool) -> None:
     """Delete the checkpoint (fs: once per node; S3: rank 0); a failure is logged on rank 0,
     and the ranks stay in step."""
-    once = first_on_node if isinstance(place, FsPlace) else ranks.main
+    once = first_on_node if isinstance(location, FsLocation) else ranks.main
     try:
-        everywhere(lambda: remove(place, method, index) if once else None)
+        everywhere(lambda: remove(location, method, index) if once else None)
     except Exception as exc:  # noqa: BLE001
         if ranks.main:
-            log.warning("could not delete %s: %s", place.describe(method, index), exc)
+            log.warning("could not delete %s: %s", location.describe(method, index), exc)
 
 
 def transfer_row(kind, method, index, rank, direction, t, cache, where) -> dict:

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from bench.loading.config import BenchConfig
-from bench.ranks import Team, node_of_this_rank
+from bench.ranks import RankSubset, node_of_this_rank
 from bench.resources import CpuUse, ResourceSampler, device_of
 from common.settings import replace
 from pipelines.access.loaders import EpochLoader, build_loader
@@ -58,7 +58,7 @@ from training.tasks import class_to_index, load_task
 MODES = ("read", "emulate", "train")
 
 #: One rank reading alone.
-ONE = Team((0,))
+ONE = RankSubset((0,))
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,11 @@ def expand_matrix(cfg: BenchConfig) -> list[Case]:
     return cases
 
 
-def compute_fn(case: Case, cfg: BenchConfig, classes: list[str], team: Team = ONE):
+def compute_fn(case: Case, cfg: BenchConfig, classes: list[str], subset: RankSubset = ONE):
     """The per-step work of ``case.mode`` (see the module doc); returns ``compute(batch, step)``.
 
     ``train`` builds the task's model from scratch (no download), the same for every case, on
-    this rank's device; with several ranks in ``team`` it is wrapped in
+    this rank's device; with several ranks in ``subset`` it is wrapped in
     DistributedDataParallel over their group, so each step exchanges gradients as training
     with ``make train NPROC=`` does.
     """
@@ -129,11 +129,11 @@ def compute_fn(case: Case, cfg: BenchConfig, classes: list[str], team: Team = ON
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    if team.size > 1:
+    if subset.size > 1:
         model = DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            process_group=team.group,
+            process_group=subset.group,
         )
     precision = Precision(cfg.train.precision, device)
     return step_fn(task, model, optimizer, None, device, epoch=0, precision=precision)
@@ -268,17 +268,17 @@ def run_case(
     *,
     pass_index: int,
     repeat: int,
-    team: Team = ONE,
+    subset: RankSubset = ONE,
     part: int = 0,
     local_dir: Path | None = None,
 ) -> PassPart:
     """Run this rank's part of one pass of one configuration, reading ``repeat`` epochs at
     most (:func:`pass_repeat`).
 
-    With several ranks in ``team``, this rank (its ``part``) reads its part of each epoch's
+    With several ranks in ``subset``, this rank (its ``part``) reads its part of each epoch's
     split (:func:`pipelines.access.loaders.build_loader`'s ``rank`` and ``world_size``, with equal
     steps on every rank); every rank runs the same warm-up and measured steps. In ``emulate``
-    mode with ``bench.sync: step`` and a process group in ``team``, the ranks wait for each
+    mode with ``bench.sync: step`` and a process group in ``subset``, the ranks wait for each
     other before every step after the first (:func:`step_barrier`).
 
     ``local_dir``: the folder on this machine that the storage's keys live in, whose block
@@ -304,10 +304,10 @@ def run_case(
         concurrency=cfg.access.concurrency,
         repeat=repeat,
         rank=part,
-        world_size=team.size,
-        equal_steps=team.size > 1,
+        world_size=subset.size,
+        equal_steps=subset.size > 1,
     )
-    compute = compute_fn(case, cfg, classes, team)
+    compute = compute_fn(case, cfg, classes, subset)
     device = device_of(local_dir) if local_dir is not None else None
     with ResourceSampler(device=device) as resources:
         meter = measure_steps(
@@ -321,13 +321,13 @@ def run_case(
             from_first_read=case.mode == "read",
             # DDP: a batch of corrupt images on one rank skips the step on all of them
             agree=(
-                functools.partial(all_agree, group=team.group)
-                if team.group is not None and case.mode == "train"
+                functools.partial(all_agree, group=subset.group)
+                if subset.group is not None and case.mode == "train"
                 else None
             ),
-            sync=step_barrier(case, cfg, team),
+            sync=step_barrier(case, cfg, subset),
         )
-    rank = team.members[part]
+    rank = subset.members[part]
     return PassPart(
         row=meter.summary(),
         steps=[{**vars(s), "case": case.name, "rank": rank} for s in meter.steps],
@@ -344,16 +344,16 @@ def run_case(
     )
 
 
-def step_barrier(case: Case, cfg: BenchConfig, team: Team):
+def step_barrier(case: Case, cfg: BenchConfig, subset: RankSubset):
     """The per-step collective of an ``emulate`` pass on several ranks, or None.
 
     In data-parallel training every rank waits for the others at each step (the gradient
     all-reduce); DLIO, the engine of MLPerf Storage, puts a barrier in every step. With
-    ``bench.sync: step`` the simulated accelerators of ``team`` do the same: a barrier on its
+    ``bench.sync: step`` the simulated accelerators of ``subset`` do the same: a barrier on its
     process group before each step after the first, whose wait counts as data wait (a rank
     waits for the slowest rank's data), so one slow reader lowers every rank's AU. With
     ``none`` (or one rank, or no group) each rank steps on its own.
     """
-    if case.mode != "emulate" or cfg.bench.sync != "step" or team.group is None:
+    if case.mode != "emulate" or cfg.bench.sync != "step" or subset.group is None:
         return None
-    return functools.partial(dist.barrier, group=team.group)
+    return functools.partial(dist.barrier, group=subset.group)

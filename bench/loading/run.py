@@ -57,7 +57,7 @@ from bench.ranks import (
 from bench.ratios import summarize
 from bench.resources import ResourceSampler
 from bench.storages import (
-    Prepared,
+    PreparedStorage,
     Storages,
     case_files,
     case_keys,
@@ -80,7 +80,7 @@ MAX_BASELINE_ROUNDS = 1000
 
 
 def measure_baseline(
-    prepared: Prepared,
+    prepared: PreparedStorage,
     s3_storage,
     storage_kind: str,
     access: str,
@@ -130,11 +130,11 @@ def measure_baseline(
 def run_pass(
     case: Case,
     pass_index: int,
-    prep: Prepared,
+    target: PreparedStorage,
     s3_storage,
     cfg: BenchConfig,
     classes: list[str],
-    br: BenchRanks,
+    bench_ranks: BenchRanks,
 ) -> tuple[dict, list[dict], object] | None:
     """One pass of one configuration on its ranks, then its raw baseline over as many bytes.
 
@@ -152,50 +152,50 @@ def run_pass(
     Raises:
         Exception: on every rank when the pass or the baseline failed on any.
     """
-    team = br.team(case.ranks)
+    subset = bench_ranks.subset(case.ranks)
     if case.mode == "train" or (case.mode == "emulate" and cfg.bench.sync == "step"):
-        team = with_fresh_group(team)  # DDP's gradient exchange, or the per-step barrier
+        subset = with_fresh_group(subset)  # DDP's gradient exchange, or the per-step barrier
     try:
-        return _run_pass(case, pass_index, prep, s3_storage, cfg, classes, br, team)
+        return _run_pass(case, pass_index, target, s3_storage, cfg, classes, bench_ranks, subset)
     finally:
-        drop_group(team, br.ranks.rank)
+        drop_group(subset, bench_ranks.ranks.rank)
 
 
-def _run_pass(case, pass_index, prep, s3_storage, cfg, classes, br, team):
-    """:func:`run_pass` on the ``team`` of ranks that reads it."""
-    part = team.part(br.ranks.rank)
+def _run_pass(case, pass_index, target, s3_storage, cfg, classes, bench_ranks, subset):
+    """:func:`run_pass` on the ``subset`` of ranks that reads it."""
+    part = subset.part(bench_ranks.ranks.rank)
     # one rank per node drops the node's page cache; cold only when every node's was dropped
-    evicting = pass_index == 0 and team.first_on_node(br.ranks.rank, br.node_of)
+    evicting = pass_index == 0 and subset.first_on_node(bench_ranks.ranks.rank, bench_ranks.node_of)
     dropped, error = None, None
     if evicting:
-        dropped, error = attempt(lambda: cold_dir(prep, case.access) is not None)
+        dropped, error = attempt(lambda: cold_dir(target, case.access) is not None)
     evicted = gather_agreed(dropped, error)
     cold = pass_index == 0 and all(e for e in evicted if e is not None)
-    evict_dir = prep.local_dir if cold else None  # then every read evicts its file first
+    evict_dir = target.local_dir if cold else None  # then every read evicts its file first
     if pass_index > 0:
         cache = "warm"
     elif evict_dir is not None:
         cache = "cold (each file evicted before it is read)"
     else:
         cache = "cold (first pass; cache not evicted)"
-    shards = prep.shards if case.access == "shards" else None
+    shards = target.shards if case.access == "shards" else None
     repeat = pass_repeat(
-        cfg, case_steps(case, cfg), rank_samples(prep.records, shards, team.size),
+        cfg, case_steps(case, cfg), rank_samples(target.records, shards, subset.size),
         single_epoch=pass_index == 0 and evict_dir is None,
     )  # fmt: skip
-    storage = prep.source.storage
+    storage = target.source.storage
     mine, error = None, None
     if part is not None:
         mine, error = attempt(lambda: run_case(
             case, cfg, EvictBeforeRead(storage, evict_dir) if evict_dir else storage,
-            prep.records, shards, classes, pass_index=pass_index, repeat=repeat, team=team,
-            part=part, local_dir=prep.local_dir,
+            target.records, shards, classes, pass_index=pass_index, repeat=repeat, subset=subset,
+            part=part, local_dir=target.local_dir,
         ))  # fmt: skip
     parts = [p for p in gather_agreed(mine, error) if p is not None]
     result, error = None, None
-    if br.ranks.main:
+    if bench_ranks.ranks.main:
         result, error = attempt(lambda: pass_row(
-            case, pass_index, parts, cache, prep, s3_storage, cfg, repeat, evict_dir
+            case, pass_index, parts, cache, target, s3_storage, cfg, repeat, evict_dir
         ))  # fmt: skip
     agree_on_errors(error)  # the others waited here while rank 0 measured the baseline
     return result
@@ -206,7 +206,7 @@ def pass_row(
     pass_index: int,
     parts: list,
     cache: str,
-    prep: Prepared,
+    target: PreparedStorage,
     s3_storage,
     cfg: BenchConfig,
     repeat: int,
@@ -219,7 +219,7 @@ def pass_row(
     base = None
     if cfg.bench.baselines:
         base = measure_baseline(
-            prep, s3_storage, case.storage, case.access, cfg, repeat=repeat, evict_dir=evict_dir,
+            target, s3_storage, case.storage, case.access, cfg, repeat=repeat, evict_dir=evict_dir,
             ranks=case.ranks,
         )  # fmt: skip
     row.update(
@@ -268,7 +268,7 @@ def run_bench(
             "bench.modes has train but bench.decode is false: training needs decoded images"
         )
     check_counts(cfg.bench.ranks, ranks.world_size)
-    br = BenchRanks(ranks, cfg.bench.ranks)
+    bench_ranks = BenchRanks(ranks, cfg.bench.ranks)
     stop = cfg.bench.on_error == "stop"
     cases = expand_matrix(cfg)
     results, steps = [], []
@@ -289,25 +289,29 @@ def run_bench(
 
     with contextlib.ExitStack() as stack:
         libs = [c.client_lib for c in cases if c.storage == "s3"]
-        storages = Storages(cfg, out, br, stack, cfg.bench.storages, libs, stop=stop)
+        storages = Storages(cfg, out, bench_ranks, stack, cfg.bench.storages, libs, stop=stop)
         classes = None
         for case in cases:
             try:
-                prep = storages.get(case.storage, case.client_lib)
+                target = storages.get(case.storage, case.client_lib)
             except Exception as exc:
                 if stop:
                     raise  # a storage that cannot be prepared has no row
                 failed(case, 0, exc)
                 continue
             try:
-                classes = classes or everywhere(lambda prep=prep: class_names(cfg, prep.records))
+                classes = classes or everywhere(
+                    lambda target=target: class_names(cfg, target.records)
+                )
             except Exception as exc:
                 failed(case, 0, exc)
                 continue
             repeats = cfg.bench.repeats if case.mode == "read" else 1  # the rows with ratios
             for pass_index, repeat in itertools.product(range(cfg.bench.passes), range(repeats)):
                 try:
-                    measured = run_pass(case, pass_index, prep, storages.boto3(), cfg, classes, br)
+                    measured = run_pass(
+                        case, pass_index, target, storages.boto3(), cfg, classes, bench_ranks
+                    )
                 except Exception as exc:
                     failed(case, pass_index, exc)
                     break  # the next passes of a failed configuration would fail alike
@@ -371,7 +375,7 @@ PEERS = {
 def measure_peer(
     name: str,
     cfg: BenchConfig,
-    prepared: dict[tuple[str, str], Prepared],
+    prepared: dict[tuple[str, str], PreparedStorage],
     classes: list[str],
     workers: int,
 ):
@@ -392,10 +396,10 @@ def measure_peer(
     )
 
     if name.startswith("fs/"):
-        prep = prepared[("fs", "-")]
+        target = prepared[("fs", "-")]
     else:
-        prep = prepared.get(("s3", "s3torchconnector"))
-        if prep is None:
+        target = prepared.get(("s3", "s3torchconnector"))
+        if target is None:
             raise ConfigError(f"peer {name}: s3torchconnector is not in bench.client_libs")
         if s3torchconnector_reason() is not None:
             raise ConfigError(f"not measured: {s3torchconnector_reason()}")
@@ -403,7 +407,7 @@ def measure_peer(
         batch_size=cfg.loader.batch_size, num_workers=workers, image_size=cfg.model.image_size,
         class_to_index=class_to_index(load_task(cfg), classes), task=cfg.task,
         # the epochs of the warm read pass it is compared with, read back to back as there
-        epochs=pass_repeat(cfg, cfg.bench.read_steps, len(prep.records), single_epoch=False),
+        epochs=pass_repeat(cfg, cfg.bench.read_steps, len(target.records), single_epoch=False),
         shuffle_buffer=cfg.access.shuffle_buffer,
         max_batches=cfg.bench.read_steps, warmup_batches=cfg.bench.warmup_steps,
     )  # fmt: skip
@@ -411,16 +415,16 @@ def measure_peer(
     # same share of this process's CPU on both sides
     with ResourceSampler():
         if name == "fs/shards":
-            return webdataset_peer(case_files(prep, "shards"), **common)
+            return webdataset_peer(case_files(target, "shards"), **common)
         if name == "fs/random":
             common.pop("shuffle_buffer")  # map-style: the sampler shuffles
-            return imagefolder_peer(case_files(prep, "random"), prep.records, **common)
-        storage = prep.source.storage
+            return imagefolder_peer(case_files(target, "random"), target.records, **common)
+        storage = target.source.storage
         kind = "map" if name == "s3/random" else "iterable"
         if kind == "map":
             common.pop("shuffle_buffer")
         return s3torchconnector_peer(
-            kind, storage.bucket, [r.image_key for r in prep.records], prep.records,
+            kind, storage.bucket, [r.image_key for r in target.records], target.records,
             endpoint=storage.endpoint_url, region=storage.region, **common,
         )  # fmt: skip
 

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from bench.ranks import in_turn
+from bench.ranks import main_process_first
 from bench.sweep.config import SweepConfig
 from bench.sweep.workloads import Workload
 from datagen.images import SynthSpec
@@ -69,7 +69,7 @@ def sweep_dataset(cfg: SweepConfig, w: Workload, ranks: Ranks) -> Path:
             shutil.rmtree(folder, ignore_errors=True)  # no split file: nothing whole to keep
             raise
 
-    in_turn(generate, ranks)
+    main_process_first(generate, ranks)
     return folder
 
 

@@ -57,14 +57,14 @@ def probe_node(cfg: SweepConfig, w: Workload) -> Sizing:
     pcfg = points_config(cfg, w, root, seconds, 1)
     pcfg = replace(pcfg, bench=replace(pcfg.bench, steps=steps, warmup_steps=1))
     access = cfg.sweep.access[0]
-    prep = prepare_fs(pcfg, shards=access == "shards")
+    target = prepare_fs(pcfg, shards=access == "shards")
     case = Case("emulate", access, "fs", "-", workers_per_rank(cfg, w), 1)
     print(f"sweep: measuring one simulated {w.accelerator}'s memory ({access}, {steps} steps)")
     with PeakMemory() as peak:
         run_case(
-            case, pcfg, prep.source.storage, prep.records,
-            prep.shards if access == "shards" else None, class_names(pcfg, prep.records),
-            pass_index=1, repeat=max(1, -(-(steps + 1) * w.batch_size // len(prep.records))),
+            case, pcfg, target.source.storage, target.records,
+            target.shards if access == "shards" else None, class_names(pcfg, target.records),
+            pass_index=1, repeat=max(1, -(-(steps + 1) * w.batch_size // len(target.records))),
         )  # fmt: skip
     memory = psutil.virtual_memory()
     return size_node(peak.peak_bytes, memory.available, memory.total)

@@ -118,10 +118,10 @@ def measure_step_time(cfg: SweepConfig) -> float:
     """The detector's training step time on this machine (seconds, the mean of 3 steps after
     one of warm-up, on ``data/bccd``): the ``bccd`` profile's computation time."""
     timing = bench_config(cfg, BenchSection(steps=3, warmup_steps=1, decode=True))
-    prep = prepare_fs(timing, shards=False)
+    target = prepare_fs(timing, shards=False)
     part = run_case(
-        Case("train", "random", "fs", "-", 0), timing, prep.source.storage, prep.records,
-        None, class_names(timing, prep.records), pass_index=0, repeat=1,
+        Case("train", "random", "fs", "-", 0), timing, target.source.storage, target.records,
+        None, class_names(timing, target.records), pass_index=0, repeat=1,
     )  # fmt: skip
     seconds = part.row["compute_s"] / part.row["steps"]
     print(f"bccd: the detector's training step takes {seconds:.3f} s here")

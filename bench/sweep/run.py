@@ -166,14 +166,14 @@ def run_sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> tuple[list[dict], li
     seconds = w.computation_time_s or on_main(lambda: measure_step_time(cfg), ranks)
     facts["computation_time_s"] = seconds
     pcfg = points_config(cfg, w, root, seconds, largest)
-    br = BenchRanks(ranks, pcfg.bench.ranks)
+    bench_ranks = BenchRanks(ranks, pcfg.bench.ranks)
     on_main(lambda: out.mkdir(parents=True, exist_ok=True), ranks)
     lib = cfg.sweep.client_lib
     rows: list[dict] = []
     searches: list[Search] = []
     with contextlib.ExitStack() as stack:
         storages = Storages(
-            pcfg, out, br, stack, cfg.sweep.storages, [lib], stop=False,
+            pcfg, out, bench_ranks, stack, cfg.sweep.storages, [lib], stop=False,
             shards="shards" in cfg.sweep.access,
         )  # fmt: skip
         facts["local_s3"] = storages.local_s3
@@ -182,12 +182,12 @@ def run_sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> tuple[list[dict], li
         def point(storage: str, access: str, k: int, repeat: int) -> dict | None:
             """Every rank: measure ``k`` accelerators (rank 0 gets the row)."""
             client = lib if storage == "s3" else "-"
-            prep = storages.get(storage, client)
+            target = storages.get(storage, client)
             if storage not in names:
-                names[storage] = everywhere(lambda: class_names(pcfg, prep.records))
+                names[storage] = everywhere(lambda: class_names(pcfg, target.records))
             steps = pcfg.bench.steps
             if cfg.sweep.rules == "closed":  # whole epochs, as MLPerf runs them
-                steps = epoch_steps(len(prep.records), w, k, pcfg.bench.warmup_steps)
+                steps = epoch_steps(len(target.records), w, k, pcfg.bench.warmup_steps)
             seeded = replace(
                 pcfg,
                 train=replace(pcfg.train, seed=pcfg.train.seed + repeat),
@@ -195,12 +195,12 @@ def run_sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> tuple[list[dict], li
             )
             case = Case("emulate", access, storage, client, workers_per_rank(cfg, w), k)
             # cold where the files can be evicted before each read (fs, a local server)
-            pass_index = 0 if prep.local_dir is not None else 1
+            pass_index = 0 if target.local_dir is not None else 1
             started = time.time()
-            measured = run_pass(case, pass_index, prep, None, seeded, names[storage], br)
+            measured = run_pass(case, pass_index, target, None, seeded, names[storage], bench_ranks)
             if measured is None:
                 return None
-            row = sweep_row(w, case, repeat, seeded, *measured[:2], br.nodes)
+            row = sweep_row(w, case, repeat, seeded, *measured[:2], bench_ranks.nodes)
             return {**row, "started": started, "ended": time.time()}
 
         if ranks.main:
