@@ -1,7 +1,7 @@
 """A classifier of your own, for `make train TASK=classification ARGS="--set
 model.arch=examples/my_models.py:build_net"` (see the README's "Your own model").
 
-The contract (``models/entry_point.py``): ``build_net(num_classes, image_size, pretrained)``
+The contract (``models/own_model.py``): ``build_net(num_classes, image_size, pretrained)``
 returns a ``torch.nn.Module`` whose ``forward`` takes float32 ``[B, 3, S, S]`` images in [0, 1]
 (``S = image_size``) and returns logits ``[B, num_classes]``. This file stands alone (it
 imports only torch): the run copies it, and ``make archive`` packs it for serving.

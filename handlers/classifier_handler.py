@@ -4,7 +4,7 @@ The archive (see ``scripts/archive.py``) holds, flat in the model dir that Torch
 ``classifier.py`` (the model file, ``models/classifier.py``), ``model.pt`` (a state_dict of the
 ``Classifier``), ``model.json`` (``{"task": "classification", "arch": "resnet18" | "convnet",
 "num_classes": N, "image_size": S, "grayscale": bool}``), ``index_to_name.json`` (``{"0":
-"Platelets", "1": "RBC", "2": "WBC"}``, 0-based, no background), ``image_request.py`` (what the
+"Platelets", "1": "RBC", "2": "WBC"}``, 0-based, no background), ``base_handler.py`` (what the
 handlers share) and this file.
 
 Request: the body of ``POST /predictions/NAME`` is one JPEG or PNG image of one object, e.g. a
@@ -18,7 +18,7 @@ whose fixed top-5 fails with fewer than 5 classes; here ``k`` never exceeds the 
 A request whose body is missing, empty, too large or not a decodable JPEG/PNG gets HTTP 400 and
 ``{"error": "..."}`` on its own; the other requests of the same batch are answered normally.
 
-Built on :class:`ts.torch_handler.base_handler.BaseHandler` (through ``image_request``'s
+Built on :class:`ts.torch_handler.base_handler.BaseHandler` (through ``base_handler``'s
 ``ImageHandler``) only: the built-in vision handlers import ``captum`` at load time, which this
 project does not install. TorchServe requires that this module define exactly one class.
 """
@@ -32,9 +32,9 @@ import torch
 from torchvision.transforms.v2.functional import resize, to_dtype
 
 if __package__:  # in the repository: handlers.classifier_handler
-    from .image_request import ImageHandler, positive_int
-else:  # in the extracted archive: image_request.py lies next to this file
-    from image_request import ImageHandler, positive_int
+    from .base_handler import ImageHandler, positive_int
+else:  # in the extracted archive: base_handler.py lies next to this file
+    from base_handler import ImageHandler, positive_int
 
 
 class ClassifierHandler(ImageHandler):

@@ -4,7 +4,7 @@ The archive (see ``scripts/archive.py``) holds, flat in the model dir that Torch
 ``detector.py`` (the model file, ``models/detector.py``), ``model.pt`` (a state_dict),
 ``model.json`` (``{"task": "detection", "arch": ..., "num_classes": ..., "frozen_bn": ...}``),
 ``index_to_name.json`` (``{"0": "__background__", "1": "Platelets", ...}``),
-``image_request.py`` (what the handlers share) and this file.
+``base_handler.py`` (what the handlers share) and this file.
 
 Request: the body of ``POST /predictions/NAME`` is one JPEG or PNG image (raw bytes, or base64
 text when sent with a ``text/*`` content type). Response, per request: a JSON list, best score
@@ -15,7 +15,7 @@ score_threshold``. This is the convention of TorchServe's built-in ``object_dete
 A request whose body is missing, empty, too large or not a decodable JPEG/PNG gets HTTP 400 and
 ``{"error": "..."}`` on its own; the other requests of the same batch are answered normally.
 
-Built on :class:`ts.torch_handler.base_handler.BaseHandler` (through ``image_request``'s
+Built on :class:`ts.torch_handler.base_handler.BaseHandler` (through ``base_handler``'s
 ``ImageHandler``) only: the built-in vision handlers import ``captum`` at load time, which this
 project does not install. TorchServe requires that this module define exactly one class.
 """
@@ -29,9 +29,9 @@ import torch
 from torchvision.transforms.v2.functional import to_dtype
 
 if __package__:  # in the repository: handlers.detector_handler
-    from .image_request import ImageHandler
-else:  # in the extracted archive: image_request.py lies next to this file
-    from image_request import ImageHandler
+    from .base_handler import ImageHandler
+else:  # in the extracted archive: base_handler.py lies next to this file
+    from base_handler import ImageHandler
 
 
 class DetectorHandler(ImageHandler):

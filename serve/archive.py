@@ -5,10 +5,10 @@ The training output's ``model.json`` says its task, and the task picks what is p
 ``handlers/detector_handler.py`` and the model-config YAML ``serve/detector.yaml``; for
 ``classification`` ``models/classifier.py``, ``handlers/classifier_handler.py`` and
 ``serve/classifier.yaml``; a model of the user's (``model.json`` has ``model_file``: see
-``models/entry_point.py``) packs the run's copy of its own file as the model file instead. Every
+``models/own_model.py``) packs the run's copy of its own file as the model file instead. Every
 archive also holds the state_dict ``model.pt``,
 ``index_to_name.json``, ``model.json`` and the handlers' shared module
-``handlers/image_request.py``, all flat at its root. It is built by the real
+``handlers/base_handler.py``, all flat at its root. It is built by the real
 ``torch-model-archiver`` into a temporary dir inside the model store and then renamed, so
 ``model_store/NAME.mar`` is either the old archive or the complete new one, never half written.
 """
@@ -30,7 +30,7 @@ from serve.preflight import find_tool
 #: Repository root (this file is ``serve/archive.py``).
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Module both handlers import; shipped in every archive next to the handler.
-SHARED_HANDLER_FILES = (REPO_ROOT / "handlers" / "image_request.py",)
+SHARED_HANDLER_FILES = (REPO_ROOT / "handlers" / "base_handler.py",)
 #: Files a training run writes into its output dir; all three go into the archive.
 REQUIRED_FILES = ("model.pt", "index_to_name.json", "model.json")
 #: Task of a ``model.json`` without a ``task`` key (written before classification existed).

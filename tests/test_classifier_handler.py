@@ -204,10 +204,10 @@ def test_unreadable_or_missing_archive_files_are_named(tmp_path: Path, rigged_di
 def flat_handlers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Both handlers and their shared module flat in one dir on sys.path, as TorchServe
     extracts an archive and imports its handler (``importlib.import_module(name)``)."""
-    for name in ("classifier_handler.py", "detector_handler.py", "image_request.py"):
+    for name in ("classifier_handler.py", "detector_handler.py", "base_handler.py"):
         shutil.copy(REPO / "handlers" / name, tmp_path / name)
     monkeypatch.syspath_prepend(str(tmp_path))
-    flat = ("classifier_handler", "detector_handler", "image_request")
+    flat = ("classifier_handler", "detector_handler", "base_handler")
     yield tmp_path
     for name in flat:
         sys.modules.pop(name, None)
@@ -222,6 +222,6 @@ def test_flat_handler_module_imports_and_defines_exactly_one_class(
 ):
     module = importlib.import_module(module_name)
     assert Path(module.__file__).parent == flat_handlers
-    assert sys.modules["image_request"].__file__ == str(flat_handlers / "image_request.py")
+    assert sys.modules["base_handler"].__file__ == str(flat_handlers / "base_handler.py")
     classes = list_classes_from_module(module)  # TorchServe's own check
     assert [cls.__name__ for cls in classes] == [class_name]

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from ts.context import Context
 
+from handlers.base_handler import NoImageError, request_body
 from handlers.detector_handler import DetectorHandler
-from handlers.image_request import NoImageError, request_body
 from models.detector import build_detector
 from tests.helpers import FakeContext, jpeg_bytes, png_bytes
 

@@ -1,6 +1,6 @@
 """Your own model (``model.arch: path/to/file.py:function``): found, imported, called and checked
 against its task's contract on a dummy batch, each failure refused with a message naming the
-entry point and what was wrong. (Trained, archived and served: tests/test_serving.py.)"""
+model reference and what was wrong. (Trained, archived and served: tests/test_serving.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from models.entry_point import build, is_entry_point, resolve, spec
+from models.own_model import build, is_own_model, resolve, spec
 from training.config import ConfigError, load_config
 
 GOOD = """
@@ -50,7 +50,7 @@ def test_a_classifier_that_keeps_the_contract_is_built(models_file):
     model = build(entry, "classification", 3, 16, False)
     assert isinstance(model, nn.Module)
     assert spec(entry) == {
-        "entry_point": f"{models_file}:build_net", "model_file": "my_nets.py",
+        "reference": f"{models_file}:build_net", "model_file": "my_nets.py",
         "function": "build_net",
     }  # fmt: skip
 
@@ -75,16 +75,16 @@ def test_a_module_path_names_its_file():
         ("{file}:raises", r"raises\(3, 16, False\) raised ValueError: no weights for that size"),
         ("{file}:not_a_module", "returned int, not a torch.nn.Module"),
         ("{file}:wrong_shape", r"breaks the classification contract: .*\(2, 4\), not \(2, 3\)"),
-        ("{reserved}:build_net", "may not be called image_request.py"),
+        ("{reserved}:build_net", "may not be called base_handler.py"),
     ],
 )
-def test_each_broken_entry_point_is_refused_naming_it(models_file, tmp_path, arch, message):
+def test_each_broken_model_reference_is_refused_naming_it(models_file, tmp_path, arch, message):
     (tmp_path / "broken.py").write_text("def build_net(:\n")
     (tmp_path / "reserved").mkdir()
-    (tmp_path / "reserved" / "image_request.py").write_text(GOOD)
+    (tmp_path / "reserved" / "base_handler.py").write_text(GOOD)
     text = arch.format(
         dir=tmp_path, file=models_file, broken=tmp_path / "broken.py",
-        reserved=tmp_path / "reserved" / "image_request.py",
+        reserved=tmp_path / "reserved" / "base_handler.py",
     )  # fmt: skip
     with pytest.raises(ConfigError, match=message) as caught:
         build(resolve(text), "classification", 3, 16, False)
@@ -96,10 +96,10 @@ def test_a_classifier_is_refused_as_a_detector(models_file):
         build(resolve(f"{models_file}:build_net"), "detection", 3, 16, False)
 
 
-def test_the_config_takes_an_entry_point_for_either_task_and_names_the_choices():
+def test_the_config_takes_a_model_reference_for_either_task_and_names_the_choices():
     for task in ("detection", "classification"):
         cfg = load_config(None, [f"task={task}", "model.arch=my.py:build"])
-        assert is_entry_point(cfg.model.arch)
+        assert is_own_model(cfg.model.arch)
     with pytest.raises(ConfigError, match="or your own model as path/to/file.py:function"):
         load_config(None, ["model.arch=resnet9000"])
 

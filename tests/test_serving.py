@@ -26,7 +26,7 @@ from torchvision.transforms.v2.functional import resize, to_dtype
 from common.process import free_ports
 from models.classifier import load_trained_classifier
 from models.detector import build_detector
-from models.entry_point import load_trained as load_own_model
+from models.own_model import load_trained as load_own_model
 from scripts import archive as archive_cli
 from scripts import serve as serve_cli
 from scripts import train as train_cli
@@ -106,7 +106,7 @@ def test_classifier_output_is_archived_with_the_classifier_files(tmp_path: Path,
         for name, source in [
             ("classifier.py", REPO / "models" / "classifier.py"),
             ("classifier_handler.py", REPO / "handlers" / "classifier_handler.py"),
-            ("image_request.py", REPO / "handlers" / "image_request.py"),
+            ("base_handler.py", REPO / "handlers" / "base_handler.py"),
             ("classifier.yaml", REPO / "serve" / "classifier.yaml"),
             ("model.json", out / "model.json"),
             ("index_to_name.json", out / "index_to_name.json"),
@@ -114,7 +114,7 @@ def test_classifier_output_is_archived_with_the_classifier_files(tmp_path: Path,
             assert zf.read(name) == source.read_bytes(), name
     assert names == {
         "MAR-INF/MANIFEST.json", "model.pt", "model.json", "index_to_name.json",
-        "classifier.py", "classifier_handler.py", "image_request.py", "classifier.yaml",
+        "classifier.py", "classifier_handler.py", "base_handler.py", "classifier.yaml",
     }  # fmt: skip
     assert manifest["modelFile"] == "classifier.py"
     assert manifest["handler"] == "classifier_handler.py"
@@ -468,7 +468,7 @@ def test_a_model_of_your_own_is_archived_served_and_predicted_like_a_built_in_on
     served, own_out: Path, http
 ):
     spec = json.loads((own_out / "model.json").read_text())
-    assert spec["entry_point"] == "examples/my_models.py:build_net"
+    assert spec["reference"] == "examples/my_models.py:build_net"
     assert (own_out / "my_models.py").read_bytes() == (REPO / "examples/my_models.py").read_bytes()
     with zipfile.ZipFile(Path(served.runtime_dir).parent / "model_store" / "mine.mar") as zf:
         assert "my_models.py" in zf.namelist() and "classifier.py" not in zf.namelist()
@@ -528,7 +528,7 @@ def test_both_archives_hold_their_task_files(served):
     for name, task in (("detector", "detection"), ("classifier", "classification")):
         with zipfile.ZipFile(store / f"{name}.mar") as zf:
             names = set(zf.namelist())
-        assert {f"{name}.py", f"{name}_handler.py", "image_request.py", f"{name}.yaml"} <= names
+        assert {f"{name}.py", f"{name}_handler.py", "base_handler.py", f"{name}.yaml"} <= names
         assert archived_task(store / f"{name}.mar") == task
 
 

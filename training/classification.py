@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from models import entry_point
+from models import own_model
 from models.classifier import build_classifier, build_pretrained_classifier
 from pipelines.samples import Batch, classification_transform
 from training import distributed
@@ -52,13 +52,13 @@ def build_model(
         were really loaded (``pretrained``).
     """
     arch, grayscale = cfg.model.arch, cfg.model.grayscale
-    if entry_point.is_entry_point(arch):
-        entry = entry_point.resolve(arch)
+    if own_model.is_own_model(arch):
+        entry = own_model.resolve(arch)
         size = cfg.model.image_size
-        model = entry_point.build(entry, "classification", len(classes), size, pretrained)
+        model = own_model.build(entry, "classification", len(classes), size, pretrained)
         spec = {"task": "classification", "arch": arch, "num_classes": len(classes),
                 "image_size": size, "pretrained": pretrained,
-                **entry_point.spec(entry)}  # fmt: skip
+                **own_model.spec(entry)}  # fmt: skip
         return model, spec
     loaded = False
     if pretrained:

@@ -370,7 +370,7 @@ def check_task(cfg: Config) -> Config:
     """
     archs = DETECTOR_ARCHS if cfg.task == "detection" else CLASSIFIER_ARCHS
     formats = ("auto", *TASK_FORMATS[cfg.task])
-    own = ":" in cfg.model.arch  # the user's function (models/entry_point.py), checked there
+    own = ":" in cfg.model.arch  # the user's function (models/own_model.py), checked there
     if cfg.model.arch not in archs and not own:
         raise ConfigError(
             f"model.arch {cfg.model.arch!r} cannot do task {cfg.task}; choose {', '.join(archs)}, "

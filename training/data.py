@@ -209,11 +209,11 @@ def read_own(
             names the reader and the first wrong record).
         pipelines.storage.base.StorageError: the storage failed under it.
     """
-    from common.entry_point import load_builder, resolve
+    from common.reference import load_reference, resolve
 
     key = "dataset.format"
     entry = resolve(text, key)
-    read = load_builder(entry, key)
+    read = load_reference(entry, key)
     call = f"{entry.function}(storage, {root!r}, {split!r})"
     try:
         found = read(storage, root, split)

@@ -14,7 +14,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.transforms import v2
 
-from models import entry_point
+from models import own_model
 from models.detector import build_detector, build_pretrained_detector
 from pipelines.samples import Batch, detection_transform
 from training import distributed
@@ -58,13 +58,13 @@ def build_model(
         really loaded (``pretrained``: they may not be cached nor downloadable).
     """
     num_classes = len(classes) + LABEL_OFFSET
-    if entry_point.is_entry_point(cfg.model.arch):
-        entry = entry_point.resolve(cfg.model.arch)
+    if own_model.is_own_model(cfg.model.arch):
+        entry = own_model.resolve(cfg.model.arch)
         size = cfg.model.image_size
-        model = entry_point.build(entry, "detection", num_classes, size, pretrained)
+        model = own_model.build(entry, "detection", num_classes, size, pretrained)
         spec = {"task": "detection", "arch": cfg.model.arch, "num_classes": num_classes,
                 "image_size": size, "pretrained": pretrained,
-                **entry_point.spec(entry)}  # fmt: skip
+                **own_model.spec(entry)}  # fmt: skip
         return model, spec
     sampling = sampling_options(cfg)
     if pretrained:

@@ -186,8 +186,8 @@ def load_trained(out: Path):
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path} is missing: train first (make train OUT={out})")
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    if "model_file" in spec:  # the user's model (models/entry_point.py)
-        from models.entry_point import load_trained as load_own
+    if "model_file" in spec:  # the user's model (models/own_model.py)
+        from models.own_model import load_trained as load_own
 
         return (*load_own(out), spec)
     if spec.get("task") == "classification":

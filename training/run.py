@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from models import entry_point
+from models import own_model
 from pipelines.storage.base import RequestStats
 from training import distributed
 from training.config import Config
@@ -105,7 +105,7 @@ def _run(
     if ranks.main:
         write_json(out / "index_to_name.json", task.index_to_name(data.classes))
         if "model_file" in training.spec:  # the user's model: the run keeps its file
-            entry_point.copy_into(entry_point.resolve(training.spec["entry_point"]), out)
+            own_model.copy_into(own_model.resolve(training.spec["reference"]), out)
         write_json(out / "model.json", training.spec)
     run_requests = run_epochs(cfg, task, data, training, history, device, out, ranks, started)
     last = write_summary(

@@ -18,8 +18,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from common.entry_point import load_builder, resolve
 from common.errors import ConfigError
+from common.reference import load_reference, resolve
 from pipelines.access.loaders import EpochLoader
 from pipelines.samples import Batch
 from training import classification, detection
@@ -177,7 +177,7 @@ def load_task(cfg: Config) -> Task:
     """
     if not cfg.train.task:
         return BUILTIN[cfg.task]()
-    cls = load_builder(resolve(cfg.train.task, "train.task"), "train.task")
+    cls = load_reference(resolve(cfg.train.task, "train.task"), "train.task")
     base = BUILTIN[cfg.task]
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError(

@@ -1,8 +1,9 @@
-"""A function of the user's, named ``path/to/file.py:function`` or ``package.module:function``:
-found (:func:`resolve`) and imported by its path (:func:`load_builder`).
+"""A reference to the user's code, ``path/to/file.py:name`` or ``package.module:name``: found
+(:func:`resolve`) and imported by its path (:func:`load_reference`).
 
-Used for your own model (``model.arch``, :mod:`models.entry_point`) and your own dataset reader
-(``dataset.format``, :func:`training.data.read_own`).
+Used for your own model (``model.arch``, :mod:`models.own_model`), dataset reader
+(``dataset.format``, :func:`training.data.read_own`) and training class (``train.task``,
+:func:`training.tasks.load_task`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from common.errors import ConfigError, error_line
 
 
 @dataclass(frozen=True)
-class EntryPoint:
-    """Where a function of the user's comes from.
+class Reference:
+    """Where a function or class of the user's comes from.
 
     Attributes:
         text: as the user wrote it (``examples/my_models.py:build_net``).
@@ -37,7 +38,7 @@ class EntryPoint:
         return self.source.name
 
 
-def resolve(text: str, key: str) -> EntryPoint:
+def resolve(text: str, key: str) -> Reference:
     """Find the file and function ``text`` names; nothing is imported yet. ``key``: the
     setting that names it, for messages (``dataset.format`` for a dataset reader, which may
     have any file name).
@@ -66,10 +67,10 @@ def resolve(text: str, key: str) -> EntryPoint:
                 "or on PYTHONPATH?)"
             )
         source = Path(found.origin)
-    return EntryPoint(text, source.resolve(), function)
+    return Reference(text, source.resolve(), function)
 
 
-def load_builder(entry: EntryPoint, key: str = "model.arch") -> Callable:
+def load_reference(entry: Reference, key: str = "model.arch") -> Callable:
     """Import ``entry.source`` by its path and return the function (``key`` as in
     :func:`resolve`).
 

@@ -2,9 +2,9 @@
 
 Both archives (``detector.mar``, ``classifier.mar``; see ``serve/archive.py``) ship this file as
 an extra file, flat next to the handler in the model dir TorchServe extracts. The handlers import
-it as a sibling module (``from image_request import ...``): TorchServe imports the handler module
+it as a sibling module (``from base_handler import ...``): TorchServe imports the handler module
 itself by name from that dir, so whatever lies next to it is importable the same way. In the
-repository it is ``handlers.image_request`` (relative import).
+repository it is ``handlers.base_handler`` (relative import).
 
 :class:`ImageHandler` is the common base class: it loads ``model.json`` / ``index_to_name.json``
 / the model file / the state_dict, applies the model-config YAML's ``handler:`` knobs, decodes the
@@ -137,7 +137,7 @@ class ImageHandler(BaseHandler):
         self.mapping = self.index_to_name
 
         model_file = model_dir / manifest_model.get("modelFile", self.default_model_file)
-        # a model of the user's (models/entry_point.py) names its own function
+        # a model of the user's (models/own_model.py) names its own function
         builder = self.model_spec.get("function") or self.builder
         module = import_model_file(model_file, builder)
         model = self.build_model(getattr(module, builder), self.model_spec)

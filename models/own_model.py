@@ -35,29 +35,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.entry_point import EntryPoint, load_builder
-from common.entry_point import resolve as find_function
 from common.errors import ConfigError, error_line
 from common.files import atomic_write_bytes
+from common.reference import Reference, load_reference
+from common.reference import resolve as find_function
 
 #: File names already taken at the root of an archive (a model file may not be called so).
 RESERVED_FILES = (
-    "model.pt", "model.json", "index_to_name.json", "image_request.py", "detector_handler.py",
+    "model.pt", "model.json", "index_to_name.json", "base_handler.py", "detector_handler.py",
     "classifier_handler.py", "MAR-INF",
 )  # fmt: skip
 
 
-def is_entry_point(arch: str) -> bool:
+def is_own_model(arch: str) -> bool:
     """Whether ``model.arch`` names a function of the user's rather than a built-in model."""
     return ":" in arch
 
 
-def resolve(text: str) -> EntryPoint:
-    """The model function ``model.arch`` names (:func:`common.entry_point.resolve`); nothing is
+def resolve(text: str) -> Reference:
+    """The model function ``model.arch`` names (:func:`common.reference.resolve`); nothing is
     imported yet.
 
     Raises:
-        ConfigError: as :func:`common.entry_point.resolve`, or the file has a name the archive
+        ConfigError: as :func:`common.reference.resolve`, or the file has a name the archive
             reserves.
     """
     entry = find_function(text, "model.arch")
@@ -69,13 +69,13 @@ def resolve(text: str) -> EntryPoint:
     return entry
 
 
-def spec(entry: EntryPoint) -> dict:
+def spec(entry: Reference) -> dict:
     """The ``model.json`` keys that say how to build the model again."""
-    return {"entry_point": entry.text, "model_file": entry.model_file, "function": entry.function}
+    return {"reference": entry.text, "model_file": entry.model_file, "function": entry.function}
 
 
 def build(
-    entry: EntryPoint, task: str, num_classes: int, image_size: int, pretrained: bool
+    entry: Reference, task: str, num_classes: int, image_size: int, pretrained: bool
 ) -> nn.Module:
     """Call the user's function and check its model on one dummy batch (see the module doc).
 
@@ -85,9 +85,9 @@ def build(
 
     Raises:
         ConfigError: the function fails, returns something else than a module, or its module
-            breaks the contract (the message names the entry point and what was wrong).
+            breaks the contract (the message names the model reference and what was wrong).
     """
-    function = load_builder(entry)
+    function = load_reference(entry)
     call = f"{entry.function}({num_classes}, {image_size}, {pretrained})"
     try:
         model = function(num_classes, image_size, pretrained)
@@ -104,7 +104,7 @@ def build(
     except Exception as exc:  # noqa: BLE001 - the contract, broken in any way: one line
         raise ConfigError(
             f"model.arch {entry.text!r} breaks the {task} contract: {error_line(exc)} (see "
-            "models/entry_point.py or the README's 'Your own model')"
+            "models/own_model.py or the README's 'Your own model')"
         ) from None
     return model
 
@@ -164,7 +164,7 @@ def check_detector(model: nn.Module, num_classes: int, image_size: int) -> None:
         )
 
 
-def copy_into(entry: EntryPoint, out: Path) -> None:
+def copy_into(entry: Reference, out: Path) -> None:
     """Copy the model file into the run's folder (atomically): the run keeps what it trained."""
     atomic_write_bytes(out / entry.model_file, entry.source.read_bytes())
 
@@ -184,8 +184,9 @@ def load_trained(out: str | os.PathLike) -> tuple[nn.Module, dict[str, str]]:
     for path in (source, out / "model.pt", out / "index_to_name.json"):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: train first (make train OUT={out})")
-    entry = EntryPoint(spec["entry_point"], source.resolve(), spec["function"])
-    build = load_builder(entry)
+    text = spec.get("reference", spec.get("entry_point", ""))  # "entry_point": earlier runs
+    entry = Reference(text, source.resolve(), spec["function"])
+    build = load_reference(entry)
     try:
         model = build(int(spec["num_classes"]), int(spec["image_size"]), False)
         model.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
