@@ -38,7 +38,7 @@ def rank_epoch(split, access, rank, world, *, workers, equal_steps, epoch, repea
     loader.set_epoch(epoch)
     batches = list(loader)
     assert len(batches) == loader.steps(epoch) or not equal_steps
-    return [i for b in batches for i in b.ids], len(batches), loader.share(epoch)
+    return [i for b in batches for i in b.ids], len(batches), loader.rank_samples(epoch)
 
 
 @pytest.mark.parametrize("access", ["random", "shards", "objects"])

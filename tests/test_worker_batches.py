@@ -49,9 +49,8 @@ def test_batches_of_large_images_travel_one_by_one():
 def test_epoch_loader_takes_groups_apart_across_workers():
     dataset = WorkerBatches(Samples(40), batch_size=4, max_batches=4)
     loader = DataLoader(dataset, batch_size=None, collate_fn=lambda g: g, num_workers=2)
-    epoch = EpochLoader(
-        loader, num_samples=80, reseed=lambda e: None, steps=lambda e: 20, grouped=True
-    )
+    epoch = EpochLoader(loader, num_samples=80)
+    epoch.grouped = True
     ids = [i for batch in epoch for i in batch.ids]
     # each worker iterates its own copy of this (unsplit) dataset: every id twice, in batches
     assert sorted(ids) == sorted([f"id{i}" for i in range(40)] * 2)

@@ -200,7 +200,7 @@ def train_and_evaluate(
     )  # fmt: skip
     summary = meter.summary()
     summary["samples_dropped"] = max(
-        0, train_loader.share(epoch) - summary["samples"] - summary["skipped"]
+        0, train_loader.rank_samples(epoch) - summary["samples"] - summary["skipped"]
     )
     steps = [{**vars(s), "rank": ranks.rank} for s in meter.steps]
     trace = [

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import torch
 from pydantic import Field
@@ -71,47 +70,58 @@ class LoaderSettings(Section):
     )
 
 
-@dataclass
 class EpochLoader:
     """A DataLoader plus what the loop needs around it; iterate it for the epoch's batches.
+
+    One subclass per access pattern (:class:`RandomLoader`, :class:`ShardsLoader`,
+    :class:`ObjectsLoader`), each made by its ``from_split``; :func:`build_loader` picks one.
 
     Attributes:
         loader: the DataLoader; it yields :class:`pipelines.samples.Batch` es, or lists of
             them when ``grouped``.
         num_samples: samples per epoch (this rank's, about, with several ranks: for progress
             bars).
-        reseed: chooses an epoch's shuffle (:meth:`set_epoch` calls it).
-        steps: the number of batches the epoch given yields (see :func:`build_loader`).
-        share: the samples of the split that fall to this rank in the epoch given, before a
-            remainder is dropped to give every rank the same number of steps (one rank: the
-            whole split); what a rank does not train on of it is ``samples_dropped``.
         grouped: the DataLoader yields the lists of :class:`WorkerBatches`.
-        limit: a function of the epoch giving the most batches an epoch yields (the loader
-            stops there), or None for no limit.
+        epoch: the epoch last set (:meth:`set_epoch`).
     """
 
-    loader: DataLoader
-    num_samples: int
-    reseed: Callable[[int], None]
-    steps: Callable[[int], int]
-    share: Callable[[int], int] | None = None
-    grouped: bool = False
-    limit: Callable[[int], int] | None = None
-    epoch: int = 0
+    grouped = False
+
+    def __init__(self, loader: DataLoader, num_samples: int):
+        self.loader = loader
+        self.num_samples = num_samples
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Call with the epoch number before iterating, to vary the shuffle. (A method, not a
-        closure over the loader: a reference cycle made the DataLoader's persistent workers
-        wait 5 s each to be stopped when it was collected.)"""
-        self.reseed(epoch)
+        """Call with the epoch number before iterating, to vary the shuffle."""
         self.epoch = epoch
+        self.reseed(epoch)
+
+    def reseed(self, epoch: int) -> None:
+        """Choose ``epoch``'s shuffle."""
+        raise NotImplementedError
+
+    def steps(self, epoch: int) -> int:
+        """The number of batches ``epoch`` yields (see :func:`build_loader`)."""
+        raise NotImplementedError
+
+    def rank_samples(self, epoch: int) -> int:
+        """The samples of the split that fall to this rank in ``epoch``, before a remainder is
+        dropped to give every rank the same number of steps (one rank: the whole split); what
+        a rank does not train on of them is ``samples_dropped``."""
+        raise NotImplementedError
+
+    def limit(self, epoch: int) -> int | None:
+        """The most batches ``epoch`` yields (the loader stops there), or None for no limit."""
+        return None
 
     def __iter__(self) -> Iterator[Batch]:
         """The epoch's batches, one at a time, in the order the DataLoader delivers them (at
         most ``limit(epoch)`` of them, for the epoch last set)."""
         batches = self._batches()
-        if self.limit is not None:
-            batches = itertools.islice(batches, self.limit(self.epoch))
+        most = self.limit(self.epoch)
+        if most is not None:
+            batches = itertools.islice(batches, most)
         yield from batches
 
     def _batches(self) -> Iterator[Batch]:
@@ -206,12 +216,182 @@ def _as_is(item):
     return item
 
 
+def _loader_options(settings: LoaderSettings) -> dict:
+    """``DataLoader`` keyword arguments from ``settings`` (prefetch and persistence with
+    workers only, as the DataLoader requires)."""
+    options = dict(
+        batch_size=settings.batch_size, num_workers=settings.num_workers, collate_fn=collate,
+        pin_memory=settings.pin_memory,
+    )  # fmt: skip
+    if settings.num_workers > 0:
+        options.update(
+            prefetch_factor=settings.prefetch_factor,
+            persistent_workers=settings.persistent_workers,
+        )
+    return options
+
+
+class RandomLoader(EpochLoader):
+    """The ``random`` pattern: :class:`MapStyleDataset` read in a sampler's order, one read per
+    sample (see :func:`build_loader` for the arguments of :meth:`from_split`)."""
+
+    def __init__(
+        self, loader: DataLoader, num_samples: int, generator: torch.Generator, seed: int,
+        dataset_size: int, rank: int, world_size: int, repeat: int,
+    ):  # fmt: skip
+        super().__init__(loader, num_samples)
+        self.generator, self.seed, self.dataset_size = generator, seed, dataset_size
+        self.rank, self.world_size, self.repeat = rank, world_size, repeat
+
+    @classmethod
+    def from_split(
+        cls, storage: Storage, records: list[Record], *, transform: v2.Compose | None,
+        class_to_index: dict[str, int], settings: LoaderSettings, shuffle: bool, seed: int,
+        repeat: int = 1, rank: int = 0, world_size: int = 1, equal_steps: bool = False,
+    ) -> RandomLoader:  # fmt: skip
+        """The loader of ``records`` on ``storage`` (see :func:`build_loader`)."""
+        dataset = MapStyleDataset(storage, records, transform, class_to_index)
+        generator = torch.Generator()
+        num_samples = len(dataset) * repeat
+        if world_size > 1 and equal_steps:
+            sampler = EpochsSampler(
+                DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                   seed=seed, drop_last=True),
+                repeat,
+            )  # fmt: skip
+            num_samples = len(sampler)
+        elif world_size > 1:  # evaluation: every sample once, in order
+            sampler = list(range(rank, len(dataset), world_size)) * repeat
+            num_samples = len(sampler)
+        elif shuffle:  # more samples than the dataset: one permutation after another
+            sampler = RandomSampler(dataset, num_samples=num_samples, generator=generator)
+        elif repeat == 1:
+            sampler = SequentialSampler(dataset)
+        else:
+            sampler = list(range(len(dataset))) * repeat
+        loader = DataLoader(dataset, sampler=sampler, **_loader_options(settings))
+        return cls(loader, num_samples, generator, seed, len(dataset), rank, world_size, repeat)
+
+    def reseed(self, epoch: int) -> None:
+        """Seed the shuffle of ``epoch`` (the same on every rank)."""
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        sampler = self.loader.sampler
+        if isinstance(sampler, EpochsSampler):
+            sampler.set_epoch(epoch)
+
+    def steps(self, epoch: int) -> int:
+        """The sampler's length over the batch size, the last batch partial."""
+        return len(self.loader)
+
+    def rank_samples(self, epoch: int) -> int:
+        """Every ``world_size``-th sample of the split, for each epoch read."""
+        each, rest = divmod(self.dataset_size, self.world_size)
+        return (each + (self.rank < rest)) * self.repeat
+
+
+class StreamLoader(EpochLoader):
+    """An iterable-style pattern (:class:`ShardsLoader`, :class:`ObjectsLoader`): each
+    DataLoader worker reads its part of the stream and batches it (:class:`WorkerBatches`)."""
+
+    grouped = True
+
+    def __init__(self, dataset: ShardStream | ObjectStreamDataset, settings: LoaderSettings,
+                 rank: int, world_size: int, equal_steps: bool):  # fmt: skip
+        batches = WorkerBatches(dataset, settings.batch_size, settings.worker_batches)
+        options = {**_loader_options(settings), "batch_size": None, "collate_fn": _as_is}
+        super().__init__(DataLoader(batches, **options), -(-dataset.num_samples // world_size))
+        self.dataset, self.batch_size = dataset, settings.batch_size
+        self.readers = max(settings.num_workers, 1)  # no workers: the main process reads
+        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
+
+    def reseed(self, epoch: int) -> None:
+        """Choose ``epoch``'s order (shards or listing) and shuffle buffers."""
+        self.dataset.set_epoch(epoch)
+
+    def _rank_steps(self, epoch: int, rank: int) -> int:
+        parts = (self.dataset.worker_samples(w, self.readers, epoch, rank)
+                 for w in range(self.readers))  # fmt: skip
+        return sum(-(-n // self.batch_size) for n in parts)
+
+    def steps(self, epoch: int) -> int:
+        """Each worker's batches, its last partial; with ``equal_steps`` on several ranks the
+        fewest of any rank (every rank stops there)."""
+        if self.world_size > 1 and self.equal_steps:
+            return min(self._rank_steps(epoch, r) for r in range(self.world_size))
+        return self._rank_steps(epoch, self.rank)
+
+    def rank_samples(self, epoch: int) -> int:
+        """The samples of this rank's part of the stream in ``epoch``."""
+        return self.dataset.rank_samples(epoch)
+
+    def limit(self, epoch: int) -> int | None:
+        """With ``equal_steps`` on several ranks, :meth:`steps`: a rank with more stops there."""
+        return self.steps(epoch) if self.world_size > 1 and self.equal_steps else None
+
+
+class ObjectsLoader(StreamLoader):
+    """The ``objects`` pattern: :class:`ObjectStreamDataset`, the image objects in listing order
+    with ``concurrency`` reads in flight per worker."""
+
+    @classmethod
+    def from_split(
+        cls, storage: Storage, records: list[Record], *, transform: v2.Compose | None,
+        class_to_index: dict[str, int], settings: LoaderSettings, shuffle: bool, seed: int,
+        shuffle_buffer: int = 64, concurrency: int = 8, repeat: int = 1, rank: int = 0,
+        world_size: int = 1, equal_steps: bool = False,
+    ) -> ObjectsLoader:  # fmt: skip
+        """The loader of ``records`` on ``storage`` (see :func:`build_loader`)."""
+        dataset = ObjectStreamDataset(
+            storage, records, transform, class_to_index, concurrency=concurrency,
+            shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat, rank=rank,
+            world_size=world_size, equal_shares=equal_steps,
+        )  # fmt: skip
+        return cls(dataset, settings, rank, world_size, equal_steps)
+
+
+class ShardsLoader(StreamLoader):
+    """The ``shards`` (``sequential``) pattern: :class:`ShardStream` over the split's tar
+    shards, streamed front to back."""
+
+    @classmethod
+    def from_split(
+        cls, storage: Storage, shards: list[ShardInfo], *, transform: v2.Compose | None,
+        class_to_index: dict[str, int], settings: LoaderSettings, shuffle: bool, seed: int,
+        shuffle_buffer: int = 64, repeat: int = 1, rank: int = 0, world_size: int = 1,
+        equal_steps: bool = False,
+    ) -> ShardsLoader:  # fmt: skip
+        """The loader of ``shards`` on ``storage`` (see :func:`build_loader`).
+
+        Raises:
+            ShardError: fewer shards than ranks, with ``equal_steps``.
+        """
+        if equal_steps and world_size > len(shards):
+            raise ShardError(
+                f"{len(shards)} shard(s) for {world_size} ranks: every rank needs at least one "
+                "(a rank without one would leave the others nothing to train on in step); "
+                "lower dataset.shard_size_mb for more shards, or run fewer ranks"
+            )
+        readers = world_size * max(settings.num_workers, 1)
+        if readers > len(shards) and (settings.num_workers > 0 or world_size > 1):
+            log.warning(
+                "%d shards for %d ranks x %d DataLoader workers: %d readers will have nothing "
+                "to read; lower dataset.shard_size_mb for more shards",
+                len(shards), world_size, settings.num_workers, readers - len(shards),
+            )  # fmt: skip
+        dataset = ShardStream(
+            storage, shards, transform, class_to_index, shuffle=shuffle,
+            shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat, rank=rank,
+            world_size=world_size,
+        )  # fmt: skip
+        return cls(dataset, settings, rank, world_size, equal_steps)
+
+
 def build_loader(
     storage: Storage,
     records: list[Record],
     *,
     access: str,
-    transform: v2.Compose,
+    transform: v2.Compose | None,
     class_to_index: dict[str, int],
     settings: LoaderSettings,
     shuffle: bool,
@@ -224,19 +404,17 @@ def build_loader(
     world_size: int = 1,
     equal_steps: bool = False,
 ) -> EpochLoader:
-    """Build the loader of one split for an access pattern.
+    """The loader of one split for an access pattern: the one switch between them.
 
     Args:
-        access: ``"random"``: :class:`MapStyleDataset` with a ``RandomSampler``
-            (seeded by ``seed`` and the epoch) or a ``SequentialSampler``; ``"shards"``:
-            :class:`ShardStream` over ``shards`` (see :func:`ensure_shards`);
-            ``"objects"``: :class:`ObjectStreamDataset`, the images in listing order with
-            ``concurrency`` reads in flight per worker.
+        access: ``"random"``: :class:`RandomLoader` (a ``RandomSampler`` seeded by ``seed``
+            and the epoch, or a ``SequentialSampler``); ``"shards"``: :class:`ShardsLoader`
+            over ``shards`` (see :func:`ensure_shards`); ``"objects"``: :class:`ObjectsLoader`.
         repeat: epochs read per iteration of the loader, one after the other with no pause
             between them (each reshuffled as the next epoch; ``num_samples`` counts them all):
             the benchmark's warm passes. Training iterates one epoch at a time.
         rank, world_size: this process's rank among ``world_size`` training processes
-            (torchrun): it loads its share of the split only. Random: a
+            (torchrun): it loads its part of the split only. Random: a
             ``DistributedSampler`` (the epoch's shuffle, the same on every rank, cut in
             ``world_size`` parts), or without ``equal_steps`` every ``world_size``-th sample;
             shards: every ``world_size``-th shard of the epoch's order, then split by worker;
@@ -247,15 +425,15 @@ def build_loader(
             ones each epoch); objects: the same count, another part of the listing each
             epoch; shards: every rank stops after the steps of the rank with the fewest
             (``steps(epoch)``), since shards cannot be cut. What a rank drops of its
-            ``share`` is counted by the caller (``samples_dropped``). Evaluation passes False:
-            every sample once, ranks with different counts.
+            ``rank_samples`` is counted by the caller (``samples_dropped``). Evaluation passes
+            False: every sample once, ranks with different counts.
 
     The loader's ``steps(epoch)`` is the number of batches that epoch really yields. For an
-    iterable-style dataset each DataLoader worker batches its own share and ends with its own
-    partial batch, so an epoch has ``sum over workers of ceil(share / batch_size)`` steps: up
-    to ``num_workers - 1`` more than ``ceil(samples / batch_size)``, and with shards the
-    shares change with each epoch's shard order. A learning-rate schedule sized on the
-    smaller count reaches its end before the last epoch does.
+    iterable-style dataset each DataLoader worker batches its own part and ends with its own
+    partial batch, so an epoch has ``sum over workers of ceil(part / batch_size)`` steps: up
+    to ``num_workers - 1`` more than ``ceil(samples / batch_size)``, and with shards the parts
+    change with each epoch's shard order. A learning-rate schedule sized on the smaller count
+    reaches its end before the last epoch does.
 
     Raises:
         ValueError: unknown ``access``, ``"shards"`` without ``shards``, or ``repeat < 1``.
@@ -263,134 +441,18 @@ def build_loader(
     """
     if repeat < 1:
         raise ValueError(f"{repeat=} must be at least 1")
-    distributed = world_size > 1
-    kwargs = dict(
-        batch_size=settings.batch_size,
-        num_workers=settings.num_workers,
-        collate_fn=collate,
-        pin_memory=settings.pin_memory,
-    )
-    if settings.num_workers > 0:
-        kwargs.update(
-            prefetch_factor=settings.prefetch_factor,
-            persistent_workers=settings.persistent_workers,
-        )
-    limit = None
+    common = dict(
+        transform=transform, class_to_index=class_to_index, settings=settings, shuffle=shuffle,
+        seed=seed, repeat=repeat, rank=rank, world_size=world_size, equal_steps=equal_steps,
+    )  # fmt: skip
     if access == "random":
-        dataset = MapStyleDataset(storage, records, transform, class_to_index)
-        generator = torch.Generator()
-        num_samples = len(dataset) * repeat
-        if distributed and equal_steps:
-            sampler = EpochsSampler(
-                DistributedSampler(
-                    dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                    drop_last=True,
-                ),
-                repeat,
-            )  # fmt: skip
-            num_samples = len(sampler)
-        elif distributed:  # evaluation: every sample once, in order
-            sampler = list(range(rank, len(dataset), world_size)) * repeat
-            num_samples = len(sampler)
-        elif shuffle:  # more samples than the dataset: one permutation after another
-            sampler = RandomSampler(dataset, num_samples=num_samples, generator=generator)
-        else:
-            sampler = (
-                SequentialSampler(dataset) if repeat == 1 else list(range(len(dataset))) * repeat
-            )
-        loader = DataLoader(dataset, sampler=sampler, **kwargs)
-
-        def reseed(epoch: int) -> None:
-            generator.manual_seed(seed * 100_003 + epoch)
-            if isinstance(sampler, EpochsSampler):
-                sampler.set_epoch(epoch)
-
-        def steps(epoch: int) -> int:
-            return len(loader)  # the sampler's length over the batch size, the last partial
-
-        def share(epoch: int) -> int:
-            each, rest = divmod(len(dataset), world_size)
-            return (each + (rank < rest)) * repeat
-    else:
-        dataset = _iterable_dataset(
-            access, storage, records, transform, class_to_index, settings, shards,
-            shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, concurrency=concurrency,
-            repeat=repeat, rank=rank, world_size=world_size, equal_steps=equal_steps,
-        )  # fmt: skip
-        grouped = WorkerBatches(dataset, settings.batch_size, settings.worker_batches)
-        kwargs.update(batch_size=None, collate_fn=_as_is)
-        loader = DataLoader(grouped, **kwargs)
-        num_samples = -(-dataset.num_samples // world_size)
-        reseed = dataset.set_epoch
-        readers = max(settings.num_workers, 1)  # no workers: the training process reads alone
-
-        def rank_steps(epoch: int, of_rank: int) -> int:
-            shares = (dataset.worker_samples(w, readers, epoch, of_rank) for w in range(readers))
-            return sum(-(-n // settings.batch_size) for n in shares)
-
-        def steps(epoch: int) -> int:
-            if distributed and equal_steps:  # the same on every rank: the fewest
-                return min(rank_steps(epoch, r) for r in range(world_size))
-            return rank_steps(epoch, rank)
-
-        share = dataset.share
-        if distributed and equal_steps:
-            limit = steps
-
-    return EpochLoader(
-        loader, num_samples, reseed, steps, share, grouped=access != "random", limit=limit
-    )
-
-
-def _iterable_dataset(
-    access, storage, records, transform, class_to_index, settings, shards, *, shuffle,
-    shuffle_buffer, seed, concurrency, repeat, rank, world_size, equal_steps,
-):  # fmt: skip
-    """The iterable-style dataset of the ``objects`` or ``shards`` pattern (see build_loader)."""
+        return RandomLoader.from_split(storage, records, **common)
     if access == "objects":
-        return ObjectStreamDataset(
-            storage,
-            records,
-            transform,
-            class_to_index,
-            concurrency=concurrency,
-            shuffle=shuffle,
-            shuffle_buffer=shuffle_buffer,
-            seed=seed,
-            repeat=repeat,
-            rank=rank,
-            world_size=world_size,
-            equal_shares=equal_steps,
+        return ObjectsLoader.from_split(
+            storage, records, shuffle_buffer=shuffle_buffer, concurrency=concurrency, **common
         )
     if access == "shards":
         if shards is None:
             raise ValueError("shards access needs the split's shards (see ensure_shards)")
-        if equal_steps and world_size > len(shards):
-            raise ShardError(
-                f"{len(shards)} shard(s) for {world_size} ranks: every rank needs at least one "
-                "(a rank without one would leave the others nothing to train on in step); "
-                "lower dataset.shard_size_mb for more shards, or run fewer ranks"
-            )
-        readers = world_size * max(settings.num_workers, 1)
-        if readers > len(shards) and (settings.num_workers > 0 or world_size > 1):
-            log.warning(
-                "%d shards for %d ranks x %d DataLoader workers: %d readers will have nothing "
-                "to read; lower dataset.shard_size_mb for more shards",
-                len(shards),
-                world_size,
-                settings.num_workers,
-                readers - len(shards),
-            )
-        return ShardStream(
-            storage,
-            shards,
-            transform,
-            class_to_index,
-            shuffle=shuffle,
-            shuffle_buffer=shuffle_buffer,
-            seed=seed,
-            repeat=repeat,
-            rank=rank,
-            world_size=world_size,
-        )
+        return ShardsLoader.from_split(storage, shards, shuffle_buffer=shuffle_buffer, **common)
     raise ValueError(f"unknown access pattern {access!r}; choose random, shards or objects")

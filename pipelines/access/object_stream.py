@@ -118,7 +118,7 @@ class ObjectStreamDataset(EpochStream):
         iteration of ``epoch``."""
         return len(self.worker_records(worker_id, num_workers, epoch, rank))
 
-    def share(self, epoch: int, rank: int | None = None) -> int:
+    def rank_samples(self, epoch: int, rank: int | None = None) -> int:
         """Samples of the split that fall to rank ``rank`` (default this one) in one
         iteration before any remainder is dropped: the listing divided as evenly as it goes."""
         rank = self.rank if rank is None else rank

@@ -183,7 +183,7 @@ class ShardStream(EpochStream):
         shuffle)."""
         return sum(s.samples for s in self.worker_shards(worker_id, num_workers, epoch, rank))
 
-    def share(self, epoch: int, rank: int | None = None) -> int:
+    def rank_samples(self, epoch: int, rank: int | None = None) -> int:
         """Samples of the split rank ``rank`` (default this one) reads in one iteration."""
         return sum(
             s.samples for e in range(epoch, epoch + self.repeat) for s in self.rank_shards(e, rank)
