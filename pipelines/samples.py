@@ -1,20 +1,9 @@
 """From encoded bytes to training tensors: decode, transform, batch.
 
-A *sample* is the dict every access pattern yields, one per image::
-
-    {"id": str, "image": float32 [3, H, W] in [0, 1] or None,
-     "target": detection: {"boxes": tv_tensors.BoundingBoxes float32 [N, 4] (XYXY pixels),
-                           "labels": int64 [N]};
-               classification: int64 [] (the class index),
-     "nbytes": int,      # bytes read from storage for this sample
-     "read_s": float,    # seconds spent in storage reads for this sample
-     "read_at": float,   # time.perf_counter() when its reading began (inf: unknown)
-     "requests": CallStats,  # the figures of the storage call that read it (a shard's:
-                             # this sample's share)
-     "error": str | None}
-
-A sample whose image cannot be decoded has ``image=None`` and ``error`` set; :func:`collate`
-drops it from the batch and counts it, so a corrupt JPEG costs one sample, not the run.
+Every access pattern yields one :class:`Sample` per image; :func:`collate` makes them a
+:class:`Batch`. A sample whose image cannot be decoded has ``image`` None and ``error`` set;
+:func:`collate` drops it from the batch and counts it, so a corrupt JPEG costs one sample, not
+the run.
 """
 
 from __future__ import annotations
@@ -91,6 +80,41 @@ def decode(data: bytes) -> tv_tensors.Image:
         raise ValueError(f"not a decodable JPEG/PNG image ({str(exc).splitlines()[0]})") from None
 
 
+@dataclass(slots=True)
+class Sample:
+    """One image as an access pattern yields it.
+
+    Attributes:
+        id: the image id.
+        read: the figures of the storage call that read it (a shard's: this sample's share):
+            bytes, seconds, requests, retries, TTFB, errors.
+        read_at: ``time.perf_counter()`` when reading it began (inf: unknown).
+        image: float32 ``[3, H, W]`` in [0, 1]; None when not decoded (the benchmark's read
+            path) or undecodable (``error``).
+        target: detection: ``{"boxes": tv_tensors.BoundingBoxes float32 [N, 4] (XYXY
+            pixels), "labels": int64 [N]}``; classification: int64 ``[]`` (the class index);
+            None without an image.
+        error: why the image could not be decoded (the sample is then skipped), or None.
+    """
+
+    id: str
+    read: CallStats
+    read_at: float = math.inf
+    image: torch.Tensor | None = None
+    target: dict | torch.Tensor | None = None
+    error: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes read from storage for this sample."""
+        return self.read.nbytes
+
+    @property
+    def read_s(self) -> float:
+        """Seconds spent in storage reads for this sample."""
+        return self.read.seconds
+
+
 def make_sample(
     record: Record,
     data: bytes,
@@ -99,16 +123,15 @@ def make_sample(
     transform: v2.Compose | None,
     class_to_index: dict[str, int],
     read_at: float = math.inf,
-) -> dict:
-    """Decode and transform one image with its target into a sample dict (see module doc).
+) -> Sample:
+    """Decode and transform one image with its target into a :class:`Sample`.
 
     The target follows the record: boxes and labels for a
     :class:`pipelines.formats.records.DetectionRecord`, the class index for a
     :class:`pipelines.formats.records.ClassificationRecord`.
 
     ``read`` holds the figures of the storage call that read it (a shard's: this sample's
-    share): its bytes, seconds and requests become the sample's; ``read_at`` is the
-    ``time.perf_counter()`` at which reading it began.
+    share); ``read_at`` is the ``time.perf_counter()`` at which reading it began.
 
     With ``transform=None`` the bytes are read but not decoded (``image`` stays None and
     ``error`` None): the benchmark's measure of the storage path without decode cost.
@@ -116,7 +139,7 @@ def make_sample(
     Raises:
         DatasetError: a label is not one of the configured classes.
     """
-    sample = bytes_only_sample(record.id, read, read_at)
+    sample = Sample(record.id, read, read_at)
     names = [record.label] if isinstance(record, ClassificationRecord) else record.labels
     try:
         labels = torch.tensor([class_to_index[name] for name in names], dtype=torch.int64)
@@ -130,35 +153,18 @@ def make_sample(
     try:
         image = decode(data)
     except ValueError as exc:
-        sample["error"] = f"{record.image_key}: {exc}"
+        sample.error = f"{record.image_key}: {exc}"
         return sample
     if isinstance(record, ClassificationRecord):
-        sample["image"], sample["target"] = transform(image), labels[0]
+        sample.image, sample.target = transform(image), labels[0]
         return sample
     boxes = tv_tensors.BoundingBoxes(
         torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
         format="XYXY",
         canvas_size=tuple(image.shape[-2:]),
     )
-    image, target = transform(image, {"boxes": boxes, "labels": labels})
-    sample["image"] = image
-    sample["target"] = target
+    sample.image, sample.target = transform(image, {"boxes": boxes, "labels": labels})
     return sample
-
-
-def bytes_only_sample(image_id: str, read: CallStats, read_at: float = math.inf) -> dict:
-    """A sample whose bytes were read but not decoded (``image`` None, ``error`` None): what
-    the benchmark's read path yields with ``bench.decode: false``, and the start of every
-    sample (see the module doc for the keys; ``read``: the figures of its read)."""
-    return {
-        "id": image_id,
-        "nbytes": read.nbytes,
-        "read_s": read.seconds,
-        "read_at": read_at,
-        "requests": read,
-        "image": None,
-        "error": None,
-    }
 
 
 @dataclass
@@ -213,23 +219,24 @@ class Batch:
         return replace(self, images=images, targets=[pin(t) for t in self.targets])
 
 
-def collate(samples: list[dict]) -> Batch:
+def collate(samples: list[Sample]) -> Batch:
     """DataLoader ``collate_fn``: keep images as a list (detection models take lists; the
     classification step stacks them)."""
     info = get_worker_info()
     batch = Batch(worker=info.id if info is not None else -1)
     for sample in samples:
-        batch.reads.append((sample["id"], sample["nbytes"], sample["read_at"], sample["read_s"]))
-        batch.nbytes += sample["nbytes"]
-        batch.read_s += sample["read_s"]
-        batch.read_at = min(batch.read_at, sample["read_at"])
-        batch.requests.add(sample["requests"])
-        if sample["error"] is not None:
-            batch.errors.append((sample["id"], sample["error"]))
+        read = sample.read
+        batch.reads.append((sample.id, read.nbytes, sample.read_at, read.seconds))
+        batch.nbytes += read.nbytes
+        batch.read_s += read.seconds
+        batch.read_at = min(batch.read_at, sample.read_at)
+        batch.requests.add(read)
+        if sample.error is not None:
+            batch.errors.append((sample.id, sample.error))
             continue
-        batch.ids.append(sample["id"])
-        if sample["image"] is None:  # read without decoding (benchmark)
+        batch.ids.append(sample.id)
+        if sample.image is None:  # read without decoding (benchmark)
             continue
-        batch.images.append(sample["image"])
-        batch.targets.append(sample["target"])
+        batch.images.append(sample.image)
+        batch.targets.append(sample.target)
     return batch

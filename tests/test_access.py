@@ -176,9 +176,9 @@ def test_slow_opens_are_done_ahead_and_quick_ones_in_line(voc_root, monkeypatch,
     storage.opened_by.clear()
     stream = ShardStream(storage, shards, None, CLASSES, shuffle=True, shuffle_buffer=4, seed=0)
     samples = list(stream)
-    ids = [sample["id"] for sample in samples]
-    assert sum(sample["read_s"] for sample in samples) >= 0.002 * len(shards)  # the opens
-    assert ids == [sample["id"] for sample in ShardStream(
+    ids = [sample.id for sample in samples]
+    assert sum(sample.read_s for sample in samples) >= 0.002 * len(shards)  # the opens
+    assert ids == [sample.id for sample in ShardStream(
         FileSystemStorage(voc_root), shards, None, CLASSES, shuffle=True, shuffle_buffer=4, seed=0
     )]  # fmt: skip
     main = threading.current_thread().name
@@ -190,7 +190,7 @@ def test_slow_opens_are_done_ahead_and_quick_ones_in_line(voc_root, monkeypatch,
     storage.opened_by.clear()  # in line or not, the next shard is opened before any sample
     in_order = ShardStream(storage, shards, None, CLASSES, shuffle=False, shuffle_buffer=1, seed=0)
     first = next(iter(in_order))
-    assert first["id"] == shards[0].ids[0] and len(storage.opened_by) == 2
+    assert first.id == shards[0].ids[0] and len(storage.opened_by) == 2
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore(2) and fadvise: Linux")

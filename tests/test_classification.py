@@ -158,8 +158,8 @@ def test_a_classification_sample_is_a_square_image_and_its_class_index(cells_roo
         transform=classification_transform(True, 48),
         class_to_index={name: i for i, name in enumerate(CLASSES)},
     )
-    assert sample["image"].shape == (3, 48, 48) and sample["image"].dtype == torch.float32
-    assert sample["target"].dtype == torch.int64 and int(sample["target"]) == 1
+    assert sample.image.shape == (3, 48, 48) and sample.image.dtype == torch.float32
+    assert sample.target.dtype == torch.int64 and int(sample.target) == 1
     with pytest.raises(DatasetError, match=r"class 'RBC' is not one of the configured classes"):
         make_sample(record, b"", read=CallStats(), transform=None, class_to_index={"WBC": 0})
 

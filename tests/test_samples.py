@@ -37,7 +37,7 @@ def test_box_covers_the_same_pixels_after_resize_and_flip(seed):
         transform=detection_transform(True, 50),
         class_to_index={"cell": 1},
     )
-    image, boxes = sample["image"], sample["target"]["boxes"]
+    image, boxes = sample.image, sample.target["boxes"]
     assert image.shape == (3, 50, 100) and image.dtype == torch.float32
     x1, y1, x2, y2 = boxes[0].round().int().tolist()
     assert (x2 - x1, y2 - y1) == (20, 30)  # scaled by 0.5
@@ -59,9 +59,9 @@ def test_flip_is_applied_to_image_and_box_together():
             transform=detection_transform(True, 100),
             class_to_index={"cell": 1},
         )
-        x1 = int(sample["target"]["boxes"][0, 0].round())
+        x1 = int(sample.target["boxes"][0, 0].round())
         assert x1 in (20, 140)  # original, or mirrored: 200 - 60
-        assert sample["image"][:, 50, x1 + 2].min() > 0.9
+        assert sample.image[:, 50, x1 + 2].min() > 0.9
         flips.add(x1)
     assert flips == {20, 140}
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pipelines.access.loaders import TRANSFER_TENSOR_BYTES, EpochLoader, WorkerBatches
-from pipelines.samples import bytes_only_sample, collate
+from pipelines.samples import Sample, collate
 from pipelines.storage.base import CallStats
 
 
@@ -21,10 +21,10 @@ class Samples(IterableDataset):
     def __iter__(self):
         for i in range(self.count):
             read = CallStats(nbytes=10 + i, seconds=0.001)
-            sample = bytes_only_sample(f"id{i}", read, read_at=100.0 + i)
+            sample = Sample(f"id{i}", read, read_at=100.0 + i)
             if self.image_bytes:
-                sample["image"] = torch.zeros(self.image_bytes, dtype=torch.uint8)
-                sample["target"] = i
+                sample.image = torch.zeros(self.image_bytes, dtype=torch.uint8)
+                sample.target = i
             yield sample
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from pipelines.formats.records import Record
-from pipelines.samples import make_sample
+from pipelines.samples import Sample, make_sample
 from pipelines.storage.base import Storage
 
 
@@ -47,7 +47,7 @@ class MapStyleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         self.storage.connect()  # a worker's first read: keep the client set-up out of read_at
         start = time.perf_counter()

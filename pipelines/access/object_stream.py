@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from pipelines.access.shard_stream import EpochStream, worker_slot
 from pipelines.formats.records import Record
-from pipelines.samples import make_sample
+from pipelines.samples import Sample, make_sample
 from pipelines.storage.base import CallStats, Storage
 
 
@@ -133,7 +133,7 @@ class ObjectStreamDataset(EpochStream):
         data, read = self.storage.fetch(record.image_key)
         return record, data, read, start
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Sample]:
         worker_id, num_workers = worker_slot()
         self.storage.connect()  # before the threads time their reads
         node = ParallelMapper(

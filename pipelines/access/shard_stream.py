@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from webdataset.filters import shuffle as shuffle_stage
 
 from pipelines.formats.records import record_from_json
-from pipelines.samples import bytes_only_sample, make_sample
+from pipelines.samples import Sample, make_sample
 from pipelines.shards.manifest import (
     IMAGE_EXTENSIONS,
     ShardError,
@@ -189,13 +189,13 @@ class ShardStream(EpochStream):
             s.samples for e in range(epoch, epoch + self.repeat) for s in self.rank_shards(e, rank)
         )
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Sample]:
         worker_id, num_workers = worker_slot()
         raw_samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
         samples = self.buffer_shuffled(raw_samples, worker_id)
         for raw, read, image_id, read_at in samples:
             if self.transform is None:  # the read path alone: the annotation is not parsed
-                yield bytes_only_sample(image_id, read, read_at)
+                yield Sample(image_id, read, read_at)
                 continue
             ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
             try:
