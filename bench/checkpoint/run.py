@@ -103,7 +103,7 @@ def run_checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) ->
     with contextlib.ExitStack() as stack:
         for kind in ck.storages:
             try:
-                location = open_place(kind, cfg, out, stack, bench_ranks, first_on_node)
+                location = open_location(kind, cfg, out, stack, bench_ranks, first_on_node)
             except Exception as exc:  # noqa: BLE001 - agreed on every rank: rows say why; go on
                 rows.extend(error_row(kind, m, 1, exc) for m in ck.methods)
                 _say(ranks, f"{kind}: {error_text(exc)}")
@@ -161,7 +161,7 @@ def this_part(
     return random_part(nbytes, ranks.rank)
 
 
-def open_place(
+def open_location(
     kind: str,
     cfg: CheckpointBenchConfig,
     out: Path,
