@@ -29,9 +29,6 @@ Determinism: every image depends only on ``(seed, index)`` and the size/box sett
 arguments (and the same Pillow/libjpeg and NumPy) give the same bytes, whether generated in one
 process or several. Nothing is held beyond a bounded window of images: 100,000 images need no
 more memory than 10.
-
-Why one module of this size: the size model, the rendering and the JPEG size search are one
-calibrated whole (its constants were measured together).
 """
 
 from __future__ import annotations

@@ -15,10 +15,6 @@ and format the answers.
 
 TorchServe requires the handler module to define exactly one class; it counts only classes
 defined in that module (``cls.__module__``), so the base class imported from here does not count.
-
-Why one module of this size: TorchServe loads a handler's files flat from the archive, and the
-two handlers share this one file for decoding, request validation and answers; splitting it
-would add files to every archive and imports that must work both as a package and flat.
 """
 
 from __future__ import annotations

@@ -24,10 +24,6 @@ memory. Between them the checkpoint is made cold (:func:`make_cold`): its files 
 the page cache (fs, and the local S3 server's files on this machine), and every read uses a new
 client. After the read, every tensor is compared byte for byte with what was written
 (:func:`differences`).
-
-Why one module of this size: the parts, the two locations (fs, S3), the ``torch.save`` write and
-read, the S3 stream adapter and the cold read are what one rank does and are read together;
-``dcp``'s calls are :mod:`bench.checkpoint.dcp`.
 """
 
 from __future__ import annotations

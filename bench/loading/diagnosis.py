@@ -14,10 +14,6 @@
 
 Units: MB = 10^6 bytes, seconds, samples/s; a "reader" is a DataLoader worker (or the main
 process with none) of one rank.
-
-Why one module of this size: every verdict the report gives and the threshold behind it sit
-together, so that a reader checks one file to see why a row was called storage-bound,
-CPU-bound or n/a.
 """
 
 from __future__ import annotations

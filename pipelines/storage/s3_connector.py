@@ -11,9 +11,6 @@ has read in a buffer so that it can seek back; a streaming read of a 1 GB shard 
 whole shard; and the CRT fetches the parts of one GET ahead of the reader without a limit.
 Here a stream is read in ranged GETs of :data:`STREAM_WINDOW` bytes, one in flight at a time,
 each part dropped once read (:class:`ObjectStream`): memory is bounded by one window.
-
-Why one module of this size: it is one back end (the :class:`Storage` interface over the CRT
-client), and its bounded-memory stream and error mapping share the client.
 """
 
 from __future__ import annotations
