@@ -218,19 +218,10 @@ def generate_dataset(
         pipelines.storage.base.StorageError: a write or the initial listing failed (the first
             failure; the remaining writes stop).
     """
-    if count < 2:
-        raise ValueError(f"count {count} must be at least 2 (a train and a test split)")
-    for name, value in (("workers", workers), ("write threads", write_threads)):
-        if value < 1:
-            raise ValueError(f"{name} {value} must be at least 1")
+    _check_generate_args(count, workers, write_threads)
     in_test = split_mask(count, test_fraction, spec.seed)
     if not overwrite:
-        found = existing_dataset_key(storage)
-        if found is not None:
-            raise SynthError(
-                f"{storage.describe()} already holds a dataset (found {found}): choose "
-                "another target or pass --overwrite"
-            )
+        _refuse_existing_dataset(storage)
     from tqdm import tqdm
 
     report = SynthReport(target_mean_bytes=spec.mean_bytes)
@@ -240,13 +231,7 @@ def generate_dataset(
     try:
         with tqdm(total=count, unit="img", disable=not progress, desc="synth") as bar:
             for sample in _samples(spec, count, workers):
-                writer.write(f"JPEGImages/{sample.image_id}.jpg", sample.jpeg)
-                writer.write(f"Annotations/{sample.image_id}.xml", sample.xml)
-                report.images += 1
-                report.objects += 2
-                report.image_bytes += len(sample.jpeg)
-                report.other_bytes += len(sample.xml)
-                report.boxes += sample.boxes
+                _write_sample(writer, sample, report)
                 if on_sample is not None:
                     on_sample(sample)
                 bar.update(1)
@@ -261,6 +246,60 @@ def generate_dataset(
     finally:
         if not ok:
             writer.close(cancel=True)
+    _write_split_files(storage, in_test, count, report)
+    report.elapsed_s = time.perf_counter() - start
+    return report
+
+
+def _check_generate_args(count: int, workers: int, write_threads: int) -> None:
+    """Refuse fewer than 2 images, or fewer than 1 worker or write thread.
+
+    Raises:
+        ValueError: names the argument and its value.
+    """
+    if count < 2:
+        raise ValueError(f"count {count} must be at least 2 (a train and a test split)")
+    for name, value in (("workers", workers), ("write threads", write_threads)):
+        if value < 1:
+            raise ValueError(f"{name} {value} must be at least 1")
+
+
+def _refuse_existing_dataset(storage: Storage) -> None:
+    """Refuse a target that already holds a dataset.
+
+    Raises:
+        SynthError: names a key of the dataset found.
+        pipelines.storage.base.StorageError: the target cannot be listed.
+    """
+    found = existing_dataset_key(storage)
+    if found is not None:
+        raise SynthError(
+            f"{storage.describe()} already holds a dataset (found {found}): choose "
+            "another target or pass --overwrite"
+        )
+
+
+def _write_sample(writer: _BoundedWriter, sample: Sample, report: SynthReport) -> None:
+    """Queue one sample's JPEG and annotation for writing and add them (2 objects) and its
+    boxes to ``report``.
+
+    Raises:
+        pipelines.storage.base.StorageError: an earlier write failed.
+    """
+    writer.write(f"JPEGImages/{sample.image_id}.jpg", sample.jpeg)
+    writer.write(f"Annotations/{sample.image_id}.xml", sample.xml)
+    report.images += 1
+    report.objects += 2
+    report.image_bytes += len(sample.jpeg)
+    report.other_bytes += len(sample.xml)
+    report.boxes += sample.boxes
+
+
+def _write_split_files(
+    storage: Storage, in_test: np.ndarray, count: int, report: SynthReport
+) -> None:
+    """Write ``train.txt`` and ``test.txt`` (the images outside and inside the ``in_test`` mask
+    of ``count`` booleans; none for an empty split) and add them to ``report``."""
     for split, mask in (("train", ~in_test), ("test", in_test)):
         indices = np.flatnonzero(mask)
         if len(indices) == 0:
@@ -270,5 +309,3 @@ def generate_dataset(
         report.objects += 1
         report.other_bytes += len(text)
         setattr(report, split, len(indices))
-    report.elapsed_s = time.perf_counter() - start
-    return report

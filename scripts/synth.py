@@ -49,6 +49,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="a directory, or s3://bucket/prefix (the VOC tree's root)"
     )
     parser.add_argument("--count", type=int, required=True, help="number of images (>= 2)")
+    _add_size_flags(parser)
+    _add_content_flags(parser)
+    _add_run_flags(parser)
+    _add_s3_flags(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_keys_argument(parser, config=None)
+    return parser
+
+
+def _add_size_flags(parser: argparse.ArgumentParser) -> None:
+    """The image size distribution: ``--preset``, ``--mean-kb``, ``--std-kb``,
+    ``--distribution``."""
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -67,6 +79,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="lognormal",
         help="size distribution (default: lognormal; normal is clipped to at least 2 KB)",
     )
+
+
+def _add_content_flags(parser: argparse.ArgumentParser) -> None:
+    """What the images hold and how they are split: ``--classes``, ``--max-boxes``,
+    ``--test-fraction``, ``--seed``."""
     parser.add_argument(
         "--classes",
         default=",".join(DEFAULT_CLASSES),
@@ -82,6 +99,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="share of ids in test.txt, in [0, 1) (default: 0.2; 0: no test split)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """How the dataset is written: ``--overwrite``, ``--workers``, ``--write-threads``."""
     parser.add_argument(
         "--overwrite", action="store_true", help="write over an existing dataset at --out"
     )
@@ -91,6 +112,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--write-threads", type=int, default=8, help="writes in flight (default: 8)"
     )
+
+
+def _add_s3_flags(parser: argparse.ArgumentParser) -> None:
+    """Where an ``s3://`` target's endpoint comes from: ``--endpoint``, ``--env-file``."""
     parser.add_argument("--endpoint", help="S3 endpoint URL (default: $S3_ENDPOINT; empty: AWS)")
     parser.add_argument(
         "--env-file",
@@ -99,9 +124,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="the local S3 server's env file, in its state folder; used while that server runs "
         "and no endpoint is named (default: .s3/env)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_keys_argument(parser, config=None)
-    return parser
 
 
 def open_target(out: str, endpoint: str | None, env_file: Path, write_threads: int) -> Storage:

@@ -35,6 +35,7 @@ from common.process import log_tail, owned_process, poll_until, start_detached, 
 from serve.preflight import check_java, find_torchserve, list_models
 from serve.properties import (
     BASE_CONFIG,
+    Listeners,
     ServeError,
     check_ports_free,
     derive_properties,
@@ -195,44 +196,9 @@ def start_server(
     models = list_models(model_store)
     check_java()
     torchserve = find_torchserve()
-    pid = running_pid(rt.root)
-    if pid is not None:
-        raise ServeError(
-            f"TorchServe (pid {pid}) already runs for {rt.root}: "
-            f"`python -m scripts.serve stop --runtime-dir {rt.root}` first"
-        )
-    listeners = listeners_from_properties(read_properties(base_config)).override(
-        host, **(ports or {})
-    )
-    check_ports_free(listeners)
-    _check_socket_path(rt)
-
-    rt.logs.mkdir(parents=True, exist_ok=True)
-    rt.tmp.mkdir(parents=True, exist_ok=True)
-    for stale in (rt.state, rt.key_file):
-        stale.unlink(missing_ok=True)
-    props = derive_properties(
-        read_properties(base_config), listeners, model_store, token_auth=token_auth
-    )
-    secured = "disable_token_authorization" not in props
-    write_properties(
-        rt.config,
-        props,
-        f"Derived from {Path(base_config).resolve()} by serve/torchserve.py; rewritten at each "
-        "start.",
-    )
-
-    env = dict(os.environ)
-    env.pop("TS_CONFIG_FILE", None)  # would override --ts-config
-    if secured:  # only read with enable_envvars_config=true, but never let it switch auth off
-        env.pop("TS_DISABLE_TOKEN_AUTHORIZATION", None)
-    env.update(
-        TMPDIR=str(rt.tmp),
-        TEMP=str(rt.tmp),  # -> java.io.tmpdir: worker sockets, extracted archives
-        TMP=str(rt.tmp),
-        LOG_LOCATION=str(rt.logs),
-        METRICS_LOCATION=str(rt.logs),
-    )
+    listeners = _check_can_start(rt, base_config, host, ports)
+    secured = _prepare_runtime_dir(rt, base_config, listeners, model_store, token_auth)
+    env = _server_env(rt, secured)
     cmd = [torchserve, "--start", "--ncs", "--ts-config", str(rt.config),
            "--model-store", str(model_store),
            "--models", *[f"{name}={name}.mar" for name in models]]  # fmt: skip
@@ -241,13 +207,7 @@ def start_server(
     launcher: subprocess.Popen | None = None
     try:
         launcher = start_detached(cmd, log_path=rt.console_log, env=env, cwd=rt.root)
-        try:
-            code = launcher.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            raise ServeError("the torchserve launcher did not return") from None
-        server_pid = running_pid(rt.root)
-        if code != 0 or server_pid is None:
-            raise ServeError(f"torchserve --start failed (exit {code})")
+        server_pid = _wait_for_launcher(launcher, rt, deadline)
         info = ServerInfo(
             pid=server_pid,
             runtime_dir=str(rt.root),
@@ -262,16 +222,111 @@ def start_server(
         write_state(rt.state, asdict(info))
         return info
     except BaseException as exc:
-        details = log_tails(rt)
-        stop_server(rt.root)
-        if launcher is not None and launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
+        details = _clean_up_failed_start(rt, launcher)
         if isinstance(exc, ServeError):
             raise ServeError(str(exc), details) from None
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise ServeError(f"starting TorchServe failed: {exc}", details) from exc
+
+
+def _check_can_start(
+    rt: RuntimeDir,
+    base_config: Path,
+    host: str | None,
+    ports: dict[str, int | None] | None,
+) -> Listeners:
+    """The listeners a new server of ``rt`` would bind, once nothing stands in its way.
+
+    Args:
+        rt: the new server's runtime dir.
+        base_config: config.properties the listeners are read from.
+        host: bind address for all listeners (None: as configured).
+        ports: listener name -> port; missing or None entries keep the configured port.
+
+    Raises:
+        ServeError: a server already runs for ``rt``, a port is busy, or ``rt`` is too deep for
+            the worker sockets.
+    """
+    pid = running_pid(rt.root)
+    if pid is not None:
+        raise ServeError(
+            f"TorchServe (pid {pid}) already runs for {rt.root}: "
+            f"`python -m scripts.serve stop --runtime-dir {rt.root}` first"
+        )
+    listeners = listeners_from_properties(read_properties(base_config)).override(
+        host, **(ports or {})
+    )
+    check_ports_free(listeners)
+    _check_socket_path(rt)
+    return listeners
+
+
+def _prepare_runtime_dir(
+    rt: RuntimeDir, base_config: Path, listeners: Listeners, model_store: Path, token_auth: bool
+) -> bool:
+    """Create the runtime dir's folders, drop the last run's state and key file, and write the
+    derived config.properties; True when the server will require API keys."""
+    rt.logs.mkdir(parents=True, exist_ok=True)
+    rt.tmp.mkdir(parents=True, exist_ok=True)
+    for stale in (rt.state, rt.key_file):
+        stale.unlink(missing_ok=True)
+    props = derive_properties(
+        read_properties(base_config), listeners, model_store, token_auth=token_auth
+    )
+    secured = "disable_token_authorization" not in props
+    write_properties(
+        rt.config,
+        props,
+        f"Derived from {Path(base_config).resolve()} by serve/torchserve.py; rewritten at each "
+        "start.",
+    )
+    return secured
+
+
+def _server_env(rt: RuntimeDir, secured: bool) -> dict[str, str]:
+    """The environment of the ``torchserve`` launcher: this process's, with the runtime dir's
+    TMPDIR and log folders, and no variable that could override the derived config."""
+    env = dict(os.environ)
+    env.pop("TS_CONFIG_FILE", None)  # would override --ts-config
+    if secured:  # only read with enable_envvars_config=true, but never let it switch auth off
+        env.pop("TS_DISABLE_TOKEN_AUTHORIZATION", None)
+    env.update(
+        TMPDIR=str(rt.tmp),
+        TEMP=str(rt.tmp),  # -> java.io.tmpdir: worker sockets, extracted archives
+        TMP=str(rt.tmp),
+        LOG_LOCATION=str(rt.logs),
+        METRICS_LOCATION=str(rt.logs),
+    )
+    return env
+
+
+def _wait_for_launcher(launcher: subprocess.Popen, rt: RuntimeDir, deadline: float) -> int:
+    """Wait for ``torchserve --start`` to return; the pid of the frontend it started.
+
+    Raises:
+        ServeError: the launcher did not return before ``deadline`` (at least 1 s), failed, or
+            left no server running for ``rt``.
+    """
+    try:
+        code = launcher.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise ServeError("the torchserve launcher did not return") from None
+    server_pid = running_pid(rt.root)
+    if code != 0 or server_pid is None:
+        raise ServeError(f"torchserve --start failed (exit {code})")
+    return server_pid
+
+
+def _clean_up_failed_start(rt: RuntimeDir, launcher: subprocess.Popen | None) -> str:
+    """Stop what a failed start left running (the server, a launcher still running); the log
+    tails read before stopping it, for the error's ``details``."""
+    details = log_tails(rt)
+    stop_server(rt.root)
+    if launcher is not None and launcher.poll() is None:
+        launcher.kill()
+        launcher.wait()
+    return details
 
 
 def wait_until_ready(

@@ -132,8 +132,49 @@ def evaluate(
     precision = precision or Precision("fp32", device)
     n = len(classes)
     started = time.perf_counter()
+    logits, targets, skipped = _predict(model, loader, device, n, num_samples, precision)
+    # several ranks: each evaluated its part; every rank gathers all parts (one object
+    # collective, whatever their sizes) and computes the figures over the whole split
+    parts = distributed.gather((logits, targets, skipped))
+    logits = torch.cat([p[0] for p in parts])
+    targets = torch.cat([p[1] for p in parts])
+    skipped = sum(p[2] for p in parts)
+    samples = len(targets)
+    loss_sum = F.cross_entropy(logits, targets, reduction="sum").item() if samples else 0.0
+    seen = torch.bincount(targets, minlength=n)
+    top1, top5, per_class = _accuracy_metrics(n, logits, targets)
+    result = {
+        "top1": math.nan,
+        "top5": math.nan,
+        "balanced_acc": math.nan,
+        **{f"acc_{name}": math.nan for name in classes},
+        "eval_loss": loss_sum / samples if samples else math.nan,
+        "eval_samples": samples,
+        "eval_skipped": skipped,
+        "eval_s": time.perf_counter() - started,
+    }
+    if samples:
+        _fill_accuracies(result, classes, seen, top1, top5, per_class)
+    return result
+
+
+def _predict(
+    model: torch.nn.Module,
+    loader: Iterable[Batch],
+    device: torch.device,
+    num_classes: int,
+    num_samples: int,
+    precision: Precision,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run the model over this rank's part of a split, with a progress bar.
+
+    Returns:
+        ``(logits, targets, skipped)``: float32 logits ``[N, num_classes]`` and int64 labels
+        ``[N]`` on the CPU for the N decoded images, and the number of undecodable images.
+    """
     skipped = 0
-    all_logits, all_targets = [torch.zeros(0, n)], [torch.zeros(0, dtype=torch.int64)]
+    all_logits = [torch.zeros(0, num_classes)]
+    all_targets = [torch.zeros(0, dtype=torch.int64)]
     bar = progress_bar(
         total=num_samples, desc="evaluate", unit="img", leave=False, dynamic_ncols=True
     )
@@ -146,15 +187,16 @@ def evaluate(
             all_logits.append(model(torch.stack(batch.images).to(device)).float().cpu())
         all_targets.append(torch.stack(batch.targets))
     bar.close()
-    # several ranks: each evaluated its part; every rank gathers all parts (one object
-    # collective, whatever their sizes) and computes the figures over the whole split
-    parts = distributed.gather((torch.cat(all_logits), torch.cat(all_targets), skipped))
-    logits = torch.cat([p[0] for p in parts])
-    targets = torch.cat([p[1] for p in parts])
-    skipped = sum(p[2] for p in parts)
-    samples = len(targets)
-    loss_sum = F.cross_entropy(logits, targets, reduction="sum").item() if samples else 0.0
-    seen = torch.bincount(targets, minlength=n)
+    return torch.cat(all_logits), torch.cat(all_targets), skipped
+
+
+def _accuracy_metrics(
+    num_classes: int, logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[MulticlassAccuracy, MulticlassAccuracy | None, MulticlassAccuracy]:
+    """The top-1, top-5 (None with fewer than :data:`TOP5_MIN_CLASSES` classes) and per-class
+    accuracy metrics, updated with ``logits`` ``[N, num_classes]`` and ``targets`` ``[N]``
+    when N > 0."""
+    n = num_classes
     top1 = MulticlassAccuracy(num_classes=n, top_k=1, average="micro", sync_on_compute=False)
     top5 = (
         MulticlassAccuracy(num_classes=n, top_k=5, average="micro", sync_on_compute=False)
@@ -162,30 +204,32 @@ def evaluate(
         else None
     )
     per_class = MulticlassAccuracy(num_classes=n, average="none", sync_on_compute=False)
-    if samples:
+    if len(targets):
         for metric in (top1, top5, per_class):
             if metric is not None:
                 metric.update(logits, targets)
-    result = {
-        "top1": math.nan,
-        "top5": math.nan,
-        "balanced_acc": math.nan,
-        **{f"acc_{name}": math.nan for name in classes},
-        "eval_loss": loss_sum / samples if samples else math.nan,
-        "eval_samples": samples,
-        "eval_skipped": skipped,
-        "eval_s": time.perf_counter() - started,
-    }
-    if samples:
-        accuracies = per_class.compute()
-        present = seen > 0
-        result["top1"] = float(top1.compute())
-        if top5 is not None:
-            result["top5"] = float(top5.compute())
-        result["balanced_acc"] = float(accuracies[present].mean())
-        for name, accuracy, has in zip(classes, accuracies.tolist(), present.tolist(), strict=True):
-            result[f"acc_{name}"] = accuracy if has else math.nan
-    return result
+    return top1, top5, per_class
+
+
+def _fill_accuracies(
+    result: dict,
+    classes: list[str],
+    seen: torch.Tensor,
+    top1: MulticlassAccuracy,
+    top5: MulticlassAccuracy | None,
+    per_class: MulticlassAccuracy,
+) -> None:
+    """Set ``result``'s ``top1``, ``top5``, ``balanced_acc`` and ``acc_<class>`` from the
+    updated metrics; ``seen`` holds the images per class (``[len(classes)]``): a class without
+    any keeps NaN and stays out of the balanced accuracy."""
+    accuracies = per_class.compute()
+    present = seen > 0
+    result["top1"] = float(top1.compute())
+    if top5 is not None:
+        result["top5"] = float(top5.compute())
+    result["balanced_acc"] = float(accuracies[present].mean())
+    for name, accuracy, has in zip(classes, accuracies.tolist(), present.tolist(), strict=True):
+        result[f"acc_{name}"] = accuracy if has else math.nan
 
 
 def describe(row: dict) -> str:

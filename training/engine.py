@@ -111,44 +111,16 @@ def measure_steps(
                 except StopIteration:
                     break
                 got = time.perf_counter()
-                if trace is not None:
-                    trace.extend((step, batch.worker, *read) for read in batch.reads)
-                for image_id, message in batch.errors:
-                    if on_corrupt == "stop":
-                        raise TrainingError(
-                            f"corrupt image {message} (id {image_id}); "
-                            "fix or remove it, or set access.on_corrupt=skip"
-                        )
-                    log.warning("skipped corrupt image %s", message)
-                # samples read without decoding (the benchmark) have ids and no images
-                ready = bool(batch.ids) if agree is None else agree(bool(batch.ids))
-                loss_value = compute(batch, step) if ready else math.nan
+                loss_value = _run_step(batch, step, compute, on_corrupt, trace, agree)
                 done = time.perf_counter()
-                record = StepRecord(
-                    epoch=epoch,
-                    step=step,
-                    samples=len(batch.ids),
-                    skipped=len(batch.errors),
-                    bytes_read=batch.nbytes,
-                    read_s=batch.read_s,
-                    data_wait_s=got - waited,
-                    compute_s=done - got,
-                    loss=loss_value,
-                    requests=batch.requests.requests,
-                    retries=batch.requests.retries,
-                )
+                record = _step_record(batch, epoch, step, got - waited, done - got, loss_value)
                 if step >= warmup_steps:
                     meter.add(record, batch.requests)
                     first_read = min(first_read, batch.read_at)
                 if step + 1 == warmup_steps:
                     meter.started = time.perf_counter()  # the measured wall clock starts now
                 step += 1
-                if not bar.disable and done - shown >= bar.mininterval:
-                    bar.set_postfix(
-                        loss=f"{loss_value:.3f}", wait=f"{record.data_wait_s:.2f}s", refresh=False
-                    )
-                    shown = done
-                bar.update(record.samples + record.skipped)
+                shown = _show_step(bar, record, done, shown)
         finally:
             meter.finish()
             bar.close()
@@ -156,6 +128,65 @@ def measure_steps(
         if from_first_read and first_read < meter.started:
             meter.started = max(first_read, asked)
         return meter
+
+
+def _run_step(
+    batch: Batch,
+    step: int,
+    compute: Callable[[Batch, int], float],
+    on_corrupt: str,
+    trace: list | None,
+    agree: Callable[[bool], bool] | None,
+) -> float:
+    """The compute side of one step of :func:`measure_steps`: trace the batch's reads, handle
+    its corrupt images, and run ``compute`` when the batch has samples (on every rank, with
+    ``agree``); the loss (NaN when ``compute`` did not run).
+
+    Raises:
+        TrainingError: a corrupt image with ``on_corrupt="stop"``, or what ``compute`` raises.
+    """
+    if trace is not None:
+        trace.extend((step, batch.worker, *read) for read in batch.reads)
+    for image_id, message in batch.errors:
+        if on_corrupt == "stop":
+            raise TrainingError(
+                f"corrupt image {message} (id {image_id}); "
+                "fix or remove it, or set access.on_corrupt=skip"
+            )
+        log.warning("skipped corrupt image %s", message)
+    # samples read without decoding (the benchmark) have ids and no images
+    ready = bool(batch.ids) if agree is None else agree(bool(batch.ids))
+    return compute(batch, step) if ready else math.nan
+
+
+def _step_record(
+    batch: Batch, epoch: int, step: int, data_wait_s: float, compute_s: float, loss: float
+) -> StepRecord:
+    """The :class:`StepRecord` of one step: the batch's samples, bytes and requests, and its
+    data wait and compute times (seconds)."""
+    return StepRecord(
+        epoch=epoch,
+        step=step,
+        samples=len(batch.ids),
+        skipped=len(batch.errors),
+        bytes_read=batch.nbytes,
+        read_s=batch.read_s,
+        data_wait_s=data_wait_s,
+        compute_s=compute_s,
+        loss=loss,
+        requests=batch.requests.requests,
+        retries=batch.requests.retries,
+    )
+
+
+def _show_step(bar: tqdm, record: StepRecord, done: float, shown: float) -> float:
+    """Advance the progress bar by a step's samples, refreshing its loss and wait postfix at
+    most once per ``bar.mininterval`` seconds; when the postfix was last set."""
+    if not bar.disable and done - shown >= bar.mininterval:
+        bar.set_postfix(loss=f"{record.loss:.3f}", wait=f"{record.data_wait_s:.2f}s", refresh=False)
+        shown = done
+    bar.update(record.samples + record.skipped)
+    return shown
 
 
 class Precision:

@@ -72,51 +72,9 @@ def parse_coco_json(
             duplicate image or category id or file name, or an annotation whose ``image_id`` or
             ``category_id`` is unknown (named by its ``id``, or its index when it has none).
     """
-    try:
-        doc = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"{source}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{source}: not UTF-8 text ({exc.reason})") from None
-    if not isinstance(doc, dict):
-        raise DatasetError(f"{source}: top level is not a JSON object")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(doc.get(key), list):
-            problem = "missing" if key not in doc else "not a list"
-            raise DatasetError(f"{source}: top-level key {key!r} is {problem}")
-
-    categories: dict[int, str] = {}
-    for index, cat in enumerate(doc["categories"]):
-        where = f"{source}: categories[{index}]"
-        cat_id = _field(cat, "id", int, where)
-        name = _field(cat, "name", str, where).strip()
-        if cat_id in categories:
-            raise DatasetError(f"{where}: category id {cat_id} listed twice")
-        if not name:
-            raise DatasetError(f"{where}: empty 'name'")
-        categories[cat_id] = name
-
-    images: list[dict] = []
-    boxes_by_image: dict[int, list[dict]] = {}
-    names: set[str] = set()
-    for index, image in enumerate(doc["images"]):
-        where = f"{source}: images[{index}]"
-        image_id = _field(image, "id", int, where)
-        file_name = _field(image, "file_name", str, where)
-        width = _field(image, "width", int, where)
-        height = _field(image, "height", int, where)
-        if width <= 0 or height <= 0:
-            raise DatasetError(f"{where} ({file_name}): image size {width}x{height} not positive")
-        if image_id in boxes_by_image:
-            raise DatasetError(f"{where} ({file_name}): image id {image_id} listed twice")
-        if file_name in names:
-            raise DatasetError(f"{where}: file_name {file_name!r} listed twice")
-        names.add(file_name)
-        boxes_by_image[image_id] = []
-        images.append(image)
-
+    doc = _coco_document(data, source)
+    categories = _coco_categories(doc["categories"], source)
+    images, boxes_by_image = _coco_images(doc["images"], source)
     for index, ann in enumerate(doc["annotations"]):
         ann_id = ann.get("id", f"#{index}") if isinstance(ann, dict) else f"#{index}"
         where = f"{source}: annotation id {ann_id}"
@@ -134,6 +92,78 @@ def parse_coco_json(
             raise DatasetError(f"{where}: unknown category_id {cat_id} (not in 'categories')")
         boxes_by_image[image_id].append(ann)
     return images, boxes_by_image, categories
+
+
+def _coco_document(data: bytes, source: str) -> dict:
+    """The COCO file's JSON object, with its ``images``, ``annotations`` and ``categories``
+    lists.
+
+    Raises:
+        DatasetError: not JSON (with line and column), not UTF-8, not an object, or one of the
+            three keys is missing or not a list.
+    """
+    try:
+        doc = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"{source}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{source}: not UTF-8 text ({exc.reason})") from None
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{source}: top level is not a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key), list):
+            problem = "missing" if key not in doc else "not a list"
+            raise DatasetError(f"{source}: top-level key {key!r} is {problem}")
+    return doc
+
+
+def _coco_categories(entries: list, source: str) -> dict[int, str]:
+    """Category id -> name (stripped) from the ``categories`` entries.
+
+    Raises:
+        DatasetError: a missing or mistyped field, an id listed twice, or an empty name.
+    """
+    categories: dict[int, str] = {}
+    for index, cat in enumerate(entries):
+        where = f"{source}: categories[{index}]"
+        cat_id = _field(cat, "id", int, where)
+        name = _field(cat, "name", str, where).strip()
+        if cat_id in categories:
+            raise DatasetError(f"{where}: category id {cat_id} listed twice")
+        if not name:
+            raise DatasetError(f"{where}: empty 'name'")
+        categories[cat_id] = name
+    return categories
+
+
+def _coco_images(entries: list, source: str) -> tuple[list[dict], dict[int, list[dict]]]:
+    """The checked ``images`` entries in file order, and an empty box list per image id.
+
+    Raises:
+        DatasetError: a missing or mistyped field, a size in pixels that is not positive, or
+            an image id or file name listed twice.
+    """
+    images: list[dict] = []
+    boxes_by_image: dict[int, list[dict]] = {}
+    names: set[str] = set()
+    for index, image in enumerate(entries):
+        where = f"{source}: images[{index}]"
+        image_id = _field(image, "id", int, where)
+        file_name = _field(image, "file_name", str, where)
+        width = _field(image, "width", int, where)
+        height = _field(image, "height", int, where)
+        if width <= 0 or height <= 0:
+            raise DatasetError(f"{where} ({file_name}): image size {width}x{height} not positive")
+        if image_id in boxes_by_image:
+            raise DatasetError(f"{where} ({file_name}): image id {image_id} listed twice")
+        if file_name in names:
+            raise DatasetError(f"{where}: file_name {file_name!r} listed twice")
+        names.add(file_name)
+        boxes_by_image[image_id] = []
+        images.append(image)
+    return images, boxes_by_image
 
 
 def load_coco_split(

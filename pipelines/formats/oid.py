@@ -144,6 +144,28 @@ def load_oid_split(
             f"split {split!r} not found: {storage.describe(base)} is missing or empty; "
             f"folders found: {', '.join(_top_folders(storage, root)) or 'none'}"
         )
+    folders_of, labels = _index_split(keys)
+    _warn_orphan_labels(storage, base, split, folders_of, labels)
+    for folders in folders_of.values():
+        folders.sort()
+    _check_labelled_folders(storage, base, folders_of, labels)
+    ids = sorted(folders_of, key=lambda image_id: (folders_of[image_id][0], image_id))
+    if limit is not None:
+        ids = ids[:limit]
+
+    records, counts = [], BoxCounts()
+    for image_id in ids:
+        records.append(_read_record(storage, base, image_id, folders_of[image_id], labels, counts))
+    return records, counts
+
+
+def _index_split(keys: list[str]) -> tuple[dict[str, list[str]], set[tuple[str, str]]]:
+    """Sort a split's keys (relative to its folder) into images and label files.
+
+    Returns:
+        ``(folders_of, labels)``: image id -> the class folders holding its jpg (in listing
+        order), and the ``(class folder, image id)`` of every label file.
+    """
     folders_of: dict[str, list[str]] = defaultdict(list)  # image id -> class folders
     labels: set[tuple[str, str]] = set()  # (class folder, image id)
     for key in keys:
@@ -152,7 +174,18 @@ def load_oid_split(
             folders_of[parts[1][: -len(IMAGE_SUFFIX)]].append(parts[0])
         elif len(parts) == 3 and parts[1] == LABEL_DIR and parts[2].endswith(LABEL_SUFFIX):
             labels.add((parts[0], parts[2][: -len(LABEL_SUFFIX)]))
-    label_dirs = {folder for folder, _ in labels}
+    return folders_of, labels
+
+
+def _warn_orphan_labels(
+    storage: Storage,
+    base: str,
+    split: str,
+    folders_of: dict[str, list[str]],
+    labels: set[tuple[str, str]],
+) -> None:
+    """Log one warning for the label files whose image is not in their class folder (they are
+    skipped)."""
     orphans = sorted(
         f"{split}/{folder}/{LABEL_DIR}/{image_id}{LABEL_SUFFIX}"
         for folder, image_id in labels
@@ -165,43 +198,60 @@ def load_oid_split(
             len(orphans),
             orphans[0],
         )
-    for folders in folders_of.values():
-        folders.sort()
+
+
+def _check_labelled_folders(
+    storage: Storage, base: str, folders_of: dict[str, list[str]], labels: set[tuple[str, str]]
+) -> None:
+    """Refuse a class folder that holds images but no ``Label/`` folder (no label file).
+
+    Raises:
+        DatasetError: names the first such folder (sorted by name).
+    """
+    label_dirs = {folder for folder, _ in labels}
     unlabelled = sorted({f for folders in folders_of.values() for f in folders} - label_dirs)
     if unlabelled:
         raise DatasetError(
             f"class folder {storage.describe(join_key(base, unlabelled[0]))} has images but no "
             f"{LABEL_DIR}/ folder: copy the toolkit's labels with the images"
         )
-    ids = sorted(folders_of, key=lambda image_id: (folders_of[image_id][0], image_id))
-    if limit is not None:
-        ids = ids[:limit]
 
-    records, counts = [], BoxCounts()
-    for image_id in ids:
-        boxes, names = [], []
-        image_key = join_key(base, f"{folders_of[image_id][0]}/{image_id}{IMAGE_SUFFIX}")
-        width, height = image_size(storage, image_key)
-        for folder in folders_of[image_id]:
-            label_key = join_key(base, f"{folder}/{LABEL_DIR}/{image_id}{LABEL_SUFFIX}")
-            if (folder, image_id) not in labels:
-                raise DatasetError(
-                    f"label file missing for image {image_id!r}: {storage.describe(label_key)}"
-                )
-            source = storage.describe(label_key)
-            for lineno, name, box in parse_oid_label(storage.read(label_key), source):
-                kept = counts.keep(box, width, height, f"{source}:{lineno} {name} {box}")
-                if kept is not None:
-                    boxes.append(kept)
-                    names.append(name)
-        records.append(
-            DetectionRecord(
-                id=image_id,
-                image_key=image_key,
-                boxes=tuple(boxes),
-                labels=tuple(names),
-                width=width,
-                height=height,
+
+def _read_record(
+    storage: Storage,
+    base: str,
+    image_id: str,
+    folders: list[str],
+    labels: set[tuple[str, str]],
+    counts: BoxCounts,
+) -> DetectionRecord:
+    """The record of one image: its size from its header in the first of its class ``folders``
+    (sorted), and the boxes of its label files in all of them, clipped (``counts`` counts what
+    is dropped).
+
+    Raises:
+        DatasetError: a label file is missing or does not parse, or the image is unreadable.
+    """
+    boxes, names = [], []
+    image_key = join_key(base, f"{folders[0]}/{image_id}{IMAGE_SUFFIX}")
+    width, height = image_size(storage, image_key)
+    for folder in folders:
+        label_key = join_key(base, f"{folder}/{LABEL_DIR}/{image_id}{LABEL_SUFFIX}")
+        if (folder, image_id) not in labels:
+            raise DatasetError(
+                f"label file missing for image {image_id!r}: {storage.describe(label_key)}"
             )
-        )
-    return records, counts
+        source = storage.describe(label_key)
+        for lineno, name, box in parse_oid_label(storage.read(label_key), source):
+            kept = counts.keep(box, width, height, f"{source}:{lineno} {name} {box}")
+            if kept is not None:
+                boxes.append(kept)
+                names.append(name)
+    return DetectionRecord(
+        id=image_id,
+        image_key=image_key,
+        boxes=tuple(boxes),
+        labels=tuple(names),
+        width=width,
+        height=height,
+    )

@@ -110,9 +110,10 @@ def iter_members(
     second zero block, record padding) is left in the stream for the caller, except what the
     last ``chunk_size`` read took with it.
 
-    This is the hot loop of sequential access, so it is written out in one function: headers
+    This is the hot loop of sequential access, so the buffering is written out here and each
+    header costs two small calls (:func:`_checked_header`, :func:`_member_size`): headers
     spelled as Python's ``tarfile`` and GNU tar write them (a 6-digit octal checksum, an
-    11-digit octal size) are parsed inline; any other spelling takes the general parse.
+    11-digit octal size) are parsed inline there; any other spelling takes the general parse.
 
     Args:
         stream: a binary stream positioned at the start of the archive; only ``read`` is used.
@@ -143,30 +144,10 @@ def iter_members(
                     raise TarFormatError(
                         "unexpected end of data (no end-of-archive marker)"
                     ) from None
-            expected = _byte_sum(header) - sum(header[148:156]) + 8 * 32  # chksum as spaces
-            try:  # "%06o\0 ", as tarfile and GNU tar write the checksum
-                stored = int(header[148:154], 8) if header[154] == 0 else -1
-            except ValueError:
-                stored = -1
-            if stored != expected:
-                if header.count(0) == BLOCK:
-                    return  # the end-of-archive marker
-                if _stored_checksum(header) != expected:  # another spelling, or corrupt
-                    raise TarFormatError("bad tar header checksum (not a tar file, or corrupt)")
+            if not _checked_header(header):
+                return  # the end-of-archive marker
             checked = True
-            if "size" in override:
-                size = _pax_size(override["size"])
-            else:
-                try:  # "%011o\0", as tarfile and GNU tar write sizes below 8 GiB
-                    size = int(header[124:135], 8) if header[135] == 0 else _number(header[124:136])
-                except ValueError:
-                    size = _number(header[124:136])
-            if size < 0 or (limit is not None and consumed + BLOCK + size > limit):
-                raise TarFormatError(
-                    f"member size {size} is negative"
-                    if size < 0
-                    else f"member size {size} runs past the end of the {limit}-byte archive"
-                )
+            size = _member_size(header, override, consumed, limit)
             stop = pos + size
             if stop <= len(buffer):
                 data = buffer[pos:stop]
@@ -194,6 +175,58 @@ def iter_members(
     except TarFormatError as exc:
         member = (override.get("path") or _name(header)) if checked else None
         raise TarFormatError(exc.reason, offset=at, member=member, after=last) from None
+
+
+def _checked_header(header: bytes) -> bool:
+    """Check a 512-byte header block's checksum: True for a member's header, False for the
+    end-of-archive marker (a zero block).
+
+    The checksum spelled ``"%06o\\0 "``, as tarfile and GNU tar write it, is read inline; any
+    other spelling through :func:`_stored_checksum`.
+
+    Raises:
+        TarFormatError: the checksum is wrong (a corrupt or non-tar file).
+    """
+    expected = _byte_sum(header) - sum(header[148:156]) + 8 * 32  # chksum as spaces
+    try:  # "%06o\0 ", as tarfile and GNU tar write the checksum
+        stored = int(header[148:154], 8) if header[154] == 0 else -1
+    except ValueError:
+        stored = -1
+    if stored != expected:
+        if header.count(0) == BLOCK:
+            return False  # the end-of-archive marker
+        if _stored_checksum(header) != expected:  # another spelling, or corrupt
+            raise TarFormatError("bad tar header checksum (not a tar file, or corrupt)")
+    return True
+
+
+def _member_size(header: bytes, override: dict[str, str], consumed: int, limit: int | None) -> int:
+    """The size in bytes of a checked header's member: a pax ``size`` record in ``override``
+    wins over the header's ``size`` field.
+
+    Args:
+        header: the member's 512-byte header block.
+        override: the pax or GNU records that apply to this member.
+        consumed: the stream's offset of the header, in bytes.
+        limit: the stream's length in bytes when known.
+
+    Raises:
+        TarFormatError: the size is not a number, is negative, or runs past ``limit``.
+    """
+    if "size" in override:
+        size = _pax_size(override["size"])
+    else:
+        try:  # "%011o\0", as tarfile and GNU tar write sizes below 8 GiB
+            size = int(header[124:135], 8) if header[135] == 0 else _number(header[124:136])
+        except ValueError:
+            size = _number(header[124:136])
+    if size < 0 or (limit is not None and consumed + BLOCK + size > limit):
+        raise TarFormatError(
+            f"member size {size} is negative"
+            if size < 0
+            else f"member size {size} runs past the end of the {limit}-byte archive"
+        )
+    return size
 
 
 def _name(header: bytes) -> str:

@@ -19,6 +19,7 @@ from pipelines.formats.records import Record
 from pipelines.shards.manifest import (
     IMAGE_EXTENSIONS,
     MANIFEST,
+    Manifest,
     ShardError,
     ShardInfo,
     SourceStamp,
@@ -81,15 +82,7 @@ def write_shards(
     def finish() -> None:
         writer.close()
         tmp_file.close()
-        key = f"{prefix}/{os.path.basename(prefix)}-{len(shards):06d}.tar"
-        info = ShardInfo(
-            key=key,
-            bytes=tmp_file.nbytes,
-            samples=len(ids),
-            ids=tuple(ids),
-            crc32=tmp_file.crc32,
-        )
-        storage.put_file(key, tmp_file.path)
+        info = _put_shard(storage, prefix, len(shards), tmp_file, ids)
         shards.append(info)
         if on_shard is not None:
             on_shard(info)
@@ -107,22 +100,9 @@ def write_shards(
                 tmp_file = _ChecksumFile(os.path.join(tmpdir, f"{len(shards):06d}.tar"))
                 writer = TarWriter(tmp_file, encoder=False, mtime=0, user="", group="")
                 ids, size = [], 1024  # a tar ends with two 512-byte zero blocks
-            writer.write(
-                {
-                    "__key__": f"{position:09d}",
-                    _extension(record.image_key): image,
-                    "json": annotation,
-                }
-            )
+            writer.write(_tar_sample(position, record, image, annotation))
             ids.append(record.id)
-            stamps.append(
-                SourceStamp(
-                    image_bytes=len(image),
-                    image_version=version,
-                    image_md5=hashlib.md5(image, usedforsecurity=False).hexdigest(),
-                    annotation_sha256=annotation_digest(annotation),
-                )
-            )
+            stamps.append(_source_stamp(image, version, annotation))
             size += entry
         finish()
         storage.write(f"{prefix}/{MANIFEST}", _manifest_json(shards, stamps, target_bytes))
@@ -130,15 +110,61 @@ def write_shards(
         _remove(storage, [s.key for s in shards])  # no half-written set is left behind
         raise
     finally:
-        if writer is not None:
-            with contextlib.suppress(Exception):  # closed already, or the error is raised
-                writer.close()
-        if tmp_file is not None:
-            tmp_file.close()
-        for name in os.listdir(tmpdir):
-            os.unlink(os.path.join(tmpdir, name))
-        os.rmdir(tmpdir)
+        _discard_local_shards(writer, tmp_file, tmpdir)
     return shards
+
+
+def _put_shard(
+    storage: Storage, prefix: str, index: int, tmp_file: _ChecksumFile, ids: list[str]
+) -> ShardInfo:
+    """Hand a complete local shard file to ``storage`` as shard number ``index`` under
+    ``prefix``; its :class:`ShardInfo` (size, samples, ids, CRC-32)."""
+    key = f"{prefix}/{os.path.basename(prefix)}-{index:06d}.tar"
+    info = ShardInfo(
+        key=key,
+        bytes=tmp_file.nbytes,
+        samples=len(ids),
+        ids=tuple(ids),
+        crc32=tmp_file.crc32,
+    )
+    storage.put_file(key, tmp_file.path)
+    return info
+
+
+def _tar_sample(position: int, record: Record, image: bytes, annotation: bytes) -> dict:
+    """The WebDataset sample of a record: key ``position`` (9 digits), its image under its
+    extension and its annotation as ``json``."""
+    return {
+        "__key__": f"{position:09d}",
+        _extension(record.image_key): image,
+        "json": annotation,
+    }
+
+
+def _source_stamp(image: bytes, version: str, annotation: bytes) -> SourceStamp:
+    """What a sample was written from: the image's size, version and MD5, and the annotation's
+    SHA-256 (the manifest keeps it to find changed data)."""
+    return SourceStamp(
+        image_bytes=len(image),
+        image_version=version,
+        image_md5=hashlib.md5(image, usedforsecurity=False).hexdigest(),
+        annotation_sha256=annotation_digest(annotation),
+    )
+
+
+def _discard_local_shards(
+    writer: TarWriter | None, tmp_file: _ChecksumFile | None, tmpdir: str
+) -> None:
+    """Close the shard being written, if any, and delete the local temporary folder with its
+    shard files."""
+    if writer is not None:
+        with contextlib.suppress(Exception):  # closed already, or the error is raised
+            writer.close()
+    if tmp_file is not None:
+        tmp_file.close()
+    for name in os.listdir(tmpdir):
+        os.unlink(os.path.join(tmpdir, name))
+    os.rmdir(tmpdir)
 
 
 def _remove(storage: Storage, keys: list[str]) -> None:
@@ -226,56 +252,16 @@ def ensure_shards(
         return write_shards(
             storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
         ), True
-    have = [i for s in found.shards for i in s.ids]
-    want = [r.id for r in records]
-    if sorted(have) != sorted(want):
-        raise ShardError(
-            f"the shards in {storage.describe(prefix)} hold {len(have)} images that are not the "
-            f"split's {len(want)}: the dataset or split changed since they were written; delete "
-            f"{storage.describe(prefix)} and they are written again on next use"
-        )
+    _check_same_split(storage, records, prefix, found)
     check = changed_sources(storage, records, found)
     if check.changed:
-        changed = check.changed
-        log.warning(
-            "the data changed since the shards in %s were written (%d of %d samples: %s%s): "
-            "writing them again",
-            storage.describe(prefix),
-            len(changed) if found.sources is not None else len(records),
-            len(records),
-            "; ".join(changed[:3]),
-            "; ..." if len(changed) > 3 else "",
-        )
-        try:
-            storage.delete(f"{prefix}/{MANIFEST}")
-            shards = write_shards(
-                storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
-            )
-            for stale in {s.key for s in found.shards} - {s.key for s in shards}:
-                storage.delete(stale)
-        except StorageError as exc:
-            raise ShardError(
-                f"the data changed since the shards in {storage.describe(prefix)} were written "
-                f"({changed[0]}), and they cannot be written again there: {exc}; make the "
-                "folder writable, or write the shards where they are read from"
-            ) from None
+        shards = _rewrite_shards(
+            storage, records, prefix, found, check.changed, target_bytes=target_bytes,
+            on_shard=on_shard,
+        )  # fmt: skip
         return shards, True
     if check.new_versions:
-        try:
-            record_versions(storage, prefix, found, check.new_versions)
-            log.info(
-                "%d images in %s have new versions but the same bytes: recorded",
-                len(check.new_versions),
-                storage.describe(prefix),
-            )
-        except StorageError as exc:
-            log.warning(
-                "%d images have new versions but the same bytes; the shards in %s are reused, "
-                "but the new versions cannot be recorded (%s): each run will hash them again",
-                len(check.new_versions),
-                storage.describe(prefix),
-                exc,
-            )
+        _record_new_versions(storage, prefix, found, check.new_versions)
     if found.target_bytes != target_bytes:
         log.warning(
             "reusing shards in %s written with a %d-byte target (config asks %d); delete the "
@@ -285,6 +271,89 @@ def ensure_shards(
             target_bytes,
         )
     return found.shards, False
+
+
+def _check_same_split(
+    storage: Storage, records: list[Record], prefix: str, found: Manifest
+) -> None:
+    """Refuse shards under ``prefix`` that hold other image ids than ``records``.
+
+    Raises:
+        ShardError: the ids differ (the dataset or split changed); the message says which
+            folder to delete.
+    """
+    have = [i for s in found.shards for i in s.ids]
+    want = [r.id for r in records]
+    if sorted(have) != sorted(want):
+        raise ShardError(
+            f"the shards in {storage.describe(prefix)} hold {len(have)} images that are not the "
+            f"split's {len(want)}: the dataset or split changed since they were written; delete "
+            f"{storage.describe(prefix)} and they are written again on next use"
+        )
+
+
+def _rewrite_shards(
+    storage: Storage,
+    records: list[Record],
+    prefix: str,
+    found: Manifest,
+    changed: list[str],
+    *,
+    target_bytes: int,
+    on_shard: Callable[[ShardInfo], None] | None,
+) -> list[ShardInfo]:
+    """Write the shards of ``records`` again over ``found``, whose data ``changed`` (one line
+    per sample): the manifest is deleted first, then the shards are written, then the shard
+    files the new manifest no longer lists are deleted.
+
+    Raises:
+        ShardError: the storage refused a delete or a write (read-only storage).
+    """
+    log.warning(
+        "the data changed since the shards in %s were written (%d of %d samples: %s%s): "
+        "writing them again",
+        storage.describe(prefix),
+        len(changed) if found.sources is not None else len(records),
+        len(records),
+        "; ".join(changed[:3]),
+        "; ..." if len(changed) > 3 else "",
+    )
+    try:
+        storage.delete(f"{prefix}/{MANIFEST}")
+        shards = write_shards(
+            storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
+        )
+        for stale in {s.key for s in found.shards} - {s.key for s in shards}:
+            storage.delete(stale)
+    except StorageError as exc:
+        raise ShardError(
+            f"the data changed since the shards in {storage.describe(prefix)} were written "
+            f"({changed[0]}), and they cannot be written again there: {exc}; make the "
+            "folder writable, or write the shards where they are read from"
+        ) from None
+    return shards
+
+
+def _record_new_versions(
+    storage: Storage, prefix: str, found: Manifest, new_versions: dict[str, str]
+) -> None:
+    """Record the new versions of images whose bytes did not change in the manifest under
+    ``prefix``; a warning, not an error, when the storage refuses the write."""
+    try:
+        record_versions(storage, prefix, found, new_versions)
+        log.info(
+            "%d images in %s have new versions but the same bytes: recorded",
+            len(new_versions),
+            storage.describe(prefix),
+        )
+    except StorageError as exc:
+        log.warning(
+            "%d images have new versions but the same bytes; the shards in %s are reused, "
+            "but the new versions cannot be recorded (%s): each run will hash them again",
+            len(new_versions),
+            storage.describe(prefix),
+            exc,
+        )
 
 
 def shard_prefix(base: str, split: str, limit: int | None) -> str:

@@ -315,40 +315,60 @@ class S3Storage:
         return failed
 
     def _explain(self, exc: BaseException, key: str | None, action: str) -> tuple[str, str]:
+        """The error kind (an S3 code or a class of failure, as counted in the stats) and the
+        one-line message of a failed request on ``key`` (None: the bucket)."""
         where = self._where(key)
         tries = f"after {self.max_attempts} attempt{'s' if self.max_attempts > 1 else ''}"
         if isinstance(exc, S3UploadFailedError):  # upload_file wraps the ClientError
             exc = exc.__cause__ or exc.__context__ or exc
         if isinstance(exc, botocore.exceptions.ClientError):
-            error = exc.response.get("Error", {})
-            code = str(
-                error.get("Code")
-                or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "unknown")
+            return self._explain_client_error(exc, key, action, where, tries)
+        return self._explain_other_error(exc, action, where, tries)
+
+    def _explain_client_error(
+        self,
+        exc: botocore.exceptions.ClientError,
+        key: str | None,
+        action: str,
+        where: str,
+        tries: str,
+    ) -> tuple[str, str]:
+        """:meth:`_explain` for an error the server answered (its S3 code or HTTP status)."""
+        error = exc.response.get("Error", {})
+        code = str(
+            error.get("Code")
+            or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "unknown")
+        )
+        text = error.get("Message") or ""
+        if code == "NoSuchBucket":
+            return code, (
+                f"{where}: cannot {action}: bucket {self.bucket!r} does not exist: check the "
+                "bucket name (S3_BUCKET) or create it"
             )
-            text = error.get("Message") or ""
-            if code == "NoSuchBucket":
-                return code, (
-                    f"{where}: cannot {action}: bucket {self.bucket!r} does not exist: check the "
-                    "bucket name (S3_BUCKET) or create it"
-                )
-            if code in _MISSING:
-                what = "object" if key is not None else "bucket"
-                return "NoSuchKey" if key is not None else "NoSuchBucket", (
-                    f"{where}: cannot {action}: no such {what}: check the key and the prefix "
-                    "(was the object deleted or never uploaded?)"
-                )
-            if code in _DENIED:
-                return code, (
-                    f"{where}: cannot {action}: access denied ({code}): {CREDENTIALS_HINT}, and "
-                    "that they may access this bucket"
-                )
-            if code in _BUSY:
-                return code, (
-                    f"{where}: cannot {action}: the server is busy or failing ({code}) {tries}: "
-                    "retry later, lower the number of readers, or raise max_attempts"
-                )
-            detail = f"{code}: {first_line(text)}" if text else code
-            return code, f"{where}: cannot {action}: S3 error {detail}"
+        if code in _MISSING:
+            what = "object" if key is not None else "bucket"
+            return "NoSuchKey" if key is not None else "NoSuchBucket", (
+                f"{where}: cannot {action}: no such {what}: check the key and the prefix "
+                "(was the object deleted or never uploaded?)"
+            )
+        if code in _DENIED:
+            return code, (
+                f"{where}: cannot {action}: access denied ({code}): {CREDENTIALS_HINT}, and "
+                "that they may access this bucket"
+            )
+        if code in _BUSY:
+            return code, (
+                f"{where}: cannot {action}: the server is busy or failing ({code}) {tries}: "
+                "retry later, lower the number of readers, or raise max_attempts"
+            )
+        detail = f"{code}: {first_line(text)}" if text else code
+        return code, f"{where}: cannot {action}: S3 error {detail}"
+
+    def _explain_other_error(
+        self, exc: BaseException, action: str, where: str, tries: str
+    ) -> tuple[str, str]:
+        """:meth:`_explain` for a failure without a server answer (credentials, timeout,
+        connection, broken stream, invalid request, anything else)."""
         if isinstance(exc, botocore.exceptions.NoCredentialsError | _PartialCredentials):
             return "NoCredentials", (
                 f"{where}: cannot {action}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
