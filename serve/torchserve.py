@@ -12,10 +12,6 @@ Each instance lives in its own *runtime dir* (default ``serve/run/``, git-ignore
 TorchServe keeps its pid file in ``tempfile.gettempdir()`` and refuses to start while it names a
 live server; a private TMPDIR per runtime dir lets a test server run next to a user's, and lets
 :func:`stop_server` stop exactly the server its runtime dir started.
-
-Why one module of this size: start, wait, stop and status of one TorchServe share its runtime
-dir and its readiness checks; the configuration is :mod:`serve.properties`, the checks before a
-start :mod:`serve.preflight`, the process mechanics :mod:`common.process`.
 """
 
 from __future__ import annotations

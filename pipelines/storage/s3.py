@@ -17,10 +17,6 @@ included, for throttling (503 SlowDown, Throttling), 5xx errors, connection erro
 the wait before retry ``i`` (0-based) is ``rand(0, 1) * min(scale * 2**i, 20)`` seconds with
 ``scale`` 1 s for throttling and 0.05 s otherwise. A per-client retry quota (botocore's token
 bucket) stops retrying when most recent attempts failed, until requests succeed again.
-
-Why one module of this size: one class, :class:`S3Storage`; every S3 request goes through its
-methods, which share one client per process, the retry policy, the request counters and the
-error mapping that turns botocore's errors into one-line messages.
 """
 
 from __future__ import annotations
