@@ -38,6 +38,7 @@ from bench.checkpoint.dcp import dcp_read, dcp_storage, dcp_write
 from bench.checkpoint.parts import (
     FsLocation,
     S3Location,
+    Transfer,
     make_cold,
     model_parts,
     part_bytes,
@@ -168,7 +169,7 @@ def open_location(
     stack: contextlib.ExitStack,
     bench_ranks: BenchRanks,
     first_on_node: bool,
-):
+) -> FsLocation | S3Location:
     """Where the run's checkpoints go on ``kind``: a new folder under ``checkpoint.fs_dir``, or
     a prefix under ``checkpoint.s3_prefix`` of the same new name (``<run folder's
     name>-<random>``), removed with everything in it when ``stack`` closes (fs: by one rank
@@ -180,6 +181,20 @@ def open_location(
         ConfigError: S3 without a bucket, or several nodes without an S3 endpoint.
         Exception: the folder cannot be made, the local server did not start.
     """
+    if kind == "fs":
+        return _fs_location(cfg, out, stack, bench_ranks, first_on_node)
+    return _s3_location(cfg, out, stack, bench_ranks)
+
+
+def _fs_location(
+    cfg: CheckpointBenchConfig,
+    out: Path,
+    stack: contextlib.ExitStack,
+    bench_ranks: BenchRanks,
+    first_on_node: bool,
+) -> FsLocation:
+    """:func:`open_location` on the filesystem: a new folder under ``checkpoint.fs_dir``, named
+    by rank 0, made on every node and removed by one rank per node when ``stack`` closes."""
     ck = cfg.checkpoint
     fs_dir = Path(ck.fs_dir or Path(cfg.storage.root) / "checkpoint-bench")
 
@@ -187,21 +202,26 @@ def open_location(
         fs_dir.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{out.name}-", dir=fs_dir)).name
 
-    if kind == "fs":
-        root = fs_dir / on_main(new_name, bench_ranks.ranks)
-        everywhere(lambda: root.mkdir(parents=True, exist_ok=True))  # nodes without a shared fs
-        if first_on_node:
-            stack.callback(shutil.rmtree, root, ignore_errors=True)
-        return FsLocation(root)
+    root = fs_dir / on_main(new_name, bench_ranks.ranks)
+    everywhere(lambda: root.mkdir(parents=True, exist_ok=True))  # nodes without a shared fs
+    if first_on_node:
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+    return FsLocation(root)
+
+
+def _s3_location(
+    cfg: CheckpointBenchConfig,
+    out: Path,
+    stack: contextlib.ExitStack,
+    bench_ranks: BenchRanks,
+) -> S3Location:
+    """:func:`open_location` on S3: a new prefix under ``checkpoint.s3_prefix`` on rank 0's
+    endpoint and bucket (a local server started for the run when there is no endpoint),
+    removed by rank 0 when ``stack`` closes."""
     from pipelines.storage.s3 import S3Storage
 
-    endpoint, bucket, region = distributed.gather(
-        (
-            cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT"),
-            cfg.storage.bucket or os.environ.get("S3_BUCKET"),
-            cfg.storage.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        )
-    )[0]
+    ck = cfg.checkpoint
+    endpoint, bucket, region = _s3_settings(cfg)
     name = f"{out.name}-{os.urandom(4).hex()}"
     prefix = "/".join(
         p for p in (ck.s3_prefix.strip("/"), on_main(lambda: name, bench_ranks.ranks)) if p
@@ -236,10 +256,22 @@ def open_location(
     return location
 
 
+def _s3_settings(cfg: CheckpointBenchConfig) -> tuple[str | None, str | None, str]:
+    """Rank 0's S3 endpoint, bucket and region (``storage.*``, else the environment), on every
+    rank (a collective)."""
+    return distributed.gather(
+        (
+            cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT"),
+            cfg.storage.bucket or os.environ.get("S3_BUCKET"),
+            cfg.storage.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+    )[0]
+
+
 def run_method(
     kind: str,
     method: str,
-    location,
+    location: FsLocation | S3Location,
     part: dict,
     cfg: CheckpointBenchConfig,
     bench_ranks: BenchRanks,
@@ -313,7 +345,7 @@ def _dcp_storage(method: str, location, index: int, cfg: CheckpointBenchConfig, 
     return dcp_storage(location, index, cfg.checkpoint, write=write)
 
 
-def remove_all(location) -> None:
+def remove_all(location: S3Location) -> None:
     """Delete everything under the run's S3 prefix (what a failed delete or an interrupted
     checkpoint left); a failure is a warning."""
     try:
@@ -333,7 +365,16 @@ def _cleanup(location, method: str, index: int, ranks: Ranks, first_on_node: boo
             log.warning("could not delete %s: %s", location.describe(method, index), exc)
 
 
-def transfer_row(kind, method, index, rank, direction, t, cache, where) -> dict:
+def transfer_row(
+    kind: str,
+    method: str,
+    index: int,
+    rank: int,
+    direction: str,
+    t: Transfer,
+    cache: str,
+    where: str,
+) -> dict:
     """One rank's write or read of one checkpoint, as a ``results.csv`` row."""
     s3 = kind == "s3"
     return {

@@ -32,7 +32,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,7 @@ from pipelines.shards.manifest import ShardInfo
 from pipelines.storage.base import RequestStats, Storage
 from training.distributed import all_agree, from_environment, pick_device
 from training.engine import Precision, measure_steps, step_fn
-from training.meter import aggregate
+from training.meter import EpochMeter, aggregate
 from training.tasks import class_to_index, load_task
 
 MODES = ("read", "emulate", "train")
@@ -104,7 +104,9 @@ def expand_matrix(cfg: BenchConfig) -> list[Case]:
     return cases
 
 
-def compute_fn(case: Case, cfg: BenchConfig, classes: list[str], subset: RankSubset = ONE):
+def compute_fn(
+    case: Case, cfg: BenchConfig, classes: list[str], subset: RankSubset = ONE
+) -> Callable[[Batch, int], float]:
     """The per-step work of ``case.mode`` (see the module doc); returns ``compute(batch, step)``.
 
     ``train`` builds the task's model from scratch (no download), the same for every case, on
@@ -284,28 +286,9 @@ def run_case(
     ``local_dir``: the folder on this machine that the storage's keys live in, whose block
     device's reads are counted (:attr:`PassPart.device_read_bytes`); None: not counted.
     """
-    task = load_task(cfg)
     steps = case_steps(case, cfg)
-    loader = build_loader(
-        storage,
-        records,
-        access=case.access,
-        transform=task.transform(cfg, train=True) if cfg.bench.decode else None,
-        class_to_index=class_to_index(task, classes),
-        settings=replace(
-            cfg.loader,
-            num_workers=case.workers,
-            persistent_workers=False,  # one iteration per loader (see pass_repeat)
-        ),
-        shuffle=True,
-        seed=cfg.train.seed,
-        shards=shards,
-        shuffle_buffer=cfg.access.shuffle_buffer,
-        concurrency=cfg.access.concurrency,
-        repeat=repeat,
-        rank=part,
-        world_size=subset.size,
-        equal_steps=subset.size > 1,
+    loader = case_loader(
+        case, cfg, storage, records, shards, classes, repeat=repeat, subset=subset, part=part
     )
     compute = compute_fn(case, cfg, classes, subset)
     device = device_of(local_dir) if local_dir is not None else None
@@ -327,7 +310,60 @@ def run_case(
             ),
             sync=step_barrier(case, cfg, subset),
         )
-    rank = subset.members[part]
+    return _pass_part(case, meter, resources, subset.members[part], device)
+
+
+def case_loader(
+    case: Case,
+    cfg: BenchConfig,
+    storage: Storage,
+    records: list[Record],
+    shards: list[ShardInfo] | None,
+    classes: list[str],
+    *,
+    repeat: int,
+    subset: RankSubset = ONE,
+    part: int = 0,
+) -> EpochLoader:
+    """The loader of this rank's part of a pass of ``case``: its access pattern over
+    ``storage`` with ``case.workers`` DataLoader workers, shuffled with the run's seed, decoding
+    when ``bench.decode`` (:func:`pipelines.access.loaders.build_loader`).
+
+    Args:
+        records: the split's records; shards: its shards (the ``shards`` pattern), or None.
+        classes: the class names (their label ids, :func:`training.tasks.class_to_index`).
+        repeat: epochs read back to back in one iteration (:func:`pass_repeat`).
+        subset: the ranks reading the pass; part: this rank's place among them.
+    """
+    task = load_task(cfg)
+    return build_loader(
+        storage,
+        records,
+        access=case.access,
+        transform=task.transform(cfg, train=True) if cfg.bench.decode else None,
+        class_to_index=class_to_index(task, classes),
+        settings=replace(
+            cfg.loader,
+            num_workers=case.workers,
+            persistent_workers=False,  # one iteration per loader (see pass_repeat)
+        ),
+        shuffle=True,
+        seed=cfg.train.seed,
+        shards=shards,
+        shuffle_buffer=cfg.access.shuffle_buffer,
+        concurrency=cfg.access.concurrency,
+        repeat=repeat,
+        rank=part,
+        world_size=subset.size,
+        equal_steps=subset.size > 1,
+    )
+
+
+def _pass_part(
+    case: Case, meter: EpochMeter, resources: ResourceSampler, rank: int, device: str | None
+) -> PassPart:
+    """This rank's :class:`PassPart` from its measured steps and what ``resources`` sampled
+    over them (the reads of block ``device`` counted when there is one)."""
     return PassPart(
         row=meter.summary(),
         steps=[{**vars(s), "case": case.name, "rank": rank} for s in meter.steps],
@@ -344,7 +380,7 @@ def run_case(
     )
 
 
-def step_barrier(case: Case, cfg: BenchConfig, subset: RankSubset):
+def step_barrier(case: Case, cfg: BenchConfig, subset: RankSubset) -> Callable[[], object] | None:
     """The per-step collective of an ``emulate`` pass on several ranks, or None.
 
     In data-parallel training every rank waits for the others at each step (the gradient

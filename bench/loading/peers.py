@@ -34,8 +34,9 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, get_worker_info
@@ -44,9 +45,17 @@ from torchvision.datasets.folder import default_loader
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from pipelines.formats.records import DetectionRecord, record_from_json
+from pipelines.formats.records import (
+    ClassificationRecord,
+    DetectionRecord,
+    Record,
+    record_from_json,
+)
 from pipelines.samples import classification_transform, detection_transform
 from training.meter import gc_frozen
+
+if TYPE_CHECKING:
+    from s3torchconnector import S3Reader
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ class DetectionWork:
         class_to_index: class name to label id (our loaders' mapping).
     """
 
-    def __init__(self, image_size: int, class_to_index: dict[str, int]):
+    def __init__(self, image_size: int, class_to_index: dict[str, int]) -> None:
         self.transform = detection_transform(True, image_size)
         self.class_to_index = class_to_index
 
@@ -105,17 +114,19 @@ class ClassificationWork:
     (:func:`pipelines.samples.classification_transform`, training's) and the record's class
     index; the same call as :class:`DetectionWork`."""
 
-    def __init__(self, image_size: int, class_to_index: dict[str, int]):
+    def __init__(self, image_size: int, class_to_index: dict[str, int]) -> None:
         self.transform = classification_transform(True, image_size)
         self.class_to_index = class_to_index
 
-    def __call__(self, image: torch.Tensor, record) -> tuple:
+    def __call__(self, image: torch.Tensor, record: ClassificationRecord) -> tuple:
         """``(image float32 [3, S, S], int64 [] class index)``."""
         label = torch.tensor(self.class_to_index[record.label], dtype=torch.int64)
         return self.transform(tv_tensors.Image(image)), label
 
 
-def work_for(task: str, image_size: int, class_to_index: dict[str, int]):
+def work_for(
+    task: str, image_size: int, class_to_index: dict[str, int]
+) -> DetectionWork | ClassificationWork:
     """The per-sample work of ``task`` (``detection`` or ``classification``)."""
     kind = DetectionWork if task == "detection" else ClassificationWork
     return kind(image_size, class_to_index)
@@ -184,7 +195,12 @@ class ImageFileDataset(Dataset):
         OSError: a file is missing (when listed) or unreadable (when loaded).
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], records, work: DetectionWork):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        records: Sequence[Record],
+        work: DetectionWork | ClassificationWork,
+    ) -> None:
         self.paths = [os.fspath(p) for p in paths]
         self.records = list(records)
         self.sizes = [os.path.getsize(p) for p in self.paths]
@@ -270,11 +286,13 @@ class ReadDecodeDetect:
         s3torchconnector.S3Exception: the GET failed; RuntimeError: the bytes do not decode.
     """
 
-    def __init__(self, records_by_key: dict[str, DetectionRecord], work: DetectionWork):
+    def __init__(
+        self, records_by_key: dict[str, Record], work: DetectionWork | ClassificationWork
+    ) -> None:
         self.records_by_key = records_by_key
         self.work = work
 
-    def __call__(self, reader) -> tuple:
+    def __call__(self, reader: S3Reader) -> tuple:
         data = reader.read()
         image, target = self.work(decode(data), self.records_by_key[reader.key])
         return image, target, len(data)
@@ -284,7 +302,7 @@ class ReadBytes:
     """s3torchconnector transform: read the ``S3Reader`` to the end; ``(bytes, key, when the
     read began)``, decoded later (:class:`ShuffledDecode`)."""
 
-    def __call__(self, reader) -> tuple[bytes, str]:
+    def __call__(self, reader: S3Reader) -> tuple[bytes, str]:
         return reader.read(), reader.key
 
 
@@ -293,14 +311,21 @@ class ShuffledDecode(IterableDataset):
     ``(bytes, key)``: WebDataset's shuffle buffer of ``shuffle_buffer`` items (our
     loaders' stage, seeded per worker), then decode and our per-sample work."""
 
-    def __init__(self, stream, records_by_key: dict, work, shuffle_buffer: int, seed: int = 0):
+    def __init__(
+        self,
+        stream: Iterable[tuple[bytes, str]],
+        records_by_key: dict[str, Record],
+        work: DetectionWork | ClassificationWork,
+        shuffle_buffer: int,
+        seed: int = 0,
+    ) -> None:
         self.stream = stream
         self.records_by_key = records_by_key
         self.work = work
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple]:
         from webdataset.filters import shuffle as shuffle_stage
 
         worker = get_worker_info()
@@ -377,41 +402,62 @@ def s3torchconnector_peer(
         raise ValueError("s3torchconnector_peer: no objects")
     if s3torchconnector_reason() is not None:
         return None
-    from s3torchconnector import S3ClientConfig, S3IterableDataset, S3MapDataset
-
-    uris = [f"s3://{bucket}/{key}" for key in keys]
-    common = dict(
-        region=region,
-        endpoint=endpoint,
-        transform=ReadDecodeDetect(
-            dict(zip(keys, records, strict=True)), work_for(task, image_size, class_to_index)
-        ),
-        s3client_config=S3ClientConfig(force_path_style=force_path_style),
-    )
-    if kind == "map":
-        dataset = S3MapDataset.from_objects(uris, **common)
-        shuffle = dict(sampler=RandomSampler(
-            range(len(uris)), num_samples=len(uris) * epochs,
-            generator=torch.Generator().manual_seed(seed),
-        ))  # fmt: skip
-    else:
-        common["transform"] = ReadBytes()
-        dataset = ShuffledDecode(
-            S3IterableDataset.from_objects(uris * epochs, enable_sharding=True, **common),
-            dict(zip(keys, records, strict=True)), work_for(task, image_size, class_to_index),
-            shuffle_buffer, seed,
-        )  # fmt: skip
-        shuffle = {}
+    dataset, sampler = _s3torchconnector_dataset(
+        kind, bucket, keys, records, work_for(task, image_size, class_to_index),
+        endpoint=endpoint, region=region, epochs=epochs, shuffle_buffer=shuffle_buffer,
+        seed=seed, force_path_style=force_path_style,
+    )  # fmt: skip
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_images,
-        **shuffle,
+        sampler=sampler,
     )
     return _measure(
         f"s3torchconnector-{kind}", loader, warmup_batches=warmup_batches, max_batches=max_batches
     )
+
+
+def _s3torchconnector_dataset(
+    kind: str,
+    bucket: str,
+    keys: Sequence[str],
+    records: Sequence[Record],
+    work: DetectionWork | ClassificationWork,
+    *,
+    endpoint: str | None,
+    region: str,
+    epochs: int,
+    shuffle_buffer: int,
+    seed: int,
+    force_path_style: bool,
+) -> tuple[Dataset, RandomSampler | None]:
+    """:func:`s3torchconnector_peer`'s dataset over ``s3://bucket/key`` for each key, and the
+    sampler that shuffles it (``map``: ``epochs`` times over the objects), or None
+    (``iterable``: ``keys``' order, through :class:`ShuffledDecode`'s shuffle buffer)."""
+    from s3torchconnector import S3ClientConfig, S3IterableDataset, S3MapDataset
+
+    uris = [f"s3://{bucket}/{key}" for key in keys]
+    records_by_key = dict(zip(keys, records, strict=True))
+    common = dict(
+        region=region,
+        endpoint=endpoint,
+        s3client_config=S3ClientConfig(force_path_style=force_path_style),
+    )
+    if kind == "map":
+        dataset = S3MapDataset.from_objects(
+            uris, transform=ReadDecodeDetect(records_by_key, work), **common
+        )
+        sampler = RandomSampler(
+            range(len(uris)), num_samples=len(uris) * epochs,
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        return dataset, sampler
+    stream = S3IterableDataset.from_objects(
+        uris * epochs, enable_sharding=True, transform=ReadBytes(), **common
+    )
+    return ShuffledDecode(stream, records_by_key, work, shuffle_buffer, seed), None
 
 
 class _DecodeShardSample:

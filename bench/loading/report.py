@@ -11,6 +11,7 @@ import math
 import os
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -32,6 +33,10 @@ from bench.loading.diagnosis import (  # noqa: E402
 from bench.ratios import UNSTABLE_SPREAD, median_spread, passes, ratio_text  # noqa: E402
 from common.files import atomic_write_bytes, save_figure  # noqa: E402
 from training.outputs import write_csv, write_yaml  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench.loading.baselines import BaselineResult
+    from bench.loading.peers import PeerResult
 
 #: The baseline's CPU figures in a results row (:meth:`bench.resources.CpuUse.figures`).
 BASELINE_CPU_COLUMNS = [
@@ -284,7 +289,6 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | Non
     """The report: the answer per configuration, what ran, the results table, failures,
     baselines, peers, the plots. ``cores``: the machine's (default ``os.cpu_count()``)."""
     bench = cfg_dict["bench"]
-    notes = table_notes(results)
     lines = [
         "# Storage benchmark report",
         "",
@@ -294,6 +298,29 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | Non
         "",
         *answer_lines(answers(results, bench["decode"], cores)),
         "",
+        *_results_section(cfg_dict, results),
+        *failures(results),
+        *baselines_section(extras.get("baselines", []), cores),
+        "",
+        *peers_section(bench, extras.get("peers", {}), extras.get("peer_errors", {})),
+        "",
+        "## Plots",
+        "",
+        "![throughput](throughput.png)",
+        "",
+        "![data wait](data_wait.png)",
+        "",
+        "![AU](au.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _results_section(cfg_dict: dict, results: list[dict]) -> list[str]:
+    """The report's section on what ran and the table of every pass, with its ``n/a`` notes."""
+    bench = cfg_dict["bench"]
+    notes = table_notes(results)
+    return [
         "## Results",
         "",
         f"Dataset: `{cfg_dict['storage']['root']}` split `{cfg_dict['dataset']['train_split']}`"
@@ -320,7 +347,24 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | Non
         "```",
         "",
         *([*(f"- {note}" for note in notes), ""] if notes else []),
-        *failures(results),
+    ]
+
+
+def baselines_section(
+    baselines: list[tuple[str, int, BaselineResult]], cores: int | None = None
+) -> list[str]:
+    """The report's section on the raw baselines: one table row per baseline, then why some
+    of its figures are ``n/a``.
+
+    Args:
+        baselines: ``(configuration, pass index, baseline measured right after that pass)``.
+        cores: the machine's CPU cores (default ``os.cpu_count()``): busy cores above it are
+            no measurement.
+
+    Returns:
+        Markdown lines, from the section's heading to its notes.
+    """
+    lines = [
         "## Baselines",
         "",
         "Each measured right after the pass it is compared with, over the same objects and as"
@@ -335,21 +379,10 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | Non
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     short = impossible = False
-    for config, pass_index, b in extras.get("baselines", []):
-        cpu = b.cpu.figures(b.bytes)
-        rates = [_fmt(b.objects_per_s, 1), _fmt(b.mbps), _fmt(cpu["host_busy_cores"])]
-        per_mb = f"{_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)}"
-        if b.seconds < MIN_BASELINE_S:  # not a measurement
-            short = True
-            rates, per_mb = ["n/a"] * 3, "n/a"
-        elif not cores_possible(cpu["host_busy_cores"], cores):
-            impossible = True
-            rates[2] = "n/a"
-        lines.append(
-            f"| {config} | {pass_index} | {b.name} ({b.threads} thread{'s' * (b.threads > 1)})"
-            f" | {b.objects} | {_fmt(b.bytes / 1e6, 1)} | {_fmt(b.seconds, 3)}"
-            f" | {' | '.join(rates)} | {per_mb} |"
-        )
+    for config, pass_index, b in baselines:
+        row, too_short, too_many_cores = _baseline_row(config, pass_index, b, cores)
+        lines.append(row)
+        short, impossible = short or too_short, impossible or too_many_cores
     if short or impossible:
         lines.append("")
     if short:
@@ -363,7 +396,47 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | Non
             f"- busy cores n/a: more than the machine's {cores or os.cpu_count()} cores, the"
             " counters' error over a short window."
         )
-    lines += ["", "## Peers", ""]
+    return lines
+
+
+def _baseline_row(
+    config: str, pass_index: int, b: BaselineResult, cores: int | None
+) -> tuple[str, bool, bool]:
+    """One baseline's row of the baselines table, whether it was too short to be a
+    measurement, and whether its busy cores were more than the machine has."""
+    cpu = b.cpu.figures(b.bytes)
+    rates = [_fmt(b.objects_per_s, 1), _fmt(b.mbps), _fmt(cpu["host_busy_cores"])]
+    per_mb = f"{_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)}"
+    short = impossible = False
+    if b.seconds < MIN_BASELINE_S:  # not a measurement
+        short = True
+        rates, per_mb = ["n/a"] * 3, "n/a"
+    elif not cores_possible(cpu["host_busy_cores"], cores):
+        impossible = True
+        rates[2] = "n/a"
+    row = (
+        f"| {config} | {pass_index} | {b.name} ({b.threads} thread{'s' * (b.threads > 1)})"
+        f" | {b.objects} | {_fmt(b.bytes / 1e6, 1)} | {_fmt(b.seconds, 3)}"
+        f" | {' | '.join(rates)} | {per_mb} |"
+    )
+    return row, short, impossible
+
+
+def peers_section(
+    bench: dict, peers: dict[str, list[PeerResult]], peer_errors: dict[str, str]
+) -> list[str]:
+    """The report's section on the peer loaders: each comparison's samples/s over its repeats,
+    and the peers that failed.
+
+    Args:
+        bench: the run's ``bench`` settings (``peers``, ``ranks``).
+        peers: comparison → the peer measured right after each repeat of its pass (samples/s).
+        peer_errors: comparison → why its peer failed.
+
+    Returns:
+        Markdown lines, from the section's heading to its last row.
+    """
+    lines = ["## Peers", ""]
     if bench["peers"] and 1 not in bench.get("ranks", [1]):
         lines += ["Not measured: peers are single-process loaders, measured when `bench.ranks`"
                   " has 1.", ""]  # fmt: skip
@@ -373,21 +446,10 @@ def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | Non
         "| comparison | peer | samples/s (median, range over repeats) |",
         "|---|---|---|",
     ]
-    for name, runs in extras.get("peers", {}).items():
+    for name, runs in peers.items():
         median, low, high = median_spread([p.samples_per_s for p in runs])
         spread = f" ({_fmt(low, 1)}-{_fmt(high, 1)})" if len(runs) > 1 else ""
         lines.append(f"| {name} | {runs[0].name} | {_fmt(median, 1)}{spread} |")
-    for name, error in extras.get("peer_errors", {}).items():
+    for name, error in peer_errors.items():
         lines.append(f"| {name} | failed: {error} | – |")
-    lines += [
-        "",
-        "## Plots",
-        "",
-        "![throughput](throughput.png)",
-        "",
-        "![data wait](data_wait.png)",
-        "",
-        "![AU](au.png)",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines

@@ -27,9 +27,11 @@ import functools
 import itertools
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.loading.baselines import fs_read_baseline, s3_get_baseline
+from bench.loading.baselines import BaselineResult, fs_read_baseline, s3_get_baseline
 from bench.loading.case import (
     Case,
     case_steps,
@@ -71,6 +73,10 @@ from training.meter import gc_frozen
 from training.outputs import write_yaml
 from training.tasks import class_to_index, load_task
 
+if TYPE_CHECKING:
+    from bench.loading.peers import PeerResult
+    from pipelines.storage.s3 import S3Storage
+
 log = logging.getLogger(__name__)
 
 #: Most times a pass's objects are read over to make its raw baseline last
@@ -81,7 +87,7 @@ MAX_BASELINE_ROUNDS = 1000
 
 def measure_baseline(
     prepared: PreparedStorage,
-    s3_storage,
+    s3_storage: S3Storage | None,
     storage_kind: str,
     access: str,
     cfg: BenchConfig,
@@ -89,7 +95,7 @@ def measure_baseline(
     repeat: int,
     evict_dir: Path | None,
     ranks: int = 1,
-):
+) -> BaselineResult | None:
     """The raw read of the same objects, ``repeat`` times over (as many bytes as the pass), at
     the pass's total concurrency over its ``ranks``: ``cat`` over the files (fs; one reading
     thread per rank), a boto3 GET pool (s3, through ``s3_storage``: the pass's own storage, or
@@ -131,11 +137,11 @@ def run_pass(
     case: Case,
     pass_index: int,
     target: PreparedStorage,
-    s3_storage,
+    s3_storage: S3Storage | None,
     cfg: BenchConfig,
     classes: list[str],
     bench_ranks: BenchRanks,
-) -> tuple[dict, list[dict], object] | None:
+) -> tuple[dict, list[dict], BaselineResult | None] | None:
     """One pass of one configuration on its ranks, then its raw baseline over as many bytes.
 
     Pass 0 is cold: with the files on this machine, every read evicts its file first and the
@@ -207,11 +213,11 @@ def pass_row(
     parts: list,
     cache: str,
     target: PreparedStorage,
-    s3_storage,
+    s3_storage: S3Storage | None,
     cfg: BenchConfig,
     repeat: int,
     evict_dir: Path | None,
-) -> tuple[dict, list[dict], object]:
+) -> tuple[dict, list[dict], BaselineResult | None]:
     """Rank 0's side of :func:`run_pass`: the row of the pass from its ranks' parts, and the
     baseline measured now."""
     row = combine(parts)
@@ -268,84 +274,130 @@ def run_bench(
             "bench.modes has train but bench.decode is false: training needs decoded images"
         )
     check_counts(cfg.bench.ranks, ranks.world_size)
-    bench_ranks = BenchRanks(ranks, cfg.bench.ranks)
-    stop = cfg.bench.on_error == "stop"
+    run = _BenchRun(cfg, out, BenchRanks(ranks, cfg.bench.ranks))
     cases = expand_matrix(cfg)
-    results, steps = [], []
-    baselines: list[tuple[str, int, object]] = []
-    peers: dict[str, object] = {}
-    peer_errors: dict[str, str] = {}
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
         write_yaml(out / "config.yaml", cfg.to_dict())
-
-    def failed(case: Case, pass_index: int, exc: Exception) -> None:
-        if ranks.main:
-            log.error("%s (pass %d) failed: %s", case.name, pass_index, error_text(exc))
-            results.append(error_row(case, pass_index, exc))
-            write_tables(out, results, steps)
-        if stop:
-            raise exc
-
     with contextlib.ExitStack() as stack:
         libs = [c.client_lib for c in cases if c.storage == "s3"]
-        storages = Storages(cfg, out, bench_ranks, stack, cfg.bench.storages, libs, stop=stop)
-        classes = None
+        storages = Storages(
+            cfg, out, run.bench_ranks, stack, cfg.bench.storages, libs, stop=run.stop
+        )
         for case in cases:
-            try:
-                target = storages.get(case.storage, case.client_lib)
-            except Exception as exc:
-                if stop:
-                    raise  # a storage that cannot be prepared has no row
-                failed(case, 0, exc)
-                continue
-            try:
-                classes = classes or everywhere(
-                    lambda target=target: class_names(cfg, target.records)
-                )
-            except Exception as exc:
-                failed(case, 0, exc)
-                continue
-            repeats = cfg.bench.repeats if case.mode == "read" else 1  # the rows with ratios
-            for pass_index, repeat in itertools.product(range(cfg.bench.passes), range(repeats)):
-                try:
-                    measured = run_pass(
-                        case, pass_index, target, storages.boto3(), cfg, classes, bench_ranks
-                    )
-                except Exception as exc:
-                    failed(case, pass_index, exc)
-                    break  # the next passes of a failed configuration would fail alike
-                peer = None
-                name = peer_name(case, pass_index, cfg)
-                if name is not None:  # right after the pass and its baseline: A B C A B C
-                    peer, error = None, None
-                    if ranks.main:
-                        peer, error = attempt(
-                            functools.partial(
-                                measure_peer, name, cfg, storages.prepared, classes, case.workers
-                            )
-                        )
-                        if error is not None:
-                            peer_errors[name] = error_text(error)
-                            log.error("peer %s failed: %s", name, peer_errors[name])
-                    agree_on_errors(error if stop else None)  # the others wait meanwhile
-                    if peer is not None:
-                        peers.setdefault(f"{name}, {case.workers} workers", []).append(peer)
-                if measured is None:  # not rank 0
-                    continue
-                row, case_steps, base = measured
-                row["repeat"] = repeat
-                add_ratios(row, peer)
-                results.append(row)
-                steps.extend({**s, "repeat": repeat} for s in case_steps)
-                if base is not None:
-                    baselines.append((case.name, pass_index, base))
-                write_tables(out, results, steps)
+            run.run_configuration(case, storages)
         distributed.barrier(long=True)  # every rank is done with the local server
-    summarize(results)
+    summarize(run.results)
     if ranks.main:
-        write_tables(out, results, steps)
-    return results, steps, {"baselines": baselines, "peers": peers, "peer_errors": peer_errors}
+        write_tables(out, run.results, run.steps)
+    return run.results, run.steps, run.extras()
+
+
+@dataclass
+class _BenchRun:
+    """One :func:`run_bench` as it goes: its settings, and what rank 0 has measured so far
+    (the other ranks' lists stay empty), written out after every pass."""
+
+    cfg: BenchConfig
+    out: Path
+    bench_ranks: BenchRanks
+    classes: list[str] | None = None
+    results: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    baselines: list[tuple[str, int, BaselineResult]] = field(default_factory=list)
+    peers: dict[str, list[PeerResult]] = field(default_factory=dict)
+    peer_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stop(self) -> bool:
+        """Whether the first failure ends the run (``bench.on_error: stop``)."""
+        return self.cfg.bench.on_error == "stop"
+
+    def extras(self) -> dict:
+        """The baselines, peers and peer errors measured, for the report."""
+        return {"baselines": self.baselines, "peers": self.peers, "peer_errors": self.peer_errors}
+
+    def run_configuration(self, case: Case, storages: Storages) -> None:
+        """Every rank: every pass of ``case`` on its prepared storage (each read pass
+        ``bench.repeats`` times), each followed by its peer; a failure gets its row and ends
+        the configuration (:meth:`failed`)."""
+        cfg = self.cfg
+        try:
+            target = storages.get(case.storage, case.client_lib)
+        except Exception as exc:
+            if self.stop:
+                raise  # a storage that cannot be prepared has no row
+            self.failed(case, 0, exc)
+            return
+        try:
+            self.classes = self.classes or everywhere(lambda: class_names(cfg, target.records))
+        except Exception as exc:
+            self.failed(case, 0, exc)
+            return
+        repeats = cfg.bench.repeats if case.mode == "read" else 1  # the rows with ratios
+        for pass_index, repeat in itertools.product(range(cfg.bench.passes), range(repeats)):
+            try:
+                measured = run_pass(
+                    case, pass_index, target, storages.boto3(), cfg, self.classes,
+                    self.bench_ranks,
+                )  # fmt: skip
+            except Exception as exc:
+                self.failed(case, pass_index, exc)
+                break  # the next passes of a failed configuration would fail alike
+            peer = self.peer_of_pass(case, pass_index, storages)
+            if measured is not None:  # rank 0
+                self.add_pass(case, pass_index, repeat, measured, peer)
+
+    def peer_of_pass(self, case: Case, pass_index: int, storages: Storages) -> PeerResult | None:
+        """Every rank: the peer of the pass just run (:func:`peer_name`), measured by rank 0
+        right after the pass and its baseline (A B C A B C) while the others wait; None when
+        the pass has none, it failed, or on the other ranks."""
+        name = peer_name(case, pass_index, self.cfg)
+        if name is None:
+            return None
+        peer, error = None, None
+        if self.bench_ranks.ranks.main:
+            peer, error = attempt(
+                functools.partial(
+                    measure_peer, name, self.cfg, storages.prepared, self.classes, case.workers
+                )
+            )
+            if error is not None:
+                self.peer_errors[name] = error_text(error)
+                log.error("peer %s failed: %s", name, self.peer_errors[name])
+        agree_on_errors(error if self.stop else None)  # the others wait meanwhile
+        if peer is not None:
+            self.peers.setdefault(f"{name}, {case.workers} workers", []).append(peer)
+        return peer
+
+    def add_pass(
+        self,
+        case: Case,
+        pass_index: int,
+        repeat: int,
+        measured: tuple[dict, list[dict], BaselineResult | None],
+        peer: PeerResult | None,
+    ) -> None:
+        """Rank 0: keep one repeat of a pass (its row with its ratios, its steps, its
+        baseline) and write the tables again."""
+        row, pass_steps, base = measured
+        row["repeat"] = repeat
+        add_ratios(row, peer)
+        self.results.append(row)
+        self.steps.extend({**s, "repeat": repeat} for s in pass_steps)
+        if base is not None:
+            self.baselines.append((case.name, pass_index, base))
+        write_tables(self.out, self.results, self.steps)
+
+    def failed(self, case: Case, pass_index: int, exc: Exception) -> None:
+        """Keep the error row of a configuration (pass) that failed and write the tables
+        (rank 0); with ``bench.on_error: stop``, raise ``exc`` (every rank)."""
+        if self.bench_ranks.ranks.main:
+            log.error("%s (pass %d) failed: %s", case.name, pass_index, error_text(exc))
+            self.results.append(error_row(case, pass_index, exc))
+            write_tables(self.out, self.results, self.steps)
+        if self.stop:
+            raise exc
 
 
 def peer_name(case: Case, pass_index: int, cfg: BenchConfig) -> str | None:
@@ -378,7 +430,7 @@ def measure_peer(
     prepared: dict[tuple[str, str], PreparedStorage],
     classes: list[str],
     workers: int,
-):
+) -> PeerResult | None:
     """Measure the peer loader of ``name`` (:data:`PEERS`) once over the objects of the
     prepared storage (:mod:`bench.loading.peers`), with the run's batch size, the compared pass's
     DataLoader ``workers``, image size, classes and ``bench.read_steps`` batches.
@@ -429,7 +481,7 @@ def measure_peer(
         )  # fmt: skip
 
 
-def add_ratios(row: dict, peer) -> None:
+def add_ratios(row: dict, peer: PeerResult | None) -> None:
     """The row's own ratios: ``ratio_to_baseline`` (MB/s over its baseline's MB/s, measured
     right after it) and ``ratio_to_peer`` (samples/s over those of ``peer``, measured right
     after that; None: no peer for this pass), the latter with both sides timed from the end

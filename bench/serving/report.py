@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 from bench.ratios import ratio_text
-from common.files import save_figure
+from common.files import atomic_write_bytes, save_figure
 from training.outputs import write_csv, write_yaml
 
 COLUMNS = [
@@ -38,19 +39,30 @@ def table(rows: list[dict]) -> str:
 
 def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
     """``results.csv``, ``report.md``, ``latency.png``, ``throughput.png``, ``settings.yaml``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", rows, COLUMNS)
+    write_yaml(out / "settings.yaml", settings)
+    plot_latency(rows, out / "latency.png")
+    plot_throughput(rows, out / "throughput.png")
+    atomic_write_bytes(out / "report.md", ("\n".join(report_lines(rows)) + "\n").encode("utf-8"))
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot, drawing into files only (no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.files import atomic_write_bytes
+    return plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "results.csv", rows, COLUMNS)
-    write_yaml(out / "settings.yaml", settings)
-    models = list(dict.fromkeys(r["model"] for r in rows))
+
+def plot_latency(rows: list[dict], path: Path) -> None:
+    """Client latency (ms: p50, p90, p99) against concurrent requests, one line each per
+    model."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for m in models:
+    for m in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == m]
         for p, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^:")):
             ax.plot([r["concurrency"] for r in mine], [r[f"latency_{p}_ms"] for r in mine], style,
@@ -59,9 +71,15 @@ def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
     ax.set_ylabel("client latency, ms")
     ax.set_title("latency vs concurrency")
     ax.legend()
-    save_figure(fig, out / "latency.png")
+    save_figure(fig, path)
+
+
+def plot_throughput(rows: list[dict], path: Path) -> None:
+    """Good images answered per second against concurrent requests, one line per model, with
+    the model's in-process rate (batch 1) dotted."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for m in models:
+    for m in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == m]
         ax.plot([r["concurrency"] for r in mine], [r["images_per_s"] for r in mine], "o-",
                 label=f"{m} served")  # fmt: skip
@@ -72,8 +90,13 @@ def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
     ax.set_ylim(bottom=0)
     ax.set_title("throughput vs concurrency")
     ax.legend()
-    save_figure(fig, out / "throughput.png")
-    lines = [
+    save_figure(fig, path)
+
+
+def report_lines(rows: list[dict]) -> list[str]:
+    """The lines of ``report.md``: the cold start, a table row per run, what the figures
+    mean, the first wrong answers, the plots."""
+    return [
         "# Serving under load", "",
         f"TorchServe cold start (start to every model READY): {rows[0]['cold_start_s']:.1f} s."
         if rows else "", "",
@@ -82,17 +105,7 @@ def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
         " images/s (batch 1 / archive's batch) | served / in-process (the run's; median and"
         " range of the level's runs) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *[
-            f"| {r['model']} | {r['concurrency']} | {r.get('repeat', 0) + 1} | {r['requests']} |"
-            f" {r['bad_share']:g} |"
-            f" {r['images_per_s']:.1f} | {r['latency_p50_ms']:.0f} / {r['latency_p90_ms']:.0f} /"
-            f" {r['latency_p99_ms']:.0f} / {r['latency_max_ms']:.0f} | {r['statuses']} |"
-            f" {r['wrong']} | {r['worker_restarts']} | {r['server_queue_ms']:.1f} /"
-            f" {r['server_inference_ms']:.1f} | {r['in_process_images_per_s']:.1f} /"
-            f" {r['in_process_batch_images_per_s']:.1f} | {r['served_vs_in_process']:.2f};"
-            f" {ratio_text(r, 'served_vs_in_process')} |"
-            for r in rows
-        ],
+        *[_report_row(r) for r in rows],
         "",
         "Each level ran as interleaved runs (served, then the same model in this process on the"
         " same images: A B A B); `!`: the runs' ratios spread more than 10 %, unstable, the"
@@ -107,4 +120,17 @@ def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
         "",
         "![latency](latency.png)", "", "![throughput](throughput.png)",
     ]  # fmt: skip
-    atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def _report_row(r: dict) -> str:
+    """One run's row of the report's table."""
+    return (
+        f"| {r['model']} | {r['concurrency']} | {r.get('repeat', 0) + 1} | {r['requests']} |"
+        f" {r['bad_share']:g} |"
+        f" {r['images_per_s']:.1f} | {r['latency_p50_ms']:.0f} / {r['latency_p90_ms']:.0f} /"
+        f" {r['latency_p99_ms']:.0f} / {r['latency_max_ms']:.0f} | {r['statuses']} |"
+        f" {r['wrong']} | {r['worker_restarts']} | {r['server_queue_ms']:.1f} /"
+        f" {r['server_inference_ms']:.1f} | {r['in_process_images_per_s']:.1f} /"
+        f" {r['in_process_batch_images_per_s']:.1f} | {r['served_vs_in_process']:.2f};"
+        f" {ratio_text(r, 'served_vs_in_process')} |"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.ratios import UNSTABLE_SPREAD, median_spread, unstable
 from bench.sweep.config import SweepConfig
@@ -25,6 +26,9 @@ from bench.sweep.points import PREFETCH_FACTOR, SWEEP_COLUMNS, summary_json, wor
 from bench.sweep.workloads import Workload
 from common.files import atomic_write_bytes, save_figure
 from training.outputs import write_csv, write_json, write_yaml
+
+if TYPE_CHECKING:
+    from bench.sweep.run import Search
 
 #: The report says so when the worst rank's AU is more than this below the mean (MLPerf's
 #: answer uses the mean; a gap this large means one rank's reads lagged the others').
@@ -49,7 +53,7 @@ def point_line(w: Workload, row: dict) -> str:
     )
 
 
-def limit_kind(search, facts: dict) -> str:
+def limit_kind(search: Search, facts: dict) -> str:
     """The search's limit, with the cap of a launch sized by this node's memory (``auto``)
     named as the client's memory."""
     kind = search.result.limit
@@ -58,7 +62,7 @@ def limit_kind(search, facts: dict) -> str:
     return kind
 
 
-def answer_line(w: Workload, search, facts: dict) -> str:
+def answer_line(w: Workload, search: Search, facts: dict) -> str:
     """The report's and the console's sentence for one search: MLPerf's number, what it
     delivered, and what ran out."""
     head = f"- {search.storage}, {search.access}:"
@@ -118,7 +122,7 @@ def answer_line(w: Workload, search, facts: dict) -> str:
     return line
 
 
-def shared_cores(search, kind: str, facts: dict) -> str:
+def shared_cores(search: Search, kind: str, facts: dict) -> str:
     """A sentence for a client CPU limit on a local S3 server started for the sweep, which
     runs on the client's cores: the storage and the client then share them; else ``""``."""
     if kind == CLIENT_CPU and search.storage == "s3" and facts.get("local_s3"):
@@ -130,7 +134,7 @@ def shared_cores(search, kind: str, facts: dict) -> str:
 
 
 def write_outputs(
-    out: Path, cfg: SweepConfig, rows: list[dict], searches: list, facts: dict
+    out: Path, cfg: SweepConfig, rows: list[dict], searches: list[Search], facts: dict
 ) -> None:
     """``sweep.csv``, ``report.md``, ``points/*/summary.json``, the two plots and
     ``config.yaml`` (each atomically)."""
@@ -148,22 +152,11 @@ def write_outputs(
     atomic_write_bytes(out / "report.md", text.encode("utf-8"))
 
 
-def report_lines(cfg: SweepConfig, rows: list[dict], searches: list, facts: dict) -> list[str]:
+def report_lines(
+    cfg: SweepConfig, rows: list[dict], searches: list[Search], facts: dict
+) -> list[str]:
     """The lines of ``report.md``."""
     w = facts["workload"]
-    sizing = facts.get("sizing")
-    largest = (
-        f"up to {facts['largest']} accelerator(s)"
-        if not cfg.sweep.points
-        else f"the counts {cfg.sweep.points}"
-    )
-    if sizing is not None and not cfg.sweep.points:
-        largest += f" ({sizing.sentence()})"
-    sync = (
-        "wait for each other at every step"
-        if cfg.sweep.sync == "step"
-        else "step on their own (sweep.sync: none)"
-    )
     lines = [
         f"# How many simulated {accelerator_label(w)} can this storage keep busy? ({w.name})",
         "",
@@ -180,18 +173,7 @@ def report_lines(cfg: SweepConfig, rows: list[dict], searches: list, facts: dict
         "",
         "## Workload",
         "",
-        f"`{w.key}` ({w.division}) from {w.source}: samples of {_size(w.sample_bytes)} mean,"
-        f" batch {w.batch_size}, {workers_per_rank(cfg, w)} DataLoader worker(s) per"
-        f" accelerator reading {PREFETCH_FACTOR} batch ahead each,"
-        f" {facts['computation_time_s']:.4g} s of computation per step, AU threshold"
-        f" {w.au_threshold:.0%}; decoding {'on' if cfg.sweep.decode else 'off (as MLPerf)'};"
-        f" the accelerators {sync}. Dataset: {facts['samples']:,} samples"
-        f" at `{facts['dataset']}`. {largest[0].upper()}{largest[1:]} on {facts['nodes']}"
-        f" client node(s) ({', '.join(str(c) for c in facts['host_cores'])} cores,"
-        f" {', '.join(f'{m / 2**30:.0f}' for m in facts['host_memory_bytes'])} GiB);"
-        f" {_steps(cfg)} per point; every point reads cold (each file evicted from the page"
-        " cache before it is read, where this machine holds the files; otherwise the cache"
-        " may serve reads: the `cache` column says which, and `cache share` how much did).",
+        workload_paragraph(cfg, w, facts),
         "",
         "MB/s measured = bytes read / wall time (10^6 bytes/s); DLIO's"
         " `train_io_mean_MB_per_second` = samples/s x the profile's mean sample size / 1024^2,"
@@ -219,6 +201,53 @@ def report_lines(cfg: SweepConfig, rows: list[dict], searches: list, facts: dict
             "",
         ]
     return lines
+
+
+def workload_paragraph(cfg: SweepConfig, w: Workload, facts: dict) -> str:
+    """The report's paragraph on what every point ran: the workload's profile, the
+    accelerators' step, the dataset, the counts swept on which client nodes, the steps, and
+    how cold the reads were.
+
+    Args:
+        cfg: the sweep's settings.
+        w: its workload.
+        facts: :func:`bench.sweep.run.run_sweep`'s (``computation_time_s`` in seconds,
+            ``host_memory_bytes`` in bytes).
+    """
+    sync = (
+        "wait for each other at every step"
+        if cfg.sweep.sync == "step"
+        else "step on their own (sweep.sync: none)"
+    )
+    largest = _counts(cfg, facts)
+    return (
+        f"`{w.key}` ({w.division}) from {w.source}: samples of {_size(w.sample_bytes)} mean,"
+        f" batch {w.batch_size}, {workers_per_rank(cfg, w)} DataLoader worker(s) per"
+        f" accelerator reading {PREFETCH_FACTOR} batch ahead each,"
+        f" {facts['computation_time_s']:.4g} s of computation per step, AU threshold"
+        f" {w.au_threshold:.0%}; decoding {'on' if cfg.sweep.decode else 'off (as MLPerf)'};"
+        f" the accelerators {sync}. Dataset: {facts['samples']:,} samples"
+        f" at `{facts['dataset']}`. {largest[0].upper()}{largest[1:]} on {facts['nodes']}"
+        f" client node(s) ({', '.join(str(c) for c in facts['host_cores'])} cores,"
+        f" {', '.join(f'{m / 2**30:.0f}' for m in facts['host_memory_bytes'])} GiB);"
+        f" {_steps(cfg)} per point; every point reads cold (each file evicted from the page"
+        " cache before it is read, where this machine holds the files; otherwise the cache"
+        " may serve reads: the `cache` column says which, and `cache share` how much did)."
+    )
+
+
+def _counts(cfg: SweepConfig, facts: dict) -> str:
+    """The accelerator counts the sweep ran, for the report, with how an ``auto`` launch was
+    sized."""
+    sizing = facts.get("sizing")
+    largest = (
+        f"up to {facts['largest']} accelerator(s)"
+        if not cfg.sweep.points
+        else f"the counts {cfg.sweep.points}"
+    )
+    if sizing is not None and not cfg.sweep.points:
+        largest += f" ({sizing.sentence()})"
+    return largest
 
 
 def _steps(cfg: SweepConfig) -> str:

@@ -21,12 +21,14 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from bench.loading.case import Case
+from bench.loading.config import BenchConfig
 from bench.loading.run import run_pass
 from bench.ranks import BenchRanks, error_text, everywhere, node_of_this_rank, on_main
 from bench.storages import Storages
@@ -148,6 +150,44 @@ def run_sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> tuple[list[dict], li
     """
     allow_readers_beyond_cores()
     w = workload(cfg.sweep.workload, cfg.sweep.accelerator)
+    facts = launch_facts(cfg, w, ranks)
+    root = sweep_dataset(cfg, w, ranks)
+    facts.update(dataset=str(root), samples=dataset_samples(root))
+    seconds = w.computation_time_s or on_main(lambda: measure_step_time(cfg), ranks)
+    facts["computation_time_s"] = seconds
+    pcfg = points_config(cfg, w, root, seconds, facts["largest"])
+    bench_ranks = BenchRanks(ranks, pcfg.bench.ranks)
+    on_main(lambda: out.mkdir(parents=True, exist_ok=True), ranks)
+    rows: list[dict] = []
+    searches: list[Search] = []
+    with contextlib.ExitStack() as stack:
+        storages = Storages(
+            pcfg, out, bench_ranks, stack, cfg.sweep.storages, [cfg.sweep.client_lib],
+            stop=False, shards="shards" in cfg.sweep.access,
+        )  # fmt: skip
+        facts["local_s3"] = storages.local_s3
+        point = _SweepPoints(cfg, w, pcfg, storages, bench_ranks).measure
+        if ranks.main:
+            for storage in cfg.sweep.storages:
+                for access in cfg.sweep.access:
+                    searches.append(search_one(cfg, w, storage, access, point, rows, facts))
+            distributed.gather(None, long=True)  # the end, for the other ranks
+        else:  # follow rank 0's points until it says the end
+            _follow_points(point)
+        distributed.barrier(long=True)  # every rank is done with a local server
+    return rows, searches, facts
+
+
+def launch_facts(cfg: SweepConfig, w: Workload, ranks: Ranks) -> dict:
+    """What the report says of this launch before anything runs: the workload, the most
+    accelerators it runs, each node's cores and memory (bytes), the sizing of an ``auto``
+    launch, and the rules checkable before the sweep. A collective: every rank calls it.
+
+    Raises:
+        ConfigError: a launch that does not fit (:func:`largest_count`), or ``sweep.points``
+            counts that are not whole multiples of the nodes.
+        bench.sweep.rules.RulesNotMet: ``closed`` and a rule fails (:func:`check_before`).
+    """
     largest = largest_count(cfg, ranks)
     facts = {"workload": w, "largest": largest, "points": cfg.sweep.points, **host_facts()}
     facts["sizing"] = None if cfg.sweep.points else from_launcher()
@@ -161,65 +201,66 @@ def run_sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> tuple[list[dict], li
     facts["before_rules"] = on_main(
         lambda: check_before(cfg, w, nodes, facts["memory_bytes"]), ranks
     )
-    root = sweep_dataset(cfg, w, ranks)
-    facts.update(dataset=str(root), samples=dataset_samples(root))
-    seconds = w.computation_time_s or on_main(lambda: measure_step_time(cfg), ranks)
-    facts["computation_time_s"] = seconds
-    pcfg = points_config(cfg, w, root, seconds, largest)
-    bench_ranks = BenchRanks(ranks, pcfg.bench.ranks)
-    on_main(lambda: out.mkdir(parents=True, exist_ok=True), ranks)
-    lib = cfg.sweep.client_lib
-    rows: list[dict] = []
-    searches: list[Search] = []
-    with contextlib.ExitStack() as stack:
-        storages = Storages(
-            pcfg, out, bench_ranks, stack, cfg.sweep.storages, [lib], stop=False,
-            shards="shards" in cfg.sweep.access,
-        )  # fmt: skip
-        facts["local_s3"] = storages.local_s3
-        names: dict[str, list[str]] = {}  # class names, once per storage
+    return facts
 
-        def point(storage: str, access: str, k: int, repeat: int) -> dict | None:
-            """Every rank: measure ``k`` accelerators (rank 0 gets the row)."""
-            client = lib if storage == "s3" else "-"
-            target = storages.get(storage, client)
-            if storage not in names:
-                names[storage] = everywhere(lambda: class_names(pcfg, target.records))
-            steps = pcfg.bench.steps
-            if cfg.sweep.rules == "closed":  # whole epochs, as MLPerf runs them
-                steps = epoch_steps(len(target.records), w, k, pcfg.bench.warmup_steps)
-            seeded = replace(
-                pcfg,
-                train=replace(pcfg.train, seed=pcfg.train.seed + repeat),
-                bench=replace(pcfg.bench, steps=steps),
-            )
-            case = Case("emulate", access, storage, client, workers_per_rank(cfg, w), k)
-            # cold where the files can be evicted before each read (fs, a local server)
-            pass_index = 0 if target.local_dir is not None else 1
-            started = time.time()
-            measured = run_pass(case, pass_index, target, None, seeded, names[storage], bench_ranks)
-            if measured is None:
-                return None
-            row = sweep_row(w, case, repeat, seeded, *measured[:2], bench_ranks.nodes)
-            return {**row, "started": started, "ended": time.time()}
 
-        if ranks.main:
-            for storage in cfg.sweep.storages:
-                for access in cfg.sweep.access:
-                    searches.append(search_one(cfg, w, storage, access, point, rows, facts))
-            distributed.gather(None, long=True)  # the end, for the other ranks
-        else:  # follow rank 0's points until it says the end
-            while (command := distributed.gather(None, long=True)[0]) is not None:
-                try:
-                    point(*command)
-                except Exception:  # rank 0 records it; the next command comes all the same
-                    pass
-        distributed.barrier(long=True)  # every rank is done with a local server
-    return rows, searches, facts
+@dataclass
+class _SweepPoints:
+    """The sweep's points on its prepared storages, as every rank measures them
+    (:meth:`measure`), with each storage's class names, found once."""
+
+    cfg: SweepConfig
+    w: Workload
+    pcfg: BenchConfig
+    storages: Storages
+    bench_ranks: BenchRanks
+    names: dict[str, list[str]] = field(default_factory=dict)
+
+    def measure(self, storage: str, access: str, k: int, repeat: int) -> dict | None:
+        """Every rank: measure ``k`` accelerators (rank 0 gets the row)."""
+        cfg, w, pcfg = self.cfg, self.w, self.pcfg
+        client = cfg.sweep.client_lib if storage == "s3" else "-"
+        target = self.storages.get(storage, client)
+        if storage not in self.names:
+            self.names[storage] = everywhere(lambda: class_names(pcfg, target.records))
+        steps = pcfg.bench.steps
+        if cfg.sweep.rules == "closed":  # whole epochs, as MLPerf runs them
+            steps = epoch_steps(len(target.records), w, k, pcfg.bench.warmup_steps)
+        seeded = replace(
+            pcfg,
+            train=replace(pcfg.train, seed=pcfg.train.seed + repeat),
+            bench=replace(pcfg.bench, steps=steps),
+        )
+        case = Case("emulate", access, storage, client, workers_per_rank(cfg, w), k)
+        # cold where the files can be evicted before each read (fs, a local server)
+        pass_index = 0 if target.local_dir is not None else 1
+        started = time.time()
+        measured = run_pass(
+            case, pass_index, target, None, seeded, self.names[storage], self.bench_ranks
+        )
+        if measured is None:
+            return None
+        row = sweep_row(w, case, repeat, seeded, *measured[:2], self.bench_ranks.nodes)
+        return {**row, "started": started, "ended": time.time()}
+
+
+def _follow_points(point: Callable[[str, str, int, int], dict | None]) -> None:
+    """The ranks other than 0: measure each point rank 0 sends until it says the end."""
+    while (command := distributed.gather(None, long=True)[0]) is not None:
+        try:
+            point(*command)
+        except Exception:  # rank 0 records it; the next command comes all the same
+            pass
 
 
 def search_one(
-    cfg: SweepConfig, w: Workload, storage: str, access: str, point, rows: list, facts: dict
+    cfg: SweepConfig,
+    w: Workload,
+    storage: str,
+    access: str,
+    point: Callable[[str, str, int, int], dict | None],
+    rows: list,
+    facts: dict,
 ) -> Search:
     """Rank 0: search one storage and access pattern (or measure ``sweep.points``), sending
     each point to every rank, then run the answer again; a point that fails ends this search
