@@ -1,2 +1,1 @@
-"""What the commands share: their configuration flags (args), starting their ranks with torchrun
-(launch), and the main of the commands whose ranks need no accelerator (ranks)."""
+"""Command-line code shared by the commands: flags (args), torchrun (launch), CPU ranks (ranks)."""

@@ -1,5 +1,4 @@
-"""The commands' configuration flags: ``--config``, ``--set``, ``--keys`` and the overrides that
-Make variables map onto, read into a :class:`training.config.Config`."""
+"""The commands' config flags: ``--config``, ``--set``, ``--keys`` and Make's overrides."""
 
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ STRING_FLAGS = ("access", "storage", "out", "format", "arch", "s3_endpoint", "s3
 
 
 def print_keys(command: type[Config] = Config) -> None:
-    """Every key of ``command``'s configuration, its default and its description."""
+    """Print every key of ``command``'s configuration, its default and its description."""
     from training.config import describe_keys
 
     try:
@@ -62,8 +61,7 @@ class _KeysAction(argparse.Action):
 def add_keys_argument(
     parser: argparse.ArgumentParser, *, config: type[Config] | None = Config
 ) -> None:
-    """Add ``--keys``: every key of the configuration class ``config`` with its default and
-    description, or, for a command that reads no configuration (None), a line saying so."""
+    """Add ``--keys``: list ``config``'s keys, defaults, descriptions (None: say there are none)."""
     parser.add_argument(
         "--keys",
         action=_KeysAction,
@@ -79,8 +77,7 @@ def add_config_arguments(
     flags: tuple[str, ...] = tuple(FLAG_KEYS),
     command: type[Config] = Config,
 ) -> None:
-    """Add ``--config``, ``--set``, ``--keys`` and the override flags named in ``flags``, for
-    a command whose configuration class is ``command`` (:func:`config_from_args` reads it)."""
+    """Add ``--config``, ``--set``, ``--keys`` and the override ``flags`` for class ``command``."""
     parser.add_argument(
         "--config", default="configs/detection.yaml", help="YAML config file (default: %(default)s)"
     )
@@ -107,8 +104,11 @@ def add_config_arguments(
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
-    """Load ``args.config`` with the flags' overrides, then ``extra``, then ``--set`` ones, as
-    the command's configuration class (:func:`add_config_arguments`; :class:`Config` when none).
+    """Load ``args.config`` with the flags' overrides, then ``extra``, then ``--set`` ones.
+
+    Returns:
+        The configuration, of the class given to :func:`add_config_arguments` (:class:`Config` when
+        none).
 
     Raises:
         ConfigError: as :func:`training.config.load_config`.
@@ -133,13 +133,11 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
 def data_overrides(value: str) -> list[str]:
     """Config overrides that point a run at the dataset(s) of ``DATA=`` / ``--data``.
 
-    ``value`` is one or more comma-separated locations, all directories or all
-    ``s3://bucket/prefix`` URLs in one bucket; several are sources with the same classes read
-    as one dataset. Directories become ``storage.root`` (their common parent) and
-    ``storage.prefixes`` (their paths under it); URLs become ``storage.bucket`` and
-    ``storage.prefixes``. The dataset's format is then detected (``dataset.format=auto``) and
-    its classes read from it (``dataset.classes=[]``); later overrides (``--format``,
-    ``--set``) win.
+    ``value``: comma-separated locations, all directories or all ``s3://bucket/prefix`` URLs in one
+    bucket; several are sources with the same classes read as one dataset. Directories become
+    ``storage.root`` (their common parent) and ``storage.prefixes`` (their paths under it); URLs
+    become ``storage.bucket`` and ``storage.prefixes``. Then ``dataset.format=auto`` (detected) and
+    ``dataset.classes=[]`` (read from the data); later overrides (``--format``, ``--set``) win.
 
     Raises:
         ConfigError: mixed directories and URLs, several buckets, or an URL without a bucket.
@@ -179,9 +177,7 @@ def data_overrides(value: str) -> list[str]:
 
 
 def _yaml_string(text: str) -> str:
-    """``text`` as a double-quoted YAML scalar, for any path: JSON's string syntax is YAML's
-    double-quoted style (YAML 1.2, section 7.3.1), escapes for backslashes and quotes
-    included; Python's ``repr`` is not (``'it\\'s'`` is no YAML)."""
+    """``text`` as a double-quoted YAML scalar, for any path (JSON strings: YAML 1.2, 7.3.1)."""
     return json.dumps(text)
 
 

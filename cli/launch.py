@@ -4,15 +4,13 @@
     python -m scripts.launch --nproc-per-node 8 --nnodes 2 --node-rank 0 \\
         --master-addr 10.0.0.1 --master-port 29500 --rdzv-conf timeout=300 -m scripts.train ...
 
-The arguments are torchrun's (``python -m torch.distributed.run --help``); this runs torchrun's
-own ``main`` with them (the elastic agent starts, watches and stops the ranks), and turns its
-two launch failures into a last line a user can act on: a node that never joined the
-rendezvous (which nodes are missing, what to check), and a rank that failed (which one, with
-what exit code or signal; its own ``[rank N]`` lines above say why). ``make train NPROC=...``
-uses it.
+The arguments are torchrun's (``python -m torch.distributed.run --help``), run by its own ``main``.
+Its two launch failures become a last line a user can act on: a node that never joined the
+rendezvous (what to check), or the rank that failed first (exit code or signal; its ``[rank N]``
+lines above say why). ``make train NPROC=...`` uses it.
 
-Exit status: 0 when every rank succeeded; the exit code of the rank that failed first (1
-when it was killed by a signal); 2 when the nodes did not all join.
+Exit status: 0 when every rank succeeded; the exit code of the rank that failed first (1 when it was
+killed by a signal); 2 when the nodes did not all join.
 """
 
 from __future__ import annotations
@@ -57,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def relaunch(module: str, nproc: int, argv: list[str], why: str) -> int:
-    """Run ``python -m module argv`` again as ``nproc`` ranks on this machine
-    (``--standalone``), saying ``why`` first; returns the launch's exit status (:func:`main`).
-    For commands that need several ranks when started without torchrun."""
+    """Print ``why`` and run ``python -m module argv`` as ``nproc`` ranks here (``--standalone``).
+
+    Returns :func:`main`'s exit status; for commands needing several ranks when run without
+    torchrun.
+    """
     print(f"{why}: starting {nproc} ranks with torchrun on this machine")
     return main(["--standalone", "--nproc-per-node", str(nproc), "-m", module, *argv])

@@ -1,5 +1,4 @@
-"""The ``main`` of the commands whose ranks need no accelerator (``make sweep``, ``make
-checkpoint-bench``): flags, config, starting the ranks, one-line errors."""
+"""The ``main`` of the commands whose ranks need no accelerator: sweep, checkpoint-bench."""
 
 from __future__ import annotations
 
@@ -24,19 +23,19 @@ def cpu_ranks_main(
     ranks_wanted: Callable[[Config], int],
     work: Callable[[Config, Path, Ranks], int],
 ) -> int:
-    """The ``main`` of a command whose ranks need no accelerator (``make sweep``, ``make
-    checkpoint-bench``): parse ``argv`` (``--out``: the runs' parent folder), log warnings with
-    each rank's number, read the config; without torchrun and ``ranks_wanted(cfg) > 1`` (called
-    only without torchrun: it may measure this machine first), start
-    that many ranks of ``python -m module argv`` on this machine
-    (:func:`cli.launch.relaunch`); otherwise join the process group on the CPU (gloo), agree
-    on rank 0's run folder (:func:`training.outputs.run_folder`) and call ``work(cfg, out,
+    """Run a command whose ranks need no accelerator (``make sweep``, ``make checkpoint-bench``).
+
+    Parses ``argv`` (``--out``: the runs' parent folder), logs warnings with each rank's number and
+    reads the config. Without torchrun and with ``ranks_wanted(cfg) > 1`` (called only without
+    torchrun: it may measure this machine first), starts that many ranks of ``python -m module
+    argv`` here (:func:`cli.launch.relaunch`); otherwise joins the process group on the CPU (gloo),
+    agrees on rank 0's run folder (:func:`training.outputs.run_folder`) and calls ``work(cfg, out,
     ranks)`` on every rank.
 
     Returns:
-        The exit status: ``work``'s on rank 0 (0 on the others), the launch's after a
-        relaunch, 2 after a user error (printed as one line by the rank that made it; rank 0
-        names that rank and returns 1), 1 when a file cannot be written (one line).
+        The exit status: ``work``'s on rank 0 (0 on the others), the launch's after a relaunch, 2
+        after a user error (printed as one line by the rank that made it; rank 0 names that rank and
+        returns 1), 1 when a file cannot be written (one line).
     """
     import torch
 

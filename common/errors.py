@@ -1,5 +1,4 @@
-"""The user's errors every layer raises, and one-line quotes of an error's cause for messages
-that name it without a traceback."""
+"""The user's errors every layer raises, and one-line quotes of an error's cause."""
 
 from __future__ import annotations
 
@@ -7,8 +6,7 @@ import sys
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an error's message, or its type's name when the message is empty:
-    what a one-line error message quotes of a cause."""
+    """The first line of an error's message (its type's name when empty), to quote in one line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -20,21 +18,22 @@ def error_line(exc: BaseException) -> str:
 
 
 class UserError(Exception):
-    """What the user can act on (a bad key, a missing file, an unreachable endpoint, a damaged
-    shard...): commands print it as one line (:func:`say_error`) and exit with status 2.
-    Every layer's such errors derive from it."""
+    """An error the user can act on: commands print it as one line (:func:`say_error`), exit 2.
+
+    Every layer's such errors derive from it (a bad key, a missing file, an unreachable endpoint, a
+    damaged shard...).
+    """
 
 
 class ConfigError(UserError):
-    """A configuration key is unknown or its value is invalid, or a file or function it names
-    cannot be used; the message names the key."""
+    """A config key is unknown, invalid, or names an unusable file or function; messages name it."""
 
 
 def user_message(exc: BaseException) -> str:
     """The one-line message of a user-facing error.
 
-    An error raised in a DataLoader worker or a torchdata thread reaches the main process
-    re-raised with the worker's traceback as its message; only the original message is kept.
+    An error raised in a DataLoader worker or a torchdata thread reaches the main process re-raised
+    with the worker's traceback as its message; only the original message is kept.
     """
     text = str(exc).strip()
     if "Original Traceback" not in text:
@@ -45,7 +44,6 @@ def user_message(exc: BaseException) -> str:
 
 
 def say_error(text: str) -> None:
-    """Print ``error: <text>`` on stderr as one write, so that the lines of several ranks
-    failing at once never run into each other."""
+    """Print ``error: <text>`` to stderr in one write (lines of ranks failing at once never mix)."""
     sys.stderr.write(f"error: {text}\n")  # one write: print() writes the newline apart
     sys.stderr.flush()

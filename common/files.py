@@ -1,9 +1,7 @@
 """Atomic file writes: a crash leaves the old file or the new one, never a partial file.
 
-The one copy every output of the tool goes through (metrics, reports, figures, checkpoints,
-configuration, server state, credentials files): :func:`atomic_file` writes to a temporary file
-in the same directory, then ``os.replace`` renames it over the target (atomic on POSIX within
-one filesystem); the other functions are its common uses.
+Every output of the tool goes through :func:`atomic_file`: a temporary file in the same directory,
+then ``os.replace`` over the target (atomic on POSIX within one filesystem).
 """
 
 from __future__ import annotations
@@ -22,12 +20,11 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[BinaryIO]:
-    """A binary file to write ``path``'s new content into; it replaces ``path`` when the block
-    ends without an error, and is removed when it raises.
+    """Yield a binary file that replaces ``path`` when the block succeeds (removed if it raises).
 
     Args:
-        mode: permission bits of the new file (e.g. ``0o600`` for a file holding keys); None
-            gives what a plain ``open`` would (0666 less the umask).
+        mode: permission bits of the new file (e.g. ``0o600`` for a file holding keys); None gives
+            what a plain ``open`` would (0666 less the umask).
 
     Raises:
         OSError: the directory cannot be created or written; nothing is left behind.

@@ -1,9 +1,8 @@
 """One lifecycle for the servers this tool starts (TorchServe, the local S3 server).
 
-Each is started detached (its own session, output to a log file), polled until it answers, found
-again later from a pid it left in a file whose process must still run the expected command line
-(a pid can be reused by another program after a crash), and stopped with SIGTERM, then SIGKILL
-for what is left, children included. Tests start them on free ports.
+Each is started detached, polled until it answers, found again from the pid in its state file (only
+while that pid runs the expected command line: pids are reused) and stopped with SIGTERM, then
+SIGKILL, children included.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ from common.files import atomic_write_text
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports that were free on ``host`` a moment ago.
 
-    Another program may take one before it is bound again: callers that can retry on a busy
-    port do so.
+    Another program may take one before it is bound again: callers that can retry on a busy port do.
     """
     sockets = []
     try:
@@ -49,8 +47,8 @@ def start_detached(
 ) -> subprocess.Popen:
     """Start ``cmd`` with no stdin and its output appended to ``log_path`` (None: discarded).
 
-    With ``detach`` it runs in a new session: it outlives this process and ignores the
-    terminal's Ctrl-C, so only :func:`stop` ends it.
+    With ``detach`` it runs in a new session: it outlives this process and ignores the terminal's
+    Ctrl-C, so only :func:`stop` ends it.
 
     Raises:
         OSError: the program cannot be started.
@@ -72,9 +70,10 @@ def start_detached(
 
 
 def poll_until(ready: Callable[[], bool], *, deadline: float, poll_s: float = 0.05) -> bool:
-    """Call ``ready()`` every ``poll_s`` seconds until it returns True (True) or the
-    ``time.monotonic()`` value ``deadline`` passes (False). ``ready`` may raise to give up
-    early (the server exited, a model failed to load); that propagates."""
+    """Call ``ready()`` every ``poll_s`` s until True (return True) or past ``deadline`` (False).
+
+    ``deadline`` is a ``time.monotonic()`` value; ``ready`` may raise to give up early (propagated).
+    """
     while True:
         if ready():
             return True
@@ -86,9 +85,10 @@ def poll_until(ready: Callable[[], bool], *, deadline: float, poll_s: float = 0.
 def owned_process(
     pid: int, marks: Sequence[str], program: str | None = None
 ) -> psutil.Process | None:
-    """The live process ``pid`` when its command line holds every one of ``marks`` as an
-    argument (and its program's file name contains ``program``, when given), else None (no
-    such process, a zombie, or another program now using the pid)."""
+    """The live process ``pid`` if its arguments include all ``marks``, else None (zombies too).
+
+    With ``program``, its program file's name must also contain ``program``.
+    """
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -102,10 +102,11 @@ def owned_process(
 
 
 def stop(proc: psutil.Process | subprocess.Popen | int, *, timeout_s: float = 10.0) -> None:
-    """SIGTERM ``proc``; after ``timeout_s`` seconds SIGKILL it, then its children that are
-    still alive 5 s later. A process already gone is not an error; a ``Popen`` that already
-    exited is not signalled (its pid may be another program's by now), and one stopped here is
-    reaped (its ``returncode`` set)."""
+    """SIGTERM ``proc``, SIGKILL it after ``timeout_s`` s, then its children still alive 5 s later.
+
+    A process already gone is not an error; a ``Popen`` that already exited is not signalled (its
+    pid may be another program's by now), and one stopped here is reaped (``returncode`` set).
+    """
     popen = proc if isinstance(proc, subprocess.Popen) else None
     if popen is not None and popen.poll() is not None:
         return
@@ -134,9 +135,10 @@ def write_state(path: Path, state: dict) -> None:
 def running_state(
     path: Path, marks: Callable[[dict], Sequence[str]], program: str | None = None
 ) -> dict | None:
-    """The state in ``path`` when its ``pid`` still runs with the command-line ``marks(state)``
-    (and ``program``: :func:`owned_process`); else None, and a stale or unreadable file is
-    removed."""
+    """The state in ``path`` if its ``pid`` runs ``marks(state)`` (and ``program``), else None.
+
+    A stale or unreadable file is removed; the check is :func:`owned_process`.
+    """
     try:
         state = json.loads(Path(path).read_text(encoding="utf-8"))
         pid = int(state["pid"])

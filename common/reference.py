@@ -1,9 +1,8 @@
-"""A reference to the user's code, ``path/to/file.py:name`` or ``package.module:name``: found
-(:func:`resolve`) and imported by its path (:func:`load_reference`).
+"""A reference to the user's code, ``path/to/file.py:name`` or ``package.module:name``.
 
-Used for your own model (``model.arch``, :mod:`models.own_model`), dataset reader
-(``dataset.format``, :func:`training.data.read_own`) and training class (``train.task``,
-:func:`training.tasks.load_task`).
+:func:`resolve` finds it and :func:`load_reference` imports it by its path; used for ``model.arch``
+(:mod:`models.own_model`), ``dataset.format`` (:func:`training.data.read_own`) and ``train.task``
+(:func:`training.tasks.load_task`).
 """
 
 from __future__ import annotations
@@ -39,13 +38,15 @@ class Reference:
 
 
 def resolve(text: str, key: str) -> Reference:
-    """Find the file and function ``text`` names; nothing is imported yet. ``key``: the
-    setting that names it, for messages (``dataset.format`` for a dataset reader, which may
-    have any file name).
+    """Find the file and function ``text`` names; nothing is imported yet.
+
+    Args:
+        key: the setting that names it, for messages (``dataset.format`` for a dataset reader, which
+            may have any file name).
 
     Raises:
-        ConfigError: not ``file.py:function`` / ``module:function``, no such file or module,
-            or a module that is not one Python file.
+        ConfigError: not ``file.py:function`` / ``module:function``, no such file or module, or a
+            module that is not one Python file.
     """
     target, _, function = text.rpartition(":")
     if not target or not function.isidentifier():
@@ -71,12 +72,10 @@ def resolve(text: str, key: str) -> Reference:
 
 
 def load_reference(entry: Reference, key: str = "model.arch") -> Callable:
-    """Import ``entry.source`` by its path and return the function (``key`` as in
-    :func:`resolve`).
+    """Import ``entry.source`` by its path and return the function (``key`` as for :func:`resolve`).
 
     Raises:
-        ConfigError: the file fails to import (its error's first line), or defines no such
-            function.
+        ConfigError: the file fails to import (its error's first line), or defines no such function.
     """
     name = f"user_{entry.source.stem}_{abs(hash(str(entry.source)))}"
     spec = importlib.util.spec_from_file_location(name, entry.source)

@@ -1,10 +1,8 @@
-"""The configuration's machinery: frozen sections validated by pydantic v2, one-line errors that
-name the key, every key described, YAML files with ``section.key=value`` overrides on top.
+"""The configuration machinery: frozen pydantic v2 sections read from YAML with overrides.
 
-A command's configuration is a :class:`Section` whose fields are sections
-(``training.config.Config``: storage, dataset, access, loader, model, train, output; each
-benchmark adds its own). Keys are declared with ``pydantic.Field(default, description=...,
-ge=...)`` and the types below; choices are ``Literal`` types.
+A command's configuration is a :class:`Section` of sections (``training.config.Config``; each
+benchmark adds its own). Keys are declared with ``pydantic.Field(default, description=..., ge=...)``
+and the types below, choices as ``Literal`` types; errors are one line naming the key.
 """
 
 from __future__ import annotations
@@ -86,18 +84,19 @@ def load(
     elsewhere: dict[str, str] | None = None,
     prepare: typing.Callable[[dict], dict] = lambda data: data,
 ) -> Section:
-    """Read a YAML file (or start from the defaults: ``path`` None), apply ``section.key=value``
-    overrides (values parsed as YAML scalars; an empty value is null), then validate as ``cls``.
+    """Read a YAML file (``path`` None: the defaults), apply overrides, then validate as ``cls``.
+
+    Overrides are ``section.key=value``, values parsed as YAML scalars (an empty value is null).
 
     Args:
-        elsewhere: sections read by other commands (name: the command), e.g. ``bench: make
-            bench``: in a file they are left out (one file may serve every command); as an
-            override they are refused, naming the command that reads them.
+        elsewhere: sections read by other commands (name: the command), e.g. ``bench: make bench``:
+            in a file they are left out (one file may serve every command); as an override they are
+            refused, naming the command that reads them.
         prepare: applied to the data before validation (e.g. words with another name).
 
     Raises:
-        ConfigError: an unreadable or malformed file, an override of the wrong shape, an
-            unknown key or an invalid value (the key is named).
+        ConfigError: an unreadable or malformed file, an override of the wrong shape, an unknown key
+            or an invalid value (the key is named).
     """
     data: dict = {}
     if path is not None:
@@ -128,8 +127,7 @@ def load(
 
 
 def describe(cls: type[Section], prefix: str = "") -> list[tuple[str, Any, str]]:
-    """``(key, default, description)`` for every key of ``cls``, in declaration order; the
-    description ends with the allowed values where they are a list."""
+    """``(key, default, description)`` per key of ``cls``, in order; choices end the description."""
     rows = []
     for name, field in cls.model_fields.items():
         sub = _section(field.annotation)
@@ -146,8 +144,7 @@ def describe(cls: type[Section], prefix: str = "") -> list[tuple[str, Any, str]]
 
 
 def _message(cls: type[Section], data: Any, errors: list[dict]) -> str:
-    """The first error of pydantic's list as the one line a user reads (the key, what it
-    allows, what it got)."""
+    """The first of pydantic's errors as one line: the key, what it allows, what it got."""
     error = errors[0]
     kind = error["type"]
     section, parent, field, names, index = cls, cls, None, [], None
@@ -236,8 +233,10 @@ def _choices(annotation: Any) -> tuple[str, ...]:
 
 
 def _kinds(annotation: Any) -> list[str]:
-    """What a value may be, in words: ``int``, ``float``, ``bool``, ``str``, ``list``, ``choice``,
-    or the words of a ``Literal`` beside another type (``auto``)."""
+    """What a value may be, in words: ``int``, ``float``, ``bool``, ``str``, ``list``, ``choice``.
+
+    A ``Literal`` beside another type gives its words instead of ``choice`` (``auto``).
+    """
     words = []
     members = _members(annotation)
     for member in members:

@@ -1,19 +1,7 @@
-"""The charts of a training run: ``OUT/plots/*.png`` after every epoch, and with
-``output.tensorboard: true`` TensorBoard event files in ``OUT/tensorboard/`` with the same
-series (``tensorboard --logdir outputs`` shows every run under it).
+"""The charts of a training run: ``OUT/plots/*.png`` after every epoch, and TensorBoard events.
 
-The series, from ``metrics.csv`` (one row per epoch) and ``steps.csv`` (one row per step and
-rank; a step's figures are the mean over its ranks):
-
-- ``loss.png``: training loss per step, and its mean per epoch;
-- ``quality.png``: mAP@0.5 and mAP@[.5:.95] (detection), or top-1 and balanced accuracy
-  (classification), per epoch, on the evaluation split;
-- ``data_wait.png``: data wait and compute per step, seconds (the data stall against the work);
-- ``throughput.png``: samples/s and delivered MB/s per epoch.
-
-TensorBoard tags: ``loss/step``, ``time/data_wait_s``, ``time/compute_s`` (x: the global
-step), ``loss/epoch``, ``quality/<column>``, ``throughput/samples_per_s``,
-``throughput/delivered_mbps``, ``throughput/au`` (x: the epoch).
+The series come from ``metrics.csv`` (one row per epoch) and ``steps.csv`` (one row per step and
+rank; a step's figures are the mean over its ranks).
 """
 
 from __future__ import annotations
@@ -39,8 +27,10 @@ EPOCH_TAGS = {
 
 
 def step_series(steps: list[dict]) -> list[dict]:
-    """One entry per (epoch, step), in order: ``loss``, ``data_wait_s``, ``compute_s`` as the
-    mean over the ranks' rows, and ``global_step`` counting from 1 over the run."""
+    """Per (epoch, step), in order: the ranks' mean ``loss``, ``data_wait_s`` and ``compute_s``.
+
+    Also ``epoch`` and ``global_step``, counting from 1 over the run.
+    """
     grouped: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for row in steps:
         grouped[(int(row["epoch"]), int(row["step"]))].append(row)
@@ -60,7 +50,14 @@ def step_series(steps: list[dict]) -> list[dict]:
 
 
 def write_plots(out: Path, task: str, rows: list[dict], steps: list[dict]) -> None:
-    """Write the four PNGs of the run so far into ``out/plots`` (each atomically)."""
+    """Write the four PNGs of the run so far into ``out/plots`` (each atomically).
+
+    - ``loss.png``: training loss per step, and its mean per epoch;
+    - ``quality.png``: mAP@0.5 and mAP@[.5:.95] (detection), or top-1 and balanced accuracy
+      (classification), per epoch, on the evaluation split;
+    - ``data_wait.png``: data wait and compute per step, seconds (the data stall against the work);
+    - ``throughput.png``: samples/s and delivered MB/s (10^6 bytes) per epoch.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,9 +110,13 @@ def write_plots(out: Path, task: str, rows: list[dict], steps: list[dict]) -> No
 
 
 class TensorBoard:
-    """TensorBoard event files in ``out/tensorboard`` (``torch.utils.tensorboard``), written
-    as the epochs end: each call adds that epoch's steps and figures only, so a resumed run
-    continues its curves.
+    """TensorBoard event files in ``out/tensorboard``, with the plots' series.
+
+    Written with ``torch.utils.tensorboard`` as the epochs end: each call adds that epoch's steps
+    and figures only, so a resumed run continues its curves. Tags: ``loss/step``,
+    ``time/data_wait_s``, ``time/compute_s`` (x: the global step), ``loss/epoch``,
+    ``quality/<column>``, ``throughput/samples_per_s``, ``throughput/delivered_mbps``,
+    ``throughput/au`` (x: the epoch).
 
     Raises:
         ImportError: the ``tensorboard`` package is missing (it is a dependency).
@@ -127,8 +128,7 @@ class TensorBoard:
         self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
 
     def add_epoch(self, task: str, row: dict, steps: list[dict]) -> None:
-        """Add epoch ``row``'s figures (``metrics.csv`` row) and its steps (``steps.csv``
-        rows of the whole run: those of this epoch are added)."""
+        """Add epoch ``row``'s figures (``metrics.csv``) and its steps (of the run's ``steps``)."""
         epoch = int(row["epoch"])
         for s in step_series(steps):
             if s["epoch"] != epoch:

@@ -1,7 +1,7 @@
-"""The classification task: a ConvNet or ResNet-18 trained with cross-entropy, evaluated by
-top-1 / top-5 and per-class accuracy.
+"""The classification task: ConvNet or ResNet-18 trained with cross-entropy, evaluated by accuracy.
 
-One of the two task modules (see :mod:`training.tasks`); both define the same names.
+Top-1 / top-5 and per-class accuracy. One of the two task modules (see :mod:`training.tasks`); both
+define the same names.
 """
 
 from __future__ import annotations
@@ -81,9 +81,11 @@ def build_model(
 def forward_loss(
     model: torch.nn.Module, batch: Batch, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training loss of a classifier on ``batch``: mean cross-entropy of the logits of its
-    images (stacked to float32 ``[B, 3, S, S]`` on ``device``) against its labels (int64
-    ``[B]``); no separate parts (``{}``). The step around it: :func:`training.engine.step_fn`."""
+    """The training loss on ``batch``: ``(mean cross-entropy, {})``, with no separate parts.
+
+    The logits of its images (stacked to float32 ``[B, 3, S, S]`` on ``device``) against its labels
+    (int64 ``[B]``); the step around it is :func:`training.engine.step_fn`.
+    """
     images = torch.stack(batch.images).to(device, non_blocking=True)
     targets = torch.stack(batch.targets).to(device, non_blocking=True)
     return F.cross_entropy(model(images), targets), {}
@@ -193,9 +195,10 @@ def _predict(
 def _accuracy_metrics(
     num_classes: int, logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[MulticlassAccuracy, MulticlassAccuracy | None, MulticlassAccuracy]:
-    """The top-1, top-5 (None with fewer than :data:`TOP5_MIN_CLASSES` classes) and per-class
-    accuracy metrics, updated with ``logits`` ``[N, num_classes]`` and ``targets`` ``[N]``
-    when N > 0."""
+    """Top-1, top-5 (None below :data:`TOP5_MIN_CLASSES` classes) and per-class accuracy metrics.
+
+    Updated with ``logits`` ``[N, num_classes]`` and ``targets`` ``[N]`` when N > 0.
+    """
     n = num_classes
     top1 = MulticlassAccuracy(num_classes=n, top_k=1, average="micro", sync_on_compute=False)
     top5 = (
@@ -219,9 +222,11 @@ def _fill_accuracies(
     top5: MulticlassAccuracy | None,
     per_class: MulticlassAccuracy,
 ) -> None:
-    """Set ``result``'s ``top1``, ``top5``, ``balanced_acc`` and ``acc_<class>`` from the
-    updated metrics; ``seen`` holds the images per class (``[len(classes)]``): a class without
-    any keeps NaN and stays out of the balanced accuracy."""
+    """Set ``result``'s ``top1``, ``top5``, ``balanced_acc`` and ``acc_<class>`` from the metrics.
+
+    ``seen``: images per class (``[len(classes)]``); a class without any keeps NaN and stays out of
+    the balanced accuracy.
+    """
     accuracies = per_class.compute()
     present = seen > 0
     result["top1"] = float(top1.compute())

@@ -1,12 +1,9 @@
-"""The configuration of a run: one frozen section per subject (storage, dataset, access, loader,
-model, train, output), validated by pydantic (:mod:`common.settings`), read from one YAML file
-per task with Make variables and ``--set`` overrides on top.
+"""The configuration of a run: one frozen section per subject, read from YAML with overrides.
 
-:class:`Config` is what ``make train`` (and ``predict``, ``write_shards``) reads; each
-benchmark adds its own section in its package (``bench.loading.config``, ``bench.sweep.config``,
-``bench.checkpoint.config``). Unknown keys and invalid values raise :class:`ConfigError`
-naming the key and what is allowed; ``python -m scripts.<command> --keys`` lists a command's
-keys. The resolved configuration is saved with every run.
+:class:`Config` (storage, dataset, access, loader, model, train, output) is what ``make train`` (and
+``predict``, ``write_shards``) reads; each benchmark adds its section in its package
+(``bench.loading.config``, ``bench.sweep.config``, ``bench.checkpoint.config``). Validation is
+:mod:`common.settings`'s; ``python -m scripts.<command> --keys`` lists a command's keys.
 """
 
 from __future__ import annotations
@@ -336,13 +333,12 @@ def load_config(
     Args:
         path: YAML file; ``None`` starts from the defaults.
         overrides: strings like ``train.epochs=3``; values are parsed as YAML scalars.
-        command: the command's configuration class (:class:`Config` or a benchmark's, which
-            adds its section).
+        command: the command's configuration class (:class:`Config` or a benchmark's, which adds its
+            section).
 
     Raises:
-        ConfigError: unreadable file, unknown key, invalid value (the key is named), a key of
-            an earlier version (naming the one that replaced it), or a key another command
-            reads.
+        ConfigError: unreadable file, unknown key, invalid value (the key is named), a key of an
+            earlier version (naming the one that replaced it), or a key another command reads.
     """
     cfg = load(command, path, overrides, ELSEWHERE, _refuse_replaced_keys)
     return check_task(cfg)

@@ -1,9 +1,8 @@
-"""The data side of a run: read a split of the dataset (its format detected, or a reader of the
-user's; a hash split for a dataset without split files), find its shards, name its classes. The
-storage it reads from: :mod:`training.source`.
+"""The data side of a run: read a split (format detected, or the user's reader), shards, classes.
 
-Shared by ``scripts/train.py`` (through :mod:`training.run`), ``scripts/write_shards.py`` and
-``scripts/predict.py`` so that they all read the dataset the config names in the same way.
+The storage it reads from is :mod:`training.source`. Shared by ``scripts/train.py`` (through
+:mod:`training.run`), ``scripts/write_shards.py`` and ``scripts/predict.py``, so that they all read
+the dataset the same way.
 """
 
 from __future__ import annotations
@@ -48,8 +47,7 @@ READERS: dict[str, Callable[..., tuple[list[Record], BoxCounts]]] = {
 
 
 def has_split(storage: Storage, root: str, split: str) -> bool:
-    """Whether the dataset under ``root`` has files for ``split`` in a layout this tool reads
-    (a VOC split file, a COCO or CSV annotation file, or a ``<split>/`` folder)."""
+    """Whether ``root`` has ``split``: a VOC split file, COCO or CSV annotations, or a folder."""
     return (
         storage.exists(join_key(root, f"ImageSets/Main/{split}.txt"))
         or storage.exists(join_key(root, f"{split}/{ANNOTATIONS}"))
@@ -63,10 +61,10 @@ def whole_dataset(
 ) -> tuple[str, Callable[[], tuple]] | None:
     """A dataset read whole, for a hash split: ``(format, reader)``, or None.
 
-    A VOC tree's ``Annotations/`` (without ``ImageSets/Main`` split files, or whatever it has
-    with ``with_splits``: an explicit ``dataset.split: hash``); a CSV export with one annotation
-    file (``<name>_labels.csv`` or ``<name>/_annotations.csv``); a COCO export with one split
-    folder. The reader returns ``(records, counts)`` of every image.
+    A VOC tree's ``Annotations/`` (without ``ImageSets/Main`` split files, or whatever it has with
+    ``with_splits``: an explicit ``dataset.split: hash``); a CSV export with one annotation file
+    (``<name>_labels.csv`` or ``<name>/_annotations.csv``); a COCO export with one split folder. The
+    reader returns ``(records, counts)`` of every image.
     """
     if with_splits or not voc_splits(storage, root):
         ids = annotated_ids(storage, root)
@@ -89,15 +87,16 @@ def whole_dataset(
 
 
 def resolve_split(cfg: Config, source: DataSource | None = None, *, announce: bool = True):
-    """``cfg`` with ``dataset.split`` decided: ``auto`` becomes ``files`` when every source has
-    both splits (or ``dataset.format`` is a reader of the user's, which makes its own splits),
-    ``hash`` when no source has them and each can be read whole (:func:`whole_dataset`) in a
-    format of the task; announced in the log with ``announce``. The run saves the result in
-    config.yaml. ``source``: the opened storage (None: open it).
+    """``cfg`` with ``dataset.split`` decided; the run saves the result in config.yaml.
+
+    ``auto`` becomes ``files`` when every source has both splits or ``dataset.format`` is the user's
+    reader (which makes its own splits), ``hash`` when no source has them and each reads whole in a
+    format of the task (:func:`whole_dataset`). ``announce``: log a hash split. ``source``: the
+    opened storage (None: open it).
 
     Raises:
-        ConfigError: some sources have the splits and others do not; ``dataset.split: hash``
-            with a reader of the user's.
+        ConfigError: some sources have the splits and others do not; ``dataset.split: hash`` with a
+            reader of the user's.
         pipelines.storage.base.StorageError: the storage cannot be read.
     """
     own_reader = ":" in cfg.dataset.format
@@ -141,14 +140,11 @@ def resolve_split(cfg: Config, source: DataSource | None = None, *, announce: bo
 def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record], BoxCounts]:
     """Records of one split from every root, limited to ``dataset.limit`` images in all.
 
-    The reader is the one of ``dataset.format`` (:data:`READERS`), or, for ``auto``, of the
-    format :func:`detect_format` finds in each root.
+    The reader is the one of ``dataset.format`` (:data:`READERS`) or, for ``auto``, of the format
+    :func:`detect_format` finds in each root.
 
     Raises:
-        DatasetError: as the format's reader (:func:`pipelines.formats.voc.load_voc_split`,
-            :func:`pipelines.formats.coco.load_coco_split`,
-            :func:`pipelines.formats.oid.load_oid_split`,
-            :func:`pipelines.formats.folders.load_folder_split`), a root whose format cannot be
+        DatasetError: as the format's reader (:data:`READERS`), a root whose format cannot be
             detected or does not suit ``task``, or an image id found in two roots.
     """
     cfg = resolve_split(cfg, source, announce=False)  # the run resolved it before (logged)
@@ -198,15 +194,16 @@ def load_split(source: DataSource, cfg: Config, split: str) -> tuple[list[Record
 def read_own(
     text: str, storage: Storage, root: str, split: str, task: str
 ) -> tuple[list[Record], BoxCounts]:
-    """Records from the user's reader ``function(storage, root, split) -> list of records``
-    (``dataset.format: path/to/file.py:function``): :class:`DetectionRecord` for detection,
-    :class:`ClassificationRecord` for classification, image keys relative to ``storage`` (the
-    reader joins ``root``), ids unique. Boxes are clipped or dropped and counted as for VOC.
+    """Records from the user's reader (``dataset.format: path/to/file.py:function``).
+
+    ``function(storage, root, split)`` returns a list of :class:`DetectionRecord` (detection) or
+    :class:`ClassificationRecord` (classification), image keys relative to ``storage`` (the reader
+    joins ``root``), ids unique. Boxes are clipped or dropped and counted as for VOC.
 
     Raises:
         ConfigError: the reader cannot be found or imported.
-        DatasetError: it raised, or returned something else than such records (the message
-            names the reader and the first wrong record).
+        DatasetError: it raised, or returned something else than such records (the message names the
+            reader and the first wrong record).
         pipelines.storage.base.StorageError: the storage failed under it.
     """
     from common.reference import load_reference, resolve
@@ -272,9 +269,10 @@ def _checked_record(record, kind: type, counts: BoxCounts):
 def hash_split(
     storage: Storage, root: str, cfg: Config, split: str
 ) -> tuple[list[Record], BoxCounts]:
-    """The records of ``split`` in a dataset read whole, chosen by a hash of their ids
-    (:mod:`pipelines.formats.hash_split`), in the dataset's order. The counts are the split's kept
-    boxes and the whole dataset's clipped and dropped ones (the reader sees them all).
+    """The records of ``split`` in a dataset read whole, chosen by a hash of their ids, in order.
+
+    The hash is :mod:`pipelines.formats.hash_split`'s. The counts are the split's kept boxes and the
+    whole dataset's clipped and dropped ones (the reader sees them all).
 
     Raises:
         DatasetError: nothing there reads whole in a format of the task, or a split name a hash

@@ -85,10 +85,12 @@ def build_model(
 def forward_loss(
     model: torch.nn.Module, batch: Batch, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training loss of a detector on ``batch`` (its list of images and targets moved to
-    ``device``): ``(sum of the losses, each loss by name)``, as torchvision's detection models
-    return them in train mode (``loss_classifier``, ``loss_box_reg``, ``loss_objectness``,
-    ``loss_rpn_box_reg``). The step around it: :func:`training.engine.step_fn`."""
+    """The training loss on ``batch``: ``(sum of the losses, each loss by name)``.
+
+    Its images and targets are moved to ``device``; the losses are those torchvision's detection
+    models return in train mode (``loss_classifier``, ``loss_box_reg``, ``loss_objectness``,
+    ``loss_rpn_box_reg``). The step around it: :func:`training.engine.step_fn`.
+    """
     images = [img.to(device, non_blocking=True) for img in batch.images]
     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch.targets]
     losses = model(images, targets)

@@ -1,14 +1,8 @@
-"""Several training processes at once, launched by torchrun: who this one is, its device, the
-process group, and the few collectives the run needs.
+"""Several training processes launched by torchrun: this rank, its device, the process group.
 
-``make train NPROC=4`` runs ``python -m torch.distributed.run --nproc-per-node 4 -m
-scripts.train ...``: torchrun starts one process per rank and tells each, in its environment,
-``RANK`` (0 to ``WORLD_SIZE - 1`` over all nodes), ``WORLD_SIZE`` and ``LOCAL_RANK`` (its
-index on this node) (PyTorch docs, "torchrun (Elastic Launch)", environment variables). Each
-rank joins the process group (gloo on a CPU, NCCL on CUDA, where rank ``r`` takes
-``cuda:LOCAL_RANK``), trains a DistributedDataParallel copy of the model on its share of the
-data, and the ranks exchange their figures at the end of each epoch. Without torchrun nothing
-here changes the run: one rank, no process group.
+torchrun sets ``RANK`` (0 to ``WORLD_SIZE - 1`` over all nodes), ``WORLD_SIZE`` and ``LOCAL_RANK``
+(the index on this node) in each rank's environment (PyTorch docs, "torchrun (Elastic Launch)").
+Without torchrun: one rank, no process group.
 """
 
 from __future__ import annotations
@@ -63,13 +57,11 @@ _long_group = None  # a gloo group with the long timeout, made by start()
 
 
 class RankFailed(RuntimeError):
-    """What another rank raised, as the text it printed (``rank N: ...``): exceptions do not
-    travel between processes (:mod:`bench.ranks` agrees on them)."""
+    """Another rank's error as the text it printed (``rank N: ...``): exceptions do not travel."""
 
 
 def from_environment() -> Ranks:
-    """The ranks torchrun set in this process's environment (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``); one rank when they are not set.
+    """The ranks torchrun set (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` variables); else one rank.
 
     Raises:
         ConfigError: the variables are not whole numbers or do not fit together.
@@ -90,8 +82,7 @@ def from_environment() -> Ranks:
 
 
 def pick_device(setting: str, ranks: Ranks = ONE_RANK) -> torch.device:
-    """The device of this rank: ``auto`` → CUDA when available, else the CPU; on CUDA,
-    ``cuda:LOCAL_RANK`` (one GPU per rank).
+    """This rank's device: ``auto`` is CUDA if available, else the CPU; CUDA is ``cuda:LOCAL_RANK``.
 
     Raises:
         ConfigError: ``cuda`` asked for but unavailable, or fewer GPUs than ranks on a node.
@@ -112,9 +103,8 @@ def pick_device(setting: str, ranks: Ranks = ONE_RANK) -> torch.device:
 def start(ranks: Ranks, device: torch.device, timeout_s: float) -> None:
     """Join the process group when there are several ranks: NCCL on CUDA, gloo on a CPU.
 
-    ``timeout_s`` bounds every collective: a rank that died or hangs makes the others fail
-    after that long instead of waiting forever (``torch.distributed.init_process_group``'s
-    ``timeout``).
+    ``timeout_s`` bounds every collective (``init_process_group``'s ``timeout``): a rank that died
+    or hangs makes the others fail after that long. Also makes the gloo group of :func:`long_group`.
     """
     global _long_group
     if not ranks.distributed:
@@ -149,9 +139,8 @@ def stop() -> None:
 def gather(obj, *, long: bool = False) -> list:
     """``obj`` of every rank, in rank order, on every rank (``[obj]`` without a group).
 
-    ``obj`` must pickle; it travels through ``all_gather_object``. ``long``: wait for the
-    slowest rank for as long as :data:`LONG_WAIT_S` rather than ``train.dist_timeout_s``
-    (the benchmark's ranks wait there while others read or rank 0 measures a baseline).
+    ``obj`` must pickle (``all_gather_object``). ``long``: wait up to :data:`LONG_WAIT_S`, not
+    ``train.dist_timeout_s``.
     """
     if not dist.is_initialized():
         return [obj]
@@ -161,24 +150,25 @@ def gather(obj, *, long: bool = False) -> list:
 
 
 def long_group():
-    """The process group that waits as long as :data:`LONG_WAIT_S` (gloo; None without a
-    process group): for collectives of other libraries (``torch.distributed.checkpoint``)
-    that may wait on a slow storage longer than ``train.dist_timeout_s``."""
+    """The gloo group that waits up to :data:`LONG_WAIT_S`, for other libraries' collectives.
+
+    E.g. ``torch.distributed.checkpoint`` on a slow storage; None without a process group.
+    """
     return _long_group
 
 
 def barrier(*, long: bool = False) -> None:
-    """Wait until every rank gets here (nothing without a group). ``long``: for as long as
-    :data:`LONG_WAIT_S` rather than ``train.dist_timeout_s`` (while rank 0 works alone)."""
+    """Wait for every rank (nothing without a group); ``long``: up to :data:`LONG_WAIT_S`."""
     if dist.is_initialized():
         dist.barrier(group=_long_group if long else None)
 
 
 def all_agree(flag: bool, group=None) -> bool:
-    """Whether ``flag`` is true on every rank of ``group`` (default: all; ``flag`` without a
-    process group): one small collective, so that every rank takes the same branch (a
-    training step skipped on one rank alone would pair the other ranks' gradient exchanges
-    with the wrong steps)."""
+    """Whether ``flag`` is true on every rank of ``group`` (default: all; ``flag`` without a group).
+
+    One small collective, so that every rank takes the same branch (a step skipped on one rank alone
+    would pair the others' gradient exchanges with the wrong steps).
+    """
     if not dist.is_initialized():
         return flag
     value = torch.tensor([int(flag)])
@@ -187,9 +177,10 @@ def all_agree(flag: bool, group=None) -> bool:
 
 
 def share_buffers(model: torch.nn.Module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics): DDP broadcasts them
-    before each forward pass, so after the last step each rank holds the statistics of its
-    own last batch; evaluation and the saved model use rank 0's."""
+    """Give every rank rank 0's buffers (BatchNorm statistics) for evaluation and the saved model.
+
+    DDP broadcasts them before each forward pass, so after the last step each rank holds its own.
+    """
     if not dist.is_initialized():
         return
     for buffer in model.buffers():

@@ -1,8 +1,8 @@
 """The epoch loop: train one epoch while measuring data wait vs compute, for either task.
 
-Structure after torchvision's ``references/detection/engine.py`` (``train_one_epoch``); what
-a step computes comes from the task module (:mod:`training.detection`,
-:mod:`training.classification`); timing goes through :mod:`training.meter`.
+Structure after torchvision's ``references/detection/engine.py`` (``train_one_epoch``); what a step
+computes comes from the task module (:mod:`training.detection`, :mod:`training.classification`);
+timing goes through :mod:`training.meter`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def progress_bar(**kwargs) -> tqdm:
-    """A tqdm progress bar, shown by rank 0 only when torchrun runs several ranks (its
-    ``RANK`` variable), so that the console holds one bar, not one per rank."""
+    """A tqdm progress bar, shown only by rank 0 (torchrun's ``RANK``): one bar on the console."""
     return tqdm(disable=os.environ.get("RANK", "0") != "0", **kwargs)
 
 
@@ -51,38 +50,32 @@ def measure_steps(
 ) -> EpochMeter:
     """Pull batches from ``loader`` and run ``compute`` on each, timing both sides.
 
-    The one place where data wait and compute are measured (see :mod:`training.meter`): the
-    clock runs from asking for a batch to receiving it (``data_wait_s``), then until ``compute``
-    returned (``compute_s``). Training, evaluation-free benchmarking (``read``), emulated compute
-    (``emulate``) all go through here.
+    The one place where data wait and compute are measured (:mod:`training.meter`): ``data_wait_s``
+    from asking for a batch to receiving it, ``compute_s`` until ``compute`` returned. Full garbage
+    collections are kept out (:func:`training.meter.gc_frozen`).
 
     Args:
         loader: yields :class:`pipelines.samples.Batch` es.
-        compute: ``compute(batch, step) -> loss`` (NaN when there is none); must finish its
-            device work before returning (synchronise CUDA).
+        compute: ``compute(batch, step) -> loss`` (NaN when there is none); must finish its device
+            work before returning (synchronise CUDA).
         epoch: recorded in each step.
         num_samples: samples expected (progress bar total), or None when unknown.
         max_steps: stop after this many measured steps (None: the whole loader).
         warmup_steps: steps run first and left out of the meter (its clock starts after them).
         on_corrupt: ``skip`` counts undecodable images and goes on; ``stop`` raises.
         desc: progress bar label (default ``epoch N``).
-        from_first_read: start the measured clock when the storage read of a measured batch
-            began (``Batch.read_at``), if that was before the warm-up ended. DataLoader
-            workers read ahead during the warm-up; when nothing but reading is measured (the
-            benchmark's ``read`` mode), a clock started after the warm-up would credit the
-            measured steps with those reads for free. Not for training, where read-ahead is
-            the point and the consumer sets the pace: AU and throughput are measured from the
-            end of the warm-up. Never earlier than the first request for a batch.
-        trace: when a list, ``(step, worker, id, bytes, read_at, read_s)`` is appended to it
-            for every sample the loop received (see ``Batch.reads``).
-        agree: with several ranks, ``agree(has images)`` is True when every rank's batch has
-            images (:func:`training.distributed.all_agree`): ``compute`` runs only then, so
-            that a batch of corrupt images on one rank skips the step on all of them.
-        sync: called before asking for every batch but the first: a collective that makes
-            the ranks step together (the benchmark's simulated accelerators,
-            :func:`bench.loading.case.step_barrier`); its wait counts as the step's data wait.
-
-    Full garbage collections are kept out of the epoch (:func:`training.meter.gc_frozen`).
+        from_first_read: start the clock when the storage read of a measured batch began
+            (``Batch.read_at``) if before the warm-up ended, but not before the first request for a
+            batch: for the benchmark's ``read`` mode, where reads ahead during the warm-up would
+            come free. Not for training (AU and throughput count from the end of the warm-up).
+        trace: when a list, ``(step, worker, id, bytes, read_at, read_s)`` is appended to it for
+            every sample the loop received (see ``Batch.reads``).
+        agree: with several ranks, ``agree(has images)`` is True when every rank's batch has images
+            (:func:`training.distributed.all_agree`); ``compute`` runs only then, so that a batch of
+            corrupt images on one rank skips the step on all.
+        sync: called before asking for every batch but the first: a collective that makes the ranks
+            step together (the benchmark's simulated accelerators,
+            :func:`bench.loading.case.step_barrier`); its wait counts as data wait.
 
     Raises:
         TrainingError: a corrupt image with ``on_corrupt="stop"``, or what ``compute`` raises.
@@ -138,9 +131,10 @@ def _run_step(
     trace: list | None,
     agree: Callable[[bool], bool] | None,
 ) -> float:
-    """The compute side of one step of :func:`measure_steps`: trace the batch's reads, handle
-    its corrupt images, and run ``compute`` when the batch has samples (on every rank, with
-    ``agree``); the loss (NaN when ``compute`` did not run).
+    """Run the compute side of one step; return the loss (NaN when ``compute`` did not run).
+
+    Traces the batch's reads, handles its corrupt images and runs ``compute`` when the batch has
+    samples (on every rank, with ``agree``).
 
     Raises:
         TrainingError: a corrupt image with ``on_corrupt="stop"``, or what ``compute`` raises.
@@ -162,8 +156,7 @@ def _run_step(
 def _step_record(
     batch: Batch, epoch: int, step: int, data_wait_s: float, compute_s: float, loss: float
 ) -> StepRecord:
-    """The :class:`StepRecord` of one step: the batch's samples, bytes and requests, and its
-    data wait and compute times (seconds)."""
+    """The :class:`StepRecord` of a step: its samples, bytes, requests, data wait, compute (s)."""
     return StepRecord(
         epoch=epoch,
         step=step,
@@ -180,8 +173,10 @@ def _step_record(
 
 
 def _show_step(bar: tqdm, record: StepRecord, done: float, shown: float) -> float:
-    """Advance the progress bar by a step's samples, refreshing its loss and wait postfix at
-    most once per ``bar.mininterval`` seconds; when the postfix was last set."""
+    """Advance the progress bar by a step's samples; return when its postfix was last set.
+
+    The loss and wait postfix is refreshed at most once per ``bar.mininterval`` seconds.
+    """
     if not bar.disable and done - shown >= bar.mininterval:
         bar.set_postfix(loss=f"{record.loss:.3f}", wait=f"{record.data_wait_s:.2f}s", refresh=False)
         shown = done
@@ -192,15 +187,20 @@ def _show_step(bar: tqdm, record: StepRecord, done: float, shown: float) -> floa
 class Precision:
     """The numeric precision a model trains and evaluates in (``train.precision``).
 
-    ``fp32``: plain float32. ``bf16`` / ``fp16``: automatic mixed precision
-    (``torch.autocast``: matrix products and convolutions in the lower precision, weights,
-    reductions and the optimizer in float32; PyTorch's "Automatic Mixed Precision" recipe);
-    ``fp16`` also scales the loss with a ``torch.amp.GradScaler`` so that small gradients do
-    not underflow (bf16 has float32's range and needs none).
+    ``fp32``: plain float32. ``bf16`` / ``fp16``: automatic mixed precision (``torch.autocast``:
+    matrix products and convolutions in the lower precision; weights, reductions and the optimizer
+    in float32; PyTorch's "Automatic Mixed Precision" recipe). ``fp16`` also scales the loss with a
+    ``torch.amp.GradScaler`` so that small gradients do not underflow (bf16 has float32's range).
 
     Args:
         name: ``fp32``, ``bf16`` or ``fp16``.
         device: where the model runs (autocast and the scaler are per device type).
+
+    Attributes:
+        dtype: the autocast dtype (None for fp32); ``scaler``: the ``GradScaler`` (fp16) or None.
+
+    Raises:
+        ValueError: ``name`` is none of the three.
     """
 
     DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -231,12 +231,10 @@ def step_fn(
 ) -> Callable[[Batch, int], float]:
     """One training step, as :func:`measure_steps` calls it: ``step(batch, index) -> loss``.
 
-    The whole step, after torchvision's ``references/detection/engine.py``: the task's forward
-    pass and loss in ``precision`` (default fp32) on ``device`` (``task.forward_loss``: the
-    batch moved to the device, the model's loss); a non-finite loss stops the run; backward,
-    optimizer step (through the gradient scaler for fp16: a scaled loss, unscaled gradients, a
-    step skipped when they overflowed) and LR schedule; on CUDA, a wait for the device, so that
-    the step's compute time is all measured. Returns the loss as a float.
+    After torchvision's ``references/detection/engine.py``: ``task.forward_loss`` in ``precision``
+    (default fp32) on ``device``, backward, optimizer step (fp16: through the gradient scaler, which
+    skips a step whose gradients overflowed), LR schedule; on CUDA, a wait for the device so that
+    the compute time is all measured. The step returns the loss as a float.
 
     Raises (from the returned function):
         TrainingError: the loss is not finite (the message has the epoch, the step and, for a
@@ -282,8 +280,7 @@ def train_one_epoch(
     trace: list | None = None,
     agree: Callable[[bool], bool] | None = None,
 ) -> EpochMeter:
-    """Run one training epoch and measure every step (see :func:`measure_steps`, which also
-    fills ``trace`` and uses ``agree``).
+    """Run one training epoch and measure every step (:func:`measure_steps`).
 
     Args:
         model: the model ``step_fn`` trains (train mode is set here).
@@ -291,6 +288,7 @@ def train_one_epoch(
         loader: yields :class:`pipelines.samples.Batch` es.
         num_samples: samples expected in the epoch (for the progress bar only).
         on_corrupt: ``skip`` counts undecodable images and goes on; ``stop`` raises.
+        trace, agree: as for :func:`measure_steps`.
 
     Returns:
         The epoch's meter; ``meter.summary()`` gives the figures.

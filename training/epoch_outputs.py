@@ -1,7 +1,4 @@
-"""What a training run writes after each epoch and at its end: ``metrics.csv`` (the epoch over
-all ranks), ``metrics_by_rank.csv``, ``steps.csv``, ``trace.csv`` (``output.trace``),
-``model.pt``, ``checkpoint.pt``, the charts and TensorBoard's events, ``summary.json``, and the
-log lines that say the same."""
+"""What a training run writes after each epoch and at its end, and the log lines that say so."""
 
 from __future__ import annotations
 
@@ -83,8 +80,7 @@ class RankEpoch:
     """One rank's part of an epoch, as it travels to rank 0.
 
     Attributes:
-        summary: its figures (:meth:`training.meter.EpochMeter.summary`) with
-            ``samples_dropped``.
+        summary: its figures (:meth:`training.meter.EpochMeter.summary`) with ``samples_dropped``.
         requests: its storage requests.
         steps: its ``steps.csv`` rows.
         trace: its ``trace.csv`` rows (empty without ``output.trace``).
@@ -116,8 +112,10 @@ class EpochOutputs:
         self.tensorboard: TensorBoard | None = None  # opened after the first epoch, if asked
 
     def add(self, gathered: list[RankEpoch], common: dict) -> dict:
-        """Add an epoch's rows from every rank's part; return its ``metrics.csv`` row (the
-        epoch over all ranks, :func:`training.meter.aggregate`, with ``common``)."""
+        """Add an epoch's rows from every rank's part; return its ``metrics.csv`` row.
+
+        That row is the epoch over all ranks (:func:`training.meter.aggregate`), with ``common``.
+        """
         parts = [g.summary for g in gathered]
         row = {**aggregate(parts, [g.requests for g in gathered]), **common}
         for rank, part in enumerate(parts):
@@ -131,8 +129,12 @@ class EpochOutputs:
         return row
 
     def write(self, epoch: int, training: Training, world_size: int) -> None:
-        """Write the CSVs, ``model.pt`` and ``checkpoint.pt`` after ``epoch``, then the charts
-        (a chart that fails is a warning: it costs the chart only)."""
+        """Write the CSVs, ``model.pt`` and ``checkpoint.pt`` after ``epoch``, then the charts.
+
+        The CSVs: ``metrics.csv``, ``metrics_by_rank.csv``, ``steps.csv``, ``trace.csv``
+        (``output.trace``). The charts: the plots, and TensorBoard's events with
+        ``output.tensorboard``; a chart that fails is a warning (it costs the chart only).
+        """
         history, out = self.history, self.out
         write_csv(out / "metrics.csv", history.rows, self.columns)
         write_csv(out / "metrics_by_rank.csv", self.by_rank, ["rank", *self.columns])
@@ -203,8 +205,10 @@ def write_summary(
     pretrained: bool,
     main: bool = True,
 ) -> dict:
-    """Write ``summary.json`` (this invocation's epochs, the last epoch's row; rank 0 only)
-    and log the storage and summary lines; return the last epoch's row.
+    """Write ``summary.json`` and log the storage and summary lines (rank 0); return the last row.
+
+    ``summary.json``: this invocation's epochs (:func:`run_summary`), ``pretrained`` and the last
+    epoch's ``metrics.csv`` row.
 
     Raises:
         DatasetError: no epoch ran at all.
@@ -248,8 +252,7 @@ def write_summary(
 
 
 def _read_rows(path: Path, *, before: int) -> list[dict]:
-    """The rows of epochs before ``before`` in a CSV written earlier (``metrics_by_rank.csv``
-    or ``trace.csv`` of the epochs a resumed run already has); empty when it is missing."""
+    """Rows of epochs before ``before`` in a CSV a resumed run wrote earlier ([] if missing)."""
     if before <= 1 or not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as f:

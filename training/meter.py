@@ -1,27 +1,7 @@
 """One place where time and bytes are measured: data wait vs compute, per step and per epoch.
 
-Definitions (the README's "Metrics" section repeats them):
-
-- ``data_wait_s``: seconds the training loop blocked in ``next(loader)`` waiting for a batch
-  (the *data stall*).
-- ``compute_s``: seconds from receiving a batch to the end of its optimizer step, device work
-  included (CUDA is synchronised before the clock stops).
-- ``wall_s``: seconds from asking for the first measured batch (after the warm-up steps) to
-  the end of the last step; in the benchmark's ``read`` mode, from the first storage read for
-  a measured batch when that came earlier (read ahead during the warm-up).
-- ``au``: accelerator utilisation, ``compute_s / wall_s``, as MLPerf Storage defines it
-  (MLPerf Storage rules, "accelerator utilization"); 1.0 means storage never stalled training.
-- ``bytes_read``: bytes actually read from storage for the epoch's samples (shards: tar headers
-  and padding included).
-- ``read_s``: seconds spent inside storage read calls, summed over all readers (DataLoader
-  workers read in parallel, so it can exceed ``wall_s``).
-- ``read_mbps``: ``bytes_read / read_s / 1e6``: MB/s (10^6 bytes) of one reader.
-- ``throughput_mbps``: ``bytes_read / wall_s / 1e6``: MB/s delivered to training.
-- ``samples_per_s``: ``samples / wall_s``.
-- ``requests``: storage read requests (S3 GETs; filesystem opens); ``bytes_per_request`` is
-  ``bytes_read / requests``; ``retries``: requests retried after transient failures;
-  ``ttfb_p50_ms`` / ``ttfb_p99_ms``: median and 99th percentile time to first byte in
-  milliseconds (nearest-rank percentiles); ``errors``: failed requests by kind.
+:meth:`EpochMeter.summary` defines the figures (the README's "Metrics" section repeats them);
+:func:`aggregate` combines the ranks'; :func:`gc_frozen` keeps full garbage collections out.
 """
 
 from __future__ import annotations
@@ -43,15 +23,11 @@ _frozen_depth = 0
 def gc_frozen() -> Iterator[None]:
     """Keep Python's full garbage collections out of a measurement.
 
-    A full collection traverses every object of the process: 0.2-0.3 s here with torch
-    loaded, and one landed in about every other 1-second pass of a loop reading BCCD shards
-    (that pass lost a third of its throughput). On entry the process's garbage is collected
-    (before any clock starts) and the objects that exist are frozen (``gc.freeze``, which the
-    Python docs advise before forking) until exit: collections meanwhile traverse only what
-    the measurement creates, and DataLoader workers forked meanwhile inherit the freeze.
-    Every measured loop uses it (epochs, the benchmark's baselines and peers), so all sides
-    are measured alike. Nested blocks (a baseline read over several times) collect and freeze
-    once, in the outermost one.
+    On entry the garbage is collected (before any clock starts) and the existing objects frozen
+    (``gc.freeze``) until exit, so collections traverse only what the measurement creates (a full
+    one takes 0.2-0.3 s with torch loaded); DataLoader workers forked meanwhile inherit the freeze.
+    Every measured loop uses it, so all sides are measured alike; nested blocks collect and freeze
+    once.
     """
     global _frozen_depth
     if _frozen_depth == 0:
@@ -106,7 +82,35 @@ class EpochMeter:
         self.finished = time.perf_counter()
 
     def summary(self) -> dict:
-        """The epoch's totals and rates (units in the key names; see the module doc)."""
+        """The epoch's totals and rates, with the units in the key names.
+
+        Returns:
+            ``epoch``, ``steps``, ``samples``, ``skipped``, ``loss`` (mean over steps with samples),
+            the request figures of :func:`request_summary`, and:
+
+            - ``data_wait_s``: seconds the training loop blocked in ``next(loader)`` waiting for a
+              batch (the *data stall*).
+            - ``compute_s``: seconds from receiving a batch to the end of its optimizer step, device
+              work included (CUDA is synchronised before the clock stops).
+            - ``wall_s``: seconds from asking for the first measured batch (after the warm-up steps)
+              to the end of the last step; in the benchmark's ``read`` mode, from the first storage
+              read for a measured batch when that came earlier (read ahead during the warm-up).
+            - ``au``: accelerator utilisation, ``compute_s / wall_s``, as MLPerf Storage defines it
+              (MLPerf Storage rules, "accelerator utilization"); 1.0 means storage never stalled
+              training.
+            - ``bytes_read``: bytes actually read from storage for the epoch's samples (shards: tar
+              headers and padding included).
+            - ``read_s``: seconds spent inside storage read calls, summed over all readers
+              (DataLoader workers read in parallel, so it can exceed ``wall_s``).
+            - ``read_mbps``: ``bytes_read / read_s / 1e6``: MB/s (10^6 bytes) of one reader.
+            - ``throughput_mbps``: ``bytes_read / wall_s / 1e6``: MB/s delivered to training.
+            - ``samples_per_s``: ``samples / wall_s``; ``samples_per_s_after_warmup``: from the end
+              of the warm-up, read-ahead credited (the rate peer loaders are timed by).
+            - ``requests``: storage read requests (S3 GETs; filesystem opens); ``bytes_per_request``
+              is ``bytes_read / requests``; ``retries``: requests retried after transient failures;
+              ``ttfb_p50_ms`` / ``ttfb_p99_ms``: median and 99th percentile time to first byte in
+              milliseconds (nearest-rank percentiles); ``errors``: failed requests by kind.
+        """
         wall = (self.finished or time.perf_counter()) - self.started
         samples = sum(s.samples for s in self.steps)
         nbytes = sum(s.bytes_read for s in self.steps)
@@ -138,15 +142,15 @@ class EpochMeter:
 
 
 def aggregate(rows: list[dict], requests: list[RequestStats]) -> dict:
-    """One epoch over all ranks, from each rank's row (:meth:`EpochMeter.summary` plus
-    ``samples_dropped``) and its storage requests.
+    """One epoch over all ranks, from each rank's row and its storage requests.
 
-    Sums: ``samples``, ``skipped``, ``samples_dropped``, ``bytes_read``, ``read_s``, requests,
-    retries and errors (TTFB percentiles over every rank's requests). ``wall_s`` is the
-    slowest rank's, so ``throughput_mbps`` and ``samples_per_s`` are totals over it.
-    ``au``, ``data_wait_s``, ``compute_s`` and ``loss`` are means over the ranks (MLPerf
-    Storage averages AU over its accelerators); ``au_min`` is the worst rank's AU and
-    ``data_wait_max_s`` the longest any rank waited for data. With one rank, its own figures.
+    A row is :meth:`EpochMeter.summary` plus ``samples_dropped``. Sums: ``samples``, ``skipped``,
+    ``samples_dropped``, ``bytes_read``, ``read_s``, requests, retries and errors (TTFB percentiles
+    over every rank's requests). ``wall_s`` is the slowest rank's, so ``throughput_mbps`` and
+    ``samples_per_s`` are totals over it. ``au``, ``data_wait_s``, ``compute_s`` and ``loss`` are
+    means over the ranks (MLPerf Storage averages AU over its accelerators); ``au_min`` is the worst
+    rank's AU and ``data_wait_max_s`` the longest any rank waited for data. With one rank, its own
+    figures.
     """
     n = len(rows)
     nbytes = sum(r["bytes_read"] for r in rows)
@@ -182,8 +186,7 @@ def aggregate(rows: list[dict], requests: list[RequestStats]) -> dict:
 
 
 def _after_warmup_s(row: dict) -> float:
-    """A rank's seconds from the end of its warm-up (its samples over its rate from there;
-    its wall time when the row has no such rate)."""
+    """A rank's seconds since its warm-up ended: samples over that rate, else its wall time."""
     rate = row.get("samples_per_s_after_warmup", math.nan)
     return row["samples"] / rate if rate == rate and rate > 0 else row["wall_s"]
 

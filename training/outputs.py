@@ -16,8 +16,10 @@ from common.files import atomic_file, atomic_write_bytes
 
 
 def run_folder(parent: str | Path) -> Path:
-    """A run's folder, ``<parent>/<YYYYmmdd-HHMMSS>`` in local time, as rank 0 named it (every
-    rank gets the same; a collective with several ranks). Not created here."""
+    """A run's folder ``<parent>/<YYYYmmdd-HHMMSS>`` in local time, as rank 0 named it; not created.
+
+    Every rank gets the same (a collective with several ranks).
+    """
     from training import distributed
 
     return Path(distributed.gather(str(Path(parent) / time.strftime("%Y%m%d-%H%M%S")))[0])
@@ -54,11 +56,10 @@ PROJECT_LOGGERS = ("pipelines", "training", "models", "common", "datagen")
 
 
 def attach_log_file(path: Path, rank: int | None = None) -> logging.Handler:
-    """Send the project's log records (DEBUG and up) to ``path`` (appending; with several
-    ranks, each rank's lines say ``[rank N]``: small appends of whole lines from several
-    processes do not interleave within a line).
+    """Send the project's log records (DEBUG and up) to ``path``, appending; return the handler.
 
-    Returns the handler; pass it to :func:`detach_log_file` when the run ends.
+    With several ranks each line says ``[rank N]`` (small appends of whole lines from several
+    processes do not interleave). Pass the handler to :func:`detach_log_file` when the run ends.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")

@@ -133,11 +133,11 @@ def predict_all(
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predict, draw and save every input; bad inputs are reported, not fatal.
 
+    Writes ``out_dir/<n>_<name>.jpg`` per input and ``out_dir/detections.json`` (atomically).
+
     Args:
         spec: the run's ``model.json``; a ``"classification"`` task classifies (top-5, the best
             class drawn; ``threshold`` unused), anything else detects.
-
-    Writes ``out_dir/<n>_<name>.jpg`` per input and ``out_dir/detections.json`` (atomically).
 
     Returns:
         ``(predictions, failures)`` with ``(input, reason)`` for each input that failed.
@@ -176,8 +176,11 @@ def predict_all(
 
 
 def load_trained(out: Path):
-    """``(model, index_to_name, model.json)`` of the training output ``out`` (or an
-    extracted archive), either task, a model of the user's included; in eval mode, on the CPU.
+    """Load the trained model of ``out`` (a run's folder or an extracted archive), either task.
+
+    Returns:
+        ``(model, index_to_name, model.json)``, a model of the user's included; in eval mode, on the
+        CPU.
 
     Raises:
         FileNotFoundError: ``out`` holds no trained model (the message says to train first).

@@ -1,18 +1,17 @@
 """A whole training run: data, loaders, model, epochs, measurements and outputs.
 
 Read in this order: :func:`run` → :func:`_run` (the steps) → :func:`training.run_data.prepare_data`
-(storage, splits, shards, loaders) → :func:`training.trainer.build_training` (model,
-optimizer, schedule; :func:`~training.trainer.resume_from` a checkpoint) → :func:`run_epochs`
+(storage, splits, shards, loaders) → :func:`training.trainer.build_training` (model, optimizer,
+schedule; :func:`~training.trainer.resume_from` a checkpoint) → :func:`run_epochs`
 (:func:`train_and_evaluate` on every rank: :func:`training.engine.train_one_epoch` with
-:func:`training.engine.step_fn`, then the task's ``evaluate``; the ranks' parts gathered and
-written by :class:`training.epoch_outputs.EpochOutputs`) →
-:func:`training.epoch_outputs.write_summary`.
+:func:`training.engine.step_fn`, then the task's ``evaluate``; the ranks' parts gathered and written
+by :class:`training.epoch_outputs.EpochOutputs`) → :func:`training.epoch_outputs.write_summary`.
 
 ``run(cfg)`` is what ``make train`` executes (through ``scripts/train.py``). Outputs, in
 ``cfg.output.dir``: ``config.yaml`` (resolved settings), ``metrics.csv`` (one row per epoch),
-``steps.csv`` (one row per step), ``summary.json`` (run totals), ``benchmark.log``,
-``model.pt`` (state_dict), ``model.json`` + ``index_to_name.json`` (what serving needs to
-rebuild the model) and ``checkpoint.pt`` (what ``--resume`` continues from).
+``steps.csv`` (one row per step), ``summary.json`` (run totals), ``benchmark.log``, ``model.pt``
+(state_dict), ``model.json`` + ``index_to_name.json`` (what serving needs to rebuild the model) and
+``checkpoint.pt`` (what ``--resume`` continues from).
 """
 
 from __future__ import annotations
@@ -86,8 +85,7 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
 def _run(
     cfg: Config, out: Path, resume: bool, ranks: Ranks, device: torch.device, started: float
 ) -> dict:
-    """The run, step by step: data and loaders, model and optimizer, resume, the epochs, the
-    summary. Every rank runs it; rank 0 alone writes the outputs."""
+    """Run every step on this rank (data, model, resume, epochs, summary); rank 0 writes outputs."""
     cfg = resolve_split(cfg)  # config.yaml says whether a hash split was used
     log.debug("config: %s", cfg.to_dict())  # the log file only; the console gets its path
     log.info("config: %s", out / "config.yaml")
@@ -126,8 +124,9 @@ def run_epochs(
     ranks: Ranks = ONE_RANK,
     started: float = 0.0,
 ) -> RequestStats:
-    """Train and evaluate each epoch still to run; after each, gather every rank's part and
-    (rank 0) write the epoch's outputs (:class:`training.epoch_outputs.EpochOutputs`).
+    """Train and evaluate each epoch still to run, then gather every rank's part of it.
+
+    Rank 0 writes each epoch's outputs (:class:`training.epoch_outputs.EpochOutputs`).
 
     Args:
         started: the run's start (``time.perf_counter``): ``trace.csv``'s times count from it.

@@ -1,5 +1,4 @@
-"""The data side of a training run: open the storage, read both splits (logging what each holds
-and what was dropped), find or write the shards, and build this rank's loaders."""
+"""The data side of a training run: storage, both splits, shards and this rank's loaders."""
 
 from __future__ import annotations
 
@@ -44,11 +43,11 @@ class RunData:
 
 
 def prepare_data(cfg: Config, task, ranks: Ranks = ONE_RANK) -> RunData:
-    """Open the storage, read both splits (logging what was kept), find or write the shards,
-    and build both loaders: this rank's share of each (the training split in equal steps on
-    every rank, the evaluation split every sample once).
+    """Open the storage, read both splits, find or write the shards and build this rank's loaders.
 
-    Shards missing or stale are written by rank 0 while the others wait, then found by them.
+    Logs what each split kept. The training split comes in equal steps on every rank, the evaluation
+    split every sample once. Shards missing or stale are written by rank 0 while the others wait,
+    then found by them.
 
     Raises:
         DatasetError, pipelines.storage.base.StorageError, pipelines.shards.manifest.ShardError:

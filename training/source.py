@@ -1,7 +1,4 @@
-"""Open the storage a configuration names (``storage.*``): a directory, or a bucket on S3 through
-boto3 or s3torchconnector, with the endpoint and credentials chosen as the README's "Object
-storage" section says; the log names the endpoint and where the credentials came from, never a
-key."""
+"""Open the storage a configuration names (``storage.*``): a directory, or a bucket on S3."""
 
 from __future__ import annotations
 
@@ -40,17 +37,17 @@ class DataSource:
 def open_storage(cfg: Config) -> DataSource:
     """Open the storage the config names, and log where its requests go.
 
-    For ``s3``: the endpoint named by ``storage.endpoint_url`` or ``S3_ENDPOINT``; with
-    neither, the local server of ``make s3-up`` when it is running and answering (its
-    endpoint, bucket and keys, handed to the client: credentials set in the environment are
-    never replaced), else AWS (:func:`local_s3.server.resolve_s3`). The bucket is
-    ``storage.bucket`` or ``S3_BUCKET``. The log names the endpoint and the credential source
-    (environment, profile, local server), never a key.
+    The client is boto3 or s3torchconnector; the endpoint and credentials are chosen as the README's
+    "Object storage" section says. For ``s3``: ``storage.endpoint_url`` or ``S3_ENDPOINT``; with
+    neither, the local server of ``make s3-up`` when it is running and answering (its endpoint,
+    bucket and keys, handed to the client: credentials set in the environment are never replaced),
+    else AWS (:func:`local_s3.server.resolve_s3`). The bucket is ``storage.bucket`` or
+    ``S3_BUCKET``. The log names the endpoint and the credential source, never a key.
 
     Raises:
-        ConfigError: ``s3`` without a bucket anywhere; ``s3torchconnector`` (which reads
-            credentials from the environment only) for the local server while other keys are
-            set in the environment.
+        ConfigError: ``s3`` without a bucket anywhere; ``s3torchconnector`` (which reads credentials
+            from the environment only) for the local server while other keys are set in the
+            environment.
     """
     s = cfg.storage
     roots = tuple("" if p.strip("/") in ("", ".") else p.strip("/") for p in s.prefixes) or ("",)
@@ -100,8 +97,9 @@ def open_storage(cfg: Config) -> DataSource:
 
 
 def _local_keys_into_environment(env_file: Path) -> None:
-    """Give s3torchconnector, which reads credentials from the environment only, the local
-    server's keys: set them when the environment has none, accept them when it has the same.
+    """Put the local server's keys in the environment for s3torchconnector (it reads only there).
+
+    Set when the environment has none, accepted when it has the same.
 
     Raises:
         ConfigError: the environment holds other keys or a session token (never replaced).

@@ -1,12 +1,10 @@
-"""The task a run trains: the built-in detection and classification tasks, or the user's own
-(``train.task: path/to/file.py:MyTask``), all behind one :class:`Task` protocol.
+"""The task a run trains, built-in or the user's, behind one :class:`Task` protocol.
 
-A task of the user's subclasses :class:`DetectionTask` or :class:`ClassificationTask` (the
-top-level ``task`` key says which data it gets) and overrides what it changes: the loss
-(:meth:`Task.forward_loss`), and optionally the optimizer (:meth:`Task.build_optimizer`) and
-the evaluation (:meth:`Task.evaluate`, :meth:`Task.quality_columns`, :meth:`Task.describe`).
-It is trained, measured (data wait against compute around its step) and resumed as the
-built-in tasks are. ``examples/my_task.py`` shows one.
+A user's task (``train.task: path/to/file.py:MyTask``) subclasses :class:`DetectionTask` or
+:class:`ClassificationTask` (the top-level ``task`` key says which data it gets) and overrides the
+loss (:meth:`Task.forward_loss`), optionally the optimizer (:meth:`Task.build_optimizer`) and the
+evaluation (:meth:`Task.evaluate`, ``quality_columns``, ``describe``); it is trained, measured and
+resumed as the built-in tasks are. ``examples/my_task.py`` shows one.
 """
 
 from __future__ import annotations
@@ -50,8 +48,7 @@ class Task(Protocol):
     def build_model(
         self, cfg: Config, classes: list[str], *, pretrained: bool
     ) -> tuple[torch.nn.Module, dict]:
-        """``(model, model.json spec)``; the spec says whether pretrained weights were loaded
-        (``pretrained``)."""
+        """``(model, model.json spec)``; the spec's ``pretrained``: whether weights were loaded."""
         ...
 
     def build_optimizer(
@@ -63,9 +60,11 @@ class Task(Protocol):
     def forward_loss(
         self, model: torch.nn.Module, batch: Batch, device: torch.device
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The training loss of ``batch`` (a scalar tensor with a graph) and its parts
-        (scalar tensors, for the logs); the step around it (precision, backward, optimizer) is
-        :func:`training.engine.step_fn`."""
+        """The training loss of ``batch`` (scalar tensor with a graph) and its parts (for logs).
+
+        The parts are scalar tensors; the step around it (precision, backward, optimizer) is
+        :func:`training.engine.step_fn`.
+        """
         ...
 
     def quality_columns(self, classes: list[str]) -> list[str]:
@@ -82,8 +81,7 @@ class Task(Protocol):
         classes: list[str],
         precision: Precision,
     ) -> dict:
-        """The held-out figures after an epoch (every rank evaluates its share; the figures
-        are over all ranks)."""
+        """The held-out figures after an epoch, over all ranks (each rank evaluates its share)."""
         ...
 
     def describe(self, row: dict) -> str:
@@ -157,8 +155,7 @@ class DetectionTask(BuiltinTask):
 
 
 class ClassificationTask(BuiltinTask):
-    """A classifier trained with cross-entropy, evaluated by accuracy
-    (:mod:`training.classification`)."""
+    """A classifier: cross-entropy, evaluated by accuracy (:mod:`training.classification`)."""
 
     module = classification
 
@@ -167,13 +164,11 @@ BUILTIN = {"detection": DetectionTask, "classification": ClassificationTask}
 
 
 def load_task(cfg: Config) -> Task:
-    """The task of a run: ``train.task``'s class of the user's when it names one, else the
-    built-in task of ``task``.
+    """The task of a run: the user's class ``train.task`` names, else the built-in task of ``task``.
 
     Raises:
-        ConfigError: ``train.task`` names no file or class, the file fails to import, or the
-            class is not a :class:`DetectionTask` / :class:`ClassificationTask` of the run's
-            ``task``.
+        ConfigError: ``train.task`` names no file or class, the file fails to import, or the class
+            is not a :class:`DetectionTask` / :class:`ClassificationTask` of the run's ``task``.
     """
     if not cfg.train.task:
         return BUILTIN[cfg.task]()

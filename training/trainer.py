@@ -1,5 +1,4 @@
-"""The model and what trains it: built from the configuration (optimizer, LR schedule,
-precision), wrapped for several ranks, or resumed from a run's ``checkpoint.pt``."""
+"""The model and what trains it: optimizer, LR schedule, precision, DDP wrap, checkpoint resume."""
 
 from __future__ import annotations
 
@@ -52,8 +51,7 @@ class Training:
 
 
 def build_training(cfg: Config, task: Task, data: RunData, device: torch.device) -> Training:
-    """Build the model (logging whether it starts from pretrained weights), its optimizer (the
-    task's :meth:`~training.tasks.Task.build_optimizer`) and its learning-rate schedule."""
+    """Build the model (logging if it is pretrained), the task's optimizer and the LR schedule."""
     model, spec = task.build_model(cfg, data.classes, pretrained=cfg.model.pretrained)
     if spec["pretrained"]:
         log.info("model %s: starts from pretrained weights", cfg.model.arch)
@@ -78,8 +76,10 @@ def build_training(cfg: Config, task: Task, data: RunData, device: torch.device)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
-    """Linear warm-up to the peak LR, then cosine decay to 0 at ``total_steps`` (SGDR shape,
-    Loshchilov & Hutter 2017, without restarts). Steps past the end stay at 0."""
+    """The LR factor per step: linear warm-up to 1, then cosine decay to 0 at ``total_steps``.
+
+    SGDR's shape (Loshchilov & Hutter 2017) without restarts; steps past the end stay at 0.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -91,9 +91,10 @@ def lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def wrap_for_ranks(training: Training, device: torch.device) -> None:
-    """With several ranks, wrap the model in DistributedDataParallel: every rank starts from
-    rank 0's weights and buffers (DDP broadcasts them here, after a resume has loaded them)
-    and gradients are averaged over the ranks at each step."""
+    """With several ranks, wrap the model in DistributedDataParallel (gradients averaged each step).
+
+    Every rank starts from rank 0's weights and buffers (DDP broadcasts them here, after a resume).
+    """
     if dist.is_initialized():
         training.model = DistributedDataParallel(
             training.net, device_ids=[device.index] if device.type == "cuda" else None
@@ -102,8 +103,7 @@ def wrap_for_ranks(training: Training, device: torch.device) -> None:
 
 @dataclass
 class History:
-    """The epochs run so far: their ``metrics.csv`` rows and ``steps.csv`` rows (from a
-    checkpoint when resuming), and the first epoch still to run."""
+    """Rows of the epochs so far (``metrics.csv``, ``steps.csv``) and the first epoch to run."""
 
     rows: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
@@ -113,9 +113,11 @@ class History:
 def checkpoint_state(
     training: Training, epoch: int, world_size: int, args: dict, history: History
 ) -> dict:
-    """What ``checkpoint.pt`` holds after ``epoch``: the model, optimizer, schedule and
-    gradient scaler states, the run's settings (``args``) and the epochs so far; what
-    :func:`resume_from` loads."""
+    """What ``checkpoint.pt`` holds after ``epoch``, what :func:`resume_from` loads.
+
+    The model, optimizer, schedule and gradient scaler states, ``world_size``, ``pretrained``, the
+    run's settings (``args``) and the epochs so far.
+    """
     scaler = training.precision.scaler
     return {
         "model": training.net.state_dict(), "world_size": world_size,
@@ -130,14 +132,16 @@ def checkpoint_state(
 def resume_from(
     path: Path, training: Training, device: torch.device, ranks: Ranks = ONE_RANK
 ) -> History:
-    """Load the checkpoint at ``path`` into ``training`` (model, optimizer, schedule, and
-    whether the run started from pretrained weights); return the epochs it holds. Every rank
-    loads the same file.
+    """Load the checkpoint at ``path`` into ``training``; return the epochs it holds.
+
+    Loads the model, optimizer, schedule and scaler states and whether the run started from
+    pretrained weights. Every rank loads the same file.
 
     Raises:
         DatasetError: there is no checkpoint.
-        ConfigError: it was written by a run with another number of ranks (the data split
-            and the step counts would not continue where they stopped).
+        ConfigError: it was written by a run with another number of ranks (the data split and the
+            step counts would not continue where they stopped), or the ranks found different
+            checkpoints.
     """
     if not path.exists():
         raise DatasetError(f"--resume: no checkpoint at {path}; train without --resume first")
@@ -165,8 +169,10 @@ def resume_from(
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """The first 16 hex digits of the SHA-256 of the model's state (tensors in key order):
-    equal on every rank when DistributedDataParallel kept the replicas in step."""
+    """The first 16 hex digits of the SHA-256 of the model's state (tensors in key order).
+
+    Equal on every rank when DistributedDataParallel kept the replicas in step.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
