@@ -24,13 +24,13 @@ from pipelines.storage.base import CallStats, RequestStats
 def detection_transform(train: bool, image_size: int) -> v2.Compose:
     """The torchvision ``transforms.v2`` pipeline applied to every detection sample.
 
+    It takes and returns ``(tv_tensors.Image uint8 [3, H, W], target dict)``, boxes as
+    ``tv_tensors.BoundingBoxes`` so that v2 resizes and flips them with the image, and ends with
+    float32 images scaled to [0, 1].
+
     Args:
         train: add a random horizontal flip (p=0.5).
         image_size: resize so that the shorter side is ``image_size`` pixels (aspect kept).
-
-    The pipeline takes and returns ``(tv_tensors.Image uint8 [3, H, W], target dict)`` with the
-    boxes as ``tv_tensors.BoundingBoxes``, so v2 resizes and flips boxes with the image; it ends
-    with float32 images scaled to [0, 1].
     """
     steps: list = [v2.Resize(image_size, antialias=True)]
     if train:
@@ -42,16 +42,16 @@ def detection_transform(train: bool, image_size: int) -> v2.Compose:
 def classification_transform(train: bool, image_size: int) -> v2.Compose:
     """The torchvision ``transforms.v2`` pipeline applied to every classification sample.
 
+    Takes ``tv_tensors.Image`` uint8 ``[3, H, W]``; returns float32 ``[3, image_size,
+    image_size]`` in [0, 1] (normalisation is part of the model, see
+    :class:`models.classifier.Classifier`).
+
     Args:
         train: a random resized crop (70-100 % of the area, aspect 3:4 to 4:3, torchvision's
             ``RandomResizedCrop``) and a random horizontal flip (p=0.5) instead of a plain
             resize.
         image_size: output side in pixels: images become ``image_size`` x ``image_size``
             (aspect not kept, as the serving handler does).
-
-    Takes ``tv_tensors.Image`` uint8 ``[3, H, W]``; returns float32 ``[3, image_size,
-    image_size]`` in [0, 1] (normalisation is part of the model, see
-    :class:`models.classifier.Classifier`).
     """
     size = (image_size, image_size)
     if train:
@@ -128,13 +128,9 @@ def make_sample(
 
     The target follows the record: boxes and labels for a
     :class:`pipelines.formats.records.DetectionRecord`, the class index for a
-    :class:`pipelines.formats.records.ClassificationRecord`.
-
-    ``read`` holds the figures of the storage call that read it (a shard's: this sample's
-    share); ``read_at`` is the ``time.perf_counter()`` at which reading it began.
-
-    With ``transform=None`` the bytes are read but not decoded (``image`` stays None and
-    ``error`` None): the benchmark's measure of the storage path without decode cost.
+    :class:`pipelines.formats.records.ClassificationRecord`. With ``transform=None`` the bytes
+    are not decoded (``image`` and ``error`` stay None): the benchmark's storage path alone.
+    ``read`` and ``read_at`` are as in :class:`Sample`.
 
     Raises:
         DatasetError: a label is not one of the configured classes.
@@ -220,8 +216,7 @@ class Batch:
 
 
 def collate(samples: list[Sample]) -> Batch:
-    """DataLoader ``collate_fn``: keep images as a list (detection models take lists; the
-    classification step stacks them)."""
+    """DataLoader ``collate_fn``: images stay a list, as detection models take them."""
     info = get_worker_info()
     batch = Batch(worker=info.id if info is not None else -1)
     for sample in samples:

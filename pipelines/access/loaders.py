@@ -1,14 +1,10 @@
 """DataLoader wiring for the three access patterns (random, shards, objects), over any storage.
 
-``build_loader`` is the one switch between the access patterns; everything downstream
-(the training loop, the meter) sees the same :class:`pipelines.samples.Batch` es either way.
-
-Iterable-style datasets (shards, objects) are batched inside the DataLoader workers, which send
-several batches per transfer to the training process (:class:`WorkerBatches`); the training
-process then takes them one by one. This is WebDataset's advice for small samples ("batch in
-the workers, unbatch in the main process"): each transfer between processes has a fixed cost
-(pickling, a pipe write, waking the receiver: ~0.2 ms here), which at 4 images of 23 kB per
-batch was paid more often than the storage could deliver batches.
+:func:`build_loader` is the one switch between them; downstream (the training loop, the
+meter) sees the same :class:`pipelines.samples.Batch` es either way. Iterable-style datasets
+are batched inside the DataLoader workers, which send several batches per transfer
+(:class:`WorkerBatches`): each transfer between processes has a fixed cost (WebDataset's
+advice: "batch in the workers, unbatch in the main process").
 """
 
 from __future__ import annotations
@@ -106,9 +102,11 @@ class EpochLoader:
         raise NotImplementedError
 
     def rank_samples(self, epoch: int) -> int:
-        """The samples of the split that fall to this rank in ``epoch``, before a remainder is
-        dropped to give every rank the same number of steps (one rank: the whole split); what
-        a rank does not train on of them is ``samples_dropped``."""
+        """The samples of the split that fall to this rank in ``epoch`` (one rank: the whole split).
+
+        Counted before a remainder is dropped to give every rank the same number of steps; what a
+        rank does not train on of them is ``samples_dropped``.
+        """
         raise NotImplementedError
 
     def limit(self, epoch: int) -> int | None:
@@ -116,8 +114,7 @@ class EpochLoader:
         return None
 
     def __iter__(self) -> Iterator[Batch]:
-        """The epoch's batches, one at a time, in the order the DataLoader delivers them (at
-        most ``limit(epoch)`` of them, for the epoch last set)."""
+        """Yield the epoch's batches in the DataLoader's order, at most ``limit(epoch)`` of them."""
         batches = self._batches()
         most = self.limit(self.epoch)
         if most is not None:
@@ -133,19 +130,17 @@ class EpochLoader:
 
 
 class WorkerBatches(IterableDataset):
-    """Batch an iterable-style dataset inside each DataLoader worker and send several batches
-    per transfer.
+    """Batch an iterable-style dataset inside each DataLoader worker, several batches per transfer.
 
-    Batches are formed as the DataLoader would form them (``batch_size`` samples in the order
-    the worker yields them, :func:`pipelines.samples.collate`, a last partial batch per worker),
-    then grouped: a transfer closes after ``max_batches`` batches, or as soon as its batches
-    hold :data:`TRANSFER_TENSOR_BYTES` of tensors, so batches of decoded images still travel one
-    by one while batches of small or undecoded samples travel many at a time. Use with
-    ``DataLoader(batch_size=None)`` and iterate :class:`EpochLoader`, which takes the groups
-    apart again.
+    Batches are formed as the DataLoader would form them (``batch_size`` samples in the order the
+    worker yields them, :func:`pipelines.samples.collate`, a last partial batch per worker), then
+    grouped: a transfer closes after ``max_batches`` batches, or as soon as its batches hold
+    :data:`TRANSFER_TENSOR_BYTES` of tensors, so batches of decoded images still travel one by
+    one. Use with ``DataLoader(batch_size=None)`` and iterate :class:`EpochLoader`, which takes
+    the groups apart again.
 
     Args:
-        dataset: yields sample dicts (see :mod:`pipelines.samples`).
+        dataset: yields :class:`pipelines.samples.Sample` s.
         batch_size: samples per batch.
         max_batches: most batches per transfer (1: one batch per transfer, as a plain
             DataLoader sends them).
@@ -183,10 +178,11 @@ class WorkerBatches(IterableDataset):
 
 
 class EpochsSampler(torch.utils.data.Sampler):
-    """A ``DistributedSampler`` read for ``repeat`` epochs in one iteration: epoch ``e`` (set
-    by :meth:`set_epoch`) yields this rank's part of the shuffles of epochs ``e`` to
-    ``e + repeat - 1``, one after the other, as a single-rank ``RandomSampler`` of
-    ``repeat x len(dataset)`` samples yields one permutation after another.
+    """A ``DistributedSampler`` read for ``repeat`` epochs in one iteration.
+
+    Epoch ``e`` (set by :meth:`set_epoch`) yields this rank's part of the shuffles of epochs ``e``
+    to ``e + repeat - 1``, one after the other, as a single-rank ``RandomSampler`` of ``repeat x
+    len(dataset)`` samples yields one permutation after another.
 
     Args:
         sampler: this rank's sampler; its ``set_epoch`` chooses the shuffle.
@@ -199,7 +195,7 @@ class EpochsSampler(torch.utils.data.Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """The first epoch of the next iteration."""
+        """Set the first epoch of the next iteration."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -217,8 +213,7 @@ def _as_is(item):
 
 
 def _loader_options(settings: LoaderSettings) -> dict:
-    """``DataLoader`` keyword arguments from ``settings`` (prefetch and persistence with
-    workers only, as the DataLoader requires)."""
+    """DataLoader keyword arguments from ``settings`` (prefetch, persistence: workers only)."""
     options = dict(
         batch_size=settings.batch_size, num_workers=settings.num_workers, collate_fn=collate,
         pin_memory=settings.pin_memory,
@@ -232,8 +227,7 @@ def _loader_options(settings: LoaderSettings) -> dict:
 
 
 class RandomLoader(EpochLoader):
-    """The ``random`` pattern: :class:`MapStyleDataset` read in a sampler's order, one read per
-    sample (see :func:`build_loader` for the arguments of :meth:`from_split`)."""
+    """The ``random`` pattern: :class:`MapStyleDataset` in a sampler's order, a read per sample."""
 
     def __init__(
         self, loader: DataLoader, num_samples: int, generator: torch.Generator, seed: int,
@@ -290,8 +284,7 @@ class RandomLoader(EpochLoader):
 
 
 class StreamLoader(EpochLoader):
-    """An iterable-style pattern (:class:`ShardsLoader`, :class:`ObjectsLoader`): each
-    DataLoader worker reads its part of the stream and batches it (:class:`WorkerBatches`)."""
+    """An iterable-style pattern: workers read and batch their parts (:class:`WorkerBatches`)."""
 
     grouped = True
 
@@ -314,8 +307,10 @@ class StreamLoader(EpochLoader):
         return sum(-(-n // self.batch_size) for n in parts)
 
     def steps(self, epoch: int) -> int:
-        """Each worker's batches, its last partial; with ``equal_steps`` on several ranks the
-        fewest of any rank (every rank stops there)."""
+        """The batches of the epoch: each worker's, its last one partial, summed.
+
+        With ``equal_steps`` on several ranks, the fewest of any rank (every rank stops there).
+        """
         if self.world_size > 1 and self.equal_steps:
             return min(self._rank_steps(epoch, r) for r in range(self.world_size))
         return self._rank_steps(epoch, self.rank)
@@ -330,8 +325,7 @@ class StreamLoader(EpochLoader):
 
 
 class ObjectsLoader(StreamLoader):
-    """The ``objects`` pattern: :class:`ObjectStreamDataset`, the image objects in listing order
-    with ``concurrency`` reads in flight per worker."""
+    """The ``objects`` pattern: listing order, ``concurrency`` reads in flight per worker."""
 
     @classmethod
     def from_split(
@@ -350,8 +344,7 @@ class ObjectsLoader(StreamLoader):
 
 
 class ShardsLoader(StreamLoader):
-    """The ``shards`` (``sequential``) pattern: :class:`ShardStream` over the split's tar
-    shards, streamed front to back."""
+    """The ``shards`` (``sequential``) pattern: :class:`ShardStream` over the split's tar shards."""
 
     @classmethod
     def from_split(
@@ -406,34 +399,32 @@ def build_loader(
 ) -> EpochLoader:
     """The loader of one split for an access pattern: the one switch between them.
 
-    Args:
-        access: ``"random"``: :class:`RandomLoader` (a ``RandomSampler`` seeded by ``seed``
-            and the epoch, or a ``SequentialSampler``); ``"shards"``: :class:`ShardsLoader`
-            over ``shards`` (see :func:`ensure_shards`); ``"objects"``: :class:`ObjectsLoader`.
-        repeat: epochs read per iteration of the loader, one after the other with no pause
-            between them (each reshuffled as the next epoch; ``num_samples`` counts them all):
-            the benchmark's warm passes. Training iterates one epoch at a time.
-        rank, world_size: this process's rank among ``world_size`` training processes
-            (torchrun): it loads its part of the split only. Random: a
-            ``DistributedSampler`` (the epoch's shuffle, the same on every rank, cut in
-            ``world_size`` parts), or without ``equal_steps`` every ``world_size``-th sample;
-            shards: every ``world_size``-th shard of the epoch's order, then split by worker;
-            objects: a contiguous slice of the listing, then split by worker.
-        equal_steps: every rank runs the same number of steps (DDP's collectives would wait
-            forever for a rank that stopped early): the remainder of the split is dropped,
-            never read twice. Random: ``drop_last`` (``samples % world_size`` samples, other
-            ones each epoch); objects: the same count, another part of the listing each
-            epoch; shards: every rank stops after the steps of the rank with the fewest
-            (``steps(epoch)``), since shards cannot be cut. What a rank drops of its
-            ``rank_samples`` is counted by the caller (``samples_dropped``). Evaluation passes
-            False: every sample once, ranks with different counts.
+    Its ``steps(epoch)`` is the number of batches that epoch really yields: with an iterable-style
+    dataset each worker ends with its own partial batch, so an epoch has ``sum over workers of
+    ceil(part / batch_size)`` steps, up to ``num_workers - 1`` more than ``ceil(samples /
+    batch_size)`` and, with shards, varying with each epoch's shard order. A learning-rate
+    schedule sized on the smaller count ends before the last epoch does.
 
-    The loader's ``steps(epoch)`` is the number of batches that epoch really yields. For an
-    iterable-style dataset each DataLoader worker batches its own part and ends with its own
-    partial batch, so an epoch has ``sum over workers of ceil(part / batch_size)`` steps: up
-    to ``num_workers - 1`` more than ``ceil(samples / batch_size)``, and with shards the parts
-    change with each epoch's shard order. A learning-rate schedule sized on the smaller count
-    reaches its end before the last epoch does.
+    Args:
+        access: ``"random"``: :class:`RandomLoader` (a ``RandomSampler`` seeded by ``seed`` and
+            the epoch, or a ``SequentialSampler``); ``"shards"``: :class:`ShardsLoader` over
+            ``shards`` (see :func:`ensure_shards`); ``"objects"``: :class:`ObjectsLoader`.
+        repeat: epochs read per iteration, back to back, each reshuffled as the next epoch
+            (``num_samples`` counts them all): the benchmark's warm passes.
+        rank, world_size: this process's rank among ``world_size`` training processes
+            (torchrun); it loads its part of the split only. Random: a ``DistributedSampler``
+            (the epoch's shuffle, the same on every rank, cut in ``world_size`` parts), or
+            without ``equal_steps`` every ``world_size``-th sample; shards: every
+            ``world_size``-th shard of the epoch's order; objects: a contiguous slice of the
+            listing; both then split by worker.
+        equal_steps: every rank runs the same number of steps (DDP's collectives would wait
+            forever for a rank that stopped early); the remainder of the split is dropped,
+            never read twice. Random: ``drop_last`` (``samples % world_size`` samples, other
+            ones each epoch); objects: the same count, another part of the listing each epoch;
+            shards: every rank stops after the steps of the rank with the fewest, since shards
+            cannot be cut. The caller counts what a rank drops of its ``rank_samples``
+            (``samples_dropped``). Evaluation passes False: every sample once, ranks with
+            different counts.
 
     Raises:
         ValueError: unknown ``access``, ``"shards"`` without ``shards``, or ``repeat < 1``.

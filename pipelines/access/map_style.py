@@ -1,9 +1,8 @@
 """Random access: a map-style dataset over the split's image objects, one read per sample.
 
 The order comes from a sampler (``RandomSampler`` for training), so consecutive reads hit
-unrelated objects: the access pattern of a classic PyTorch ``Dataset`` + ``DataLoader``.
-Annotations were parsed before the epoch (see :mod:`pipelines.formats.voc`); each
-``__getitem__`` reads exactly one object, the encoded image.
+unrelated objects. Annotations are parsed before the epoch; each ``__getitem__`` reads exactly
+one object, the encoded image.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pipelines.storage.base import Storage
 
 
 class MapStyleDataset(Dataset):
-    """``dataset[i]`` reads record ``i``'s image from storage and returns a sample dict.
+    """``dataset[i]`` reads record ``i``'s image from storage and returns a :class:`Sample`.
 
     Args:
         storage: where the images live.
@@ -28,8 +27,9 @@ class MapStyleDataset(Dataset):
             :func:`pipelines.samples.classification_transform`.
         class_to_index: class name → label id (detection: 1-based, 0 is the background).
 
-    Raises (from ``__getitem__``):
-        pipelines.storage.base.StorageError: the image cannot be read (the message names it).
+    Raises:
+        pipelines.storage.base.StorageError: ``dataset[i]`` cannot read the image (the message
+            names it).
     """
 
     def __init__(

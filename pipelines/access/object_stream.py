@@ -1,12 +1,11 @@
 """Sequential access over individual objects: listing order, N concurrent reads.
 
-The alternative to shards for object storage: no repacking, the images are read one object at a
-time, but in the order the storage lists them and with ``concurrency`` requests in flight, so a
-high-latency store is kept busy. Built on ``torchdata.nodes``: ``IterableWrapper`` (the worker's
-slice of the listing) → ``ParallelMapper`` (threads fetching objects, results kept in order) →
-a shuffle buffer → decode. DataLoader worker ``w`` of ``W`` takes the ``w``-th contiguous slice
-of the listing, so each worker still reads a contiguous key range front to back and every
-object is read exactly once per epoch.
+The alternative to shards for object storage, without repacking: objects are read in the
+order the storage lists them with ``concurrency`` requests in flight, so a high-latency store
+is kept busy. Built on ``torchdata.nodes``: ``IterableWrapper`` (the worker's slice of the
+listing) → ``ParallelMapper`` (threads fetching objects, results kept in order) → a shuffle
+buffer → decode. Worker ``w`` of ``W`` reads the ``w``-th contiguous slice of the listing
+front to back, so every object is read exactly once per epoch.
 """
 
 from __future__ import annotations
@@ -45,8 +44,9 @@ class ObjectStreamDataset(EpochStream):
             of the listing each epoch (the listing is rotated by the epoch before it is
             sliced). Without it, slices differ by at most one sample (evaluation).
 
-    Raises (while iterating):
-        pipelines.storage.base.StorageError: an object cannot be read (the message names it).
+    Raises:
+        pipelines.storage.base.StorageError: while iterating, an object cannot be read (the
+            message names it).
     """
 
     def __init__(
@@ -84,8 +84,7 @@ class ObjectStreamDataset(EpochStream):
         return len(self.records) * self.repeat
 
     def rank_records(self, epoch: int, rank: int | None = None) -> list[Record]:
-        """The contiguous slice of the listing that rank ``rank`` (default this one) reads in
-        ``epoch`` (see ``equal_shares``)."""
+        """The contiguous slice of the listing read by ``rank`` (default this one) in ``epoch``."""
         rank = self.rank if rank is None else rank
         n, world = len(self.records), self.world_size
         if world == 1:
@@ -100,9 +99,11 @@ class ObjectStreamDataset(EpochStream):
     def worker_records(
         self, worker_id: int, num_workers: int, epoch: int | None = None, rank: int | None = None
     ) -> list[Record]:
-        """The contiguous slice of its rank's records that worker ``worker_id`` reads, for
-        each of the ``repeat`` epochs from ``epoch`` (None: the one set by :meth:`set_epoch`)
-        in one iteration."""
+        """Worker ``worker_id``'s contiguous slice of its rank's records, for one iteration.
+
+        One slice for each of the ``repeat`` epochs from ``epoch`` (None: the one set by
+        :meth:`set_epoch`).
+        """
         first = self.epoch if epoch is None else epoch
         mine = []
         for e in range(first, first + self.repeat):
@@ -114,21 +115,26 @@ class ObjectStreamDataset(EpochStream):
     def worker_samples(
         self, worker_id: int, num_workers: int, epoch: int, rank: int | None = None
     ) -> int:
-        """Samples worker ``worker_id`` of ``num_workers`` (of rank ``rank``) yields in the
-        iteration of ``epoch``."""
+        """Samples that a worker yields in the iteration of ``epoch``.
+
+        The worker is ``worker_id`` of ``num_workers``, of rank ``rank`` (default this one).
+        """
         return len(self.worker_records(worker_id, num_workers, epoch, rank))
 
     def rank_samples(self, epoch: int, rank: int | None = None) -> int:
-        """Samples of the split that fall to rank ``rank`` (default this one) in one
-        iteration before any remainder is dropped: the listing divided as evenly as it goes."""
+        """Samples of the split that fall to rank ``rank`` (default this one) in one iteration.
+
+        Counted before any remainder is dropped: the listing divided as evenly as it goes.
+        """
         rank = self.rank if rank is None else rank
         each, rest = divmod(len(self.records), self.world_size)
         return (each + (rank < rest)) * self.repeat
 
     def _fetch(self, record: Record) -> tuple[Record, bytes, CallStats, float]:
-        """Read one image (in a mapper thread): its bytes, the figures of that read (made by
-        the storage call itself, whatever the other threads read meanwhile) and when it
-        began."""
+        """Read one image in a mapper thread: the record, its bytes, the read's figures, its start.
+
+        The figures are made by the storage call itself, whatever the other threads read meanwhile.
+        """
         start = time.perf_counter()
         data, read = self.storage.fetch(record.image_key)
         return record, data, read, start

@@ -1,11 +1,10 @@
 """Sequential access: an iterable-style dataset that streams WebDataset shards front to back.
 
-One epoch: the shard order is shuffled with a seed shared by all DataLoader workers, worker
-``w`` of ``W`` takes shards ``w, w+W, w+2W...``, streams each one (one sequential read per shard)
-and passes the samples through a shuffle buffer before decoding them. Every sample of the split
-is therefore read exactly once per epoch, whatever the number of workers. This is WebDataset's
-``shardlist → split_by_worker → tarfile_samples → shuffle → decode`` pipeline, with the shards
-opened through :class:`pipelines.storage.base.Storage`.
+Each epoch the shard order is shuffled with a seed shared by all DataLoader workers; worker
+``w`` of ``W`` takes shards ``w, w+W, w+2W...``, streams each one (one sequential read per
+shard) and passes the samples through a shuffle buffer before decoding them, so every sample
+is read exactly once per epoch. This is WebDataset's ``shardlist → split_by_worker →
+tarfile_samples → shuffle → decode`` pipeline over :class:`pipelines.storage.base.Storage`.
 """
 
 from __future__ import annotations
@@ -43,14 +42,11 @@ OPEN_AHEAD_S = 1e-3
 
 
 class EpochStream(IterableDataset):
-    """Base of the iterable-style datasets: the epoch that seeds their shuffles, and the
-    per-worker shuffle buffer.
+    """Base of the iterable-style datasets: the epoch seeding their shuffles, the shuffle buffer.
 
-    An iterable-style dataset lives on in each DataLoader worker as a copy made when the workers
-    started; with ``persistent_workers`` those copies outlive the epoch, so an attribute set
-    later in the main process would never reach them and every epoch would repeat the first
-    one's shuffle. The epoch is therefore kept in shared memory (``multiprocessing.Value``),
-    which forked or spawned workers inherit.
+    The epoch lives in shared memory (``multiprocessing.Value``), which forked or spawned workers
+    inherit: their copies of the dataset (kept across epochs with ``persistent_workers``) would
+    never see a plain attribute set later, and every epoch would repeat the first one's shuffle.
 
     Args:
         shuffle: pass samples through the shuffle buffer (and let subclasses shuffle more).
@@ -58,8 +54,8 @@ class EpochStream(IterableDataset):
         seed: base seed; the epoch set by :meth:`set_epoch` is mixed in.
         repeat: epochs read per iteration, one after the other with no pause between them
             (WebDataset's ``repeat``): epoch ``e`` set by :meth:`set_epoch` reads the shuffles
-            of epochs ``e, e+1, ... e+repeat-1``. The benchmark's warm passes use it, so that
-            a small split does not drain and restart the workers every few milliseconds.
+            of epochs ``e, e+1, ... e+repeat-1``; the benchmark's warm passes, so that a small
+            split does not drain and restart the workers every few milliseconds.
         rank, world_size: this training process's rank among ``world_size`` (torchrun): it
             reads its share of the split only, split again among its DataLoader workers.
     """
@@ -96,9 +92,11 @@ class EpochStream(IterableDataset):
         self._epoch.value = epoch
 
     def buffer_shuffled(self, items: Iterator, worker_id: int) -> Iterator:
-        """``items`` through WebDataset's shuffle buffer of ``shuffle_buffer`` items (filled
-        before the first item leaves), seeded by the seed, the epoch, the rank and
-        ``worker_id``; unchanged when not shuffling or with a buffer of 1."""
+        """``items`` through WebDataset's shuffle buffer of ``shuffle_buffer`` items.
+
+        The buffer fills before the first item leaves; it is seeded by the seed, the epoch, the rank
+        and ``worker_id``. ``items`` is unchanged when not shuffling or with a buffer of 1.
+        """
         if not self.shuffle or self.shuffle_buffer <= 1:
             return items
         reader = worker_id if self.world_size == 1 else f"{self.rank}-{worker_id}"
@@ -107,7 +105,7 @@ class EpochStream(IterableDataset):
 
 
 class ShardStream(EpochStream):
-    """Iterable-style dataset over a list of shards; yields sample dicts (see pipelines.samples).
+    """Iterable-style dataset over a list of shards; yields :class:`pipelines.samples.Sample` s.
 
     Args:
         storage: where the shards live.
@@ -153,9 +151,11 @@ class ShardStream(EpochStream):
         return sum(s.samples for s in self.shards) * self.repeat
 
     def rank_shards(self, epoch: int, rank: int | None = None) -> list[ShardInfo]:
-        """The shards rank ``rank`` (default: this one) reads in ``epoch``, in order: every
-        ``world_size``-th shard of the epoch's shard order (shuffled by the seed and the epoch,
-        the same on every rank), starting at its rank."""
+        """The shards rank ``rank`` (default: this one) reads in ``epoch``, in order.
+
+        Every ``world_size``-th shard of the epoch's shard order (shuffled by the seed and the
+        epoch, the same on every rank), starting at its rank.
+        """
         shards = list(self.shards)
         if self.shuffle:
             random.Random(f"{self.seed}-{epoch}").shuffle(shards)
@@ -164,13 +164,14 @@ class ShardStream(EpochStream):
     def worker_shards(
         self, worker_id: int, num_workers: int, epoch: int | None = None, rank: int | None = None
     ) -> list[ShardInfo]:
-        """The shards worker ``worker_id`` of ``num_workers`` (of rank ``rank``, default this
-        one) reads in one iteration, in order: every ``num_workers``-th shard of the repeated
-        epochs' rank shards one after the other (``epoch``: that iteration's first epoch;
-        None: the one set by :meth:`set_epoch`). Dealt across the epochs, not within each, so
-        that a shard count that does not divide by the workers does not give the same workers
-        the extra shard in every epoch (5 shards, 2 workers, 10 epochs: 25 and 25, not 30 and
-        20, which left one worker reading alone for the last third of a benchmark pass)."""
+        """The shards worker ``worker_id`` of ``num_workers`` reads in one iteration, in order.
+
+        Every ``num_workers``-th shard of the repeated epochs' rank shards (of rank ``rank``,
+        default this one), one epoch after the other (``epoch``: the iteration's first; None: the
+        one set by :meth:`set_epoch`). Dealt across the epochs, not within each, so that a shard
+        count the workers do not divide does not give the same workers the extra shard in every
+        epoch (one worker would read alone at the end of a pass).
+        """
         first = self.epoch if epoch is None else epoch
         order = [s for e in range(first, first + self.repeat) for s in self.rank_shards(e, rank)]
         return order[worker_id::num_workers]
@@ -178,9 +179,10 @@ class ShardStream(EpochStream):
     def worker_samples(
         self, worker_id: int, num_workers: int, epoch: int, rank: int | None = None
     ) -> int:
-        """Samples worker ``worker_id`` of ``num_workers`` (of rank ``rank``, default this
-        one) yields in the iteration of ``epoch`` (its shards depend on that epoch's
-        shuffle)."""
+        """Samples that a worker yields in the iteration of ``epoch`` (its shards depend on it).
+
+        The worker is ``worker_id`` of ``num_workers``, of rank ``rank`` (default this one).
+        """
         return sum(s.samples for s in self.worker_shards(worker_id, num_workers, epoch, rank))
 
     def rank_samples(self, epoch: int, rank: int | None = None) -> int:
@@ -216,22 +218,19 @@ class ShardStream(EpochStream):
             )
 
     def _raw_samples(self, shards: list[ShardInfo]) -> Iterator[tuple[dict, CallStats, str, float]]:
-        """``(raw sample, its share of the read, image id, read_at)`` of each shard in turn;
-        the ids come from the manifest, which lists them in tar order. ``read_at`` is when this
-        generator started on the sample (``time.perf_counter()``): for the first, before the
-        first shard was opened; for the others, when the previous one was taken. The share is
-        :func:`pipelines.shards.reader.iter_shard`'s: the shard's stream keeps the figures of
-        its open (the GET, its TTFB, the seconds opening took, wherever it was done) and of its
-        reads, and its samples' shares add up to them.
+        """Yield ``(raw sample, its share of the read, image id, read_at)`` of each shard in turn.
 
-        The next shard is opened before the current one is read, so that its first bytes are
-        on their way meanwhile: a filesystem's ``open`` asks the kernel to read the file ahead
-        (:meth:`pipelines.storage.filesystem.FileSystemStorage.open`), an S3 ``open`` sends the GET.
-        When opening a shard took :data:`OPEN_AHEAD_S` or more (an S3 GET waiting for its
-        first bytes, a metadata round trip on a network filesystem), that open is done in a
-        background thread, so its latency is hidden too; a quicker one (a local file) is done
-        in line, since handing work to a thread and back costs more than that. Nothing more
-        is read ahead into this process, so memory stays bounded.
+        The ids come from the manifest, which lists them in tar order. ``read_at`` is when this
+        generator started on the sample (``time.perf_counter()``): for the first, before the first
+        shard was opened; for the others, when the previous one was taken. The share is
+        :func:`pipelines.shards.reader.iter_shard`'s: a shard's shares add up to its stream's
+        figures (its open, wherever it was done, and its reads).
+
+        The next shard is opened before the current one is read, so that its first bytes are on
+        their way; an open that took :data:`OPEN_AHEAD_S` or more (an S3 GET, a network
+        filesystem's round trip) is done in a background thread, a quicker one (a local file) in
+        line, as a thread hand-off costs more. Nothing more is read ahead into this process, so
+        memory stays bounded.
         """
         self.storage.connect()  # its set-up is not reading: keep it out of read_at
         read_at = time.perf_counter()
@@ -258,8 +257,7 @@ class ShardStream(EpochStream):
 
 
 def _open_now(storage: Storage, key: str) -> Future:
-    """:func:`_timed_open` in this thread, as a finished future: its error, if any, is raised
-    when the shard is needed, not before the one being read is done."""
+    """:func:`_timed_open` in this thread, as a finished future (its error raised when taken)."""
     future: Future = Future()
     try:
         future.set_result(_timed_open(storage, key))

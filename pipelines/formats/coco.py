@@ -3,18 +3,9 @@
 Format: the COCO data format (cocodataset.org, "Data format", object detection): one JSON file
 with ``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations`` (``id``,
 ``image_id``, ``category_id``, ``bbox = [x, y, width, height]``, top-left corner and size in
-pixels) and ``categories`` (``id``, ``name``). Roboflow's "COCO JSON" export puts one such file
-beside the images of each split folder (``train/``, ``valid/``, ``test/``) and adds a category
-that only names the supercategory (usually id 0) which no box uses; categories without boxes
-are simply never seen in the records.
-
-Choices:
-    - Records follow the JSON's ``images`` order; each record's boxes follow ``annotations``
-      order. Images without boxes are kept (negatives).
-    - The record id is ``file_name`` without its extension (unique within a split, as the files
-      sit in one folder); the image key is ``<root>/<split>/<file_name>``.
-    - ``iscrowd`` is ignored: crowd boxes are kept as ordinary boxes (Roboflow writes 0).
-    - Every annotation is checked, also those of images beyond ``limit``.
+pixels) and ``categories`` (``id``, ``name``). Roboflow's "COCO JSON" export puts one such
+file beside the images of each split folder (``train/``, ``valid/``, ``test/``) and adds a
+category naming the supercategory (usually id 0) that no box uses, so no record shows it.
 """
 
 from __future__ import annotations
@@ -95,8 +86,7 @@ def parse_coco_json(
 
 
 def _coco_document(data: bytes, source: str) -> dict:
-    """The COCO file's JSON object, with its ``images``, ``annotations`` and ``categories``
-    lists.
+    """The COCO file's JSON object, with its ``images``, ``annotations`` and ``categories`` lists.
 
     Raises:
         DatasetError: not JSON (with line and column), not UTF-8, not an object, or one of the
@@ -171,9 +161,12 @@ def load_coco_split(
 ) -> tuple[list[DetectionRecord], BoxCounts]:
     """Read one split folder of a Roboflow COCO export into records.
 
-    Boxes are converted from COCO ``[x, y, width, height]`` to pixel ``(x1, y1, x2, y2)``,
-    clipped to the image, and dropped (and counted) when nothing is left (see
-    :func:`pipelines.formats.records.sanitize_box`).
+    Records follow the JSON's ``images`` order, images without boxes kept (negatives); each
+    record's boxes follow ``annotations`` order, converted from ``[x, y, width, height]`` to pixel
+    ``(x1, y1, x2, y2)``, clipped to the image and dropped (and counted) when nothing is left
+    (:func:`pipelines.formats.records.sanitize_box`). ``iscrowd`` is ignored: crowd boxes are
+    ordinary boxes (Roboflow writes 0). Every annotation is checked, also those of images beyond
+    ``limit``.
 
     Args:
         storage: holds the export.
@@ -182,8 +175,8 @@ def load_coco_split(
         root: key prefix of the export in the storage (``""``: the storage root).
 
     Returns:
-        ``(records, counts)``; records in ``images`` order, image keys
-        ``<root>/<split>/<file_name>``, ids ``file_name`` without its extension.
+        ``(records, counts)``; image keys ``<root>/<split>/<file_name>``, ids ``file_name``
+        without its extension (unique within a split, as the files share one folder).
 
     Raises:
         DatasetError: the split's annotation file is missing (the message lists the split

@@ -1,16 +1,11 @@
-"""Reader for box annotations in CSV, as the TensorFlow Object Detection API tutorials and
-Roboflow's "Tensorflow Object Detection CSV" export write them: one row per box,
-``filename,width,height,class,xmin,ymin,xmax,ymax`` (a header row naming the columns, in any
-order; extra columns ignored), one file per split. Two layouts, both detected:
+"""Reader for box annotations in CSV: one row per box, one file per split.
 
-    <split>_labels.csv + images/<filename>        (TF OD API, e.g. the raccoon dataset)
-    <split>/_annotations.csv + <split>/<filename> (Roboflow)
-
-Coordinates are pixels, ``xmin < xmax`` and ``ymin < ymax`` within ``width`` x ``height``; boxes
-outside the image are clipped, degenerate ones dropped and counted as for VOC
-(:meth:`pipelines.formats.records.BoxCounts.keep`). The rows of one image need not be
-adjacent; images keep the order of their first row. A malformed row is an error naming the
-file and the line.
+The format of the TensorFlow Object Detection API tutorials and Roboflow's "Tensorflow Object
+Detection CSV" export: ``filename,width,height,class,xmin,ymin,xmax,ymax`` (a header row
+naming the columns, in any order; extra columns ignored), coordinates in pixels (``xmin <
+xmax``, ``ymin < ymax``, within ``width`` x ``height``). Two layouts, both detected:
+``<split>_labels.csv`` + ``images/<filename>`` (TF OD API, e.g. the raccoon dataset) and
+``<split>/_annotations.csv`` + ``<split>/<filename>`` (Roboflow).
 """
 
 from __future__ import annotations
@@ -34,8 +29,7 @@ def layouts(split: str) -> list[tuple[str, str]]:
 
 
 def find_split_file(storage: Storage, split: str, root: str = "") -> tuple[str, str] | None:
-    """The split's annotation file and image folder (storage keys), or None when neither
-    layout has one."""
+    """The split's annotation file and image folder (storage keys), or None if no layout has one."""
     for name, folder in layouts(split):
         if storage.exists(join_key(root, name)):
             return join_key(root, name), join_key(root, folder)
@@ -46,6 +40,10 @@ def load_csv_split(
     storage: Storage, split: str, limit: int | None = None, root: str = ""
 ) -> tuple[list[DetectionRecord], BoxCounts]:
     """Read a split's CSV into records (ids: the file names without their suffix).
+
+    The rows of one image need not be adjacent; images keep the order of their first row. Boxes
+    outside the image are clipped, degenerate ones dropped and counted
+    (:meth:`pipelines.formats.records.BoxCounts.keep`).
 
     Args:
         limit: keep only the first ``limit`` images.
@@ -117,8 +115,9 @@ def _parse_row(row: dict, line: str) -> tuple[str, int, int, str, tuple[float, .
     """``(filename, width, height, class, (xmin, ymin, xmax, ymax))`` of one row.
 
     Raises:
-        DatasetError: an empty or missing field, a size that is not a positive whole number,
-            a coordinate that is not a finite number (``line`` names the place).
+        DatasetError: an empty or missing field, a filename that is absolute or leaves the
+            folder, a size that is not a positive whole number, a coordinate that is not a
+            finite number (``line`` names the place).
     """
     values = {c: (row.get(c) or "").strip() for c in COLUMNS}
     empty = [c for c in COLUMNS if not values[c]]

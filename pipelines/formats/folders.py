@@ -1,8 +1,7 @@
 """Folder-per-class image datasets (classification): ``<root>/<split>/<Class>/<image>``.
 
-The layout of torchvision's ``ImageFolder`` with one folder per split, as the original DSS
-benchmark's flowers dataset used; several roots (directories or S3 prefixes) holding the same
-classes are read as one dataset.
+torchvision's ``ImageFolder`` layout with one folder per split; several roots (directories or
+S3 prefixes) holding the same classes are read as one dataset.
 """
 
 from __future__ import annotations
@@ -18,18 +17,18 @@ def load_folder_split(
 ) -> tuple[list[ClassificationRecord], BoxCounts]:
     """The images of ``<root>/<split>/<Class>/``, the classes taken in turn.
 
-    Order: class folders sorted by name, files sorted by name within each class, then
-    interleaved (first image of each class, second image of each class, ...), so that
-    ``limit`` keeps every class represented, about ``limit / classes`` images each, until the
-    smaller classes run out. Files beside the class folders, deeper than one level, or without
-    a ``.jpg`` / ``.jpeg`` / ``.png`` suffix are not samples and are ignored.
+    Order: class folders and the files in each sorted by name, then interleaved (the first image
+    of each class, then the second...), so that ``limit`` keeps every class represented, about
+    ``limit / classes`` images each, until the smaller classes run out. Files beside the class
+    folders, deeper than one level, or without a ``.jpg`` / ``.jpeg`` / ``.png`` suffix are
+    ignored.
 
     Args:
         limit: keep the first ``limit`` images of that order.
 
     Returns:
-        ``(records, counts)``: ``counts`` is an empty :class:`pipelines.formats.records.BoxCounts`
-        (no boxes in this format; the signature is the one of every reader).
+        ``(records, counts)``, ``counts`` an empty :class:`pipelines.formats.records.BoxCounts`
+        (this format has no boxes).
 
     Raises:
         DatasetError: the split folder is missing or holds no image in a class folder.

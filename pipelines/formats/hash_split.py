@@ -1,11 +1,10 @@
-"""A deterministic split of a dataset that comes without one (a VOC folder without
-``ImageSets/Main``, a CSV or COCO export of one split): each image goes to train, val or test by
-a hash of its id, so the same image lands in the same split on every run, every machine and
-every storage, and adding images never moves the others.
+"""A deterministic split of a dataset that comes without one, by a hash of each image id.
 
-The hash is the first 8 bytes of SHA-256 of the id (UTF-8), read big-endian as a fraction of
-2^64 in [0, 1); the image goes to the first split whose cumulative ratio exceeds it
-(``dataset.split_ratios``, default 0.8 / 0.1 / 0.1).
+For a VOC folder without ``ImageSets/Main`` or a CSV or COCO export of one split: an image
+lands in the same split on every run, machine and storage, and adding images never moves the
+others. The hash is the first 8 bytes of SHA-256 of the id (UTF-8), read big-endian as a
+fraction of 2^64 in [0, 1); the image goes to the first split whose cumulative ratio exceeds
+it (``dataset.split_ratios``, default 0.8 / 0.1 / 0.1).
 """
 
 from __future__ import annotations

@@ -1,27 +1,10 @@
 """Open Images reader, as the OIDv4 toolkit downloads it: ``<split>/<Class>/<id>.jpg`` + labels.
 
-Format: OIDv4_ToolKit (github.com/EscVM/OIDv4_ToolKit, README "Labels"), the layout the original
-DSS tool trained on. Under the toolkit's ``OID/Dataset`` folder (``root`` here), one folder per
-split (``train``, ``validation``, ``test``), one folder per downloaded class in it, holding the
-images ``<id>.jpg`` and ``Label/<id>.txt`` with one box per line::
-
-    <class name> x_min y_min x_max y_max
-
-coordinates in pixels of the image; the class name may contain spaces (``Vehicle registration
-plate``), so the four numbers are read from the right and the rest of the line is the name. The
-image size is not in the labels: it is read from the image header.
-
-Choices:
-    - The toolkit downloads an image once per class folder it belongs to. The same image id in
-      several class folders is one record with the boxes of all its label files merged (folders
-      in sorted order, lines in file order; identical boxes are not de-duplicated); its image
-      key is the jpg in the first folder, sorted by name.
-    - Records are ordered by (first class folder, image id), whatever the back end's listing
-      order; ``limit`` keeps the first N of them, and only their labels and headers are read.
-    - A label file without its image (an interrupted copy) is skipped with a warning: there is
-      nothing to train on. An image without its label file, or a class folder without
-      ``Label/``, is a :class:`DatasetError`: the toolkit always writes both.
-    - Label files with no lines give records without boxes.
+Format: OIDv4_ToolKit (github.com/EscVM/OIDv4_ToolKit, README "Labels"). Under the toolkit's
+``OID/Dataset`` folder (``root`` here), one folder per split (``train``, ``validation``,
+``test``), one per downloaded class in it, holding the images ``<id>.jpg`` and
+``Label/<id>.txt`` with one box per line, ``<class name> x_min y_min x_max y_max`` in pixels
+of the image. The image size is not in the labels: it is read from the image header.
 """
 
 from __future__ import annotations
@@ -57,7 +40,8 @@ def parse_oid_label(
 
     Returns:
         ``(line number, class name, (x_min, y_min, x_max, y_max))`` per non-blank line, pixels,
-        not yet clipped to the image.
+        not yet clipped to the image. The four numbers are read from the right: the rest of the
+        line is the class name, which may contain spaces (``Vehicle registration plate``).
 
     Raises:
         DatasetError: not UTF-8, or a line that is not a name followed by four finite numbers
@@ -119,13 +103,20 @@ def load_oid_split(
 ) -> tuple[list[DetectionRecord], BoxCounts]:
     """Read one split of an OIDv4 toolkit download into records.
 
-    Boxes are clipped to the image and dropped (and counted) when nothing is left (see
-    :func:`pipelines.formats.records.sanitize_box`).
+    The toolkit downloads an image once per class folder it belongs to: the same image id in
+    several class folders is one record with the boxes of all its label files merged (folders in
+    sorted order, lines in file order; identical boxes are not de-duplicated), its image key the
+    jpg in the first folder. Records are ordered by (first class folder, image id), whatever the
+    listing order; only the labels and headers of the first ``limit`` are read. Boxes are clipped
+    to the image and dropped (and counted) when nothing is left
+    (:func:`pipelines.formats.records.sanitize_box`). A label file without its image (an
+    interrupted copy) is skipped with a warning; label files with no lines give records without
+    boxes.
 
     Args:
         storage: holds the download.
         split: the split folder (toolkit: ``train``, ``validation``, ``test``).
-        limit: keep only the first ``limit`` images (order: see the module docstring).
+        limit: keep only the first ``limit`` images of that order.
         root: key prefix of the toolkit's ``Dataset`` folder (``""``: the storage root).
 
     Returns:
@@ -135,7 +126,8 @@ def load_oid_split(
     Raises:
         DatasetError: the split folder is missing or empty (the message lists the folders
             found), a class folder has images but no ``Label/`` folder, an image has no label
-            file, a label line does not parse (``path:line``), or an image is unreadable.
+            file (the toolkit always writes both), a label line does not parse (``path:line``),
+            or an image is unreadable.
     """
     base = join_key(root, split)
     keys = list(relative_keys(storage, base))
@@ -184,8 +176,7 @@ def _warn_orphan_labels(
     folders_of: dict[str, list[str]],
     labels: set[tuple[str, str]],
 ) -> None:
-    """Log one warning for the label files whose image is not in their class folder (they are
-    skipped)."""
+    """Log one warning for the label files whose image is not in their class folder (skipped)."""
     orphans = sorted(
         f"{split}/{folder}/{LABEL_DIR}/{image_id}{LABEL_SUFFIX}"
         for folder, image_id in labels
@@ -225,9 +216,10 @@ def _read_record(
     labels: set[tuple[str, str]],
     counts: BoxCounts,
 ) -> DetectionRecord:
-    """The record of one image: its size from its header in the first of its class ``folders``
-    (sorted), and the boxes of its label files in all of them, clipped (``counts`` counts what
-    is dropped).
+    """Read the record of one image from its class ``folders`` (sorted).
+
+    Its size comes from its header in the first folder, its boxes from its label files in all of
+    them, clipped (``counts`` counts what is dropped).
 
     Raises:
         DatasetError: a label file is missing or does not parse, or the image is unreadable.

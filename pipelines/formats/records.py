@@ -88,8 +88,9 @@ Record = DetectionRecord | ClassificationRecord
 
 
 def record_from_json(data: dict, image_key: str) -> Record:
-    """Read a shard annotation back: a :class:`ClassificationRecord` when it has a ``label``,
-    else a :class:`DetectionRecord`.
+    """Read a shard annotation back into a record.
+
+    A :class:`ClassificationRecord` when it has a ``label``, else a :class:`DetectionRecord`.
 
     Raises:
         KeyError, ValueError, TypeError: the annotation is not one this tool writes.

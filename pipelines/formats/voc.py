@@ -60,7 +60,8 @@ def parse_voc_xml(data: bytes, source: str) -> tuple[int, int, list, list[str], 
         and dropped (zero or negative width/height, or wholly outside the image).
 
     Raises:
-        DatasetError: not XML (with line and column), no ``<size>``, or a box with a missing or
+        DatasetError: not XML (with line and column), no ``<size>`` or a size that is not
+            positive, an ``<object>`` without ``<name>``, or a box with a missing or
             non-numeric coordinate (with the object's index).
     """
     try:
@@ -120,8 +121,7 @@ def load_voc_split(
 
 
 def annotated_ids(storage: Storage, root: str = "") -> list[str]:
-    """Ids of every ``Annotations/<id>.xml``, sorted: a VOC tree without split files read
-    whole (for a hash split); empty when there is none."""
+    """Ids of all ``Annotations/<id>.xml``, sorted (maybe none), for a tree without split files."""
     keys = relative_keys(storage, join_key(root, "Annotations"))
     return sorted(k[: -len(".xml")] for k in keys if k.endswith(".xml") and "/" not in k)
 

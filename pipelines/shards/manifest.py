@@ -1,17 +1,12 @@
 """WebDataset tar shards: the layout, and the manifest that describes a complete set.
 
-Shard layout (the WebDataset convention, https://github.com/webdataset/webdataset): a POSIX tar
-whose members are grouped into samples by basename. Each sample here is
-``<n>.jpg`` (or ``.png``; the original image bytes, unchanged) and ``<n>.json`` (the annotation:
-:meth:`to_json` of a :mod:`pipelines.formats.records` record), where ``<n>`` is the sample's
-zero-padded position in the split. A ``manifest.json`` beside the shards is written last, so a
-manifest means a complete set. It lists each shard with its size in bytes, its CRC-32 (computed
-while the shard was written), its sample count, its image ids and, per sample, what it was built
-from (:class:`SourceStamp`: the image's size, storage version and MD5, and a digest of the
-annotation), so that shards can be checked against the data they came from
-(:func:`changed_sources`) and against damage (:func:`iter_shard` verifies size and CRC-32 from
-the bytes it streamed). Shard names in the manifest are relative to it, so a shard folder can
-be copied or uploaded under another prefix and still be read.
+Layout (the WebDataset convention, https://github.com/webdataset/webdataset): a POSIX tar whose
+members are grouped into samples by basename; each sample here is ``<n>.jpg`` (or ``.png``; the
+original image bytes, unchanged) and ``<n>.json`` (the annotation: :meth:`to_json` of a
+:mod:`pipelines.formats.records` record), ``<n>`` its zero-padded position in the split. A
+``manifest.json`` beside the shards, written last (so a manifest means a complete set), lists
+each :class:`ShardInfo` and each sample's :class:`SourceStamp`; its shard names are relative
+to it, so a shard folder can be copied or uploaded under another prefix and still be read.
 """
 
 from __future__ import annotations
@@ -194,14 +189,12 @@ class SourceCheck:
 def changed_sources(storage: Storage, records: list[Record], manifest: Manifest) -> SourceCheck:
     """What changed in the data since the shards of ``manifest`` were written from it.
 
-    For each record (matched by image id): the annotation it would be written with now against
-    the recorded digest, and its image's size and version (:meth:`Storage.versions`: one stat
-    per file on a filesystem, listings of the image folders on S3) against the recorded ones.
-    An image whose size is the same but whose version is not is compared by content: an S3
-    ETag that is the recorded MD5 (a single-part upload of the same bytes, e.g. shards written
-    on a filesystem and uploaded with the images) settles it without a read; otherwise the
-    image is read and hashed (after a copy that did not keep modification times, once: the
-    caller records the new versions).
+    Each record (matched by image id) is checked: the annotation it would be written with now
+    against the recorded digest, its image's size and version (:meth:`Storage.versions`: one
+    stat per file on a filesystem, listings of the image folders on S3) against the recorded
+    ones. An image of the same size but another version is compared by content: an S3 ETag that
+    is the recorded MD5 (a single-part upload of the same bytes) settles it without a read;
+    otherwise the image is read and hashed (once: the caller records the new versions).
 
     Raises:
         pipelines.storage.base.StorageError: the storage cannot be listed or an image read.
@@ -235,8 +228,9 @@ def changed_sources(storage: Storage, records: list[Record], manifest: Manifest)
 
 
 def record_versions(storage: Storage, prefix: str, manifest: Manifest, versions: dict) -> None:
-    """Write the manifest again with the images' new ``versions`` (image id → version), so
-    that the next check does not read them again (see :class:`SourceCheck`).
+    """Write the manifest again with the images' new ``versions`` (image id → version).
+
+    The next check then does not read them again (see :class:`SourceCheck`).
 
     Raises:
         pipelines.storage.base.StorageError: the manifest cannot be written (read-only storage).

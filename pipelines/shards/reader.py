@@ -1,6 +1,4 @@
-"""Read one WebDataset tar shard back front to back, checking it against its manifest
-(:mod:`pipelines.shards.manifest`).
-"""
+"""Read one WebDataset tar shard back front to back, checked against its manifest."""
 
 from __future__ import annotations
 
@@ -22,13 +20,11 @@ def iter_shard(
 ) -> Iterator[tuple[dict, CallStats]]:
     """Stream one shard front to back and yield its samples, each with its share of the read.
 
-    The tar is parsed by :func:`pipelines.shards.tar_stream.iter_members` from 1 MiB reads, and its
-    members grouped into samples by key as WebDataset does. Memory is bounded by one read plus
-    one tar member (one image): the shard is never held whole. Bytes are counted at the storage
-    stream, tar headers and padding included, so the ``nbytes`` of all samples of a shard add
-    up to the bytes actually read from storage. When the manifest gives the shard's size and
-    CRC-32, both are checked against the bytes streamed (no second read) before the last
-    sample is yielded: a shard damaged or replaced after it was written is an error.
+    The tar is parsed by :func:`pipelines.shards.tar_stream.iter_members` from 1 MiB reads and
+    its members grouped into samples by key as WebDataset does; memory is bounded by one read
+    plus one tar member (one image), never the whole shard. When the manifest gives the shard's
+    size and CRC-32, both are checked against the bytes streamed (no second read) before the
+    last sample is yielded.
 
     Args:
         stream: the shard already opened with ``storage.open`` (by a read-ahead), or None to
@@ -38,17 +34,18 @@ def iter_shard(
     Yields:
         ``(sample, share)``: ``sample`` maps ``"__key__"``, ``"__url__"`` (the shard), an
         image extension and ``"json"`` to bytes; ``share`` (a :class:`CallStats`) holds the
-        bytes of the sample's tar members (headers, data, padding), its share of the stream's
-        seconds at the stream's rate so far, and the requests the stream sent since the
-        previous sample (the first sample: the shard's GET); the last sample also carries the
-        tar's end blocks and whatever remains, so a shard's shares add up to the stream's
-        figures exactly, however large the reads.
+        bytes of the sample's tar members (headers, data, padding, counted at the storage
+        stream), its share of the stream's seconds at the stream's rate so far, and the
+        requests the stream sent since the previous sample (the first sample: the shard's GET).
+        The last sample also carries the tar's end blocks and whatever remains, so a shard's
+        shares add up to the stream's figures exactly, however large the reads.
 
     Raises:
         ShardError: the tar is truncated or corrupt (the message names the member), a
             sample lacks its image or annotation or holds a member twice, the shard holds
             fewer samples than its manifest says, or its size or CRC-32 differ from the
-            manifest's. Every message names the shard and the folder to delete.
+            manifest's (damaged or replaced after it was written). Every message names the
+            shard and the folder to delete.
         pipelines.storage.base.StorageError: the shard cannot be opened.
     """
     where = storage.describe(shard.key)
@@ -106,15 +103,18 @@ def iter_shard(
 def _group_by_key(
     members: Iterator[tuple[str, bytes, int]], url: str
 ) -> Iterator[tuple[dict, int]]:
-    """Group consecutive members sharing a key into samples, the WebDataset convention: the key
-    is the name up to the first ``.`` of its last path component, the rest the field name
-    (``000000007.jpg`` → key ``000000007``, field ``jpg``). Yields ``(sample, end)``, ``end``
-    the stream offset just past the sample's last member.
+    """Group consecutive members sharing a key into samples, as WebDataset does.
+
+    The key is the name up to the first ``.`` of its last path component, the rest the field
+    name (``000000007.jpg`` → key ``000000007``, field ``jpg``); a member without a field is
+    skipped.
+
+    Yields:
+        ``(sample, end)``, ``end`` the stream offset just past the sample's last member.
 
     Raises:
-        pipelines.shards.tar_stream.TarFormatError: a sample holds two members with the same name
-            (WebDataset's ``group_by_keys`` refuses them too: the second would silently
-            replace the first).
+        pipelines.shards.tar_stream.TarFormatError: a sample holds two members with the same
+            name (the second would silently replace the first; WebDataset refuses them too).
     """
     sample: dict = {}
     last_end = 0

@@ -1,12 +1,9 @@
 """Read the members of a tar stream front to back, parsing the headers from large buffered reads.
 
-This is the hot loop of the sequential shard pattern. Python's ``tarfile`` (which WebDataset's
-``tar_file_iterator`` uses) builds a ``TarInfo`` object and makes several small reads per member;
-on the BCCD shards (23 kB per sample) that caps a reader at ~9,000-12,000 samples/s on this
-project's 2-core machine. Here the stream is read in ``chunk_size`` pieces and each 512-byte
-header is parsed in place, in one loop: ~65,000 samples/s on the same shards, 7.4x in the same
-run (``python -m scripts.bench_shards`` measures both readers and a raw read). Memory stays
-bounded by one chunk plus the largest member.
+The hot loop of sequential shard reading: Python's ``tarfile`` (WebDataset's
+``tar_file_iterator``) makes a ``TarInfo`` and several small reads per member, several times
+slower (``python -m scripts.bench_shards`` measures both); here headers are parsed in place
+from ``chunk_size`` reads, memory bounded by one chunk plus the largest member.
 
 Format (POSIX.1-1988 "ustar", as extended by POSIX.1-2001 "pax"; the GNU tar manual, "Basic
 Tar Format"): a 512-byte header per member, whose fields are ``name`` (bytes 0-99),
@@ -39,8 +36,7 @@ MAX_READ = 64 * 2**20
 
 
 class TarFormatError(Exception):
-    """The stream is not a well-formed tar: bad header checksum, bad number or pax record, or
-    truncated.
+    """The stream is not a well-formed tar (bad checksum, number or pax record, or truncated).
 
     Attributes:
         reason: what is wrong, without the place.
@@ -76,9 +72,8 @@ def _straddle(
     """The ``n`` bytes from ``buffer[pos:]`` on, when they run past the buffer's end.
 
     Reads ``chunk_size`` (or, for a larger piece, the missing bytes, at most :data:`MAX_READ`)
-    at a time and assembles
-    the piece from views of the reads, so each byte is copied once into it, never the rest of
-    a read.
+    at a time and assembles the piece from views of the reads, so each byte is copied once into
+    it, never the rest of a read.
 
     Returns:
         ``(piece, buffer, pos)``: the piece, the last read and the position in it just past
@@ -103,17 +98,14 @@ def _straddle(
 def iter_members(
     stream: BinaryIO, chunk_size: int = 1 << 20, *, limit: int | None = None
 ) -> Iterator[tuple[str, bytes, int]]:
-    """Yield ``(name, data, end)`` for every regular file in the tar ``stream``, in archive
-    order; ``end`` is the offset in bytes just past the member's data and padding.
+    """Yield ``(name, data, end)`` for every regular file in the tar ``stream``, in archive order.
 
-    Reading stops at the first zero block (the end-of-archive marker); what follows it (the
-    second zero block, record padding) is left in the stream for the caller, except what the
-    last ``chunk_size`` read took with it.
-
-    This is the hot loop of sequential access, so the buffering is written out here and each
-    header costs two small calls (:func:`_checked_header`, :func:`_member_size`): headers
-    spelled as Python's ``tarfile`` and GNU tar write them (a 6-digit octal checksum, an
-    11-digit octal size) are parsed inline there; any other spelling takes the general parse.
+    ``end`` is the offset in bytes just past the member's data and padding. Reading stops at the
+    first zero block (the end-of-archive marker); what follows it (the second zero block, record
+    padding) is left in the stream, except what the last ``chunk_size`` read took with it. Each
+    header costs two small calls (:func:`_checked_header`, :func:`_member_size`) that parse
+    headers spelled as ``tarfile`` and GNU tar write them (a 6-digit octal checksum, an 11-digit
+    octal size) inline; any other spelling takes the general parse.
 
     Args:
         stream: a binary stream positioned at the start of the archive; only ``read`` is used.
@@ -178,11 +170,10 @@ def iter_members(
 
 
 def _checked_header(header: bytes) -> bool:
-    """Check a 512-byte header block's checksum: True for a member's header, False for the
-    end-of-archive marker (a zero block).
+    """Check a 512-byte header block's checksum: True for a member's header, False for a zero block.
 
-    The checksum spelled ``"%06o\\0 "``, as tarfile and GNU tar write it, is read inline; any
-    other spelling through :func:`_stored_checksum`.
+    A zero block is the end-of-archive marker. The checksum spelled ``"%06o\\0 "``, as tarfile
+    and GNU tar write it, is read inline; any other spelling through :func:`_stored_checksum`.
 
     Raises:
         TarFormatError: the checksum is wrong (a corrupt or non-tar file).
@@ -201,8 +192,7 @@ def _checked_header(header: bytes) -> bool:
 
 
 def _member_size(header: bytes, override: dict[str, str], consumed: int, limit: int | None) -> int:
-    """The size in bytes of a checked header's member: a pax ``size`` record in ``override``
-    wins over the header's ``size`` field.
+    """The size in bytes of a checked header's member; a pax ``size`` in ``override`` wins.
 
     Args:
         header: the member's 512-byte header block.
@@ -240,8 +230,10 @@ def _name(header: bytes) -> str:
 
 
 def _number(field: bytes) -> int:
-    """A numeric header field: octal text, or base-256 when byte 0 is ``0x80`` (positive) or
-    ``0xff`` (negative, two's complement), as GNU tar writes them (``tarfile.nti``)."""
+    """A numeric header field: octal text, or base-256 as GNU tar writes it (``tarfile.nti``).
+
+    Base-256 when byte 0 is ``0x80`` (positive) or ``0xff`` (negative, two's complement).
+    """
     if field[0] & 0x80:
         if field[0] not in (0x80, 0xFF):
             raise TarFormatError(f"invalid base-256 number field {field!r} in a tar header")
@@ -255,7 +247,7 @@ def _number(field: bytes) -> int:
 
 
 def _byte_sum(block: bytes) -> int:
-    """``sum(block)`` for a 512-byte block, exactly, in ~0.6 us instead of ~3 us.
+    """``sum(block)`` for a 512-byte block, exactly, faster than ``sum``.
 
     Adler-32 (RFC 1950, section 8.2) starts its first sum at 1 and adds every byte modulo
     65521. A 256-byte half of the block sums to at most ``256 * 255 = 65280 < 65521``, so the
@@ -265,8 +257,7 @@ def _byte_sum(block: bytes) -> int:
 
 
 def _stored_checksum(header: bytes) -> int:
-    """The header's ``chksum`` field in any spelling :func:`_number` reads; -1 when it is not
-    a number (not a header)."""
+    """The header's ``chksum`` field in any spelling :func:`_number` reads; -1 if not a number."""
     try:
         return _number(header[148:156])
     except TarFormatError:

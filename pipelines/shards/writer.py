@@ -1,6 +1,4 @@
-"""Write a split into WebDataset tar shards, or reuse the shards already written for it
-(:mod:`pipelines.shards.manifest` describes the layout).
-"""
+"""Write a split into WebDataset tar shards, or reuse the shards already written for it."""
 
 from __future__ import annotations
 
@@ -45,15 +43,14 @@ def write_shards(
 ) -> list[ShardInfo]:
     """Write ``records`` (in order) into tar shards of about ``target_bytes`` each.
 
-    Each shard is written to a local temporary file (its CRC-32 computed as it is written) and
-    handed to ``storage.put_file`` only when complete, so a reader never sees a partial shard;
-    the manifest, with each sample's :class:`SourceStamp`, is written last. When writing fails
-    (a full disk, an unreadable image, an interruption) the shards already written are
-    removed again, so that a failed run leaves no half set behind. The images'
-    versions are taken before they are read, so an image replaced meanwhile shows as changed
-    on the next check, never the other way round. A shard closes before the sample that would
-    take it past ``target_bytes``; a sample larger than the target gets a shard of its own.
-    The output is deterministic: same records, same bytes.
+    A shard closes before the sample that would take it past ``target_bytes``; a sample larger
+    than the target gets a shard of its own. Each shard is written to a local temporary file (its
+    CRC-32 computed as it is written) and handed to ``storage.put_file`` only when complete, so a
+    reader never sees a partial shard; the manifest, with each sample's :class:`SourceStamp`, is
+    written last. When writing fails or is interrupted, the shards already written are removed
+    again. The images' versions are taken before they are read, so an image replaced meanwhile
+    shows as changed on the next check, never the other way round. The output is deterministic:
+    same records, same bytes.
 
     Args:
         storage: reads the images and receives the shards.
@@ -117,8 +114,7 @@ def write_shards(
 def _put_shard(
     storage: Storage, prefix: str, index: int, tmp_file: _ChecksumFile, ids: list[str]
 ) -> ShardInfo:
-    """Hand a complete local shard file to ``storage`` as shard number ``index`` under
-    ``prefix``; its :class:`ShardInfo` (size, samples, ids, CRC-32)."""
+    """Put a finished local shard under ``prefix`` as shard ``index``; its :class:`ShardInfo`."""
     key = f"{prefix}/{os.path.basename(prefix)}-{index:06d}.tar"
     info = ShardInfo(
         key=key,
@@ -132,8 +128,7 @@ def _put_shard(
 
 
 def _tar_sample(position: int, record: Record, image: bytes, annotation: bytes) -> dict:
-    """The WebDataset sample of a record: key ``position`` (9 digits), its image under its
-    extension and its annotation as ``json``."""
+    """A record's WebDataset sample: key ``position`` (9 digits), image by extension, ``json``."""
     return {
         "__key__": f"{position:09d}",
         _extension(record.image_key): image,
@@ -142,8 +137,7 @@ def _tar_sample(position: int, record: Record, image: bytes, annotation: bytes) 
 
 
 def _source_stamp(image: bytes, version: str, annotation: bytes) -> SourceStamp:
-    """What a sample was written from: the image's size, version and MD5, and the annotation's
-    SHA-256 (the manifest keeps it to find changed data)."""
+    """What a sample was written from: image size, version, MD5, and the annotation's SHA-256."""
     return SourceStamp(
         image_bytes=len(image),
         image_version=version,
@@ -155,8 +149,7 @@ def _source_stamp(image: bytes, version: str, annotation: bytes) -> SourceStamp:
 def _discard_local_shards(
     writer: TarWriter | None, tmp_file: _ChecksumFile | None, tmpdir: str
 ) -> None:
-    """Close the shard being written, if any, and delete the local temporary folder with its
-    shard files."""
+    """Close the shard being written, if any; delete the local temporary folder and its files."""
     if writer is not None:
         with contextlib.suppress(Exception):  # closed already, or the error is raised
             writer.close()
@@ -168,8 +161,7 @@ def _discard_local_shards(
 
 
 def _remove(storage: Storage, keys: list[str]) -> None:
-    """Delete ``keys`` from ``storage`` as far as it goes (a failure is logged: the error that
-    led here is the one to raise)."""
+    """Delete ``keys`` as far as it goes; failures are logged (the caller's error is raised)."""
     for key in keys:
         try:
             storage.delete(key)
@@ -207,8 +199,10 @@ def _tar_entry_bytes(size: int) -> int:
 
 
 def _tar_file_bytes(content: int) -> int:
-    """Size of a tar file whose headers, data and end blocks take ``content`` bytes: tarfile pads
-    the file to a whole number of 10240-byte records (``tarfile.RECORDSIZE``)."""
+    """Size of a tar file whose headers, data and end blocks take ``content`` bytes.
+
+    tarfile pads the file to a whole number of 10240-byte records (``tarfile.RECORDSIZE``).
+    """
     return (content + tarfile.RECORDSIZE - 1) // tarfile.RECORDSIZE * tarfile.RECORDSIZE
 
 
@@ -226,25 +220,22 @@ def ensure_shards(
     target_bytes: int,
     on_shard: Callable[[ShardInfo], None] | None = None,
 ) -> tuple[list[ShardInfo], bool]:
-    """Return the shards of ``records`` under ``prefix``, writing them first when missing or
-    when an image or annotation changed since they were written (a split with other image ids
-    is refused, as below).
+    """Return the shards of ``records`` under ``prefix``, writing them first if missing or stale.
 
-    Shards found are checked against the split (the same image ids) and against the data
-    (:func:`pipelines.shards.manifest.changed_sources`: each annotation's digest, each image's size
-    and version). When data changed, the shards are written again: the manifest is deleted
-    first (so a run stopped meanwhile finds no manifest and writes them again), then the
-    shards, the manifest last; shard files the new manifest no longer lists are removed.
-    Images with new versions but the same bytes keep the shards; their new versions are
-    recorded in the manifest when it can be written (else a warning: they are hashed again
-    next time).
+    Shards found are checked against the split (the same image ids) and the data
+    (:func:`pipelines.shards.manifest.changed_sources`). When data changed they are written
+    again: the manifest is deleted first (so a run stopped meanwhile writes them again), then
+    the shards, the manifest last; shard files the new manifest no longer lists are removed.
+    Images with new versions but the same bytes keep the shards, their new versions recorded in
+    the manifest when it can be written (else a warning: they are hashed again next time).
+    Shards written for another ``target_bytes`` are reused, with a warning.
 
     Returns:
         ``(shards, written)``: ``written`` is True when they were written by this call.
 
     Raises:
         ShardError: shards exist under ``prefix`` but hold another set of images (the dataset or
-            the split changed): the message says which folder to delete; or the data changed
+            the split changed; the message says which folder to delete), or the data changed
             and the shards cannot be written again there (read-only storage).
     """
     found = read_manifest(storage, prefix)
@@ -302,9 +293,10 @@ def _rewrite_shards(
     target_bytes: int,
     on_shard: Callable[[ShardInfo], None] | None,
 ) -> list[ShardInfo]:
-    """Write the shards of ``records`` again over ``found``, whose data ``changed`` (one line
-    per sample): the manifest is deleted first, then the shards are written, then the shard
-    files the new manifest no longer lists are deleted.
+    """Write the shards of ``records`` again over ``found``, whose data ``changed`` (a line each).
+
+    The manifest is deleted first, then the shards are written, then the shard files the new
+    manifest no longer lists are deleted.
 
     Raises:
         ShardError: the storage refused a delete or a write (read-only storage).
@@ -337,8 +329,10 @@ def _rewrite_shards(
 def _record_new_versions(
     storage: Storage, prefix: str, found: Manifest, new_versions: dict[str, str]
 ) -> None:
-    """Record the new versions of images whose bytes did not change in the manifest under
-    ``prefix``; a warning, not an error, when the storage refuses the write."""
+    """Record in the manifest the new versions of images whose bytes did not change.
+
+    A warning, not an error, when the storage refuses the write.
+    """
     try:
         record_versions(storage, prefix, found, new_versions)
         log.info(

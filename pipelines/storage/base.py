@@ -34,14 +34,17 @@ class ObjectNotFound(StorageError):
 
 
 class PrefixNotFound(ObjectNotFound):
-    """Nothing is stored under a prefix (a missing directory, an S3 prefix without objects);
-    a listing that fails or is refused is a plain :class:`StorageError`, never this."""
+    """Nothing is stored under a prefix (a missing directory, an S3 prefix without objects).
+
+    A listing that fails or is refused raises a plain :class:`StorageError`, never this.
+    """
 
 
 @dataclass(frozen=True)
 class CallStats:
-    """The figures of one storage call, made by the call itself: a whole-object read, a ranged
-    read, or a stream (so far). Immutable; callers sum them, nothing is ever reset.
+    """Immutable figures of one storage call: a whole or ranged read, or a stream so far.
+
+    Made by the call itself; callers sum them, nothing is ever reset.
 
     Attributes:
         nbytes: bytes the call returned.
@@ -75,8 +78,7 @@ class CallStats:
         )
 
     def since(self, before: CallStats) -> CallStats:
-        """What this call did after ``before``, an earlier figure of the same stream (its
-        counts minus ``before``'s, the TTFBs after ``before``'s)."""
+        """This figure minus ``before``, an earlier one of this stream (TTFBs: those after its)."""
         errors = Counter(dict(self.errors))
         errors.subtract(dict(before.errors))
         return CallStats(
@@ -125,9 +127,10 @@ class RequestStats:
 
 
 class MeteredStream:
-    """A storage's stream of one object that keeps its own figures (:meth:`stats`): the
-    requests of its open (``opened``) and any it sends while reading (:meth:`count_request`:
-    a windowed S3 stream), and the bytes and seconds of its reads.
+    """A storage's stream of one object that keeps its own figures (:meth:`stats`).
+
+    They are the requests of its open (``opened``) and any it sends while reading
+    (:meth:`count_request`: a windowed S3 stream), and the bytes and seconds of its reads.
 
     Args:
         raw: the binary stream (``read``, ``close``).
@@ -148,8 +151,7 @@ class MeteredStream:
         self._ttfb.append(ttfb_s)
 
     def add_open_seconds(self, seconds: float) -> None:
-        """Count ``seconds`` spent opening the stream (its first request, when the stream
-        sent it itself)."""
+        """Count ``seconds`` spent opening (when the stream sent its first request itself)."""
         self._read_s += seconds
 
     def read(self, n: int = -1) -> bytes:
@@ -196,9 +198,12 @@ class Storage(Protocol):
     """
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        """Yield every key under ``prefix`` in lexicographic order. A prefix with nothing
-        under it raises :class:`PrefixNotFound` (or yields nothing); a listing that fails,
-        also part-way, raises :class:`StorageError` naming the prefix and the cause."""
+        """Yield every key under ``prefix`` in lexicographic order.
+
+        Raises:
+            PrefixNotFound: nothing is under the prefix (or the implementation yields nothing).
+            StorageError: the listing fails, also part-way (the message names the prefix and cause).
+        """
         ...
 
     def size(self, key: str) -> int:
@@ -210,13 +215,11 @@ class Storage(Protocol):
         ...
 
     def fetch(self, key: str) -> tuple[bytes, CallStats]:
-        """Read a whole object with the figures of that read (:class:`CallStats`). Raises
-        :class:`StorageError` when missing or unreadable."""
+        """Read a whole object with that read's :class:`CallStats`; errors as :meth:`read`."""
         ...
 
     def open(self, key: str) -> MeteredStream:
-        """Open an object for streaming, front to back, with bounded memory; the stream's
-        ``stats()`` gives its figures so far."""
+        """Open an object to stream front to back in bounded memory (figures: its ``stats()``)."""
         ...
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
@@ -232,10 +235,14 @@ class Storage(Protocol):
         ...
 
     def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
-        """``{key: (size in bytes, version)}`` for those of ``keys`` that exist; the version is
-        a token that changes when the object is rewritten (filesystem: modification time in
-        ns; S3: the ETag). Missing keys are left out. Raises :class:`StorageError` when the
-        storage cannot be read."""
+        """``{key: (size in bytes, version)}`` for those of ``keys`` that exist (others left out).
+
+        The version is a token that changes when the object is rewritten (filesystem: modification
+        time in ns; S3: the ETag).
+
+        Raises:
+            StorageError: the storage cannot be read.
+        """
         ...
 
     def write(self, key: str, data: bytes) -> None:
@@ -255,19 +262,20 @@ class Storage(Protocol):
         ...
 
     def connect(self) -> None:
-        """Set up this process's client now (S3: create it; no request is sent), so that the
-        timing of the first read measures the request, not the set-up. Reads connect anyway."""
+        """Set up this process's client now (S3: create it; no request is sent).
+
+        The first read's timing then measures the request, not the set-up; reads connect anyway.
+        """
         ...
 
 
 def relative_keys(storage: Storage, prefix: str) -> Iterator[str]:
-    """The keys under ``prefix``, relative to it (``a/b.jpg`` for ``<prefix>/a/b.jpg``), in
-    listing order, fetched as the caller iterates.
+    """Yield the keys under ``prefix`` relative to it (``a/b.jpg`` for ``<prefix>/a/b.jpg``).
 
-    A prefix with nothing under it (a missing folder, an S3 prefix without objects) yields
-    nothing: the dataset readers and format detection then report what they did not find.
-    A listing that fails or is refused, also after some keys (a later page failing after the
-    retries), raises: a dataset read from part of a listing would be silently smaller.
+    Keys come in listing order, fetched as the caller iterates. A prefix with nothing under it
+    (a missing folder, an S3 prefix without objects) yields nothing, so that the dataset readers
+    report what they did not find; a listing that fails, also after some keys, raises, since a
+    dataset read from part of a listing would be silently smaller.
 
     Raises:
         pipelines.storage.base.StorageError: the listing failed (the message names the storage,
@@ -286,9 +294,8 @@ class CountingReader:
     """Wrap a binary stream and count the bytes read through it, and their CRC-32.
 
     ``nbytes`` only grows; callers take differences to attribute reads to samples. With
-    ``checksum``, ``crc32`` is ``zlib.crc32`` of every byte read so far (~0.4 ms of CPU per
-    MB here), so a whole stream can be checked against a recorded checksum without a second
-    read; without, it stays None.
+    ``checksum``, ``crc32`` is ``zlib.crc32`` of every byte read so far, so a whole stream can be
+    checked against a recorded checksum without a second read; without, it stays None.
     """
 
     def __init__(self, stream: BinaryIO, *, checksum: bool = False):

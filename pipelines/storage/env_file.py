@@ -1,7 +1,7 @@
-"""Credentials files in shell syntax (``export AWS_ACCESS_KEY_ID=...``), as the local S3 server
-of ``make s3-up`` writes them (``.s3/env``, mode 0600) and the S3 clients read them.
+"""Credentials files in shell syntax (``export AWS_ACCESS_KEY_ID=...``).
 
-Sourcing the file (``set -a; . .s3/env; set +a``) gives a shell the same keys.
+The local S3 server of ``make s3-up`` writes them (``.s3/env``, mode 0600) and the S3 clients
+read them; sourcing one (``set -a; . .s3/env; set +a``) gives a shell the same keys.
 """
 
 from __future__ import annotations

@@ -38,8 +38,10 @@ class FileSystemStorage:
         return f"FileSystemStorage({str(self.root)!r})"
 
     def _error(self, exc: OSError, what: str, key: str, error=StorageError) -> StorageError:
-        """A :class:`StorageError` (or ``error``) for ``exc`` naming the file, carrying one
-        failed request of the error's kind in its ``stats``."""
+        """The ``error`` (a :class:`StorageError`) for ``exc``, naming the file.
+
+        Its ``stats`` hold one failed request of the error's kind.
+        """
         failed = error(f"cannot {what} {self._path(key)}: {exc.strerror}")
         failed.stats = CallStats(requests=1, errors=((type(exc).__name__, 1),))
         return failed
@@ -80,8 +82,7 @@ class FileSystemStorage:
         return self.fetch(key)[0]
 
     def fetch(self, key: str) -> tuple[bytes, CallStats]:
-        """Read the whole file (one ``open``, its time the TTFB, and one ``read``), with the
-        figures of that read.
+        """Read the whole file (one ``open``, the TTFB, and one ``read``), with that read's figures.
 
         Raises:
             ObjectNotFound: no such file.
@@ -97,15 +98,13 @@ class FileSystemStorage:
         return data, CallStats(len(data), time.perf_counter() - start, 1, 0, (ttfb,))
 
     def open(self, key: str) -> MeteredStream:
-        """Open the file for a front-to-back read (one request), and ask the kernel to read its
-        first :data:`READ_AHEAD_BYTES` into the page cache now.
+        """Open the file for a front-to-back read (one request), asking the kernel to read ahead.
 
-        The hint is ``posix_fadvise(POSIX_FADV_WILLNEED)``: the kernel starts the device reads
-        and returns without waiting for them, so a shard opened while the previous one is
-        still being parsed (:mod:`pipelines.access.shard_stream`) arrives meanwhile, instead of the
-        first ``read`` waiting for the device. Past those bytes the kernel's own sequential
-        read-ahead goes on. Skipped where ``posix_fadvise`` does not exist (macOS, Windows) or
-        the file refuses advice; it only ever changes when bytes are read, never which.
+        The hint is ``posix_fadvise(POSIX_FADV_WILLNEED)`` on its first :data:`READ_AHEAD_BYTES`:
+        the kernel starts the device reads without waiting, so a shard opened while the previous one
+        is parsed (:mod:`pipelines.access.shard_stream`) arrives meanwhile. Skipped where
+        ``posix_fadvise`` does not exist (macOS, Windows) or the file refuses advice; it only ever
+        changes when bytes are read, never which.
 
         Returns:
             The file as a stream that keeps its figures (``stats()``).
@@ -139,8 +138,7 @@ class FileSystemStorage:
         return self.fetch_range(key, start, length)[0]
 
     def fetch_range(self, key: str, start: int, length: int) -> tuple[bytes, CallStats]:
-        """``length`` bytes at offset ``start`` (one ``open``, a seek, one ``read``), with the
-        figures of that read.
+        """``length`` bytes at offset ``start`` (open, seek, read: one request), with their figures.
 
         Raises:
             ObjectNotFound: no such file.
@@ -161,8 +159,7 @@ class FileSystemStorage:
         return self._path(key).is_file()
 
     def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
-        """Size and modification time (ns, as text) of each file, one ``stat`` each; files that
-        do not exist are left out.
+        """Size and modification time (ns, as text) of each file that exists, one ``stat`` each.
 
         Raises:
             StorageError: a file cannot be looked at for another reason (permissions).

@@ -1,22 +1,11 @@
-"""S3Storage: the :class:`~pipelines.storage.base.Storage` interface on S3-compatible object
-storage.
+"""S3Storage: the :class:`~pipelines.storage.base.Storage` interface on S3-compatible storage.
 
-Works with AWS S3 and with stores that speak its protocol (MinIO, Samsung DSS, ``rclone serve
-s3``). Keys are relative to ``s3://bucket/prefix/``. One boto3 client per process, created on
-first use, so the object pickles into DataLoader workers and survives ``fork``.
-
-Credentials come from the standard AWS chain (environment variables ``AWS_ACCESS_KEY_ID`` /
-``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/credentials``, instance roles), or for the
-local server of ``make s3-up`` from its env file, read when the client is created: they are
+Works with AWS S3 and stores that speak its protocol (MinIO, Samsung DSS, ``rclone serve
+s3``). One boto3 client per process, created on first use, so the object pickles into
+DataLoader workers and survives ``fork``. Credentials come from the standard AWS chain
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/credentials``,
+instance roles) or the local server's env file, read when the client is created; they are
 never parameters here and never appear in messages, ``repr`` or ``describe``.
-
-Retries follow botocore's "standard" retry mode (see
-https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html and
-``botocore/retries/standard.py``): up to ``max_attempts`` attempts per request, the first one
-included, for throttling (503 SlowDown, Throttling), 5xx errors, connection errors and timeouts;
-the wait before retry ``i`` (0-based) is ``rand(0, 1) * min(scale * 2**i, 20)`` seconds with
-``scale`` 1 s for throttling and 0.05 s otherwise. A per-client retry quota (botocore's token
-bucket) stops retrying when most recent attempts failed, until requests succeed again.
 """
 
 from __future__ import annotations
@@ -71,9 +60,17 @@ _BUSY = {
 class S3Storage:
     """Objects under ``s3://bucket/prefix/`` on AWS S3 or an S3-compatible endpoint.
 
+    Retries are botocore's "standard" mode (``botocore/retries/standard.py``; boto3 guide:
+    https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html): throttling (503
+    SlowDown, Throttling), 5xx errors, connection errors and timeouts are retried, waiting
+    ``rand(0, 1) * min(scale * 2**i, 20)`` seconds before retry ``i`` (0-based; ``scale`` 1 s for
+    throttling, 0.05 s otherwise), until ``max_attempts`` or the client's retry quota (a token
+    bucket that stops retrying while most recent attempts fail) runs out.
+
     Args:
         bucket: bucket name.
-        prefix: key prefix inside the bucket (a "folder"; leading/trailing ``/`` ignored).
+        prefix: key prefix inside the bucket (a "folder"; leading/trailing ``/`` ignored); keys
+            are relative to it.
         endpoint_url: e.g. ``http://127.0.0.1:9000`` for MinIO / DSS / a local server; ``None``
             for AWS (or ``AWS_ENDPOINT_URL``, which boto3 reads itself).
         region: region name; ``None`` takes ``AWS_DEFAULT_REGION`` / the profile's region.
@@ -188,9 +185,12 @@ class S3Storage:
         self.client()
 
     def credentials_source(self) -> str:
-        """Where this process's credentials come from, for the log (never the keys):
-        ``local server (<env file>)``, ``environment``, ``profile <name>``, ``instance or
-        container role``, botocore's name for another provider, or ``none found``."""
+        """Where this process's credentials come from, for the log (never the keys).
+
+        One of ``local server (<env file>)``, ``environment``, ``profile <name>``, ``instance or
+        container role``, ``unusable (<error>)``, botocore's name for another provider, or ``none
+        found``.
+        """
         if self.credentials_file:
             return f"local server ({self.credentials_file})"
         self.client()
@@ -254,8 +254,7 @@ class S3Storage:
         return client
 
     def _on_request_created(self, request, **_kwargs) -> None:
-        """botocore hook, once per attempt, in the thread that sends the request: attempts
-        after the first of a GET are its retries."""
+        """botocore hook (per attempt, sending thread): count a GET's attempts after the first."""
         attempt = getattr(request, "context", {}).get("retries", {}).get("attempt", 1)
         if attempt > 1 and getattr(self._calls, "retries", None) is not None:
             self._calls.retries += 1
@@ -292,10 +291,10 @@ class S3Storage:
     def _fail(
         self, exc: BaseException, key: str | None, action: str, *, mid_stream: bool = False
     ) -> StorageError:
-        """Turn ``exc`` into a one-line :class:`StorageError` whose ``stats`` hold one failed
-        request of its kind.
+        """A one-line :class:`StorageError` for ``exc`` (:class:`ObjectNotFound` for a missing key).
 
-        ``mid_stream``: the failure came while reading a response body (not retried).
+        Its ``stats`` hold one failed request of its kind. ``mid_stream``: the failure came while
+        reading a response body (not retried; no request counted).
         """
         if mid_stream and isinstance(exc, botocore.exceptions.ReadTimeoutError):
             kind = "timeout"
@@ -311,8 +310,10 @@ class S3Storage:
         return failed
 
     def _explain(self, exc: BaseException, key: str | None, action: str) -> tuple[str, str]:
-        """The error kind (an S3 code or a class of failure, as counted in the stats) and the
-        one-line message of a failed request on ``key`` (None: the bucket)."""
+        """The error kind and one-line message of a failed request on ``key`` (None: the bucket).
+
+        The kind is an S3 code or a class of failure, as counted in the stats.
+        """
         where = self._where(key)
         tries = f"after {self.max_attempts} attempt{'s' if self.max_attempts > 1 else ''}"
         if isinstance(exc, S3UploadFailedError):  # upload_file wraps the ClientError
@@ -363,8 +364,10 @@ class S3Storage:
     def _explain_other_error(
         self, exc: BaseException, action: str, where: str, tries: str
     ) -> tuple[str, str]:
-        """:meth:`_explain` for a failure without a server answer (credentials, timeout,
-        connection, broken stream, invalid request, anything else)."""
+        """:meth:`_explain` for a failure without a server answer.
+
+        Credentials, timeout, connection, broken stream, invalid request, or anything else.
+        """
         if isinstance(exc, botocore.exceptions.NoCredentialsError | _PartialCredentials):
             return "NoCredentials", (
                 f"{where}: cannot {action}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
@@ -398,10 +401,12 @@ class S3Storage:
     # -- reads -----------------------------------------------------------------------------------
 
     def _get(self, key: str, action: str, **params) -> tuple[dict, CallStats] | None:
-        """One GET: the response and its figures (one request, its TTFB: the seconds until the
-        headers arrived, retries and backoff included, and its retries).
+        """Send one GET.
 
-        Returns ``None`` for a Range starting at or past the end of the object (InvalidRange).
+        Returns:
+            ``(response, figures)``: one request, its retries and its TTFB (seconds until the
+            headers arrived, retries and backoff included); None for a Range starting at or past
+            the end of the object (InvalidRange).
 
         Raises:
             StorageError: the GET failed (:class:`ObjectNotFound` for a missing object).
@@ -441,8 +446,10 @@ class S3Storage:
         return self._read_body(response, opened, key, "read")
 
     def open(self, key: str) -> MeteredStream:
-        """Stream the object front to back (one GET; memory bounded by the ``read(n)`` sizes);
-        the stream's ``stats()`` gives its figures.
+        """Stream the object front to back (one GET; memory bounded by the ``read(n)`` sizes).
+
+        Returns:
+            A stream whose ``stats()`` gives its figures.
 
         Raises:
             StorageError: as :meth:`read`; errors while reading the stream are StorageError too.
@@ -481,8 +488,11 @@ class S3Storage:
     def _read_body(
         self, response: dict, opened: CallStats, key: str, action: str
     ) -> tuple[bytes, CallStats]:
-        """The whole body of a GET response and the GET's figures with it; a broken transfer
-        becomes a StorageError."""
+        """The whole body of a GET response, with the GET's figures.
+
+        Raises:
+            StorageError: the transfer broke.
+        """
         body = response["Body"]
         start = time.perf_counter()
         try:
@@ -532,9 +542,9 @@ class S3Storage:
     def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
         """Size and ETag of each object that exists, from listings of their folders.
 
-        The keys' folders (``a/b`` for ``a/b/c.jpg``) are each listed once, their own objects
-        only (``Delimiter="/"``): one request per 1000 objects, where a HEAD per key would take
-        one per key. Objects not found are left out.
+        Each folder of the keys (``a/b`` for ``a/b/c.jpg``) is listed once, its own objects only
+        (``Delimiter="/"``): one request per 1000 objects instead of a HEAD per key. Objects not
+        found are left out.
 
         Raises:
             StorageError: a listing fails (missing bucket, credentials refused, endpoint
@@ -569,19 +579,15 @@ class S3Storage:
     def list(self, prefix: str = "", *, allow_empty: bool = False) -> Iterator[str]:
         """Yield the keys under ``prefix`` (a folder: ``"a"`` lists ``a/...``, not ``ab``), sorted.
 
-        Keys are relative to the storage prefix. Pages of 1000 keys are fetched as the caller
-        iterates (``list_objects_v2``), so nothing is buffered with ``list_workers=1``. With
-        ``list_workers > 1`` the immediate sub-prefixes (``Delimiter="/"``) are listed in
-        parallel threads, each buffered whole, and yielded in order.
-
-        Object stores have no directories: a prefix that does not exist and one with no
-        objects look the same. Like a missing directory on a filesystem, that raises
-        :class:`StorageError` unless ``allow_empty``.
+        Keys are relative to the storage prefix. Pages of 1000 keys (``list_objects_v2``) are
+        fetched as the caller iterates, nothing buffered with ``list_workers=1``; with more, the
+        immediate sub-prefixes (``Delimiter="/"``) are listed in parallel threads, each buffered
+        whole, and yielded in order. An object store cannot tell a missing prefix from an empty one.
 
         Raises:
             PrefixNotFound: nothing under the prefix (unless ``allow_empty``).
-            StorageError: missing bucket, credentials refused, endpoint unreachable, also
-                for a page after the first (after the retries).
+            StorageError: missing bucket, credentials refused, endpoint unreachable, also for a
+                page after the first (after the retries).
         """
         base = self._key(prefix.strip("/"))
         base = f"{base}/" if base else ""
@@ -711,11 +717,11 @@ class S3Storage:
     def upload_stream(
         self, key: str, stream: BinaryIO, *, part_size: int = 16 * MiB, concurrency: int = 4
     ) -> None:
-        """Store what ``stream`` yields, read front to back (it need not seek: a pipe), as one
-        object: a multipart upload of ``part_size``-byte parts, ``concurrency`` of them in
-        flight (boto3's ``upload_fileobj``; one PUT below ``part_size``). The object appears
-        whole, on success only: when an upload request or ``stream.read`` fails, the
-        multipart upload is aborted.
+        """Store what ``stream`` yields, read front to back (it need not seek), as one object.
+
+        A multipart upload of ``part_size``-byte parts, ``concurrency`` in flight (boto3's
+        ``upload_fileobj``; one PUT below ``part_size``). The object appears whole, on success only:
+        when an upload request or ``stream.read`` fails, the multipart upload is aborted.
 
         Raises:
             StorageError: missing bucket, credentials refused, endpoint unreachable, or the
@@ -736,9 +742,10 @@ class S3Storage:
     def download_stream(
         self, key: str, sink: BinaryIO, *, part_size: int = 16 * MiB, concurrency: int = 4
     ) -> None:
-        """Write the object into ``sink`` (a seekable binary file: ranges arrive out of
-        order) in ranged GETs of ``part_size`` bytes, ``concurrency`` in flight (boto3's
-        ``download_fileobj``: one HEAD, then the GETs).
+        """Write the object into ``sink`` in ranged GETs of ``part_size`` bytes.
+
+        ``sink`` must be a seekable binary file (ranges arrive out of order); ``concurrency`` GETs
+        are in flight (boto3's ``download_fileobj``: one HEAD, then the GETs).
 
         Raises:
             StorageError: missing object or bucket, credentials refused, endpoint unreachable,

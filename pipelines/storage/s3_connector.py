@@ -1,16 +1,12 @@
 """S3 through AWS's s3torchconnector (the AWS CRT client), behind the same Storage interface.
 
-``storage.client_lib: s3torchconnector`` selects it instead of boto3, as the original DSS tool
-let users choose between boto3 and its own C++ client.
-
-The client is s3torchconnector 1.5's ``S3Client`` (``s3torchconnector._s3client``: the client
-that ``S3Checkpoint``, ``S3MapDataset`` and ``S3IterableDataset`` wrap; the version is pinned),
-used directly because its ``get_object`` takes a reader constructor, which ``S3Checkpoint``
-does not pass on. The library's default reader (``SequentialS3Reader``) keeps every byte it
-has read in a buffer so that it can seek back; a streaming read of a 1 GB shard would hold the
-whole shard; and the CRT fetches the parts of one GET ahead of the reader without a limit.
-Here a stream is read in ranged GETs of :data:`STREAM_WINDOW` bytes, one in flight at a time,
-each part dropped once read (:class:`ObjectStream`): memory is bounded by one window.
+Selected by ``storage.client_lib: s3torchconnector`` instead of boto3. s3torchconnector 1.5's
+``S3Client`` (``s3torchconnector._s3client``, which ``S3Checkpoint`` and the datasets wrap; the
+version is pinned) is used directly, as only its ``get_object`` takes a reader constructor:
+the default ``SequentialS3Reader`` keeps every byte read to seek back (a streamed 1 GB shard
+whole), and the CRT fetches a GET's parts ahead of the reader without a limit. Here a stream
+is read in ranged GETs of :data:`STREAM_WINDOW` bytes, one in flight, each part dropped once
+read (:class:`ObjectStream`): memory is bounded by one window.
 """
 
 from __future__ import annotations
@@ -46,20 +42,19 @@ _NO_RANGE = ("response_status: 416", "<code>invalidrange</code>")
 class S3ConnectorStorage:
     """Objects under ``s3://bucket/`` read with s3torchconnector (CRT).
 
+    Credentials come from the CRT's standard chain (environment, profile, instance role). One
+    client per process, created on first use under a lock (the objects pattern reads from several
+    threads) and again in a forked or unpickled copy (DataLoader workers). Figures per call
+    (:class:`pipelines.storage.base.CallStats`): one request per GET (``fetch``, ``fetch_range``:
+    one; ``open``: one per :data:`STREAM_WINDOW` bytes), ``ttfb_s`` until the GET's first part
+    arrived; retries happen inside the CRT client and cannot be counted (``retries`` stays 0).
+
     Args:
         bucket: bucket name.
         endpoint_url: custom endpoint (MinIO, DSS, a local server); ``None`` for AWS.
         region: region; the CRT client needs one (default ``AWS_DEFAULT_REGION`` or us-east-1).
         addressing_style: ``path`` forces path-style requests (custom endpoints).
         max_attempts: attempts per request (the CRT client's own retry strategy).
-
-    Credentials come from the CRT's standard chain (environment, profile, instance role).
-    One client per process, created on first use under a lock (the objects pattern reads from
-    several threads) and again in a forked or unpickled copy (DataLoader workers). Figures
-    (:class:`pipelines.storage.base.CallStats`, per call): one request per GET (``fetch``,
-    ``fetch_range``: one; ``open``: one per :data:`STREAM_WINDOW` bytes), ``ttfb_s`` measured
-    until the GET's first part arrived. Retries happen inside the CRT client and cannot be
-    counted (``retries`` stays 0).
 
     Raises:
         StorageError: s3torchconnector is not installed (message says how to install it).
@@ -139,14 +134,19 @@ class S3ConnectorStorage:
         return f"s3://{self.bucket}/{key}"
 
     def describe(self, key: str = "") -> str:
-        """``s3://bucket/key (endpoint URL, s3torchconnector)``; never credentials (a
-        ``user:password@`` in the endpoint URL is left out)."""
+        """``s3://bucket/key (endpoint URL, s3torchconnector)``, for messages.
+
+        Never credentials: a ``user:password@`` in the endpoint URL is left out.
+        """
         endpoint = safe_url(self.endpoint_url) if self.endpoint_url else f"AWS {self.region}"
         return f"{self._uri(key)} ({endpoint}, s3torchconnector)"
 
     def _fail(self, exc: Exception, key: str, action: str, *, request: bool = True) -> StorageError:
-        """Turn ``exc`` into a one-line :class:`StorageError` naming the object, whose
-        ``stats`` hold the failed request (``request``: one was sent) and its kind."""
+        """Turn ``exc`` into a one-line :class:`StorageError` naming the object.
+
+        Its ``stats`` hold the failed request (``request``: one was sent) and its kind; a missing
+        object gives :class:`ObjectNotFound`.
+        """
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         missing = any(m in text.lower() for m in _MISSING)
         kind = "NoSuchKey" if missing else type(exc).__name__
@@ -165,9 +165,11 @@ class S3ConnectorStorage:
     def _stream(
         self, key: str, action: str, start: int = 0, end: int | None = None, window: int = 0
     ) -> MeteredStream:
-        """An :class:`ObjectStream` of bytes ``start`` to ``end`` (exclusive; None: the end of
-        the object), its first GET sent and its first part received, metered: its ``stats()``
-        count every GET it sends."""
+        """Open a metered :class:`ObjectStream` of bytes ``start`` to ``end``, first part received.
+
+        ``end`` is exclusive (None: the end of the object); the stream's ``stats()`` count every GET
+        it sends.
+        """
         began = time.perf_counter()
         raw = self.client().get_object(
             self.bucket,
@@ -183,8 +185,7 @@ class S3ConnectorStorage:
         return stream
 
     def _get(self, key: str, action: str, get, *, ranged: bool):
-        """Send one GET (``get()`` returns the CRT's iterator of parts) and wait for its first
-        part.
+        """Send one GET (``get()`` returns the CRT's iterator of parts) and wait for its first part.
 
         Returns:
             ``(first part, the other parts, its TTFB in seconds)``, or ``(None, None, TTFB)``
@@ -205,8 +206,9 @@ class S3ConnectorStorage:
         return first, parts, time.perf_counter() - began
 
     def open(self, key: str) -> MeteredStream:
-        """Stream the object front to back in ranged GETs of :data:`STREAM_WINDOW` bytes, each
-        read as it arrives: memory bounded by one window, whatever the object's size.
+        """Stream the object front to back in ranged GETs of :data:`STREAM_WINDOW` bytes.
+
+        Each is read as it arrives: memory is bounded by one window, whatever the object's size.
 
         Raises:
             StorageError: missing object (:class:`ObjectNotFound`), credentials refused,
@@ -233,8 +235,9 @@ class S3ConnectorStorage:
             return data, stream.stats()
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
-        """``length`` bytes from offset ``start`` in one ranged GET (fewer at the end of the
-        object; ``b""`` for ``length <= 0`` or a ``start`` at or past the end).
+        """``length`` bytes from offset ``start`` in one ranged GET (fewer at the object's end).
+
+        Returns ``b""`` for ``length <= 0`` or a ``start`` at or past the end.
 
         Raises:
             StorageError: as :meth:`open`.
@@ -286,8 +289,9 @@ class S3ConnectorStorage:
             raise self._fail(exc, base, "list") from None
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        """Keys under ``prefix`` (a folder), in listing order; pages fetched as the caller
-        iterates. A prefix without objects yields nothing.
+        """Yield the keys under ``prefix`` (a folder) in listing order, fetching pages as needed.
+
+        A prefix without objects yields nothing.
 
         Raises:
             StorageError: the listing failed or was refused (names the prefix).
@@ -298,8 +302,7 @@ class S3ConnectorStorage:
                 yield info.key
 
     def versions(self, keys: Sequence[str]) -> dict[str, tuple[int, str]]:
-        """Size and ETag of each object that exists, from one listing per folder (see
-        :meth:`pipelines.storage.s3.S3Storage.versions`).
+        """Size and ETag of each object that exists, from one listing per folder (as ``S3Storage``).
 
         Raises:
             StorageError: a listing fails.
@@ -348,14 +351,12 @@ class S3ConnectorStorage:
 
 
 class ObjectStream:
-    """An object (or a byte range of it) read front to back from the CRT's streams of parts,
-    each part dropped once read.
+    """An object, or a byte range of it, read front to back from the CRT's streams of parts.
 
-    With ``window`` 0 it is one GET; otherwise one ranged GET per ``window`` bytes, the next
-    sent when the previous one is read out, so that at most one window is in flight: the CRT
-    fetches the parts of a GET ahead of the reader without a limit (measured here: a 0.3 GB
-    object streamed in one GET added 219 MiB of RSS, in 32 MiB windows 37 MiB).
-    A window that comes back short, or a range past the end (HTTP 416), ends the stream.
+    Each part is dropped once read. With ``window`` 0 it is one GET; otherwise one ranged GET per
+    ``window`` bytes, the next sent when the previous one is read out, so that at most one window
+    is in flight (the CRT fetches a GET's parts ahead of the reader without a limit). A window
+    that comes back short, or a range past the end (HTTP 416), ends the stream.
 
     Args:
         storage: counts the GETs and names failures.
