@@ -1,11 +1,9 @@
 """Cold reads on a local machine: drop files from the OS page cache before they are read.
 
-A benchmark pass is "cold" when every byte it reads comes from the device, not from memory.
-Evicting the files once before the pass makes its first epoch cold; :class:`EvictBeforeRead`
-makes every read cold, so a cold pass can last as many epochs as a warm one instead of the few
-milliseconds one epoch of a small dataset takes (where start-up would weigh as much as reading).
-The raw baselines evict the same way (:func:`bench.loading.baselines.fs_read_baseline`), so both
-sides pay the same system call per file.
+A pass is "cold" when every byte it reads comes from the device. :class:`EvictBeforeRead` makes
+every read cold, so a cold pass can last as many epochs as a warm one; the raw baselines evict the
+same way (:func:`bench.loading.baselines.fs_read_baseline`), so both sides pay the same system call
+per file.
 """
 
 from __future__ import annotations
@@ -21,21 +19,15 @@ from pipelines.storage.base import CallStats, MeteredStream, Storage
 def evict_page_cache(paths: Sequence[str | os.PathLike], *, flush: bool = True) -> bool:
     """Drop the files' pages from the OS page cache, so that the next read comes from the device.
 
-    Uses ``posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`` on each file, which needs no root
-    (unlike ``echo 3 > /proc/sys/vm/drop_caches``). This is what "cold" means for a filesystem
-    baseline here. Limits:
-
-    - dirty pages (written but not yet flushed to the device) are *not* evicted, so by default
-      each file is ``fdatasync``-ed first: a file written moments ago (shards written for the
-      run) is then evicted too;
-    - tmpfs / ramfs keep their pages (memory is their storage), and network filesystems may keep
-      a client-side or server-side cache that this does not reach;
-    - it is advice: the kernel may keep pages that are mapped or in use by other processes.
+    Uses ``posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`` on each file (no root needed, unlike
+    ``echo 3 > /proc/sys/vm/drop_caches``). Limits: dirty pages are *not* evicted, hence the
+    ``fdatasync`` first by default; tmpfs / ramfs keep their pages, and network filesystems may keep
+    a cache this does not reach; it is advice: the kernel may keep pages that are mapped or in use.
 
     Args:
         paths: files to evict.
-        flush: ``fdatasync`` each file before evicting (default); False skips it, leaving
-            recently written pages cached.
+        flush: ``fdatasync`` each file before evicting (default); False leaves recently written
+            pages cached.
 
     Returns:
         True when the advice was given for every file; False on a platform without
@@ -90,23 +82,16 @@ class _EvictOnClose:
 
 
 class EvictBeforeRead:
-    """A :class:`pipelines.storage.base.Storage` that drops each file from the page cache right
-    before reading it, so every read of a pass comes from the device.
+    """A :class:`pipelines.storage.base.Storage` that evicts each file right before reading it.
 
-    Wraps the storage the loaders read (the filesystem, or a local S3 server whose files live
-    under ``local_dir``): ``read``, ``open`` and ``read_range`` of ``key`` first evict
-    ``local_dir / key`` with :func:`evict_page_cache` (no flush: the files were flushed when the
-    pass began); everything else is passed through. Only for the benchmark.
-
-    Each file is evicted again once it has been read (a stream: when it is closed), so that its
-    pages do not wait in the cache for the next reader of the file (the next epoch's, or
-    another rank's).
-
-    Limits: as :func:`evict_page_cache`. With several readers, one evicting a file that another
-    one is still reading (the same shard in consecutive epochs) makes that one read it from
-    the device again; the bytes it delivers are counted once. Two readers opening the same
-    file at nearly the same moment share one device read (the sweep's ``cache_share`` shows
-    how much of a pass that was).
+    Wraps the storage the loaders read (the filesystem, or a local S3 server whose files live under
+    ``local_dir``): ``read``, ``open`` and ``read_range`` of ``key`` first evict ``local_dir / key``
+    with :func:`evict_page_cache` (no flush: the files were flushed when the pass began), and evict
+    it again once read (a stream: when closed), so the next reader finds none of its pages;
+    everything else is passed through. Limits: as :func:`evict_page_cache`; a reader evicting a file
+    another is still reading makes that one read it from the device again (its bytes counted once);
+    two readers opening a file at nearly the same moment share one device read (the sweep's
+    ``cache_share`` shows how much).
 
     Args:
         storage: the storage to wrap.
@@ -125,8 +110,7 @@ class EvictBeforeRead:
         return self.fetch(key)[0]
 
     def fetch(self, key: str) -> tuple[bytes, CallStats]:
-        """Evict, read the whole object, evict again (the next reader of the file, in the
-        next epoch or on another rank, finds none of its pages)."""
+        """Evict, read the whole object, evict again."""
         self._evict(key)
         try:
             return self.storage.fetch(key)

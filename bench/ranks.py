@@ -1,18 +1,11 @@
-"""The benchmark over several ranks: which ranks read at each rank count, and how the ranks
-keep in step through the matrix.
+"""The benchmark over several ranks: which ranks read at each rank count, and how they keep in step.
 
-``make bench NPROC=4`` runs ``scripts.bench`` under torchrun, one process per (simulated or
-real) accelerator. Every rank walks the same matrix in the same order. Rank 0 does what is done
-once: it writes the shards, starts and fills a local S3 server, measures the baselines and the
-peers, and writes every output; the other ranks wait for it. At a rank count ``k`` of
-``bench.ranks`` smaller than the world size, ``k`` ranks read while the others wait: the ranks
-in use are spread evenly over the nodes (MLPerf Storage's rule for runs on several hosts):
-local rank 0 of every node first, then local rank 1 of every node, and so on. Rank 0 is always
-among them.
-
-Exceptions do not travel between processes: an error on one rank reaches the others as a
-:class:`RankFailed` carrying its text, so that every rank takes the same branch (a row with the
-error, or the end of the run with ``bench.on_error: stop``).
+Under torchrun every rank walks the same matrix in the same order; rank 0 does what is done once
+(shards, a local S3 server, baselines, peers, outputs) while the others wait. At a rank count ``k``
+below the world size, ``k`` ranks read, spread evenly over the nodes (MLPerf Storage's rule for
+several hosts): local rank 0 of every node first, then local rank 1, and so on; rank 0 is always
+among them. An error on one rank reaches the others as a :class:`RankFailed` carrying its text, so
+every rank takes the same branch.
 """
 
 from __future__ import annotations
@@ -57,16 +50,20 @@ class RankSubset:
         return self.members.index(rank) if rank in self.members else None
 
     def first_on_node(self, rank: int, node_of: list[int]) -> bool:
-        """Whether global rank ``rank`` is the first member on its node (``node_of[r]``: rank
-        ``r``'s node): the one that drops the node's page cache before a cold pass."""
+        """Whether ``rank`` is the first member on its node (``node_of[r]``: rank ``r``'s node).
+
+        That rank drops the node's page cache before a cold pass.
+        """
         here = [m for m in self.members if node_of[m] == node_of[rank]]
         return here[:1] == [rank]
 
 
 def spread(places: list[tuple[int, int]]) -> list[int]:
-    """Global ranks in the order the benchmark puts them to work: ``places[r]`` is rank
-    ``r``'s ``(node, local rank)``; local rank 0 of every node comes first, then local rank 1,
-    so the first ``k`` of the order are spread as evenly as can be over the nodes."""
+    """Global ranks in the order the benchmark puts them to work, spread evenly over the nodes.
+
+    ``places[r]`` is rank ``r``'s ``(node, local rank)``; local rank 0 of every node comes first,
+    then local rank 1, so the first ``k`` are spread as evenly as can be.
+    """
     return sorted(range(len(places)), key=lambda r: (places[r][1], places[r][0]))
 
 
@@ -83,7 +80,7 @@ def node_of_this_rank() -> int:
 
 
 def check_counts(counts: list[int], world_size: int) -> None:
-    """``bench.ranks`` fits this launch: not empty, its largest count is the world size.
+    """Check that ``bench.ranks`` fits this launch: not empty, its largest count the world size.
 
     Raises:
         ConfigError: otherwise, saying how to launch.
@@ -99,8 +96,7 @@ def check_counts(counts: list[int], world_size: int) -> None:
 
 
 class BenchRanks:
-    """This rank's view of the benchmark's ranks: the subset at each rank count, and each
-    rank's node.
+    """This rank's view of the benchmark's ranks: the subset at each rank count, each rank's node.
 
     Made on every rank at the same point (it gathers every rank's node and local rank).
 
@@ -124,35 +120,35 @@ class BenchRanks:
 
 
 def with_fresh_group(subset: RankSubset) -> RankSubset:
-    """``subset`` with a process group of its own for one ``train`` pass (DDP's gradient
-    exchange); unchanged for one rank. Every rank calls it (creating a group is collective);
-    a new group each pass (destroyed after it: :func:`drop_group`), so that a pass that
-    failed in the middle of an exchange on gloo (one rank raised, the others timed out after
-    ``train.dist_timeout_s``) leaves no half-done collective behind for the next. On CUDA,
-    NCCL's watchdog ends a process whose exchange timed out: the launch then ends, naming
-    the rank."""
+    """``subset`` with a process group of its own for one pass; unchanged for one rank.
+
+    Every rank calls it (creating a group is collective). A new group each pass, destroyed after it
+    (:func:`drop_group`), so that a pass that failed mid-exchange on gloo leaves no half-done
+    collective behind for the next. On CUDA, NCCL's watchdog ends a process whose exchange timed
+    out: the launch then ends, naming the rank.
+    """
     if subset.size == 1:
         return subset
     return RankSubset(subset.members, dist.new_group(sorted(subset.members)))
 
 
 def drop_group(subset: RankSubset, rank: int) -> None:
-    """Destroy the process group :func:`with_fresh_group` gave ``subset`` (on its members;
-    nothing for a subset without one)."""
+    """Destroy the group :func:`with_fresh_group` gave ``subset`` (on its members, if any)."""
     if subset.group is not None and rank in subset.members:
         dist.destroy_process_group(subset.group)
 
 
 def main_process_first(fn: Callable[[], T], ranks: Ranks) -> T:
-    """Call ``fn`` on rank 0, then, once it worked there, on the other ranks: rank 0 writes
-    what is missing (shards) before the others look for it.
+    """Call ``fn`` on rank 0, then, once it worked there, on the other ranks.
+
+    Rank 0 writes what is missing (shards) before the others look for it.
 
     Returns:
         What ``fn`` returned on this rank.
 
     Raises:
-        Exception: on every rank when ``fn`` failed on any: the exception itself on the rank
-            that raised it, :class:`RankFailed` naming that rank and its error elsewhere.
+        Exception: on every rank when ``fn`` failed on any: the exception itself on the rank that
+            raised it, :class:`RankFailed` naming that rank and its error elsewhere.
     """
     value, error = None, None
     if ranks.main:
@@ -164,16 +160,19 @@ def main_process_first(fn: Callable[[], T], ranks: Ranks) -> T:
 
 
 def agree_on_errors(error: BaseException | None) -> None:
-    """Raise on every rank when any rank had an ``error`` (this rank's own exception, or a
-    :class:`RankFailed` naming the first rank that failed); nothing when none did. A
-    collective: every rank calls it at the same point."""
+    """Raise on every rank when any rank had an ``error``; a collective, called by every rank.
+
+    This rank's own exception, or a :class:`RankFailed` naming the first rank that failed.
+    """
     gather_agreed(None, error)
 
 
 def gather_agreed(value, error: BaseException | None) -> list:
-    """Every rank's ``value``, in rank order, when no rank had an ``error``; otherwise raise
-    on every rank, as :func:`agree_on_errors` does. One collective (on the long group: ranks
-    may wait here while others read or rank 0 measures)."""
+    """Every rank's ``value`` in rank order when no rank had an ``error``; else raise everywhere.
+
+    Raises as :func:`agree_on_errors`. One collective, on the long group (ranks may wait here while
+    others read or rank 0 measures).
+    """
     gathered = distributed.gather((value, _text(error)), long=True)
     if error is not None:
         raise error
@@ -184,8 +183,7 @@ def gather_agreed(value, error: BaseException | None) -> list:
 
 
 def everywhere(fn: Callable[[], T]) -> T:
-    """Call ``fn`` on every rank at once; raise on every rank when it failed on any (as
-    :func:`agree_on_errors` does)."""
+    """Call ``fn`` on every rank at once; raise on every rank when it failed on any."""
     value, error = attempt(fn)
     agree_on_errors(error)
     return value
@@ -200,8 +198,7 @@ def attempt(fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
 
 
 def on_main(fn: Callable[[], T], ranks: Ranks) -> T:
-    """Call ``fn`` on rank 0 alone (what is done once: a server, a measurement, a folder);
-    every rank gets what it returned (it must pickle).
+    """Call ``fn`` on rank 0 alone; every rank gets what it returned (it must pickle).
 
     Raises:
         Exception: on every rank when ``fn`` failed (as :func:`agree_on_errors` does).
@@ -211,9 +208,11 @@ def on_main(fn: Callable[[], T], ranks: Ranks) -> T:
 
 
 def error_text(exc: BaseException) -> str:
-    """One line for a failed configuration, and for the other ranks: the message of a user
-    error (or of another rank's error, which names the rank), the exception's type and
-    message otherwise."""
+    """One line for a failed configuration and for the other ranks.
+
+    A user error's (or another rank's, which names the rank) message; else the exception's type and
+    message.
+    """
     text = user_message(exc).splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, (UserError, RankFailed)):
         return text

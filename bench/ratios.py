@@ -1,14 +1,10 @@
-"""Ratios that do not move with the machine's load: measured interleaved, reported as a median
-with its spread.
+"""Ratios that do not move with the machine's load: measured interleaved, a median with its spread.
 
-A ratio of two passes timed minutes apart measures the neighbours as much as the loaders (on
-the shared development VM one configuration's ratio to its peer read 1.59x one day and 0.68x
-another). ``make bench`` therefore measures each pass ``bench.repeats`` times, each right
-before its raw baseline and its peer (A B C A B C ...), so that both sides of every ratio see
-the same state of the machine; a ratio is the median of the repeats' ratios, with their
-minimum and maximum. A spread over :data:`UNSTABLE_SPREAD` says the machine was busy: such a
-ratio is flagged, never presented as a finding. ``farm-bench``'s paired medians follow the
-same idea.
+A ratio of two passes timed minutes apart measures the neighbours as much as the loaders, so ``make
+bench`` measures each pass ``bench.repeats`` times, each right before its raw baseline and its peer
+(A B C A B C ...); a ratio is the median of the repeats' ratios, with their minimum and maximum. A
+spread over :data:`UNSTABLE_SPREAD` says the machine was busy: such a ratio is flagged, never
+presented as a finding. ``farm-bench``'s paired medians follow the same idea.
 """
 
 from __future__ import annotations
@@ -34,17 +30,17 @@ def median_spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def unstable(median: float, low: float, high: float) -> bool:
-    """Whether repeats spread from ``low`` to ``high`` around ``median`` are too far apart to
-    be a finding (:data:`UNSTABLE_SPREAD`)."""
+    """Whether repeats from ``low`` to ``high`` spread over :data:`UNSTABLE_SPREAD` x ``median``."""
     return median == median and median > 0 and (high - low) / median > UNSTABLE_SPREAD
 
 
 def summarize(results: list[dict]) -> None:
-    """Add to every row the summary of its pass's repeats (rows with the same ``config`` and
-    ``pass``): for each of :data:`RATIOS`, ``<ratio>_median``, ``_min``, ``_max``; and
-    ``unstable``, the ratios (``baseline``, ``peer``) the reports give whose repeats spread
-    more than :data:`UNSTABLE_SPREAD` (``""``: none; the ratio to the baseline is given for
-    ``read`` rows only: the others' MB/s is their compute's)."""
+    """Add to every row the summary of its pass's repeats (same ``config`` and ``pass``).
+
+    For each of :data:`RATIOS`: ``<ratio>_median``, ``_min``, ``_max``; and ``unstable``, the ratios
+    (``baseline``, ``peer``) the reports give whose repeats spread more than :data:`UNSTABLE_SPREAD`
+    (``""``: none; the ratio to the baseline counts for ``read`` rows only).
+    """
     groups: dict[tuple, list[dict]] = {}
     for row in results:
         if not row.get("error"):
@@ -63,22 +59,21 @@ def summarize(results: list[dict]) -> None:
 
 
 def representative(rows: list[dict]) -> dict:
-    """The repeat of a pass that stands for it: the one with the median samples/s (the lower
-    middle of an even count); it carries the pass's summary (:func:`summarize`)."""
+    """The repeat that stands for a pass: the median samples/s (lower middle of an even count)."""
     ordered = sorted(rows, key=lambda r: r.get("samples_per_s", 0.0))
     return ordered[(len(ordered) - 1) // 2]
 
 
 def fmt_ratio(value: float, digits: int = 2) -> str:
-    """A ratio with ``digits`` decimals, or under 0.1 ``digits`` significant digits
-    (``0.83``, ``0.0021``)."""
+    """A ratio with ``digits`` decimals, or under 0.1 significant digits: ``0.83``, ``0.0021``."""
     return f"{value:.{digits}f}" if abs(value) >= 0.1 else f"{value:.{digits}g}"
 
 
 def ratio_text(row: dict, ratio: str, digits: int = 2) -> str:
-    """A ratio for tables: ``0.93`` for one repeat, ``0.93 (0.90-0.95)`` for several (under
-    0.1: two significant digits, ``0.0021``), ``!`` appended when unstable; ``–`` when not
-    measured."""
+    """A ratio for tables: ``0.93``, or ``0.93 (0.90-0.95)`` over several repeats.
+
+    ``!`` appended when unstable, ``–`` when not measured; under 0.1, two significant digits.
+    """
     median = row.get(f"{ratio}_median", row.get(ratio, math.nan))
     if median is None or median != median:
         return "–"
@@ -92,9 +87,7 @@ def ratio_text(row: dict, ratio: str, digits: int = 2) -> str:
 
 
 def passes(results: list[dict]) -> list[dict]:
-    """One row per pass of each configuration, in the order they ran: the repeat that stands
-    for it (:func:`representative`, carrying the pass's median ratios), or a failed pass's
-    error row."""
+    """One row per pass, in run order: its :func:`representative`, or a failed pass's error row."""
     groups: dict[tuple, list[dict]] = {}
     for row in results:
         groups.setdefault((row["config"], row.get("pass", 0)), []).append(row)

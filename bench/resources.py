@@ -1,27 +1,12 @@
 """What a configuration costs the machine: peak memory, and CPU time to tell CPU-bound from waiting.
 
-A reader is CPU-bound when the cores that read, parse and serve the data are busy all the time,
-and waiting when they sit idle while requests are in flight. Two counters tell them apart:
-
-- client CPU: user + system seconds of this process and of the DataLoader workers it starts
-  (not of a local S3 server it runs), from psutil's per-process times (``/proc/<pid>/stat`` on
-  Linux, counted in clock ticks of 10 ms);
-- host CPU: busy seconds of all of the machine's cores (user, nice, system, irq, softirq) from
-  ``psutil.cpu_times()`` (``/proc/stat``): the client, plus a local S3 server, plus anything
-  else running. Idle, iowait and steal are not busy; steal (time a hypervisor gave other
-  machines while this one's cores wanted to run, on a virtual machine) is counted apart: busy
-  plus steal near the number of cores means the machine was CPU-bound.
-
-Two more counters say whether the client ran out of memory and whether the page cache answered
-reads: the machine's available memory (``MemAvailable`` of ``/proc/meminfo``, psutil's
-``virtual_memory().available``), and the bytes read from the block device that holds the data
-(``/proc/diskstats``, psutil's ``disk_io_counters``): bytes delivered beyond those came from
-memory.
-
-Over a window of ``seconds`` that read ``nbytes``, MB/s (10^6 bytes/s) = host busy cores /
-host CPU seconds per MB, so the ratio of two measurements' MB/s is exactly (the ratio of their
-busy cores) x (the inverse ratio of their CPU per MB): the first factor says who kept the
-machine busier, the second who needed less CPU for the same bytes.
+Counters: client CPU (user + system seconds of this process and the DataLoader workers it starts,
+not a local S3 server; psutil's per-process times, 10 ms clock ticks); host CPU (busy seconds of all
+cores: user, nice, system, irq, softirq, from ``psutil.cpu_times()``; steal counted apart: busy plus
+steal near the core count means CPU-bound); available memory (``MemAvailable``); bytes read from the
+block device holding the data (``/proc/diskstats``: bytes delivered beyond those came from memory).
+Over a window, MB/s = host busy cores / host CPU seconds per MB, so the ratio of two measurements'
+MB/s is exactly (the ratio of their busy cores) x (the inverse ratio of their CPU per MB).
 """
 
 from __future__ import annotations
@@ -46,12 +31,10 @@ class Sample:
         rss_bytes: resident memory of the client's processes (bytes).
         client_s: CPU seconds (user + system) of the client's processes, cumulative.
         host_s: busy CPU seconds of the whole machine, all cores, cumulative.
-        steal_s: CPU seconds a hypervisor ran other machines while this one's cores wanted to
-            run (Linux guests; 0 elsewhere), cumulative.
-        available_bytes: memory the machine can still give without swapping (bytes; 0 when
-            not read).
-        device_read_bytes: bytes read from the sampler's block device since boot (0 when not
-            read).
+        steal_s: CPU seconds a hypervisor ran other machines while this one's cores wanted to run
+            (Linux guests; 0 elsewhere), cumulative.
+        available_bytes: memory the machine can still give without swapping (bytes; 0: not read).
+        device_read_bytes: bytes read from the sampler's block device since boot (0: not read).
     """
 
     at: float
@@ -64,18 +47,21 @@ class Sample:
 
 
 def host_times() -> tuple[float, float]:
-    """``(busy, steal)`` CPU seconds of all cores since boot: busy is user, nice, system, irq
-    and softirq (the last two, and steal, only where the platform reports them)."""
+    """``(busy, steal)`` CPU seconds of all cores since boot.
+
+    Busy is user, nice, system, irq and softirq (the last two, and steal, where the platform reports
+    them).
+    """
     t = psutil.cpu_times()
     busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
     return busy, getattr(t, "steal", 0.0)
 
 
 def device_of(path: str | os.PathLike) -> str | None:
-    """The block device that holds ``path``, by its name in ``/proc/diskstats`` (``vda``,
-    ``sda1``, ``nvme0n1p2``, ``dm-0``), from ``/sys/dev/block/MAJOR:MINOR``; None where no
-    block device of this machine does (tmpfs, overlay, NFS and other network filesystems) or
-    off Linux.
+    """The block device holding ``path``, by its ``/proc/diskstats`` name (``vda``, ``dm-0``).
+
+    From ``/sys/dev/block/MAJOR:MINOR``; None where no block device of this machine holds it (tmpfs,
+    overlay, network filesystems) or off Linux.
 
     Raises:
         OSError: ``path`` does not exist.
@@ -86,8 +72,7 @@ def device_of(path: str | os.PathLike) -> str | None:
 
 
 def device_read_bytes(device: str | None) -> int:
-    """Bytes read from ``device`` (:func:`device_of`) since boot; 0 for None or a device
-    psutil does not list."""
+    """Bytes read from ``device`` (:func:`device_of`) since boot; 0 for None or one not listed."""
     if device is None:
         return 0
     counters = psutil.disk_io_counters(perdisk=True) or {}
@@ -96,8 +81,7 @@ def device_read_bytes(device: str | None) -> int:
 
 
 def process_sample() -> Sample:
-    """Read the counters now for this process alone (all its threads, none of its children):
-    what an in-process measurement such as a baseline uses."""
+    """Read the counters for this process alone (threads, not children), as a baseline does."""
     me = psutil.Process()
     with me.oneshot():
         own = me.cpu_times()
@@ -123,8 +107,7 @@ class CpuUse:
 
     @classmethod
     def between(cls, first: Sample, last: Sample, seconds: float | None = None) -> CpuUse:
-        """The CPU spent from ``first`` to ``last``, over a window of ``seconds`` (default: the
-        time between the two samples; a caller that timed the window itself passes its own)."""
+        """The CPU spent from ``first`` to ``last`` over ``seconds`` (default: the time between)."""
         window = last.at - first.at if seconds is None else seconds
         return cls(
             window,
@@ -134,10 +117,12 @@ class CpuUse:
         )
 
     def figures(self, nbytes: int, prefix: str = "") -> dict[str, float]:
-        """``cpu_ms_per_mb`` (client CPU ms per MB read, MB = 10^6 bytes),
-        ``host_cpu_ms_per_mb`` (the whole machine's), ``host_busy_cores`` (busy CPU seconds
-        per second) and ``host_steal_cores`` (stolen CPU seconds per second), each key prefixed
-        with ``prefix``; NaN where undefined (no bytes, or an empty window)."""
+        """The CPU figures per MB read and per second, each key prefixed with ``prefix``.
+
+        ``cpu_ms_per_mb`` (client CPU ms per MB, MB = 10^6 bytes), ``host_cpu_ms_per_mb`` (the whole
+        machine's), ``host_busy_cores`` (busy CPU seconds per second), ``host_steal_cores`` (stolen
+        CPU seconds per second); NaN where undefined (no bytes, or an empty window).
+        """
         per_mb = 1e3 / (nbytes / 1e6) if nbytes > 0 else math.nan
         per_s = 1 / self.seconds if self.seconds > 0 else math.nan
         return {
@@ -149,8 +134,10 @@ class CpuUse:
 
 
 def interpolate(samples: list[Sample], at: float) -> Sample:
-    """The counters at time ``at``, linearly interpolated between the samples around it
-    (clamped to the first and last sample); ``samples`` in time order, at least one."""
+    """The counters at time ``at``, interpolated linearly between the samples around it.
+
+    Clamped to the first and last sample; ``samples`` in time order, at least one.
+    """
     times = [s.at for s in samples]
     i = bisect.bisect_left(times, at)
     if i == 0:
@@ -173,25 +160,15 @@ def interpolate(samples: list[Sample], at: float) -> Sample:
 class ResourceSampler:
     """Sample the counters in a thread every ``interval_s`` while a ``with`` block runs.
 
-    The client is this process plus the child processes started inside the block (DataLoader
-    workers); children that were already running when it began (a local S3 server started by
-    the benchmark) are not the client, and count in the host's CPU only. A child's CPU is its
-    last reading, so a worker that exits keeps what it had spent.
-
-    ``peak_rss_bytes`` is the largest RSS seen (the same processes, entry and exit included);
-    :meth:`cpu` gives the CPU spent in any window inside the block, interpolated between
-    samples, so a measured window that starts and ends between samples (after a warm-up) is
-    still charged only its own CPU. Accuracy: the samples' spacing and the kernel's 10 ms
-    per-process clock tick, so windows under a second are approximate.
-
-    With ``rss_only`` each sample reads this process's RSS alone (no CPU counters, no scan of
-    the children: tens of microseconds instead of milliseconds), so that a memory measurement
-    can sample every few milliseconds without the sampler taking a core (``make
-    bench-memory``); :meth:`cpu` then means nothing.
-
-    Otherwise each sample also reads the machine's available memory and the bytes read from
-    ``device`` (:func:`device_of`; None: not read): :meth:`min_available_bytes` and
-    :meth:`device_bytes` give them over a window.
+    The client is this process plus the children started inside the block (DataLoader workers);
+    children already running when it began (a local S3 server) count in the host's CPU only. A
+    child's CPU is its last reading, so a worker that exits keeps what it spent. ``peak_rss_bytes``
+    is the largest RSS seen; :meth:`cpu` gives the CPU of any window inside the block, interpolated
+    between samples (accuracy: the sample spacing and the 10 ms tick, so windows under a second are
+    approximate). With ``rss_only`` each sample reads this process's RSS alone (tens of
+    microseconds), for memory measurements every few milliseconds; :meth:`cpu` then means nothing.
+    Otherwise each sample also reads the available memory and the bytes read from ``device``
+    (:func:`device_of`; None: not read), for :meth:`min_available_bytes` and :meth:`device_bytes`.
     """
 
     def __init__(
@@ -217,15 +194,16 @@ class ResourceSampler:
         return CpuUse.between(interpolate(self.samples, start), interpolate(self.samples, end))
 
     def min_available_bytes(self, start: float, end: float) -> int:
-        """The least memory the machine had available between the ``time.perf_counter()``
-        times ``start`` and ``end`` (bytes; the samples around the window count)."""
+        """The least memory (bytes) available between perf-counter times ``start`` and ``end``.
+
+        The samples around the window count.
+        """
         inside = [s.available_bytes for s in self.samples if start <= s.at <= end]
         edges = [interpolate(self.samples, start), interpolate(self.samples, end)]
         return min([*inside, *(s.available_bytes for s in edges)])
 
     def device_bytes(self, start: float, end: float) -> int:
-        """Bytes read from the sampler's ``device`` between ``start`` and ``end`` (0 without
-        one), interpolated between samples."""
+        """Bytes read from ``device`` between ``start`` and ``end`` (interpolated; 0: none)."""
         first, last = interpolate(self.samples, start), interpolate(self.samples, end)
         return max(0, last.device_read_bytes - first.device_read_bytes)
 

@@ -1,7 +1,9 @@
-"""The storages a benchmark run reads: the dataset prepared on each (the split listed, its shards
-written once; on S3 without an endpoint, a local server started and filled, its endpoint and
-keys shared with every rank), and what each access pattern reads there (for the raw baselines
-and the cold passes)."""
+"""The storages a benchmark run reads: the dataset prepared on each, and what each pattern reads.
+
+Preparing lists the split and writes its shards once; on S3 without an endpoint, a local server is
+started and filled, its endpoint and keys shared with every rank. What each access pattern reads
+serves the raw baselines and the cold passes.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +48,9 @@ class PreparedStorage:
         source: the opened storage and dataset roots.
         records: the split's records (image keys in this storage).
         shards: the split's shards in this storage.
-        local_dir: the folder on this machine that the keys are relative to (the fs root, or
-            the local S3 server's bucket folder) whose page cache can be evicted for a cold
-            pass; None when the storage is remote.
+        local_dir: the folder on this machine the keys are relative to (the fs root, or the local S3
+            server's bucket folder), whose page cache can be evicted for a cold pass; None when the
+            storage is remote.
     """
 
     source: DataSource
@@ -58,8 +60,10 @@ class PreparedStorage:
 
 
 def prepare_fs(cfg: Config, *, shards: bool = True) -> PreparedStorage:
-    """The filesystem dataset of ``storage.root`` / ``storage.prefixes``, its shards written
-    when missing (``shards``: only when an access pattern of the run reads them)."""
+    """The filesystem dataset of ``storage.root`` / ``storage.prefixes``, missing shards written.
+
+    Shards only when ``shards`` (an access pattern of the run reads them).
+    """
     fs_cfg = replace(cfg, storage=replace(cfg.storage, type="fs"))
     source = open_storage(fs_cfg)
     records, _ = load_split(source, fs_cfg, cfg.dataset.train_split)
@@ -72,16 +76,14 @@ def start_local_bucket(
 ) -> tuple[str, Path, dict[str, str]]:
     """Start a local S3 server for the run with an empty bucket :data:`LOCAL_BUCKET`.
 
-    The server keeps its data in ``out/s3-server`` and stops (and that folder goes) when
-    ``stack`` closes. Its credentials go into this process's environment, where the standard
-    AWS chain (boto3, and the CRT of s3torchconnector) reads them, until ``stack`` closes.
-    ``etag_hash``: see
-    :func:`local_s3.server.start_server` (``""``: no ETags, for large objects read in
-    parallel ranges: rclone hashes the whole file for every request otherwise).
+    The server keeps its data in ``out/s3-server``; it stops and that folder goes when ``stack``
+    closes. Its credentials go into this process's environment (read by the standard AWS chain:
+    boto3 and s3torchconnector's CRT) until then. ``etag_hash``: see
+    :func:`local_s3.server.start_server` (``""``: no ETags, for large objects read in parallel
+    ranges).
 
     Returns:
-        ``(endpoint URL, the server's folder behind the bucket, the environment variables
-        set)``.
+        ``(endpoint URL, the server's folder behind the bucket, the environment variables set)``.
 
     Raises:
         local_s3.server.LocalS3Error: the server did not start.
@@ -103,12 +105,11 @@ def start_local_bucket(
 def start_local_s3(
     cfg: Config, stack: contextlib.ExitStack, out: Path, *, shards: bool = True
 ) -> tuple[Config, Path, dict[str, str]]:
-    """Start a local S3 server for the run (:func:`start_local_bucket`) and upload the
-    dataset folder to it.
+    """Start a local S3 server (:func:`start_local_bucket`) and upload the dataset to it.
 
-    The copy of ``<storage.root>/<first prefix>`` (images, annotations, splits, and the
-    shards folder ``dataset.shards_prefix`` when ``shards``) lands under
-    ``s3://dss-bench/<first prefix>/``.
+    The copy of ``<storage.root>/<first prefix>`` (images, annotations, splits, and the shards
+    folder ``dataset.shards_prefix`` when ``shards``) lands under ``s3://dss-bench/<first
+    prefix>/``.
 
     Returns:
         ``(cfg pointing at the server, the server's folder behind the bucket, the environment
@@ -133,9 +134,10 @@ def share_local_s3(
     bench_ranks: BenchRanks,
     stack: contextlib.ExitStack,
 ) -> tuple[T, Path]:
-    """Rank 0 starts a local S3 server with ``start`` (:func:`start_local_s3`,
-    :func:`start_local_bucket`); every rank gets what it returned, and the server's endpoint
-    and credentials into its environment (through the process group) until ``stack`` closes.
+    """Start a local S3 server on rank 0 with ``start``; share its result and credentials with all.
+
+    ``start`` is :func:`start_local_s3` or :func:`start_local_bucket`; every rank gets what it
+    returned, and the server's endpoint and credentials in its environment until ``stack`` closes.
 
     Returns:
         ``start``'s first two values.
@@ -156,8 +158,7 @@ def share_local_s3(
 
 
 def set_environment(env: dict[str, str], stack: contextlib.ExitStack) -> None:
-    """Put ``env`` into this process's environment until ``stack`` closes, then put back what
-    was there (a local server's endpoint and keys must not outlive it)."""
+    """Put ``env`` into this process's environment until ``stack`` closes, then restore it."""
     before = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
 
@@ -174,8 +175,7 @@ def set_environment(env: dict[str, str], stack: contextlib.ExitStack) -> None:
 def prepare_s3(
     cfg: Config, client_lib: str, local_dir: Path | None, *, shards: bool = True
 ) -> PreparedStorage:
-    """The S3 dataset as ``cfg.storage`` names it, read with ``client_lib`` (its shards found
-    or written only when ``shards``)."""
+    """The S3 dataset ``cfg.storage`` names, read with ``client_lib`` (shards if ``shards``)."""
     s3_cfg = replace(cfg, storage=replace(cfg.storage, type="s3", client_lib=client_lib))
     source = open_storage(s3_cfg)
     records, _ = load_split(source, s3_cfg, cfg.dataset.train_split)
@@ -186,11 +186,10 @@ def prepare_s3(
 class Storages:
     """The storages a run reads, each prepared when first asked for, on every rank alike.
 
-    The filesystem is prepared at once when the run reads it or fills a local S3 server from
-    it (its shards are what the server is filled with); S3 when its first configuration comes,
-    after the filesystem's (a failure there then loses none of them): a local S3 server is
-    started and filled when no endpoint is configured (rank 0's environment decides), then
-    each client library is opened.
+    The filesystem is prepared at once when the run reads it or fills a local S3 server from it; S3
+    when its first configuration comes, after the filesystem's (a failure there then loses none of
+    them): a local S3 server is started and filled when no endpoint is configured (rank 0's
+    environment decides), then each client library is opened.
 
     Args:
         cfg: the run's config (``storage.*``, ``dataset.*``).
@@ -244,8 +243,7 @@ class Storages:
         return self.prepared[key]
 
     def boto3(self):
-        """The boto3 S3 storage among the prepared ones (the GET-pool baseline uses boto3 for
-        every client library), or None."""
+        """The prepared boto3 S3 storage (the GET-pool baseline's, for every library), or None."""
         from pipelines.storage.s3 import S3Storage
 
         for target in self.prepared.values():
@@ -294,9 +292,9 @@ def cold_dir(prepared: PreparedStorage, access: str) -> Path | None:
     """Prepare a cold pass: flush and evict the files ``access`` reads from the page cache.
 
     Returns:
-        The folder they live in when that worked (then every read of the pass evicts its file
-        first: :class:`bench.page_cache.EvictBeforeRead`); None for a remote storage or a
-        platform without ``posix_fadvise``.
+        The folder they live in when that worked (every read of the pass then evicts its file first:
+        :class:`bench.page_cache.EvictBeforeRead`); None for a remote storage or a platform without
+        ``posix_fadvise``.
     """
     files = case_files(prepared, access)
     if files and evict_page_cache(list(dict.fromkeys(files))):

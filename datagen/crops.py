@@ -1,9 +1,8 @@
 """Derive a classification dataset from a detection one: one crop per annotated object.
 
-For BCCD: every annotated cell becomes ``<out>/<split>/<Class>/<image id>_<n>.jpg`` (``n`` is
-the box's position among the image's kept boxes), with the detection dataset's own
-train/val/test split carried over. Degenerate boxes were already dropped by the reader. The
-output is deterministic (same input, same files) and written atomically, one file at a time.
+For BCCD every annotated cell becomes ``<out>/<split>/<Class>/<image id>_<n>.jpg`` (``n``: the box's
+position among the image's kept boxes), the detection dataset's split carried over. The output is
+deterministic and written atomically, one file at a time.
 """
 
 from __future__ import annotations

@@ -1,34 +1,24 @@
-"""Synthetic samples: real JPEG images of a chosen size distribution, random boxes, VOC annotations
-(:mod:`datagen.synthetic` writes them as a dataset).
+"""Synthetic samples: real JPEGs of a chosen size distribution, random boxes, VOC annotations.
 
-Like DLIO's data generator (the one MLPerf Storage uses), this writes a dataset whose *sizes*
-match a real workload, so storage can be measured at any scale without downloading one. Unlike
-DLIO's random bytes, every image is a real, decodable JPEG with boxes drawn where the annotation
-says, in Pascal VOC layout, so the VOC reader (:func:`pipelines.formats.voc.load_voc_split`),
-the shard writer and every access pattern use it unchanged::
+Like DLIO's data generator (MLPerf Storage's), the dataset's *sizes* match a real workload; unlike
+its random bytes, every image is a decodable JPEG with boxes where the annotation says, in Pascal
+VOC layout (:mod:`datagen.synthetic` writes it), read unchanged by every access pattern::
 
     JPEGImages/<id>.jpg       the images
     Annotations/<id>.xml      one VOC annotation per image: size, 1..K boxes with class names
     ImageSets/Main/train.txt  image ids of the training split, one per line (written last)
     ImageSets/Main/test.txt   image ids of the test split (when ``test_fraction > 0``)
 
-Units: sizes are in bytes; KB means 10^3 bytes. Ids are ``synth_000000``, ``synth_000001``...
-
-Image sizes. Each image gets a target size drawn from the size distribution (lognormal by
-default, or normal clipped to at least :data:`MIN_TARGET_BYTES`), by quasi-random (golden-ratio
-low-discrepancy) sampling of the distribution's quantiles, so the mean of the first N targets is
-close to the distribution's mean for any N, not only on average. The target is reached by
-choosing the image's pixel count (content whose compressed size per pixel is about constant:
-smooth colour fields, texture, cell-like ellipses and sensor-like grain, which compresses like a
-photo) and then the JPEG quality (a short search around :data:`BASE_QUALITY`), to within a few
-percent for sizes from about 5 KB to a few MB. A target above :data:`LARGEST_JPEG_BYTES`
-(about 12 MB: MLPerf's unet3d volumes are 146.6 MB) is a 1 MB JPEG followed by random bytes up
-to the target, which JPEG decoders ignore.
-
-Determinism: every image depends only on ``(seed, index)`` and the size/box settings, so the same
-arguments (and the same Pillow/libjpeg and NumPy) give the same bytes, whether generated in one
-process or several. Nothing is held beyond a bounded window of images: 100,000 images need no
-more memory than 10.
+Units: bytes; KB = 10^3 bytes. Ids are ``synth_000000``, ``synth_000001``... Each image's target
+size is drawn from the distribution (lognormal, or normal clipped to at least
+:data:`MIN_TARGET_BYTES`) by golden-ratio low-discrepancy sampling of its quantiles, so the mean
+of the first N targets is close to the distribution's for any N. It is reached by the pixel count
+(content with about constant compressed bytes per pixel) and then the JPEG quality (a short
+search around :data:`BASE_QUALITY`), within a few percent from about 5 KB to a few MB; a target
+above :data:`LARGEST_JPEG_BYTES` is a 1 MB JPEG followed by random bytes, which decoders ignore.
+Every image depends only on ``(seed, index)`` and the size/box settings (same arguments and same
+Pillow/libjpeg/NumPy: same bytes, in one process or several); memory is bounded by a window of
+images, whatever the count.
 """
 
 from __future__ import annotations
@@ -93,7 +83,7 @@ IMAGE_STREAM, SPLIT_STREAM, SIZE_STREAM = 0, 1, 2
 
 
 class SynthError(Exception):
-    """The target cannot take the dataset (one already there, or not a directory)."""
+    """The target cannot take the dataset (one is already there, or it is not a directory)."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +207,7 @@ def spec_from_preset(
     std_kb: float | None = None,
     **fields,
 ) -> SynthSpec:
-    """A :class:`SynthSpec` from a preset, with the mean and/or std overridden (KB = 10^3 B).
+    """A :class:`SynthSpec` from a preset, its mean and/or std overridden (KB = 10^3 bytes).
 
     With ``mean_kb`` and no ``std_kb``, the preset's std/mean ratio is kept.
 
@@ -243,10 +233,9 @@ def image_id(index: int, count: int) -> str:
 def target_size(spec: SynthSpec, index: int) -> int:
     """The size in bytes that image ``index`` aims at.
 
-    The ``index``-th point of a golden-ratio sequence (offset by the seed) is mapped through the
-    distribution's quantile function: any run of consecutive indices covers the distribution
-    evenly, so the mean of N targets is within a few percent of ``spec.mean_bytes`` already for
-    N of a few dozen.
+    The ``index``-th point of a golden-ratio sequence (offset by the seed) through the
+    distribution's quantile function: consecutive indices cover the distribution evenly, so the mean
+    of N targets is within a few percent of ``spec.mean_bytes`` from N of a few dozen.
     """
     if spec.std_bytes == 0:
         return spec.mean_bytes
@@ -263,11 +252,10 @@ def target_size(spec: SynthSpec, index: int) -> int:
 def generate_sample(spec: SynthSpec, index: int, count: int) -> Sample:
     """Generate image ``index`` of a dataset of ``count`` images (pure: same input, same bytes).
 
-    Picks the target size, the image shape (pixel count from the target, a common photo aspect
-    ratio), 1..``max_boxes`` boxes of 5-40 % of each side inside the image (integer pixel
-    coordinates, ``0 <= xmin < xmax <= width``), draws one ellipse per box in its class's colour
-    over a textured background, and encodes the JPEG at the quality that comes closest to the
-    target. A target above :data:`LARGEST_JPEG_BYTES` gets a JPEG of about
+    The target size gives the pixel count (a common photo aspect ratio); 1..``max_boxes`` boxes of
+    5-40 % of each side lie inside the image (integer pixels, ``0 <= xmin < xmax <= width``), one
+    ellipse per box in its class's colour over a textured background; the JPEG quality is the one
+    closest to the target. A target above :data:`LARGEST_JPEG_BYTES` gets a JPEG of about
     :data:`PADDED_JPEG_BYTES` and random bytes after it, up to the target.
     """
     rng = np.random.default_rng([spec.seed, IMAGE_STREAM, index])
@@ -332,8 +320,10 @@ def _render(
     labels: list[int],
     classes: int,
 ) -> Image.Image:
-    """An RGB image that compresses like a photo: smooth colour field, texture, one ellipse per
-    box (filled in its class's colour, with a darker rim and a nucleus), sensor-like grain."""
+    """An RGB image that compresses like a photo: colour field, texture, an ellipse per box, grain.
+
+    Each ellipse is filled in its class's colour, with a darker rim and a nucleus.
+    """
     cells = (max(2, height // 64 + 2), max(2, width // 64 + 2), 3)
     image = Image.fromarray(rng.integers(40, 216, cells, dtype=np.uint8), "RGB")
     image = image.resize((width, height), Image.Resampling.BICUBIC)
@@ -370,9 +360,11 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
 
 
 def _encode_to_size(image: Image.Image, target: int, tries: int = 4) -> tuple[bytes, int]:
-    """Encode at :data:`BASE_QUALITY`; when more than :data:`SIZE_TOLERANCE` off the target,
-    step the quality by secant steps on log(size) (at most ``tries`` more encodes, within
-    [MIN_Q, MAX_Q]) and keep the encoding closest to the target."""
+    """Encode near ``target`` bytes: :data:`BASE_QUALITY` first, then secant steps on log(size).
+
+    Steps only when more than :data:`SIZE_TOLERANCE` off, at most ``tries`` more encodes within
+    [MIN_Q, MAX_Q]; the encoding closest to the target is kept.
+    """
     quality = BASE_QUALITY
     best = _jpeg(image, quality)
     best_q, size = quality, len(best)

@@ -1,6 +1,7 @@
-"""Synthetic detection datasets in Pascal VOC layout (``make synth``): the samples of
-:mod:`datagen.images` split into train and test, generated in parallel and written to a
-filesystem or S3, a bounded window of images in memory at a time.
+"""Synthetic detection datasets in Pascal VOC layout (``make synth``).
+
+The samples of :mod:`datagen.images`, split into train and test, generated in parallel and written
+to a filesystem or S3, a bounded window of images in memory at a time.
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ class SynthReport:
 
 
 def split_mask(count: int, test_fraction: float, seed: int) -> np.ndarray:
-    """A boolean mask of the images in the test split: ``round(count * test_fraction)`` of them
-    (at least 1 when the fraction is positive, at most ``count - 1``), chosen by ``seed``.
+    """A boolean mask of the images in the test split, chosen by ``seed``.
+
+    ``round(count * test_fraction)`` of them, at least 1 when the fraction is positive, at most
+    ``count - 1``.
 
     Raises:
         ValueError: ``test_fraction`` outside [0, 1).
@@ -90,8 +93,7 @@ def split_mask(count: int, test_fraction: float, seed: int) -> np.ndarray:
 
 
 def existing_dataset_key(storage: Storage) -> str | None:
-    """A key under ``ImageSets/Main``, ``Annotations`` or ``JPEGImages``, or None when the target
-    holds none (no dataset there).
+    """A key under ``ImageSets/Main``, ``Annotations`` or ``JPEGImages``, or None (no dataset).
 
     Raises:
         pipelines.storage.base.StorageError: the target cannot be listed (missing bucket,
@@ -122,8 +124,10 @@ def _first_key(storage: Storage, prefix: str) -> str | None:
 
 
 class _BoundedWriter:
-    """Writes objects in ``threads`` threads with at most ``max_pending`` waiting (bounded
-    memory); the first failure is raised by the next :meth:`write` or by :meth:`close`."""
+    """Write objects in ``threads`` threads, at most ``max_pending`` waiting (bounded memory).
+
+    The first failure is raised by the next :meth:`write` or by :meth:`close`.
+    """
 
     def __init__(self, storage: Storage, threads: int, max_pending: int):
         self._storage = storage
@@ -158,8 +162,7 @@ def _generate_task(spec: SynthSpec, index: int, count: int) -> Sample:
 
 
 def _samples(spec: SynthSpec, count: int, workers: int):
-    """Samples 0..count-1 in order; with ``workers > 1`` from a process pool, at most
-    ``2 * workers`` generated ahead of the consumer."""
+    """Samples 0..count-1 in order; with ``workers > 1`` from processes, ``2 * workers`` ahead."""
     if workers <= 1:
         for index in range(count):
             yield generate_sample(spec, index, count)
@@ -280,8 +283,7 @@ def _refuse_existing_dataset(storage: Storage) -> None:
 
 
 def _write_sample(writer: _BoundedWriter, sample: Sample, report: SynthReport) -> None:
-    """Queue one sample's JPEG and annotation for writing and add them (2 objects) and its
-    boxes to ``report``.
+    """Queue one sample's JPEG and annotation for writing; count them and its boxes in ``report``.
 
     Raises:
         pipelines.storage.base.StorageError: an earlier write failed.
@@ -298,8 +300,10 @@ def _write_sample(writer: _BoundedWriter, sample: Sample, report: SynthReport) -
 def _write_split_files(
     storage: Storage, in_test: np.ndarray, count: int, report: SynthReport
 ) -> None:
-    """Write ``train.txt`` and ``test.txt`` (the images outside and inside the ``in_test`` mask
-    of ``count`` booleans; none for an empty split) and add them to ``report``."""
+    """Write ``train.txt`` and ``test.txt`` (outside and inside the ``in_test`` mask); count them.
+
+    An empty split gets no file.
+    """
     for split, mask in (("train", ~in_test), ("test", in_test)):
         indices = np.flatnonzero(mask)
         if len(indices) == 0:

@@ -11,9 +11,10 @@ from pipelines.storage.s3 import S3Storage
 
 
 def local_files(src: str | os.PathLike, exclude: tuple[str, ...] = ()) -> list[tuple[Path, str]]:
-    """Every regular file under ``src`` (symlinks followed, hidden files included), sorted, as
-    ``(path, key relative to src)``; the folders named in ``exclude`` (directly under
-    ``src``) are left out.
+    """Every regular file under ``src`` as ``(path, key relative to src)``, sorted.
+
+    Symlinks are followed, hidden files included; the folders directly under ``src`` named in
+    ``exclude`` are left out.
 
     Raises:
         StorageError: ``src`` is not a directory or holds no file.
@@ -43,18 +44,18 @@ def upload_tree(
     progress: bool = True,
     exclude: tuple[str, ...] = (),
 ) -> tuple[int, int]:
-    """Upload every file under ``src`` to ``storage`` (key = path relative to ``src``), but
-    those of the folders directly under ``src`` named in ``exclude``.
+    """Upload every file under ``src`` to ``storage`` (key: path relative to ``src``).
 
-    ``workers`` files upload at once (threads); large files go as multipart uploads
-    (:meth:`S3Storage.put_file`). A tqdm bar shows bytes when ``progress``.
+    Folders directly under ``src`` named in ``exclude`` are left out. ``workers`` files upload at
+    once (threads); large files go as multipart uploads (:meth:`S3Storage.put_file`); a tqdm bar
+    shows bytes when ``progress``.
 
     Returns:
         ``(files, bytes)`` uploaded.
 
     Raises:
-        StorageError: ``src`` is not a directory or is empty.
-        pipelines.storage.base.StorageError: an upload failed (the first failure; the others stop).
+        pipelines.storage.base.StorageError: ``src`` is not a directory or is empty, or an upload
+            failed (the first failure; the others stop).
     """
     from tqdm import tqdm
 

@@ -1,20 +1,13 @@
 """What the project's TorchServe handlers share: request decoding, archive reading, batching.
 
-Both archives (``detector.mar``, ``classifier.mar``; see ``serve/archive.py``) ship this file as
-an extra file, flat next to the handler in the model dir TorchServe extracts. The handlers import
-it as a sibling module (``from base_handler import ...``): TorchServe imports the handler module
-itself by name from that dir, so whatever lies next to it is importable the same way. In the
-repository it is ``handlers.base_handler`` (relative import).
-
-:class:`ImageHandler` is the common base class: it loads ``model.json`` / ``index_to_name.json``
-/ the model file / the state_dict, applies the model-config YAML's ``handler:`` knobs, decodes the
-request bodies and answers each request of a batch on its own: a missing, empty, too large or
-undecodable body gets HTTP 400 and ``{"error": "..."}`` while the other requests of the batch are
-answered normally. A subclass says how to build the model, prepare a decoded image, run a batch
-and format the answers.
-
-TorchServe requires the handler module to define exactly one class; it counts only classes
-defined in that module (``cls.__module__``), so the base class imported from here does not count.
+Both archives (``detector.mar``, ``classifier.mar``; ``serve/archive.py``) ship this file flat next
+to the handler; the handlers import it as a sibling module (``from base_handler import ...``), since
+TorchServe imports the handler module by name from that dir. In the repository it is
+``handlers.base_handler`` (relative import). :class:`ImageHandler` loads the archive, applies the
+model-config YAML's ``handler:`` knobs, decodes the bodies and answers each request of a batch on
+its own: a missing, empty, too large or undecodable body gets HTTP 400 and ``{"error": "..."}``
+while the others are answered normally. TorchServe requires the handler module to define exactly one
+class and counts only classes defined there, so this imported base does not count.
 """
 
 from __future__ import annotations
@@ -61,11 +54,10 @@ class ImageHandler(BaseHandler):
         task: the ``model.json`` task this handler serves (``"detection"``, ...).
         required_spec_keys: keys ``model.json`` must have.
         default_model_file: model file name when the manifest names none.
-        builder: name of the function the model file must define; it is passed to
-            :meth:`build_model`.
-        max_image_pixels: refuse (HTTP 400) images with more than this many pixels (width *
-            height), read from the image header before decoding, so that a small compressed
-            body cannot make the worker allocate gigabytes. A ``handler:`` knob.
+        builder: name of the function the model file must define; passed to :meth:`build_model`.
+        max_image_pixels: refuse (HTTP 400) images of more pixels (width * height), read from the
+            image header before decoding, so a small compressed body cannot make the worker allocate
+            gigabytes. A ``handler:`` knob.
     """
 
     task: str = ""
@@ -82,8 +74,10 @@ class ImageHandler(BaseHandler):
     # ------------------------------------------------------------------ to implement
 
     def build_model(self, build: Callable[..., torch.nn.Module], spec: dict[str, Any]):
-        """Build the untrained model ``spec`` (``model.json``) describes with ``build``
-        (the model file's :attr:`builder`); the state_dict is loaded into it afterwards.
+        """Build the untrained model ``spec`` (``model.json``) describes with ``build``.
+
+        ``build`` is the model file's :attr:`builder`; the state_dict is loaded into the model
+        afterwards.
 
         Raises:
             ValueError: the spec does not describe a model this handler can build.
@@ -91,8 +85,10 @@ class ImageHandler(BaseHandler):
         raise NotImplementedError
 
     def prepare_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Turn one decoded image (``[3, H, W]`` uint8, or uint16 for 16-bit PNGs, RGB) into
-        the model's input for that image."""
+        """Turn one decoded image into the model's input for that image.
+
+        ``image`` is RGB ``[3, H, W]``, uint8 (uint16 for 16-bit PNGs).
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------------ loading
@@ -152,8 +148,9 @@ class ImageHandler(BaseHandler):
         )
 
     def apply_knobs(self, section: dict[str, Any]) -> None:
-        """Override the class-attribute knobs from the YAML ``handler:`` section; unknown keys
-        are logged and ignored.
+        """Override the class-attribute knobs from the YAML ``handler:`` section.
+
+        Unknown keys are logged and ignored.
 
         Raises:
             ValueError: a knob's value is invalid (the message names the knob).
@@ -255,8 +252,10 @@ FORM_ENCODED = "application/x-www-form-urlencoded"
 
 
 def request_content_type(context: Any, index: int) -> str | None:
-    """The Content-Type header of request ``index`` of the batch, lower case; None when the
-    context (None outside TorchServe) does not say."""
+    """The Content-Type header of request ``index``, lower case; None when the context does not say.
+
+    ``context`` is None outside TorchServe.
+    """
     try:
         headers = context.get_all_request_header(index)
     except (AttributeError, IndexError, KeyError, TypeError):

@@ -1,26 +1,23 @@
 """TorchServe handler for the project's image classifiers (``models/classifier.py``).
 
-The archive (see ``scripts/archive.py``) holds, flat in the model dir that TorchServe extracts:
-``classifier.py`` (the model file, ``models/classifier.py``), ``model.pt`` (a state_dict of the
-``Classifier``), ``model.json`` (``{"task": "classification", "arch": "resnet18" | "convnet",
-"num_classes": N, "image_size": S, "grayscale": bool}``), ``index_to_name.json`` (``{"0":
-"Platelets", "1": "RBC", "2": "WBC"}``, 0-based, no background), ``base_handler.py`` (what the
-handlers share) and this file.
+The archive (``scripts/archive.py``) holds, flat in the model dir TorchServe extracts:
+``classifier.py`` (the model file), ``model.pt`` (a state_dict of the ``Classifier``),
+``model.json`` (``{"task": "classification", "arch": "resnet18" | "convnet", "num_classes": N,
+"image_size": S, "grayscale": bool}``), ``index_to_name.json`` (``{"0": "Platelets", "1": "RBC",
+"2": "WBC"}``, 0-based, no background), ``base_handler.py`` and this file.
 
-Request: the body of ``POST /predictions/NAME`` is one JPEG or PNG image of one object, e.g. a
-cell crop (raw bytes, or base64 text when sent with a ``text/*`` content type). It is resized to
-``S`` x ``S`` pixels (aspect ratio not kept, antialiased), as the training crops were. Response,
-per request: a JSON object of the ``k = min(topk, N)`` most probable classes, highest first,
-``{"<label>": probability}`` (softmax, rounded to 1e-4), e.g. ``{"WBC": 0.9412, "Platelets":
-0.0391, "RBC": 0.0197}``. This is the convention of TorchServe's built-in ``image_classifier``,
-whose fixed top-5 fails with fewer than 5 classes; here ``k`` never exceeds the classes.
+Request: the body of ``POST /predictions/NAME`` is one JPEG or PNG image of one object, e.g. a cell
+crop (raw bytes, or base64 text when sent with a ``text/*`` content type), resized to ``S`` x ``S``
+pixels (aspect ratio not kept, antialiased) as the training crops were. Response, per request: a
+JSON object of the ``k = min(topk, N)`` most probable classes, highest first, ``{"<label>":
+probability}`` (softmax, rounded to 1e-4), e.g. ``{"WBC": 0.9412, "Platelets": 0.0391, "RBC":
+0.0197}``: the convention of TorchServe's built-in ``image_classifier``, whose fixed top-5 fails
+with fewer than 5 classes. A request whose body is missing, empty, too large or not a decodable
+JPEG/PNG gets HTTP 400 and ``{"error": "..."}`` on its own; the other requests of the batch are
+answered normally.
 
-A request whose body is missing, empty, too large or not a decodable JPEG/PNG gets HTTP 400 and
-``{"error": "..."}`` on its own; the other requests of the same batch are answered normally.
-
-Built on :class:`ts.torch_handler.base_handler.BaseHandler` (through ``base_handler``'s
-``ImageHandler``) only: the built-in vision handlers import ``captum`` at load time, which this
-project does not install. TorchServe requires that this module define exactly one class.
+Built on ``BaseHandler`` only (through ``ImageHandler``): the built-in vision handlers import
+``captum``, which this project does not install. This module must define exactly one class.
 """
 
 from __future__ import annotations
@@ -40,13 +37,12 @@ else:  # in the extracted archive: base_handler.py lies next to this file
 class ClassifierHandler(ImageHandler):
     """Serve a ``build_classifier`` model: one image in, the most probable classes out.
 
-    Knobs are class attributes; the model-config YAML of the archive overrides them in its
-    ``handler:`` section (``context.model_yaml_config["handler"]``):
+    The knobs are class attributes, overridden by the ``handler:`` section of the archive's
+    model-config YAML (``context.model_yaml_config["handler"]``).
 
     Attributes:
-        topk: answer at most this many classes (and never more than the model has); int >= 1.
-        max_image_pixels: refuse (HTTP 400) images with more than this many pixels (see
-            :class:`ImageHandler`).
+        topk: answer at most this many classes (never more than the model has); int >= 1.
+        max_image_pixels: refuse (HTTP 400) images with more pixels (:class:`ImageHandler`).
         image_size: side in pixels the images are resized to; from ``model.json``.
     """
 
@@ -63,14 +59,15 @@ class ClassifierHandler(ImageHandler):
     def build_model(
         self, build: Callable[..., torch.nn.Module], spec: dict[str, Any]
     ) -> torch.nn.Module:
-        """``build_classifier(arch, num_classes, grayscale=..., image_size=...)`` as
-        ``model.json`` says (a model of the user's: ``function(num_classes, image_size,
-        False)``), after checking that ``index_to_name.json`` names every class.
+        """Build the ``model.json`` classifier once ``index_to_name.json`` names every class.
+
+        ``build_classifier(arch, num_classes, grayscale=..., image_size=...)``; a model of the
+        user's: ``function(num_classes, image_size, False)``.
 
         Raises:
             ValueError: ``image_size`` is not a positive integer, the labels do not match
-                ``num_classes`` or repeat a name, or ``build_classifier`` refuses the spec
-                (unknown arch, an image_size the arch cannot take).
+                ``num_classes`` or repeat a name, or ``build_classifier`` refuses the spec (unknown
+                arch, an image_size the arch cannot take).
         """
         num_classes = int(spec["num_classes"])
         self.image_size = positive_int("model.json image_size", spec["image_size"])
@@ -118,7 +115,7 @@ class ClassifierHandler(ImageHandler):
 
         Args:
             images: float32 ``[3, S, S]`` tensors in [0, 1]; stacked and moved to the model's
-                device here.
+                device.
 
         Returns:
             float32 ``[B, num_classes]``, each row a softmax (sums to 1).

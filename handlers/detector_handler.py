@@ -1,23 +1,21 @@
 """TorchServe handler for the project's Faster R-CNN detectors.
 
-The archive (see ``scripts/archive.py``) holds, flat in the model dir that TorchServe extracts:
+The archive (``scripts/archive.py``) holds, flat in the model dir TorchServe extracts:
 ``detector.py`` (the model file, ``models/detector.py``), ``model.pt`` (a state_dict),
 ``model.json`` (``{"task": "detection", "arch": ..., "num_classes": ..., "frozen_bn": ...}``),
-``index_to_name.json`` (``{"0": "__background__", "1": "Platelets", ...}``),
-``base_handler.py`` (what the handlers share) and this file.
+``index_to_name.json`` (``{"0": "__background__", "1": "Platelets", ...}``), ``base_handler.py`` and
+this file.
 
-Request: the body of ``POST /predictions/NAME`` is one JPEG or PNG image (raw bytes, or base64
-text when sent with a ``text/*`` content type). Response, per request: a JSON list, best score
-first, of ``{"<label>": [x1, y1, x2, y2], "score": s}`` with the box in pixel coordinates of the
-image as sent (EXIF orientation is not applied) and only detections with ``score >=
-score_threshold``. This is the convention of TorchServe's built-in ``object_detector``.
+Request: the body of ``POST /predictions/NAME`` is one JPEG or PNG image (raw bytes, or base64 text
+when sent with a ``text/*`` content type). Response, per request: a JSON list, best score first, of
+``{"<label>": [x1, y1, x2, y2], "score": s}`` with the box in pixel coordinates of the image as sent
+(EXIF orientation is not applied) and only detections with ``score >= score_threshold``: the
+convention of TorchServe's built-in ``object_detector``. A request whose body is missing, empty, too
+large or not a decodable JPEG/PNG gets HTTP 400 and ``{"error": "..."}`` on its own; the other
+requests of the batch are answered normally.
 
-A request whose body is missing, empty, too large or not a decodable JPEG/PNG gets HTTP 400 and
-``{"error": "..."}`` on its own; the other requests of the same batch are answered normally.
-
-Built on :class:`ts.torch_handler.base_handler.BaseHandler` (through ``base_handler``'s
-``ImageHandler``) only: the built-in vision handlers import ``captum`` at load time, which this
-project does not install. TorchServe requires that this module define exactly one class.
+Built on ``BaseHandler`` only (through ``ImageHandler``): the built-in vision handlers import
+``captum``, which this project does not install. This module must define exactly one class.
 """
 
 from __future__ import annotations
@@ -37,13 +35,12 @@ else:  # in the extracted archive: base_handler.py lies next to this file
 class DetectorHandler(ImageHandler):
     """Serve a ``build_detector`` model: images in, labelled boxes out.
 
-    Knobs are class attributes; the model-config YAML of the archive overrides them in its
-    ``handler:`` section (``context.model_yaml_config["handler"]``):
+    The knobs are class attributes, overridden by the ``handler:`` section of the archive's
+    model-config YAML (``context.model_yaml_config["handler"]``).
 
     Attributes:
         score_threshold: keep detections with ``score >= score_threshold``; float in [0, 1].
-        max_image_pixels: refuse (HTTP 400) images with more than this many pixels (see
-            :class:`ImageHandler`).
+        max_image_pixels: refuse (HTTP 400) images with more pixels (:class:`ImageHandler`).
     """
 
     task = "detection"
@@ -55,8 +52,10 @@ class DetectorHandler(ImageHandler):
     def build_model(
         self, build: Callable[..., torch.nn.Module], spec: dict[str, Any]
     ) -> torch.nn.Module:
-        """``build_detector(arch, num_classes, frozen_bn=...)`` as ``model.json`` says (a
-        model of the user's: ``function(num_classes, image_size, False)``)."""
+        """``build_detector(arch, num_classes, frozen_bn=...)`` as ``model.json`` says.
+
+        A model of the user's: ``function(num_classes, image_size, False)``.
+        """
         if "function" in spec:
             return build(int(spec["num_classes"]), int(spec["image_size"]), False)
         return build(

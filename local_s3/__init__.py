@@ -1,2 +1,1 @@
-"""A real S3-protocol server on this machine (``rclone serve s3`` on 127.0.0.1), for
-development, tests and the benchmarks' local runs: started, filled, found and stopped here."""
+"""A local S3-protocol server (``rclone serve s3``) for development, tests and local benchmarks."""

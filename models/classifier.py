@@ -1,18 +1,16 @@
 """Image classifiers, built the same way for training and for serving.
 
-Two architectures:
+- ``convnet``: the original DSS benchmark's small ConvNet, the LeNet-5 layout of PyTorch's "Training
+  a classifier" tutorial (CIFAR-10): conv 5x5 (6) → max-pool 2 → conv 5x5 (16) → max-pool 2 → linear
+  400→120 → 120→84 → 84→classes, on 32x32 inputs; the original read grayscale images
+  (``grayscale=True``).
+- ``resnet18``: torchvision's ResNet-18 (He et al., "Deep Residual Learning for Image Recognition",
+  CVPR 2016), its last layer sized to the classes.
 
-- ``convnet``: the original DSS benchmark's small ConvNet, the LeNet-5 layout of PyTorch's
-  "Training a classifier" tutorial (CIFAR-10): conv 5x5 (6) → max-pool 2 → conv 5x5 (16) →
-  max-pool 2 → linear 400→120 → 120→84 → 84→classes, on 32x32 inputs. The original read
-  grayscale images; ``grayscale=True`` reproduces that.
-- ``resnet18``: torchvision's ResNet-18 (He et al., "Deep Residual Learning for Image
-  Recognition", CVPR 2016), its last layer sized to the classes.
-
-Every model is wrapped in :class:`Classifier`, which takes RGB float images in [0, 1] already
-resized to ``image_size`` x ``image_size`` and does the rest (grayscale conversion,
-normalisation) itself, so the serving handler only has to decode and resize. This file is also
-the ``--model-file`` of the TorchServe archive, so it imports only torch and torchvision.
+:class:`Classifier` wraps every model: it takes RGB float images in [0, 1] already resized to
+``image_size`` x ``image_size`` and does grayscale conversion and normalisation itself, so the
+serving handler only decodes and resizes. This file is also the archive's ``--model-file``, so it
+imports only torch and torchvision.
 """
 
 from __future__ import annotations
@@ -70,11 +68,10 @@ class SmallConvNet(nn.Module):
 class Classifier(nn.Module):
     """A classification network with its input preparation.
 
-    ``forward`` takes float32 ``[B, 3, H, W]`` RGB images in [0, 1] (``H = W = image_size``)
-    and returns logits float32 ``[B, num_classes]``; apply ``softmax(dim=1)`` for
-    probabilities. With ``grayscale`` the images are converted to one luma channel first. The
-    input is then normalised with the ImageNet mean and std (the luma-weighted mean of them for
-    grayscale).
+    ``forward`` takes float32 ``[B, 3, H, W]`` RGB images in [0, 1] (``H = W = image_size``) and
+    returns logits float32 ``[B, num_classes]`` (``softmax(dim=1)`` for probabilities). With
+    ``grayscale`` the images become one luma channel first; then they are normalised with the
+    ImageNet mean and std (their luma-weighted means for grayscale).
 
     Args:
         network: the network proper (input ``[B, 1 or 3, H, W]`` normalised).
@@ -138,10 +135,9 @@ def build_pretrained_classifier(
 ) -> tuple[Classifier, bool]:
     """Build a ResNet-18 from torchvision's ImageNet weights when cached or downloadable.
 
-    The last layer is replaced by a fresh one for ``num_classes``. The ConvNet has no published
-    weights and ImageNet's are RGB: for the ConvNet or ``grayscale`` an untrained model is
-    returned; when the weights cannot be had (no network, no cache) a one-line warning is
-    logged and an untrained model is returned too.
+    The last layer is replaced by a fresh one for ``num_classes``. An untrained model is returned
+    for the ConvNet (no published weights) or ``grayscale`` (ImageNet's are RGB), and, with a
+    one-line warning, when the weights cannot be had (no network, no cache).
 
     Returns:
         ``(model, pretrained)``; ``pretrained`` says whether ImageNet weights were loaded.

@@ -53,8 +53,7 @@ def is_own_model(arch: str) -> bool:
 
 
 def resolve(text: str) -> Reference:
-    """The model function ``model.arch`` names (:func:`common.reference.resolve`); nothing is
-    imported yet.
+    """The model function ``model.arch`` names (:func:`common.reference.resolve`); nothing imported.
 
     Raises:
         ConfigError: as :func:`common.reference.resolve`, or the file has a name the archive
@@ -170,9 +169,10 @@ def copy_into(entry: Reference, out: Path) -> None:
 
 
 def load_trained(out: str | os.PathLike) -> tuple[nn.Module, dict[str, str]]:
-    """Rebuild a trained model of the user's from a training output dir, in eval mode, on the
-    CPU: ``model.json`` (``model_file``, ``function``, ``num_classes``, ``image_size``), the
-    model file the run copied, ``model.pt`` (``weights_only=True``), ``index_to_name.json``.
+    """Rebuild a trained model of the user's from a training output dir, in eval mode, on the CPU.
+
+    From ``model.json`` (``model_file``, ``function``, ``num_classes``, ``image_size``), the model
+    file the run copied, ``model.pt`` (``weights_only=True``) and ``index_to_name.json``.
 
     Raises:
         FileNotFoundError: a file is missing (the message names it).

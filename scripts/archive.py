@@ -24,8 +24,7 @@ from serve.archive import TASKS, ArchiveError, build_archive, human_size
 
 
 def default_outputs() -> list[Path]:
-    """The default training output dirs (one per task) that hold a trained model
-    (``model.pt``), in :data:`serve.archive.TASKS` order."""
+    """The default training output dirs with a ``model.pt`` (:data:`serve.archive.TASKS` order)."""
     return [
         files.default_out for files in TASKS.values() if (files.default_out / "model.pt").exists()
     ]

@@ -47,15 +47,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def quick_look(cfg: BenchConfig) -> list[str]:
-    """The overrides that make a benchmark with ``dataset.limit`` N (``LIMIT=N``, ``--limit``)
-    a quick look, as config overrides (empty without a limit).
+    """The overrides that make a run with ``dataset.limit`` N a quick look (empty without one).
 
-    Besides cutting the split to its first N images (``dataset.limit``, as everywhere), a
-    quick look shortens every pass: a ``read`` pass reads the N images once (its warm-up and
-    measured steps together: ``ceil(N / loader.batch_size)`` steps, at most
-    ``bench.read_steps``), and ``emulate`` and ``train`` passes measure :data:`QUICK_STEPS`
-    steps (at most ``bench.steps``). The matrix, passes, baselines and peers are unchanged,
-    so every row is still there, from fewer steps. ``--set`` overrides come later and win.
+    With ``LIMIT=N`` or ``--limit N``, a ``read`` pass reads the N images once (warm-up and measured
+    steps together: ``ceil(N / loader.batch_size)`` steps, at most ``bench.read_steps``);
+    ``emulate`` and ``train`` passes measure :data:`QUICK_STEPS` steps (at most ``bench.steps``).
+    The matrix, passes, baselines and peers are unchanged, so every row is still there. ``--set``
+    overrides come later and win.
     """
     limit = cfg.dataset.limit
     if limit is None:
@@ -69,8 +67,7 @@ def quick_look(cfg: BenchConfig) -> list[str]:
 
 
 def bench_config(args: argparse.Namespace) -> BenchConfig:
-    """The run's config: the file, the flags, a quick look's overrides when a limit is set
-    (:func:`quick_look`; :func:`say_quick_look` tells the user), then ``--set``.
+    """The run's config: the file, the flags, :func:`quick_look`'s overrides, then ``--set``.
 
     Raises:
         ConfigError: an invalid file, flag or override.
@@ -91,8 +88,7 @@ def say_quick_look(cfg: BenchConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; user errors print one line and return 2; failed configurations
-    return 1 (see the module doc)."""
+    """Run the benchmark; return 2 for a user error (one line), 1 when a configuration failed."""
     argv = sys.argv[1:] if argv is None else argv
     args = get_args_parser().parse_args(argv)
     try:

@@ -1,27 +1,25 @@
-"""Memory stays bounded when data grows: measure the RSS of streaming a big shard and of listing
-many keys, and say PASS or FAIL against the goals.
+"""Check that memory stays bounded when data grows: RSS of streaming a big shard and of listing.
 
     python -m scripts.bench_memory                          # 1 GB shard, 100,000 keys
     python -m scripts.bench_memory --shard-gb 0.2 --listing-keys 20000
     python -m scripts.bench_memory --skip-list              # only (a)
 
-Goals (units: GB = 10^9 bytes, MiB = 2^20 bytes):
+Says PASS or FAIL against the goals (units: GB = 10^9 bytes, MiB = 2^20 bytes):
 
 (a) Streaming a 1 GB shard adds at most 64 MiB of RSS. One WebDataset shard of ``--shard-gb``
-    is written with the project's shard writer (:func:`pipelines.shards.writer.write_shards`, from a
-    small synthetic VOC tree whose 32 images of ~150 KB are repeated under new ids), then read
-    front to back with :func:`pipelines.shards.reader.iter_shard`, from the filesystem and from a
-    local S3 server (``rclone serve s3`` on 127.0.0.1, serving the same file) with each S3 client
-    library: boto3 (:class:`pipelines.storage.s3.S3Storage`) and s3torchconnector
+    is written with :func:`pipelines.shards.writer.write_shards` (from a small synthetic VOC tree
+    whose 32 images of ~150 KB are repeated under new ids), then read front to back with
+    :func:`pipelines.shards.reader.iter_shard` from the filesystem and from a local S3 server
+    (``rclone serve s3`` on 127.0.0.1, serving the same file) with each S3 client library: boto3
+    (:class:`pipelines.storage.s3.S3Storage`) and s3torchconnector
     (:class:`pipelines.storage.s3_connector.S3ConnectorStorage`).
 (b) Listing 100,000 keys holds no more than the keys. ``--listing-keys`` tiny objects under 10
     sub-prefixes are listed with ``S3Storage.list`` (one stream, and ``list_workers=4`` across the
     sub-prefixes), once keeping the keys in a list, once only counting them. Keeping them may
     add at most the keys' own memory (``sys.getsizeof`` of the list and of every key) plus
-    16 MiB per listing thread (the page of the response it is parsing, allocator slack);
-    counting may add at most 16 MiB per listing thread, plus, with several threads, the keys of
-    the sub-prefixes in flight (one per thread, listed whole before it is yielded): bounds that
-    do not grow with the number of keys.
+    16 MiB per listing thread; counting may add at most 16 MiB per listing thread, plus, with
+    several threads, the keys of the sub-prefixes in flight (one per thread, listed whole before
+    it is yielded).
 
 Each measurement runs in a fresh process (forked from a fork server that only imported the
 modules): it makes its first request, then records its baseline RSS and samples RSS (psutil)

@@ -1,4 +1,4 @@
-"""Shard reader speed: our tar parser vs WebDataset's tarfile-based one vs a raw read, one process.
+"""Measure shard reader speed: our tar parser vs WebDataset's tarfile-based one vs a raw read.
 
     python -m scripts.bench_shards                  # BCCD train shards (written if missing)
     python -m scripts.bench_shards --config configs/classification.yaml --repeat 20
@@ -8,7 +8,7 @@ page cache (a first untimed pass warms it): ``raw`` reads the files in 1 MiB chu
 nothing (the ceiling), ``webdataset`` groups the members of ``tar_file_iterator`` (Python's
 tarfile) with ``group_by_keys``, ``ours`` is :func:`pipelines.shards.reader.iter_shard`. Prints
 samples/s and MB/s (10^6 bytes) of each and the ratios against raw and webdataset, all measured
-in the same run (the machine is shared: compare ratios, not absolute figures across runs).
+in the same run (compare ratios, not absolute figures across runs).
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ def read_raw(storage: Storage, shard: ShardInfo) -> int:
 
 
 def read_webdataset(storage: Storage, shard: ShardInfo) -> int:
-    """Samples of the shard through WebDataset's tarfile-based iterator and grouping."""
+    """Count the shard's samples through WebDataset's tarfile-based iterator and grouping."""
     with storage.open(shard.key) as stream:
         files = ({**f, "__url__": shard.key} for f in tar_file_iterator(stream))
         return sum(1 for _ in group_by_keys(files))
 
 
 def read_ours(storage: Storage, shard: ShardInfo) -> int:
-    """Samples of the shard through :func:`pipelines.shards.reader.iter_shard`."""
+    """Count the shard's samples through :func:`pipelines.shards.reader.iter_shard`."""
     return sum(1 for _ in iter_shard(storage, shard))
 
 

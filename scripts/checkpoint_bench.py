@@ -1,4 +1,4 @@
-"""How fast does this storage take and give back a training job's checkpoint?
+"""Measure how fast this storage takes and gives back a training job's checkpoint.
 
     make checkpoint-bench                        # 1 GB on the filesystem and a local S3 server
     make checkpoint-bench SIZE_GB=8 NPROC=4      # 4 ranks, 2 GB each, at once
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) -> int:
-    """Every rank: its part written and read back; rank 0 writes the outputs and prints one
-    line per storage and method."""
+    """Run every rank's part; rank 0 writes the outputs and prints a line per storage and method."""
     from bench.checkpoint.report import answer_lines, failed, write_outputs
     from bench.checkpoint.run import run_checkpoint_bench
 

@@ -1,5 +1,6 @@
-"""Start several ranks with torchrun, and say in one line why a launch failed
-(:mod:`cli.launch`); ``make train NPROC=...`` runs it.
+"""Start several ranks with torchrun; say in one line why a launch failed (:mod:`cli.launch`).
+
+``make train NPROC=...`` runs it:
 
     python -m scripts.launch --nproc-per-node 4 --standalone -m scripts.train ...
 """

@@ -30,8 +30,7 @@ from pipelines.storage.filesystem import FileSystemStorage
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the missing splits' crops; a missing or malformed source prints one line and
-    returns 2."""
+    """Write the missing splits' crops; a missing or malformed source prints one line, returns 2."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -1,4 +1,4 @@
-"""A local S3-protocol server (rclone serve s3 on 127.0.0.1): up, status, down, upload.
+"""Run a local S3-protocol server (rclone serve s3 on 127.0.0.1): up, status, down, upload.
 
 Usage (from the repository root)::
 

@@ -31,9 +31,11 @@ CLASSIFICATION_EXAMPLE = Path("data/bccd_cells/test/WBC/BloodImage_00011_00.jpg"
 
 
 def example_image(task: str | None) -> str:
-    """A file to POST to a model of ``task`` in the printed curl hints (paths from the
-    repository root): a cell crop for a classifier (a placeholder with the command that makes
-    the crops when there are none), a whole photo otherwise."""
+    """A file to POST to a model of ``task`` in the printed curl hints (repository-root path).
+
+    A cell crop for a classifier (a placeholder naming the command that makes the crops when there
+    are none), a whole photo otherwise.
+    """
     if task == "classification":
         if CLASSIFICATION_EXAMPLE.is_file():
             return str(CLASSIFICATION_EXAMPLE)

@@ -1,4 +1,4 @@
-"""How do the served models hold up under load?
+"""Measure how the served models hold up under load.
 
     make archive && make serve-bench                 # every archive in model_store
     make serve-bench MODEL=detector REQUESTS=1000 CONCURRENCY=1,2,4,8,16 BAD=0.1
@@ -12,8 +12,8 @@ images right after each served run (``--repeats`` runs per level, the requests s
 them: the served/in-process ratio is the median of the runs' ratios, with its range, flagged
 unstable when it spreads more than 10 %), stops the server. Writes
 ``outputs/serve-bench/<timestamp>/`` (results.csv, report.md, latency.png, throughput.png) and
-prints a table. Exit status: 0; 1 when an answer was wrong or a
-worker restarted; 2 for a user error (one line).
+prints a table. Exit status: 0; 1 when an answer was wrong or a worker restarted; 2 for a user
+error (one line).
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""How many simulated accelerators does this storage keep at or above a workload's AU threshold,
-and what runs out there: the storage, the client's CPU or memory?
+"""Find how many simulated accelerators this storage keeps at or above a workload's AU threshold.
 
     make sweep                                   # retinanet on b200; fs and a local S3 server
     make sweep WORKLOAD=unet3d ACCELERATOR=b200  # MLPerf Storage v3.0's other closed workload
@@ -9,7 +8,8 @@ and what runs out there: the storage, the client's CPU or memory?
 
 MLPerf Storage's number, searched for by itself (:mod:`bench.sweep.run`): for each storage and
 access pattern, double the accelerators until the mean AU falls below the profile's threshold
-or the client runs out, bisect, then run the answer again with new seeds. Without torchrun and
+or the client runs out, bisect, then run the answer again with new seeds; it says what ran out
+there: the storage, the client's CPU or memory. Without torchrun and
 ``sweep.max_accelerators: auto`` one rank is measured first and the node's memory sets how many
 ranks start (:mod:`bench.sweep.launch`). Writes ``outputs/sweep/<timestamp>/`` (sweep.csv,
 report.md, points/*/summary.json, two plots, config.yaml) and prints each point and the
@@ -54,7 +54,11 @@ def launch_size(cfg: SweepConfig) -> int:
 
 
 def sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> int:
-    """Every rank: the sweep; rank 0 writes the outputs and prints the answers."""
+    """Run the sweep on every rank; rank 0 writes the outputs and prints the answers.
+
+    Returns:
+        The exit status of the module doc (0 on ranks other than 0).
+    """
     from bench.sweep.report import answer_line, write_outputs
     from bench.sweep.run import run_sweep
 

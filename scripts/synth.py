@@ -11,9 +11,8 @@ images the same target); --mean-kb / --std-kb override them (lognormal sizes unl
 S3 targets: the endpoint comes from --endpoint (empty: AWS), else $S3_ENDPOINT, else the local
 server of `python -m scripts.s3_local up` while it runs (its state folder is the env file's:
 .s3/), else AWS; credentials only from the AWS chain (environment, profile) or that server's
-env file, never from the command line. The bucket must
-exist. An existing dataset at the target is refused unless --overwrite (which replaces the keys
-it writes and keeps the others).
+env file, never from the command line. The bucket must exist. An existing dataset at the target
+is refused unless --overwrite (which replaces the keys it writes and keeps the others).
 Exit status: 0 written; 2 a one-line error; 130 interrupted.
 """
 
@@ -59,8 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _add_size_flags(parser: argparse.ArgumentParser) -> None:
-    """The image size distribution: ``--preset``, ``--mean-kb``, ``--std-kb``,
-    ``--distribution``."""
+    """Add the image size flags: ``--preset``, ``--mean-kb``, ``--std-kb``, ``--distribution``."""
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -82,8 +80,7 @@ def _add_size_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_content_flags(parser: argparse.ArgumentParser) -> None:
-    """What the images hold and how they are split: ``--classes``, ``--max-boxes``,
-    ``--test-fraction``, ``--seed``."""
+    """Add the content flags: ``--classes``, ``--max-boxes``, ``--test-fraction``, ``--seed``."""
     parser.add_argument(
         "--classes",
         default=",".join(DEFAULT_CLASSES),
@@ -102,7 +99,7 @@ def _add_content_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """How the dataset is written: ``--overwrite``, ``--workers``, ``--write-threads``."""
+    """Add the writing flags: ``--overwrite``, ``--workers``, ``--write-threads``."""
     parser.add_argument(
         "--overwrite", action="store_true", help="write over an existing dataset at --out"
     )
@@ -115,7 +112,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_s3_flags(parser: argparse.ArgumentParser) -> None:
-    """Where an ``s3://`` target's endpoint comes from: ``--endpoint``, ``--env-file``."""
+    """Add the flags an ``s3://`` target's endpoint comes from: ``--endpoint``, ``--env-file``."""
     parser.add_argument("--endpoint", help="S3 endpoint URL (default: $S3_ENDPOINT; empty: AWS)")
     parser.add_argument(
         "--env-file",
@@ -127,9 +124,10 @@ def _add_s3_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def open_target(out: str, endpoint: str | None, env_file: Path, write_threads: int) -> Storage:
-    """The storage of ``--out``: a :class:`FileSystemStorage` or an ``S3Storage`` (endpoint
-    and credentials: :func:`local_s3.server.resolve_s3`, with ``env_file``'s folder as the
-    local server's state folder).
+    """The storage of ``--out``: a :class:`FileSystemStorage` or an ``S3Storage``.
+
+    An S3 target's endpoint and credentials come from :func:`local_s3.server.resolve_s3`, with
+    ``env_file``'s folder as the local server's state folder.
 
     Raises:
         SynthError: ``out`` is an existing file, or an S3 URI without a bucket.

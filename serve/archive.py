@@ -1,16 +1,11 @@
 """Package a training output dir as a TorchServe model archive (``NAME.mar``).
 
-The training output's ``model.json`` says its task, and the task picks what is packaged (see
-:data:`TASKS`): for ``detection`` the model file ``models/detector.py``, the handler
-``handlers/detector_handler.py`` and the model-config YAML ``serve/detector.yaml``; for
-``classification`` ``models/classifier.py``, ``handlers/classifier_handler.py`` and
-``serve/classifier.yaml``; a model of the user's (``model.json`` has ``model_file``: see
-``models/own_model.py``) packs the run's copy of its own file as the model file instead. Every
-archive also holds the state_dict ``model.pt``,
-``index_to_name.json``, ``model.json`` and the handlers' shared module
-``handlers/base_handler.py``, all flat at its root. It is built by the real
-``torch-model-archiver`` into a temporary dir inside the model store and then renamed, so
-``model_store/NAME.mar`` is either the old archive or the complete new one, never half written.
+The task in ``model.json`` picks the model file, handler and model-config YAML (:data:`TASKS`); a
+model of the user's (``model.json`` has ``model_file``: ``models/own_model.py``) packs the run's
+copy of its own file instead. Every archive also holds ``model.pt``, ``index_to_name.json``,
+``model.json`` and ``handlers/base_handler.py``, flat at its root. The real ``torch-model-archiver``
+builds it in a temporary dir inside the model store, then it is renamed: ``model_store/NAME.mar`` is
+either the old archive or the complete new one, never half written.
 """
 
 from __future__ import annotations

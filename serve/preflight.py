@@ -1,7 +1,8 @@
-"""What TorchServe needs before it starts, checked so that a missing piece is one line naming the
-fix: Java 17+ (found as TorchServe looks for it), the ``torchserve`` and
-``torch-model-archiver`` console scripts of this environment, and archives with valid model
-names in the model store."""
+"""What TorchServe needs before it starts, each missing piece one line naming the fix.
+
+Java 17+ (found as TorchServe looks for it), the ``torchserve`` and ``torch-model-archiver`` console
+scripts of this environment, and archives with valid model names in the model store.
+"""
 
 from __future__ import annotations
 
@@ -54,8 +55,7 @@ def check_java() -> str:
 
 
 def find_tool(name: str) -> str | None:
-    """Locate a console script of the environment (``torchserve``, ``torch-model-archiver``):
-    next to this interpreter first, then on PATH; None when it is not installed."""
+    """Locate a console script beside this interpreter, then on PATH; None if not installed."""
     beside = Path(sys.executable).parent / name
     if beside.is_file():
         return str(beside)

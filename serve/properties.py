@@ -1,8 +1,8 @@
-"""TorchServe's server configuration: read the repository's ``config.properties``, derive the one
-a server runs with (addresses, ports, token authorization, allowed archive URLs), write it.
+"""TorchServe's server configuration: read the repository's, derive and write a server's own.
 
-The format is Java properties as TorchServe reads them (``key=value`` lines, ``#``/``!``
-comments; https://github.com/pytorch/serve/blob/master/docs/configuration.md).
+The derived one sets addresses, ports, token authorization and allowed archive URLs. The format is
+Java properties as TorchServe reads them (``key=value`` lines, ``#``/``!`` comments;
+https://github.com/pytorch/serve/blob/master/docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -58,8 +58,7 @@ class Listener:
 
     @property
     def client_url(self) -> str:
-        """:attr:`url` with a wildcard bind address (0.0.0.0, ::) replaced by loopback, for
-        clients on this machine."""
+        """:attr:`url` with a wildcard host (0.0.0.0, ::) made loopback, for local clients."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
         return replace(self, host=host).url
 
@@ -208,8 +207,7 @@ def derive_properties(
 
 
 def write_properties(path: Path, props: dict[str, str], header: str) -> None:
-    """Write ``key=value`` lines atomically, mode 0600 (every key of the base configuration is
-    copied, a keystore password a user added among them)."""
+    """Write ``key=value`` lines atomically, mode 0600 (they may hold a keystore password)."""
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{key}={value}" for key, value in props.items()]
     atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)

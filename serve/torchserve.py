@@ -261,8 +261,7 @@ def _check_can_start(
 def _prepare_runtime_dir(
     rt: RuntimeDir, base_config: Path, listeners: Listeners, model_store: Path, token_auth: bool
 ) -> bool:
-    """Create the runtime dir's folders, drop the last run's state and key file, and write the
-    derived config.properties; True when the server will require API keys."""
+    """Make the runtime dir, drop stale state and keys, write the config; True: API keys needed."""
     rt.logs.mkdir(parents=True, exist_ok=True)
     rt.tmp.mkdir(parents=True, exist_ok=True)
     for stale in (rt.state, rt.key_file):
@@ -281,8 +280,7 @@ def _prepare_runtime_dir(
 
 
 def _server_env(rt: RuntimeDir, secured: bool) -> dict[str, str]:
-    """The environment of the ``torchserve`` launcher: this process's, with the runtime dir's
-    TMPDIR and log folders, and no variable that could override the derived config."""
+    """The launcher's environment: runtime dir's TMPDIR and logs, nothing overriding the config."""
     env = dict(os.environ)
     env.pop("TS_CONFIG_FILE", None)  # would override --ts-config
     if secured:  # only read with enable_envvars_config=true, but never let it switch auth off
@@ -315,8 +313,7 @@ def _wait_for_launcher(launcher: subprocess.Popen, rt: RuntimeDir, deadline: flo
 
 
 def _clean_up_failed_start(rt: RuntimeDir, launcher: subprocess.Popen | None) -> str:
-    """Stop what a failed start left running (the server, a launcher still running); the log
-    tails read before stopping it, for the error's ``details``."""
+    """Stop what a failed start left running; return the log tails read first (for ``details``)."""
     details = log_tails(rt)
     stop_server(rt.root)
     if launcher is not None and launcher.poll() is None:

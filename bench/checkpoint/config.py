@@ -1,5 +1,4 @@
-"""The ``checkpoint`` section: the checkpoint workload of ``make checkpoint-bench``, and the
-command's configuration."""
+"""The ``checkpoint`` section of ``make checkpoint-bench``, and the command's configuration."""
 
 from __future__ import annotations
 

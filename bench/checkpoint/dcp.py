@@ -1,8 +1,9 @@
-"""The ``dcp`` method of ``make checkpoint-bench``: ``torch.distributed.checkpoint.save`` /
-``load`` of every rank's part at once (a collective), with PyTorch's ``FileSystemWriter`` /
-``FileSystemReader`` on fs and s3torchconnector's ``S3StorageWriter`` / ``S3StorageReader`` on
-S3 (https://pytorch.org/docs/stable/distributed.checkpoint.html; s3torchconnector's
-``dcp`` module). The parts, locations and comparison are :mod:`bench.checkpoint.parts`'s."""
+"""The ``dcp`` method of ``make checkpoint-bench``: ``torch.distributed.checkpoint`` of every part.
+
+A collective ``save`` / ``load`` with PyTorch's ``FileSystemWriter`` / ``FileSystemReader`` on fs,
+s3torchconnector's ``S3StorageWriter`` / ``S3StorageReader`` on S3
+(https://pytorch.org/docs/stable/distributed.checkpoint.html; s3torchconnector's ``dcp`` module).
+"""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def dcp_write(location, index: int, part: dict, writer) -> Transfer:
-    """``dcp.save`` of every rank's part: a collective (every rank calls it at once) on the
-    long-waiting group, so that ranks waiting for a slow one do not time out. Each rank's time
-    ends with DCP's closing collective: it is about the slowest rank's."""
+    """``dcp.save`` of every rank's part: a collective on the long-waiting group (no time-outs).
+
+    Each rank's time ends with DCP's closing collective: it is about the slowest rank's.
+    """
     from torch.distributed import checkpoint as dcp
 
     start = time.perf_counter()
@@ -40,9 +42,7 @@ def dcp_write(location, index: int, part: dict, writer) -> Transfer:
 
 
 def dcp_read(location, index: int, part: dict, reader) -> Transfer:
-    """``dcp.load`` into tensors allocated beforehand (as a model's are) and filled with the
-    complement of what is expected (a tensor DCP left unread cannot compare equal), then
-    compared."""
+    """``dcp.load`` into tensors filled with the complement of the expected bytes, then compare."""
     from torch.distributed import checkpoint as dcp
 
     got = {name: torch.empty_like(tensor) for name, tensor in part.items()}
@@ -61,9 +61,9 @@ def dcp_read(location, index: int, part: dict, reader) -> Transfer:
 
 
 def dcp_storage(location, index: int, cfg, *, write: bool):
-    """DCP's storage writer (or reader) of checkpoint ``index`` on ``location``: PyTorch's own
-    for fs, s3torchconnector's for S3 (given a client for the location's endpoint: its
-    constructor takes none). No request is sent.
+    """DCP's storage writer (or reader) of checkpoint ``index`` on ``location``; sends no request.
+
+    PyTorch's own for fs, s3torchconnector's for S3 (given a client for the location's endpoint).
 
     Raises:
         StorageError: s3torchconnector (with its ``dcp`` extra) is not installed.
@@ -107,9 +107,11 @@ def dcp_storage(location, index: int, cfg, *, write: bool):
 
 
 def _dcp_cause(exc: BaseException) -> str:
-    """DCP's error in one line: the first rank's failure of a ``CheckpointException``
-    (``failures``: rank -> the exception, or ``(exception, traceback)``), with a hint for the
-    CRT's answer to a server it cannot work with."""
+    """DCP's error in one line: the first rank's failure, with a hint for the CRT's refusals.
+
+    ``failures`` of a ``CheckpointException`` maps rank to the exception or ``(exception,
+    traceback)``.
+    """
     failures = getattr(exc, "failures", None)
     if failures:
         rank, error = next(iter(failures.items()))
@@ -127,9 +129,10 @@ def _dcp_cause(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_dcp():
-    """Silence DCP's warning that it runs in a single process (one rank is a valid run), and
-    turn its writer threads' tracebacks into debug log lines (their error is what
-    ``dcp.save`` raises; a thread may outlive the call that failed)."""
+    """Silence DCP's single-process warning; log its writer threads' tracebacks at debug level.
+
+    A writer thread's error is what ``dcp.save`` raises; the thread may outlive the call.
+    """
     if threading.excepthook is not _writer_thread_hook:
         global _next_hook
         _next_hook, threading.excepthook = threading.excepthook, _writer_thread_hook

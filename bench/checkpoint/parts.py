@@ -1,29 +1,14 @@
 """One rank's part of a checkpoint: made, written, made cold, read back and compared.
 
-The checkpoint workload of MLPerf Storage v2.0 (mlcommons/storage ``Submission_guidelines.md``
-§2.2, ``configs/dlio/workload/llama3_8b.yaml`` and its siblings; DLIO's PyTorch checkpointing):
-every rank of a training job writes its part of the model and optimizer state at once, made
-durable (``fsync``), then reads it back. :mod:`bench.checkpoint.run` runs it over ranks,
-storages and methods; this module is what one rank does (the ``dcp`` method's calls:
-:mod:`bench.checkpoint.dcp`).
-
-A part is a ``{name: tensor}`` dict: random bf16 tensors of :data:`TENSOR_BYTES` each
-(:func:`random_part`), or the tensors of a training run's ``checkpoint.pt`` split over the
-ranks (:func:`model_parts`). Two methods write and read it:
-
-- ``torch.save``: one file per rank (fs: written beside its location, flushed, ``fsync``-ed,
-  renamed; read by ``torch.load``) or one object per rank (S3: ``torch.save`` streams through a
-  pipe into a boto3 multipart upload; read back by ranged GETs into memory, then ``torch.load``).
-- ``dcp``: ``torch.distributed.checkpoint.save`` / ``load`` (a collective over the ranks) with
-  ``FileSystemWriter(sync_files=True)`` on fs and s3torchconnector's ``S3StorageWriter`` /
-  ``S3StorageReader`` on S3.
-
-A write's time runs from the first byte serialised until the part is durable (fs: after
-``fsync``; S3: the upload completed); a read's from the first request until the tensors are in
-memory. Between them the checkpoint is made cold (:func:`make_cold`): its files evicted from
-the page cache (fs, and the local S3 server's files on this machine), and every read uses a new
-client. After the read, every tensor is compared byte for byte with what was written
-(:func:`differences`).
+MLPerf Storage v2.0's checkpoint workload (mlcommons/storage ``Submission_guidelines.md`` §2.2,
+``configs/dlio/workload/llama3_8b.yaml`` and its siblings; DLIO's PyTorch checkpointing): every rank
+writes its part of the model and optimizer state at once, durably, then reads it back. A part is a
+``{name: tensor}`` dict (:func:`random_part`, :func:`model_parts`), written with ``torch.save``
+(here: a file per rank on fs, a multipart-uploaded object per rank on S3) or ``dcp``
+(:mod:`bench.checkpoint.dcp`). A write's time runs from the first byte serialised until the part is
+durable (fs: ``fsync``; S3: upload completed); a read's from the first request until the tensors are
+in memory. In between the checkpoint is made cold (:func:`make_cold`) and every read uses a new
+client; then every tensor is compared byte for byte (:func:`differences`).
 """
 
 from __future__ import annotations
@@ -61,10 +46,10 @@ def random_part(nbytes: int, rank: int, seed: int = 0) -> dict[str, torch.Tensor
 
     Args:
         nbytes: the part's size in bytes (an odd byte is dropped: a bf16 is two bytes).
-        rank: names the tensors (``rank<r>.layers.<i>.weight``, unique over the ranks, as
-            ``dcp`` needs) and seeds them.
-        seed: with ``rank``, the random bytes (every byte random: a storage that compresses or
-            deduplicates gains nothing).
+        rank: names the tensors (``rank<r>.layers.<i>.weight``, unique over the ranks, as ``dcp``
+            needs) and seeds them.
+        seed: with ``rank``, the random bytes (all random: compression or deduplication gains
+            nothing).
 
     Returns:
         ``{name: 1-D torch.bfloat16 tensor}``, each of :data:`TENSOR_BYTES` bytes but the last.
@@ -80,14 +65,15 @@ def random_part(nbytes: int, rank: int, seed: int = 0) -> dict[str, torch.Tensor
 
 
 def model_parts(run_dir: str | Path, world_size: int) -> list[dict[str, torch.Tensor]]:
-    """A training run's checkpoint (``<run_dir>/checkpoint.pt``: model, optimizer and
-    scheduler state), its tensors split over ``world_size`` ranks as a sharded checkpoint
-    would be: largest first, each to the rank holding the fewest bytes so far.
+    """A training run's ``<run_dir>/checkpoint.pt`` tensors, split over ``world_size`` ranks.
+
+    As a sharded checkpoint would be: largest first, each to the rank holding the fewest bytes so
+    far.
 
     Returns:
         One ``{name: tensor}`` per rank (names are the dotted paths in the checkpoint, e.g.
-        ``optimizer.state.0.momentum_buffer``; values that are not tensors are left out).
-        A rank may get nothing when there are fewer tensors than ranks.
+        ``optimizer.state.0.momentum_buffer``; non-tensor values are left out). A rank may get
+        nothing when there are fewer tensors than ranks.
 
     Raises:
         ConfigError: no ``checkpoint.pt`` there, or it cannot be read as a checkpoint.
@@ -132,12 +118,13 @@ def part_bytes(part: dict[str, torch.Tensor]) -> int:
 
 
 def differences(expected: dict[str, torch.Tensor], got: dict) -> str:
-    """How the tensors read back differ from those written; ``""`` when every tensor has the
-    same name, dtype, shape and bytes.
+    """How the tensors read back differ from those written; ``""`` when all match.
+
+    Every tensor must have the same name, dtype, shape and bytes.
 
     Returns:
-        The first difference found, e.g. ``"tensor 'rank0.layers.3.weight': 67108864 bytes
-        written, byte 1048576 differs"``.
+        The first difference found, e.g. ``"tensor 'rank0.layers.3.weight': 67108864 bytes written,
+        byte 1048576 differs"``.
     """
     missing = sorted(set(expected) - set(got))
     if missing:
@@ -173,11 +160,11 @@ class Transfer:
     Attributes:
         seconds: wall time of the transfer (``time.perf_counter``).
         nbytes: the part's tensor bytes (:func:`part_bytes`).
-        operations: S3 requests by operation (``{"UploadPart": 64, ...}``; boto3 only: the
-            CRT client of s3torchconnector does not tell).
+        operations: S3 requests by operation (``{"UploadPart": 64, ...}``; boto3 only: the CRT
+            client of s3torchconnector does not tell).
         retries: S3 attempts after the first (boto3 only).
-        mismatch: for a read, :func:`differences` between what was written and what came
-            back (``""``: identical).
+        mismatch: for a read, :func:`differences` between what was written and what came back
+            (``""``: identical).
     """
 
     seconds: float
@@ -192,8 +179,10 @@ class Transfer:
 
 @dataclass(frozen=True)
 class FsLocation:
-    """The filesystem under test: checkpoint ``i`` of a method is the folder
-    ``<root>/<method>/ckpt-<i>``; torch.save's file of rank ``r`` is ``rank-<r>.pt`` in it."""
+    """The filesystem under test: checkpoint ``i`` of a method is ``<root>/<method>/ckpt-<i>``.
+
+    torch.save's file of rank ``r`` is ``rank-<r>.pt`` in it.
+    """
 
     root: Path
 
@@ -208,15 +197,14 @@ class FsLocation:
 
 @dataclass(frozen=True)
 class S3Location:
-    """An S3 bucket under test: checkpoint ``i`` of a method is the prefix
-    ``<storage's prefix>/<method>/ckpt-<i>/``.
+    """An S3 bucket under test: checkpoint ``i`` of a method is ``<prefix>/<method>/ckpt-<i>/``.
 
     Attributes:
-        storage: the boto3 storage whose prefix holds the run's checkpoints (also lists and
-            deletes them).
+        storage: the boto3 storage whose prefix holds the run's checkpoints (also lists and deletes
+            them).
         region: the region the CRT client of s3torchconnector signs for.
-        local_dir: the local S3 server's folder behind ``storage``'s prefix (its files are
-            evicted for a cold read), or None for a remote endpoint.
+        local_dir: the local S3 server's folder behind ``storage``'s prefix (its files are evicted
+            for a cold read), or None for a remote endpoint.
     """
 
     storage: object
@@ -241,8 +229,10 @@ class S3Location:
 
 
 def write(method: str, location, index: int, rank: int, part: dict, cfg) -> Transfer:
-    """Write rank ``rank``'s ``part`` as checkpoint ``index`` of ``method`` (``torch.save``;
-    ``dcp`` is :func:`bench.checkpoint.dcp.dcp_write`) to ``location``.
+    """Write rank ``rank``'s ``part`` as checkpoint ``index`` of ``method`` to ``location``.
+
+    ``torch.save`` only; ``dcp`` is :func:`bench.checkpoint.dcp.dcp_write`. On S3 the part streams
+    through a pipe (:class:`SaveStream`) into a boto3 multipart upload.
 
     Args:
         cfg: ``checkpoint.*`` (:class:`bench.checkpoint.config.CheckpointSection`).
@@ -268,8 +258,10 @@ def write(method: str, location, index: int, rank: int, part: dict, cfg) -> Tran
 
 
 def read(method: str, location, index: int, rank: int, part: dict, cfg) -> Transfer:
-    """Read rank ``rank``'s part of checkpoint ``index`` back, with a new client, and compare
-    it with ``part`` (untimed); ``torch.save`` (``dcp``: :func:`bench.checkpoint.dcp.dcp_read`).
+    """Read rank ``rank``'s part of checkpoint ``index`` back with a new client; compare (untimed).
+
+    ``torch.save`` only (``dcp``: :func:`bench.checkpoint.dcp.dcp_read`); on S3 by ranged GETs into
+    memory, then ``torch.load``.
 
     Raises:
         StorageError: the storage failed, or what came back is not a checkpoint.
@@ -301,8 +293,10 @@ def read(method: str, location, index: int, rank: int, part: dict, cfg) -> Trans
 
 
 def _save_file(part: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, flushed and ``fsync``-ed, renamed
-    into location, the folder ``fsync``-ed: durable, and never a partial file at ``path``."""
+    """``torch.save`` durably: a temporary file beside ``path``, fsync, rename, fsync folder.
+
+    Never a partial file at ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -342,13 +336,12 @@ def _load(source, where: str) -> dict:
 
 
 class SaveStream(io.RawIOBase):
-    """``torch.save(obj)`` as a readable stream: a thread serialises ``obj`` into a pipe that
-    :meth:`read` drains, so that an upload starts with the first bytes and memory holds a pipe's
-    buffer, not a second copy of the part.
+    """``torch.save(obj)`` as a readable stream: a thread serialises into a pipe.
 
-    When serialising fails, :meth:`read` raises at the end of the stream instead of returning
-    ``b""``: the upload reading it fails (and is aborted) rather than storing a short object.
-    Closing the stream before its end stops the thread (its next write finds the pipe closed).
+    :meth:`read` drains the pipe: an upload starts with the first bytes and memory holds a pipe's
+    buffer, not a second copy. When serialising fails, :meth:`read` raises at the end of the stream
+    instead of returning ``b""``, so the upload fails (and is aborted) rather than storing a short
+    object. Closing the stream early stops the thread.
     """
 
     def __init__(self, obj):
@@ -394,11 +387,12 @@ class SaveStream(io.RawIOBase):
 
 
 class OperationCounter:
-    """S3 requests sent by a boto3 client, by operation (``PutObject``, ``UploadPart``,
-    ``GetObject``, ...), counted by botocore's ``before-call`` event (once per request), and
-    their retries (``request-created`` events of attempts after the first). The client is a
-    transfer's own (:meth:`pipelines.storage.s3.S3Storage.with_connections`), so its counts
-    are that transfer's, whatever its threads."""
+    """S3 requests a boto3 client sends by operation (``UploadPart``, ...), and its retries.
+
+    Counted by botocore's ``before-call`` event (once per request) and ``request-created`` events of
+    attempts after the first. The client is a transfer's own
+    (:meth:`pipelines.storage.s3.S3Storage.with_connections`), so its counts are that transfer's.
+    """
 
     def __init__(self, client):
         self._lock = threading.Lock()
@@ -433,14 +427,15 @@ class OperationCounter:
 
 
 def make_cold(location, method: str, index: int) -> str:
-    """Evict checkpoint ``index`` of ``method`` from this machine's page cache where its bytes
-    live here (fs; the local S3 server's files). Called once per node, after every rank wrote.
+    """Evict checkpoint ``index`` of ``method`` from the page cache where its bytes live here.
+
+    fs, or the local S3 server's files; called once per node, after every rank wrote.
 
     Returns:
-        What a read then finds (the ``cache`` column): ``evicted``, ``new client (the
-        server's own cache is not cleared)`` for a remote S3 endpoint, ``not evicted (no
-        posix_fadvise here)``, or ``nothing found to evict in <folder>`` (the files are not
-        where this machine looked).
+        What a read then finds (the ``cache`` column): ``evicted``, ``new client (the server's own
+        cache is not cleared)`` for a remote S3 endpoint, ``not evicted (no posix_fadvise here)``,
+            or
+        ``nothing found to evict in <folder>``.
 
     Raises:
         StorageError: a file of the checkpoint cannot be opened.
@@ -462,9 +457,9 @@ def make_cold(location, method: str, index: int) -> str:
 
 
 def remove(location, method: str, index: int, *, everything: bool = False) -> None:
-    """Delete checkpoint ``index`` of ``method`` (only what the run wrote: its own folder or
-    prefix; ``everything``: all the run's checkpoints). fs: once per node (a missing folder is
-    fine); S3: once.
+    """Delete checkpoint ``index`` of ``method``, or with ``everything`` all the run wrote.
+
+    Only the run's own folder or prefix. fs: once per node (a missing folder is fine); S3: once.
 
     Raises:
         StorageError: the deletion failed.

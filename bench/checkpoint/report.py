@@ -1,7 +1,10 @@
-"""The outputs of ``make checkpoint-bench``: MLPerf Storage's figures per storage, method and
-direction (mlcommons/storage ``Submission_guidelines.md`` §2.2.3: a checkpoint's duration is the
-slowest rank's, its throughput per rank the lowest rank's; DLIO's job MB/s is the bytes over
-that duration), the answer sentences, ``results.csv``, ``report.md`` and ``config.yaml``."""
+"""The outputs of ``make checkpoint-bench``: MLPerf Storage's figures, answers, files.
+
+Figures per storage, method and direction (mlcommons/storage ``Submission_guidelines.md`` §2.2.3: a
+checkpoint's duration is the slowest rank's, its throughput per rank the lowest rank's; DLIO's job
+MB/s is the bytes over that duration), the answer sentences, ``results.csv``, ``report.md`` and
+``config.yaml``.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +24,16 @@ RESULT_COLUMNS = [
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per storage, method and direction, over its checkpoints: MLPerf Storage's figures.
+    """MLPerf Storage's figures per storage, method and direction, over its checkpoints.
 
     Returns:
         Dicts with ``storage``, ``method``, ``client_lib``, ``direction``, ``ranks``,
-        ``checkpoints``, ``gb`` (one checkpoint's bytes, 10^9), ``seconds`` (the slowest
-        rank's time, mean over checkpoints), ``seconds_spread`` ((max - min) / mean of those
-        times), ``throughput_mbps`` (bytes over the slowest rank's time, mean),
-        ``slowest_rank_mbps`` (the lowest rank's MB/s, mean), ``requests`` (per checkpoint,
-        all ranks; None when not counted), ``identical`` (every read compared equal).
+            ``checkpoints``,
+        ``gb`` (one checkpoint's bytes, 10^9), ``seconds`` (the slowest rank's time, mean over
+        checkpoints), ``seconds_spread`` ((max - min) / mean of those times), ``throughput_mbps``
+        (bytes over the slowest rank's time, mean), ``slowest_rank_mbps`` (the lowest rank's MB/s,
+        mean), ``requests`` (per checkpoint, all ranks; None when not counted), ``identical`` (every
+        read compared equal).
     """
     groups: dict[tuple, dict[int, list[dict]]] = {}
     for r in rows:
@@ -71,8 +75,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def answer_lines(rows: list[dict]) -> list[str]:
-    """One sentence per storage and method: write and read, the slowest rank, the check; or
-    why it failed or did not run."""
+    """A sentence per storage and method: write and read, slowest rank, check; or the error."""
     summary = summarize(rows)
     lines = []
     for kind, method in dict.fromkeys((r["storage"], r["method"]) for r in rows):
@@ -105,7 +108,7 @@ def failed(rows: list[dict]) -> bool:
 
 
 def write_outputs(out: Path, cfg: CheckpointBenchConfig, rows: list[dict]) -> None:
-    """``results.csv``, ``report.md`` and ``config.yaml`` (each atomically)."""
+    """Write ``results.csv``, ``report.md`` and ``config.yaml``, each atomically."""
     write_yaml(out / "config.yaml", cfg.to_dict())
     write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     summary = summarize(rows)

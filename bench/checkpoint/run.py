@@ -1,24 +1,17 @@
-"""`make checkpoint-bench`: how fast a storage takes and gives back a training job's checkpoint,
-per rank and for the slowest rank, as MLPerf Storage reports it.
+"""`make checkpoint-bench`: how fast a storage takes and gives back a training job's checkpoint.
 
-Every rank of one launch (``checkpoint.ranks``; ``make checkpoint-bench NPROC=N``) holds its
-part of a checkpoint (:mod:`bench.checkpoint.parts`). For each storage (``checkpoint.storages``) and
-method (``checkpoint.methods``), ``checkpoint.checkpoints`` times: the ranks write their parts
-at once, the checkpoint is made cold (one rank per node evicts its files), the ranks read their
-parts back at once with new clients and compare every byte, and the checkpoint is deleted. The
-ranks keep in step through agreed collectives (:mod:`bench.ranks`): a failure on any rank ends
-that storage and method on every rank with one error row, and the run goes on.
-
-MLPerf Storage v2.0 (mlcommons/storage ``Submission_guidelines.md`` §2.2.3) reports a
-checkpoint's duration as the longest over the ranks and its throughput as the lowest over the
-ranks; DLIO's figure for the whole job is the checkpoint's bytes over that duration. Both are
-here, per checkpoint and averaged over the checkpoints (MLPerf averages runs).
-
-Writes ``outputs/checkpoint-bench/<timestamp>/``: ``results.csv`` (one row per checkpoint,
-rank, storage, method and direction; written again after each method), ``report.md`` and
-the config. The checkpoints go to ``checkpoint.fs_dir`` (default ``<storage.root>/
-checkpoint-bench``) and ``s3://<bucket>/<checkpoint.s3_prefix>/``, each in a new folder or
-prefix of the run (``<timestamp>-<random>``) that is removed with all in it at the end.
+Every rank of one launch holds its part (:mod:`bench.checkpoint.parts`). For each storage and
+method, ``checkpoint.checkpoints`` times: the ranks write their parts at once, the checkpoint is
+made cold (one rank per node evicts its files), the ranks read their parts back at once with new
+clients and compare every byte, and the checkpoint is deleted. A failure on any rank ends that
+storage and method on every rank with one error row (:mod:`bench.ranks`); the run goes on. Figures
+as MLPerf Storage v2.0 reports them (``Submission_guidelines.md`` §2.2.3: duration the slowest
+rank's, throughput the lowest rank's; DLIO's job figure: bytes over that duration), per checkpoint
+and averaged. Writes ``results.csv`` (a row per checkpoint, rank, storage, method and direction;
+after each method), ``report.md`` and the config. Checkpoints go to a new folder or prefix of the
+run (``<timestamp>-<random>``) under ``checkpoint.fs_dir`` (default
+``<storage.root>/checkpoint-bench``) and ``s3://<bucket>/<checkpoint.s3_prefix>/``, removed at the
+end.
 """
 
 from __future__ import annotations
@@ -73,12 +66,13 @@ PARTS_IN_MEMORY = 3
 
 
 def run_checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) -> list[dict]:
-    """Run the workload (see the module doc). Every rank calls it; rank 0 gets the rows (and
-    writes ``results.csv`` after each method), the others an empty list.
+    """Run the workload (see the module doc); every rank calls it.
+
+    Rank 0 gets the rows (and writes ``results.csv`` after each method), the others an empty list.
 
     Raises:
-        ConfigError: ``checkpoint.ranks`` is not this launch's world size, a part would not
-            fit in memory, or ``checkpoint.model`` is not a training run (on every rank).
+        ConfigError: ``checkpoint.ranks`` is not this launch's world size, a part would not fit in
+            memory, or ``checkpoint.model`` is not a training run (on every rank).
     """
     ck = cfg.checkpoint
     if ck.ranks != ranks.world_size:
@@ -124,8 +118,7 @@ def run_checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) ->
 
 
 def save_rows(out: Path, rows: list[dict]) -> None:
-    """``results.csv`` so far (rank 0, after each method); a failure to write it is a warning:
-    the ranks go on in step, and the final write says it again."""
+    """Write ``results.csv`` so far (rank 0, after each method); a failure is only a warning."""
     try:
         write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     except OSError as exc:
@@ -135,9 +128,10 @@ def save_rows(out: Path, rows: list[dict]) -> None:
 def this_part(
     cfg: CheckpointBenchConfig, ranks: Ranks, bench_ranks: BenchRanks, free: list[int]
 ) -> dict:
-    """This rank's part: an equal share of ``checkpoint.size_gb`` of random tensors, or its
-    share of ``checkpoint.model``'s tensors. ``free``: every rank's free memory in bytes,
-    measured before any part was made (the least on this node counts).
+    """This rank's share of ``checkpoint.size_gb`` of random tensors or of ``checkpoint.model``.
+
+    ``free``: every rank's free memory in bytes, measured before any part was made (the least on
+    this node counts).
 
     Raises:
         ConfigError: the ranks on this node would not hold their parts in memory, or
@@ -170,12 +164,13 @@ def open_location(
     bench_ranks: BenchRanks,
     first_on_node: bool,
 ) -> FsLocation | S3Location:
-    """Where the run's checkpoints go on ``kind``: a new folder under ``checkpoint.fs_dir``, or
-    a prefix under ``checkpoint.s3_prefix`` of the same new name (``<run folder's
-    name>-<random>``), removed with everything in it when ``stack`` closes (fs: by one rank
-    per node; S3: by rank 0). For S3, rank 0's settings decide (``storage.*``, else
-    ``S3_ENDPOINT``, ``S3_BUCKET``); without an endpoint a local server is started for the run.
-    Every rank calls it, and it fails on every rank alike.
+    """Where the run's checkpoints go on ``kind``: a new folder or prefix, removed at the end.
+
+    A folder under ``checkpoint.fs_dir`` (removed by one rank per node), or a prefix under
+    ``checkpoint.s3_prefix`` of the same new name (``<run folder's name>-<random>``, removed by rank
+    0) when ``stack`` closes. For S3, rank 0's settings decide (``storage.*``, else ``S3_ENDPOINT``,
+    ``S3_BUCKET``); without an endpoint a local server is started for the run. Every rank calls it;
+    it fails on every rank alike.
 
     Raises:
         ConfigError: S3 without a bucket, or several nodes without an S3 endpoint.
@@ -193,8 +188,7 @@ def _fs_location(
     bench_ranks: BenchRanks,
     first_on_node: bool,
 ) -> FsLocation:
-    """:func:`open_location` on the filesystem: a new folder under ``checkpoint.fs_dir``, named
-    by rank 0, made on every node and removed by one rank per node when ``stack`` closes."""
+    """:func:`open_location` on the filesystem: a folder named by rank 0, made on every node."""
     ck = cfg.checkpoint
     fs_dir = Path(ck.fs_dir or Path(cfg.storage.root) / "checkpoint-bench")
 
@@ -215,9 +209,11 @@ def _s3_location(
     stack: contextlib.ExitStack,
     bench_ranks: BenchRanks,
 ) -> S3Location:
-    """:func:`open_location` on S3: a new prefix under ``checkpoint.s3_prefix`` on rank 0's
-    endpoint and bucket (a local server started for the run when there is no endpoint),
-    removed by rank 0 when ``stack`` closes."""
+    """:func:`open_location` on S3: a new prefix on rank 0's endpoint and bucket.
+
+    A local server is started for the run when there is no endpoint; rank 0 removes the prefix when
+    ``stack`` closes.
+    """
     from pipelines.storage.s3 import S3Storage
 
     ck = cfg.checkpoint
@@ -257,8 +253,7 @@ def _s3_location(
 
 
 def _s3_settings(cfg: CheckpointBenchConfig) -> tuple[str | None, str | None, str]:
-    """Rank 0's S3 endpoint, bucket and region (``storage.*``, else the environment), on every
-    rank (a collective)."""
+    """Rank 0's S3 endpoint, bucket and region (``storage.*``, else the environment), everywhere."""
     return distributed.gather(
         (
             cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT"),
@@ -277,11 +272,10 @@ def run_method(
     bench_ranks: BenchRanks,
     first_on_node: bool,
 ) -> list[dict]:
-    """``checkpoint.checkpoints`` checkpoints of ``method`` on ``location``: written, made cold,
-    read back and compared, deleted. Every rank calls it; rank 0's rows are the result.
+    """Write, make cold, read back, compare and delete ``checkpoint.checkpoints`` of ``method``.
 
-    A failure on any rank stops the method on every rank, with one error row; what was
-    measured before it stays.
+    Every rank calls it; rank 0's rows are the result. A failure on any rank stops the method on
+    every rank, with one error row; what was measured before it stays.
     """
     ranks = bench_ranks.ranks
     rows: list[dict] = []
@@ -327,10 +321,12 @@ def _transfer(
     direction,
     dcp_io,
 ):
-    """This rank's write or read (``direction``: :func:`bench.checkpoint.parts.write` or
-    ``read``) of checkpoint ``index``, as a call for :func:`bench.ranks.attempt`: ``dcp``'s
-    through its storage writer or reader ``dcp_io`` (made in an agreed step before, so that a
-    failure there reaches the other ranks before DCP's collectives)."""
+    """This rank's write or read of checkpoint ``index``, as a call for :func:`bench.ranks.attempt`.
+
+    ``direction`` is :func:`bench.checkpoint.parts.write` or ``read``; ``dcp`` goes through its
+    storage writer or reader ``dcp_io``, made in an agreed step before so that a failure there
+    reaches the other ranks before DCP's collectives.
+    """
     if method == "dcp":
         call = dcp_write if direction is write else dcp_read
         return functools.partial(call, location, index, part, dcp_io)
@@ -338,16 +334,14 @@ def _transfer(
 
 
 def _dcp_storage(method: str, location, index: int, cfg: CheckpointBenchConfig, write: bool):
-    """For ``dcp``, its storage writer or reader (:func:`bench.checkpoint.dcp.dcp_storage`); None
-    for the other methods."""
+    """``dcp``'s storage writer or reader (:func:`bench.checkpoint.dcp.dcp_storage`), else None."""
     if method != "dcp":
         return None
     return dcp_storage(location, index, cfg.checkpoint, write=write)
 
 
 def remove_all(location: S3Location) -> None:
-    """Delete everything under the run's S3 prefix (what a failed delete or an interrupted
-    checkpoint left); a failure is a warning."""
+    """Delete everything under the run's S3 prefix; a failure is a warning."""
     try:
         remove(location, "", 0, everything=True)
     except Exception as exc:  # noqa: BLE001
@@ -355,8 +349,7 @@ def remove_all(location: S3Location) -> None:
 
 
 def _cleanup(location, method: str, index: int, ranks: Ranks, first_on_node: bool) -> None:
-    """Delete the checkpoint (fs: once per node; S3: rank 0); a failure is logged on rank 0,
-    and the ranks stay in step."""
+    """Delete the checkpoint (fs: once per node; S3: rank 0); a failure is only logged."""
     once = first_on_node if isinstance(location, FsLocation) else ranks.main
     try:
         everywhere(lambda: remove(location, method, index) if once else None)

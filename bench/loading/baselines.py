@@ -1,14 +1,9 @@
 """Raw storage baselines: how fast the storage alone delivers the objects a configuration reads.
 
-Measured in the same run as the configurations they are compared to, over the same objects, so
-a configuration's throughput can be given as a ratio to what the storage can do with no decoding,
-no DataLoader and no framework in between:
-
-- :func:`fs_read_baseline`: ``cat``-style, reading each file front to back (one thread, or one
-  per rank of the pass);
-- :func:`s3_get_baseline`: a thread pool of plain boto3 GETs.
-
-Units: bytes, seconds, MB/s = 10^6 bytes/s, objects/s.
+Measured in the same run over the same objects, so that a configuration's throughput is a ratio to
+the storage with no decoding, DataLoader or framework in between: :func:`fs_read_baseline`
+(``cat``-style) and :func:`s3_get_baseline` (plain boto3 GETs). Units: bytes, seconds, MB/s = 10^6
+bytes/s, objects/s.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ class BaselineResult:
     """One raw-read measurement.
 
     Attributes:
-        name: what was measured: ``fs-read``, ``fs-read-cold``, ``s3-get`` or ``s3-get-cold``.
+        name: ``fs-read``, ``fs-read-cold``, ``s3-get`` or ``s3-get-cold``.
         objects: files / objects read.
         bytes: bytes read, in total.
         seconds: wall-clock seconds from the first open/GET to the last byte.
@@ -41,8 +36,8 @@ class BaselineResult:
         objects_per_s: ``objects / seconds``.
         threads: reading threads.
         evicted: every file's pages were dropped from the page cache right before it was read
-            (a cold measurement).
-        cpu: the CPU spent while it was timed, this process's and the whole machine's
+            (cold).
+        cpu: the CPU this process and the whole machine spent while it was timed
             (:class:`bench.resources.CpuUse`).
     """
 
@@ -81,24 +76,20 @@ def fs_read_baseline(
     cold: bool = False,
     threads: int = 1,
 ) -> BaselineResult:
-    """Read every file front to back, like ``cat`` does: one thread in the given order, or
-    ``threads`` threads at once (thread ``i`` reads files ``i, i + threads, ...``), as many
-    as the ranks of the pass it is compared with.
+    """Read every file front to back, as ``cat`` does, in one thread or ``threads`` at once.
 
-    Each file is opened unbuffered and read with ``readinto`` into a reused buffer of
-    ``chunk_bytes`` bytes (one per thread); the data is not inspected. Timing covers the opens
-    and reads.
+    Thread ``i`` reads files ``i, i + threads, ...`` (as many threads as the ranks of the pass it is
+    compared with). Each file is opened unbuffered and read with ``readinto`` into a reused buffer
+    of ``chunk_bytes`` (one per thread); the data is not inspected. Timing covers opens and reads.
 
     Args:
-        paths: the files a configuration reads (same objects, same order as it would; a list
-            repeated as many times as the configuration reads it, for as many bytes).
+        paths: the files a configuration reads, in its order (repeated as many times as it reads
+            them).
         chunk_bytes: bytes per ``read`` call.
-        cold: every read from the device: the files are flushed and evicted from the page cache
-            first (untimed), then each is evicted again right before it is opened (timed, as
-            :class:`bench.page_cache.EvictBeforeRead` does for the loaders), so a file listed
-            twice is read cold twice. The result's ``evicted`` says whether eviction was
-            possible. Otherwise the cache is left as it is ("warm" only if something read the
-            files recently).
+        cold: the files are flushed and evicted from the page cache first (untimed), then each again
+            right before it is opened (timed, as :class:`bench.page_cache.EvictBeforeRead` does), so
+            a file listed twice is read cold twice; the result's ``evicted`` says whether eviction
+            was possible. Otherwise the cache is left as it is.
         threads: files read at once.
 
     Returns:
@@ -149,21 +140,19 @@ def s3_get_baseline(
 ) -> BaselineResult:
     """GET every object with a pool of ``threads`` threads sharing the storage's boto3 client.
 
-    Uses ``storage.client()`` (its Config: connection pool size, retries, timeouts, checksum
-    setting) and plain ``get_object`` calls; each body is read to the end in ``chunk_bytes``
-    reads and dropped. Objects are submitted in the given order. The client is created before
-    the clock starts; timing covers the GETs and the body reads.
+    Plain ``get_object`` calls on ``storage.client()`` (its pool size, retries, timeouts, checksum
+    setting), in the given order; each body is read to the end in ``chunk_bytes`` reads and dropped.
+    The client is created before the clock starts; timing covers the GETs and the body reads.
 
     Args:
-        storage: where the objects are; ``keys`` are relative to its prefix, as for
-            :meth:`S3Storage.read`.
+        storage: where the objects are; ``keys`` are relative to its prefix.
         keys: the objects a configuration reads.
-        threads: concurrent GETs; at most ``storage.max_pool_connections`` (more threads than
-            pooled connections would open and throw away connections, measuring that instead).
+        threads: concurrent GETs; at most ``storage.max_pool_connections`` (more would measure
+            connections opened and thrown away).
         chunk_bytes: bytes per body ``read`` call.
         evict_dir: for a server on this machine, the folder its objects are files in: each
-            ``evict_dir/key`` is evicted from the page cache right before its GET (timed), so
-            the server reads it from the device (a cold pass; see :mod:`bench.page_cache`).
+            ``evict_dir/key`` is evicted from the page cache right before its GET (timed), a cold
+            pass (:mod:`bench.page_cache`).
 
     Returns:
         A :class:`BaselineResult` named ``s3-get`` (``s3-get-cold`` with ``evict_dir``).
@@ -171,7 +160,7 @@ def s3_get_baseline(
     Raises:
         ValueError: no keys, ``threads`` out of range, or ``chunk_bytes < 1``.
         pipelines.storage.base.StorageError: a GET or body read failed (missing object, credentials,
-            endpoint unreachable; the first failure, the other reads are cancelled).
+            endpoint unreachable); the first failure, the other reads are cancelled.
     """
     if not keys:
         raise ValueError("s3_get_baseline: no objects to read")

@@ -1,29 +1,16 @@
 """One benchmark configuration: build its loader, run warm-up + measured steps, return figures.
 
-A configuration (:class:`Case`) is an access pattern × storage × client library × worker count
-× rank count × mode (ranks: :mod:`bench.ranks`). The three modes separate what the storage can
-deliver from what training needs, as the field's benchmarks do:
-
-- ``read``: read and decode only, no model: the storage ceiling (s3torchbenchmarking's
-  "entitlement" model).
-- ``emulate``: read + decode + ``bench.computation_time_s`` of sleep per step: MLPerf Storage /
-  DLIO's ``computation_time``, so AU is comparable to their published thresholds.
-- ``train``: the real detector, one optimizer step per batch.
-
-Every configuration runs the same seed, the same data and the same number of steps
-(``bench.steps``; ``read`` runs ``bench.read_steps``, as it is fast enough for a single epoch
-to last only milliseconds); warm-up steps are excluded from the figures
-(:func:`training.engine.measure_steps`). In ``read`` mode the measured clock starts at the
-first storage read for a measured batch when the workers read it ahead during the warm-up:
-there the loader is the bottleneck by construction, and the batches it read ahead (up to
-``num_workers x prefetch_factor`` transfers of ``loader.worker_batches`` batches) would
-otherwise count as delivered in no time. A pass goes on into further epochs (reshuffled) until
-its steps are done, read back to back by the same DataLoader workers (no drain and restart
-between epochs, which on a split of a few MB would cost more than reading it), so that worker
-start-up falls in the warm-up steps only. A cold pass does too when each file can be evicted
-from the page cache right before it is read (:class:`bench.page_cache.EvictBeforeRead`);
-otherwise it stops at the end of its first epoch, since a second one would read from the cache
-the first one filled.
+A configuration (:class:`Case`) is an access pattern × storage × client library × worker count ×
+rank count (:mod:`bench.ranks`) × mode: ``read`` (read and decode only, the storage ceiling:
+s3torchbenchmarking's "entitlement"), ``emulate`` (plus ``bench.computation_time_s`` of sleep per
+step: MLPerf Storage / DLIO's ``computation_time``, so AU compares with their thresholds) or
+``train`` (the real detector, one optimizer step per batch). Every configuration runs the same seed,
+data and steps (``bench.steps``; ``read``: ``bench.read_steps``), warm-up excluded. In ``read`` mode
+the clock starts at the first storage read of a measured batch, so batches read ahead in the warm-up
+do not count as delivered in no time. A pass reads further epochs (reshuffled) back to back with the
+same workers until its steps are done, so worker start-up falls in the warm-up only; a cold pass
+that cannot evict each file right before reading it (:class:`bench.page_cache.EvictBeforeRead`)
+stops after one epoch.
 """
 
 from __future__ import annotations
@@ -107,12 +94,10 @@ def expand_matrix(cfg: BenchConfig) -> list[Case]:
 def compute_fn(
     case: Case, cfg: BenchConfig, classes: list[str], subset: RankSubset = ONE
 ) -> Callable[[Batch, int], float]:
-    """The per-step work of ``case.mode`` (see the module doc); returns ``compute(batch, step)``.
+    """``compute(batch, step)``: the per-step work of ``case.mode`` (see the module doc).
 
-    ``train`` builds the task's model from scratch (no download), the same for every case, on
-    this rank's device; with several ranks in ``subset`` it is wrapped in
-    DistributedDataParallel over their group, so each step exchanges gradients as training
-    with ``make train NPROC=`` does.
+    ``train`` builds the task's model from scratch (no download, the same for every case) on this
+    rank's device, in DistributedDataParallel over ``subset``'s group when it has several ranks.
     """
     if case.mode == "read":
         return lambda batch, step: math.nan
@@ -142,18 +127,18 @@ def compute_fn(
 
 
 def case_steps(case: Case, cfg: BenchConfig) -> int:
-    """Measured steps of a pass of ``case``: ``bench.read_steps`` in ``read`` mode, else
-    ``bench.steps``."""
+    """Measured steps of a pass: ``bench.read_steps`` in ``read`` mode, else ``bench.steps``."""
     return cfg.bench.read_steps if case.mode == "read" else cfg.bench.steps
 
 
 def pass_repeat(cfg: BenchConfig, steps: int, rank_samples: int, *, single_epoch: bool) -> int:
-    """Epochs a pass reads in one iteration of its loader: enough for its warm-up and ``steps``
-    measured steps, read back to back (see ``repeat`` in
-    :func:`pipelines.access.loaders.build_loader`),
-    when each rank reads at least ``rank_samples`` samples an epoch (:func:`rank_samples`);
-    one when ``single_epoch`` (a cold pass that cannot evict before each read: a second epoch
-    would read from the cache the first filled)."""
+    """Epochs a pass reads in one loader iteration: enough for its warm-up and ``steps`` steps.
+
+    Each rank reads at least ``rank_samples`` samples an epoch (:func:`rank_samples`); see
+    ``repeat`` in :func:`pipelines.access.loaders.build_loader`. One when ``single_epoch`` (a cold
+    pass that cannot evict before each read: a second epoch would read from the cache the first
+    filled).
+    """
     if single_epoch:
         return 1
     total = cfg.bench.warmup_steps + steps
@@ -161,9 +146,11 @@ def pass_repeat(cfg: BenchConfig, steps: int, rank_samples: int, *, single_epoch
 
 
 def rank_samples(records: list[Record], shards: list[ShardInfo] | None, ranks: int) -> int:
-    """The fewest samples a rank reads in an epoch when ``ranks`` ranks share the split: an
-    equal part of the records; with shards, which are not cut and are dealt one in
-    ``ranks`` to each rank, the samples of the ``len(shards) // ranks`` smallest shards."""
+    """The fewest samples a rank reads in an epoch when ``ranks`` ranks share the split.
+
+    An equal part of the records; with shards (not cut, dealt one in ``ranks`` to each rank), the
+    samples of the ``len(shards) // ranks`` smallest shards.
+    """
     if ranks == 1:
         return len(records)
     if not shards:
@@ -173,8 +160,7 @@ def rank_samples(records: list[Record], shards: list[ShardInfo] | None, ranks: i
 
 
 def pass_batches(loader: EpochLoader, pass_index: int) -> Iterator[Batch]:
-    """The batches of pass ``pass_index``; epoch numbers from ``1000 * pass_index`` keep the
-    passes' shuffles apart."""
+    """The batches of pass ``pass_index``; epochs from ``1000 * pass_index`` keep shuffles apart."""
     loader.set_epoch(1000 * pass_index)
     yield from loader
 
@@ -187,17 +173,16 @@ class PassPart:
         row: :meth:`training.meter.EpochMeter.summary` of its measured steps.
         steps: one dict per measured step (``case``, ``rank`` and the step's figures).
         requests: its storage requests (TTFB percentiles over all ranks need the lists).
-        cpu: CPU spent in the measured window by the rank's process and its DataLoader
-            workers, and by its whole machine.
+        cpu: CPU spent in the measured window by the rank's process and its DataLoader workers, and
+            by its whole machine.
         peak_rss_bytes: the most memory they held at once.
-        node: its node (torchrun's ``GROUP_RANK``): machine-wide counters are counted once
-            per node.
+        node: its node (torchrun's ``GROUP_RANK``): machine-wide counters are counted once per node.
         cores: CPU cores of its node (``os.cpu_count()``).
         memory_bytes: memory of its node (bytes).
         min_available_bytes: the least memory its node had available in the window (bytes).
-        device_read_bytes: bytes read from the block device holding the data on its node in
-            the window, or None where no block device of this machine holds it (a remote
-            storage, a network filesystem, tmpfs).
+        device_read_bytes: bytes read in the window from the block device holding the data on its
+            node; None where no block device of this machine holds it (remote storage, network
+            filesystem, tmpfs).
     """
 
     row: dict
@@ -215,19 +200,18 @@ class PassPart:
 def combine(parts: list[PassPart]) -> dict:
     """The row of a pass from its ranks' parts (in rank order; one part: that rank's figures).
 
-    The epoch figures are :func:`training.meter.aggregate`'s (samples, bytes and requests
-    summed, ``wall_s`` the slowest rank's, ``au`` the mean and ``au_min`` the worst rank's,
-    ``data_wait_s`` the mean and ``data_wait_max_s`` the longest). ``peak_rss_mib`` is the sum
-    of the ranks' peaks (MiB); the CPU figures (:meth:`bench.resources.CpuUse.figures`) count
-    every rank's processes and each node's machine-wide counters once (its first rank's, over
-    that rank's window), per second of the longest window; ``data_wait_share`` is the mean
-    wait over the slowest wall time.
+    The epoch figures are :func:`training.meter.aggregate`'s (samples, bytes and requests summed,
+    ``wall_s`` the slowest rank's, ``au`` the mean and ``au_min`` the worst rank's, ``data_wait_s``
+    the mean and ``data_wait_max_s`` the longest). ``peak_rss_mib`` is the sum of the ranks' peaks
+    (MiB); the CPU figures (:meth:`bench.resources.CpuUse.figures`) count every rank's processes and
+    each node's machine-wide counters once (its first rank's, over that rank's window), per second
+    of the longest window; ``data_wait_share`` is the mean wait over the slowest wall time.
 
-    What a client node may have run out of, from each node's first rank: ``client_cpu_busy``,
-    the busiest node's share of its cores busy or stolen (0 to 1); ``memory_available_share``,
-    the least memory any node had available over its memory (0 to 1); ``cache_share``, the
-    share of the bytes delivered that did not come from the block devices holding the data
-    (the page cache's, 0 to 1; NaN where no block device of these machines holds the data).
+    From each node's first rank, what a client node may have run out of (shares, 0 to 1):
+    ``client_cpu_busy``, the busiest node's share of its cores busy or stolen;
+    ``memory_available_share``, the least memory any node had available over its memory;
+    ``cache_share``, the share of the bytes delivered not read from the block devices holding the
+    data (NaN where no block device of these machines holds it).
     """
     row = aggregate([p.row for p in parts], [p.requests for p in parts])
     row["peak_rss_mib"] = sum(p.peak_rss_bytes for p in parts) / 2**20
@@ -274,17 +258,14 @@ def run_case(
     part: int = 0,
     local_dir: Path | None = None,
 ) -> PassPart:
-    """Run this rank's part of one pass of one configuration, reading ``repeat`` epochs at
-    most (:func:`pass_repeat`).
+    """Run this rank's part of one pass of one configuration, reading at most ``repeat`` epochs.
 
-    With several ranks in ``subset``, this rank (its ``part``) reads its part of each epoch's
-    split (:func:`pipelines.access.loaders.build_loader`'s ``rank`` and ``world_size``, with equal
-    steps on every rank); every rank runs the same warm-up and measured steps. In ``emulate``
-    mode with ``bench.sync: step`` and a process group in ``subset``, the ranks wait for each
-    other before every step after the first (:func:`step_barrier`).
-
-    ``local_dir``: the folder on this machine that the storage's keys live in, whose block
-    device's reads are counted (:attr:`PassPart.device_read_bytes`); None: not counted.
+    With several ranks in ``subset``, this rank (its ``part``) reads its part of each epoch's split
+    (:func:`pipelines.access.loaders.build_loader`'s ``rank`` and ``world_size``, equal steps on
+    every rank). In ``emulate`` mode with ``bench.sync: step`` the ranks wait for each other before
+    every step after the first (:func:`step_barrier`). ``local_dir``: the folder on this machine the
+    storage's keys live in, whose block device's reads are counted
+    (:attr:`PassPart.device_read_bytes`); None: not counted.
     """
     steps = case_steps(case, cfg)
     loader = case_loader(
@@ -325,9 +306,11 @@ def case_loader(
     subset: RankSubset = ONE,
     part: int = 0,
 ) -> EpochLoader:
-    """The loader of this rank's part of a pass of ``case``: its access pattern over
-    ``storage`` with ``case.workers`` DataLoader workers, shuffled with the run's seed, decoding
-    when ``bench.decode`` (:func:`pipelines.access.loaders.build_loader`).
+    """The loader of this rank's part of a pass of ``case``.
+
+    :func:`pipelines.access.loaders.build_loader` of its access pattern over ``storage`` with
+    ``case.workers`` DataLoader workers, shuffled with the run's seed, decoding when
+    ``bench.decode``.
 
     Args:
         records: the split's records; shards: its shards (the ``shards`` pattern), or None.
@@ -362,8 +345,7 @@ def case_loader(
 def _pass_part(
     case: Case, meter: EpochMeter, resources: ResourceSampler, rank: int, device: str | None
 ) -> PassPart:
-    """This rank's :class:`PassPart` from its measured steps and what ``resources`` sampled
-    over them (the reads of block ``device`` counted when there is one)."""
+    """This rank's :class:`PassPart` from its measured steps and what ``resources`` sampled."""
     return PassPart(
         row=meter.summary(),
         steps=[{**vars(s), "case": case.name, "rank": rank} for s in meter.steps],
@@ -381,14 +363,12 @@ def _pass_part(
 
 
 def step_barrier(case: Case, cfg: BenchConfig, subset: RankSubset) -> Callable[[], object] | None:
-    """The per-step collective of an ``emulate`` pass on several ranks, or None.
+    """The per-step barrier of an ``emulate`` pass on ``subset``'s group, or None.
 
-    In data-parallel training every rank waits for the others at each step (the gradient
-    all-reduce); DLIO, the engine of MLPerf Storage, puts a barrier in every step. With
-    ``bench.sync: step`` the simulated accelerators of ``subset`` do the same: a barrier on its
-    process group before each step after the first, whose wait counts as data wait (a rank
-    waits for the slowest rank's data), so one slow reader lowers every rank's AU. With
-    ``none`` (or one rank, or no group) each rank steps on its own.
+    With ``bench.sync: step`` the simulated accelerators wait for each other before each step after
+    the first, as data-parallel training (the gradient all-reduce) and DLIO (a barrier per step) do;
+    the wait counts as data wait, so one slow reader lowers every rank's AU. None with ``none``, one
+    rank or no group.
     """
     if case.mode != "emulate" or cfg.bench.sync != "step" or subset.group is None:
         return None

@@ -11,8 +11,7 @@ from training.config import Config, Pattern
 
 
 class BenchSection(Section):
-    """The benchmark matrix: modes, access patterns, storages, client libraries, workers, ranks,
-    and how each pass is measured."""
+    """The benchmark matrix (modes, patterns, storages, libraries, workers, ranks) and passes."""
 
     modes: Annotated[list[Literal["read", "emulate", "train"]], Unique] = Field(
         ["read", "emulate", "train"],
@@ -105,6 +104,5 @@ class BenchConfig(Config):
 
 
 def bench_config(cfg: Config, bench: BenchSection) -> BenchConfig:
-    """``cfg``'s shared sections with the ``bench`` section given: how another command (the
-    sweep) runs ``make bench``'s passes with settings of its own."""
+    """``cfg``'s shared sections with ``bench`` (how the sweep runs bench passes its own way)."""
     return BenchConfig(**{name: getattr(cfg, name) for name in Config.model_fields}, bench=bench)

@@ -1,19 +1,12 @@
 """What a benchmark run's figures mean: the answers that ``report.md`` and the console lead with.
 
-:mod:`bench.loading.report` formats; this module decides, from the rows of ``results.csv``
-(:data:`bench.loading.report.RESULT_COLUMNS`):
-
-- per storage and access pattern (:func:`answers`): whether the loader keeps the emulated
-  accelerator at or above MLPerf Storage's AU pass mark (:data:`AU_THRESHOLD`), at what
-  samples/s and MB/s it reads alone (``read`` mode), how that compares with the raw baseline
-  measured in the same run, and what limits it (:func:`limit`: storage requests, the client's
-  CPU, decoding);
-- which figures mean nothing for a row and are marked rather than printed
-  (:func:`au_applies`, :func:`cpu_per_mb_applies`, :func:`baseline_measured`,
-  :func:`cores_possible`).
-
-Units: MB = 10^6 bytes, seconds, samples/s; a "reader" is a DataLoader worker (or the main
-process with none) of one rank.
+From the rows of ``results.csv`` (:data:`bench.loading.report.RESULT_COLUMNS`), per storage and
+access pattern (:func:`answers`): whether the loader keeps the emulated accelerator at or above
+:data:`AU_THRESHOLD`, its samples/s and MB/s read alone, against the raw baseline, and what limits
+it (:func:`limit`); and which figures mean nothing for a row (:func:`au_applies`,
+:func:`cpu_per_mb_applies`, :func:`baseline_measured`, :func:`cores_possible`). Units: MB = 10^6
+bytes, seconds, samples/s; a "reader" is a DataLoader worker (or the main process with none) of one
+rank.
 """
 
 from __future__ import annotations
@@ -91,21 +84,20 @@ def _nan(row: dict, key: str) -> float:
 
 
 def au_applies(row: dict) -> bool:
-    """Whether the row's AU means anything: ``read`` rows have no compute, so no accelerator
-    to keep busy (their AU is 0 by construction)."""
+    """Whether the row's AU means anything (``read`` rows have no compute: their AU is 0)."""
     return row.get("mode") != "read"
 
 
 def cpu_per_mb_applies(row: dict) -> bool:
-    """Whether the row's CPU ms per MB is the loader's: in ``train`` rows the model's forward
-    and backward passes (on the CPU, or driving the accelerator) are most of it."""
+    """Whether the row's CPU ms per MB is the loader's (not in ``train`` rows: the model's)."""
     return row.get("mode") != "train"
 
 
 def baseline_measured(row: dict) -> bool:
-    """Whether the row has a raw baseline timed long enough to be a measurement
-    (:data:`MIN_BASELINE_S`). Rows without ``baseline_s`` (results written before it was a
-    column) are taken as measured when they have a baseline MB/s."""
+    """Whether the row has a raw baseline timed at least :data:`MIN_BASELINE_S`.
+
+    Rows without ``baseline_s`` (older results) count as measured when they have a baseline MB/s.
+    """
     if math.isnan(_nan(row, "baseline_mbps")):
         return False
     seconds = _nan(row, "baseline_s")
@@ -113,10 +105,11 @@ def baseline_measured(row: dict) -> bool:
 
 
 def cores_possible(busy_cores: float, cores: int | None = None) -> bool:
-    """Whether ``busy_cores`` (busy CPU seconds per second, machine-wide) is at most the
-    machine's ``cores`` (default ``os.cpu_count()``), give or take :data:`CORES_TOLERANCE`:
-    more is the counters' error over too short a window, not a measurement. NaN is not
-    possible."""
+    """Whether ``busy_cores`` is at most ``cores``, give or take :data:`CORES_TOLERANCE`.
+
+    ``busy_cores`` is busy CPU seconds per second, machine-wide; ``cores`` defaults to
+    ``os.cpu_count()``. More is the counters' error over too short a window. NaN is not possible.
+    """
     cores = cores or os.cpu_count()
     return not math.isnan(busy_cores) and (
         cores is None or busy_cores <= cores * (1 + CORES_TOLERANCE)
@@ -138,13 +131,12 @@ class Limit:
 
 @dataclass(frozen=True)
 class Answer:
-    """The answer for one storage and access pattern (and client library, worker and rank
-    count): the rows of its modes and passes together.
+    """The answer for one storage, access pattern, client library, worker and rank count.
 
     Attributes:
         label: which configuration, e.g. ``s3 (boto3), shards, 2 workers``.
-        au_met: whether every emulate pass kept the accelerator at or above
-            :data:`AU_THRESHOLD`; None when no emulate pass ran.
+        au_met: whether every emulate pass kept the accelerator at or above :data:`AU_THRESHOLD`;
+            None when no emulate pass ran.
         limits: what limits each ``read`` pass, by pass (``cold``, ``warm``).
         sentences: the answer in plain sentences, in the order to print them.
     """
@@ -156,8 +148,7 @@ class Answer:
 
 
 def answers(results: list[dict], decode: bool, cores: int | None = None) -> list[Answer]:
-    """One :class:`Answer` per storage, client library, access pattern, worker count and rank
-    count of the run, in the order they ran.
+    """One :class:`Answer` per storage, library, pattern, worker and rank count, in run order.
 
     Args:
         results: the run's rows (``results.csv``), failed ones included.
@@ -172,8 +163,7 @@ def answers(results: list[dict], decode: bool, cores: int | None = None) -> list
 
 
 def label(row: dict) -> str:
-    """The configuration of a row without its mode: ``fs, random, 2 workers``; S3 rows name
-    their client library, rows of several ranks their count."""
+    """A row's configuration without its mode, e.g. ``s3 (boto3), random, 2 workers, 4 ranks``."""
     lib = row.get("client_lib", "-")
     text = row["storage"] + (f" ({lib})" if lib not in ("-", "", None) else "")
     workers = int(row.get("workers", 0))
@@ -224,8 +214,7 @@ def _answer(rows: list[dict], decode: bool, cores: int | None) -> Answer:
 
 
 def _accelerator(emulate: list[tuple[str, dict]]) -> tuple[bool | None, str]:
-    """Whether the emulate passes kept the accelerator at or above the pass mark, and the
-    sentence that says so."""
+    """Whether the emulate passes kept the accelerator at the pass mark, and the sentence."""
     if not emulate:
         return None, "The emulated accelerator was not run (`bench.modes` has no emulate)."
     mark = f"MLPerf Storage's pass mark of {AU_THRESHOLD:.2f}"
@@ -278,8 +267,7 @@ def _delivered(read: list[tuple[str, dict]]) -> str:
 
 
 def _ceiling(row: dict) -> str:
-    """The row against its raw baseline: the share of the baseline's MB/s, or why there is
-    none."""
+    """The row against its raw baseline: the share of the baseline's MB/s, or why there is none."""
     base, seconds = _nan(row, "baseline_mbps"), _nan(row, "baseline_s")
     if math.isnan(base):
         return "no raw baseline measured"
@@ -309,16 +297,13 @@ def _ceiling(row: dict) -> str:
 def limit(row: dict, decode: bool, cores: int | None = None) -> Limit:
     """What limits a ``read`` pass, from its own figures.
 
-    In this order: a pass shorter than :data:`SHORT_PASS_S` is not judged
-    (:data:`UNDETERMINED`); a machine whose cores were saturated (busy plus stolen at least
-    :data:`SATURATED_SHARE` of ``cores``) is CPU-bound; readers that spent at least
-    :data:`WAITING_SHARE` of the pass in storage requests (``read_s`` over ``wall_s`` per
-    reader) waited on the storage (:data:`STORAGE`); otherwise the time went to per-sample work
-    on the client. CPU-bound is :data:`DECODING` when the run decodes (``decode``), else
-    :data:`CLIENT_CPU`, whose sentence says that the client, not the storage, is the limit
-    (as for warm reads of small samples from the page cache), with the CPU split
-    (:func:`cpu_split`), and names the other processes when the loader's own share of the
-    machine's CPU is under :data:`CLIENT_SHARE`.
+    In this order: a pass shorter than :data:`SHORT_PASS_S` is :data:`UNDETERMINED`; a machine whose
+    cores were saturated (busy plus stolen at least :data:`SATURATED_SHARE` of ``cores``) is
+    CPU-bound; readers that spent at least :data:`WAITING_SHARE` of the pass in storage requests
+    (``read_s`` over ``wall_s`` per reader) waited on the storage (:data:`STORAGE`); otherwise the
+    time went to per-sample work on the client. CPU-bound is :data:`DECODING` when ``decode``, else
+    :data:`CLIENT_CPU`, with the CPU split (:func:`cpu_split`), naming the other processes when the
+    loader's own share of the machine's CPU is under :data:`CLIENT_SHARE`.
 
     Args:
         row: a ``read`` row of ``results.csv``.
@@ -413,16 +398,15 @@ def _waiting(row: dict, readers: int, in_requests: float) -> str:
 
 
 def cpu_split(row: dict, cores: int | None = None) -> str:
-    """The row's ratio to the baseline split into its two factors (see
-    :mod:`bench.resources`): busy cores (the row's over the baseline's) x CPU per MB (the
-    baseline's over the row's), both machine-wide, and which loses (under
-    :data:`SPLIT_LOSES`); whether the machine's ``cores`` were saturated
-    (:data:`SATURATED_SHARE`).
+    """The row's ratio to the baseline split into busy cores x CPU per MB (:mod:`bench.resources`).
 
-    Without a baseline to split against (none, or one timed under :data:`MIN_BASELINE_S`, or
-    more busy cores than ``cores``), the row's own counters: busy cores and CPU per MB. Empty
-    when the row's own figures are missing or not possible, or the row is of several ranks
-    (its machine-wide figures may be over several machines)."""
+    Both factors are machine-wide (busy cores: the row's over the baseline's; CPU per MB: the
+    baseline's over the row's); the text says which loses (under :data:`SPLIT_LOSES`) and whether
+    the ``cores`` were saturated (:data:`SATURATED_SHARE`). Without a baseline to split against
+    (none, timed under :data:`MIN_BASELINE_S`, or more busy cores than ``cores``): the row's own
+    busy cores and CPU per MB. Empty when the row's figures are missing or not possible, or it has
+    several ranks (its machine-wide figures may span machines).
+    """
     cores = cores or os.cpu_count()
     keys = ("host_busy_cores", "host_cpu_ms_per_mb", "cpu_ms_per_mb")
     ours = [_nan(row, k) for k in keys]
@@ -482,8 +466,7 @@ def _num(value: float) -> str:
 
 
 def _percent(ratio: float) -> str:
-    """A ratio as a percentage, two significant digits under 10 %: ``61%``, ``4.5%``,
-    ``0.47%``."""
+    """A ratio as a percentage, two significant digits under 10 %: ``61%``, ``4.5%``, ``0.47%``."""
     pct = 100 * ratio
     return f"{pct:.0f}%" if pct >= 10 else f"{pct:.2g}%"
 

@@ -1,31 +1,15 @@
 """Peer libraries doing the same job as the benchmark's loaders, measured the same way.
 
-Each peer loads the same objects with the same batch size and DataLoader workers, decodes each
-image and resizes it (shorter side ``image_size`` pixels, float32 in [0, 1]), so that a
-configuration can be reported as a ratio to what an ordinary user of that library gets:
-
-- :func:`imagefolder_peer`: torchvision ``ImageFolder``-style map-style loading from files
-  (PIL via ``default_loader``, ``transforms.v2``, ``DataLoader(shuffle=True)``);
-- :func:`s3torchconnector_peer`: AWS s3torchconnector's ``S3MapDataset`` (shuffled by the
-  DataLoader) or ``S3IterableDataset`` (listing order), reading each ``S3Reader`` fully and
-  decoding with torchvision.
-
-- :func:`webdataset_peer`: plain ``webdataset.WebDataset`` over the same shards (files),
-  decoding and resizing each sample's image.
-
-Timing, a loader benchmark's usual rule, which our read passes also report
-(``samples_per_s_after_warmup``) for the ratio to a peer: the first ``warmup_batches``
-batches (worker start-up, first connections) are drawn and not counted; the clock starts at
-the next ``next()`` and stops when the last measured batch arrives (batches the workers read
-ahead during the warm-up count, on both sides alike: the same batch size, workers and
-prefetch). Units: seconds, bytes, samples/s, MB/s = 10^6 bytes/s.
-
-Work: each peer does what our loaders do per sample, so that the ratio compares the loading,
-not the work: it decodes the image (torchvision's decoder; the ImageFolder-style peer PIL's,
-as ``ImageFolder`` does) and applies the same torchvision ``transforms.v2`` detection pipeline
-to it and its boxes (:func:`pipelines.samples.detection_transform`: resize, flip, float32),
-giving ``(image, {"boxes", "labels"})`` as ours gives; the boxes come from the split's records
-(by file or object key) or, for WebDataset, from each sample's ``.json`` annotation.
+Each peer loads the same objects with the same batch size and DataLoader workers and does our
+per-sample work (:class:`DetectionWork`: decode, the same ``transforms.v2`` pipeline, targets from
+the split's records or a shard's ``.json``), so a configuration's ratio to a peer compares the
+loading, not the work: :func:`imagefolder_peer` (torchvision ``ImageFolder``-style, PIL),
+:func:`s3torchconnector_peer` (``S3MapDataset`` / ``S3IterableDataset``), :func:`webdataset_peer`
+(plain ``webdataset.WebDataset`` over the same shards). Timing follows a loader benchmark's usual
+rule, which our read passes also report (``samples_per_s_after_warmup``): the first
+``warmup_batches`` batches are drawn and not counted; the clock runs from the next ``next()`` to the
+last measured batch (read-ahead during the warm-up counts on both sides alike). Units: seconds,
+bytes, samples/s, MB/s = 10^6 bytes/s.
 """
 
 from __future__ import annotations
@@ -63,7 +47,8 @@ class PeerResult:
     """One peer library's measured loading throughput.
 
     Attributes:
-        name: ``imagefolder``, ``s3torchconnector-map`` or ``s3torchconnector-iterable``.
+        name: ``imagefolder``, ``s3torchconnector-map``, ``s3torchconnector-iterable`` or
+            ``webdataset``.
         samples: images in the measured batches (warm-up batches excluded).
         batches: measured batches.
         seconds: wall-clock seconds from the first measured ``next()`` to the last batch.
@@ -84,9 +69,10 @@ class PeerResult:
 
 
 class DetectionWork:
-    """Our per-sample work on a decoded image: its record's boxes and labels as torchvision
-    targets, then the detection ``transforms.v2`` pipeline on both
-    (:func:`pipelines.samples.detection_transform`, training's: resize, flip, float32).
+    """Our per-sample work on a decoded image: its record's targets, then the detection transforms.
+
+    The record's boxes and labels as torchvision targets, then
+    :func:`pipelines.samples.detection_transform` (training's: resize, flip, float32) on both.
 
     Args:
         image_size: the shorter side after resizing, pixels.
@@ -98,8 +84,10 @@ class DetectionWork:
         self.class_to_index = class_to_index
 
     def __call__(self, image: torch.Tensor, record: DetectionRecord) -> tuple:
-        """``(image float32 [3, H', W'], {"boxes": BoundingBoxes [N, 4], "labels": int64
-        [N]})`` for a ``uint8 [3, H, W]`` image."""
+        """``(image float32 [3, H', W'], {"boxes": BoundingBoxes [N, 4], "labels": int64 [N]})``.
+
+        ``image`` is ``uint8 [3, H, W]``.
+        """
         boxes = tv_tensors.BoundingBoxes(
             torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4),
             format="XYXY",
@@ -110,9 +98,10 @@ class DetectionWork:
 
 
 class ClassificationWork:
-    """Our per-sample work for classification: the classification ``transforms.v2`` pipeline
-    (:func:`pipelines.samples.classification_transform`, training's) and the record's class
-    index; the same call as :class:`DetectionWork`."""
+    """Our per-sample work for classification, called as :class:`DetectionWork`.
+
+    :func:`pipelines.samples.classification_transform` (training's) and the record's class index.
+    """
 
     def __init__(self, image_size: int, class_to_index: dict[str, int]) -> None:
         self.transform = classification_transform(True, image_size)
@@ -138,8 +127,7 @@ def decode(data: bytes) -> torch.Tensor:
 
 
 def collate_images(items: list[tuple]) -> tuple[list, list, int]:
-    """Batch ``(image, target, nbytes)`` items into ``(images, targets, total bytes)``;
-    images may differ in size."""
+    """Batch ``(image, target, nbytes)`` items (any sizes) into ``(images, targets, bytes)``."""
     return [item[0] for item in items], [item[1] for item in items], sum(i[2] for i in items)
 
 
@@ -187,9 +175,10 @@ def _measure(
 
 
 class ImageFileDataset(Dataset):
-    """What an ``ImageFolder`` user gets, over a list of files: PIL ``default_loader`` +
-    ``transforms.v2``, with our per-sample work (:class:`DetectionWork`). Items are ``(image,
-    target, file size in bytes)``.
+    """What an ``ImageFolder`` user gets over a list of files, with our per-sample work.
+
+    PIL ``default_loader`` + ``transforms.v2`` (:class:`DetectionWork`); items are ``(image, target,
+    file size in bytes)``.
 
     Raises:
         OSError: a file is missing (when listed) or unreadable (when loaded).
@@ -236,9 +225,8 @@ def imagefolder_peer(
         records: their records (the boxes), in the same order.
         class_to_index: class name to label id.
         task: ``detection`` or ``classification``: the per-sample work (:func:`work_for`).
-        epochs: epochs read back to back in one iteration, as the compared pass reads them
-            (each worker's share of an epoch, so that the tail of an epoch, where workers
-            with fewer items have finished, is the same on both sides).
+        epochs: epochs read back to back in one iteration, as the compared pass reads them (so an
+            epoch's tail, where workers with fewer items have finished, is the same on both sides).
         batch_size: images per batch.
         num_workers: DataLoader worker processes (0: load in this process).
         image_size: shorter side after resizing, in pixels.
@@ -278,9 +266,10 @@ def s3torchconnector_reason() -> str | None:
 
 
 class ReadDecodeDetect:
-    """s3torchconnector transform: read the ``S3Reader`` to the end, decode it with torchvision
-    (RGB), do our per-sample work with its record's boxes (:class:`DetectionWork`; the record
-    found by the reader's key); returns ``(image, target, bytes read)``.
+    """s3torchconnector transform: read the ``S3Reader`` fully, decode it, do our per-sample work.
+
+    The image is decoded with torchvision (RGB); the record is found by the reader's key. Returns
+    ``(image, target, bytes read)``.
 
     Raises:
         s3torchconnector.S3Exception: the GET failed; RuntimeError: the bytes do not decode.
@@ -299,17 +288,18 @@ class ReadDecodeDetect:
 
 
 class ReadBytes:
-    """s3torchconnector transform: read the ``S3Reader`` to the end; ``(bytes, key, when the
-    read began)``, decoded later (:class:`ShuffledDecode`)."""
+    """s3torchconnector transform: read the ``S3Reader`` fully; ``(bytes, key)``, decoded later."""
 
     def __call__(self, reader: S3Reader) -> tuple[bytes, str]:
         return reader.read(), reader.key
 
 
 class ShuffledDecode(IterableDataset):
-    """What our ``objects`` pattern does after its reads, around another library's stream of
-    ``(bytes, key)``: WebDataset's shuffle buffer of ``shuffle_buffer`` items (our
-    loaders' stage, seeded per worker), then decode and our per-sample work."""
+    """Our ``objects`` pattern's steps after its reads, over another library's stream.
+
+    The stream yields ``(bytes, key)``: WebDataset's shuffle buffer of ``shuffle_buffer`` items
+    (seeded per worker), then decode and our per-sample work.
+    """
 
     def __init__(
         self,
@@ -364,8 +354,7 @@ def s3torchconnector_peer(
     ``kind="iterable"``: ``S3IterableDataset.from_objects`` in the order of ``keys`` (listing
     order), sharded across the workers (``enable_sharding=True``: each object once per epoch),
     through a shuffle buffer of ``shuffle_buffer`` objects as our ``objects`` pattern
-    (:class:`ShuffledDecode`).
-    Credentials come from the standard AWS chain (environment, profile), as for boto3.
+    (:class:`ShuffledDecode`). Credentials come from the standard AWS chain, as for boto3.
 
     Args:
         kind: ``"map"`` or ``"iterable"``.
@@ -374,9 +363,7 @@ def s3torchconnector_peer(
         records: their records (the boxes), in the same order.
         class_to_index: class name to label id.
         task: ``detection`` or ``classification``: the per-sample work (:func:`work_for`).
-        epochs: epochs read back to back in one iteration, as the compared pass reads them
-            (each worker's share of an epoch, so that the tail of an epoch, where workers
-            with fewer items have finished, is the same on both sides).
+        epochs: epochs read back to back in one iteration, as in :func:`imagefolder_peer`.
         endpoint: custom endpoint URL (MinIO, DSS, a local server); None for AWS.
         region: region name (the CRT client needs one, e.g. ``us-east-1``).
         batch_size: images per batch.
@@ -385,8 +372,7 @@ def s3torchconnector_peer(
         max_batches: batches to time after the warm-up; None: until the data ends.
         warmup_batches: batches drawn before the clock starts.
         seed: shuffle order (map).
-        force_path_style: path-style requests (``endpoint/bucket/key``), right for custom
-            endpoints.
+        force_path_style: path-style requests (``endpoint/bucket/key``), right for custom endpoints.
 
     Returns:
         A :class:`PeerResult` named ``s3torchconnector-map`` / ``-iterable``; None when
@@ -433,9 +419,11 @@ def _s3torchconnector_dataset(
     seed: int,
     force_path_style: bool,
 ) -> tuple[Dataset, RandomSampler | None]:
-    """:func:`s3torchconnector_peer`'s dataset over ``s3://bucket/key`` for each key, and the
-    sampler that shuffles it (``map``: ``epochs`` times over the objects), or None
-    (``iterable``: ``keys``' order, through :class:`ShuffledDecode`'s shuffle buffer)."""
+    """:func:`s3torchconnector_peer`'s dataset, and the sampler that shuffles it or None.
+
+    ``map``: sampled ``epochs`` times over the objects; ``iterable``: ``keys``' order, through
+    :class:`ShuffledDecode`'s shuffle buffer, no sampler.
+    """
     from s3torchconnector import S3ClientConfig, S3IterableDataset, S3MapDataset
 
     uris = [f"s3://{bucket}/{key}" for key in keys]
@@ -461,10 +449,11 @@ def _s3torchconnector_dataset(
 
 
 class _DecodeShardSample:
-    """WebDataset stage: a raw sample (``jpg`` bytes, ``json``, ``__key__``...) to ``(image,
-    target, bytes of its image and annotation)``: the image decoded with torchvision,
-    its ``.json`` annotation parsed (this tool's shard format), our per-sample work
-    (:class:`DetectionWork`)."""
+    """WebDataset stage: a raw sample (``jpg`` bytes, ``json``, ``__key__``...) to our output.
+
+    ``(image, target, bytes of its image and annotation)``: the image decoded with torchvision, its
+    ``.json`` annotation parsed (this tool's shard format), our per-sample work.
+    """
 
     def __init__(self, work: DetectionWork):
         self.work = work
@@ -490,12 +479,12 @@ def webdataset_peer(
     warmup_batches: int = 2,
     seed: int = 0,
 ) -> PeerResult:
-    """Plain ``webdataset.WebDataset`` over the shard files (the ones our ``shards`` pattern
-    reads), shard order shuffled (``shardshuffle``), each worker reading its share of the
-    shards (``wds.split_by_worker``), its samples through a shuffle buffer of
-    ``shuffle_buffer`` samples as our ``shards`` pattern, each decoded with our per-sample work
-    (:class:`DetectionWork`, its boxes from its ``.json``), batched by the DataLoader; each
-    worker reads its shards ``epochs`` times (``repeat``), as our pass does.
+    """Plain ``webdataset.WebDataset`` over the shard files our ``shards`` pattern reads.
+
+    Shard order shuffled (``shardshuffle``), each worker reading its share of the shards
+    (``wds.split_by_worker``) ``epochs`` times (``repeat``), samples through a shuffle buffer of
+    ``shuffle_buffer`` as our ``shards`` pattern, our per-sample work (boxes from each ``.json``),
+    batched by the DataLoader.
 
     Returns:
         A :class:`PeerResult` named ``webdataset``.

@@ -1,8 +1,7 @@
 """Write a benchmark run's results: CSVs, plots, a Markdown report and the console's text.
 
-The answers and the verdicts behind them (AU pass mark, what limits each configuration, which
-figures mean nothing for a row) come from :mod:`bench.loading.diagnosis`; this module formats them.
-Units: MB = 10^6 bytes, seconds.
+This module formats; the answers and verdicts come from :mod:`bench.loading.diagnosis`. Units: MB =
+10^6 bytes, seconds.
 """
 
 from __future__ import annotations
@@ -64,8 +63,7 @@ STEP_COLUMNS = [
 
 
 def write_tables(out: Path, results: list[dict], steps: list[dict]) -> None:
-    """Write ``results.csv`` and ``steps.csv`` (each atomically): after every pass, so that a
-    failure or an interruption later in the run loses none of the passes already measured."""
+    """Write ``results.csv`` and ``steps.csv`` atomically (after every pass: none is lost)."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", results, RESULT_COLUMNS)
     write_csv(out / "steps.csv", steps, STEP_COLUMNS)
@@ -115,8 +113,7 @@ def plot_throughput(results: list[dict], path: Path) -> None:
 
 
 def plot_data_wait(steps: list[dict], path: Path) -> None:
-    """Per-step data wait (seconds) of each configuration's last pass, one line each (rank 0's
-    steps where several ranks read)."""
+    """Plot each configuration's per-step data wait (s) in its last pass (rank 0's steps)."""
     steps = [s for s in steps if s.get("rank", 0) == 0]
     last_pass: dict[str, int] = {}
     for s in steps:
@@ -193,13 +190,14 @@ def _marked(results: list[dict]) -> list[str]:
 
 
 def table(results: list[dict]) -> str:
-    """A short fixed-width table of every pass (its median repeat, :func:`passes`): config,
-    cache, samples/s and MB/s (over all its ranks), AU (the mean over ranks, and the worst
-    rank's), data-wait share (%), the loader's CPU ms per MB, and the ratios to the raw
-    baseline and the peer as the median over the repeats with their range, ``!`` when they
-    spread more than :data:`bench.ratios.UNSTABLE_SPREAD` (the machine was busy). A figure
-    that means nothing for its row is ``n/a`` (:func:`table_notes` says why); ``–``: not
-    measured."""
+    """A short fixed-width table of every pass (its median repeat, :func:`passes`).
+
+    Columns: config, cache, samples/s and MB/s (over all ranks), AU (mean over ranks, and the worst
+    rank's), data-wait share (%), the loader's CPU ms per MB, and the ratios to the raw baseline and
+    the peer (median over the repeats with their range; ``!``: spread over
+    :data:`bench.ratios.UNSTABLE_SPREAD`). ``n/a``: meaningless for its row (:func:`table_notes`);
+    ``–``: not measured.
+    """
     header = (
         f"{'configuration':34} {'pass':>4} {'cache':5} {'img/s':>8} {'MB/s':>8} {'AU':>5} "
         f"{'AUmin':>5} {'wait%':>6} {'CPU/MB':>6} {'x base':>22} {'x peer':>17}"
@@ -230,8 +228,10 @@ def table_notes(results: list[dict]) -> list[str]:
 
 
 def preface(cfg_dict: dict, results: list[dict]) -> str:
-    """What the answers measure against: the emulated accelerator, MLPerf Storage's AU pass
-    mark, read mode, the raw baselines of the storages in ``results``, cold and warm."""
+    """What the answers measure against: the emulated accelerator, the AU pass mark, read mode.
+
+    Also the raw baselines of the storages in ``results``, and what cold and warm mean.
+    """
     bench, batch = cfg_dict["bench"], cfg_dict["loader"]["batch_size"]
     seconds = bench["computation_time_s"]
     storages = dict.fromkeys(r["storage"] for r in results if r.get("storage") in BASELINE_KIND)
@@ -253,8 +253,7 @@ def preface(cfg_dict: dict, results: list[dict]) -> str:
 
 
 def answer_lines(answers_: list[Answer], width: int | None = None) -> list[str]:
-    """The answers as Markdown bullets (one per configuration, its sentences in a paragraph),
-    or, with ``width``, as plain text wrapped to that many columns."""
+    """The answers as Markdown bullets, or with ``width`` as plain text wrapped to that width."""
     lines = []
     for a in answers_:
         text = " ".join(a.sentences)
@@ -266,8 +265,7 @@ def answer_lines(answers_: list[Answer], width: int | None = None) -> list[str]:
 
 
 def console(cfg_dict: dict, results: list[dict], cores: int | None = None) -> str:
-    """What ``make bench`` prints at the end: the answer per configuration first, then the
-    table of every pass and why some of its figures are ``n/a``."""
+    """What ``make bench`` prints at the end: the answers, the table, its ``n/a`` notes."""
     width = 100
     lines = textwrap.wrap(preface(cfg_dict, results), width)
     lines += [*answer_lines(answers(results, cfg_dict["bench"]["decode"], cores), width), ""]
@@ -286,8 +284,10 @@ def failures(results: list[dict]) -> list[str]:
 
 
 def markdown(cfg_dict: dict, results: list[dict], extras: dict, cores: int | None = None) -> str:
-    """The report: the answer per configuration, what ran, the results table, failures,
-    baselines, peers, the plots. ``cores``: the machine's (default ``os.cpu_count()``)."""
+    """The report: answers, what ran, results table, failures, baselines, peers, plots.
+
+    ``cores``: the machine's (default ``os.cpu_count()``).
+    """
     bench = cfg_dict["bench"]
     lines = [
         "# Storage benchmark report",
@@ -353,13 +353,12 @@ def _results_section(cfg_dict: dict, results: list[dict]) -> list[str]:
 def baselines_section(
     baselines: list[tuple[str, int, BaselineResult]], cores: int | None = None
 ) -> list[str]:
-    """The report's section on the raw baselines: one table row per baseline, then why some
-    of its figures are ``n/a``.
+    """The report's section on the raw baselines: a table row per baseline, then its ``n/a`` notes.
 
     Args:
         baselines: ``(configuration, pass index, baseline measured right after that pass)``.
-        cores: the machine's CPU cores (default ``os.cpu_count()``): busy cores above it are
-            no measurement.
+        cores: the machine's CPU cores (default ``os.cpu_count()``): busy cores above it are no
+            measurement.
 
     Returns:
         Markdown lines, from the section's heading to its notes.
@@ -402,8 +401,7 @@ def baselines_section(
 def _baseline_row(
     config: str, pass_index: int, b: BaselineResult, cores: int | None
 ) -> tuple[str, bool, bool]:
-    """One baseline's row of the baselines table, whether it was too short to be a
-    measurement, and whether its busy cores were more than the machine has."""
+    """One baseline's table row, whether it was too short, whether it had too many busy cores."""
     cpu = b.cpu.figures(b.bytes)
     rates = [_fmt(b.objects_per_s, 1), _fmt(b.mbps), _fmt(cpu["host_busy_cores"])]
     per_mb = f"{_fmt(cpu['cpu_ms_per_mb'], 1)} / {_fmt(cpu['host_cpu_ms_per_mb'], 1)}"
@@ -425,8 +423,7 @@ def _baseline_row(
 def peers_section(
     bench: dict, peers: dict[str, list[PeerResult]], peer_errors: dict[str, str]
 ) -> list[str]:
-    """The report's section on the peer loaders: each comparison's samples/s over its repeats,
-    and the peers that failed.
+    """The report's section on the peer loaders: each comparison's samples/s, and the failed peers.
 
     Args:
         bench: the run's ``bench`` settings (``peers``, ``ranks``).

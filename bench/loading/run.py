@@ -1,23 +1,14 @@
 """`make bench`: run the matrix on the filesystem and S3, with baselines and peers, then report.
 
-Order of work: prepare the data on every storage (:mod:`bench.storages`: shards written once; a
-local S3 server started and filled when ``s3`` is asked for without an endpoint), run each
-configuration for ``bench.passes`` passes (the first cold, the rest warm), each ``read`` pass
-(the rows whose ratios the reports give) ``bench.repeats`` times, each time followed by its raw
-baseline (:func:`run_pass`) and, for a warm read pass of one rank, its peer loader
-(:func:`measure_peer`): A B C A B C, so that both sides of every ratio see the same state of
-the machine (:mod:`bench.ratios`: the median over the repeats, with its spread); then write
-``results.csv``, ``steps.csv``, ``report.md``, the plots and the config used.
-
-With ``bench.ranks`` (``make bench NPROC=N``) the run is one torchrun launch of the largest
-count: every configuration runs at each rank count, its ranks reading their parts of the split
-at once, and its row is the pass over all of them (:func:`bench.loading.case.combine`); what is done
-once (shards, the local server, baselines, peers, outputs) is rank 0's (:mod:`bench.ranks`).
-
-``results.csv`` and ``steps.csv`` are written again after every pass, so a failure late in the
-run loses nothing measured before it. A configuration that fails (its storage cannot be
-prepared, or a pass raises) gets a row with its ``error``; with ``bench.on_error: continue``
-(the default) the run goes on with the next one, with ``stop`` it ends there.
+The data is prepared on every storage (:mod:`bench.storages`), then each configuration runs
+``bench.passes`` passes (the first cold), each ``read`` pass ``bench.repeats`` times, each time
+followed by its raw baseline (:func:`run_pass`) and, for a warm read pass of one rank, its peer
+(:func:`measure_peer`): A B C A B C, so that both sides of every ratio see the same state of the
+machine (:mod:`bench.ratios`). With ``bench.ranks`` the run is one torchrun launch of the largest
+count: every configuration runs at each rank count, its row the pass over all its ranks
+(:func:`bench.loading.case.combine`); what is done once is rank 0's (:mod:`bench.ranks`). The tables
+are written again after every pass. A configuration that fails gets a row with its ``error``;
+``bench.on_error: continue`` (the default) goes on with the next, ``stop`` ends there.
 """
 
 from __future__ import annotations
@@ -96,17 +87,16 @@ def measure_baseline(
     evict_dir: Path | None,
     ranks: int = 1,
 ) -> BaselineResult | None:
-    """The raw read of the same objects, ``repeat`` times over (as many bytes as the pass), at
-    the pass's total concurrency over its ``ranks``: ``cat`` over the files (fs; one reading
-    thread per rank), a boto3 GET pool (s3, through ``s3_storage``: the pass's own storage, or
-    for s3torchconnector passes the boto3 one over the same bucket; None: not measured) of
-    ``ranks x access.concurrency`` threads. With ``evict_dir`` every read is cold, as in the
-    pass. It runs on rank 0's machine alone.
+    """The raw read of the same objects, ``repeat`` times over, at the pass's total concurrency.
 
-    A read over in less than :data:`bench.loading.diagnosis.MIN_BASELINE_S` (a small dataset from
-    the page cache: a few milliseconds) is no measurement: the objects are then read over again,
-    as many more times as should last about twice that, until one does (at most
-    :data:`MAX_BASELINE_ROUNDS` times over), and that longer read is the baseline."""
+    ``cat`` over the files (fs; one reading thread per rank) or a boto3 GET pool of ``ranks x
+    access.concurrency`` threads (s3, through ``s3_storage``: the pass's own storage, or the boto3
+    one over the same bucket for s3torchconnector passes; None: not measured). With ``evict_dir``
+    every read is cold. It runs on rank 0's machine alone. A read over in less than
+    :data:`bench.loading.diagnosis.MIN_BASELINE_S` is no measurement: the objects are read over
+    again, as many more times as should last about twice that (at most :data:`MAX_BASELINE_ROUNDS`),
+    until one lasts long enough.
+    """
     if storage_kind == "fs":
         files = case_files(prepared, access)
 
@@ -144,16 +134,13 @@ def run_pass(
 ) -> tuple[dict, list[dict], BaselineResult | None] | None:
     """One pass of one configuration on its ranks, then its raw baseline over as many bytes.
 
-    Pass 0 is cold: with the files on this machine, every read evicts its file first and the
-    pass lasts as many steps as a warm one; otherwise it reads one epoch. The baseline is
-    measured right after the pass (same objects, same number of epochs, same cold or warm
-    reads, the same total concurrency), so both see the same state of a shared, noisy machine.
-    Every rank calls it; the ranks of ``case.ranks`` read (:mod:`bench.ranks`), the others
-    wait.
+    Pass 0 is cold: with the files on this machine, every read evicts its file first and the pass
+    lasts as many steps as a warm one; otherwise it reads one epoch. The baseline is measured right
+    after the pass (same objects, epochs, cold or warm reads and total concurrency). Every rank
+    calls it; the ranks of ``case.ranks`` read (:mod:`bench.ranks`), the others wait.
 
     Returns:
-        On rank 0, ``(results row, step rows of every rank, baseline or None)``; None on the
-        other ranks.
+        On rank 0, ``(results row, step rows of every rank, baseline or None)``; None on the others.
 
     Raises:
         Exception: on every rank when the pass or the baseline failed on any.
@@ -218,8 +205,7 @@ def pass_row(
     repeat: int,
     evict_dir: Path | None,
 ) -> tuple[dict, list[dict], BaselineResult | None]:
-    """Rank 0's side of :func:`run_pass`: the row of the pass from its ranks' parts, and the
-    baseline measured now."""
+    """Rank 0's side of :func:`run_pass`: the row from the ranks' parts, and the baseline."""
     row = combine(parts)
     steps = [{**s, "pass": pass_index} for p in parts for s in p.steps]
     base = None
@@ -256,18 +242,17 @@ def error_row(case: Case, pass_index: int, exc: Exception) -> dict:
 def run_bench(
     cfg: BenchConfig, out: Path, ranks: Ranks = ONE_RANK
 ) -> tuple[list[dict], list[dict], dict]:
-    """Run the whole matrix; returns ``(results rows, step rows, extras)`` (see module doc).
+    """Run the whole matrix; returns ``(results rows, step rows, extras)``.
 
-    ``extras`` holds the baselines and peers measured, for the report, and ``peer_errors``
-    (peer name → error) for peers that failed. Every rank calls it (in a process group when
-    there are several); rank 0 alone writes into ``out`` and gets the rows, the other ranks
-    get empty ones.
+    ``extras`` holds the baselines and peers measured, for the report, and ``peer_errors`` (peer
+    name → error). Every rank calls it (in a process group when there are several); rank 0 alone
+    writes into ``out`` and gets the rows, the other ranks get empty ones.
 
     Raises:
-        ConfigError: ``bench.ranks`` does not fit the launch (:func:`bench.ranks.check_counts`),
-            or train mode without decoding.
-        Exception: the first failure, with ``bench.on_error: stop`` (a failed pass's row is
-            written first; a storage that cannot be prepared has no row yet), on every rank.
+        ConfigError: ``bench.ranks`` does not fit the launch (:func:`bench.ranks.check_counts`), or
+            train mode without decoding.
+        Exception: the first failure, with ``bench.on_error: stop`` (a failed pass's row is written
+            first; a storage that cannot be prepared has no row yet), on every rank.
     """
     if "train" in cfg.bench.modes and not cfg.bench.decode:
         raise ConfigError(
@@ -295,8 +280,10 @@ def run_bench(
 
 @dataclass
 class _BenchRun:
-    """One :func:`run_bench` as it goes: its settings, and what rank 0 has measured so far
-    (the other ranks' lists stay empty), written out after every pass."""
+    """One :func:`run_bench` as it goes: its settings and what rank 0 has measured so far.
+
+    The other ranks' lists stay empty; rank 0 writes them out after every pass.
+    """
 
     cfg: BenchConfig
     out: Path
@@ -318,9 +305,11 @@ class _BenchRun:
         return {"baselines": self.baselines, "peers": self.peers, "peer_errors": self.peer_errors}
 
     def run_configuration(self, case: Case, storages: Storages) -> None:
-        """Every rank: every pass of ``case`` on its prepared storage (each read pass
-        ``bench.repeats`` times), each followed by its peer; a failure gets its row and ends
-        the configuration (:meth:`failed`)."""
+        """Run every pass of ``case`` on every rank, each followed by its peer.
+
+        Each read pass runs ``bench.repeats`` times; a failure gets its row and ends the
+        configuration (:meth:`failed`).
+        """
         cfg = self.cfg
         try:
             target = storages.get(case.storage, case.client_lib)
@@ -349,9 +338,11 @@ class _BenchRun:
                 self.add_pass(case, pass_index, repeat, measured, peer)
 
     def peer_of_pass(self, case: Case, pass_index: int, storages: Storages) -> PeerResult | None:
-        """Every rank: the peer of the pass just run (:func:`peer_name`), measured by rank 0
-        right after the pass and its baseline (A B C A B C) while the others wait; None when
-        the pass has none, it failed, or on the other ranks."""
+        """Measure on rank 0 the peer of the pass just run (:func:`peer_name`); others wait.
+
+        Returns:
+            The peer, or None when the pass has none, it failed, or on the other ranks.
+        """
         name = peer_name(case, pass_index, self.cfg)
         if name is None:
             return None
@@ -378,8 +369,7 @@ class _BenchRun:
         measured: tuple[dict, list[dict], BaselineResult | None],
         peer: PeerResult | None,
     ) -> None:
-        """Rank 0: keep one repeat of a pass (its row with its ratios, its steps, its
-        baseline) and write the tables again."""
+        """Keep on rank 0 a pass's repeat (row with ratios, steps, baseline); write the tables."""
         row, pass_steps, base = measured
         row["repeat"] = repeat
         add_ratios(row, peer)
@@ -390,8 +380,11 @@ class _BenchRun:
         write_tables(self.out, self.results, self.steps)
 
     def failed(self, case: Case, pass_index: int, exc: Exception) -> None:
-        """Keep the error row of a configuration (pass) that failed and write the tables
-        (rank 0); with ``bench.on_error: stop``, raise ``exc`` (every rank)."""
+        """Keep a failed configuration's error row and write the tables (rank 0).
+
+        Raises:
+            Exception: ``exc`` on every rank, with ``bench.on_error: stop``.
+        """
         if self.bench_ranks.ranks.main:
             log.error("%s (pass %d) failed: %s", case.name, pass_index, error_text(exc))
             self.results.append(error_row(case, pass_index, exc))
@@ -401,10 +394,12 @@ class _BenchRun:
 
 
 def peer_name(case: Case, pass_index: int, cfg: BenchConfig) -> str | None:
-    """The peer a pass is compared with (:data:`PEERS`), or None: peers are single-process
-    loaders that decode, compared with warm ``read`` passes of one rank that decode too (like
-    with like); on S3 with the same client library (the AWS CRT: s3torchconnector), so that
-    the ratio compares the loaders, not the clients."""
+    """The peer a pass is compared with (:data:`PEERS`), or None.
+
+    Peers are single-process loaders that decode, compared with warm ``read`` passes of one rank
+    that decode too; on S3 only with the same client library (the AWS CRT: s3torchconnector), so the
+    ratio compares the loaders, not the clients.
+    """
     if not (cfg.bench.peers and cfg.bench.decode) or case.mode != "read" or case.ranks != 1:
         return None
     if pass_index == 0:  # cold: the peer's reads would be warm
@@ -431,13 +426,14 @@ def measure_peer(
     classes: list[str],
     workers: int,
 ) -> PeerResult | None:
-    """Measure the peer loader of ``name`` (:data:`PEERS`) once over the objects of the
-    prepared storage (:mod:`bench.loading.peers`), with the run's batch size, the compared pass's
-    DataLoader ``workers``, image size, classes and ``bench.read_steps`` batches.
+    """Measure the peer loader of ``name`` (:data:`PEERS`) once over the prepared storage's objects.
+
+    With the run's batch size, image size and classes, the compared pass's DataLoader ``workers``,
+    and ``bench.read_steps`` batches (:mod:`bench.loading.peers`).
 
     Raises:
-        ConfigError: the storage the peer reads was not prepared, or s3torchconnector cannot
-            be imported.
+        ConfigError: the storage the peer reads was not prepared, or s3torchconnector cannot be
+            imported.
         Exception: what the peer raised.
     """
     from bench.loading.peers import (
@@ -482,12 +478,13 @@ def measure_peer(
 
 
 def add_ratios(row: dict, peer: PeerResult | None) -> None:
-    """The row's own ratios: ``ratio_to_baseline`` (MB/s over its baseline's MB/s, measured
-    right after it) and ``ratio_to_peer`` (samples/s over those of ``peer``, measured right
-    after that; None: no peer for this pass), the latter with both sides timed from the end
-    of the warm-up (``samples_per_s_after_warmup``: the peer's clock, read-ahead credited
-    alike). :func:`bench.ratios.summarize` then gives each pass's median and spread over its
-    repeats."""
+    """Set the row's own ``ratio_to_baseline`` and ``ratio_to_peer``.
+
+    ``ratio_to_baseline``: MB/s over its baseline's; ``ratio_to_peer``: samples/s over ``peer``'s
+    (NaN without a peer), both sides timed from the end of the warm-up
+    (``samples_per_s_after_warmup``). :func:`bench.ratios.summarize` then gives each pass's median
+    and spread over its repeats.
+    """
     base = row.get("baseline_mbps", float("nan"))
     row["ratio_to_baseline"] = (
         row["throughput_mbps"] / base if base and base == base else float("nan")

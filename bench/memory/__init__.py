@@ -1,2 +1,1 @@
-"""`make bench-memory`: memory stays bounded when data grows (a shard streamed, a listing of
-many keys)."""
+"""`make bench-memory`: memory stays bounded when data grows (a big shard, many keys)."""

@@ -1,5 +1,4 @@
-"""The memory benchmark's data, written straight to disk where the local S3 server serves it: one
-shard of a given size, and many tiny keys."""
+"""The memory benchmark's data on disk for the local S3 server: one big shard, many tiny keys."""
 
 from __future__ import annotations
 
@@ -18,9 +17,9 @@ from pipelines.storage.filesystem import FileSystemStorage
 def build_shard(bucket_dir: Path, shard_bytes: int) -> ShardInfo:
     """Write one shard of about ``shard_bytes`` bytes under ``bucket_dir/shards/bench/``.
 
-    32 synthetic ~150 KB images (``mlperf`` preset) are written to ``bucket_dir/voc`` and
-    repeated, each time under a new id, through :func:`write_shards`, which streams the tar to
-    a temporary file (nothing of the shard's size is held in memory).
+    32 synthetic ~150 KB images (``mlperf`` preset) are written to ``bucket_dir/voc`` and repeated
+    under new ids through :func:`write_shards`, which streams the tar to a temporary file (nothing
+    of the shard's size is held in memory).
     """
     storage = FileSystemStorage(bucket_dir)
     generate_dataset(

@@ -1,5 +1,4 @@
-"""The memory benchmark's measurements, each made in a fresh process: the resident set size
-(RSS, bytes) added by streaming one shard, and by listing many keys."""
+"""The memory benchmark's measurements, in fresh processes: RSS (bytes) a shard or listing adds."""
 
 from __future__ import annotations
 
@@ -31,11 +30,11 @@ SAMPLE_INTERVAL_S = 0.002
 
 @contextlib.contextmanager
 def rss_sampled():
-    """Sample this process's resident set size (:class:`bench.resources.ResourceSampler` with
-    ``rss_only``, every ``SAMPLE_INTERVAL_S``) while the block runs, after a garbage
-    collection. Yields a dict that holds, once the block ends, ``baseline`` (RSS on entering)
-    and ``peak`` (the highest sample, entry and exit included), both in bytes, and
-    ``rss_samples`` (how many samples, entry and exit included)."""
+    """Sample this process's RSS every :data:`SAMPLE_INTERVAL_S` while the block runs, after a GC.
+
+    Yields a dict holding, once the block ends, ``baseline`` (RSS on entering) and ``peak`` (highest
+    sample), both bytes, and ``rss_samples`` (how many, entry and exit included).
+    """
     gc.collect()
     figures: dict = {}
     with ResourceSampler(interval_s=SAMPLE_INTERVAL_S, rss_only=True) as sampler:
@@ -48,9 +47,11 @@ def rss_sampled():
 
 
 def measure_shard(client: str, endpoint: str, root: str, key: str, samples: int) -> dict:
-    """Stream one shard with ``iter_shard``: from the folder ``root`` (``client`` ``fs``) or
-    from ``s3://bench/`` at ``endpoint`` with ``client`` ``boto3`` or ``s3torchconnector``;
-    return RSS figures (bytes), bytes read and seconds."""
+    """Stream one shard with ``iter_shard``; return RSS figures (bytes), bytes read and seconds.
+
+    From the folder ``root`` (``client`` ``fs``) or from ``s3://bench/`` at ``endpoint`` with
+    ``client`` ``boto3`` or ``s3torchconnector``.
+    """
     if client == "fs":
         storage = FileSystemStorage(root)
     else:
@@ -78,9 +79,10 @@ def measure_shard(client: str, endpoint: str, root: str, key: str, samples: int)
 
 
 def measure_listing(endpoint: str, workers: int, keep: bool) -> dict:
-    """List ``s3://bench/list/`` with ``S3Storage.list`` and ``list_workers=workers``, keeping
-    the keys in a list (``keep``) or only counting them; return RSS figures and the keys' own
-    memory (bytes)."""
+    """List ``s3://bench/list/`` (``list_workers=workers``); return RSS figures and keys' bytes.
+
+    ``S3Storage.list`` keeps the keys in a list (``keep``) or only counts them.
+    """
     storage = S3Storage(BUCKET, LIST_PREFIX, endpoint_url=endpoint, list_workers=workers)
     client = storage.client()  # warm: client, ListObjectsV2 model and parser, paginator
     client.list_objects_v2(Bucket=BUCKET, Prefix=f"{LIST_PREFIX}/", MaxKeys=5)
@@ -110,8 +112,8 @@ def measure_listing(endpoint: str, workers: int, keep: bool) -> dict:
 def in_fresh_process(fn, *args):
     """Run ``fn(*args)`` in a new process and return its result.
 
-    The process is forked from a fork server that has only imported the data path's modules
-    (torch, webdataset, boto3): it starts in milliseconds, with none of this process's heap.
+    Forked from a fork server that only imported the data path's modules: it starts in milliseconds,
+    with none of this process's heap.
     """
     context = get_context("forkserver")
     # not s3torchconnector: its CRT threads would not survive the fork (measured: 8 MB/s)

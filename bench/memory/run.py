@@ -1,5 +1,4 @@
-"""`make bench-memory`: build the data, start a local S3 server over it, measure each goal in a
-fresh process, print one line per measurement with its verdict."""
+"""`make bench-memory`: build and serve the data, measure each goal in a fresh process, judge."""
 
 from __future__ import annotations
 
@@ -28,8 +27,9 @@ from pipelines.shards.manifest import ShardInfo
 
 
 def run_memory_bench(args: argparse.Namespace) -> dict[str, list[bool]]:
-    """Measure the goals ``args`` asks for (``shard_gb``, ``listing_keys``, ``skip_shard``,
-    ``skip_list``, ``tmp_dir``) in a temporary folder, removed at the end.
+    """Measure the goals ``args`` asks for in a temporary folder, removed at the end.
+
+    ``args``: ``shard_gb``, ``listing_keys``, ``skip_shard``, ``skip_list``, ``tmp_dir``.
 
     Returns:
         Each goal's verdicts, one per measurement (True: PASS).
@@ -150,8 +150,7 @@ def run_listing(server: LocalS3, keys: int) -> list[bool]:
 
 
 def _set_credentials(server: LocalS3, work: Path) -> None:
-    """Put the server's credentials in this process's environment (children inherit them) and
-    keep other AWS settings (profiles, config files, metadata lookups) out."""
+    """Put the server's credentials, and no other AWS settings, in the (inherited) environment."""
     missing = str(work / "no-aws-config")
     os.environ.update(
         {

@@ -1,16 +1,12 @@
 """Serving under load: the requests `make serve-bench` sends to TorchServe, and what it measures.
 
-TorchServe's own benchmark (``benchmarks/benchmark-ab.py``, Apache Bench) reports throughput,
-latency percentiles, the error rate and the server's queue and inference times; this does the
-same from Python: a thread pool of ``concurrency`` threads, each with its own
-``requests.Session`` (keep-alive connections, as a real client), sends the bodies of
-:func:`schedule` and times each request from send to the last byte of the answer. Every answer is
-checked: a good image must get 200 and an answer of the model's format, a bad body its 4xx.
-
-The bad bodies (``BAD=f``: a share ``f`` of the requests): not an image, a truncated JPEG, an
-empty body, a PNG whose header says more pixels than the handler's ``max_image_pixels``
-(refused before decoding): 400 from the handler; a body over the server's
-``max_request_size``: 413 from TorchServe's frontend.
+As TorchServe's own benchmark (``benchmarks/benchmark-ab.py``, Apache Bench) but from Python: a pool
+of ``concurrency`` threads, each with its own ``requests.Session`` (keep-alive), sends the bodies of
+:func:`schedule` and times each request from send to the answer's last byte. Every answer is
+checked: a good image must get 200 and the model's format, a bad body its 4xx. Bad bodies (a share
+``BAD=f``): not an image, a truncated JPEG, an empty body, a PNG whose header says more pixels than
+the handler's ``max_image_pixels`` (400 from the handler); a body over the server's
+``max_request_size`` (413 from TorchServe's frontend).
 """
 
 from __future__ import annotations
@@ -43,8 +39,8 @@ class Body:
     Attributes:
         data: the bytes sent.
         content_type: the ``Content-Type`` header.
-        kind: ``good``, or which bad body (``not an image``, ``truncated``, ``empty``,
-            ``too many pixels``, ``too large``).
+        kind: ``good``, or which bad body (``not an image``, ``truncated``, ``empty``, ``too many
+            pixels``, ``too large``).
         expected: the HTTP status it must get.
     """
 
@@ -56,8 +52,7 @@ class Body:
 
 @dataclass(frozen=True)
 class Sample:
-    """One request's outcome: ``status`` (0: no answer), ``latency_s`` (send to the last byte),
-    ``wrong`` (why the answer is wrong, or ``""``)."""
+    """One request's outcome: ``status`` (0: none), ``latency_s`` (send to last byte), ``wrong``."""
 
     kind: str
     expected: int
@@ -101,8 +96,11 @@ def bad_bodies(jpeg: bytes, max_image_pixels: int, max_request_size: int) -> lis
 
 
 def schedule(goods: list[Body], bads: list[Body], count: int, bad_share: float) -> list[Body]:
-    """``count`` bodies: request ``i`` is bad when ``floor((i + 1) f) > floor(i f)`` (an even
-    spread, exactly ``floor(count f)`` of them), the bad kinds and the good images each in turn."""
+    """``count`` bodies, ``floor(count f)`` of them bad, evenly spread (``f``: ``bad_share``).
+
+    Request ``i`` is bad when ``floor((i + 1) f) > floor(i f)``; the bad kinds and the good images
+    each come in turn.
+    """
     out, good, bad = [], 0, 0
     for i in range(count):
         if bads and math.floor((i + 1) * bad_share) > math.floor(i * bad_share):
@@ -115,9 +113,11 @@ def schedule(goods: list[Body], bads: list[Body], count: int, bad_share: float) 
 
 
 def answer_problem(task: str, body: Body, status: int, text: str) -> str:
-    """Why an answer is wrong, or ``""``: a good image must get 200 with the model's answer
-    (detection: a list of ``{label: [x1, y1, x2, y2], "score": s}``; classification: a dict of
-    class probabilities summing to at most 1), a bad body its expected status."""
+    """Why an answer is wrong, or ``""``: not the expected status, or a 200 not in the format.
+
+    Formats: detection, a list of ``{label: [x1, y1, x2, y2], "score": s}``; classification, a dict
+    of class probabilities summing to at most 1.
+    """
     if status != body.expected:
         return f"{body.kind}: HTTP {status}, expected {body.expected}"
     if status != 200:
@@ -172,8 +172,10 @@ def send_all(task: str, url: str, bodies: list[Body], concurrency: int, timeout_
 
 
 def summarize(samples: list[Sample], wall_s: float) -> dict:
-    """Requests/s, good images/s, latency p50/p90/p99/max (ms, all requests), status counts
-    (``"200:900 400:80 413:20"``), wrong answers and the first of them."""
+    """Requests/s, good images/s, latency p50/p90/p99/max (ms), statuses, wrong answers.
+
+    Statuses as ``"200:900 400:80 413:20"``; latency over all requests; the first wrong answer too.
+    """
     latencies = [s.latency_s * 1e3 for s in samples]
     statuses: dict[int, int] = {}
     for s in samples:
@@ -199,9 +201,12 @@ _METRIC = re.compile(r"^(\w+)\{([^}]*)\}\s+([-+0-9.eE]+|NaN)$")
 
 
 def server_metrics(metrics_url: str) -> dict[str, dict[str, float]]:
-    """TorchServe's Prometheus metrics per model: ``requests`` (``ts_inference_requests_total``),
-    ``inference_us`` and ``queue_us`` (the cumulative ``ts_inference_latency_microseconds`` and
-    ``ts_queue_latency_microseconds``), and the last ``HandlerTime`` / ``PredictionTime`` (ms)."""
+    """TorchServe's Prometheus metrics per model.
+
+    ``requests`` (``ts_inference_requests_total``), ``inference_us`` and ``queue_us`` (cumulative
+    ``ts_inference_latency_microseconds`` and ``ts_queue_latency_microseconds``), and the last
+    ``HandlerTime`` / ``PredictionTime`` (ms).
+    """
     names = {
         "ts_inference_requests_total": "requests",
         "ts_inference_latency_microseconds": "inference_us",
@@ -229,12 +234,13 @@ def worker_ids(management_url: str, model: str) -> list[str]:
 
 
 class InProcess:
-    """The archived model run in this process on ``images``, decoded and prepared as the
-    handler does (classification: resized to the model's ``image_size``), with torch's default
-    thread count (TorchServe's Python workers keep it too: the ``threads`` column says how
-    many); the model built from the archive's own files (``model.json``, ``model.pt``, the
-    model file) as ``make predict`` builds it. Built once, timed as often as needed
-    (:meth:`images_per_s`), so that it can run right after each served run."""
+    """The archived model run in this process on ``images``, prepared as the handler does.
+
+    Decoded, and for classification resized to the model's ``image_size``; torch's default thread
+    count (as TorchServe's Python workers; the ``threads`` column says how many); the model built
+    from the archive's own files as ``make predict`` builds it. Built once and timed as often as
+    needed (:meth:`images_per_s`), right after each served run.
+    """
 
     def __init__(self, archive: Path, task: str, images: list[bytes]):
         import tempfile

@@ -1,5 +1,7 @@
-"""`make serve-bench`'s outputs: the console's table, ``results.csv``, ``report.md``,
-``latency.png``, ``throughput.png`` and ``settings.yaml``."""
+"""`make serve-bench`'s outputs: the console's table and the run's files.
+
+``results.csv``, ``report.md``, ``latency.png``, ``throughput.png`` and ``settings.yaml``.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def table(rows: list[dict]) -> str:
 
 
 def write_outputs(out: Path, settings: dict, rows: list[dict]) -> None:
-    """``results.csv``, ``report.md``, ``latency.png``, ``throughput.png``, ``settings.yaml``."""
+    """Write ``results.csv``, ``report.md``, the two plots and ``settings.yaml``."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows, COLUMNS)
     write_yaml(out / "settings.yaml", settings)
@@ -58,8 +60,7 @@ def _pyplot() -> ModuleType:
 
 
 def plot_latency(rows: list[dict], path: Path) -> None:
-    """Client latency (ms: p50, p90, p99) against concurrent requests, one line each per
-    model."""
+    """Plot client latency (ms: p50, p90, p99) against concurrent requests, per model."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for m in dict.fromkeys(r["model"] for r in rows):
@@ -75,8 +76,10 @@ def plot_latency(rows: list[dict], path: Path) -> None:
 
 
 def plot_throughput(rows: list[dict], path: Path) -> None:
-    """Good images answered per second against concurrent requests, one line per model, with
-    the model's in-process rate (batch 1) dotted."""
+    """Plot good images answered per second against concurrency, per model, in-process rate dotted.
+
+    The in-process rate is at batch 1.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for m in dict.fromkeys(r["model"] for r in rows):
@@ -94,8 +97,7 @@ def plot_throughput(rows: list[dict], path: Path) -> None:
 
 
 def report_lines(rows: list[dict]) -> list[str]:
-    """The lines of ``report.md``: the cold start, a table row per run, what the figures
-    mean, the first wrong answers, the plots."""
+    """The lines of ``report.md``: cold start, runs, what figures mean, wrong answers, plots."""
     return [
         "# Serving under load", "",
         f"TorchServe cold start (start to every model READY): {rows[0]['cold_start_s']:.1f} s."

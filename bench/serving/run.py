@@ -1,7 +1,8 @@
-"""`make serve-bench`'s measurements: TorchServe started on free loopback ports with the chosen
-archives, each model loaded at each concurrency level in interleaved runs (served, then in this
-process: A B A B), the server's own metrics and workers read before and after, the server
-stopped."""
+"""`make serve-bench`'s measurements: TorchServe on free loopback ports, loaded level by level.
+
+Each model is loaded at each concurrency level in interleaved runs (served, then in this process: A
+B A B); the server's metrics and workers are read before and after; the server is stopped.
+"""
 
 from __future__ import annotations
 
@@ -90,9 +91,11 @@ def run(args: argparse.Namespace, store: Path, models: list[str], levels: list[i
 
 
 def measure(args, archive: Path, name: str, info, levels: list[int], cold: float) -> list[dict]:
-    """The rows of one model: per concurrency level, ``args.repeats`` runs (the level's
-    requests shared among them), each followed by the model run in this process on the same
-    images; every row of a level carries the median and range of its runs' ratios."""
+    """The rows of one model: per concurrency level, ``args.repeats`` runs sharing its requests.
+
+    Each run is followed by the model in this process on the same images; every row of a level
+    carries the median and range of its runs' ratios.
+    """
     task = archived_task(archive)
     goods = good_bodies(task)
     handler = archive_handler_config(archive, name)
@@ -129,8 +132,10 @@ def measure(args, archive: Path, name: str, info, levels: list[int], cold: float
 
 
 def served_run(args, name, task, info, level, goods, bads, requests: int) -> dict:
-    """``requests`` requests at ``level`` concurrent to the served model: its row's served
-    figures, TorchServe's own per-request figures and whether a worker restarted."""
+    """Send ``requests`` at ``level`` concurrency to the served model; the row's served figures.
+
+    With TorchServe's own per-request figures, and whether a worker restarted.
+    """
     before, workers = (
         server_metrics(info.metrics_url).get(name, {}),
         worker_ids(info.management_url, name),
@@ -153,7 +158,7 @@ def served_run(args, name, task, info, level, goods, bads, requests: int) -> dic
 
 
 def per_request(before: dict, after: dict):
-    """A function of a cumulative microsecond metric: its growth per request over the run, ms."""
+    """A function of a cumulative microsecond metric: its growth per request over the run (ms)."""
     done = after.get("requests", 0) - before.get("requests", 0)
 
     def per(key: str) -> float:
@@ -163,7 +168,7 @@ def per_request(before: dict, after: dict):
 
 
 def archive_handler_config(archive: Path, name: str) -> dict:
-    """The archive's model-config YAML: ``batchSize`` and the ``handler:`` knobs, flattened."""
+    """The archive's model-config YAML, ``handler:`` knobs flattened in (``batchSize``...)."""
     with zipfile.ZipFile(archive) as zf:
         yamls = [n for n in zf.namelist() if n.endswith(".yaml") and "/" not in n]
         config = yaml.safe_load(zf.read(yamls[0])) if yamls else {}

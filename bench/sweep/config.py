@@ -11,8 +11,7 @@ from training.config import Config, Pattern
 
 
 class SweepSection(Section):
-    """The accelerator sweep: the MLPerf Storage workload and accelerator, and how points are
-    measured."""
+    """The sweep's MLPerf Storage workload and accelerator, and how its points are measured."""
 
     workload: Literal["retinanet", "unet3d", "resnet50", "cosmoflow", "bccd"] = Field(
         "retinanet",

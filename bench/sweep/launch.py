@@ -1,5 +1,4 @@
-"""Before a sweep's ranks start: the closed rules that need nothing run, and how many ranks to
-start (``sweep.max_accelerators: auto``: one rank measured on this node first)."""
+"""What runs before a sweep's ranks start: the closed rules needing no run, and how many ranks."""
 
 from __future__ import annotations
 
@@ -23,10 +22,11 @@ PROBE_STEPS = 12
 
 
 def launch_size(cfg: SweepConfig) -> int:
-    """How many ranks a sweep started without torchrun needs on this machine: the largest of
-    ``sweep.points``, ``sweep.max_accelerators``, or with ``auto`` what :func:`probe_node`
-    finds (handed to the ranks for the report). With ``sweep.rules: closed`` the rules that
-    need nothing run are checked first, for this one node.
+    """How many ranks a sweep started without torchrun needs on this machine.
+
+    The largest of ``sweep.points`` when given, else ``sweep.max_accelerators``, or with ``auto``
+    what :func:`probe_node` finds (handed to the ranks for the report). With ``sweep.rules: closed``
+    the rules that need nothing run are checked first, for this one node.
 
     Raises:
         bench.sweep.rules.RulesNotMet: ``closed`` and a rule fails.
@@ -45,11 +45,11 @@ def launch_size(cfg: SweepConfig) -> int:
 
 
 def probe_node(cfg: SweepConfig, w: Workload) -> Sizing:
-    """Measure one simulated accelerator (this process and its DataLoader workers reading
-    :data:`PROBE_STEPS` steps of the sweep's dataset on the filesystem, with the first
-    access pattern of ``sweep.access``) and size the node from its peak memory
-    (:func:`bench.sweep.sizing.size_node`). The dataset is generated first when missing (the
-    ranks then find it)."""
+    """Measure one simulated accelerator's peak memory and size the node from it.
+
+    This process and its workers read :data:`PROBE_STEPS` steps or more of the sweep's dataset
+    (generated first when missing) on the filesystem with the first pattern of ``sweep.access``.
+    """
     allow_readers_beyond_cores()
     root = sweep_dataset(cfg, w, ONE_RANK)
     seconds = w.computation_time_s or 0.2  # bccd's step time does not change the memory

@@ -1,11 +1,9 @@
 """What ran out at a sweep point: the storage, the client's CPU, the client's memory, or the cap.
 
-MLPerf Storage's users most often misread two kinds of run (mlcommons/storage issues #490, #464,
-#337): one whose AU fell because the client ran out (its cores busy, its memory gone) and one
-whose AU held because a cache answered, both reported as the storage's. A sweep point carries
-the client's figures measured over its window (:func:`bench.loading.case.combine`:
-``client_cpu_busy``, ``memory_available_share``, ``cache_share``), and this module reads them.
-A point whose client ran out is never the storage's limit.
+A point whose client ran out (its cores busy, its memory gone) is never the storage's limit: MLPerf
+Storage's users most often misread such runs (mlcommons/storage issues #490, #464, #337). This
+module reads the client's figures a sweep point carries (:func:`bench.loading.case.combine`:
+``client_cpu_busy``, ``memory_available_share``, ``cache_share``).
 """
 
 from __future__ import annotations
@@ -35,9 +33,11 @@ CAP = "cap"
 
 
 def client_limit(row: dict) -> str | None:
-    """What the client ran out of at the point of ``row`` (a ``sweep.csv`` row):
-    :data:`CLIENT_MEMORY` (first: a node short of memory also burns CPU reclaiming it),
-    :data:`CLIENT_CPU`, or None when it had headroom (or its figures are unknown)."""
+    """What the client ran out of at the point of ``row`` (a ``sweep.csv`` row), or None.
+
+    :data:`CLIENT_MEMORY` is checked first (a node short of memory also burns CPU reclaiming it),
+    then :data:`CLIENT_CPU`; None when it had headroom or its figures are unknown.
+    """
     memory = row.get("memory_available_share", math.nan)
     if memory == memory and memory < MEMORY_AVAILABLE_LIMIT:
         return CLIENT_MEMORY
@@ -48,24 +48,23 @@ def client_limit(row: dict) -> str | None:
 
 
 def point_limit(row: dict, passed: bool) -> str | None:
-    """The limit a point shows: a failed point's is the client's when the client ran out,
-    else :data:`STORAGE`; a passed point's is the client's when it ran out, else None."""
+    """The client's limit if it ran out, else :data:`STORAGE` for a failed point, else None."""
     ran_out = client_limit(row)
     return ran_out or (None if passed else STORAGE)
 
 
 def cache_served(row: dict) -> bool:
-    """Whether the page cache served more than :data:`CACHE_SHARE_LIMIT` of the point's
-    bytes (False where unknown: a remote storage)."""
+    """Whether the page cache served over :data:`CACHE_SHARE_LIMIT` of the bytes; unknown: False."""
     share = row.get("cache_share", math.nan)
     return share == share and share > CACHE_SHARE_LIMIT
 
 
 def limit_sentence(kind: str, count: int, nodes: int, *, reason: str = "") -> str:
-    """One sentence saying what ``kind`` of limit was met at ``count`` accelerators over
-    ``nodes`` client nodes, and what to do about it; ``reason`` says why the client's memory
-    or the cap ended it, where the figures of a point do not (the node's sizing, the counts
-    asked)."""
+    """One sentence saying what ``kind`` of limit was met at ``count`` accelerators, and what to do.
+
+    ``nodes`` is the client nodes; ``reason`` says why the client's memory or the cap ended it where
+    a point's figures do not (the node's sizing, the counts asked).
+    """
     if kind == STORAGE:
         return (
             f"Limit: the storage (at {count} accelerator(s) the AU fell while the client had "

@@ -2,11 +2,10 @@
 
 A simulated accelerator is a rank in the benchmark's ``emulate`` mode (:mod:`bench.loading.case`):
 its DataLoader workers (the profile's ``read_threads``) read real bytes of the dataset with the
-access pattern, nothing is decoded (MLPerf does not decode), and each step sleeps the
-profile's computation time; with ``sweep.sync: step`` the ranks wait for each other at every
-step, as data-parallel training and DLIO do. What reaches the measured window is bounded: each
-reader has at most one batch in flight (:data:`PREFETCH_FACTOR`, one batch per transfer, no
-shuffle buffer: :data:`SHUFFLE_BUFFER`), and the first step is left out
+access pattern, nothing is decoded (MLPerf does not decode), and each step sleeps the profile's
+computation time; with ``sweep.sync: step`` the ranks wait for each other at every step, as
+data-parallel training and DLIO do. Read-ahead is bounded (:data:`PREFETCH_FACTOR`,
+:data:`SHUFFLE_BUFFER`, one batch per transfer) and the first step is left out
 (``sweep.warmup_steps``, MLPerf's rule).
 """
 
@@ -50,25 +49,24 @@ SWEEP_COLUMNS = [
 
 
 def allow_readers_beyond_cores() -> None:
-    """Silence PyTorch's warning that a DataLoader starts more workers than the machine has
-    cores: a simulated accelerator's readers wait on storage, not on a core, and MLPerf's
-    profiles ask for 4 or 8 of them per accelerator on any client."""
+    """Silence PyTorch's warning of more DataLoader workers than cores (readers wait on storage)."""
     warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
 
 
 def workers_per_rank(cfg: SweepConfig, w: Workload) -> int:
-    """DataLoader workers of each simulated accelerator: ``sweep.workers``, or the profile's
-    ``read_threads`` when it is -1."""
+    """DataLoader workers per simulated accelerator: ``sweep.workers``, -1: ``read_threads``."""
     return w.read_threads if cfg.sweep.workers < 0 else cfg.sweep.workers
 
 
 def points_config(
     cfg: SweepConfig, w: Workload, root: Path, computation_time_s: float, largest: int
 ) -> BenchConfig:
-    """The benchmark configuration every point runs: the dataset at ``root`` (VOC), the
-    profile's batch size and readers with read-ahead bounded (:data:`PREFETCH_FACTOR`, one
-    batch per transfer, :data:`SHUFFLE_BUFFER`), its computation time, the sweep's steps and
-    sync, ranks up to ``largest``, no baselines."""
+    """The benchmark configuration every point runs.
+
+    The dataset at ``root`` (VOC), the profile's batch size and readers with read-ahead bounded
+    (:data:`PREFETCH_FACTOR`, one batch per transfer, :data:`SHUFFLE_BUFFER`), its computation time,
+    the sweep's steps and sync, ranks up to ``largest``, no baselines.
+    """
     workers = workers_per_rank(cfg, w)
     shard_mb = (
         w.samples_per_file * w.sample_bytes / 1e6
@@ -108,15 +106,12 @@ def points_config(
 
 
 def epoch_steps(samples: int, w: Workload, accelerators: int, warmup_steps: int) -> int:
-    """Measured steps of a point that reads one epoch of ``samples`` over ``accelerators``
-    (``sweep.rules: closed``, as MLPerf runs whole epochs): the epoch's steps per rank less
-    the ones left out; at least one."""
+    """Steps per rank in one epoch of ``samples`` over ``accelerators`` less warm-up; >= 1."""
     return max(1, samples // (w.batch_size * accelerators) - warmup_steps)
 
 
 def measure_step_time(cfg: SweepConfig) -> float:
-    """The detector's training step time on this machine (seconds, the mean of 3 steps after
-    one of warm-up, on ``data/bccd``): the ``bccd`` profile's computation time."""
+    """The detector's mean training step here (s; 3 steps after 1 of warm-up, on ``data/bccd``)."""
     timing = bench_config(cfg, BenchSection(steps=3, warmup_steps=1, decode=True))
     target = prepare_fs(timing, shards=False)
     part = run_case(
@@ -131,14 +126,12 @@ def measure_step_time(cfg: SweepConfig) -> float:
 def sweep_row(
     w: Workload, case: Case, repeat: int, cfg: BenchConfig, row: dict, steps: list, nodes: int
 ) -> dict:
-    """A ``sweep.csv`` row from a point's results row (:func:`bench.loading.case.combine`) and its
-    ranks' steps.
+    """A ``sweep.csv`` row from a point's row (:func:`bench.loading.case.combine`) and its steps.
 
-    MB/s measured = bytes read / wall time (10^6 bytes/s); ``train_io_mean_MB_per_second`` is
-    DLIO's figure, samples/s x the profile's mean sample size / 1024^2 (DLIO's
-    ``statscounter.py``, what MLPerf Storage publishes); data wait per step p50 / p99 over
-    every rank's steps; the client's figures and the limit the point shows
-    (:func:`bench.sweep.limits.point_limit`).
+    MB/s measured = bytes read / wall time (10^6 bytes/s); ``train_io_mean_MB_per_second`` is DLIO's
+    figure, samples/s x the profile's mean sample size / 1024^2 (DLIO's ``statscounter.py``, what
+    MLPerf Storage publishes); data wait per step p50 / p99 over every rank's steps; the client's
+    figures and the limit the point shows (:func:`bench.sweep.limits.point_limit`).
     """
     waits = [s["data_wait_s"] for s in steps]
     passed = row["au"] >= w.au_threshold
@@ -162,10 +155,11 @@ def sweep_row(
 
 
 def summary_json(w: Workload, row: dict, facts: dict, started: float, ended: float) -> dict:
-    """A point as DLIO's ``summary.json`` names its figures (DLIO ``statscounter.py``), so that
-    it lines up with a published MLPerf Storage row; one point is one measured block, so
-    every per-epoch list holds one value and every standard deviation is 0. This tool's own
-    figures, which DLIO has no names for, are under ``measured``."""
+    """A point as DLIO's ``summary.json`` (``statscounter.py``) names its figures.
+
+    One point is one measured block: every per-epoch list holds one value, every standard deviation
+    is 0. This tool's own figures, which DLIO has no names for, are under ``measured``.
+    """
     sps = row["samples_per_s"]
     return {
         "start": _iso(started),

@@ -1,7 +1,9 @@
-"""What a sweep prints and writes: a line per point as it is measured, then ``sweep.csv``,
-``report.md`` (one answer per storage and access pattern with its limit, the workload, MLPerf
-Storage's rules, every point), a DLIO-style ``summary.json`` per point, two plots and the
-config."""
+"""What a sweep prints and writes: a line per point, then its files.
+
+``sweep.csv``, ``report.md`` (one answer per storage and access pattern with its limit, the
+workload, MLPerf Storage's rules, every point), a DLIO-style ``summary.json`` per point, two plots
+and the config.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +38,7 @@ WORST_GAP = 0.05
 
 
 def accelerator_label(w: Workload) -> str:
-    """What a simulated accelerator of ``w`` is, for sentences: its kind (``b200``), or for
-    ``bccd`` one with this machine's step time."""
+    """A simulated accelerator of ``w`` for sentences: its kind (``b200``), or bccd's step time."""
     return "accelerator(s) with this machine's step time" if w.name == "bccd" else w.accelerator
 
 
@@ -54,8 +55,7 @@ def point_line(w: Workload, row: dict) -> str:
 
 
 def limit_kind(search: Search, facts: dict) -> str:
-    """The search's limit, with the cap of a launch sized by this node's memory (``auto``)
-    named as the client's memory."""
+    """The search's limit; the cap of an ``auto`` launch (sized by the memory) is client memory."""
     kind = search.result.limit
     if kind == CAP and facts.get("sizing") is not None:
         return CLIENT_MEMORY
@@ -63,8 +63,7 @@ def limit_kind(search: Search, facts: dict) -> str:
 
 
 def answer_line(w: Workload, search: Search, facts: dict) -> str:
-    """The report's and the console's sentence for one search: MLPerf's number, what it
-    delivered, and what ran out."""
+    """The report's and console's sentence for a search: the answer, its figures, what ran out."""
     head = f"- {search.storage}, {search.access}:"
     if search.error:
         return f"{head} no answer: {search.error}"
@@ -123,8 +122,7 @@ def answer_line(w: Workload, search: Search, facts: dict) -> str:
 
 
 def shared_cores(search: Search, kind: str, facts: dict) -> str:
-    """A sentence for a client CPU limit on a local S3 server started for the sweep, which
-    runs on the client's cores: the storage and the client then share them; else ``""``."""
+    """A sentence for a client CPU limit where a local S3 server shares its cores; else ``""``."""
     if kind == CLIENT_CPU and search.storage == "s3" and facts.get("local_s3"):
         return (
             " The local S3 server started for the sweep runs on these cores too: with a remote"
@@ -136,8 +134,10 @@ def shared_cores(search: Search, kind: str, facts: dict) -> str:
 def write_outputs(
     out: Path, cfg: SweepConfig, rows: list[dict], searches: list[Search], facts: dict
 ) -> None:
-    """``sweep.csv``, ``report.md``, ``points/*/summary.json``, the two plots and
-    ``config.yaml`` (each atomically)."""
+    """Write ``sweep.csv``, ``report.md``, ``points/*/summary.json``, two plots and ``config.yaml``.
+
+    Each file is written atomically.
+    """
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / "config.yaml", cfg.to_dict())
     write_csv(out / "sweep.csv", rows, SWEEP_COLUMNS)
@@ -204,9 +204,10 @@ def report_lines(
 
 
 def workload_paragraph(cfg: SweepConfig, w: Workload, facts: dict) -> str:
-    """The report's paragraph on what every point ran: the workload's profile, the
-    accelerators' step, the dataset, the counts swept on which client nodes, the steps, and
-    how cold the reads were.
+    """The report's paragraph on what every point ran.
+
+    The workload's profile, the accelerators' step, the dataset, the counts swept on which client
+    nodes, the steps, and how cold the reads were.
 
     Args:
         cfg: the sweep's settings.
@@ -237,8 +238,7 @@ def workload_paragraph(cfg: SweepConfig, w: Workload, facts: dict) -> str:
 
 
 def _counts(cfg: SweepConfig, facts: dict) -> str:
-    """The accelerator counts the sweep ran, for the report, with how an ``auto`` launch was
-    sized."""
+    """The accelerator counts the sweep ran, with how an ``auto`` launch was sized (report text)."""
     sizing = facts.get("sizing")
     largest = (
         f"up to {facts['largest']} accelerator(s)"
@@ -285,8 +285,10 @@ def _size(nbytes: float) -> str:
 
 
 def plot(rows: list[dict], w: Workload, out: Path) -> None:
-    """AU (mean, and the worst rank's dotted) and MB/s against accelerators, one line per
-    storage and access pattern (the first run of each count)."""
+    """Plot AU (mean; worst rank dotted) and MB/s against accelerators, per storage and access.
+
+    Each count's first run is plotted.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

@@ -35,8 +35,7 @@ MEMORY_PER_ACCELERATOR_BYTES = 2**29
 
 
 class RulesNotMet(ConfigError):
-    """``sweep.rules: closed`` and a rule does not hold before the sweep starts: the message
-    lists every unmet rule, one per line."""
+    """``sweep.rules: closed`` and a rule fails before the sweep; the message lists each."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,11 @@ class Rule:
 
 
 def min_samples(w: Workload, accelerators: int, hosts: int, memory_bytes: int) -> int:
-    """The fewest samples MLPerf Storage allows for ``accelerators`` accelerators on ``hosts``
-    client nodes of ``memory_bytes`` in all: the larger of :data:`MEMORY_MULTIPLE` x their
-    memory in samples and :data:`MIN_STEPS_PER_EPOCH` steps of every accelerator (Rules.md
-    §3.1.2; ``calculate_training_data_size``). ``hosts`` only names the nodes in messages."""
+    """The fewest samples MLPerf Storage allows (Rules.md §3.1.2; ``calculate_training_data_size``).
+
+    The larger of :data:`MEMORY_MULTIPLE` x ``memory_bytes`` (all the nodes') in samples and
+    :data:`MIN_STEPS_PER_EPOCH` steps of every accelerator; ``hosts`` only names nodes in messages.
+    """
     by_memory = math.ceil(MEMORY_MULTIPLE * memory_bytes / w.sample_bytes)
     by_steps = MIN_STEPS_PER_EPOCH * w.batch_size * accelerators
     return max(by_memory, by_steps)
@@ -71,9 +71,7 @@ def min_samples(w: Workload, accelerators: int, hosts: int, memory_bytes: int) -
 def dataset_rules(
     w: Workload, samples: int, accelerators: int, hosts: int, memory_bytes: int
 ) -> list[Rule]:
-    """The dataset rules for ``samples`` samples of ``w`` read by ``accelerators``
-    accelerators on ``hosts`` client nodes with ``memory_bytes`` of memory in all (see
-    :func:`min_samples`)."""
+    """The dataset rules (:func:`min_samples`) for ``samples`` of ``w`` read by ``accelerators``."""
     dataset = samples * w.sample_bytes
     memory = MEMORY_MULTIPLE * memory_bytes
     steps = samples // (w.batch_size * max(accelerators, 1))
@@ -97,9 +95,7 @@ def dataset_rules(
 def before_rules(
     w: Workload, samples: int, fewest: int, hosts: int, memory_bytes: int, warmup_steps: int
 ) -> list[Rule]:
-    """The closed rules that can be checked before anything runs: the profile is a closed one,
-    the dataset rules at the ``fewest`` accelerators a point runs (steps per epoch only fall
-    with more), and the first step, no more, left out of every point."""
+    """The closed rules checkable before a run: profile, dataset at ``fewest``, first step."""
     return [
         Rule(
             "division",
@@ -134,12 +130,14 @@ def refuse_unmet(rules: list[Rule]) -> None:
 def after_rules(
     w: Workload, runs: list[dict], points: list[dict], answer: int, *, memory_met: bool
 ) -> list[Rule]:
-    """The closed rules on what a search measured: :data:`RUNS` runs at the ``answer`` after
-    the warm-up run, each at or above the AU threshold (``runs``: their rows, the warm-up
-    excluded), and no point the page cache may have served (``points``: every row of the
-    search): each read cold, every file evicted before it was read, or the dataset at least
-    :data:`MEMORY_MULTIPLE` x the clients' memory (``memory_met``), MLPerf's own guard where
-    the cache cannot be dropped (a remote endpoint's)."""
+    """The closed rules on what a search measured.
+
+    :data:`RUNS` runs at the ``answer`` (``runs``, the warm-up excluded), each at or above the AU
+    threshold; and no point (``points``: every row of the search) the page cache may have served:
+    each read cold (every file evicted before it was read), or the dataset at least
+    :data:`MEMORY_MULTIPLE` x the clients' memory (``memory_met``, MLPerf's guard where the cache
+    cannot be dropped).
+    """
     below = [r for r in runs if r["au"] < w.au_threshold]
     warm = [r for r in points if not str(r["cache"]).startswith("cold (each file")]
     return [

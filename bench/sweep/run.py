@@ -1,16 +1,13 @@
-"""`make sweep`: the most simulated accelerators a storage keeps at or above a workload's AU
-threshold, for each access pattern, and what ran out there: MLPerf Storage's question, answered
-by one torchrun launch.
+"""`make sweep`: per access pattern, the most accelerators a storage keeps at the AU threshold.
 
-One launch of as many ranks as the sweep may use (:func:`largest_count`) runs it all: rank 0
-chooses each point (how many accelerators, on which storage, with which access pattern and
-seed) and sends it to every rank; the ranks of the point (spread evenly over the nodes,
-:mod:`bench.ranks`) read while the others wait (:mod:`bench.sweep.points`). Every point is one
-cold pass (:func:`bench.loading.run.run_pass`: each file evicted from the page cache before it is
-read, where this machine holds the files). Per storage and access pattern the counts are searched
-(:mod:`bench.sweep.search`) or taken from ``sweep.points``, then the answer is run again
-(``sweep.repeats``; ``sweep.rules: closed``: the search's run is the warm-up and
-:data:`bench.sweep.rules.RUNS` more are the result). The outputs are
+One torchrun launch of as many ranks as the sweep may use (:func:`largest_count`) runs it all: rank
+0 chooses each point (accelerators, storage, access pattern, seed) and sends it to every rank; the
+point's ranks (spread evenly over the nodes, :mod:`bench.ranks`) read while the others wait
+(:mod:`bench.sweep.points`). Every point is one cold pass (:func:`bench.loading.run.run_pass`: each
+file evicted from the page cache before it is read, where this machine holds the files). Per storage
+and access pattern the counts are searched (:mod:`bench.sweep.search`) or taken from
+``sweep.points``, then the answer is run again (``sweep.repeats``; ``sweep.rules: closed``: the
+search's run is the warm-up and :data:`bench.sweep.rules.RUNS` more are the result). The outputs are
 :mod:`bench.sweep.report`'s.
 """
 
@@ -87,13 +84,14 @@ class Search:
 
 
 def largest_count(cfg: SweepConfig, ranks: Ranks) -> int:
-    """The most simulated accelerators this launch's sweep runs: the largest of
-    ``sweep.points``, else the launch's world size (``sweep.max_accelerators`` is ``auto`` or
-    must equal it).
+    """The most simulated accelerators this launch's sweep runs.
+
+    The largest of ``sweep.points``, else the launch's world size (``sweep.max_accelerators`` is
+    ``auto`` or must equal it).
 
     Raises:
-        ConfigError: the launch has fewer ranks than that, or ``sweep.max_accelerators`` is
-            not its world size.
+        ConfigError: the launch has fewer ranks than that, or ``sweep.max_accelerators`` is not its
+            world size.
     """
     if cfg.sweep.points:
         if max(cfg.sweep.points) > ranks.world_size:
@@ -124,11 +122,11 @@ def host_facts() -> dict:
 
 
 def check_before(cfg: SweepConfig, w: Workload, nodes: int, memory_bytes: int) -> list[Rule]:
-    """The rules checkable before the sweep runs, for ``nodes`` client nodes of
-    ``memory_bytes`` in all; with ``sweep.rules: closed``, refused when one fails.
+    """The rules checkable before the sweep runs, for ``nodes`` nodes of ``memory_bytes`` in all.
 
     Raises:
-        bench.sweep.rules.RulesNotMet: listing the unmet rules (closed only).
+        bench.sweep.rules.RulesNotMet: ``sweep.rules: closed`` and a rule fails; lists the unmet
+            rules.
     """
     samples = dataset_samples(dataset_folder(cfg, w)) or cfg.sweep.samples
     fewest = min(cfg.sweep.points) if cfg.sweep.points else nodes
@@ -139,13 +137,14 @@ def check_before(cfg: SweepConfig, w: Workload, nodes: int, memory_bytes: int) -
 
 
 def run_sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> tuple[list[dict], list[Search], dict]:
-    """Run the sweep (see the module doc). Every rank calls it; rank 0 gets the rows, the
-    searches and the facts of the report, the others empty ones.
+    """Run the sweep (see the module doc); every rank calls it.
+
+    Returns:
+        On rank 0 the rows, the searches and the facts of the report; empty ones on the others.
 
     Raises:
-        ConfigError: an unknown profile, a launch that does not fit (:func:`largest_count`),
-            counts that are not whole multiples of the nodes, or a dataset that does not fit
-            on the disk.
+        ConfigError: an unknown profile, a launch that does not fit (:func:`largest_count`), counts
+            that are not whole multiples of the nodes, or a dataset that does not fit on the disk.
         bench.sweep.rules.RulesNotMet: ``closed`` and a rule fails before anything runs.
     """
     allow_readers_beyond_cores()
@@ -179,13 +178,14 @@ def run_sweep(cfg: SweepConfig, out: Path, ranks: Ranks) -> tuple[list[dict], li
 
 
 def launch_facts(cfg: SweepConfig, w: Workload, ranks: Ranks) -> dict:
-    """What the report says of this launch before anything runs: the workload, the most
-    accelerators it runs, each node's cores and memory (bytes), the sizing of an ``auto``
-    launch, and the rules checkable before the sweep. A collective: every rank calls it.
+    """What the report says of this launch before anything runs (a collective: every rank calls it).
+
+    The workload, the most accelerators it runs, each node's cores and memory (bytes), the sizing of
+    an ``auto`` launch, and the rules checkable before the sweep.
 
     Raises:
-        ConfigError: a launch that does not fit (:func:`largest_count`), or ``sweep.points``
-            counts that are not whole multiples of the nodes.
+        ConfigError: a launch that does not fit (:func:`largest_count`), or ``sweep.points`` counts
+            that are not whole multiples of the nodes.
         bench.sweep.rules.RulesNotMet: ``closed`` and a rule fails (:func:`check_before`).
     """
     largest = largest_count(cfg, ranks)
@@ -206,8 +206,10 @@ def launch_facts(cfg: SweepConfig, w: Workload, ranks: Ranks) -> dict:
 
 @dataclass
 class _SweepPoints:
-    """The sweep's points on its prepared storages, as every rank measures them
-    (:meth:`measure`), with each storage's class names, found once."""
+    """The sweep's points on its prepared storages, as every rank measures them (:meth:`measure`).
+
+    Each storage's class names are found once.
+    """
 
     cfg: SweepConfig
     w: Workload
@@ -245,7 +247,7 @@ class _SweepPoints:
 
 
 def _follow_points(point: Callable[[str, str, int, int], dict | None]) -> None:
-    """The ranks other than 0: measure each point rank 0 sends until it says the end."""
+    """Measure, on ranks other than 0, each point rank 0 sends until it says the end."""
     while (command := distributed.gather(None, long=True)[0]) is not None:
         try:
             point(*command)
@@ -262,9 +264,11 @@ def search_one(
     rows: list,
     facts: dict,
 ) -> Search:
-    """Rank 0: search one storage and access pattern (or measure ``sweep.points``), sending
-    each point to every rank, then run the answer again; a point that fails ends this search
-    with its error."""
+    """Search one storage and access pattern on rank 0, then run the answer again.
+
+    With ``sweep.points`` the points are measured instead of searched; each is sent to every rank. A
+    point that fails ends this search with its error.
+    """
     search = Search(storage, access)
     first_runs: dict[int, dict] = {}  # this search's row of each count
 

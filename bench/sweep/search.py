@@ -1,17 +1,9 @@
-"""The search for MLPerf Storage's number: the most accelerators a storage keeps at or above
-the AU threshold, and what ran out there.
+"""Search for the most accelerators a storage keeps at or above the AU threshold.
 
-MLPerf Storage's submitters look for that number by hand, run after run (a run passes when AU
-= total compute time / total running time is at least the workload's minimum, Rules.md
-§3.3.2). :func:`search_accelerators` does it by itself, against any ``measure(k)`` that runs
-(or, in tests, rigs) a point of ``k`` simulated accelerators: double ``k`` from one step until
-a point fails, the client runs out (its CPU or memory, :mod:`bench.sweep.limits`) or the
-largest count is reached, then bisect between the last point that passed and the first that
-failed. Counts are whole multiples of ``step`` (the number of client nodes: the same number of
-simulated accelerators on every host, Rules.md §3.3.6), so about ``2 log2(largest / step)``
-points are measured. AU is assumed to fall as accelerators are added; a noisy point can make
-the bisection settle one side of the true boundary, which the repeats at the answer show.
-:func:`measure_points` measures a given list of counts instead (a curve), no search.
+MLPerf Storage's number, which submitters look for by hand: a run passes when AU = total compute
+time / total running time is at least the workload's minimum (Rules.md §3.3.2).
+:func:`search_accelerators` searches, and says what ran out; :func:`measure_points` measures a given
+list of counts instead (a curve).
 """
 
 from __future__ import annotations
@@ -72,13 +64,19 @@ class SearchResult:
 def search_accelerators(
     measure: Callable[[int], Point], largest: int, step: int = 1
 ) -> SearchResult:
-    """Find the most accelerators, a multiple of ``step`` up to ``largest``, that pass (see
-    the module doc).
+    """Find the most accelerators, a multiple of ``step`` up to ``largest``, that pass.
+
+    Double ``k`` from ``step`` until a point fails, the client runs out (its CPU or memory,
+    :mod:`bench.sweep.limits`) or ``largest`` is reached, then bisect between the last point that
+    passed and the first that failed: about ``2 log2(largest / step)`` points. Counts are multiples
+    of ``step`` (the same number of simulated accelerators on every host, Rules.md §3.3.6). AU is
+    assumed to fall as accelerators are added; a noisy point can make the bisection settle one side
+    of the true boundary, which the repeats at the answer show.
 
     Args:
-        measure: ``measure(k)`` runs ``k`` accelerators and returns the point.
+        measure: ``measure(k)`` runs (or, in tests, rigs) ``k`` accelerators and returns the point.
         largest: the most accelerators that can run (the launch's world size).
-        step: accelerators are added in multiples of this (the number of nodes).
+        step: accelerators are added in multiples of this (the number of client nodes).
 
     Raises:
         ValueError: ``step < 1``, or ``largest`` smaller than ``step``.
@@ -118,9 +116,11 @@ def measure_points(measure: Callable[[int], Point], counts: Iterable[int]) -> Se
 
 
 def conclude(points: list[Point], answer: int) -> SearchResult:
-    """The result of ``points`` whose answer is ``answer``: the limit is the one the fewest
-    failed accelerators above the answer showed; when none failed, the client's where it ran
-    out at the answer, else the cap."""
+    """The result of ``points`` whose answer is ``answer``, with the limit that ended it.
+
+    The limit the fewest failed accelerators above the answer showed; when none failed, the client's
+    where it ran out at the answer, else the cap.
+    """
     failed = sorted((p for p in points if not p.passed and p.accelerators > answer),
                     key=lambda p: p.accelerators)  # fmt: skip
     if failed:

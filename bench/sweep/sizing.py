@@ -1,12 +1,9 @@
 """How many simulated accelerators this client node can host (``sweep.max_accelerators: auto``).
 
-A simulated accelerator sleeps its computation time, so it needs no core of its own: ranks
-beyond the core count are fine, and a node's memory bounds how many it hosts. One rank with its
-DataLoader workers is measured first (:class:`PeakMemory`, their proportional set size: shared
-pages split between the processes that share them, so the group's figure is the memory it
-really takes); each accelerator is then given the larger of that and MLPerf Storage's "about
-0.5 GB of host memory per simulated accelerator" (Rules.md §3.3.3), out of the memory the node
-has available less a reserve.
+A simulated accelerator sleeps its computation time, so memory, not cores, bounds how many a node
+hosts: each gets the larger of one measured rank with its DataLoader workers (:class:`PeakMemory`,
+proportional set size) and MLPerf Storage's "about 0.5 GB of host memory per simulated accelerator"
+(Rules.md §3.3.3), out of the node's available memory less a reserve.
 """
 
 from __future__ import annotations
@@ -68,16 +65,18 @@ def from_launcher() -> Sizing | None:
 
 
 def size_node(rank_bytes: int, available_bytes: int, memory_bytes: int) -> Sizing:
-    """The simulated accelerators a node of ``memory_bytes`` with ``available_bytes``
-    available hosts when each takes ``rank_bytes`` (see the module doc); at least one."""
+    """The accelerators (at least 1) a node hosts when each takes ``rank_bytes`` (module doc)."""
     per = max(rank_bytes, MEMORY_PER_ACCELERATOR_BYTES)
     usable = available_bytes - RESERVE_SHARE * memory_bytes
     return Sizing(rank_bytes, available_bytes, memory_bytes, max(1, int(usable // per)))
 
 
 def group_bytes(process: psutil.Process | None = None) -> int:
-    """Proportional set size (bytes) of ``process`` (default: this one) and its children,
-    from ``/proc/<pid>/smaps_rollup``; a process that cannot be read (it exited) counts 0."""
+    """Proportional set size (bytes) of ``process`` (default: this one) and its children.
+
+    Read from ``/proc/<pid>/smaps_rollup`` (RSS where there is no PSS); a process that cannot be
+    read (it exited) counts 0.
+    """
     process = process or psutil.Process()
     total = 0
     for p in [process, *process.children(recursive=True)]:
@@ -92,8 +91,10 @@ def group_bytes(process: psutil.Process | None = None) -> int:
 
 
 class PeakMemory:
-    """The most memory this process and its children took at once while a ``with`` block ran
-    (:func:`group_bytes` every ``interval_s`` seconds in a thread): ``peak_bytes``."""
+    """The peak memory (``peak_bytes``) of this process and its children while a ``with`` block ran.
+
+    :func:`group_bytes` is sampled every ``interval_s`` seconds in a thread.
+    """
 
     def __init__(self, interval_s: float = 0.2):
         self.interval_s = interval_s

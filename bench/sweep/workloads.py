@@ -1,15 +1,12 @@
 """MLPerf Storage v3.0's training workloads: what one simulated accelerator asks of storage.
 
 Every value is the DLIO workload file's, repository ``mlcommons/storage``, release tag ``v3.0``
-(``ce28a98``, named in ``mlpstorage_py/rules/editions.yaml``), folder
-``configs/dlio/workload/``; the commit in each profile's ``source`` is the stored version of
-the file the values were read from. Sizes are bytes (MB = 10^6 bytes); times are seconds.
-
-Closed and open results may emulate ``b200`` and ``mi355`` running ``retinanet`` or ``unet3d``
-(``mlpstorage_py/config.py``: ``MODELS_CLOSED``, ``ACCELERATORS_CLOSED``); ``h100`` and
-``a100``, ``resnet50`` and ``cosmoflow`` are "whatif" profiles only. The release lists
-``unet3d`` on ``mi355`` as closed (``editions.yaml``) but ships no ``unet3d_mi355.yaml``:
-there is no profile for it (:data:`MISSING`).
+(``ce28a98``, named in ``mlpstorage_py/rules/editions.yaml``), folder ``configs/dlio/workload/``;
+the commit in each profile's ``source`` is the stored version of the file the values were read from.
+Sizes are bytes (MB = 10^6 bytes); times are seconds. Closed and open results may emulate ``b200``
+and ``mi355`` running ``retinanet`` or ``unet3d`` (``mlpstorage_py/config.py``: ``MODELS_CLOSED``,
+``ACCELERATORS_CLOSED``); the others are "whatif" profiles only. ``unet3d`` on ``mi355`` has no
+profile (:data:`MISSING`).
 """
 
 from __future__ import annotations
@@ -77,8 +74,7 @@ class Workload:
 
 
 def _v3(name: str, accelerator: str, division: str, commit: str, *values) -> Workload:
-    """A profile of the v3.0 release; ``values`` in :class:`Workload`'s order from
-    ``file_format``."""
+    """A v3.0 release profile; ``values`` in :class:`Workload`'s order from ``file_format``."""
     source = f"{RELEASE}{name}_{accelerator}.yaml (read at {commit})"
     return Workload(name, accelerator, division, source, *values)
 
@@ -132,12 +128,11 @@ WORKLOADS: dict[str, Workload] = {
 
 
 def workload(name: str, accelerator: str = "b200") -> Workload:
-    """The profile ``name`` (``retinanet``, ``unet3d``, ``resnet50``, ``cosmoflow``, ``bccd``)
-    for ``accelerator``.
+    """The profile ``name`` (``retinanet``, ``unet3d``, ``resnet50``, ``cosmoflow``, ``bccd``).
 
     Raises:
-        ConfigError: no such profile; the message says why (the release ships none) or lists
-            the profiles there are.
+        ConfigError: no such profile for ``accelerator``; the message says why (the release ships
+            none) or lists the profiles there are.
     """
     if name == "bccd":
         return WORKLOADS["bccd_here"]
