@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bench.page_cache import evict_page_cache
 from bench.ranks import (
@@ -29,6 +29,9 @@ from training import distributed
 from training.config import Config, ConfigError
 from training.data import load_split, split_shards
 from training.source import DataSource, open_storage
+
+if TYPE_CHECKING:
+    from pipelines.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +221,8 @@ class Storages:
         self.client_libs = list(dict.fromkeys(client_libs))
         self.prepared: dict[tuple[str, str], PreparedStorage] = {}
         self.unprepared: dict[tuple[str, str], Exception] = {}
+        self.s3_cfg: Config | None = None  # S3 as prepared (a local server's endpoint, bucket)
+        self.baseline_s3: S3Storage | None = None  # boto3, when no configuration uses it
         endpoint = cfg.storage.endpoint_url or os.environ.get("S3_ENDPOINT")
         self.local_s3 = distributed.gather("s3" in kinds and not endpoint)[0]
         if "fs" in kinds or self.local_s3:
@@ -242,14 +247,23 @@ class Storages:
             raise self.unprepared[key]
         return self.prepared[key]
 
-    def boto3(self):
-        """The prepared boto3 S3 storage (the GET-pool baseline's, for every library), or None."""
+    def boto3(self) -> S3Storage | None:
+        """The boto3 S3 storage of the GET-pool baseline, for every client library.
+
+        The prepared one when boto3 is among ``client_libs``; else one opened over the same
+        bucket and prefixes (no listing). None before S3 was prepared, or when it could not be.
+        """
         from pipelines.storage.s3 import S3Storage
 
         for target in self.prepared.values():
             if isinstance(target.source.storage, S3Storage):
                 return target.source.storage
-        return None
+        if self.s3_cfg is None or not any(k == "s3" for k, _ in self.prepared):
+            return None
+        if self.baseline_s3 is None:
+            storage = replace(self.s3_cfg.storage, type="s3", client_lib="boto3")
+            self.baseline_s3 = open_storage(replace(self.s3_cfg, storage=storage)).storage
+        return self.baseline_s3
 
     def _prepare(self, key: tuple[str, str], fn) -> None:
         """Prepare one storage, rank 0 first (it writes what is missing)."""
@@ -261,6 +275,8 @@ class Storages:
             self.unprepared[key] = exc
 
     def _prepare_s3(self) -> None:
+        """Start and fill a local S3 server when there is no endpoint, then open every client
+        library's storage."""
         s3_cfg, s3_dir = self.cfg, None
         if self.local_s3:
             s3_cfg, s3_dir = share_local_s3(
@@ -268,6 +284,7 @@ class Storages:
                 self.bench_ranks,
                 self.stack,
             )
+        self.s3_cfg = s3_cfg
         for lib in self.client_libs:
             self._prepare(
                 ("s3", lib), lambda lib=lib: prepare_s3(s3_cfg, lib, s3_dir, shards=self.shards)
