@@ -112,11 +112,14 @@ def measure_listing(endpoint: str, workers: int, keep: bool) -> dict:
 def in_fresh_process(fn, *args):
     """Run ``fn(*args)`` in a new process and return its result.
 
-    Forked from a fork server that only imported the data path's modules: it starts in milliseconds,
-    with none of this process's heap.
+    Forked from a fork server that imported the data path's modules and the script's (else each
+    child imports the script's again, ~3 s): it starts in milliseconds, with none of this
+    process's heap.
     """
     context = get_context("forkserver")
     # not s3torchconnector: its CRT threads would not survive the fork (measured: 8 MB/s)
-    context.set_forkserver_preload(["pipelines.shards.reader", "pipelines.storage.s3", "psutil"])
+    preload = ["pipelines.shards.reader", "pipelines.storage.s3", "psutil"]
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m scripts.X
+    context.set_forkserver_preload(preload + ([main_spec.name] if main_spec else []))
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()
