@@ -240,7 +240,7 @@ def test_two_nodes_on_this_machine_finish_a_run_together(cells, s3_cells, tmp_pa
     port = free_ports(1)[0]
     runs = [
         torchrun(data, tmp_path / f"node{n}", "--access", "objects", "--epochs", "1",
-                 nproc=1, nodes=(2, n, 60), port=port, env=env)
+                 "--workers", "0", nproc=1, nodes=(2, n, 60), port=port, env=env)
         for n in (0, 1)
     ]  # fmt: skip
     results = [finish(run) for run in runs]
