@@ -187,11 +187,15 @@ stop: $(READY)
 status: $(READY)
 	-@$(PY) -m scripts.serve status
 
+# Two pytest processes (pytest-xdist): while one test waits on a server or on torchrun ranks, the
+# other runs; on the 2-core VM the suite takes about 4 min 20 s instead of 5 min 20 s.
+TEST_WORKERS ?= 2
+
 test: $(READY)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-unit: $(READY)
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not integration"
 
 # The damaged-shard property test at length: 20,000 cases per property, fresh seeds (~15 min).
 fuzz: $(READY)
