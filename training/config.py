@@ -51,6 +51,9 @@ def _pattern(value: Any) -> Any:
 #: An access pattern (``sequential``: shards).
 Pattern = Annotated[Literal["random", "shards", "objects"], BeforeValidator(_pattern)]
 
+#: S3 client libraries: boto3, s3torchconnector (the AWS CRT), s3dlio (MLPerf Storage v3.0's).
+ClientLib = Literal["boto3", "s3torchconnector", "s3dlio"]
+
 
 class StorageSection(Section):
     """Where the dataset lives."""
@@ -87,9 +90,10 @@ class StorageSection(Section):
         description="s3: path (endpoint/bucket/key, for custom endpoints) or virtual "
         "(bucket.endpoint)",
     )
-    client_lib: Literal["boto3", "s3torchconnector"] = Field(
+    client_lib: ClientLib = Field(
         "boto3",
-        description="s3: client library: boto3, or s3torchconnector (AWS CRT)",
+        description="s3: client library: boto3, s3torchconnector (AWS CRT), or s3dlio (MLPerf "
+        "Storage v3.0's object client)",
     )
     max_pool_connections: Int = Field(
         16,

@@ -37,9 +37,9 @@ class DataSource:
 def open_storage(cfg: Config) -> DataSource:
     """Open the storage the config names, and log where its requests go.
 
-    The client is boto3 or s3torchconnector; the endpoint and credentials are chosen as the README's
-    "Object storage" section says. For ``s3``: ``storage.endpoint_url`` or ``S3_ENDPOINT``; with
-    neither, the local server of ``make s3-up`` when it is running and answering (its endpoint,
+    The client is boto3, s3torchconnector or s3dlio; the endpoint and credentials are chosen as the
+    README's "Object storage" section says. For ``s3``: ``storage.endpoint_url`` or ``S3_ENDPOINT``;
+    with neither, the local server of ``make s3-up`` when it is running and answering (its endpoint,
     bucket and keys, handed to the client: credentials set in the environment are never replaced),
     else AWS (:func:`local_s3.server.resolve_s3`). The bucket is ``storage.bucket`` or
     ``S3_BUCKET``. The log names the endpoint and the credential source, never a key.
@@ -65,7 +65,17 @@ def open_storage(cfg: Config) -> DataSource:
     common = dict(
         endpoint_url=target.endpoint, region=target.region, addressing_style=s.addressing_style
     )
-    if s.client_lib == "s3torchconnector":
+    if s.client_lib == "s3dlio":
+        from pipelines.storage.s3dlio_storage import S3dlioStorage
+
+        storage = S3dlioStorage(target.bucket, max_attempts=s.max_attempts,
+                                credentials_file=target.credentials_file, **common)  # fmt: skip
+        credentials = (
+            f"the local server's keys ({target.credentials_file}), for s3dlio's client only"
+            if target.credentials_file is not None
+            else "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+        )
+    elif s.client_lib == "s3torchconnector":
         from pipelines.storage.s3_connector import S3ConnectorStorage
 
         if target.credentials_file is not None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from common.settings import Float, Int, Section, Unique
-from training.config import Config, Pattern
+from training.config import ClientLib, Config, Pattern
 
 
 class BenchSection(Section):
@@ -26,10 +26,10 @@ class BenchSection(Section):
         ["fs", "s3"],
         description="storage back ends; s3 without an endpoint starts a local server for the run",
     )
-    client_libs: Annotated[list[Literal["boto3", "s3torchconnector"]], Unique] = Field(
+    client_libs: Annotated[list[ClientLib], Unique] = Field(
         ["boto3", "s3torchconnector"],
-        description="s3 client libraries to compare (boto3, s3torchconnector: the AWS CRT, which "
-        "the S3 peers use too)",
+        description="s3 client libraries to compare (boto3, s3torchconnector: the AWS CRT, "
+        "s3dlio: MLPerf Storage v3.0's); each library's own datasets join the peers",
     )
     worker_counts: Annotated[list[Annotated[Int, Field(ge=0)]], Unique] = Field(
         [],

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from common.settings import Int, Section, Str, Unique
-from training.config import Config, Pattern
+from training.config import ClientLib, Config, Pattern
 
 
 class SweepSection(Section):
@@ -48,7 +48,7 @@ class SweepSection(Section):
         description="storages searched: the filesystem, and S3 (without an endpoint: a local "
         "server started for the sweep and filled with the dataset)",
     )
-    client_lib: Literal["boto3", "s3torchconnector"] = Field(
+    client_lib: ClientLib = Field(
         "boto3",
         description="s3 client library",
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 from collections.abc import Iterator
 
 import torch
@@ -34,7 +35,7 @@ from pipelines.shards.manifest import (
     ShardError,
     ShardInfo,
 )
-from pipelines.storage.base import Storage
+from pipelines.storage.base import Storage, worker_context
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +213,12 @@ def _as_is(item):
     return item
 
 
-def _loader_options(settings: LoaderSettings) -> dict:
-    """DataLoader keyword arguments from ``settings`` (prefetch, persistence: workers only)."""
+def _loader_options(settings: LoaderSettings, storage: Storage) -> dict:
+    """DataLoader keyword arguments from ``settings`` (prefetch, persistence: workers only).
+
+    Workers reading a storage whose client does not survive ``fork`` (s3dlio) start from a
+    fork server that preloads the data path (:func:`pipelines.storage.base.worker_context`).
+    """
     options = dict(
         batch_size=settings.batch_size, num_workers=settings.num_workers, collate_fn=collate,
         pin_memory=settings.pin_memory,
@@ -223,6 +228,10 @@ def _loader_options(settings: LoaderSettings) -> dict:
             prefetch_factor=settings.prefetch_factor,
             persistent_workers=settings.persistent_workers,
         )
+        if worker_context(storage) == "forkserver":
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["torch", "pipelines.access.loaders"])
+            options["multiprocessing_context"] = context
     return options
 
 
@@ -263,7 +272,7 @@ class RandomLoader(EpochLoader):
             sampler = SequentialSampler(dataset)
         else:
             sampler = list(range(len(dataset))) * repeat
-        loader = DataLoader(dataset, sampler=sampler, **_loader_options(settings))
+        loader = DataLoader(dataset, sampler=sampler, **_loader_options(settings, storage))
         return cls(loader, num_samples, generator, seed, len(dataset), rank, world_size, repeat)
 
     def reseed(self, epoch: int) -> None:
@@ -291,7 +300,8 @@ class StreamLoader(EpochLoader):
     def __init__(self, dataset: ShardStream | ObjectStreamDataset, settings: LoaderSettings,
                  rank: int, world_size: int, equal_steps: bool):  # fmt: skip
         batches = WorkerBatches(dataset, settings.batch_size, settings.worker_batches)
-        options = {**_loader_options(settings), "batch_size": None, "collate_fn": _as_is}
+        options = {**_loader_options(settings, dataset.storage), "batch_size": None,
+                   "collate_fn": _as_is}  # fmt: skip
         super().__init__(DataLoader(batches, **options), -(-dataset.num_samples // world_size))
         self.dataset, self.batch_size = dataset, settings.batch_size
         self.readers = max(settings.num_workers, 1)  # no workers: the main process reads

@@ -51,9 +51,11 @@ class CallStats:
         seconds: wall time spent inside the call (for a stream: its open and its reads).
         requests: requests sent (S3: GETs, one per window of a windowed stream; filesystem: one
             ``open``).
-        retries: attempts retried after a transient failure (boto3; the CRT does not say).
+        retries: attempts retried after a transient failure (boto3; the CRT and s3dlio do not
+            say).
         ttfb_s: time to first byte of each request, seconds (S3: until the response headers
-            or the first part arrived, retries and backoff included; filesystem: ``open``).
+            or the first part arrived, retries and backoff included; filesystem: ``open``;
+            s3dlio does not expose it: empty).
         errors: failed requests by kind, ``((kind, count), ...)`` (on the
             :class:`StorageError` of a call that failed).
     """
@@ -142,13 +144,16 @@ class MeteredStream:
         self._opened = opened
         self._nbytes = 0
         self._read_s = 0.0
+        self._requests = 0
         self._ttfb: list[float] = []
         #: whether :meth:`close` was called
         self.closed = False
 
-    def count_request(self, ttfb_s: float) -> None:
-        """Count a request the stream sent, with its time to first byte."""
-        self._ttfb.append(ttfb_s)
+    def count_request(self, ttfb_s: float | None) -> None:
+        """Count a request the stream sent, with its time to first byte (None: not measured)."""
+        self._requests += 1
+        if ttfb_s is not None:
+            self._ttfb.append(ttfb_s)
 
     def add_open_seconds(self, seconds: float) -> None:
         """Count ``seconds`` spent opening (when the stream sent its first request itself)."""
@@ -171,7 +176,7 @@ class MeteredStream:
     def stats(self) -> CallStats:
         """The stream's figures so far: its open, the requests sent since, its reads."""
         return self._opened + CallStats(
-            self._nbytes, self._read_s, len(self._ttfb), 0, tuple(self._ttfb)
+            self._nbytes, self._read_s, self._requests, 0, tuple(self._ttfb)
         )
 
     def fileno(self) -> int:
@@ -267,6 +272,15 @@ class Storage(Protocol):
         The first read's timing then measures the request, not the set-up; reads connect anyway.
         """
         ...
+
+
+def worker_context(storage: Storage) -> str | None:
+    """The start method for DataLoader workers reading ``storage``.
+
+    ``forkserver`` for a storage whose client does not survive ``fork`` (``fork_safe = False``:
+    s3dlio), None (the platform's default) for the others.
+    """
+    return None if getattr(storage, "fork_safe", True) else "forkserver"
 
 
 def relative_keys(storage: Storage, prefix: str) -> Iterator[str]:
