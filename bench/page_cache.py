@@ -102,6 +102,11 @@ class EvictBeforeRead:
         self.storage = storage
         self.local_dir = Path(local_dir)
 
+    @property
+    def fork_safe(self) -> bool:
+        """Whether the wrapped storage's client survives ``fork`` (s3dlio's does not)."""
+        return getattr(self.storage, "fork_safe", True)
+
     def _evict(self, key: str) -> None:
         evict_page_cache([self.local_dir / key], flush=False)
 

@@ -165,3 +165,36 @@ def test_wrong_credentials_and_an_unreachable_endpoint_are_one_line_errors(store
     assert len(lines) == 1 and lines[0].startswith("error: s3://dlio-"), out.stdout + out.stderr
     assert "s3dlio" in lines[0] and "check the endpoint" in lines[0]
     assert env["AWS_SECRET_ACCESS_KEY"] not in out.stdout + out.stderr
+
+
+def test_bench_measures_every_pattern_with_s3dlio_against_the_raw_baseline(tmp_path):
+    """``make bench`` with ``bench.client_libs=[s3dlio]`` over the local server it starts (in a
+    process of its own: s3dlio keeps one endpoint per process), with 2 DataLoader workers."""
+    import csv
+
+    from tests.helpers import make_voc_subset
+
+    voc = make_voc_subset(tmp_path / "bccd", {"train": 12, "test": 2})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
+    command = [
+        sys.executable, "-m", "scripts.bench", "--out", str(tmp_path / "out"), "--workers", "0",
+        "--batch-size", "2", "--set", f"storage.root={voc}", "--set", "storage.prefixes=['']",
+        "--set", "dataset.shard_size_mb=0.1", "--set", "bench.modes=[read]",
+        "--set", "bench.read_steps=4", "--set", "bench.warmup_steps=1",
+        "--set", "model.image_size=64", "--set", "bench.repeats=1", "--set", "bench.storages=[s3]",
+        "--set", "bench.client_libs=[s3dlio]", "--set", "bench.worker_counts=[2]",
+    ]  # fmt: skip
+    out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (results,) = (tmp_path / "out").glob("*/results.csv")
+    with open(results, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["access"], r["pass"]) for r in rows} == {
+        (a, p) for a in ("random", "objects", "shards") for p in ("0", "1")
+    }
+    for r in rows:
+        assert (r["client_lib"], r["error"], r["samples"]) == ("s3dlio", "", "8"), r
+        assert float(r["baseline_mbps"]) > 0 and float(r["ratio_to_baseline"]) > 0
+        assert r["ttfb_p50_ms"] == "nan"  # not exposed by s3dlio
+        if r["access"] != "shards":
+            assert r["requests"] == r["samples"]  # one GET per sample

@@ -23,6 +23,7 @@ def test_a_tiny_sweep_searches_each_access_pattern_and_reports_the_answer(tmp_pa
         "--set", f"sweep.data_dir={tmp_path / 'data'}", "--set", "sweep.max_accelerators=2",
         "--set", "sweep.workers=0", "--set", "sweep.steps=2", "--set", "sweep.warmup_steps=1",
         "--set", "sweep.repeats=2", "--set", "train.dist_timeout_s=60",
+        "--set", "sweep.client_lib=s3dlio",  # MLPerf Storage v3.0's object client
     )  # fmt: skip
     assert code == 0, log[-3000:]
     (run,) = out.iterdir()
@@ -32,6 +33,7 @@ def test_a_tiny_sweep_searches_each_access_pattern_and_reports_the_answer(tmp_pa
     for storage in ("fs", "s3"):
         for access in ("random", "shards"):
             check_search(rows, report, storage, access)
+    assert {r["client_lib"] for r in rows if r["storage"] == "s3"} == {"s3dlio"}
     assert "NOT met: dataset" in report and "500" in report  # 12 samples break both rules
     for name in ("au_vs_accelerators.png", "throughput_vs_accelerators.png", "config.yaml"):
         assert (run / name).stat().st_size > 0
