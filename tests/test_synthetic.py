@@ -213,9 +213,11 @@ def test_bench_memory_smoke(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert sum(line.startswith("(a) shard over") for line in lines) == 3  # fs, boto3, CRT
+    assert sum(line.startswith("(a) shard over") for line in lines) == 4  # fs, boto3, CRT, s3dlio
     assert any("over s3 s3torchconnector" in line for line in lines)
+    assert any("over s3 s3dlio" in line for line in lines)
     assert sum(line.startswith("(b) list workers=") for line in lines) == 4
+    assert sum(line.startswith("(b) list s3dlio keep keys  500 keys") for line in lines) == 1
     assert "verdict (a) streaming a shard: PASS" in lines
     assert "verdict (b) listing keys: PASS" in lines
     assert "verdict overall: PASS" in lines

@@ -15,6 +15,7 @@ from pipelines.shards.reader import iter_shard
 from pipelines.storage.filesystem import FileSystemStorage
 from pipelines.storage.s3 import S3Storage
 from pipelines.storage.s3_connector import S3ConnectorStorage
+from pipelines.storage.s3dlio_storage import S3dlioStorage
 
 GB = 10**9
 MiB = 2**20
@@ -50,13 +51,15 @@ def measure_shard(client: str, endpoint: str, root: str, key: str, samples: int)
     """Stream one shard with ``iter_shard``; return RSS figures (bytes), bytes read and seconds.
 
     From the folder ``root`` (``client`` ``fs``) or from ``s3://bench/`` at ``endpoint`` with
-    ``client`` ``boto3`` or ``s3torchconnector``.
+    ``client`` ``boto3``, ``s3torchconnector`` or ``s3dlio``.
     """
     if client == "fs":
         storage = FileSystemStorage(root)
     else:
         if client == "boto3":
             storage = S3Storage(BUCKET, endpoint_url=endpoint)
+        elif client == "s3dlio":
+            storage = S3dlioStorage(BUCKET, endpoint_url=endpoint)
         else:
             storage = S3ConnectorStorage(BUCKET, endpoint_url=endpoint)
         storage.size(key)  # the client exists and has made a request before the baseline
@@ -78,24 +81,32 @@ def measure_shard(client: str, endpoint: str, root: str, key: str, samples: int)
     }
 
 
-def measure_listing(endpoint: str, workers: int, keep: bool) -> dict:
-    """List ``s3://bench/list/`` (``list_workers=workers``); return RSS figures and keys' bytes.
+def measure_listing(endpoint: str, workers: int, keep: bool, client: str = "boto3") -> dict:
+    """List ``s3://bench/list/``; return RSS figures and the keys' bytes.
 
-    ``S3Storage.list`` keeps the keys in a list (``keep``) or only counts them.
+    ``client`` ``boto3``: ``S3Storage.list`` (``list_workers=workers``) keeps the keys in a list
+    (``keep``) or only counts them; ``s3dlio``: ``S3dlioStorage.list`` (which receives every key
+    before it yields one; ``workers`` is not used).
     """
-    storage = S3Storage(BUCKET, LIST_PREFIX, endpoint_url=endpoint, list_workers=workers)
-    client = storage.client()  # warm: client, ListObjectsV2 model and parser, paginator
-    client.list_objects_v2(Bucket=BUCKET, Prefix=f"{LIST_PREFIX}/", MaxKeys=5)
-    client.get_paginator("list_objects_v2")
+    if client == "s3dlio":
+        storage = S3dlioStorage(BUCKET, endpoint_url=endpoint)
+        storage.exists(f"{LIST_PREFIX}/none")  # warm: the client exists and has sent a request
+        listing = lambda: storage.list(LIST_PREFIX)  # noqa: E731
+    else:
+        storage = S3Storage(BUCKET, LIST_PREFIX, endpoint_url=endpoint, list_workers=workers)
+        s3 = storage.client()  # warm: client, ListObjectsV2 model and parser, paginator
+        s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{LIST_PREFIX}/", MaxKeys=5)
+        s3.get_paginator("list_objects_v2")
+        listing = storage.list
     keys: list[str] = []
     count = 0
     with rss_sampled() as rss:
         start = time.perf_counter()
         if keep:
-            keys = list(storage.list())
+            keys = list(listing())
             count = len(keys)
         else:
-            for _key in storage.list():
+            for _key in listing():
                 count += 1
         seconds = time.perf_counter() - start
     keys_bytes = sys.getsizeof(keys) + sum(sys.getsizeof(k) for k in keys) if keep else 0
@@ -117,7 +128,7 @@ def in_fresh_process(fn, *args):
     process's heap.
     """
     context = get_context("forkserver")
-    # not s3torchconnector: its CRT threads would not survive the fork (measured: 8 MB/s)
+    # modules only: s3torchconnector's CRT threads and s3dlio's client do not survive a fork
     preload = ["pipelines.shards.reader", "pipelines.storage.s3", "psutil"]
     main_spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m scripts.X
     context.set_forkserver_preload(preload + ([main_spec.name] if main_spec else []))

@@ -95,6 +95,7 @@ def run_shard(server: LocalS3, shard: ShardInfo, bucket_dir: Path) -> list[bool]
         ("filesystem", "fs"),
         ("s3 boto3", "boto3"),
         ("s3 s3torchconnector", "s3torchconnector"),
+        ("s3 s3dlio", "s3dlio"),
     ):
         r = in_fresh_process(
             measure_shard, client, server.endpoint, str(bucket_dir), shard.key, shard.samples
@@ -146,7 +147,28 @@ def run_listing(server: LocalS3, keys: int) -> list[bool]:
             tail += f" (limit {what} = {_mib(limit)}{flat}): {verdict(ok)}"
             print(head + tail, flush=True)
             results.append(ok)
+    results.append(_s3dlio_listing(server, keys))
     return results
+
+
+def _s3dlio_listing(server: LocalS3, keys: int) -> bool:
+    """Measure (b) through s3dlio, keeping the keys; print; return the verdict.
+
+    s3dlio returns a listing whole (every page received before the first key is yielded), and
+    ``S3dlioStorage.list`` sorts it: the keys are held twice, plus one overhead.
+    """
+    r = in_fresh_process(measure_listing, server.endpoint, 1, True, "s3dlio")
+    delta = r["peak"] - r["baseline"]
+    limit = 2 * r["keys_bytes"] + LIST_OVERHEAD_MIB * MiB
+    ok = delta <= limit and r["count"] == keys
+    print(
+        f"(b) list s3dlio keep keys  {r['count']} keys in {r['seconds']:.1f} s "
+        f"({r['count'] / max(r['seconds'], 1e-9):.0f} keys/s): RSS delta {_mib(delta)}, the keys "
+        f"themselves {_mib(r['keys_bytes'])} (limit 2 x keys + {LIST_OVERHEAD_MIB:.0f} MiB = "
+        f"{_mib(limit)}: s3dlio lists every page before it returns): {verdict(ok)}",
+        flush=True,
+    )
+    return ok
 
 
 def _set_credentials(server: LocalS3, work: Path) -> None:
