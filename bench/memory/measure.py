@@ -130,7 +130,6 @@ def in_fresh_process(fn, *args):
     context = get_context("forkserver")
     # modules only: s3torchconnector's CRT threads and s3dlio's client do not survive a fork
     preload = ["pipelines.shards.reader", "pipelines.storage.s3", "psutil"]
-    main_spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m scripts.X
-    context.set_forkserver_preload(preload + ([main_spec.name] if main_spec else []))
+    context.set_forkserver_preload([*preload, "__main__"])  # the script's module too
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()

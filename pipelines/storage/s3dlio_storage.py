@@ -32,8 +32,9 @@ from pipelines.storage.base import CallStats, MeteredStream, ObjectNotFound, Sto
 from pipelines.storage.s3 import safe_url
 
 #: Bytes per ranged GET of a streaming read (:meth:`S3dlioStorage.open`), one in flight: memory
-#: is bounded by one window (as with s3torchconnector).
-STREAM_WINDOW = 16 * 2**20
+#: is bounded by one window, held in s3dlio's own buffer (no copy). Measured with ``make
+#: bench-memory`` (a 1 GB shard): 16 MiB windows copied to ``bytes`` added 84 MiB of RSS.
+STREAM_WINDOW = 8 * 2**20
 
 #: Concurrent HEADs of :meth:`S3dlioStorage.versions` (s3dlio lists keys without sizes or ETags).
 STAT_THREADS = 16
@@ -388,13 +389,24 @@ class WindowStream:
 
     def next_window(self) -> bool:
         """Send the next window's GET; False at the end of the object."""
+        import s3dlio
+
         if self._ended:
             return False
-        data, _ = self._storage.fetch_range(self._key, self._pos, STREAM_WINDOW)
-        self._on_request(None)
-        self._ended = len(data) < STREAM_WINDOW
-        self._window = memoryview(data)
-        return bool(data)
+        storage, key = self._storage, self._key
+        self._window = memoryview(b"")  # the last window is dropped before the next arrives
+        try:
+            data = storage._call(key, "stream", s3dlio.get_range, storage._uri(key), self._pos,
+                                 STREAM_WINDOW)  # fmt: skip
+        except StorageError as exc:
+            if not any(m in str(exc).lower() for m in _NO_RANGE):
+                raise
+            data = b""  # the previous window ended exactly at the end of the object
+        finally:
+            self._on_request(None)
+        self._window = memoryview(data)  # s3dlio's buffer itself: no copy
+        self._ended = len(self._window) < STREAM_WINDOW
+        return bool(self._window)
 
     def read(self, n: int | None = -1) -> bytes:
         """Up to ``n`` bytes (the rest when ``n`` is None or negative); ``b""`` at the end.
