@@ -20,9 +20,11 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -213,9 +215,36 @@ def local_s3(
     )
     server.stop = lambda: stop(proc) if proc.poll() is None else None
     try:
-        yield server
+        with _terminate_unwinds():
+            yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``SystemExit(143)`` in the main thread.
+
+    So that a terminated run (a scheduler's preemption, ``kill``) unwinds through the ``finally``
+    that stops the server instead of leaving it running (Python's default for SIGTERM is to die
+    on the spot). Outside the main thread, or where a handler is already set, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- the background server of the CLI: state in a directory ---------------------------------------

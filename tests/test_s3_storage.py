@@ -487,3 +487,36 @@ def test_a_running_local_server_is_used_with_its_own_keys_beside_the_users(user_
             open_storage(s3_config(user_keys, client_lib="s3torchconnector"))
     finally:
         down(".s3")
+
+
+_TERMINATED = """
+import sys, time
+from local_s3.server import local_s3
+with local_s3(sys.argv[1]) as srv:
+    print(srv.endpoint, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_terminated_run_stops_its_local_server(tmp_path):
+    """SIGTERM (a scheduler's preemption) unwinds the run, so the server it started stops too."""
+    import signal
+    import subprocess
+    import sys
+
+    from local_s3.server import endpoint_answers
+    from tests.helpers import REPO
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _TERMINATED, str(tmp_path / "s3")], cwd=REPO,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        port = int(proc.stdout.readline().strip().rsplit(":", 1)[1])
+        assert endpoint_answers(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        assert not endpoint_answers(port)
+    finally:
+        proc.kill()
+        proc.wait()
