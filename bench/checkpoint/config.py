@@ -35,11 +35,11 @@ class CheckpointSection(Section):
         description="storages written to: the filesystem (checkpoint.fs_dir), and S3 (without an "
         "endpoint: a local server started for the run)",
     )
-    methods: Annotated[list[Literal["torch.save", "dcp"]], Unique] = Field(
+    methods: Annotated[list[Literal["torch.save", "dcp", "s3dlio"]], Unique] = Field(
         ["torch.save", "dcp"],
         description="torch.save: one file (fs, fsync) or object (S3, boto3 multipart upload) per "
         "rank; dcp: torch.distributed.checkpoint (fs: FileSystemWriter; S3: s3torchconnector's "
-        "S3StorageWriter)",
+        "S3StorageWriter); s3dlio: torch.save's object through s3dlio's multipart writer (S3 only)",
     )
     checkpoints: Int = Field(
         3,

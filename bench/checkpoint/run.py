@@ -51,14 +51,27 @@ from training.outputs import write_csv
 log = logging.getLogger(__name__)
 
 
-#: Why s3torchconnector's writer does not run against the local server (measured with rclone
-#: 1.75.2: the CRT log says "Could not find upload-id in create-multipart-upload response").
-LOCAL_SERVER_NO_CRT_WRITES = (
+#: Why s3torchconnector's and s3dlio's writers do not run against the local server (measured with
+#: rclone 1.75.2: the CRT log says "Could not find upload-id in create-multipart-upload response";
+#: s3dlio 0.10.0: "CreateMultipartUpload failed ... service error: unknown ... HTTP 200 OK").
+LOCAL_SERVER_NO_MULTIPART = (
     "the local server (rclone serve s3) answers CreateMultipartUpload with an "
     "<InitiateMultipartUpload> element, not S3's <InitiateMultipartUploadResult>, which the CRT "
-    "client of s3torchconnector rejects (boto3 accepts it); set S3_ENDPOINT to MinIO, DSS or "
-    "AWS to run dcp on S3"
+    "client of s3torchconnector and s3dlio reject (boto3 accepts it); set S3_ENDPOINT to MinIO, "
+    "DSS or AWS to run {method} on S3"
 )
+
+
+def not_run_because(kind: str, method: str, location) -> str:
+    """Why ``method`` is not run on ``kind`` here, or ``""``.
+
+    s3dlio is an S3 method; dcp and s3dlio write in multipart uploads the local server cannot take.
+    """
+    if method == "s3dlio" and kind == "fs":
+        return "s3dlio is an S3 client (its torch.save objects are S3's; fs has torch.save)"
+    if kind == "s3" and method in ("dcp", "s3dlio") and location.local_dir is not None:
+        return LOCAL_SERVER_NO_MULTIPART.format(method=method)
+    return ""
 
 #: What each rank holds at most during a read, in parts: its part, the bytes read back
 #: (torch.save on S3) and the tensors loaded from them.
@@ -104,9 +117,10 @@ def run_checkpoint_bench(cfg: CheckpointBenchConfig, out: Path, ranks: Ranks) ->
                 _say(ranks, f"{kind}: {error_text(exc)}")
                 continue
             for method in ck.methods:
-                if kind == "s3" and method == "dcp" and location.local_dir is not None:
-                    rows.append(skipped_row(kind, method, LOCAL_SERVER_NO_CRT_WRITES))
-                    _say(ranks, f"{kind} {method}: not run: {LOCAL_SERVER_NO_CRT_WRITES}")
+                why = not_run_because(kind, method, location)
+                if why:
+                    rows.append(skipped_row(kind, method, why))
+                    _say(ranks, f"{kind} {method}: not run: {why}")
                     continue
                 rows.extend(
                     run_method(kind, method, location, part, cfg, bench_ranks, first_on_node)
