@@ -73,6 +73,7 @@ def not_run_because(kind: str, method: str, location) -> str:
         return LOCAL_SERVER_NO_MULTIPART.format(method=method)
     return ""
 
+
 #: What each rank holds at most during a read, in parts: its part, the bytes read back
 #: (torch.save on S3) and the tensors loaded from them.
 PARTS_IN_MEMORY = 3

@@ -25,9 +25,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from pipelines.storage.base import CallStats, MeteredStream, ObjectNotFound, StorageError
 from pipelines.storage.s3 import safe_url
