@@ -192,10 +192,10 @@ status: $(READY)
 TEST_WORKERS ?= 2
 
 test: $(READY)
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-unit: $(READY)
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not integration"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not integration"
 
 # The damaged-shard property test at length: 20,000 cases per property, fresh seeds (~15 min).
 fuzz: $(READY)
