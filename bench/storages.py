@@ -62,6 +62,17 @@ class PreparedStorage:
     local_dir: Path | None
 
 
+def readers(cfg: Config) -> int:
+    """The most readers (ranks x DataLoader workers) a run's shards serve at once.
+
+    ``bench.ranks`` x ``bench.worker_counts`` (else ``loader.num_workers``) for a benchmark; the
+    automatic shard size gives each of them shards (:func:`training.data.split_shards`).
+    """
+    bench = getattr(cfg, "bench", None)
+    workers = [cfg.loader.num_workers, *(bench.worker_counts if bench else [])]
+    return max(bench.ranks if bench else [1], default=1) * max(*workers, 1)
+
+
 def prepare_fs(cfg: Config, *, shards: bool = True) -> PreparedStorage:
     """The filesystem dataset of ``storage.root`` / ``storage.prefixes``, missing shards written.
 
@@ -70,7 +81,11 @@ def prepare_fs(cfg: Config, *, shards: bool = True) -> PreparedStorage:
     fs_cfg = replace(cfg, storage=replace(cfg.storage, type="fs"))
     source = open_storage(fs_cfg)
     records, _ = load_split(source, fs_cfg, cfg.dataset.train_split)
-    found = split_shards(source, fs_cfg, cfg.dataset.train_split, records)[1] if shards else []
+    found = (
+        split_shards(source, fs_cfg, cfg.dataset.train_split, records, readers=readers(cfg))[1]
+        if shards
+        else []
+    )
     return PreparedStorage(source, records, found, Path(cfg.storage.root))
 
 
@@ -182,7 +197,11 @@ def prepare_s3(
     s3_cfg = replace(cfg, storage=replace(cfg.storage, type="s3", client_lib=client_lib))
     source = open_storage(s3_cfg)
     records, _ = load_split(source, s3_cfg, cfg.dataset.train_split)
-    found = split_shards(source, s3_cfg, cfg.dataset.train_split, records)[1] if shards else []
+    found = (
+        split_shards(source, s3_cfg, cfg.dataset.train_split, records, readers=readers(cfg))[1]
+        if shards
+        else []
+    )
     return PreparedStorage(source, records, found, local_dir)
 
 

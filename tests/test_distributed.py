@@ -113,12 +113,14 @@ def test_two_ranks_train_in_step_on_the_split_once_random_fs(cells, random_run):
 
 def test_two_ranks_train_in_step_on_the_split_once_shards_s3(cells, s3_cells, tmp_path):
     """Shards over the local S3 server, 2 ranks x 2 DataLoader workers; rank 0 writes the
-    shards into the bucket while rank 1 waits. (Objects: the two-node test.)"""
+    shards into the bucket while rank 1 waits, as many as the 4 readers need although the
+    split fits one 1 MB shard (no size named). (Objects: the two-node test.)"""
     data, env = s3_cells
     out = tmp_path / "out"
-    extra = ["--epochs", "1"]
+    extra = ["--epochs", "1", "--set", "dataset.shard_size_mb=null"]
     code, log = finish(torchrun(data, out, "--access", "shards", *extra, env=env))
     assert code == 0, log[-3000:]
+    assert "4 reader(s) (ranks x DataLoader workers) need 8: writing shards of" in log
     check_in_step(cells, out, log, "shards")
     rows = read_rows(out / "metrics.csv")
     assert rows[0]["storage"] == "s3"

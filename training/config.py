@@ -165,10 +165,11 @@ class DatasetSection(Section):
         "shards",
         description="where the shards access pattern keeps its tar shards",
     )
-    shard_size_mb: Float = Field(
-        1.0,
+    shard_size_mb: Float | None = Field(
+        None,
         ge=0.001,
-        description="target shard size in MB (10^6 bytes)",
+        description="target shard size in MB (10^6 bytes); null: at most 1 MB and small enough "
+        "for 2 shards per reader (ranks x DataLoader workers)",
     )
 
 

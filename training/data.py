@@ -29,6 +29,7 @@ from pipelines.formats.records import (
 from pipelines.formats.voc import annotated_ids, load_voc_ids, load_voc_split
 from pipelines.formats.voc import available_splits as voc_splits
 from pipelines.shards.manifest import ShardInfo
+from pipelines.shards.sizing import plan_shards
 from pipelines.shards.writer import ensure_shards, shard_prefix
 from pipelines.storage.base import Storage, StorageError, join_key, relative_keys
 from training.config import TASK_FORMATS, Config, ConfigError
@@ -343,8 +344,14 @@ def split_shards(
     split: str,
     records: list[Record],
     on_shard: Callable[[ShardInfo], None] | None = None,
+    *,
+    readers: int = 1,
 ) -> tuple[str, list[ShardInfo], bool]:
     """The split's shards under the first root's ``dataset.shards_prefix``, written when missing.
+
+    Of ``dataset.shard_size_mb`` when set; else of at most 1 MB and enough for ``readers``
+    (ranks x DataLoader workers; :func:`pipelines.shards.sizing.plan_shards`, which logs why
+    when it writes smaller ones).
 
     Returns:
         ``(prefix, shards, written)``; see :func:`pipelines.shards.writer.ensure_shards`.
@@ -354,7 +361,13 @@ def split_shards(
     if resolve_split(cfg, source, announce=False).dataset.split == "hash":  # its own shards
         name = f"{split}-hash-{'_'.join(f'{r:g}' for r in cfg.dataset.split_ratios)}"
     prefix = shard_prefix(base, name, cfg.dataset.limit)
-    target_bytes = int(cfg.dataset.shard_size_mb * 1e6)
+    if cfg.dataset.shard_size_mb is not None:
+        target_bytes = int(cfg.dataset.shard_size_mb * 1e6)
+    else:
+        plan = plan_shards(source.storage, records, prefix, readers=readers, split=split)
+        if plan.reason:
+            log.info("%s", plan.reason)
+        prefix, target_bytes = plan.prefix, plan.target_bytes
     shards, written = ensure_shards(
         source.storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
     )

@@ -72,11 +72,12 @@ def prepare_data(cfg: Config, task, ranks: Ranks = ONE_RANK) -> RunData:
     ):
         shards = None
         if pattern == "shards":
+            readers = ranks.world_size * max(cfg.loader.num_workers, 1)
             if ranks.main:
-                shards = find_shards(source, cfg, name, records)
+                shards = find_shards(source, cfg, name, records, readers)
             distributed.barrier(long=True)  # writing a large dataset's shards takes a while
             if not ranks.main:
-                shards = find_shards(source, cfg, name, records)
+                shards = find_shards(source, cfg, name, records, readers)
         loaders[train] = build_loader(
             source.storage,
             records,
@@ -121,8 +122,10 @@ def log_split(cfg: Config, split: str, records: list, counts: BoxCounts) -> None
         log.info("dropped degenerate box: %s", where)
 
 
-def find_shards(source: DataSource, cfg: Config, split: str, records: list) -> list[ShardInfo]:
-    """The split's shards, written when missing or stale (logged either way)."""
+def find_shards(
+    source: DataSource, cfg: Config, split: str, records: list, readers: int = 1
+) -> list[ShardInfo]:
+    """The split's shards for ``readers`` (ranks x workers), written when missing or stale."""
     storage = source.storage
     prefix, shards, written = split_shards(
         source,
@@ -132,6 +135,7 @@ def find_shards(source: DataSource, cfg: Config, split: str, records: list) -> l
         on_shard=lambda s: log.info(
             "wrote shard %s (%d bytes, %d samples)", storage.describe(s.key), s.bytes, s.samples
         ),
+        readers=readers,
     )
     log.info(
         "%s shards for split %s in %s: %d shards, %d bytes",

@@ -372,13 +372,14 @@ class ShardsLoader(StreamLoader):
             raise ShardError(
                 f"{len(shards)} shard(s) for {world_size} ranks: every rank needs at least one "
                 "(a rank without one would leave the others nothing to train on in step); "
-                "lower dataset.shard_size_mb for more shards, or run fewer ranks"
+                "lower dataset.shard_size_mb (or leave it unset: sized for the ranks and workers), "
+                "or run fewer ranks"
             )
         readers = world_size * max(settings.num_workers, 1)
         if readers > len(shards) and (settings.num_workers > 0 or world_size > 1):
             log.warning(
                 "%d shards for %d ranks x %d DataLoader workers: %d readers will have nothing "
-                "to read; lower dataset.shard_size_mb for more shards",
+                "to read; lower dataset.shard_size_mb (or leave it unset) for more shards",
                 len(shards), world_size, settings.num_workers, readers - len(shards),
             )  # fmt: skip
         dataset = ShardStream(
