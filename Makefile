@@ -187,15 +187,15 @@ stop: $(READY)
 status: $(READY)
 	-@$(PY) -m scripts.serve status
 
-# Two pytest processes (pytest-xdist): while one test waits on a server or on torchrun ranks, the
-# other runs; on the 2-core VM the suite takes about 4 min 20 s instead of 5 min 20 s.
+# Two pytest processes (pytest-xdist): one runs the tests that start several processes (torchrun
+# ranks, TorchServe: one xdist group, tests/conftest.py) in turn, the other the rest.
 TEST_WORKERS ?= 2
 
 test: $(READY)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: $(READY)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not integration"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not integration"
 
 # The damaged-shard property test at length: 20,000 cases per property, fresh seeds (~15 min).
 fuzz: $(READY)
