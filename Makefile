@@ -187,8 +187,8 @@ stop: $(READY)
 status: $(READY)
 	-@$(PY) -m scripts.serve status
 
-# Two pytest processes (pytest-xdist): one runs the tests that start several processes (torchrun
-# ranks, TorchServe: one xdist group, tests/conftest.py) in turn, the other the rest.
+# Two pytest processes (pytest-xdist): while one test waits on a server or on torchrun ranks, the
+# other runs; the TorchServe tests stay in one of them (an xdist group, tests/conftest.py).
 TEST_WORKERS ?= 2
 
 test: $(READY)

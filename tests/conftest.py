@@ -33,33 +33,17 @@ def s3_server(tmp_path_factory):
         yield srv
 
 
-#: Tests that start several processes of their own (beside torchrun ranks and TorchServe):
-#: run one after another in one pytest-xdist worker (``make test``), see below.
-MANY_PROCESSES = (
-    "test_bench_writes_results_steps_report_and_plots",
-    "test_bench_memory_smoke",
-    "test_bench_measures_every_pattern_with_s3dlio_against_the_raw_baseline",
-    "test_two_ranks_write_and_read_their_parts_at_once",
-    "test_serve_bench_measures_a_served_model_under_load",
-)
-
-
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items) -> None:
     """Mark what a test needs from its fixtures: ``server`` for the local S3 server,
     ``torchserve`` for a running TorchServe (``served``), so that ``-m "not server"`` and the
-    like select by need. Tests that start several processes (``distributed``, ``torchserve``,
-    :data:`MANY_PROCESSES`) share one xdist group: with ``--dist loadgroup`` one worker runs them
-    in turn (and starts TorchServe once) while the other runs the rest, instead of two of them
-    splitting the 2 cores."""
+    like select by need. The TorchServe tests share one xdist group: with ``--dist loadgroup``
+    (``make test``) one worker runs them all, and TorchServe starts once."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "s3_server" in names or "server" in names:
             item.add_marker(pytest.mark.server)
         if "served" in names:
             item.add_marker(pytest.mark.torchserve)
-        if (
-            item.get_closest_marker("distributed")
-            or item.get_closest_marker("torchserve")
-            or item.originalname in MANY_PROCESSES
-        ):
-            item.add_marker(pytest.mark.xdist_group("processes"))
+        if item.get_closest_marker("torchserve"):
+            item.add_marker(pytest.mark.xdist_group("torchserve"))
