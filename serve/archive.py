@@ -209,7 +209,10 @@ def build_archive(
             "--export-path", str(staging),
             "--force",
         ]  # fmt: skip
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # torch-model-archiver gathers the files in <TMPDIR>/<model name>: two archives of one
+        # name built at once (two projects, two test processes) would mix their files there
+        env = {**os.environ, "TMPDIR": str(staging)}
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         built = staging / f"{name}.mar"
         if result.returncode != 0 or not built.is_file():
             lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
