@@ -187,15 +187,16 @@ stop: $(READY)
 status: $(READY)
 	-@$(PY) -m scripts.serve status
 
-# Two pytest processes (pytest-xdist): while one test waits on a server or on torchrun ranks, the
-# other runs; the TorchServe tests stay in one of them (an xdist group, tests/conftest.py).
+# Two pytest processes (pytest-xdist), each running whole test files, so that a module's fixtures
+# (a trained model, TorchServe, a torchrun run) are made once: while one test waits on a server
+# or on torchrun ranks, the other process runs.
 TEST_WORKERS ?= 2
 
 test: $(READY)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: $(READY)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not integration"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration"
 
 # The damaged-shard property test at length: 20,000 cases per property, fresh seeds (~15 min).
 fuzz: $(READY)

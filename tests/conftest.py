@@ -33,17 +33,13 @@ def s3_server(tmp_path_factory):
         yield srv
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items) -> None:
     """Mark what a test needs from its fixtures: ``server`` for the local S3 server,
     ``torchserve`` for a running TorchServe (``served``), so that ``-m "not server"`` and the
-    like select by need. The TorchServe tests share one xdist group: with ``--dist loadgroup``
-    (``make test``) one worker runs them all, and TorchServe starts once."""
+    like select by need."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         if "s3_server" in names or "server" in names:
             item.add_marker(pytest.mark.server)
         if "served" in names:
             item.add_marker(pytest.mark.torchserve)
-        if item.get_closest_marker("torchserve"):
-            item.add_marker(pytest.mark.xdist_group("torchserve"))
