@@ -89,7 +89,7 @@ def test_open_streams_in_bounded_ranged_gets(stores, monkeypatch):
         got = []
         while piece := stream.read(3_333):
             got.append(piece)
-            assert len(stream.raw._window) <= 10_000
+            assert len(stream.raw._part) <= 10_000
     assert b"".join(got) == data
     assert (stream.stats().requests, stream.stats().nbytes) == (11, 100_000)
     with dlio.open("big/odd.tar") as stream:

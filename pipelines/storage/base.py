@@ -195,6 +195,57 @@ class MeteredStream:
         self.close()
 
 
+class PartReader:
+    """A binary stream read front to back from parts a subclass fetches one at a time.
+
+    Subclasses set ``_part`` (a memoryview of the part being read) and implement
+    :meth:`_next_part`; :meth:`_consumed` hears how many bytes each read took. A part is
+    dropped once read, so memory holds one part, whatever the object's size.
+    """
+
+    _part: memoryview = memoryview(b"")
+    _closed: bool = False
+
+    def _next_part(self) -> bool:
+        """Fetch the next part into ``_part``; False at the end."""
+        raise NotImplementedError
+
+    def _consumed(self, nbytes: int) -> None:
+        """``nbytes`` of the current part were read (the position moves on)."""
+
+    def read(self, n: int | None = -1) -> bytes:
+        """Up to ``n`` bytes (the rest when ``n`` is None or negative); ``b""`` at the end.
+
+        Raises:
+            StorageError: fetching a part failed.
+            ValueError: the stream is closed.
+        """
+        if self._closed:
+            raise ValueError(f"read from a closed {type(self).__name__}")
+        want = None if n is None or n < 0 else n
+        pieces, have = [], 0
+        while want is None or have < want:
+            if not self._part and not self._next_part():
+                break
+            take = len(self._part) if want is None else min(want - have, len(self._part))
+            pieces.append(self._part[:take])
+            self._part = self._part[take:]
+            self._consumed(take)
+            have += take
+        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+
+    def close(self) -> None:
+        """Drop the part held; idempotent."""
+        self._closed = True
+        self._part = memoryview(b"")
+
+    def __enter__(self) -> PartReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Storage(Protocol):
     """What the data path needs from a storage back end.
 

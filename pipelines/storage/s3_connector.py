@@ -16,7 +16,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from pipelines.storage.base import CallStats, MeteredStream, ObjectNotFound, StorageError
+from pipelines.storage.base import (
+    CallStats,
+    MeteredStream,
+    ObjectNotFound,
+    PartReader,
+    StorageError,
+)
 from pipelines.storage.s3 import safe_url
 
 #: Bytes per ranged GET of a streaming read (:meth:`S3ConnectorStorage.open`): two of the CRT
@@ -350,7 +356,7 @@ class S3ConnectorStorage:
                 raise self._fail(exc, key, "delete") from None
 
 
-class ObjectStream:
+class ObjectStream(PartReader):
     """An object, or a byte range of it, read front to back from the CRT's streams of parts.
 
     Each part is dropped once read. With ``window`` 0 it is one GET; otherwise one ranged GET per
@@ -432,36 +438,11 @@ class ObjectStream:
             if self._part:
                 return True
 
-    def read(self, n: int | None = -1) -> bytes:
-        """Up to ``n`` bytes (the rest when ``n`` is None or negative); ``b""`` at the end.
-
-        Raises:
-            StorageError: the transfer failed mid-stream.
-            ValueError: the stream is closed.
-        """
-        if self._closed:
-            raise ValueError("read from a closed ObjectStream")
-        want = None if n is None or n < 0 else n
-        pieces, have = [], 0
-        while want is None or have < want:
-            if not self._part and not self._next_part():
-                break
-            take = len(self._part) if want is None else min(want - have, len(self._part))
-            pieces.append(self._part[:take])
-            self._part = self._part[take:]
-            self._pos += take
-            self._window_left -= take
-            have += take
-        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+    def _consumed(self, nbytes: int) -> None:
+        self._pos += nbytes
+        self._window_left -= nbytes
 
     def close(self) -> None:
         """Drop the stream (the CRT cancels a GET not read to the end); idempotent."""
-        self._closed = True
+        super().close()
         self._parts = None
-        self._part = memoryview(b"")
-
-    def __enter__(self) -> ObjectStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

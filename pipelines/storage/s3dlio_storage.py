@@ -29,7 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from pipelines.storage.base import CallStats, MeteredStream, ObjectNotFound, StorageError
+from pipelines.storage.base import (
+    CallStats,
+    MeteredStream,
+    ObjectNotFound,
+    PartReader,
+    StorageError,
+)
 from pipelines.storage.s3 import safe_url
 
 #: Bytes per ranged GET of a streaming read (:meth:`S3dlioStorage.open`), one in flight: memory
@@ -410,7 +416,7 @@ class S3dlioStorage:
         self._call(key, "delete", s3dlio.delete, self._uri(key))
 
 
-class WindowStream:
+class WindowStream(PartReader):
     """An object read front to back in ranged GETs of :data:`STREAM_WINDOW` bytes, one at a time.
 
     A window that comes back short, or a range past the end (HTTP 416), ends the stream.
@@ -424,9 +430,7 @@ class WindowStream:
     def __init__(self, storage: S3dlioStorage, key: str, on_request: Callable[..., None]):
         self._storage, self._key, self._on_request = storage, key, on_request
         self._pos = 0
-        self._window = memoryview(b"")
         self._ended = False
-        self._closed = False
 
     def next_window(self) -> bool:
         """Send the next window's GET; False at the end of the object."""
@@ -435,7 +439,7 @@ class WindowStream:
         if self._ended:
             return False
         storage, key = self._storage, self._key
-        self._window = memoryview(b"")  # the last window is dropped before the next arrives
+        self._part = memoryview(b"")  # the last window is dropped before the next arrives
         try:
             data = storage._call(key, "stream", s3dlio.get_range, storage._uri(key), self._pos,
                                  STREAM_WINDOW)  # fmt: skip
@@ -445,35 +449,15 @@ class WindowStream:
             data = b""  # the previous window ended exactly at the end of the object
         finally:
             self._on_request(None)
-        self._window = memoryview(data)  # s3dlio's buffer itself: no copy
-        self._ended = len(self._window) < STREAM_WINDOW
-        return bool(self._window)
+        self._part = memoryview(data)  # s3dlio's buffer itself: no copy
+        self._ended = len(self._part) < STREAM_WINDOW
+        return bool(self._part)
 
-    def read(self, n: int | None = -1) -> bytes:
-        """Up to ``n`` bytes (the rest when ``n`` is None or negative); ``b""`` at the end.
+    def _next_part(self) -> bool:
+        return self.next_window()
 
-        Raises:
-            StorageError: a GET failed mid-stream.
-            ValueError: the stream is closed.
-        """
-        if self._closed:
-            raise ValueError("read from a closed WindowStream")
-        want = None if n is None or n < 0 else n
-        pieces, have = [], 0
-        while want is None or have < want:
-            if not self._window and not self.next_window():
-                break
-            take = len(self._window) if want is None else min(want - have, len(self._window))
-            pieces.append(self._window[:take])
-            self._window = self._window[take:]
-            self._pos += take
-            have += take
-        return b"".join(pieces)
-
-    def close(self) -> None:
-        """Drop the window held; idempotent."""
-        self._closed = True
-        self._window = memoryview(b"")
+    def _consumed(self, nbytes: int) -> None:
+        self._pos += nbytes
 
 
 @contextlib.contextmanager
