@@ -83,7 +83,7 @@ def test_the_peak_memory_counts_the_children_a_rank_starts():
 
 def test_the_cap_of_a_node_sized_by_its_memory_is_named_as_the_clients_memory():
     from bench.sweep.report import limit_kind
-    from bench.sweep.run import Search
+    from bench.sweep.search import Search
 
     search = Search("fs", "random", SearchResult(24, [Point(24, 0.95, True)], CAP, 24))
     sized = {"sizing": Sizing(GIB, 22 * GIB, 24 * GIB, 24)}

@@ -30,7 +30,7 @@ from common.files import atomic_write_bytes, save_figure
 from training.outputs import write_csv, write_json, write_yaml
 
 if TYPE_CHECKING:
-    from bench.sweep.run import Search
+    from bench.sweep.search import Search
 
 #: The report says so when the worst rank's AU is more than this below the mean (MLPerf's
 #: answer uses the mean; a gap this large means one rank's reads lagged the others').

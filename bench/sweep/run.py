@@ -41,7 +41,7 @@ from bench.sweep.points import (
 )
 from bench.sweep.report import point_line
 from bench.sweep.rules import RUNS, Rule, after_rules, before_rules, refuse_unmet
-from bench.sweep.search import Point, SearchResult, measure_points, search_accelerators
+from bench.sweep.search import Point, Search, measure_points, search_accelerators
 from bench.sweep.sizing import from_launcher
 from bench.sweep.workloads import Workload, workload
 from common.settings import replace
@@ -51,36 +51,6 @@ from training.data import class_names
 from training.distributed import Ranks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Search:
-    """One access pattern's search on one storage, as rank 0 saw it.
-
-    Attributes:
-        storage, access: what was searched.
-        result: the points, the answer and the limit (None when the search failed).
-        runs: the rows of the runs at the answer that make the result (one per seed).
-        warmup: the row of the warm-up run at the answer (``closed``), or None.
-        rules: the closed rules checked on what was measured (empty with ``quick``).
-        error: why the search stopped, or ``""``.
-        repeat_error: why a repeat of the answer failed, or ``""`` (the answer stands on the
-            runs before it).
-    """
-
-    storage: str
-    access: str
-    result: SearchResult | None = None
-    runs: list[dict] = field(default_factory=list)
-    warmup: dict | None = None
-    rules: list[Rule] = field(default_factory=list)
-    error: str = ""
-    repeat_error: str = ""
-
-    @property
-    def refused(self) -> bool:
-        """Whether a closed rule failed on what was measured (no result)."""
-        return any(not r.met for r in self.rules)
 
 
 def largest_count(cfg: SweepConfig, ranks: Ranks) -> int:

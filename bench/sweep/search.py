@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bench.sweep.limits import CAP, CLIENT_CPU, CLIENT_MEMORY
+from bench.sweep.rules import Rule
 
 
 @dataclass(frozen=True)
@@ -129,3 +130,33 @@ def conclude(points: list[Point], answer: int) -> SearchResult:
     if at_answer:
         return SearchResult(answer, points, at_answer[-1].limit or "", answer)
     return SearchResult(answer, points, CAP, answer)
+
+
+@dataclass
+class Search:
+    """One access pattern's search on one storage, as rank 0 saw it.
+
+    Attributes:
+        storage, access: what was searched.
+        result: the points, the answer and the limit (None when the search failed).
+        runs: the rows of the runs at the answer that make the result (one per seed).
+        warmup: the row of the warm-up run at the answer (``closed``), or None.
+        rules: the closed rules checked on what was measured (empty with ``quick``).
+        error: why the search stopped, or ``""``.
+        repeat_error: why a repeat of the answer failed, or ``""`` (the answer stands on the
+            runs before it).
+    """
+
+    storage: str
+    access: str
+    result: SearchResult | None = None
+    runs: list[dict] = field(default_factory=list)
+    warmup: dict | None = None
+    rules: list[Rule] = field(default_factory=list)
+    error: str = ""
+    repeat_error: str = ""
+
+    @property
+    def refused(self) -> bool:
+        """Whether a closed rule failed on what was measured (no result)."""
+        return any(not r.met for r in self.rules)
