@@ -189,11 +189,12 @@ status: $(READY)
 
 # Two pytest processes (pytest-xdist), each running whole test files, so that a module's fixtures
 # (a trained model, TorchServe, a torchrun run) are made once: while one test waits on a server
-# or on torchrun ranks, the other process runs.
+# or on torchrun ranks, the other process runs. One torch thread each (OMP_NUM_THREADS=1): two
+# processes of two threads on 2 cores slowed the training steps 3-6x.
 TEST_WORKERS ?= 2
 
 test: $(READY)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: $(READY)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration"
