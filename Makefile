@@ -197,7 +197,7 @@ test: $(READY)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: $(READY)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration"
 
 # The damaged-shard property test at length: 20,000 cases per property, fresh seeds (~15 min).
 fuzz: $(READY)
