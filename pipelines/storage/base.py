@@ -325,6 +325,33 @@ class Storage(Protocol):
         ...
 
 
+def client_error(
+    exc: Exception, where: str, action: str, missing: Sequence[str], *, request: bool = True
+) -> StorageError:
+    """A one-line :class:`StorageError` for a client library's failed call (CRT, s3dlio).
+
+    Args:
+        exc: what the library raised; its first line is kept.
+        where: the object, as the storage describes it (never credentials).
+        action: what was being done (``read``, ``list``...).
+        missing: lower-case texts by which the library says that an object or bucket is missing
+            (:class:`ObjectNotFound` then).
+        request: whether a request was sent (counted in the error's ``stats``).
+    """
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    is_missing = any(m in text.lower() for m in missing)
+    kind = "NoSuchKey" if is_missing else type(exc).__name__
+    hint = (
+        "check the key and the prefix"
+        if is_missing
+        else "check the endpoint, the bucket and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    )
+    error = ObjectNotFound if is_missing else StorageError
+    failed = error(f"{where}: cannot {action}: {text}; {hint}")
+    failed.stats = CallStats(requests=int(request), errors=((kind, 1),))
+    return failed
+
+
 def worker_context(storage: Storage) -> str | None:
     """The start method for DataLoader workers reading ``storage``.
 

@@ -22,6 +22,7 @@ from pipelines.storage.base import (
     ObjectNotFound,
     PartReader,
     StorageError,
+    client_error,
 )
 from pipelines.storage.s3 import safe_url
 
@@ -153,18 +154,7 @@ class S3ConnectorStorage:
         Its ``stats`` hold the failed request (``request``: one was sent) and its kind; a missing
         object gives :class:`ObjectNotFound`.
         """
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        missing = any(m in text.lower() for m in _MISSING)
-        kind = "NoSuchKey" if missing else type(exc).__name__
-        hint = (
-            "check the key and the prefix"
-            if missing
-            else "check the endpoint, the bucket and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-        )
-        error = ObjectNotFound if missing else StorageError
-        failed = error(f"{self.describe(key)}: cannot {action}: {text}; {hint}")
-        failed.stats = CallStats(requests=int(request), errors=((kind, 1),))
-        return failed
+        return client_error(exc, self.describe(key), action, _MISSING, request=request)
 
     # -- reads -----------------------------------------------------------------------------------
 
