@@ -361,16 +361,17 @@ def split_shards(
     if resolve_split(cfg, source, announce=False).dataset.split == "hash":  # its own shards
         name = f"{split}-hash-{'_'.join(f'{r:g}' for r in cfg.dataset.split_ratios)}"
     prefix = shard_prefix(base, name, cfg.dataset.limit)
+    reason = ""
     if cfg.dataset.shard_size_mb is not None:
         target_bytes = int(cfg.dataset.shard_size_mb * 1e6)
     else:
         plan = plan_shards(source.storage, records, prefix, readers=readers, split=split)
-        if plan.reason:
-            log.info("%s", plan.reason)
-        prefix, target_bytes = plan.prefix, plan.target_bytes
+        prefix, target_bytes, reason = plan.prefix, plan.target_bytes, plan.reason
     shards, written = ensure_shards(
         source.storage, records, prefix, target_bytes=target_bytes, on_shard=on_shard
     )
+    if written and reason:  # said once, by the process that wrote them
+        log.info("%s", reason)
     return prefix, shards, written
 
 

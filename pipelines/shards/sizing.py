@@ -69,7 +69,7 @@ def plan_shards(
     have = f"{len(found.shards)} written" if found is not None else "fewer"
     reason = (
         f"split {split}: shards of up to {DEFAULT_SHARD_BYTES / 1e6:g} MB would be {have}, and "
-        f"{readers} reader(s) (ranks x DataLoader workers) need {needed}: writing shards of "
+        f"{readers} reader(s) (ranks x DataLoader workers) need {needed}: shards of "
         f"~{target / 1e6:.3g} MB under {prefix}-for{needed} (dataset.shard_size_mb sets a size)"
     )
     return ShardPlan(f"{prefix}-for{needed}", target, reason)
