@@ -249,3 +249,22 @@ def test_a_baseline_too_short_to_time_reads_the_objects_over_until_it_is_not(voc
     # 4 small images from the page cache take well under 0.1 s: read over until they do not
     assert base.seconds >= MIN_BASELINE_S or rounds == MAX_BASELINE_ROUNDS
     assert rounds > 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("workers", [0, 2])
+def test_s3dlio_peer_reads_each_object_once_per_epoch(s3_jpegs, s3_server, workers):
+    """s3dlio's ObjectStoreMapDataset, restricted to the given keys (the folder also holds
+    another object), in the main process or in workers started by a fork server."""
+    from bench.loading.s3dlio_peer import s3dlio_peer
+    from pipelines.storage.s3dlio_storage import S3dlioStorage
+
+    storage, keys, total = s3_jpegs
+    storage.write("extra.bin", b"not a sample")  # beside them: listed by s3dlio, never read
+    dlio = S3dlioStorage(storage.bucket, endpoint_url=s3_server.endpoint)
+    result = s3dlio_peer(
+        dlio, [storage._key(k) for k in keys], [by_name[k] for k in keys], batch_size=4,
+        num_workers=workers, image_size=64, class_to_index=CLASSES, warmup_batches=0,
+    )  # fmt: skip
+    assert (result.name, result.samples, result.batches) == ("s3dlio-map", 18, 5)
+    assert result.bytes == total  # every object read once, fully

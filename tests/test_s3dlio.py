@@ -183,7 +183,7 @@ def test_bench_measures_every_pattern_with_s3dlio_against_the_raw_baseline(tmp_p
         "--set", "bench.read_steps=4", "--set", "bench.warmup_steps=1",
         "--set", "model.image_size=64", "--set", "bench.repeats=1", "--set", "bench.storages=[s3]",
         "--set", "bench.client_libs=[s3dlio]", "--set", "bench.worker_counts=[2]",
-        "--set", "bench.passes=1",  # cold: the pass that wraps the storage to evict its files
+        "--set", "bench.access=[random, shards]",  # objects with s3dlio: the training tests
     ]  # fmt: skip
     out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -191,11 +191,16 @@ def test_bench_measures_every_pattern_with_s3dlio_against_the_raw_baseline(tmp_p
     with open(results, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["access"], r["pass"]) for r in rows] == [
-        (a, "0") for a in ("random", "objects", "shards")
+        (a, p)
+        for a in ("random", "shards")
+        for p in ("0", "1")  # cold (evicting), warm
     ]
     for r in rows:
         assert (r["client_lib"], r["error"], r["samples"]) == ("s3dlio", "", "8"), r
         assert float(r["baseline_mbps"]) > 0 and float(r["ratio_to_baseline"]) > 0
         assert r["ttfb_p50_ms"] == "nan"  # not exposed by s3dlio
-        if r["access"] != "shards":
+        if r["access"] == "random":
             assert r["requests"] == r["samples"]  # one GET per sample
+    warm_random = rows[1]  # compared with s3dlio's own ObjectStoreMapDataset
+    assert float(warm_random["peer_samples_per_s"]) > 0 and float(warm_random["ratio_to_peer"]) > 0
+    assert "| s3dlio-map |" in (results.parent / "report.md").read_text()

@@ -131,7 +131,7 @@ def collate_images(items: list[tuple]) -> tuple[list, list, int]:
     return [item[0] for item in items], [item[1] for item in items], sum(i[2] for i in items)
 
 
-def _measure(
+def time_loader(
     name: str, loader: Iterable, *, warmup_batches: int, max_batches: int | None
 ) -> PeerResult:
     """Draw ``warmup_batches`` batches, then time up to ``max_batches`` more (all when None)."""
@@ -253,7 +253,9 @@ def imagefolder_peer(
         num_workers=num_workers,
         collate_fn=collate_images,
     )  # fmt: skip
-    return _measure("imagefolder", loader, warmup_batches=warmup_batches, max_batches=max_batches)
+    return time_loader(
+        "imagefolder", loader, warmup_batches=warmup_batches, max_batches=max_batches
+    )
 
 
 def s3torchconnector_reason() -> str | None:
@@ -400,7 +402,7 @@ def s3torchconnector_peer(
         collate_fn=collate_images,
         sampler=sampler,
     )
-    return _measure(
+    return time_loader(
         f"s3torchconnector-{kind}", loader, warmup_batches=warmup_batches, max_batches=max_batches
     )
 
@@ -509,4 +511,4 @@ def webdataset_peer(
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images
     )
-    return _measure("webdataset", loader, warmup_batches=warmup_batches, max_batches=max_batches)
+    return time_loader("webdataset", loader, warmup_batches=warmup_batches, max_batches=max_batches)

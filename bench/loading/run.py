@@ -397,25 +397,26 @@ def peer_name(case: Case, pass_index: int, cfg: BenchConfig) -> str | None:
     """The peer a pass is compared with (:data:`PEERS`), or None.
 
     Peers are single-process loaders that decode, compared with warm ``read`` passes of one rank
-    that decode too; on S3 only with the same client library (the AWS CRT: s3torchconnector), so the
-    ratio compares the loaders, not the clients.
+    that decode too; on S3 with the same client library (s3torchconnector's datasets, s3dlio's), so
+    the ratio compares the loaders, not the clients.
     """
     if not (cfg.bench.peers and cfg.bench.decode) or case.mode != "read" or case.ranks != 1:
         return None
     if pass_index == 0:  # cold: the peer's reads would be warm
         return None
-    name = f"{case.storage}/{case.access}"
-    if case.storage == "s3" and case.client_lib != "s3torchconnector":
-        return None
+    lib = f"{case.client_lib}/" if case.storage == "s3" else ""
+    name = f"{case.storage}/{lib}{case.access}"
     return name if name in PEERS else None
 
 
-#: The comparisons that have a peer, and the peer (:func:`measure_peer`).
+#: The comparisons that have a peer, and the peer (:func:`measure_peer`). s3dlio's iterable
+#: dataset streams a whole prefix and takes no list of keys: objects over s3dlio have none.
 PEERS = {
     "fs/random": "ImageFolder-style (PIL, a shuffled DataLoader)",
     "fs/shards": "webdataset.WebDataset over the same shards",
-    "s3/random": "s3torchconnector S3MapDataset",
-    "s3/objects": "s3torchconnector S3IterableDataset",
+    "s3/s3torchconnector/random": "s3torchconnector S3MapDataset",
+    "s3/s3torchconnector/objects": "s3torchconnector S3IterableDataset",
+    "s3/s3dlio/random": "s3dlio ObjectStoreMapDataset",
 }
 
 
@@ -443,13 +444,14 @@ def measure_peer(
         webdataset_peer,
     )
 
+    lib = name.split("/")[1] if name.startswith("s3/") else "-"
     if name.startswith("fs/"):
         target = prepared[("fs", "-")]
     else:
-        target = prepared.get(("s3", "s3torchconnector"))
+        target = prepared.get(("s3", lib))
         if target is None:
-            raise ConfigError(f"peer {name}: s3torchconnector is not in bench.client_libs")
-        if s3torchconnector_reason() is not None:
+            raise ConfigError(f"peer {name}: {lib} is not in bench.client_libs")
+        if lib == "s3torchconnector" and s3torchconnector_reason() is not None:
             raise ConfigError(f"not measured: {s3torchconnector_reason()}")
     common = dict(
         batch_size=cfg.loader.batch_size, num_workers=workers, image_size=cfg.model.image_size,
@@ -468,9 +470,14 @@ def measure_peer(
             common.pop("shuffle_buffer")  # map-style: the sampler shuffles
             return imagefolder_peer(case_files(target, "random"), target.records, **common)
         storage = target.source.storage
-        kind = "map" if name == "s3/random" else "iterable"
+        kind = "map" if name.endswith("/random") else "iterable"
         if kind == "map":
             common.pop("shuffle_buffer")
+        if lib == "s3dlio":
+            from bench.loading.s3dlio_peer import s3dlio_peer
+
+            return s3dlio_peer(storage, [r.image_key for r in target.records], target.records,
+                               **common)  # fmt: skip
         return s3torchconnector_peer(
             kind, storage.bucket, [r.image_key for r in target.records], target.records,
             endpoint=storage.endpoint_url, region=storage.region, **common,
