@@ -90,7 +90,9 @@ def read_metrics(out):
 
 
 @pytest.mark.parametrize("client", ["boto3", "s3dlio"])
-def test_train_over_s3_writes_missing_shards_and_reports_requests(s3_server, tmp_path, client):
+def test_train_over_s3_writes_missing_shards_and_reports_requests(
+    s3_server, tmp_path, client, caplog
+):
     bucket, _ = upload_voc(tmp_path, s3_server.endpoint, train=6)
     out = tmp_path / "out"
     code = train_cli.main([
@@ -109,6 +111,7 @@ def test_train_over_s3_writes_missing_shards_and_reports_requests(s3_server, tmp
     assert int(row["requests"]) >= 1
     if client == "s3dlio":  # s3dlio does not expose a request's time to first byte
         assert row["ttfb_p50_ms"] == row["ttfb_p99_ms"] == "nan"
+        assert "TTFB not exposed by the client" in caplog.text
     else:
         assert float(row["ttfb_p50_ms"]) > 0
     assert row["errors"] == ""

@@ -222,16 +222,21 @@ def write_summary(
         return last
     write_json(out / "summary.json", {**summary, "pretrained": pretrained, "last_epoch": last})
     if summary:
+        p50, p99 = summary["ttfb_p50_ms"], summary["ttfb_p99_ms"]
+        ttfb = (
+            f"TTFB p50 {p50:.2f} ms p99 {p99:.2f} ms"
+            if p50 == p50  # NaN: the client does not expose it (s3dlio)
+            else "TTFB not exposed by the client"
+        )
         log.info(
-            "storage over epochs %d-%d: %d requests, %.0f bytes/request, %d retries, "
-            "TTFB p50 %.2f ms p99 %.2f ms, errors: %s",
+            "storage over epochs %d-%d: %d requests, %.0f bytes/request, %d retries, %s, "
+            "errors: %s",
             summary["first_epoch"],
             summary["last_epoch_run"],
             summary["requests"],
             summary["bytes_per_request"],
             summary["retries"],
-            summary["ttfb_p50_ms"],
-            summary["ttfb_p99_ms"],
+            ttfb,
             summary["errors"] or "none",
         )
     log.info(
