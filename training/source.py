@@ -114,13 +114,10 @@ def _local_keys_into_environment(env_file: Path) -> None:
     Raises:
         ConfigError: the environment holds other keys or a session token (never replaced).
     """
-    from pipelines.storage.env_file import read_env_file
+    from pipelines.storage.env_file import keys_for_environment
 
-    keys = {k: v for k, v in read_env_file(env_file).items() if k.startswith("AWS_")}
-    user = os.environ.get("AWS_ACCESS_KEY_ID")
-    if (user is not None and user != keys.get("AWS_ACCESS_KEY_ID")) or (
-        "AWS_SESSION_TOKEN" in os.environ
-    ):
+    keys = keys_for_environment(env_file)
+    if keys is None:
         raise ConfigError(
             "the local S3 server of `make s3-up` is running and no endpoint was named, but "
             "AWS_ACCESS_KEY_ID (or AWS_SESSION_TOKEN) holds other keys and storage.client_lib "

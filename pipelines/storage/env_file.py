@@ -48,3 +48,21 @@ def read_env_file(path: str | os.PathLike) -> dict[str, str]:
         if sep:
             values[key.strip()] = value.strip().strip("'\"")
     return values
+
+
+def keys_for_environment(path: str | os.PathLike) -> dict[str, str] | None:
+    """The ``AWS_*`` values of an env file, for a client that reads keys from the environment only.
+
+    None when the environment already holds other keys or a session token: they are never
+    replaced (the caller says so in its own words).
+
+    Raises:
+        StorageError: as :func:`read_env_file`.
+    """
+    keys = {k: v for k, v in read_env_file(path).items() if k.startswith("AWS_")}
+    user = os.environ.get("AWS_ACCESS_KEY_ID")
+    if (user is not None and user != keys.get("AWS_ACCESS_KEY_ID")) or (
+        "AWS_SESSION_TOKEN" in os.environ
+    ):
+        return None
+    return keys

@@ -134,14 +134,10 @@ class S3dlioStorage:
         if self.endpoint_url:
             env["AWS_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL_S3"] = self.endpoint_url
         if self.credentials_file is not None:
-            from pipelines.storage.env_file import read_env_file
+            from pipelines.storage.env_file import keys_for_environment
 
-            keys = {k: v for k, v in read_env_file(self.credentials_file).items()
-                    if k.startswith("AWS_")}  # fmt: skip
-            user = os.environ.get("AWS_ACCESS_KEY_ID")
-            if (user is not None and user != keys.get("AWS_ACCESS_KEY_ID")) or (
-                "AWS_SESSION_TOKEN" in os.environ
-            ):
+            keys = keys_for_environment(self.credentials_file)
+            if keys is None:
                 raise StorageError(
                     f"{self.describe()}: AWS_ACCESS_KEY_ID (or AWS_SESSION_TOKEN) holds other "
                     f"keys than the local server's ({self.credentials_file}), and s3dlio reads "
