@@ -166,10 +166,7 @@ class S3dlioStorage:
                 if _client.get("pid") != pid:
                     env = self._client_environment()
                     try:
-                        with _environment(env):
-                            return fn(*args)
-                    except Exception as exc:  # noqa: BLE001 - s3dlio raises RuntimeError
-                        raise self._fail(exc, key, action) from None
+                        return self._run(env, key, action, fn, *args)
                     finally:
                         _client.update(pid=pid, where=self._where())
         if _client.get("where") != self._where():
@@ -179,10 +176,7 @@ class S3dlioStorage:
                 f"{safe_url(endpoint) if endpoint else 'AWS'} ({region}, {style} addressing) and "
                 "s3dlio builds one client per process: use one endpoint per run with s3dlio"
             )
-        try:
-            return fn(*args)
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(exc, key, action) from None
+        return self._run({}, key, action, fn, *args)
 
     def _call_in_environment(self, key: str, action: str, fn: Callable, *args):
         """``fn(*args)`` with :meth:`_client_environment` set, under the lock.
@@ -195,11 +189,15 @@ class S3dlioStorage:
         """
         env = self._client_environment()
         with _client_lock:
-            try:
-                with _environment(env):
-                    return fn(*args)
-            except Exception as exc:  # noqa: BLE001 - s3dlio raises RuntimeError
-                raise self._fail(exc, key, action) from None
+            return self._run(env, key, action, fn, *args)
+
+    def _run(self, env: dict[str, str], key: str, action: str, fn: Callable, *args):
+        """``fn(*args)`` with ``env`` set for it; its failure as :meth:`_fail`'s one line."""
+        try:
+            with _environment(env):
+                return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - s3dlio raises RuntimeError
+            raise self._fail(exc, key, action) from None
 
     def connect(self) -> None:
         """Nothing: s3dlio builds its client on the first request (that read's time includes it)."""
@@ -252,21 +250,28 @@ class S3dlioStorage:
             StorageError: as :meth:`fetch`.
             ValueError: ``start`` is negative.
         """
-        import s3dlio
-
         if start < 0:
             raise ValueError(f"{start=} must not be negative")
         if length <= 0:
             return b"", CallStats()
         began = time.perf_counter()
+        data = bytes(self._get_range(key, "read a range of", start, length))
+        return data, CallStats(len(data), time.perf_counter() - began, 1)
+
+    def _get_range(self, key: str, action: str, start: int, length: int):
+        """One ranged GET: s3dlio's buffer (no copy), or ``b""`` for a range past the end.
+
+        Raises:
+            StorageError: as :meth:`fetch`.
+        """
+        import s3dlio
+
         try:
-            data = bytes(self._call(key, "read a range of", s3dlio.get_range, self._uri(key),
-                                    start, length))  # fmt: skip
+            return self._call(key, action, s3dlio.get_range, self._uri(key), start, length)
         except StorageError as exc:
             if not any(m in str(exc).lower() for m in _NO_RANGE):
                 raise
-            data = b""
-        return data, CallStats(len(data), time.perf_counter() - began, 1)
+            return b""
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """:meth:`fetch_range` without the figures."""
@@ -420,19 +425,11 @@ class WindowStream(PartReader):
 
     def next_window(self) -> bool:
         """Send the next window's GET; False at the end of the object."""
-        import s3dlio
-
         if self._ended:
             return False
-        storage, key = self._storage, self._key
         self._part = memoryview(b"")  # the last window is dropped before the next arrives
-        try:
-            data = storage._call(key, "stream", s3dlio.get_range, storage._uri(key), self._pos,
-                                 STREAM_WINDOW)  # fmt: skip
-        except StorageError as exc:
-            if not any(m in str(exc).lower() for m in _NO_RANGE):
-                raise
-            data = b""  # the previous window ended exactly at the end of the object
+        try:  # b"": the previous window ended exactly at the end of the object
+            data = self._storage._get_range(self._key, "stream", self._pos, STREAM_WINDOW)
         finally:
             self._on_request(None)
         self._part = memoryview(data)  # s3dlio's buffer itself: no copy
