@@ -284,3 +284,18 @@ def coco_doc(records) -> dict:
                 }
             )
     return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+#: The objects of :func:`small_bucket`, by key.
+SMALL_BUCKET = {"d/a.jpg": b"first object", "d/b.jpg": b"second", "e/c": b"x"}
+
+
+def small_bucket(endpoint: str, name: str):
+    """A new bucket ``name`` on ``endpoint`` holding :data:`SMALL_BUCKET`; its boto3 storage."""
+    from pipelines.storage.s3 import S3Storage
+
+    boto = S3Storage(name, endpoint_url=endpoint)
+    boto.client().create_bucket(Bucket=name)
+    for key, data in SMALL_BUCKET.items():
+        boto.write(key, data)
+    return boto

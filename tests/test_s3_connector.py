@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pipelines.storage.base import ObjectNotFound
-from pipelines.storage.s3 import S3Storage
 from pipelines.storage.s3_connector import S3ConnectorStorage
+from tests.helpers import small_bucket
 
 pytestmark = pytest.mark.integration
 _numbers = itertools.count()
@@ -22,10 +22,7 @@ _numbers = itertools.count()
 def stores(s3_server):
     """(boto3 storage to set up objects, s3torchconnector storage to test) on a fresh bucket."""
     bucket = f"crt-{os.getpid()}-{next(_numbers)}"
-    boto = S3Storage(bucket, endpoint_url=s3_server.endpoint)
-    boto.client().create_bucket(Bucket=bucket)
-    for key, data in (("d/a.jpg", b"first object"), ("d/b.jpg", b"second"), ("e/c", b"x")):
-        boto.write(key, data)
+    boto = small_bucket(s3_server.endpoint, bucket)
     return boto, S3ConnectorStorage(bucket, endpoint_url=s3_server.endpoint)
 
 

@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from pipelines.storage.base import ObjectNotFound, StorageError
-from pipelines.storage.s3 import S3Storage
 from pipelines.storage.s3dlio_storage import S3dlioStorage
-from tests.helpers import REPO
+from tests.helpers import REPO, small_bucket
 
 pytestmark = pytest.mark.integration
 _numbers = itertools.count()
@@ -26,10 +25,7 @@ _numbers = itertools.count()
 def stores(s3_server):
     """(boto3 storage to set up objects, s3dlio storage to test) on a fresh bucket."""
     bucket = f"dlio-{os.getpid()}-{next(_numbers)}"
-    boto = S3Storage(bucket, endpoint_url=s3_server.endpoint)
-    boto.client().create_bucket(Bucket=bucket)
-    for key, data in (("d/a.jpg", b"first object"), ("d/b.jpg", b"second"), ("e/c", b"x")):
-        boto.write(key, data)
+    boto = small_bucket(s3_server.endpoint, bucket)
     return boto, S3dlioStorage(bucket, endpoint_url=s3_server.endpoint)
 
 
