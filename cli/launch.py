@@ -10,7 +10,8 @@ rendezvous (what to check), or the rank that failed first (exit code or signal; 
 lines above say why). ``make train NPROC=...`` uses it.
 
 Exit status: 0 when every rank succeeded; the exit code of the rank that failed first (1 when it was
-killed by a signal); 2 when the nodes did not all join.
+killed by a signal); 2 when the nodes did not all join; 128 + the signal's number when torchrun or a
+rank was asked to stop (SIGTERM, SIGINT) and the ranks wrote a step checkpoint.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from __future__ import annotations
 import sys
 
 from torch.distributed import DistError
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousError
 from torch.distributed.run import main as torchrun_main
 
 from common.errors import first_line
+
+#: Exit codes of a training rank that stopped on SIGINT or SIGTERM after a step checkpoint.
+PREEMPTED_CODES = (128 + 2, 128 + 15)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +43,23 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except SignalException as exc:  # torchrun itself was signalled and passed it on to the ranks
+        print(
+            f"stopped by {exc.sigval.name}, passed on to the ranks: ranks that were training "
+            "wrote a step checkpoint ('preempted at epoch E step S' above) that make resume "
+            "continues from",
+            file=sys.stderr,
+        )
+        return 128 + exc.sigval
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
+        if failure.exitcode in PREEMPTED_CODES:  # a rank was signalled and stopped cleanly
+            print(
+                f"stopped: rank {rank} was asked to stop (exit code {failure.exitcode}) and the "
+                "ranks wrote a step checkpoint; make resume continues the run",
+                file=sys.stderr,
+            )
+            return failure.exitcode
         how = (
             f"signal {failure.signal_name()}"
             if failure.exitcode < 0

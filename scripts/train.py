@@ -15,7 +15,7 @@ import sys
 
 from cli.args import add_config_arguments, config_from_args
 from common.errors import UserError, say_error, user_message
-from training.engine import TrainingError
+from training.engine import Preempted, TrainingError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         from training.run import run  # heavy imports only once the config is valid
 
         run(cfg, resume=args.resume)
+    except Preempted as exc:
+        logging.getLogger("training").warning("%s", exc)
+        return 128 + exc.signum  # the shell's code for a process ended by that signal
     except (UserError, TrainingError) as exc:
         say_error(user_message(exc))
         return 2

@@ -118,14 +118,19 @@ class TensorBoard:
     ``quality/<column>``, ``throughput/samples_per_s``, ``throughput/delivered_mbps``,
     ``throughput/au`` (x: the epoch).
 
+    Args:
+        out: the run's folder.
+        purge_step: a resumed run's first global step: events at and after it written before
+            are hidden (``SummaryWriter(purge_step=)``), so each step shows once.
+
     Raises:
         ImportError: the ``tensorboard`` package is missing (it is a dependency).
     """
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge_step)
 
     def add_epoch(self, task: str, row: dict, steps: list[dict]) -> None:
         """Add epoch ``row``'s figures (``metrics.csv``) and its steps (of the run's ``steps``)."""

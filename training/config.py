@@ -294,6 +294,13 @@ class TrainSection(Section):
         description="fp32; bf16 or fp16: mixed precision (torch.autocast; fp16 with a gradient "
         "scaler), as GPUs train",
     )
+    checkpoint_every_steps: Int | None = Field(
+        None,
+        ge=0,
+        description="steps between step checkpoints (model, optimizer, RNG and the loader's "
+        "position: a SIGKILL loses at most these steps; SIGTERM or Ctrl-C write one at once); "
+        "null: about every 5 minutes, estimated from the first steps; 0: at epoch ends only",
+    )
 
 
 class OutputSection(Section):

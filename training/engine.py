@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -33,6 +34,22 @@ class TrainingError(Exception):
     """Training cannot go on (non-finite loss, corrupt image with ``on_corrupt=stop``)."""
 
 
+class Preempted(Exception):
+    """The run stopped on a signal after a step, with a step checkpoint written.
+
+    Attributes:
+        epoch, step: where it stopped (``step`` steps of ``epoch`` done, counting from 1).
+        signum: the signal that asked for it (``signal.SIGTERM`` or ``signal.SIGINT``).
+    """
+
+    def __init__(self, epoch: int, step: int, signum: int):
+        self.epoch, self.step, self.signum = epoch, step, signum
+        super().__init__(
+            f"preempted ({signal.Signals(signum).name}) at epoch {epoch} step {step}; "
+            "the step checkpoint is written: make resume continues here"
+        )
+
+
 def measure_steps(
     loader: Iterable[Batch],
     compute: Callable[[Batch, int], float],
@@ -47,6 +64,8 @@ def measure_steps(
     trace: list | None = None,
     agree: Callable[[bool], bool] | None = None,
     sync: Callable[[], object] | None = None,
+    after_step: Callable[[Batch, EpochMeter], object] | None = None,
+    meter: EpochMeter | None = None,
 ) -> EpochMeter:
     """Pull batches from ``loader`` and run ``compute`` on each, timing both sides.
 
@@ -76,12 +95,17 @@ def measure_steps(
         sync: called before asking for every batch but the first: a collective that makes the ranks
             step together (the benchmark's simulated accelerators,
             :func:`bench.loading.case.step_barrier`); its wait counts as data wait.
+        after_step: called with each batch and the meter once the step is recorded (training's
+            :meth:`training.preemption.StepControl.after_step`, which may raise to stop).
+        meter: the meter of the epoch's steps before this call (a resumed epoch): the steps are
+            numbered on from them and its clock restarts now; None: a new one.
 
     Raises:
         TrainingError: a corrupt image with ``on_corrupt="stop"``, or what ``compute`` raises.
     """
     with gc_frozen():  # full collections stay out of the epoch
-        meter = EpochMeter(epoch)
+        meter = EpochMeter(epoch) if meter is None else meter
+        meter.started = time.perf_counter()
         bar = progress_bar(
             total=num_samples,
             desc=desc or f"epoch {epoch}",
@@ -91,7 +115,7 @@ def measure_steps(
         )
         asked = time.perf_counter()
         iterator = iter(loader)
-        step = 0
+        step = len(meter.steps)
         first_read = math.inf
         shown = 0.0  # when the postfix was last set: formatting it every step costs ~0.1 ms
         try:
@@ -110,6 +134,8 @@ def measure_steps(
                 if step >= warmup_steps:
                     meter.add(record, batch.requests)
                     first_read = min(first_read, batch.read_at)
+                    if after_step is not None:
+                        after_step(batch, meter)
                 if step + 1 == warmup_steps:
                     meter.started = time.perf_counter()  # the measured wall clock starts now
                 step += 1
@@ -279,6 +305,8 @@ def train_one_epoch(
     on_corrupt: str = "skip",
     trace: list | None = None,
     agree: Callable[[bool], bool] | None = None,
+    after_step: Callable[[Batch, EpochMeter], object] | None = None,
+    meter: EpochMeter | None = None,
 ) -> EpochMeter:
     """Run one training epoch and measure every step (:func:`measure_steps`).
 
@@ -288,7 +316,7 @@ def train_one_epoch(
         loader: yields :class:`pipelines.samples.Batch` es.
         num_samples: samples expected in the epoch (for the progress bar only).
         on_corrupt: ``skip`` counts undecodable images and goes on; ``stop`` raises.
-        trace, agree: as for :func:`measure_steps`.
+        trace, agree, after_step, meter: as for :func:`measure_steps`.
 
     Returns:
         The epoch's meter; ``meter.summary()`` gives the figures.
@@ -299,5 +327,5 @@ def train_one_epoch(
     model.train()
     return measure_steps(
         loader, step_fn, epoch, num_samples=num_samples, on_corrupt=on_corrupt, trace=trace,
-        agree=agree,
+        agree=agree, after_step=after_step, meter=meter,
     )  # fmt: skip

@@ -39,6 +39,7 @@ METRICS_COLUMNS = [
     "data_wait_max_s",
     "compute_s",
     "wall_s",
+    "restart_gap_s",
     "read_mbps",
     "throughput_mbps",
     "samples_per_s",
@@ -73,6 +74,22 @@ STEP_COLUMNS = [
 TRACE_COLUMNS = [
     "epoch", "rank", "worker", "step", "id", "bytes", "read_start_s", "read_end_s",
 ]  # fmt: skip
+
+
+def trace_rows(reads, epoch: int, rank: int, started: float) -> list[dict]:
+    """``trace.csv`` rows of the reads the loop received.
+
+    Args:
+        reads: ``(step, worker, id, bytes, read_at, read_s)`` tuples
+            (:func:`training.engine.measure_steps`'s ``trace``).
+        started: the invocation's start (``time.perf_counter``): the rows' times count from it.
+    """
+    return [
+        {"epoch": epoch, "rank": rank, "worker": worker, "step": step, "id": image_id,
+         "bytes": nbytes, "read_start_s": read_at - started,
+         "read_end_s": read_at + read_s - started}
+        for step, worker, image_id, nbytes, read_at, read_s in reads
+    ]  # fmt: skip
 
 
 @dataclass
@@ -129,11 +146,12 @@ class EpochOutputs:
         return row
 
     def write(self, epoch: int, training: Training, world_size: int) -> None:
-        """Write the CSVs, ``model.pt`` and ``checkpoint.pt`` after ``epoch``, then the charts.
+        """Write the CSVs, ``model.pt``, the charts, then ``checkpoint.pt`` after ``epoch``.
 
         The CSVs: ``metrics.csv``, ``metrics_by_rank.csv``, ``steps.csv``, ``trace.csv``
         (``output.trace``). The charts: the plots, and TensorBoard's events with
         ``output.tensorboard``; a chart that fails is a warning (it costs the chart only).
+        TensorBoard's events of steps a resumed run repeats are purged (``purge_step``).
         """
         history, out = self.history, self.out
         write_csv(out / "metrics.csv", history.rows, self.columns)
@@ -142,17 +160,25 @@ class EpochOutputs:
         if self.cfg.output.trace:
             write_csv(out / "trace.csv", self.traced, TRACE_COLUMNS)
         save_torch(out / "model.pt", training.net.state_dict())
-        save_torch(
-            out / "checkpoint.pt",
-            checkpoint_state(training, epoch, world_size, self.cfg.to_dict(), history),
-        )
         try:
             write_plots(out, self.cfg.task, history.rows, history.steps)
             if self.cfg.output.tensorboard:
-                self.tensorboard = self.tensorboard or TensorBoard(out)
+                self.tensorboard = self.tensorboard or TensorBoard(out, self._purge_step())
                 self.tensorboard.add_epoch(self.cfg.task, history.rows[-1], history.steps)
         except Exception as exc:  # noqa: BLE001
             log.warning("charts of epoch %d not written: %s: %s", epoch, type(exc).__name__, exc)
+        save_torch(  # last: a run killed before this point runs the epoch again
+            out / "checkpoint.pt",
+            checkpoint_state(training, epoch, world_size, self.cfg.to_dict(), history),
+        )
+
+    def _purge_step(self) -> int | None:
+        """Resuming: the global step of the first step run again (TensorBoard hides the events
+        written at and after it by the run that stopped); None for a fresh run."""
+        first = self.history.first_epoch
+        if first <= 1:
+            return None
+        return 1 + len({(r["epoch"], r["step"]) for r in self.history.steps if r["epoch"] < first})
 
     def close(self) -> None:
         """Close TensorBoard's event file, if one was opened."""

@@ -10,6 +10,7 @@ import contextlib
 import gc
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -70,6 +71,10 @@ class EpochMeter:
     finished: float | None = None
     #: when the warm-up ended (the clock's start before any ``from_first_read`` adjustment)
     warmed_up: float | None = None
+    #: a resumed epoch: the measured wall time of its steps before the stop (seconds)
+    prior_wall_s: float = 0.0
+    #: a resumed epoch: seconds from the step checkpoint to the resumed steps' start
+    restart_gap_s: float = 0.0
 
     def add(self, record: StepRecord, requests: RequestStats | None = None) -> None:
         """Record one step and the storage requests made for its batch."""
@@ -80,6 +85,31 @@ class EpochMeter:
     def finish(self) -> None:
         """Stop the epoch's wall clock."""
         self.finished = time.perf_counter()
+
+    def state(self) -> dict:
+        """The steps so far as plain data (a step checkpoint holds it; ``torch.load`` with
+        ``weights_only`` reads it): ``steps`` (dicts), ``requests`` and ``wall_s`` up to now."""
+        requests = self.requests
+        return {
+            "steps": [vars(s).copy() for s in self.steps],
+            "requests": {"requests": requests.requests, "retries": requests.retries,
+                         "errors": dict(requests.errors), "ttfb_s": list(requests.ttfb_s)},
+            "wall_s": time.perf_counter() - self.started + self.prior_wall_s,
+        }  # fmt: skip
+
+    @classmethod
+    def resumed(cls, epoch: int, state: dict, restart_gap_s: float) -> EpochMeter:
+        """The meter of an epoch resumed from :meth:`state`: its steps, requests and wall time
+        so far, and the seconds between the step checkpoint and now (``restart_gap_s``)."""
+        requests = state["requests"]
+        return cls(
+            epoch,
+            steps=[StepRecord(**s) for s in state["steps"]],
+            requests=RequestStats(requests["requests"], requests["retries"],
+                                  Counter(requests["errors"]), list(requests["ttfb_s"])),
+            prior_wall_s=state["wall_s"],
+            restart_gap_s=restart_gap_s,
+        )  # fmt: skip
 
     def summary(self) -> dict:
         """The epoch's totals and rates, with the units in the key names.
@@ -94,7 +124,10 @@ class EpochMeter:
               work included (CUDA is synchronised before the clock stops).
             - ``wall_s``: seconds from asking for the first measured batch (after the warm-up steps)
               to the end of the last step; in the benchmark's ``read`` mode, from the first storage
-              read for a measured batch when that came earlier (read ahead during the warm-up).
+              read for a measured batch when that came earlier (read ahead during the warm-up). A
+              resumed epoch adds the wall time of its steps before the stop (``prior_wall_s``).
+            - ``restart_gap_s``: a resumed epoch's seconds between its step checkpoint and the
+              resumed steps' start (not in ``wall_s`` nor ``data_wait_s``); 0 otherwise.
             - ``au``: accelerator utilisation, ``compute_s / wall_s``, as MLPerf Storage defines it
               (MLPerf Storage rules, "accelerator utilization"); 1.0 means storage never stalled
               training.
@@ -111,7 +144,7 @@ class EpochMeter:
               ``ttfb_p50_ms`` / ``ttfb_p99_ms``: median and 99th percentile time to first byte in
               milliseconds (nearest-rank percentiles); ``errors``: failed requests by kind.
         """
-        wall = (self.finished or time.perf_counter()) - self.started
+        wall = (self.finished or time.perf_counter()) - self.started + self.prior_wall_s
         samples = sum(s.samples for s in self.steps)
         nbytes = sum(s.bytes_read for s in self.steps)
         read_s = sum(s.read_s for s in self.steps)
@@ -127,6 +160,7 @@ class EpochMeter:
             "data_wait_s": sum(s.data_wait_s for s in self.steps),
             "compute_s": compute,
             "wall_s": wall,
+            "restart_gap_s": self.restart_gap_s,
             "read_mbps": _ratio(nbytes, read_s) / 1e6,
             "throughput_mbps": _ratio(nbytes, wall) / 1e6,
             "samples_per_s": _ratio(samples, wall),
@@ -149,8 +183,8 @@ def aggregate(rows: list[dict], requests: list[RequestStats]) -> dict:
     over every rank's requests). ``wall_s`` is the slowest rank's, so ``throughput_mbps`` and
     ``samples_per_s`` are totals over it. ``au``, ``data_wait_s``, ``compute_s`` and ``loss`` are
     means over the ranks (MLPerf Storage averages AU over its accelerators); ``au_min`` is the worst
-    rank's AU and ``data_wait_max_s`` the longest any rank waited for data. With one rank, its own
-    figures.
+    rank's AU and ``data_wait_max_s`` the longest any rank waited for data; ``restart_gap_s`` the
+    longest. With one rank, its own figures.
     """
     n = len(rows)
     nbytes = sum(r["bytes_read"] for r in rows)
@@ -174,6 +208,7 @@ def aggregate(rows: list[dict], requests: list[RequestStats]) -> dict:
         "data_wait_max_s": max(r["data_wait_s"] for r in rows),
         "compute_s": sum(r["compute_s"] for r in rows) / n,
         "wall_s": wall,
+        "restart_gap_s": max(r.get("restart_gap_s", 0.0) for r in rows),
         "read_mbps": _ratio(nbytes, read_s) / 1e6,
         "throughput_mbps": _ratio(nbytes, wall) / 1e6,
         "samples_per_s": _ratio(samples, wall),

@@ -36,9 +36,12 @@ from training.epoch_outputs import (
     EpochOutputs,
     RankEpoch,
     log_epoch,
+    trace_rows,
     write_summary,
 )
+from training.meter import EpochMeter
 from training.outputs import attach_log_file, detach_log_file, write_json, write_yaml
+from training.preemption import StepCheckpoints, restore_rng
 from training.run_data import RunData, prepare_data
 from training.tasks import Task, load_task
 from training.trainer import (
@@ -139,29 +142,53 @@ def run_epochs(
                  history.first_epoch - 1, cfg.train.epochs)  # fmt: skip
     run_requests = RequestStats()
     outputs = EpochOutputs(cfg, out, METRICS_COLUMNS + task.quality_columns(data.classes), history)
-    for epoch in range(history.first_epoch, cfg.train.epochs + 1):
-        mine, quality = train_and_evaluate(cfg, task, data, training, device, epoch, ranks, started)
-        gathered: list[RankEpoch] = distributed.gather(mine)
-        common = {
-            "task": cfg.task, "access": data.pattern, "storage": cfg.storage.type,
-            "pretrained": training.pretrained, "boxes_dropped": data.train_counts.dropped,
-            "lr": training.optimizer.param_groups[0]["lr"], **quality,
-        }  # fmt: skip
-        row = outputs.add(gathered, common)
-        for part in gathered:
-            run_requests.merge(part.requests)
-        if ranks.distributed:
-            s = mine.summary
-            log.info(
-                "epoch %d, this rank: %d samples (%d dropped), data wait %.1f s, AU %.3f",
-                epoch, s["samples"], s["samples_dropped"], s["data_wait_s"], s["au"],
-            )  # fmt: skip
-        if ranks.main:
-            log_epoch(epoch, row, task, gathered)
-            outputs.write(epoch, training, ranks.world_size)
+    checkpoints = StepCheckpoints(cfg, training, history, out, ranks, started)
+    with checkpoints.stop:
+        for epoch in range(history.first_epoch, cfg.train.epochs + 1):
+            _epoch(cfg, task, data, training, history, device, ranks, epoch, checkpoints, outputs,
+                   run_requests)  # fmt: skip
     outputs.close()
     log.info("weights digest %s", weights_digest(training.net))  # the same on every rank
     return run_requests
+
+
+def _epoch(
+    cfg: Config,
+    task: Task,
+    data: RunData,
+    training: Training,
+    history: History,
+    device: torch.device,
+    ranks: Ranks,
+    epoch: int,
+    checkpoints: StepCheckpoints,
+    outputs: EpochOutputs,
+    run_requests: RequestStats,
+) -> None:
+    """One epoch on every rank, gathered; rank 0 logs it and writes its outputs."""
+    resumed = history.position if epoch == history.first_epoch else None
+    mine, quality = train_and_evaluate(
+        cfg, task, data, training, device, epoch, ranks, checkpoints, resumed
+    )
+    gathered: list[RankEpoch] = distributed.gather(mine)
+    common = {
+        "task": cfg.task, "access": data.pattern, "storage": cfg.storage.type,
+        "pretrained": training.pretrained, "boxes_dropped": data.train_counts.dropped,
+        "lr": training.optimizer.param_groups[0]["lr"], **quality,
+    }  # fmt: skip
+    row = outputs.add(gathered, common)
+    for part in gathered:
+        run_requests.merge(part.requests)
+    if ranks.distributed:
+        s = mine.summary
+        log.info(
+            "epoch %d, this rank: %d samples (%d dropped), data wait %.1f s, AU %.3f",
+            epoch, s["samples"], s["samples_dropped"], s["data_wait_s"], s["au"],
+        )  # fmt: skip
+    if ranks.main:
+        log_epoch(epoch, row, task, gathered)
+        outputs.write(epoch, training, ranks.world_size)
+    checkpoints.clock.reset()  # the epoch's checkpoint is written
 
 
 def train_and_evaluate(
@@ -172,23 +199,39 @@ def train_and_evaluate(
     device: torch.device,
     epoch: int,
     ranks: Ranks,
-    started: float,
+    checkpoints: StepCheckpoints,
+    resumed: dict | None = None,
 ) -> tuple[RankEpoch, dict]:
     """This rank's epoch: train on its share of the split, then evaluate.
+
+    Args:
+        checkpoints: the run's step checkpoints (stops and periodic ones).
+        resumed: the step checkpoint's position when this epoch resumes from one (the samples
+            consumed before it are left out, its steps and figures carried on).
 
     Returns:
         ``(part, quality)``: this rank's :class:`~training.epoch_outputs.RankEpoch` and the
         task's held-out figures (the same on every rank).
+
+    Raises:
+        training.preemption.Preempted: a stop was requested (the step checkpoint is written).
     """
     train_loader, eval_loader = data.train_loader, data.eval_loader
+    mine, meter = None, None
+    if resumed is not None:
+        mine = resumed["ranks"][ranks.rank]
+        train_loader.skip_consumed(epoch, [part["consumed"] for part in resumed["ranks"]])
+        meter = EpochMeter.resumed(epoch, mine["meter"], time.time() - resumed["time"])
+        restore_rng(mine["rng"])
     train_loader.set_epoch(epoch)
     reads: list | None = [] if cfg.output.trace else None
+    control = checkpoints.control(epoch, reads, mine)
     step = step_fn(task, training.model, training.optimizer, training.scheduler, device, epoch,
                    training.precision)  # fmt: skip
     meter = train_one_epoch(
         training.model, step, train_loader, epoch, num_samples=train_loader.num_samples,
-        on_corrupt=cfg.access.on_corrupt, trace=reads,
-        agree=distributed.all_agree if ranks.distributed else None,
+        on_corrupt=cfg.access.on_corrupt, trace=reads, agree=control.agree,
+        after_step=control.after_step, meter=meter,
     )  # fmt: skip
     distributed.share_buffers(training.net)  # rank 0's BatchNorm statistics everywhere
     eval_loader.set_epoch(epoch)
@@ -202,10 +245,7 @@ def train_and_evaluate(
         0, train_loader.rank_samples(epoch) - summary["samples"] - summary["skipped"]
     )
     steps = [{**vars(s), "rank": ranks.rank} for s in meter.steps]
-    trace = [
-        {"epoch": epoch, "rank": ranks.rank, "worker": worker, "step": step, "id": image_id,
-         "bytes": nbytes, "read_start_s": read_at - started,
-         "read_end_s": read_at + read_s - started}
-        for step, worker, image_id, nbytes, read_at, read_s in reads or ()
-    ]  # fmt: skip
+    trace = (mine["trace"] if mine else []) + trace_rows(
+        reads or (), epoch, ranks.rank, checkpoints.started
+    )
     return RankEpoch(summary, meter.requests, steps, trace), quality

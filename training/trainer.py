@@ -103,20 +103,33 @@ def wrap_for_ranks(training: Training, device: torch.device) -> None:
 
 @dataclass
 class History:
-    """Rows of the epochs so far (``metrics.csv``, ``steps.csv``) and the first epoch to run."""
+    """Rows of the epochs so far (``metrics.csv``, ``steps.csv``) and the first epoch to run.
+
+    Attributes:
+        position: where ``first_epoch`` stopped when a step checkpoint was resumed, else None:
+            ``{"epoch", "step", "time" (``time.time()`` when written), "ranks": [per rank:
+            "consumed", "meter", "trace", "rng"]}`` (see :mod:`training.preemption`).
+    """
 
     rows: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
     first_epoch: int = 1
+    position: dict | None = None
 
 
 def checkpoint_state(
-    training: Training, epoch: int, world_size: int, args: dict, history: History
+    training: Training,
+    epoch: int,
+    world_size: int,
+    args: dict,
+    history: History,
+    position: dict | None = None,
 ) -> dict:
     """What ``checkpoint.pt`` holds after ``epoch``, what :func:`resume_from` loads.
 
     The model, optimizer, schedule and gradient scaler states, ``world_size``, ``pretrained``, the
-    run's settings (``args``) and the epochs so far.
+    run's settings (``args``) and the epochs so far; a step checkpoint (written in epoch
+    ``epoch + 1``) also holds ``position``, where that epoch stopped (:class:`History`).
     """
     scaler = training.precision.scaler
     return {
@@ -125,7 +138,7 @@ def checkpoint_state(
         "lr_scheduler": training.scheduler.state_dict(),
         "grad_scaler": scaler.state_dict() if scaler else {}, "epoch": epoch,
         "pretrained": training.pretrained, "args": args, "metrics": history.rows,
-        "steps": history.steps,
+        "steps": history.steps, "position": position,
     }  # fmt: skip
 
 
@@ -135,7 +148,8 @@ def resume_from(
     """Load the checkpoint at ``path`` into ``training``; return the epochs it holds.
 
     Loads the model, optimizer, schedule and scaler states and whether the run started from
-    pretrained weights. Every rank loads the same file.
+    pretrained weights; a step checkpoint's position comes back in :attr:`History.position`.
+    Every rank loads the same file.
 
     Raises:
         DatasetError: there is no checkpoint.
@@ -158,14 +172,20 @@ def resume_from(
     if training.precision.scaler is not None and ckpt.get("grad_scaler"):
         training.precision.scaler.load_state_dict(ckpt["grad_scaler"])
     training.spec["pretrained"] = ckpt.get("pretrained", training.pretrained)
-    found = distributed.gather((ckpt["epoch"], weights_digest(training.net)))
+    position = ckpt.get("position")
+    step = position["step"] if position else 0
+    found = distributed.gather((ckpt["epoch"], step, weights_digest(training.net)))
     if len(set(found)) > 1:  # e.g. a node whose output folder holds another checkpoint
         raise ConfigError(
-            f"--resume: the ranks found different checkpoints at {path} (epoch, weights: "
+            f"--resume: the ranks found different checkpoints at {path} (epoch, step, weights: "
             f"{found}): every node must resume from the same output folder (a shared one)"
         )
-    log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
-    return History(ckpt["metrics"], ckpt["steps"], ckpt["epoch"] + 1)
+    if position:
+        log.info("resuming from %s at epoch %d step %d (a step checkpoint)",
+                 path, position["epoch"], position["step"])  # fmt: skip
+    else:
+        log.info("resuming from %s after epoch %d", path, ckpt["epoch"])
+    return History(ckpt["metrics"], ckpt["steps"], ckpt["epoch"] + 1, position)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -9,9 +9,13 @@ advice: "batch in the workers, unbatch in the main process").
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import multiprocessing
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import torch
@@ -114,6 +118,21 @@ class EpochLoader:
         """The most batches ``epoch`` yields (the loader stops there), or None for no limit."""
         return None
 
+    def skip_consumed(self, epoch: int, consumed: list[dict[int, list[str]]]) -> None:
+        """Leave out of ``epoch`` the samples consumed before a stop: resume it exactly.
+
+        Every other sample of the epoch is then read once, in the order the uninterrupted epoch
+        would have read it, each DataLoader worker its own (random: the sampler's order less the
+        consumed batches, the same batches follow; shards, objects: each worker's part less what
+        it had delivered). :meth:`steps` then counts the batches left. Other epochs are untouched.
+
+        Args:
+            epoch: the interrupted epoch.
+            consumed: per rank (list index), ``{worker: ids}`` of the samples the training loop
+                had received from that DataLoader worker (0: the training process).
+        """
+        raise NotImplementedError
+
     def __iter__(self) -> Iterator[Batch]:
         """Yield the epoch's batches in the DataLoader's order, at most ``limit(epoch)`` of them."""
         batches = self._batches()
@@ -208,9 +227,63 @@ class EpochsSampler(torch.utils.data.Sampler):
             yield from self.sampler
 
 
+class Remaining(torch.utils.data.Sampler):
+    """A sampler's indices less those in :attr:`skip` (a resumed epoch's consumed samples).
+
+    Args:
+        sampler: any sampler (or list of indices).
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.skip: frozenset[int] = frozenset()
+
+    def __len__(self) -> int:
+        return len(self.sampler) - len(self.skip)
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.skip:
+            yield from self.sampler
+            return
+        yield from (i for i in self.sampler if i not in self.skip)
+
+
 def _as_is(item):
     """``collate_fn`` for :class:`WorkerBatches`: its groups are already collated."""
     return item
+
+
+#: Shared with every DataLoader worker: what a SIGTERM reaching it means (torchrun and some
+#: schedulers signal a rank's whole process group). 0: no trainer handles stops (the worker ends
+#: as usual); 1: training, which may be stopping (:class:`training.preemption.StopRequest`); 2:
+#: the trainer stops after its step and ends the workers itself.
+STOP_STATE = multiprocessing.Value("b", 0)
+
+#: Seconds a worker signalled while training waits for the trainer to say it stops, before ending
+#: as usual (the trainer's handler runs once its current C call, a forward pass, returns).
+STOP_WAIT_S = 10.0
+
+
+def _leave_stops_to_the_trainer(state, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SIGINT is ignored; SIGTERM while training is left to the
+    trainer (a worker dying first would fail the step the trainer finishes before stopping).
+
+    Args:
+        state: :data:`STOP_STATE`, passed explicitly (fork-server workers import their own).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, state))
+
+
+def _on_sigterm(state, signum, frame) -> None:
+    """A worker's SIGTERM: ignored when the trainer stops, else the default (the process ends)."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while state.value == 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if state.value == 2:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _loader_options(settings: LoaderSettings, storage: Storage) -> dict:
@@ -227,6 +300,7 @@ def _loader_options(settings: LoaderSettings, storage: Storage) -> dict:
         options.update(
             prefetch_factor=settings.prefetch_factor,
             persistent_workers=settings.persistent_workers,
+            worker_init_fn=functools.partial(_leave_stops_to_the_trainer, STOP_STATE),
         )
         if worker_context(storage) == "forkserver":
             context = multiprocessing.get_context("forkserver")
@@ -245,6 +319,7 @@ class RandomLoader(EpochLoader):
         super().__init__(loader, num_samples)
         self.generator, self.seed, self.dataset_size = generator, seed, dataset_size
         self.rank, self.world_size, self.repeat = rank, world_size, repeat
+        self._skip: dict[int, frozenset[int]] = {}
 
     @classmethod
     def from_split(
@@ -272,15 +347,24 @@ class RandomLoader(EpochLoader):
             sampler = SequentialSampler(dataset)
         else:
             sampler = list(range(len(dataset))) * repeat
-        loader = DataLoader(dataset, sampler=sampler, **_loader_options(settings, storage))
+        loader = DataLoader(
+            dataset, sampler=Remaining(sampler), **_loader_options(settings, storage)
+        )
         return cls(loader, num_samples, generator, seed, len(dataset), rank, world_size, repeat)
 
     def reseed(self, epoch: int) -> None:
         """Seed the shuffle of ``epoch`` (the same on every rank)."""
         self.generator.manual_seed(self.seed * 100_003 + epoch)
-        sampler = self.loader.sampler
-        if isinstance(sampler, EpochsSampler):
-            sampler.set_epoch(epoch)
+        remaining = self.loader.sampler
+        remaining.skip = self._skip.get(epoch, frozenset())
+        if isinstance(remaining.sampler, EpochsSampler):
+            remaining.sampler.set_epoch(epoch)
+
+    def skip_consumed(self, epoch: int, consumed: list[dict[int, list[str]]]) -> None:
+        """Leave this rank's consumed samples out of ``epoch``'s sampler order."""
+        ids = {i for part in consumed[self.rank].values() for i in part}
+        records = self.loader.dataset.records
+        self._skip = {epoch: frozenset(n for n, r in enumerate(records) if r.id in ids)}
 
     def steps(self, epoch: int) -> int:
         """The sampler's length over the batch size, the last batch partial."""
@@ -310,6 +394,10 @@ class StreamLoader(EpochLoader):
     def reseed(self, epoch: int) -> None:
         """Choose ``epoch``'s order (shards or listing) and shuffle buffers."""
         self.dataset.set_epoch(epoch)
+
+    def skip_consumed(self, epoch: int, consumed: list[dict[int, list[str]]]) -> None:
+        """Leave each worker's consumed samples out of its part of ``epoch`` (every rank's)."""
+        self.dataset.skip_consumed(epoch, consumed)
 
     def _rank_steps(self, epoch: int, rank: int) -> int:
         parts = (self.dataset.worker_samples(w, self.readers, epoch, rank)

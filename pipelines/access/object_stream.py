@@ -102,14 +102,16 @@ class ObjectStreamDataset(EpochStream):
         """Worker ``worker_id``'s contiguous slice of its rank's records, for one iteration.
 
         One slice for each of the ``repeat`` epochs from ``epoch`` (None: the one set by
-        :meth:`set_epoch`).
+        :meth:`set_epoch`), less the samples it had delivered before a stop in a resumed epoch.
         """
         first = self.epoch if epoch is None else epoch
         mine = []
         for e in range(first, first + self.repeat):
             records = self.rank_records(e, rank)
             n = len(records)
-            mine += records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
+            part = records[worker_id * n // num_workers : (worker_id + 1) * n // num_workers]
+            skip = self.skipped(e, worker_id, rank)  # a resumed epoch: what it had delivered
+            mine += [r for r in part if r.id not in skip] if skip else part
         return mine
 
     def worker_samples(

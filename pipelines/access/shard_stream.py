@@ -81,6 +81,8 @@ class EpochStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self._epoch = multiprocessing.Value("q", 0, lock=False)
+        self._skip_epoch = 0
+        self._skip: dict[tuple[int, int], frozenset[str]] = {}
 
     @property
     def epoch(self) -> int:
@@ -90,6 +92,26 @@ class EpochStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch's shuffle; workers see it the next time they start iterating."""
         self._epoch.value = epoch
+
+    def skip_consumed(self, epoch: int, consumed: list[dict[int, list[str]]]) -> None:
+        """Leave out of ``epoch`` the samples each worker of each rank delivered before a stop.
+
+        Set before the workers start (they take a copy). See
+        :meth:`pipelines.access.loaders.EpochLoader.skip_consumed`.
+        """
+        self._skip_epoch = epoch
+        self._skip = {
+            (rank, worker): frozenset(ids)
+            for rank, workers in enumerate(consumed)
+            for worker, ids in workers.items()
+        }
+
+    def skipped(self, epoch: int, worker_id: int, rank: int | None = None) -> frozenset[str]:
+        """Ids that worker ``worker_id`` of rank ``rank`` (default this one) must not read again
+        in ``epoch`` (empty unless it is a resumed epoch)."""
+        if epoch != self._skip_epoch:
+            return frozenset()
+        return self._skip.get((self.rank if rank is None else rank, worker_id), frozenset())
 
     def buffer_shuffled(self, items: Iterator, worker_id: int) -> Iterator:
         """``items`` through WebDataset's shuffle buffer of ``shuffle_buffer`` items.
@@ -170,11 +192,24 @@ class ShardStream(EpochStream):
         default this one), one epoch after the other (``epoch``: the iteration's first; None: the
         one set by :meth:`set_epoch`). Dealt across the epochs, not within each, so that a shard
         count the workers do not divide does not give the same workers the extra shard in every
-        epoch (one worker would read alone at the end of a pass).
+        epoch (one worker would read alone at the end of a pass). In a resumed epoch, the shards
+        whose samples the worker had all delivered are left out.
         """
+        return [s for _, s in self._dealt(worker_id, num_workers, epoch, rank)]
+
+    def _dealt(
+        self, worker_id: int, num_workers: int, epoch: int | None, rank: int | None
+    ) -> list[tuple[frozenset[str], ShardInfo]]:
+        """:meth:`worker_shards` with the ids to pass over in each (a resumed epoch's)."""
         first = self.epoch if epoch is None else epoch
-        order = [s for e in range(first, first + self.repeat) for s in self.rank_shards(e, rank)]
-        return order[worker_id::num_workers]
+        epochs = range(first, first + self.repeat)
+        order = [(e, s) for e in epochs for s in self.rank_shards(e, rank)]
+        dealt = []
+        for e, shard in order[worker_id::num_workers]:
+            skip = self.skipped(e, worker_id, rank).intersection(shard.ids)
+            if len(skip) < shard.samples:
+                dealt.append((skip, shard))
+        return dealt
 
     def worker_samples(
         self, worker_id: int, num_workers: int, epoch: int, rank: int | None = None
@@ -183,7 +218,8 @@ class ShardStream(EpochStream):
 
         The worker is ``worker_id`` of ``num_workers``, of rank ``rank`` (default this one).
         """
-        return sum(s.samples for s in self.worker_shards(worker_id, num_workers, epoch, rank))
+        dealt = self._dealt(worker_id, num_workers, epoch, rank)
+        return sum(s.samples - len(skip) for skip, s in dealt)
 
     def rank_samples(self, epoch: int, rank: int | None = None) -> int:
         """Samples of the split rank ``rank`` (default this one) reads in one iteration."""
@@ -193,7 +229,11 @@ class ShardStream(EpochStream):
 
     def __iter__(self) -> Iterator[Sample]:
         worker_id, num_workers = worker_slot()
-        raw_samples = self._raw_samples(self.worker_shards(worker_id, num_workers))
+        dealt = self._dealt(worker_id, num_workers, None, None)
+        raw_samples = self._raw_samples([s for _, s in dealt])
+        skip = frozenset().union(*(skip for skip, _ in dealt))
+        if skip:  # a resumed epoch: partly delivered shards are read again, less those samples
+            raw_samples = _passing_over(raw_samples, skip)
         samples = self.buffer_shuffled(raw_samples, worker_id)
         for raw, read, image_id, read_at in samples:
             if self.transform is None:  # the read path alone: the annotation is not parsed
@@ -254,6 +294,31 @@ class ShardStream(EpochStream):
             finally:  # stopped early (or failed): close the shard opened ahead
                 if opening is not None and opening.exception() is None:
                     opening.result()[0].close()
+
+
+def _passing_over(
+    samples: Iterator[tuple[dict, CallStats, str, float]], skip: frozenset[str]
+) -> Iterator[tuple[dict, CallStats, str, float]]:
+    """:meth:`ShardStream._raw_samples` less the samples whose id is in ``skip``.
+
+    A shard cannot be read from the middle: those samples are streamed again, not yielded, and
+    their share of the reads (bytes, seconds, requests) is added to the next sample yielded, or to
+    the last one, so the storage traffic is all counted.
+    """
+    carry: CallStats | None = None
+    pending = None
+    for raw, read, image_id, read_at in samples:
+        if image_id in skip:
+            carry = read if carry is None else carry + read
+            continue
+        if carry is not None:
+            read, carry = read + carry, None
+        if pending is not None:
+            yield pending
+        pending = (raw, read, image_id, read_at)
+    if pending is not None:
+        raw, read, image_id, read_at = pending
+        yield raw, read if carry is None else read + carry, image_id, read_at
 
 
 def _open_now(storage: Storage, key: str) -> Future:
