@@ -1,0 +1,232 @@
+"""Preempted mid-epoch, resumed exactly: real SIGTERMs and SIGKILLs, real torchrun ranks.
+
+A run is stopped while it trains (the test sends the signal once a periodic step checkpoint is
+written, so the stop lands mid-epoch), then ``--resume`` finishes it. What the issue asks: the
+interrupted epoch's trace holds every id of the epoch once (ids before the stop plus ids after it,
+no duplicate), the same ids an uninterrupted run of the same seed reads, and its ``metrics.csv``
+row sums both parts (samples, bytes, requests), with the restart gap in its own column. One rank
+runs in this process (its own SIGTERM); two ranks run under torchrun (SIGTERM to torchrun, which
+passes it on; SIGKILL to every process, which resumes from the last periodic step checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from common.process import free_ports
+from pipelines.formats.folders import load_folder_split
+from pipelines.storage.filesystem import FileSystemStorage
+from scripts.train import main as train_main
+from tests.helpers import REPO, finish
+
+pytestmark = pytest.mark.integration
+
+#: Images of each split the runs use (even: two ranks split it without a remainder).
+LIMIT = 24
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    from tests.helpers import make_cells, make_voc_subset
+
+    root = tmp_path_factory.mktemp("preempt")
+    voc = make_voc_subset(root / "bccd", {"train": 2, "test": 1})
+    return make_cells(root / "cells", voc, {"train": 2, "test": 1})
+
+
+def run_args(
+    data: Path, out: Path, access: str, workers: int, *extra: str, batch: int = 2
+) -> list[str]:
+    """``scripts.train`` arguments: one epoch of ResNet-18 on 64-pixel crops, batches of
+    ``batch``, a step checkpoint every 2 steps, the trace on."""
+    return [
+        "--config", "configs/classification.yaml", "--data", str(data), "--out", str(out),
+        "--access", access, "--workers", str(workers), "--epochs", "1", "--limit", str(LIMIT),
+        "--batch-size", str(batch), "--no-pretrained", "--arch", "resnet18",
+        "--set", "model.image_size=64", "--set", "train.checkpoint_every_steps=2",
+        "--set", "output.trace=true", "--set", "train.dist_timeout_s=30", *extra,
+    ]  # fmt: skip
+
+
+class SignalAtFirstCheckpoint(logging.Handler):
+    """Sends ``signum`` to this process when the first step checkpoint is logged."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum, self.sent = signum, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.sent and record.getMessage().startswith("step checkpoint"):
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def stopped_at(out: Path) -> tuple[int, int]:
+    """(epoch, step) of the step checkpoint in ``out``."""
+    position = torch.load(out / "checkpoint.pt", weights_only=True)["position"]
+    assert position is not None, "no step checkpoint"
+    return position["epoch"], position["step"]
+
+
+def check_exact(out: Path, baseline: dict, stop: tuple[int, int], *, shards: bool) -> None:
+    """The run in ``out`` read each epoch's ids once, the ids of ``baseline`` (per epoch: the
+    ids, bytes, requests, samples and steps of an uninterrupted run of the same seed); its
+    interrupted epoch's row sums both parts. Shards: a partly read shard is streamed again after
+    the stop, so bytes and requests may exceed the baseline's (never fall short)."""
+    rows = read_rows(out / "metrics.csv")
+    trace = read_rows(out / "trace.csv")
+    steps = read_rows(out / "steps.csv")
+    assert [int(r["epoch"]) for r in rows] == sorted(baseline)
+    for row in rows:
+        epoch = int(row["epoch"])
+        mine = [t for t in trace if int(t["epoch"]) == epoch]
+        ids = [t["id"] for t in mine]
+        assert len(ids) == len(set(ids)), f"epoch {epoch}: a sample read twice"
+        assert set(ids) == baseline[epoch]["ids"], f"epoch {epoch}: not the uninterrupted ids"
+        assert int(row["samples"]) + int(row["skipped"]) == len(ids)
+        assert int(row["bytes_read"]) == sum(int(t["bytes"]) for t in mine)
+        ranks = Counter((int(s["rank"]), int(s["step"])) for s in steps if int(s["epoch"]) == epoch)
+        assert set(ranks.values()) == {1}, "a step written twice"
+        assert len(ranks) == baseline[epoch]["steps"]
+        gap = float(row["restart_gap_s"])
+        if epoch == stop[0]:
+            assert gap > 0, "the interrupted epoch has no restart gap"
+        else:
+            assert gap == 0
+        for key in ("bytes_read", "requests"):
+            if shards and epoch == stop[0]:
+                assert int(row[key]) >= baseline[epoch][key], key
+            else:
+                assert int(row[key]) == baseline[epoch][key], key
+
+
+def uninterrupted(out: Path) -> dict:
+    """Per epoch of a finished run: its trace's ids, its steps and its row's figures."""
+    rows, trace = read_rows(out / "metrics.csv"), read_rows(out / "trace.csv")
+    steps = read_rows(out / "steps.csv")
+    return {
+        int(r["epoch"]): {
+            "ids": {t["id"] for t in trace if t["epoch"] == r["epoch"]},
+            "bytes_read": int(r["bytes_read"]),
+            "requests": int(r["requests"]),
+            "steps": sum(1 for s in steps if s["epoch"] == r["epoch"]),
+        }  # fmt: skip
+        for r in rows
+    }
+
+
+@pytest.mark.parametrize(
+    "access, workers", [("random", 0), ("shards", 2), ("objects", 0)], ids=lambda v: str(v)
+)
+def test_one_rank_sigterm_mid_epoch_resumes_exactly(cells, tmp_path, access, workers):
+    """SIGTERM in this process after the first step checkpoint: the run finishes its step,
+    writes a step checkpoint, says where it stopped and returns 143; ``--resume`` reads the rest
+    of the epoch once. Shards here are several samples each (sized for the 2 workers), so a
+    partly read one is streamed again less the samples already trained on."""
+    base = tmp_path / "uninterrupted"
+    assert train_main(run_args(cells, base, access, workers)) == 0
+    out = tmp_path / "out"
+    trigger = SignalAtFirstCheckpoint(signal.SIGTERM)
+    logging.getLogger("training.preemption").addHandler(trigger)
+    try:
+        code = train_main(run_args(cells, out, access, workers))
+    finally:
+        logging.getLogger("training.preemption").removeHandler(trigger)
+    assert trigger.sent and code == 128 + signal.SIGTERM
+    epoch, step = stopped_at(out)
+    assert epoch == 1 and step == 3  # checkpoint at step 2, the signal during it: stop after 3
+    assert not (out / "metrics.csv").exists()  # the epoch did not end
+    assert train_main(run_args(cells, out, access, workers, "--resume")) == 0
+    check_exact(out, uninterrupted(base), (epoch, step), shards=access == "shards")
+
+
+def torchrun(args: list[str]) -> subprocess.Popen:
+    """``scripts.train`` on 2 ranks under torchrun (``scripts.launch``) on a free port."""
+    command = [
+        sys.executable, "-m", "scripts.launch", "--nproc-per-node", "2", "--master-addr",
+        "127.0.0.1", "--master-port", str(free_ports(1)[0]), "-m", "scripts.train", *args,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop_at_first_checkpoint(proc: subprocess.Popen, signum: int) -> tuple[int, str]:
+    """Read the run's output until rank 0 logs its first step checkpoint, then send ``signum``:
+    SIGTERM to torchrun (a scheduler's preemption; torchrun passes it on to the ranks), SIGKILL
+    to every process of the run (a lost node); return its exit status and output."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "step checkpoint" in line:
+            break
+    else:
+        pytest.fail("the run ended without a step checkpoint:\n" + "".join(seen)[-3000:])
+    if signum == signal.SIGKILL:
+        for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]:
+            process.kill()
+    else:
+        proc.send_signal(signum)
+    code, rest = finish(proc)
+    return code, "".join(seen) + rest
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "access, workers, signum",
+    [("random", 2, signal.SIGTERM), ("shards", 0, signal.SIGTERM), ("objects", 2, signal.SIGKILL)],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_two_ranks_stopped_mid_epoch_resume_exactly(cells, tmp_path, access, workers, signum):
+    """Two ranks: SIGTERM to torchrun stops both after the same step with one step checkpoint;
+    SIGKILL loses the steps after the last periodic one, which the resumed run trains again.
+    Either way the resumed run reads every id of the split once per epoch (an uninterrupted run
+    of the same seed reads them all: the split is even and, for shards, one image per shard, so
+    no rank drops any), and the epoch's row sums both parts."""
+    out = tmp_path / "out"
+    extra = ["--set", "dataset.shard_size_mb=0.001"] if access == "shards" else []
+    extra += ["--batch-size", "1"]  # 12 steps a rank: the stop lands well before the end
+    code, log = stop_at_first_checkpoint(torchrun(run_args(cells, out, access, workers, *extra)),
+                                         signum)  # fmt: skip
+    epoch, step = stopped_at(out)
+    if signum == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM, log[-3000:]
+        assert f"preempted (SIGTERM) at epoch {epoch} step {step}" in log
+        assert "make resume continues" in log
+    assert 0 < step
+    code, log = finish(torchrun(run_args(cells, out, access, workers, *extra, "--resume")))
+    assert code == 0, log[-3000:]
+    assert f"resuming from {out / 'checkpoint.pt'} at epoch {epoch} step {step}" in log
+    records, _ = load_folder_split(FileSystemStorage(cells), "train", limit=LIMIT)
+    sizes = {r.id: (cells / r.image_key).stat().st_size for r in records}
+    shard_folder = cells / "shards" / f"train-first{LIMIT}"
+    shards = list(shard_folder.glob("*.tar")) if access == "shards" else []
+    expected = {
+        e: {
+            "ids": set(sizes),
+            "steps": LIMIT,  # 2 ranks x LIMIT / 2 batches of one
+            "bytes_read": sum(p.stat().st_size for p in shards) if shards else sum(sizes.values()),
+            "requests": len(shards) or len(sizes),
+        }  # fmt: skip
+        for e in (1,)
+    }
+    check_exact(out, expected, (epoch, step), shards=False)
+    digests = {line.split()[-1] for line in log.splitlines() if "weights digest" in line}
+    assert len(digests) == 1, "the ranks' weights differ after the resume"
