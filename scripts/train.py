@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         say_error(user_message(exc))
         return 2
     except KeyboardInterrupt:
-        print("interrupted: outputs hold the last completed epoch", file=sys.stderr)
+        print("interrupted: checkpoint.pt holds the last epoch or step checkpoint", file=sys.stderr)
         return 130
     return 0
 

@@ -138,9 +138,15 @@ def test_one_rank_sigterm_mid_epoch_resumes_exactly(cells, tmp_path, access, wor
     """SIGTERM in this process after the first step checkpoint: the run finishes its step,
     writes a step checkpoint, says where it stopped and returns 143; ``--resume`` reads the rest
     of the epoch once. Shards here are several samples each (sized for the 2 workers), so a
-    partly read one is streamed again less the samples already trained on."""
-    base = tmp_path / "uninterrupted"
-    assert train_main(run_args(cells, base, access, workers)) == 0
+    partly read one is streamed again less the samples already trained on: that case is
+    compared with an uninterrupted run; random and objects with the split's files, which an
+    uninterrupted run reads once each."""
+    if access == "shards":
+        base = tmp_path / "uninterrupted"
+        assert train_main(run_args(cells, base, access, workers)) == 0
+        expected = uninterrupted(base)
+    else:
+        expected = whole_split(cells, steps=LIMIT // 2)
     out = tmp_path / "out"
     trigger = SignalAtFirstCheckpoint(signal.SIGTERM)
     logging.getLogger("training.preemption").addHandler(trigger)
@@ -153,7 +159,18 @@ def test_one_rank_sigterm_mid_epoch_resumes_exactly(cells, tmp_path, access, wor
     assert epoch == 1 and step == 3  # checkpoint at step 2, the signal during it: stop after 3
     assert not (out / "metrics.csv").exists()  # the epoch did not end
     assert train_main(run_args(cells, out, access, workers, "--resume")) == 0
-    check_exact(out, uninterrupted(base), (epoch, step), shards=access == "shards")
+    check_exact(out, expected, (epoch, step), shards=access == "shards")
+
+
+def whole_split(cells: Path, *, steps: int, shards: list[Path] = ()) -> dict:
+    """What an uninterrupted epoch reads of the training split: every image once, ``steps``
+    steps (over the ranks); its bytes and requests, one per file or per shard."""
+    records, _ = load_folder_split(FileSystemStorage(cells), "train", limit=LIMIT)
+    sizes = {r.id: (cells / r.image_key).stat().st_size for r in records}
+    files = [p.stat().st_size for p in shards] or list(sizes.values())
+    return {
+        1: {"ids": set(sizes), "steps": steps, "bytes_read": sum(files), "requests": len(files)}
+    }
 
 
 def torchrun(args: list[str]) -> subprocess.Popen:
@@ -214,19 +231,8 @@ def test_two_ranks_stopped_mid_epoch_resume_exactly(cells, tmp_path, access, wor
     code, log = finish(torchrun(run_args(cells, out, access, workers, *extra, "--resume")))
     assert code == 0, log[-3000:]
     assert f"resuming from {out / 'checkpoint.pt'} at epoch {epoch} step {step}" in log
-    records, _ = load_folder_split(FileSystemStorage(cells), "train", limit=LIMIT)
-    sizes = {r.id: (cells / r.image_key).stat().st_size for r in records}
-    shard_folder = cells / "shards" / f"train-first{LIMIT}"
-    shards = list(shard_folder.glob("*.tar")) if access == "shards" else []
-    expected = {
-        e: {
-            "ids": set(sizes),
-            "steps": LIMIT,  # 2 ranks x LIMIT / 2 batches of one
-            "bytes_read": sum(p.stat().st_size for p in shards) if shards else sum(sizes.values()),
-            "requests": len(shards) or len(sizes),
-        }  # fmt: skip
-        for e in (1,)
-    }
+    shards = list((cells / "shards" / f"train-first{LIMIT}").glob("*.tar"))
+    expected = whole_split(cells, steps=LIMIT, shards=shards if access == "shards" else [])
     check_exact(out, expected, (epoch, step), shards=False)
     digests = {line.split()[-1] for line in log.splitlines() if "weights digest" in line}
     assert len(digests) == 1, "the ranks' weights differ after the resume"

@@ -257,7 +257,7 @@ def _as_is(item):
 #: schedulers signal a rank's whole process group). 0: no trainer handles stops (the worker ends
 #: as usual); 1: training, which may be stopping (:class:`training.preemption.StopRequest`); 2:
 #: the trainer stops after its step and ends the workers itself.
-STOP_STATE = multiprocessing.Value("b", 0)
+STOP_STATE = multiprocessing.Value("b", 0, lock=False)
 
 #: Seconds a worker signalled while training waits for the trainer to say it stops, before ending
 #: as usual (the trainer's handler runs once its current C call, a forward pass, returns).
