@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -299,3 +300,23 @@ def small_bucket(endpoint: str, name: str):
     for key, data in SMALL_BUCKET.items():
         boto.write(key, data)
     return boto
+
+
+def stop_at_first_checkpoint(proc: subprocess.Popen, signum: int) -> tuple[int, str]:
+    """Read the run's output until rank 0 logs its first step checkpoint, then send ``signum``:
+    SIGTERM to torchrun (a scheduler's preemption; torchrun passes it on to the ranks), SIGKILL
+    to every process of the run (a lost node); return its exit status and output."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "step checkpoint" in line:
+            break
+    else:
+        pytest.fail("the run ended without a step checkpoint:\n" + "".join(seen)[-3000:])
+    if signum == signal.SIGKILL:
+        for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]:
+            process.kill()
+    else:
+        proc.send_signal(signum)
+    code, rest = finish(proc)
+    return code, "".join(seen) + rest

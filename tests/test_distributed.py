@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from pipelines.formats.folders import load_folder_split
 from pipelines.samples import classification_transform
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
-from tests.helpers import REPO, RUN_LIMIT_S, finish
+from tests.helpers import REPO, RUN_LIMIT_S, finish, stop_at_first_checkpoint
 from training import classification
 
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
@@ -97,13 +98,30 @@ def s3_cells(cells, s3_server):
 def random_run(cells, tmp_path_factory):
     """One 2-rank run of random access, one epoch, shared by the tests that only read it.
     Batches of one image: the corrupt crop makes an empty batch on one rank, a step that
-    every rank must skip together."""
+    every rank must skip together. The run is preempted: SIGTERM to torchrun once the first
+    step checkpoint is written, then ``--resume``; every check below holds for its epoch of
+    two parts (the preemption test of random access on two ranks)."""
     out = tmp_path_factory.mktemp("random") / "out"
-    code, log = finish(
-        torchrun(cells, out, "--access", "random", "--batch-size", "1", "--epochs", "1")
-    )
+    args = ("--access", "random", "--batch-size", "1", "--epochs", "1",
+            "--set", "train.checkpoint_every_steps=2")  # fmt: skip
+    code, stopped = stop_at_first_checkpoint(torchrun(cells, out, *args), signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, stopped[-3000:]
+    code, log = finish(torchrun(cells, out, *args, "--resume"))
     assert code == 0, log[-3000:]
-    return out, log
+    return out, stopped + log
+
+
+def test_two_ranks_preempted_mid_epoch_resume_it_exactly_random_fs(cells, random_run):
+    """Both ranks stopped after the same step; the resumed run read the rest of the epoch once
+    (``check_in_step``: no sample twice, every one of the split trained on or counted); the
+    epoch's row has the restart gap."""
+    out, log = random_run
+    stops = [line for line in log.splitlines() if "preempted (SIGTERM) at epoch 1 step" in line]
+    assert {line.split("[rank ")[1][0] for line in stops} == {"0", "1"}
+    assert len({line.split("step ")[1].split(";")[0] for line in stops}) == 1  # the same step
+    assert "at epoch 1 step" in log and "(a step checkpoint)" in log  # resumed from it
+    row = read_rows(out / "metrics.csv")[0]
+    assert float(row["restart_gap_s"]) > 0
 
 
 def test_two_ranks_train_in_step_on_the_split_once_random_fs(cells, random_run):

@@ -15,20 +15,15 @@ import csv
 import logging
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-from common.process import free_ports
 from pipelines.formats.folders import load_folder_split
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
-from tests.helpers import REPO, finish
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +36,17 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def cells(tmp_path_factory) -> Path:
+def make_crops(root: Path) -> Path:
+    """Cell crops of 2 BCCD training images and 1 test image, in ``root/cells``."""
     from tests.helpers import make_cells, make_voc_subset
 
-    root = tmp_path_factory.mktemp("preempt")
     voc = make_voc_subset(root / "bccd", {"train": 2, "test": 1})
     return make_cells(root / "cells", voc, {"train": 2, "test": 1})
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    return make_crops(tmp_path_factory.mktemp("preempt"))
 
 
 def run_args(
@@ -171,68 +170,3 @@ def whole_split(cells: Path, *, steps: int, shards: list[Path] = ()) -> dict:
     return {
         1: {"ids": set(sizes), "steps": steps, "bytes_read": sum(files), "requests": len(files)}
     }
-
-
-def torchrun(args: list[str]) -> subprocess.Popen:
-    """``scripts.train`` on 2 ranks under torchrun (``scripts.launch``) on a free port."""
-    command = [
-        sys.executable, "-m", "scripts.launch", "--nproc-per-node", "2", "--master-addr",
-        "127.0.0.1", "--master-port", str(free_ports(1)[0]), "-m", "scripts.train", *args,
-    ]  # fmt: skip
-    return subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def stop_at_first_checkpoint(proc: subprocess.Popen, signum: int) -> tuple[int, str]:
-    """Read the run's output until rank 0 logs its first step checkpoint, then send ``signum``:
-    SIGTERM to torchrun (a scheduler's preemption; torchrun passes it on to the ranks), SIGKILL
-    to every process of the run (a lost node); return its exit status and output."""
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "step checkpoint" in line:
-            break
-    else:
-        pytest.fail("the run ended without a step checkpoint:\n" + "".join(seen)[-3000:])
-    if signum == signal.SIGKILL:
-        for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]:
-            process.kill()
-    else:
-        proc.send_signal(signum)
-    code, rest = finish(proc)
-    return code, "".join(seen) + rest
-
-
-@pytest.mark.distributed
-@pytest.mark.parametrize(
-    "access, workers, signum",
-    [("random", 2, signal.SIGTERM), ("shards", 0, signal.SIGTERM), ("objects", 2, signal.SIGKILL)],
-    ids=lambda v: getattr(v, "name", str(v)),
-)
-def test_two_ranks_stopped_mid_epoch_resume_exactly(cells, tmp_path, access, workers, signum):
-    """Two ranks: SIGTERM to torchrun stops both after the same step with one step checkpoint;
-    SIGKILL loses the steps after the last periodic one, which the resumed run trains again.
-    Either way the resumed run reads every id of the split once per epoch (an uninterrupted run
-    of the same seed reads them all: the split is even and, for shards, one image per shard, so
-    no rank drops any), and the epoch's row sums both parts."""
-    out = tmp_path / "out"
-    extra = ["--set", "dataset.shard_size_mb=0.001"] if access == "shards" else []
-    extra += ["--batch-size", "1"]  # 12 steps a rank: the stop lands well before the end
-    code, log = stop_at_first_checkpoint(torchrun(run_args(cells, out, access, workers, *extra)),
-                                         signum)  # fmt: skip
-    epoch, step = stopped_at(out)
-    if signum == signal.SIGTERM:
-        assert code == 128 + signal.SIGTERM, log[-3000:]
-        assert f"preempted (SIGTERM) at epoch {epoch} step {step}" in log
-        assert "make resume continues" in log
-    assert 0 < step
-    code, log = finish(torchrun(run_args(cells, out, access, workers, *extra, "--resume")))
-    assert code == 0, log[-3000:]
-    assert f"resuming from {out / 'checkpoint.pt'} at epoch {epoch} step {step}" in log
-    shards = list((cells / "shards" / f"train-first{LIMIT}").glob("*.tar"))
-    expected = whole_split(cells, steps=LIMIT, shards=shards if access == "shards" else [])
-    check_exact(out, expected, (epoch, step), shards=False)
-    digests = {line.split()[-1] for line in log.splitlines() if "weights digest" in line}
-    assert len(digests) == 1, "the ranks' weights differ after the resume"

@@ -174,6 +174,7 @@ class StepControl:
             self.save(meter, dict(self.consumed))
             self.clock.reset()
         if self._stop:
+            distributed.barrier()  # rank 0 has written it before any rank leaves
             raise Preempted(self.epoch, len(meter.steps), self.stop.signum or signal.SIGTERM)
 
 

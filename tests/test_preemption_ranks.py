@@ -1,0 +1,68 @@
+"""Two torchrun ranks preempted mid-epoch and resumed exactly: shards (SIGTERM to torchrun) and
+objects (SIGKILL to every process: the last periodic step checkpoint). Random access on two ranks
+is ``tests/test_distributed.py``'s shared run, stopped and resumed the same way; one rank is
+``tests/test_preemption.py``."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from common.process import free_ports
+from tests.helpers import REPO, finish, stop_at_first_checkpoint
+from tests.test_preemption import LIMIT, check_exact, make_crops, run_args, stopped_at, whole_split
+
+pytestmark = [pytest.mark.integration, pytest.mark.distributed]
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    return make_crops(tmp_path_factory.mktemp("preempt-ranks"))
+
+
+def torchrun(args: list[str]) -> subprocess.Popen:
+    """``scripts.train`` on 2 ranks under torchrun (``scripts.launch``) on a free port."""
+    command = [
+        sys.executable, "-m", "scripts.launch", "--nproc-per-node", "2", "--master-addr",
+        "127.0.0.1", "--master-port", str(free_ports(1)[0]), "-m", "scripts.train", *args,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "access, workers, signum",
+    [("shards", 0, signal.SIGTERM), ("objects", 2, signal.SIGKILL)],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_two_ranks_stopped_mid_epoch_resume_exactly(cells, tmp_path, access, workers, signum):
+    """Two ranks: SIGTERM to torchrun stops both after the same step with one step checkpoint
+    (random access: ``tests/test_distributed.py``'s run, stopped and resumed so);
+    SIGKILL loses the steps after the last periodic one, which the resumed run trains again.
+    Either way the resumed run reads every id of the split once per epoch (an uninterrupted run
+    of the same seed reads them all: the split is even and, for shards, one image per shard, so
+    no rank drops any), and the epoch's row sums both parts."""
+    out = tmp_path / "out"
+    extra = ["--set", "dataset.shard_size_mb=0.001"] if access == "shards" else []
+    extra += ["--batch-size", "1"]  # 12 steps a rank: the stop lands well before the end
+    code, log = stop_at_first_checkpoint(torchrun(run_args(cells, out, access, workers, *extra)),
+                                         signum)  # fmt: skip
+    epoch, step = stopped_at(out)
+    if signum == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM, log[-3000:]
+        assert f"preempted (SIGTERM) at epoch {epoch} step {step}" in log
+        assert "make resume continues" in log
+    assert 0 < step
+    code, log = finish(torchrun(run_args(cells, out, access, workers, *extra, "--resume")))
+    assert code == 0, log[-3000:]
+    assert f"resuming from {out / 'checkpoint.pt'} at epoch {epoch} step {step}" in log
+    shards = list((cells / "shards" / f"train-first{LIMIT}").glob("*.tar"))
+    expected = whole_split(cells, steps=LIMIT, shards=shards if access == "shards" else [])
+    check_exact(out, expected, (epoch, step), shards=False)
+    digests = {line.split()[-1] for line in log.splitlines() if "weights digest" in line}
+    assert len(digests) == 1, "the ranks' weights differ after the resume"
