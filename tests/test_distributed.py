@@ -103,7 +103,7 @@ def random_run(cells, tmp_path_factory):
     two parts (the preemption test of random access on two ranks)."""
     out = tmp_path_factory.mktemp("random") / "out"
     args = ("--access", "random", "--batch-size", "1", "--epochs", "1",
-            "--set", "train.checkpoint_every_steps=2")  # fmt: skip
+            "--set", "train.checkpoint_every_steps=4")  # fmt: skip
     code, stopped = stop_at_first_checkpoint(torchrun(cells, out, *args), signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, stopped[-3000:]
     code, log = finish(torchrun(cells, out, *args, "--resume"))

@@ -52,13 +52,14 @@ def cells(tmp_path_factory) -> Path:
 def run_args(
     data: Path, out: Path, access: str, workers: int, *extra: str, batch: int = 2
 ) -> list[str]:
-    """``scripts.train`` arguments: one epoch of ResNet-18 on 64-pixel crops, batches of
-    ``batch``, a step checkpoint every 2 steps, the trace on."""
+    """``scripts.train`` arguments: one epoch of the small ConvNet (32-pixel crops: step
+    checkpoints of a few hundred kB), batches of ``batch``, a step checkpoint every 2 steps, the
+    trace on."""
     return [
         "--config", "configs/classification.yaml", "--data", str(data), "--out", str(out),
         "--access", access, "--workers", str(workers), "--epochs", "1", "--limit", str(LIMIT),
-        "--batch-size", str(batch), "--no-pretrained", "--arch", "resnet18",
-        "--set", "model.image_size=64", "--set", "train.checkpoint_every_steps=2",
+        "--batch-size", str(batch), "--no-pretrained", "--arch", "convnet",
+        "--set", "model.image_size=32", "--set", "train.checkpoint_every_steps=2",
         "--set", "output.trace=true", "--set", "train.dist_timeout_s=30", *extra,
     ]  # fmt: skip
 

@@ -12,7 +12,8 @@ by :class:`training.epoch_outputs.EpochOutputs`) → :func:`training.epoch_outpu
 ``steps.csv`` (one row per step), ``summary.json`` (run totals), ``benchmark.log``, ``model.pt``
 (state_dict), ``model.json`` + ``index_to_name.json`` (what serving needs to rebuild the model) and
 ``checkpoint.pt`` (what ``--resume`` continues from: after an epoch, or a step checkpoint written
-mid-epoch on SIGTERM / SIGINT or every ``train.checkpoint_every_steps``, :mod:`training.preemption`).
+mid-epoch on SIGTERM / SIGINT or every ``train.checkpoint_every_steps``:
+:mod:`training.preemption`).
 """
 
 from __future__ import annotations
