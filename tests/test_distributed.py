@@ -98,30 +98,30 @@ def s3_cells(cells, s3_server):
 def random_run(cells, tmp_path_factory):
     """One 2-rank run of random access, one epoch, shared by the tests that only read it.
     Batches of one image: the corrupt crop makes an empty batch on one rank, a step that
-    every rank must skip together. The run is preempted: SIGTERM to torchrun once the first
-    step checkpoint is written, then ``--resume``; every check below holds for its epoch of
-    two parts (the preemption test of random access on two ranks)."""
+    every rank must skip together. The run is preempted and resumed (:func:`preempted`): every
+    check below holds for its epoch of two parts."""
     out = tmp_path_factory.mktemp("random") / "out"
-    args = ("--access", "random", "--batch-size", "1", "--epochs", "1",
-            "--set", "train.checkpoint_every_steps=4")  # fmt: skip
-    code, stopped = stop_at_first_checkpoint(torchrun(cells, out, *args), signal.SIGTERM)
+    log = preempted(cells, out, "--access", "random", "--batch-size", "1", "--epochs", "1")
+    return out, log
+
+
+def preempted(data, out: Path, *args: str, env=None) -> str:
+    """Run ``args`` on 2 ranks, SIGTERM torchrun once rank 0 wrote its first step checkpoint
+    (every 4 steps), then ``--resume``; check that both ranks stopped after the same step and
+    that the resumed run started from it; return both runs' output. The preemption test of
+    random and shards access on two ranks: the callers' checks then hold for an epoch in two
+    parts (no sample twice, every one of the split trained on or counted)."""
+    args = (*args, "--set", "train.checkpoint_every_steps=4")
+    code, stopped = stop_at_first_checkpoint(torchrun(data, out, *args, env=env), signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, stopped[-3000:]
-    code, log = finish(torchrun(cells, out, *args, "--resume"))
+    stops = [line for line in stopped.splitlines() if "preempted (SIGTERM) at epoch 1 step" in line]
+    assert {line.split("[rank ")[1][0] for line in stops} == {"0", "1"}, stops
+    (step,) = {line.split("step ")[1].split(";")[0] for line in stops}  # the same on both
+    code, log = finish(torchrun(data, out, *args, "--resume", env=env))
     assert code == 0, log[-3000:]
-    return out, stopped + log
-
-
-def test_two_ranks_preempted_mid_epoch_resume_it_exactly_random_fs(cells, random_run):
-    """Both ranks stopped after the same step; the resumed run read the rest of the epoch once
-    (``check_in_step``: no sample twice, every one of the split trained on or counted); the
-    epoch's row has the restart gap."""
-    out, log = random_run
-    stops = [line for line in log.splitlines() if "preempted (SIGTERM) at epoch 1 step" in line]
-    assert {line.split("[rank ")[1][0] for line in stops} == {"0", "1"}
-    assert len({line.split("step ")[1].split(";")[0] for line in stops}) == 1  # the same step
-    assert "at epoch 1 step" in log and "(a step checkpoint)" in log  # resumed from it
-    row = read_rows(out / "metrics.csv")[0]
-    assert float(row["restart_gap_s"]) > 0
+    assert f"at epoch 1 step {step} (a step checkpoint)" in log  # resumed from it
+    assert float(read_rows(out / "metrics.csv")[0]["restart_gap_s"]) > 0
+    return stopped + log
 
 
 def test_two_ranks_train_in_step_on_the_split_once_random_fs(cells, random_run):
@@ -132,12 +132,13 @@ def test_two_ranks_train_in_step_on_the_split_once_random_fs(cells, random_run):
 def test_two_ranks_train_in_step_on_the_split_once_shards_s3(cells, s3_cells, tmp_path):
     """Shards over the local S3 server, 2 ranks x 2 DataLoader workers; rank 0 writes the
     shards into the bucket while rank 1 waits, as many as the 4 readers need although the
-    split fits one 1 MB shard (no size named). (Objects: the two-node test.)"""
+    split fits one 1 MB shard (no size named). Preempted and resumed (:func:`preempted`):
+    shards partly read at the stop are streamed again less what was trained on. (Objects: the
+    two-node test.)"""
     data, env = s3_cells
     out = tmp_path / "out"
-    extra = ["--epochs", "1", "--set", "dataset.shard_size_mb=null"]
-    code, log = finish(torchrun(data, out, "--access", "shards", *extra, env=env))
-    assert code == 0, log[-3000:]
+    extra = ["--epochs", "1", "--batch-size", "1", "--set", "dataset.shard_size_mb=null"]
+    log = preempted(data, out, "--access", "shards", *extra, env=env)
     said = [line for line in log.splitlines() if "split train: shards of up to 1 MB" in line]
     assert len(said) == 1 and "[rank 0]" in said[0] and "4 reader(s)" in said[0], said  # once
     check_in_step(cells, out, log, "shards")

@@ -5,8 +5,9 @@ written, so the stop lands mid-epoch), then ``--resume`` finishes it. What the i
 interrupted epoch's trace holds every id of the epoch once (ids before the stop plus ids after it,
 no duplicate), the same ids an uninterrupted run of the same seed reads, and its ``metrics.csv``
 row sums both parts (samples, bytes, requests), with the restart gap in its own column. One rank
-runs in this process (its own SIGTERM); two ranks run under torchrun (SIGTERM to torchrun, which
-passes it on; SIGKILL to every process, which resumes from the last periodic step checkpoint).
+runs in this process (its own SIGTERM), or as a command killed with SIGKILL (it resumes from the
+last periodic step checkpoint); two ranks: ``tests/test_preemption_ranks.py`` and
+``tests/test_distributed.py`` (SIGTERM to torchrun, which passes it on).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import csv
 import logging
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import torch
 from pipelines.formats.folders import load_folder_split
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
+from tests.helpers import REPO, stop_at_first_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +175,21 @@ def whole_split(cells: Path, *, steps: int, shards: list[Path] = ()) -> dict:
     return {
         1: {"ids": set(sizes), "steps": steps, "bytes_read": sum(files), "requests": len(files)}
     }
+
+
+def test_sigkill_resumes_from_the_last_periodic_step_checkpoint(cells, tmp_path):
+    """SIGKILL to the training process and its 2 DataLoader workers once a periodic step
+    checkpoint is written (nothing is saved at the kill): the resumed run trains again the steps
+    after that checkpoint and reads every sample of the epoch once, none twice."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.train", *run_args(cells, out, "random", 2, batch=1)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    code, log = stop_at_first_checkpoint(proc, signal.SIGKILL)
+    assert code == -signal.SIGKILL, log[-3000:]
+    epoch, step = stopped_at(out)
+    assert (epoch, step) in {(1, 2), (1, 4), (1, 6)}  # periodic, every 2 steps
+    assert train_main(run_args(cells, out, "random", 2, "--resume", batch=1)) == 0
+    check_exact(out, whole_split(cells, steps=LIMIT), (epoch, step), shards=False)

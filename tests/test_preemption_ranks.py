@@ -1,7 +1,6 @@
-"""Two torchrun ranks preempted mid-epoch and resumed exactly: shards (SIGTERM to torchrun) and
-objects (SIGKILL to every process: the last periodic step checkpoint). Random access on two ranks
-is ``tests/test_distributed.py``'s shared run, stopped and resumed the same way; one rank is
-``tests/test_preemption.py``."""
+"""Two torchrun ranks preempted mid-epoch and resumed exactly, objects access: SIGTERM to torchrun.
+Random and shards access on two ranks are ``tests/test_distributed.py``'s runs, stopped and
+resumed the same way; one rank, and a SIGKILL, are ``tests/test_preemption.py``."""
 
 from __future__ import annotations
 
@@ -37,19 +36,18 @@ def torchrun(args: list[str]) -> subprocess.Popen:
 
 @pytest.mark.parametrize(
     "access, workers, signum",
-    [("shards", 0, signal.SIGTERM), ("objects", 2, signal.SIGKILL)],
+    [("objects", 2, signal.SIGTERM)],
     ids=lambda v: getattr(v, "name", str(v)),
 )
 def test_two_ranks_stopped_mid_epoch_resume_exactly(cells, tmp_path, access, workers, signum):
     """Two ranks: SIGTERM to torchrun stops both after the same step with one step checkpoint
-    (random access: ``tests/test_distributed.py``'s run, stopped and resumed so);
+    (random and shards access: ``tests/test_distributed.py``'s runs, stopped and resumed so);
     SIGKILL loses the steps after the last periodic one, which the resumed run trains again.
     Either way the resumed run reads every id of the split once per epoch (an uninterrupted run
-    of the same seed reads them all: the split is even and, for shards, one image per shard, so
-    no rank drops any), and the epoch's row sums both parts."""
+    of the same seed reads them all: the split is even, so no rank drops any), and the epoch's
+    row sums both parts."""
     out = tmp_path / "out"
-    extra = ["--set", "dataset.shard_size_mb=0.001"] if access == "shards" else []
-    extra += ["--batch-size", "1"]  # 12 steps a rank: the stop lands well before the end
+    extra = ["--batch-size", "1"]  # 12 steps a rank: the stop lands well before the end
     code, log = stop_at_first_checkpoint(torchrun(run_args(cells, out, access, workers, *extra)),
                                          signum)  # fmt: skip
     epoch, step = stopped_at(out)
@@ -61,8 +59,6 @@ def test_two_ranks_stopped_mid_epoch_resume_exactly(cells, tmp_path, access, wor
     code, log = finish(torchrun(run_args(cells, out, access, workers, *extra, "--resume")))
     assert code == 0, log[-3000:]
     assert f"resuming from {out / 'checkpoint.pt'} at epoch {epoch} step {step}" in log
-    shards = list((cells / "shards" / f"train-first{LIMIT}").glob("*.tar"))
-    expected = whole_split(cells, steps=LIMIT, shards=shards if access == "shards" else [])
-    check_exact(out, expected, (epoch, step), shards=False)
+    check_exact(out, whole_split(cells, steps=LIMIT), (epoch, step), shards=False)
     digests = {line.split()[-1] for line in log.splitlines() if "weights digest" in line}
     assert len(digests) == 1, "the ranks' weights differ after the resume"
