@@ -147,50 +147,32 @@ def run_epochs(
     checkpoints = StepCheckpoints(cfg, training, history, out, ranks, started)
     with checkpoints.stop:
         for epoch in range(history.first_epoch, cfg.train.epochs + 1):
-            _epoch(cfg, task, data, training, history, device, ranks, epoch, checkpoints, outputs,
-                   run_requests)  # fmt: skip
+            resumed = history.position if epoch == history.first_epoch else None
+            mine, quality = train_and_evaluate(
+                cfg, task, data, training, device, epoch, ranks, checkpoints, resumed
+            )
+            gathered: list[RankEpoch] = distributed.gather(mine)
+            common = {
+                "task": cfg.task, "access": data.pattern, "storage": cfg.storage.type,
+                "pretrained": training.pretrained, "boxes_dropped": data.train_counts.dropped,
+                "lr": training.optimizer.param_groups[0]["lr"], **quality,
+            }  # fmt: skip
+            row = outputs.add(gathered, common)
+            for part in gathered:
+                run_requests.merge(part.requests)
+            if ranks.distributed:
+                s = mine.summary
+                log.info(
+                    "epoch %d, this rank: %d samples (%d dropped), data wait %.1f s, AU %.3f",
+                    epoch, s["samples"], s["samples_dropped"], s["data_wait_s"], s["au"],
+                )  # fmt: skip
+            if ranks.main:
+                log_epoch(epoch, row, task, gathered)
+                outputs.write(epoch, training, ranks.world_size)
+            checkpoints.clock.reset()  # the epoch's checkpoint is written
     outputs.close()
     log.info("weights digest %s", weights_digest(training.net))  # the same on every rank
     return run_requests
-
-
-def _epoch(
-    cfg: Config,
-    task: Task,
-    data: RunData,
-    training: Training,
-    history: History,
-    device: torch.device,
-    ranks: Ranks,
-    epoch: int,
-    checkpoints: StepCheckpoints,
-    outputs: EpochOutputs,
-    run_requests: RequestStats,
-) -> None:
-    """One epoch on every rank, gathered; rank 0 logs it and writes its outputs."""
-    resumed = history.position if epoch == history.first_epoch else None
-    mine, quality = train_and_evaluate(
-        cfg, task, data, training, device, epoch, ranks, checkpoints, resumed
-    )
-    gathered: list[RankEpoch] = distributed.gather(mine)
-    common = {
-        "task": cfg.task, "access": data.pattern, "storage": cfg.storage.type,
-        "pretrained": training.pretrained, "boxes_dropped": data.train_counts.dropped,
-        "lr": training.optimizer.param_groups[0]["lr"], **quality,
-    }  # fmt: skip
-    row = outputs.add(gathered, common)
-    for part in gathered:
-        run_requests.merge(part.requests)
-    if ranks.distributed:
-        s = mine.summary
-        log.info(
-            "epoch %d, this rank: %d samples (%d dropped), data wait %.1f s, AU %.3f",
-            epoch, s["samples"], s["samples_dropped"], s["data_wait_s"], s["au"],
-        )  # fmt: skip
-    if ranks.main:
-        log_epoch(epoch, row, task, gathered)
-        outputs.write(epoch, training, ranks.world_size)
-    checkpoints.clock.reset()  # the epoch's checkpoint is written
 
 
 def train_and_evaluate(
