@@ -193,3 +193,29 @@ def test_sigkill_resumes_from_the_last_periodic_step_checkpoint(cells, tmp_path)
     assert (epoch, step) in {(1, 2), (1, 4), (1, 6)}  # periodic, every 2 steps
     assert train_main(run_args(cells, out, "random", 2, "--resume", batch=1)) == 0
     check_exact(out, whole_split(cells, steps=LIMIT), (epoch, step), shards=False)
+
+
+def test_tensorboard_shows_each_step_once_when_an_epoch_is_trained_again(cells, tmp_path):
+    """A run stopped mid-epoch is resumed to its end (TensorBoard gets the epoch's steps); then
+    its step checkpoint is put back, as if the run had been killed after the charts but before
+    the epoch's checkpoint, and resumed again: TensorBoard (``purge_step``) and ``steps.csv``
+    show each step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    args = run_args(cells, out, "random", 0, "--set", "output.tensorboard=true")
+    trigger = SignalAtFirstCheckpoint(signal.SIGTERM)
+    logging.getLogger("training.preemption").addHandler(trigger)
+    try:
+        assert train_main(args) == 128 + signal.SIGTERM
+    finally:
+        logging.getLogger("training.preemption").removeHandler(trigger)
+    saved = (out / "checkpoint.pt").read_bytes()
+    for _ in range(2):
+        assert train_main([*args, "--resume"]) == 0
+        (out / "checkpoint.pt").write_bytes(saved)  # the step checkpoint again
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("time/compute_s")]
+    assert sorted(steps) == list(range(1, LIMIT // 2 + 1)), steps
+    assert len(read_rows(out / "steps.csv")) == LIMIT // 2

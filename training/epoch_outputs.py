@@ -173,10 +173,11 @@ class EpochOutputs:
         )
 
     def _purge_step(self) -> int | None:
-        """Resuming: the global step of the first step run again (TensorBoard hides the events
-        written at and after it by the run that stopped); None for a fresh run."""
+        """Resuming (after an epoch or from a step checkpoint): the global step of the first step
+        run again (TensorBoard hides the events written at and after it by the run that
+        stopped); None for a fresh run."""
         first = self.history.first_epoch
-        if first <= 1:
+        if first <= 1 and self.history.position is None:
             return None
         return 1 + len({(r["epoch"], r["step"]) for r in self.history.steps if r["epoch"] < first})
 
