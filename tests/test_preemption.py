@@ -12,6 +12,7 @@ last periodic step checkpoint); two ranks: ``tests/test_preemption_ranks.py`` an
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -27,7 +28,7 @@ import torch
 from pipelines.formats.folders import load_folder_split
 from pipelines.storage.filesystem import FileSystemStorage
 from scripts.train import main as train_main
-from tests.helpers import REPO, stop_at_first_checkpoint
+from tests.helpers import REPO, RUN_LIMIT_S
 
 pytestmark = pytest.mark.integration
 
@@ -177,20 +178,43 @@ def whole_split(cells: Path, *, steps: int, shards: list[Path] = ()) -> dict:
     }
 
 
+#: A ``python -c`` program: ``scripts.train`` with the arguments given, SIGKILLing itself 50 ms
+#: after its first step checkpoint is logged (from a thread: the steps go on meanwhile), so that
+#: the kill lands between two periodic checkpoints, well before the epoch ends, however loaded the
+#: machine is.
+KILLED_AFTER_FIRST_CHECKPOINT = """
+import logging, os, signal, sys, threading
+from scripts.train import main
+
+class Kill(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("step checkpoint") and not hasattr(self, "timer"):
+            self.timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGKILL))
+            self.timer.start()
+
+logging.getLogger("training.preemption").addHandler(Kill())
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigkill_resumes_from_the_last_periodic_step_checkpoint(cells, tmp_path):
-    """SIGKILL to the training process and its 2 DataLoader workers once a periodic step
-    checkpoint is written (nothing is saved at the kill): the resumed run trains again the steps
-    after that checkpoint and reads every sample of the epoch once, none twice."""
+    """SIGKILL to the training process (and then its 2 DataLoader workers) a few steps after a
+    periodic step checkpoint (nothing is saved at the kill): the resumed run trains again the
+    steps after that checkpoint and reads every sample of the epoch once, none twice."""
     out = tmp_path / "out"
+    args = run_args(cells, out, "random", 2, batch=1)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.train", *run_args(cells, out, "random", 2, batch=1)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+        [sys.executable, "-c", KILLED_AFTER_FIRST_CHECKPOINT, *args], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
-    code, log = stop_at_first_checkpoint(proc, signal.SIGKILL)
-    assert code == -signal.SIGKILL, log[-3000:]
+    try:
+        assert proc.wait(timeout=RUN_LIMIT_S) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers, orphaned
+        log = proc.communicate()[0]
     epoch, step = stopped_at(out)
-    assert (epoch, step) in {(1, 2), (1, 4), (1, 6)}  # periodic, every 2 steps
+    assert epoch == 1 and step % 2 == 0 and 2 <= step < LIMIT, log[-3000:]  # a periodic one
     assert train_main(run_args(cells, out, "random", 2, "--resume", batch=1)) == 0
     check_exact(out, whole_split(cells, steps=LIMIT), (epoch, step), shards=False)
 
