@@ -56,8 +56,7 @@ def check_search(rows: list[dict], report: str, storage: str, access: str) -> No
         dlio = float(r["samples_per_s"]) * 322_957 / 2**20  # DLIO's MB/s: MiB of mean samples
         assert float(r["train_io_mean_MB_per_second"]) == pytest.approx(dlio, rel=1e-4)
         assert r["cache"] == "cold (each file evicted before it is read)"
-        # CPU times and the wall clock are read at slightly different instants: a hair over 1
-        assert 0 <= float(r["client_cpu_busy"]) <= 1.05
+        assert 0 <= float(r["client_cpu_busy"]) <= 1  # a share of the cores
         assert r["limit"] in ("", "storage", "client CPU", "client memory")
     answer = max((int(r["accelerators"]) for r in first if r["passed"] == "True"), default=0)
     repeats = [r for r in mine if int(r["accelerators"]) == answer]

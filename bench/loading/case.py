@@ -208,7 +208,9 @@ def combine(parts: list[PassPart]) -> dict:
     of the longest window; ``data_wait_share`` is the mean wait over the slowest wall time.
 
     From each node's first rank, what a client node may have run out of (shares, 0 to 1):
-    ``client_cpu_busy``, the busiest node's share of its cores busy or stolen;
+    ``client_cpu_busy``, the busiest node's share of its cores busy or stolen (capped at 1: the
+    kernel counts CPU time in ticks of 10 ms a core, so over a window of a few tenths of a second
+    the share can read several percent over 1);
     ``memory_available_share``, the least memory any node had available over its memory;
     ``cache_share``, the share of the bytes delivered not read from the block devices holding the
     data (NaN where no block device of these machines holds it).
@@ -227,8 +229,10 @@ def combine(parts: list[PassPart]) -> dict:
     )
     row.update(cpu.figures(row["bytes_read"]))
     row["data_wait_share"] = row["data_wait_s"] / row["wall_s"] if row["wall_s"] > 0 else math.nan
-    row["client_cpu_busy"] = max(
-        (p.cpu.host_s + p.cpu.steal_s) / (p.cpu.seconds * p.cores) if p.cpu.seconds > 0 else 0.0
+    row["client_cpu_busy"] = max(  # capped: see the docstring
+        min(1.0, (p.cpu.host_s + p.cpu.steal_s) / (p.cpu.seconds * p.cores))
+        if p.cpu.seconds > 0
+        else 0.0
         for p in firsts
     )
     row["memory_available_share"] = min(
