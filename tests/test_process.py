@@ -21,10 +21,19 @@ from common.process import (
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)", "--marker"]
 
 
+def started(proc) -> bool:
+    """Whether the sleeper's arguments show within 30 s: ``Popen`` returns once exec began, and
+    the kernel fills in the new argv a moment later (``/proc/PID/cmdline`` reads empty until
+    then, which a loaded machine made last long enough to see)."""
+    return poll_until(
+        lambda: owned_process(proc.pid, ["--marker"]) is not None, deadline=time.monotonic() + 30
+    )
+
+
 def test_a_detached_process_is_found_by_its_command_line_then_stopped_and_reaped(tmp_path):
     proc = start_detached(SLEEPER, log_path=tmp_path / "log")
     try:
-        assert owned_process(proc.pid, ["--marker"]) is not None
+        assert started(proc)
         assert owned_process(proc.pid, ["--other"]) is None
         assert owned_process(proc.pid, ["--marker"], program="rclone") is None
     finally:
@@ -44,6 +53,7 @@ def test_a_state_file_is_private_and_a_stale_one_is_removed(tmp_path):
     path = tmp_path / "server.json"
     proc = start_detached(SLEEPER, log_path=None)
     try:
+        assert started(proc)
         write_state(path, {"pid": proc.pid, "port": free_ports(1)[0]})
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert running_state(path, lambda state: ["--marker"])["pid"] == proc.pid
