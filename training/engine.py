@@ -108,6 +108,7 @@ def measure_steps(
         meter.started = time.perf_counter()
         bar = progress_bar(
             total=num_samples,
+            initial=sum(s.samples + s.skipped for s in meter.steps),  # a resumed epoch's
             desc=desc or f"epoch {epoch}",
             unit="img",
             leave=True,
