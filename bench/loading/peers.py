@@ -131,6 +131,14 @@ def collate_images(items: list[tuple]) -> tuple[list, list, int]:
     return [item[0] for item in items], [item[1] for item in items], sum(i[2] for i in items)
 
 
+def epochs_sampler(n: int, epochs: int, seed: int) -> RandomSampler:
+    """A map-style peer's sampler: ``epochs`` shuffles of ``n`` items back to back, seeded by
+    ``seed`` (as the compared pass reads its epochs in one iteration)."""
+    return RandomSampler(
+        range(n), num_samples=n * epochs, generator=torch.Generator().manual_seed(seed)
+    )
+
+
 def time_loader(
     name: str, loader: Iterable, *, warmup_batches: int, max_batches: int | None
 ) -> PeerResult:
@@ -246,10 +254,7 @@ def imagefolder_peer(
     loader = DataLoader(
         ImageFileDataset(paths, records, work_for(task, image_size, class_to_index)),
         batch_size=batch_size,
-        sampler=RandomSampler(
-            range(len(paths)), num_samples=len(paths) * epochs,
-            generator=torch.Generator().manual_seed(seed),
-        ),
+        sampler=epochs_sampler(len(paths), epochs, seed),
         num_workers=num_workers,
         collate_fn=collate_images,
     )  # fmt: skip
@@ -439,11 +444,7 @@ def _s3torchconnector_dataset(
         dataset = S3MapDataset.from_objects(
             uris, transform=ReadDecodeDetect(records_by_key, work), **common
         )
-        sampler = RandomSampler(
-            range(len(uris)), num_samples=len(uris) * epochs,
-            generator=torch.Generator().manual_seed(seed),
-        )  # fmt: skip
-        return dataset, sampler
+        return dataset, epochs_sampler(len(uris), epochs, seed)
     stream = S3IterableDataset.from_objects(
         uris * epochs, enable_sharding=True, transform=ReadBytes(), **common
     )

@@ -5,8 +5,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Sequence
 
-import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from bench.loading.peers import (
     ClassificationWork,
@@ -14,6 +13,7 @@ from bench.loading.peers import (
     PeerResult,
     collate_images,
     decode,
+    epochs_sampler,
     time_loader,
     work_for,
 )
@@ -117,10 +117,7 @@ def s3dlio_peer(
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=RandomSampler(
-            range(len(keys)), num_samples=len(keys) * epochs,
-            generator=torch.Generator().manual_seed(seed),
-        ),
+        sampler=epochs_sampler(len(keys), epochs, seed),
         num_workers=num_workers,
         collate_fn=collate_images,
         multiprocessing_context=worker_context(storage) if num_workers else None,
