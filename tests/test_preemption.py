@@ -243,3 +243,15 @@ def test_tensorboard_shows_each_step_once_when_an_epoch_is_trained_again(cells, 
     steps = [e.step for e in events.Scalars("time/compute_s")]
     assert sorted(steps) == list(range(1, LIMIT // 2 + 1)), steps
     assert len(read_rows(out / "steps.csv")) == LIMIT // 2
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 cut short", b'{"model": 1}'], ids=["cut", "json"])
+def test_a_damaged_checkpoint_is_one_line_and_left_as_it_is(cells, tmp_path, capsys, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(content)
+    assert train_main(run_args(cells, out, "random", 0, "--resume")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: --resume: {out / 'checkpoint.pt'} cannot be read (")
+    assert "Traceback" not in err and "weights_only" not in err
+    assert (out / "checkpoint.pt").read_bytes() == content  # the source is not modified

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from common.errors import first_line
 from pipelines.formats.records import DatasetError
 from training import distributed
 from training.config import Config, ConfigError
@@ -152,14 +154,24 @@ def resume_from(
     Every rank loads the same file.
 
     Raises:
-        DatasetError: there is no checkpoint.
+        DatasetError: there is no checkpoint, or it cannot be read (damaged, not this tool's).
         ConfigError: it was written by a run with another number of ranks (the data split and the
             step counts would not continue where they stopped), or the ranks found different
             checkpoints.
     """
     if not path.exists():
         raise DatasetError(f"--resume: no checkpoint at {path}; train without --resume first")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # truncated, not torch.save's
+        raise DatasetError(
+            f"--resume: {path} cannot be read ({first_line(exc).split('. ')[0]}): it is damaged "
+            "or not a "
+            "checkpoint of this tool (this tool writes it atomically); restore it, or move it "
+            "away and train afresh"
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise DatasetError(f"--resume: {path} is not a checkpoint of this tool (no model state)")
     written_by = ckpt.get("world_size", 1)
     if written_by != ranks.world_size:
         raise ConfigError(
